@@ -1,0 +1,176 @@
+//! Client-side helpers over the Open Inference Protocol: connect, build a request from
+//! tensors, decode a response. Used by the CLI, the integration tests and the benchmark.
+
+use std::time::Duration;
+
+use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use localml_proto::inference::model_infer_request::InferInputTensor;
+use localml_proto::inference::{infer_parameter::ParameterChoice, ModelInferRequest, ModelInferResponse};
+use localml_proto::localml::v1::admin_client::AdminClient;
+use localml_proto::tensor::{DataType, TensorData};
+use tonic::transport::{Channel, Endpoint};
+
+/// A named tensor on the client side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// Largest message the client sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Connects to `address` (`host:port` or a URL), failing after `timeout`.
+pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, String> {
+    let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| format!("invalid server address '{address}': {e}"))?;
+    endpoint
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))
+}
+
+pub fn inference_client(channel: Channel) -> GrpcInferenceServiceClient<Channel> {
+    GrpcInferenceServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+pub fn admin_client(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel)
+}
+
+/// A request carrying every input as raw bytes (what Triton's clients send).
+pub fn request(model: &str, version: &str, inputs: &[Tensor]) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.to_string(),
+        model_version: version.to_string(),
+        inputs: inputs
+            .iter()
+            .map(|t| InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.data.datatype().as_str().to_string(),
+                shape: t.shape.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: inputs.iter().map(|t| t.data.to_raw().into()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Decodes a response's outputs, raw or typed.
+pub fn outputs(response: &ModelInferResponse) -> Result<Vec<Tensor>, String> {
+    response
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let datatype =
+                DataType::parse(&o.datatype).ok_or_else(|| format!("output '{}' has unknown datatype {}", o.name, o.datatype))?;
+            let data = match (response.raw_output_contents.get(i), &o.contents) {
+                (Some(raw), _) => TensorData::from_raw(datatype, &o.shape, raw),
+                (None, Some(contents)) => TensorData::from_contents(datatype, &o.shape, contents),
+                (None, None) => return Err(format!("output '{}' has no data", o.name)),
+            }
+            .map_err(|e| format!("output '{}': {e}", o.name))?;
+            Ok(Tensor {
+                name: o.name.clone(),
+                shape: o.shape.clone(),
+                data,
+            })
+        })
+        .collect()
+}
+
+/// The worker that served a response (the `localml.worker` parameter).
+pub fn served_by(response: &ModelInferResponse) -> Option<String> {
+    match response.parameters.get("localml.worker")?.parameter_choice.as_ref()? {
+        ParameterChoice::StringParam(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Random data for a tensor spec; dynamic dimensions become 1. Integers are kept small
+/// (0..10) so index-like inputs (token ids) stay in range.
+pub fn random_tensor(name: &str, datatype: DataType, shape: &[i64]) -> Tensor {
+    let shape: Vec<i64> = shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+    let n = shape.iter().product::<i64>().max(0) as usize;
+    let small = || fastrand::u8(0..10);
+    let data = match datatype {
+        DataType::Bool => TensorData::Bool((0..n).map(|_| fastrand::bool()).collect()),
+        DataType::Uint8 => TensorData::Uint8((0..n).map(|_| small()).collect()),
+        DataType::Uint16 => TensorData::Uint16((0..n).map(|_| u16::from(small())).collect()),
+        DataType::Uint32 => TensorData::Uint32((0..n).map(|_| u32::from(small())).collect()),
+        DataType::Uint64 => TensorData::Uint64((0..n).map(|_| u64::from(small())).collect()),
+        DataType::Int8 => TensorData::Int8((0..n).map(|_| small() as i8).collect()),
+        DataType::Int16 => TensorData::Int16((0..n).map(|_| i16::from(small())).collect()),
+        DataType::Int32 => TensorData::Int32((0..n).map(|_| i32::from(small())).collect()),
+        DataType::Int64 => TensorData::Int64((0..n).map(|_| i64::from(small())).collect()),
+        DataType::Fp16 => TensorData::Fp16((0..n).map(|_| half::f16::from_f32(fastrand::f32())).collect()),
+        DataType::Fp32 => TensorData::Fp32((0..n).map(|_| fastrand::f32()).collect()),
+        DataType::Fp64 => TensorData::Fp64((0..n).map(|_| fastrand::f64()).collect()),
+        DataType::Bytes => TensorData::Bytes((0..n).map(|i| format!("text-{i}").into_bytes()).collect()),
+    };
+    Tensor {
+        name: name.to_string(),
+        shape,
+        data,
+    }
+}
+
+/// A short printable summary of tensor values (first `limit` elements).
+pub fn preview(data: &TensorData, limit: usize) -> String {
+    let items: Vec<String> = match data {
+        TensorData::Bytes(v) => v.iter().take(limit).map(|b| format!("{:?}", String::from_utf8_lossy(b))).collect(),
+        other => other
+            .to_f64()
+            .unwrap_or_default()
+            .into_iter()
+            .take(limit)
+            .map(|x| format!("{x:.6}").trim_end_matches('0').trim_end_matches('.').to_string())
+            .collect(),
+    };
+    let more = if data.len() > limit { format!(", … ({} values)", data.len()) } else { String::new() };
+    format!("[{}{more}]", items.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_response_round_trip() {
+        let t = Tensor {
+            name: "x".into(),
+            shape: vec![1, 2],
+            data: TensorData::Fp32(vec![1.0, 2.0]),
+        };
+        let req = request("m", "", &[t.clone()]);
+        assert_eq!(req.inputs[0].datatype, "FP32");
+        // Echo the request as a response and decode it.
+        let resp = ModelInferResponse {
+            outputs: vec![localml_proto::inference::model_infer_response::InferOutputTensor {
+                name: "x".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 2],
+                ..Default::default()
+            }],
+            raw_output_contents: req.raw_input_contents.clone(),
+            ..Default::default()
+        };
+        assert_eq!(outputs(&resp).expect("decodes"), vec![t]);
+        assert_eq!(served_by(&resp), None);
+    }
+
+    #[test]
+    fn random_tensors_fill_dynamic_dims() {
+        let t = random_tensor("ids", DataType::Int64, &[-1, 16]);
+        assert_eq!(t.shape, vec![1, 16]);
+        assert_eq!(t.data.len(), 16);
+        assert_eq!(preview(&TensorData::Fp32(vec![0.5, 1.0, 2.25]), 2), "[0.5, 1, … (3 values)]");
+    }
+}

@@ -1,0 +1,14 @@
+//! Client-side pieces of the `localml` command line, also used by the integration tests
+//! and the benchmark.
+//!
+//! # Layout
+//! - [`client`]: connect, build requests from tensors, decode responses.
+//! - [`json`], [`npy`]: input tensors from JSON and NumPy files.
+//! - [`table`]: the `localml workers` and `localml models` tables.
+//! - [`up`]: the all-in-one local cluster.
+
+pub mod client;
+pub mod json;
+pub mod npy;
+pub mod table;
+pub mod up;

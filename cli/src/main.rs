@@ -1,0 +1,233 @@
+//! `localml`: the command line: a local cluster, inference, cluster views, and the ONNX
+//! Runtime installer. Also runs the scheduler and the worker (`localml scheduler`,
+//! `localml worker`), so one binary is enough on a PC.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use localml_cli::client::{self, Tensor};
+use localml_proto::inference::ModelMetadataRequest;
+use localml_proto::localml::v1::{ListModelsRequest, ListWorkersRequest};
+use localml_proto::tensor::DataType;
+
+#[derive(Parser)]
+#[command(name = "localml", version, about = "localml: pool a community network's PCs into one inference cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const DEFAULT_SERVER: &str = "127.0.0.1:8001";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster on this PC: a scheduler and N workers.
+    Up {
+        /// Model repository: <dir>/<model>/<version>/model.onnx.
+        #[arg(long, default_value = "examples/models")]
+        models: PathBuf,
+        /// Number of worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Inference endpoint (the gRPC port Triton clients expect).
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        listen: String,
+        /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, localml's cache, system paths).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+    },
+    /// Send one inference request and print the outputs and the worker that served it.
+    Infer {
+        #[arg(long)]
+        model: String,
+        /// Model version [default: the newest].
+        #[arg(long, default_value = "")]
+        version: String,
+        /// NAME=FILE with FILE a .npy or .json tensor; inputs not given get random data.
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Values printed per output.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+    },
+    /// Show the workers: state, provider, RAM, power, queue, in-flight, models.
+    Workers {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Show the models and the Ready workers serving them.
+    Models {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// ONNX Runtime shared library management.
+    Runtime {
+        #[command(subcommand)]
+        command: RuntimeCommand,
+    },
+    /// Run a scheduler (same flags as localml-scheduler).
+    Scheduler(localml_scheduler::cli::SchedulerArgs),
+    /// Run a worker (same flags as localml-worker).
+    Worker(localml_worker::cli::WorkerArgs),
+}
+
+#[derive(Subcommand)]
+enum RuntimeCommand {
+    /// Fetch ONNX Runtime from PyPI (through pip) into localml's cache.
+    Install {
+        /// The CUDA build (onnxruntime-gpu) instead of the CPU build.
+        #[arg(long)]
+        gpu: bool,
+    },
+    /// Print which library would be loaded.
+    Which,
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn read_input(spec: &str, inputs: &[(String, DataType)]) -> anyhow::Result<Tensor> {
+    let (name, path) = spec
+        .split_once('=')
+        .with_context(|| format!("--input '{spec}': expected NAME=FILE"))?;
+    let (_, datatype) = inputs.iter().find(|(n, _)| n == name).with_context(|| {
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+        format!("the model has no input '{name}' (inputs: {})", names.join(", "))
+    })?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+    let (shape, data) = if path.ends_with(".npy") {
+        localml_cli::npy::parse(&bytes).with_context(|| format!("{path}"))?
+    } else {
+        let value: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{path} is not JSON"))?;
+        localml_cli::json::parse(&value, *datatype).with_context(|| format!("{path}"))?
+    };
+    Ok(Tensor {
+        name: name.to_string(),
+        shape,
+        data,
+    })
+}
+
+async fn infer(model: String, version: String, specs: Vec<String>, server: String, show: usize) -> anyhow::Result<()> {
+    let channel = client::connect(&server, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    let mut oip = client::inference_client(channel);
+    let metadata = oip
+        .model_metadata(ModelMetadataRequest {
+            name: model.clone(),
+            version: version.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let declared: Vec<(String, DataType)> = metadata
+        .inputs
+        .iter()
+        .map(|i| Ok((i.name.clone(), DataType::parse(&i.datatype).with_context(|| format!("unknown datatype {}", i.datatype))?)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut tensors: Vec<Tensor> = specs.iter().map(|s| read_input(s, &declared)).collect::<anyhow::Result<_>>()?;
+    for input in &metadata.inputs {
+        if !tensors.iter().any(|t| t.name == input.name) {
+            let datatype = DataType::parse(&input.datatype).unwrap_or(DataType::Fp32);
+            eprintln!("input '{}': random {} data", input.name, datatype);
+            tensors.push(client::random_tensor(&input.name, datatype, &input.shape));
+        }
+    }
+    let started = Instant::now();
+    let response = oip
+        .model_infer(client::request(&model, &version, &tensors))
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let elapsed = started.elapsed();
+    println!(
+        "model {} version {} served by {} in {:.2} ms",
+        response.model_name,
+        response.model_version,
+        client::served_by(&response).unwrap_or_else(|| "?".into()),
+        elapsed.as_secs_f64() * 1e3
+    );
+    for out in client::outputs(&response).map_err(anyhow::Error::msg)? {
+        println!("  {} {} {:?} = {}", out.name, out.data.datatype(), out.shape, client::preview(&out.data, show));
+    }
+    Ok(())
+}
+
+async fn admin(server: &str) -> anyhow::Result<localml_proto::localml::v1::admin_client::AdminClient<tonic::transport::Channel>> {
+    let channel = client::connect(server, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    Ok(client::admin_client(channel))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up {
+            models,
+            workers,
+            listen,
+            onnxruntime,
+        } => {
+            let options = localml_cli::up::UpOptions {
+                models,
+                workers,
+                listen,
+                onnxruntime,
+            };
+            localml_cli::up::up(options, localml_scheduler::cli::shutdown_signal()).await
+        }
+        Command::Infer {
+            model,
+            version,
+            inputs,
+            server,
+            show,
+        } => infer(model, version, inputs, server, show).await,
+        Command::Workers { server } => {
+            let list = admin(&server).await?.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
+            println!("{}", localml_cli::table::workers(&list));
+            Ok(())
+        }
+        Command::Models { server } => {
+            let list = admin(&server).await?.list_models(ListModelsRequest {}).await?.into_inner().models;
+            println!("{}", localml_cli::table::models(&list));
+            Ok(())
+        }
+        Command::Runtime { command } => match command {
+            RuntimeCommand::Install { gpu } => {
+                let flavor = if gpu { localml_worker::runtime::Flavor::Gpu } else { localml_worker::runtime::Flavor::Cpu };
+                let path = localml_worker::runtime::install(flavor, &mut |line| eprintln!("{line}"))?;
+                println!("{}", path.display());
+                Ok(())
+            }
+            RuntimeCommand::Which => match localml_worker::runtime::locate(None) {
+                Ok((path, source)) => {
+                    println!("{} ({source:?})", path.display());
+                    Ok(())
+                }
+                Err(e) => bail!(e),
+            },
+        },
+        Command::Scheduler(args) => Ok(localml_scheduler::cli::run(args).await?),
+        Command::Worker(args) => Ok(localml_worker::cli::run(args).await?),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("localml: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

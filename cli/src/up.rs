@@ -1,0 +1,191 @@
+//! `localml up`: an all-in-one local cluster on one PC: the scheduler in this process and
+//! N worker processes, with no external service. Ctrl-C or SIGTERM stops everything; the
+//! workers also exit if this process dies (they watch their standard input).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use localml_proto::localml::v1::{ListModelsRequest, ListWorkersRequest, WorkerState};
+use localml_scheduler::config::SchedulerConfig;
+use localml_worker::runtime;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client;
+
+pub struct UpOptions {
+    pub models: PathBuf,
+    pub workers: u32,
+    pub listen: String,
+    pub onnxruntime: Option<PathBuf>,
+}
+
+/// How long workers get to load their models and join.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a worker gets to finish in-flight requests at shutdown.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Finds the ONNX Runtime library, installing it when it is missing.
+pub fn ensure_runtime(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match runtime::locate(flag) {
+        Ok((path, _)) => Ok(path),
+        Err(runtime::RuntimeError::NotFound) => {
+            eprintln!("ONNX Runtime {} not found; installing it (once) ...", runtime::ORT_VERSION);
+            Ok(runtime::install(runtime::Flavor::Cpu, &mut |line| eprintln!("  {line}"))?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct WorkerProcess {
+    name: String,
+    child: Child,
+}
+
+async fn spawn_worker(
+    name: &str,
+    scheduler: &str,
+    options: &UpOptions,
+    library: &std::path::Path,
+    threads: usize,
+) -> anyhow::Result<WorkerProcess> {
+    let exe = std::env::current_exe().context("cannot find the localml executable")?;
+    let mut child = Command::new(exe)
+        .arg("worker")
+        .args(["--scheduler", scheduler, "--listen", "127.0.0.1:0", "--name", name])
+        .arg("--models")
+        .arg(&options.models)
+        .arg("--onnxruntime")
+        .arg(library)
+        .args(["--intra-op-threads", &threads.to_string(), "--exit-with-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start worker {name}"))?;
+    // The first line is "localml-worker NAME listening on ADDR"; drain the rest.
+    if let Some(stdout) = child.stdout.take() {
+        let mut lines = BufReader::new(stdout).lines();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    }
+    Ok(WorkerProcess {
+        name: name.to_string(),
+        child,
+    })
+}
+
+/// Runs the local cluster until `shutdown` completes.
+pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    if options.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let sources = localml_worker::repository::scan(&options.models)?;
+    if sources.is_empty() {
+        bail!(
+            "no models in {} (expected <dir>/<model>/<version>/model.onnx)",
+            options.models.display()
+        );
+    }
+    let library = ensure_runtime(options.onnxruntime.as_deref())?;
+
+    let config = SchedulerConfig {
+        listen: options.listen.clone(),
+        cluster_listen: "127.0.0.1:0".into(),
+        ..SchedulerConfig::default()
+    };
+    let listeners = localml_scheduler::cli::bind_listeners(&config).await?;
+    let endpoint = listeners.clients.local_addr()?;
+    let cluster = listeners.cluster.local_addr()?.to_string();
+    let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(localml_scheduler::run(config, listeners, async move {
+        let _ = scheduler_stopped.await;
+    }));
+
+    // Share the cores: each worker's ONNX Runtime gets its part.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = (cores / options.workers as usize).max(1);
+    let mut workers = Vec::new();
+    for i in 1..=options.workers {
+        workers.push(spawn_worker(&format!("worker-{i}"), &cluster, &options, &library, threads).await?);
+    }
+
+    let result = async {
+        let channel = client::connect(&endpoint.to_string(), Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut admin = client::admin_client(channel);
+        let started = tokio::time::Instant::now();
+        let mut last = usize::MAX;
+        loop {
+            let list = admin.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
+            let ready = list.iter().filter(|w| w.state == WorkerState::Ready as i32).count();
+            if ready != last {
+                eprintln!("workers ready: {ready}/{}", options.workers);
+                last = ready;
+            }
+            if ready >= options.workers as usize {
+                break;
+            }
+            for w in &mut workers {
+                if let Some(status) = w.child.try_wait()? {
+                    bail!("worker {} exited during start-up ({status}); see its log above", w.name);
+                }
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("workers not ready after {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let models = admin.list_models(ListModelsRequest {}).await?.into_inner().models;
+        println!();
+        println!("localml is up: {} workers", options.workers);
+        println!("  inference endpoint (Open Inference Protocol / Triton gRPC): {endpoint}");
+        println!("  try: localml infer --server {endpoint} --model {}", models.first().map(|m| m.name.as_str()).unwrap_or("MODEL"));
+        println!("       localml workers --server {endpoint}");
+        println!();
+        println!("{}", crate::table::models(&models));
+        println!();
+        println!("Press Ctrl-C to stop.");
+        anyhow::Ok(())
+    }
+    .await;
+
+    if result.is_ok() {
+        tokio::pin!(shutdown);
+        let exited = async {
+            loop {
+                for w in &mut workers {
+                    if let Ok(Some(status)) = w.child.try_wait() {
+                        return (w.name.clone(), status);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => eprintln!("stopping ..."),
+            (name, status) = exited => eprintln!("worker {name} exited ({status}); stopping the cluster"),
+        }
+    }
+
+    // Closing a worker's stdin asks it to leave and finish in-flight work.
+    for w in &mut workers {
+        drop(w.child.stdin.take());
+    }
+    for w in &mut workers {
+        match tokio::time::timeout(STOP_TIMEOUT, w.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("worker {} did not stop in {STOP_TIMEOUT:?}; killing it", w.name);
+                let _ = w.child.kill().await;
+            }
+        }
+    }
+    let _ = stop_scheduler.send(());
+    scheduler.await??;
+    eprintln!("localml stopped");
+    result
+}

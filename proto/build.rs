@@ -1,0 +1,17 @@
+//! Generates the gRPC code for the Open Inference Protocol (with Triton's extensions)
+//! and for localml.v1. Needs `protoc` (Debian: protobuf-compiler); `scripts/deps.sh`
+//! installs it.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["inference/grpc_service.proto", "localml/v1/cluster.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    println!("cargo:rerun-if-changed=inference/model_config.proto");
+    tonic_prost_build::configure()
+        // Tensor payloads stay `Bytes` so the scheduler forwards them without copies.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
+        .compile_protos(&protos, &["."])?;
+    Ok(())
+}

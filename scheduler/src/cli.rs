@@ -1,0 +1,80 @@
+//! Command-line flags of the scheduler, shared by `localml-scheduler` and `localml scheduler`.
+
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+
+use crate::config::SchedulerConfig;
+use crate::{Listeners, SchedulerError};
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SchedulerArgs {
+    /// YAML config file (every key optional; flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address for inference clients and operators [default: 127.0.0.1:8001].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address workers join on [default: 127.0.0.1:8002].
+    #[arg(long)]
+    pub cluster_listen: Option<String>,
+}
+
+impl SchedulerArgs {
+    pub fn into_config(self) -> Result<SchedulerConfig, SchedulerError> {
+        let mut c = match &self.config {
+            Some(path) => SchedulerConfig::from_file(path)?,
+            None => SchedulerConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.cluster_listen {
+            c.cluster_listen = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+async fn bind(address: &str, what: &str) -> Result<TcpListener, SchedulerError> {
+    TcpListener::bind(address).await.map_err(|e| {
+        SchedulerError::Io(std::io::Error::new(e.kind(), format!("cannot listen for {what} on {address}: {e}")))
+    })
+}
+
+/// Binds both listeners for `config`, returning them with their actual addresses.
+pub async fn bind_listeners(config: &SchedulerConfig) -> Result<Listeners, SchedulerError> {
+    Ok(Listeners {
+        clients: bind(&config.listen, "clients").await?,
+        cluster: bind(&config.cluster_listen, "workers").await?,
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Binds, prints the addresses, and runs until a shutdown signal.
+pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
+    let config = args.into_config()?;
+    let listeners = bind_listeners(&config).await?;
+    println!(
+        "localml-scheduler listening on {} (clients) and {} (workers)",
+        listeners.clients.local_addr()?,
+        listeners.cluster.local_addr()?
+    );
+    crate::run(config, listeners, shutdown_signal()).await
+}

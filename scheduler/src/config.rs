@@ -1,0 +1,147 @@
+//! Scheduler configuration: a YAML file (`--config FILE`) with flags on top.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default client address: the gRPC port Triton clients expect.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8001";
+/// Default address workers join on.
+pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:8002";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Address for inference clients and operators.
+    pub listen: String,
+    /// Address workers join and report on.
+    pub cluster_listen: String,
+    /// How often workers report, in milliseconds (told to them when they join).
+    pub report_interval_ms: u64,
+    /// A worker whose last report is older than this becomes NotReady (Kubernetes'
+    /// node-monitor grace period), in milliseconds.
+    pub worker_grace_period_ms: u64,
+    /// A NotReady worker that stays silent this long is forgotten, in milliseconds.
+    pub worker_forget_after_ms: u64,
+    /// Largest request or response message, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// Workers tried for one request before giving up (failed or unreachable workers).
+    pub dispatch_attempts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            listen: DEFAULT_LISTEN.into(),
+            cluster_listen: DEFAULT_CLUSTER_LISTEN.into(),
+            report_interval_ms: 500,
+            worker_grace_period_ms: 2_500,
+            worker_forget_after_ms: 10 * 60 * 1000,
+            max_message_bytes: 64 * 1024 * 1024,
+            dispatch_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("invalid config {0}: {1}")]
+    Parse(String, String),
+    #[error("invalid config: {field} {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl SchedulerConfig {
+    pub fn from_file(path: &Path) -> Result<SchedulerConfig, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(name.clone(), e))?;
+        let config: SchedulerConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse(name, e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.report_interval_ms == 0 {
+            return invalid("report_interval_ms", "must be at least 1");
+        }
+        if self.worker_grace_period_ms <= self.report_interval_ms {
+            return invalid("worker_grace_period_ms", "must be longer than report_interval_ms");
+        }
+        if self.dispatch_attempts == 0 {
+            return invalid("dispatch_attempts", "must be at least 1");
+        }
+        if self.max_message_bytes < 1024 {
+            return invalid("max_message_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms)
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.worker_grace_period_ms)
+    }
+
+    pub fn forget_after(&self) -> Duration {
+        Duration::from_millis(self.worker_forget_after_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (
+                SchedulerConfig {
+                    report_interval_ms: 0,
+                    ..Default::default()
+                },
+                "report_interval_ms",
+            ),
+            (
+                SchedulerConfig {
+                    worker_grace_period_ms: 100,
+                    ..Default::default()
+                },
+                "worker_grace_period_ms",
+            ),
+            (
+                SchedulerConfig {
+                    dispatch_attempts: 0,
+                    ..Default::default()
+                },
+                "dispatch_attempts",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().expect_err("invalid").to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        assert!(SchedulerConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_yaml_key_is_named() {
+        let path = std::env::temp_dir().join(format!("localml-scfg-{}.yaml", std::process::id()));
+        std::fs::write(&path, "listen: 127.0.0.1:9000\nreport_intervall_ms: 5\n").expect("write");
+        let err = SchedulerConfig::from_file(&path).expect_err("unknown key").to_string();
+        assert!(err.contains("report_intervall_ms"), "{err}");
+        std::fs::write(&path, "listen: 127.0.0.1:9000\n").expect("write");
+        assert_eq!(SchedulerConfig::from_file(&path).expect("valid").listen, "127.0.0.1:9000");
+        std::fs::remove_file(&path).ok();
+    }
+}

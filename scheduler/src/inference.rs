@@ -1,0 +1,138 @@
+//! The scheduler's `inference.GRPCInferenceService`: readiness, metadata and config
+//! answered from cluster state; inference routed to workers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use localml_proto::inference::*;
+use localml_proto::oip;
+use localml_proto::service::{request_timeout, within_deadline, InferenceBackend};
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::dispatch::{lookup_error, Dispatcher};
+use crate::size_limit::size_limit_status;
+
+pub struct SchedulerInference {
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+impl SchedulerInference {
+    fn model(&self, name: &str, version: &str) -> Result<(localml_proto::localml::v1::LoadedModel, Vec<String>), Status> {
+        self.dispatcher
+            .registry
+            .model(name, version)
+            .ok_or_else(|| lookup_error(name, version, self.dispatcher.registry.lookup(name, version)))
+    }
+}
+
+#[tonic::async_trait]
+impl InferenceBackend for SchedulerInference {
+    type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.dispatcher.registry.any_ready(),
+        }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(ModelReadyResponse {
+            ready: self.dispatcher.registry.model_ready(&r.name, &r.version),
+        }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "localml".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: oip::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse> {
+        let r = r.into_inner();
+        let (model, versions) = self.model(&r.name, &r.version)?;
+        let signature = model.signature.unwrap_or_default();
+        Ok(Response::new(oip::model_metadata(&model.name, versions, &signature)))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        let timeout = request_timeout(r.metadata());
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let request = r.into_inner();
+        within_deadline(timeout, "ModelInfer", self.dispatcher.infer(request, deadline))
+            .await
+            .map(Response::new)
+    }
+
+    async fn model_stream_infer(&self, r: Request<tonic::Streaming<ModelInferRequest>>) -> Answer<Self::InferStream> {
+        let mut requests = r.into_inner();
+        let dispatcher = Arc::clone(&self.dispatcher);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(next) = requests.next().await {
+                let request = match next {
+                    Ok(request) => request,
+                    Err(status) => {
+                        let _ = tx.send(Err(size_limit_status(status))).await;
+                        break;
+                    }
+                };
+                let dispatcher = Arc::clone(&dispatcher);
+                let tx = tx.clone();
+                // Requests on one stream are routed concurrently; responses carry the id.
+                tokio::spawn(async move {
+                    let id = request.id.clone();
+                    let message = match dispatcher.infer(request, None).await {
+                        Ok(response) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(status) => ModelStreamInferResponse {
+                            error_message: status.message().to_string(),
+                            infer_response: Some(ModelInferResponse {
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    };
+                    let _ = tx.send(Ok(message)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
+        let r = r.into_inner();
+        let (model, _) = self.model(&r.name, &r.version)?;
+        let signature = model.signature.unwrap_or_default();
+        let gpu = model.execution_provider != "CPUExecutionProvider";
+        Ok(Response::new(oip::model_config(
+            &model.name,
+            model.max_batch_size,
+            model.instances,
+            gpu,
+            &signature,
+        )))
+    }
+
+    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Answer<ModelStatisticsResponse> {
+        let r = r.into_inner();
+        if !r.name.is_empty() {
+            self.model(&r.name, &r.version)?;
+        }
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: self.dispatcher.stats.snapshot(&r.name),
+        }))
+    }
+}

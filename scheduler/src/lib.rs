@@ -1,0 +1,127 @@
+//! localml-scheduler: receives inference requests from standard Open Inference Protocol
+//! clients and routes each to a worker PC; workers join and report through the cluster API.
+//!
+//! # Layout
+//! - [`config`]: the scheduler's YAML config.
+//! - [`registry`]: workers, leases and node-lifecycle states; lookups for routing.
+//! - [`routing`]: the routing policy (pure).
+//! - [`dispatch`]: forwarding to a worker with retries within the client's deadline.
+//! - [`inference`]: the client-facing `GRPCInferenceService`.
+//! - [`cluster`]: the worker-facing cluster API and the admin API.
+//! - [`size_limit`]: RESOURCE_EXHAUSTED for oversized messages.
+//! - [`stats`]: per-model counters for ModelStatistics.
+//! - [`cli`]: flags and the process entry point.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod dispatch;
+pub mod inference;
+pub mod registry;
+pub mod routing;
+pub mod size_limit;
+pub mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use localml_proto::localml::v1::admin_server::AdminServer;
+use localml_proto::localml::v1::cluster_server::ClusterServer;
+use localml_proto::service::OipService;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::SchedulerConfig;
+use crate::registry::Registry;
+
+/// The scheduler's two listeners, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// Inference clients and operators.
+    pub clients: TcpListener,
+    /// Workers.
+    pub cluster: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("serving failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the scheduler until `shutdown` completes; then both servers stop accepting and
+/// finish the requests they have.
+pub async fn run(
+    config: SchedulerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    config.validate()?;
+    let registry = Arc::new(Registry::new(config.max_message_bytes));
+    let stats = Arc::new(stats::Stats::default());
+    let dispatcher = Arc::new(dispatch::Dispatcher::new(
+        Arc::clone(&registry),
+        stats,
+        config.dispatch_attempts,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Node lifecycle: check leases a few times per grace period.
+    let lifecycle = {
+        let registry = Arc::clone(&registry);
+        let (grace, forget) = (config.grace_period(), config.forget_after());
+        let tick = config.report_interval() / 2;
+        let stopped = wait(stopped.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stopped);
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => registry.check_leases(tokio::time::Instant::now(), grace, forget),
+                    _ = &mut stopped => break,
+                }
+            }
+        })
+    };
+
+    let inference = GrpcInferenceServiceServer::new(OipService(Arc::new(inference::SchedulerInference {
+        dispatcher: Arc::clone(&dispatcher),
+    })))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+    let admin = AdminServer::new(cluster::AdminService {
+        registry: Arc::clone(&registry),
+    });
+    let cluster_api = ClusterServer::new(cluster::ClusterService {
+        registry: Arc::clone(&registry),
+        report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
+    });
+
+    let clients = tonic::transport::Server::builder()
+        .layer(size_limit::SizeLimitLayer)
+        .add_service(inference)
+        .add_service(admin.clone())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.clients), wait(stopped.clone()));
+    let workers = tonic::transport::Server::builder()
+        .add_service(cluster_api)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.cluster), wait(stopped.clone()));
+    let clients = tokio::spawn(clients);
+    let workers = tokio::spawn(workers);
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop.send(true);
+    let (a, b, _) = tokio::join!(clients, workers, lifecycle);
+    for result in [a, b] {
+        result.map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
+    tracing::info!("scheduler stopped");
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! The scheduler's view of the workers: registrations, leases (renewed by status
+//! reports), node-lifecycle states, and lookups for routing. One writer at a time behind a
+//! lock held only for in-memory work, never across I/O.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use localml_proto::localml::v1 as pb;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+pub type WorkerClient = GrpcInferenceServiceClient<Channel>;
+
+/// Kubernetes-style node lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Ready,
+    /// Missed reports for the grace period, or failed a dispatch; gets no traffic.
+    NotReady,
+    /// Left the cluster: finishes what it has, gets nothing new.
+    Draining,
+}
+
+impl WorkerState {
+    pub fn to_proto(self) -> pb::WorkerState {
+        match self {
+            WorkerState::Ready => pb::WorkerState::Ready,
+            WorkerState::NotReady => pb::WorkerState::NotReady,
+            WorkerState::Draining => pb::WorkerState::Draining,
+        }
+    }
+}
+
+struct WorkerEntry {
+    id: String,
+    status: pb::WorkerStatus,
+    state: WorkerState,
+    reason: String,
+    last_report: Instant,
+    dispatched: Arc<AtomicU32>,
+    client: Option<WorkerClient>,
+}
+
+/// A worker that can take a request now.
+#[derive(Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub name: String,
+    /// Requests this scheduler has dispatched to the worker and not yet seen answered.
+    pub dispatched: Arc<AtomicU32>,
+    pub client: WorkerClient,
+}
+
+/// Result of looking a model up for routing.
+pub enum Lookup {
+    Found(Vec<Candidate>),
+    /// No worker has the model at all.
+    UnknownModel,
+    /// The model exists but not in that version.
+    UnknownVersion { available: Vec<String> },
+    /// Only workers that are not Ready have it.
+    NoReadyWorker { details: Vec<String> },
+}
+
+pub struct Registry {
+    workers: RwLock<HashMap<String, WorkerEntry>>,
+    next_id: AtomicU64,
+    max_message_bytes: usize,
+}
+
+fn version_key(v: &str) -> (u64, String) {
+    (v.parse().unwrap_or(0), v.to_string())
+}
+
+impl Registry {
+    pub fn new(max_message_bytes: usize) -> Registry {
+        Registry {
+            workers: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_message_bytes,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, WorkerEntry>> {
+        self.workers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, WorkerEntry>> {
+        self.workers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn client_for(&self, address: &str) -> Option<WorkerClient> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Some(
+            GrpcInferenceServiceClient::new(channel)
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes),
+        )
+    }
+
+    /// Registers a worker. A worker rejoining under the same name replaces its old entry.
+    pub fn join(&self, status: pb::WorkerStatus, now: Instant) -> String {
+        let id = format!("w{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let client = self.client_for(&status.inference_address);
+        let (state, reason) = match (&client, status.draining) {
+            (None, _) => (WorkerState::NotReady, format!("invalid inference address '{}'", status.inference_address)),
+            (Some(_), true) => (WorkerState::Draining, "worker is draining".to_string()),
+            (Some(_), false) => (WorkerState::Ready, String::new()),
+        };
+        let mut workers = self.write();
+        workers.retain(|_, w| w.status.name != status.name);
+        tracing::info!(worker = %status.name, id = %id, address = %status.inference_address, "worker joined");
+        workers.insert(
+            id.clone(),
+            WorkerEntry {
+                id: id.clone(),
+                status,
+                state,
+                reason,
+                last_report: now,
+                dispatched: Arc::new(AtomicU32::new(0)),
+                client,
+            },
+        );
+        id
+    }
+
+    /// Records a status report (renewing the lease). False when the id is unknown.
+    pub fn report(&self, id: &str, status: pb::WorkerStatus, now: Instant) -> bool {
+        let new_client = {
+            let workers = self.read();
+            match workers.get(id) {
+                None => return false,
+                Some(w) if w.status.inference_address != status.inference_address => {
+                    Some(self.client_for(&status.inference_address))
+                }
+                Some(_) => None,
+            }
+        };
+        let mut workers = self.write();
+        let Some(w) = workers.get_mut(id) else { return false };
+        if let Some(client) = new_client {
+            w.client = client;
+        }
+        w.last_report = now;
+        let (state, reason) = if status.draining || w.state == WorkerState::Draining {
+            (WorkerState::Draining, "worker is draining".to_string())
+        } else if w.client.is_none() {
+            (WorkerState::NotReady, format!("invalid inference address '{}'", status.inference_address))
+        } else {
+            (WorkerState::Ready, String::new())
+        };
+        if state != w.state {
+            tracing::info!(worker = %status.name, from = ?w.state, to = ?state, "worker state changed");
+        }
+        w.state = state;
+        w.reason = reason;
+        w.status = status;
+        true
+    }
+
+    /// The worker left: it gets no new work.
+    pub fn leave(&self, id: &str) -> bool {
+        let mut workers = self.write();
+        let Some(w) = workers.get_mut(id) else { return false };
+        tracing::info!(worker = %w.status.name, "worker leaving (draining)");
+        w.state = WorkerState::Draining;
+        w.reason = "worker left the cluster".into();
+        true
+    }
+
+    /// A dispatch to the worker failed at the transport level: stop routing to it until
+    /// its next status report shows it alive.
+    pub fn mark_unreachable(&self, id: &str, reason: &str) {
+        let mut workers = self.write();
+        if let Some(w) = workers.get_mut(id) {
+            if w.state == WorkerState::Ready {
+                tracing::warn!(worker = %w.status.name, reason, "worker unreachable; NotReady until it reports again");
+                w.state = WorkerState::NotReady;
+                w.reason = format!("dispatch failed: {reason}");
+            }
+        }
+    }
+
+    /// Marks workers whose lease expired NotReady, and forgets long-silent ones.
+    pub fn check_leases(&self, now: Instant, grace: Duration, forget_after: Duration) {
+        let mut workers = self.write();
+        workers.retain(|_, w| {
+            let silent = now.saturating_duration_since(w.last_report);
+            let forget = silent > forget_after || (w.state == WorkerState::Draining && silent > grace);
+            if forget {
+                tracing::info!(worker = %w.status.name, "worker removed");
+            }
+            !forget
+        });
+        for w in workers.values_mut() {
+            let silent = now.saturating_duration_since(w.last_report);
+            if w.state == WorkerState::Ready && silent > grace {
+                tracing::warn!(worker = %w.status.name, silent_ms = silent.as_millis() as u64, "worker missed its reports; NotReady");
+                w.state = WorkerState::NotReady;
+                w.reason = format!("no status report for {:.1}s", silent.as_secs_f64());
+            }
+        }
+    }
+
+    /// Ready workers that can serve `model` at `version` (empty: the newest version any
+    /// Ready worker has).
+    pub fn lookup(&self, model: &str, version: &str) -> Lookup {
+        let workers = self.read();
+        let has = |w: &WorkerEntry, v: &str| w.status.models.iter().any(|m| m.name == model && (v.is_empty() || m.version == v));
+        let versions: BTreeSet<(u64, String)> = workers
+            .values()
+            .flat_map(|w| w.status.models.iter())
+            .filter(|m| m.name == model)
+            .map(|m| version_key(&m.version))
+            .collect();
+        if versions.is_empty() {
+            return Lookup::UnknownModel;
+        }
+        if !version.is_empty() && !versions.iter().any(|(_, v)| v == version) {
+            return Lookup::UnknownVersion {
+                available: versions.into_iter().map(|(_, v)| v).collect(),
+            };
+        }
+        let ready = |w: &&WorkerEntry| w.state == WorkerState::Ready && w.client.is_some();
+        let chosen_version = if version.is_empty() {
+            workers
+                .values()
+                .filter(ready)
+                .flat_map(|w| w.status.models.iter())
+                .filter(|m| m.name == model)
+                .map(|m| version_key(&m.version))
+                .max()
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+        } else {
+            version.to_string()
+        };
+        let found: Vec<Candidate> = workers
+            .values()
+            .filter(ready)
+            .filter(|w| !chosen_version.is_empty() && has(w, &chosen_version))
+            .filter_map(|w| {
+                Some(Candidate {
+                    id: w.id.clone(),
+                    name: w.status.name.clone(),
+                    dispatched: Arc::clone(&w.dispatched),
+                    client: w.client.clone()?,
+                })
+            })
+            .collect();
+        if found.is_empty() {
+            let details = workers
+                .values()
+                .filter(|w| has(w, version))
+                .map(|w| format!("{} ({:?}: {})", w.status.name, w.state, w.reason))
+                .collect();
+            return Lookup::NoReadyWorker { details };
+        }
+        Lookup::Found(found)
+    }
+
+    /// The newest report of a model version (any worker), with every version known.
+    pub fn model(&self, model: &str, version: &str) -> Option<(pb::LoadedModel, Vec<String>)> {
+        let workers = self.read();
+        let mut all: Vec<&pb::LoadedModel> = workers
+            .values()
+            .flat_map(|w| w.status.models.iter())
+            .filter(|m| m.name == model)
+            .collect();
+        all.sort_by_key(|m| version_key(&m.version));
+        let versions: BTreeSet<(u64, String)> = all.iter().map(|m| version_key(&m.version)).collect();
+        let chosen = if version.is_empty() {
+            all.last()
+        } else {
+            all.iter().find(|m| m.version == version)
+        }?;
+        Some(((*chosen).clone(), versions.into_iter().map(|(_, v)| v).collect()))
+    }
+
+    /// Whether a Ready worker has the model version.
+    pub fn model_ready(&self, model: &str, version: &str) -> bool {
+        matches!(self.lookup(model, version), Lookup::Found(_))
+    }
+
+    pub fn any_ready(&self) -> bool {
+        self.read().values().any(|w| w.state == WorkerState::Ready)
+    }
+
+    /// Every worker with its state, for operators.
+    pub fn list(&self, now: Instant) -> Vec<pb::WorkerInfo> {
+        let workers = self.read();
+        let mut out: Vec<pb::WorkerInfo> = workers
+            .values()
+            .map(|w| pb::WorkerInfo {
+                id: w.id.clone(),
+                state: w.state.to_proto() as i32,
+                state_reason: w.reason.clone(),
+                status: Some(w.status.clone()),
+                dispatched_in_flight: w.dispatched.load(Ordering::Relaxed),
+                last_report_age_ms: now.saturating_duration_since(w.last_report).as_millis() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            let name = |w: &pb::WorkerInfo| w.status.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            name(a).cmp(&name(b))
+        });
+        out
+    }
+
+    /// Every model version with the Ready workers serving it.
+    pub fn models(&self) -> Vec<pb::ModelInfo> {
+        let workers = self.read();
+        let mut by_key: std::collections::BTreeMap<(String, (u64, String)), pb::ModelInfo> = Default::default();
+        for w in workers.values() {
+            for m in &w.status.models {
+                let info = by_key
+                    .entry((m.name.clone(), version_key(&m.version)))
+                    .or_insert_with(|| pb::ModelInfo {
+                        name: m.name.clone(),
+                        version: m.version.clone(),
+                        ready_workers: Vec::new(),
+                        signature: m.signature.clone(),
+                        max_batch_size: m.max_batch_size,
+                    });
+                if w.state == WorkerState::Ready {
+                    info.ready_workers.push(w.status.name.clone());
+                }
+            }
+        }
+        let mut out: Vec<pb::ModelInfo> = by_key.into_values().collect();
+        for m in &mut out {
+            m.ready_workers.sort();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, models: &[(&str, &str)]) -> pb::WorkerStatus {
+        pb::WorkerStatus {
+            name: name.into(),
+            inference_address: "127.0.0.1:1".into(),
+            models: models
+                .iter()
+                .map(|(m, v)| pb::LoadedModel {
+                    name: m.to_string(),
+                    version: v.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn names(lookup: Lookup) -> Vec<String> {
+        match lookup {
+            Lookup::Found(c) => {
+                let mut n: Vec<String> = c.into_iter().map(|c| c.name).collect();
+                n.sort();
+                n
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expiry_and_recovery() {
+        let reg = Registry::new(1 << 20);
+        let t0 = Instant::now();
+        let a = reg.join(status("a", &[("m", "1")]), t0);
+        let b = reg.join(status("b", &[("m", "1")]), t0);
+        assert_eq!(names(reg.lookup("m", "")), vec!["a", "b"]);
+        let grace = Duration::from_secs(2);
+        let forget = Duration::from_secs(60);
+        // b keeps reporting, a goes silent.
+        reg.report(&b, status("b", &[("m", "1")]), t0 + Duration::from_secs(2));
+        reg.check_leases(t0 + Duration::from_secs(3), grace, forget);
+        assert_eq!(names(reg.lookup("m", "1")), vec!["b"]);
+        let listed = reg.list(t0 + Duration::from_secs(3));
+        let a_info = listed.iter().find(|w| w.id == a).expect("a listed");
+        assert_eq!(a_info.state, pb::WorkerState::NotReady as i32);
+        assert!(a_info.state_reason.contains("no status report"), "{}", a_info.state_reason);
+        // a comes back.
+        assert!(reg.report(&a, status("a", &[("m", "1")]), t0 + Duration::from_secs(4)));
+        assert_eq!(names(reg.lookup("m", "1")), vec!["a", "b"]);
+        // silent past forget_after: removed, and its id is unknown.
+        reg.check_leases(t0 + Duration::from_secs(100), grace, forget);
+        assert!(reg.list(t0).is_empty());
+        assert!(!reg.report(&a, status("a", &[]), t0 + Duration::from_secs(101)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_distinguish_unknown_model_version_and_no_ready_worker() {
+        let reg = Registry::new(1 << 20);
+        let t0 = Instant::now();
+        let a = reg.join(status("a", &[("m", "1"), ("m", "2")]), t0);
+        reg.join(status("b", &[("m", "1")]), t0);
+        assert!(matches!(reg.lookup("x", ""), Lookup::UnknownModel));
+        match reg.lookup("m", "3") {
+            Lookup::UnknownVersion { available } => assert_eq!(available, vec!["1", "2"]),
+            _ => panic!("expected UnknownVersion"),
+        }
+        // Empty version routes to the newest version.
+        assert_eq!(names(reg.lookup("m", "")), vec!["a"]);
+        assert_eq!(names(reg.lookup("m", "1")), vec!["a", "b"]);
+        reg.leave(&a);
+        match reg.lookup("m", "2") {
+            Lookup::NoReadyWorker { details } => assert!(details[0].contains("Draining"), "{details:?}"),
+            _ => panic!("expected NoReadyWorker"),
+        }
+        // With a draining, the newest Ready version is 1.
+        assert_eq!(names(reg.lookup("m", "")), vec!["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejoin_under_same_name_replaces_and_unreachable_is_not_ready() {
+        let reg = Registry::new(1 << 20);
+        let t0 = Instant::now();
+        let old = reg.join(status("a", &[("m", "1")]), t0);
+        let new = reg.join(status("a", &[("m", "1")]), t0);
+        assert_ne!(old, new);
+        assert_eq!(reg.list(t0).len(), 1);
+        assert!(!reg.report(&old, status("a", &[]), t0));
+        reg.mark_unreachable(&new, "connection refused");
+        assert!(matches!(reg.lookup("m", ""), Lookup::NoReadyWorker { .. }));
+        reg.report(&new, status("a", &[("m", "1")]), t0);
+        assert_eq!(names(reg.lookup("m", "")), vec!["a"]);
+    }
+}

@@ -1,0 +1,132 @@
+//! Command-line flags of the worker, shared by `localml-worker` and `localml worker`.
+
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+
+use crate::config::{parse_labels, WorkerConfig};
+use crate::WorkerError;
+
+/// Flags; each overrides the same key of `--config FILE`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WorkerArgs {
+    /// YAML config file (every key optional; flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Scheduler cluster address (host:port) [default: 127.0.0.1:8002].
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Inference listen address [default: 0.0.0.0:8101]; port 0 picks a free port.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address the scheduler uses to reach this worker [default: derived from --listen].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Model repository: <dir>/<model>/<version>/model.onnx.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Worker name [default: host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Labels, e.g. gpu=nvidia,site=library.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Root of the power_supply sysfs class [default: /sys/class/power_supply].
+    #[arg(long)]
+    pub power_supply_root: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long)]
+    pub intra_op_threads: Option<usize>,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, localml's cache, system paths).
+    #[arg(long)]
+    pub onnxruntime: Option<PathBuf>,
+    /// Testing/demo aid: behave like a PC F times slower (F >= 1).
+    #[arg(long, value_name = "F")]
+    pub throttle: Option<f64>,
+    /// Exit when standard input closes (used by `localml up` so no worker outlives it).
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
+}
+
+impl WorkerArgs {
+    /// The file config (if any) with the flags applied on top.
+    pub fn into_config(self) -> Result<WorkerConfig, WorkerError> {
+        let mut c = match &self.config {
+            Some(path) => WorkerConfig::from_file(path)?,
+            None => WorkerConfig::default(),
+        };
+        if let Some(v) = self.scheduler {
+            c.scheduler = v;
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.advertise {
+            c.advertise = Some(v);
+        }
+        if let Some(v) = self.models {
+            c.models = v;
+        }
+        if let Some(v) = self.name {
+            c.name = v;
+        }
+        if let Some(v) = self.labels {
+            c.labels.extend(parse_labels(&v)?);
+        }
+        if let Some(v) = self.power_supply_root {
+            c.power_supply_root = v;
+        }
+        if let Some(v) = self.intra_op_threads {
+            c.intra_op_threads = Some(v);
+        }
+        if let Some(v) = self.onnxruntime {
+            c.onnxruntime = Some(v);
+        }
+        if let Some(v) = self.throttle {
+            c.throttle = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM (and, with `watch_stdin`, when standard input closes).
+pub async fn shutdown_signal(watch_stdin: bool) {
+    let stdin_closed = async move {
+        if !watch_stdin {
+            return std::future::pending::<()>().await;
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            use std::io::Read;
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        })
+        .await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = stdin_closed => {}
+    }
+}
+
+/// Binds, prints the address, and runs until a shutdown signal.
+pub async fn run(args: WorkerArgs) -> Result<(), WorkerError> {
+    let watch_stdin = args.exit_with_stdin;
+    let config = args.into_config()?;
+    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+        WorkerError::Io(std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))
+    })?;
+    let addr = listener.local_addr()?;
+    println!("localml-worker {} listening on {addr}", config.name);
+    crate::run(config, listener, shutdown_signal(watch_stdin)).await
+}

@@ -1,0 +1,160 @@
+//! Worker configuration: a YAML file (`--config FILE`) with command-line flags on top.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::power::PowerOverride;
+
+/// Default inference listen address of a worker.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8101";
+/// Default scheduler cluster address (the scheduler's `--cluster-listen`).
+pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:8002";
+
+/// Everything a worker needs to start. Every key of the YAML file is optional.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Worker name; default: the host name.
+    pub name: String,
+    /// Scheduler cluster address (host:port).
+    pub scheduler: String,
+    /// Inference listen address.
+    pub listen: String,
+    /// Address the scheduler should use to reach this worker; default: the listen address,
+    /// or, when that is 0.0.0.0, this PC's address on the route to the scheduler.
+    pub advertise: Option<String>,
+    /// Model repository (Triton layout).
+    pub models: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// Root of the power_supply class in sysfs (tests point it at a fake tree).
+    pub power_supply_root: PathBuf,
+    /// Fixed power state for a PC whose UPS or solar battery sysfs cannot see.
+    pub power: Option<PowerOverride>,
+    /// ONNX Runtime intra-op threads per session; default: ONNX Runtime's choice.
+    pub intra_op_threads: Option<usize>,
+    /// Path of the ONNX Runtime shared library (see the lookup order in the README).
+    pub onnxruntime: Option<PathBuf>,
+    /// Testing and demo aid: behave like a PC this many times slower (>= 1).
+    pub throttle: f64,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            name: hostname(),
+            scheduler: DEFAULT_SCHEDULER.into(),
+            listen: DEFAULT_LISTEN.into(),
+            advertise: None,
+            models: PathBuf::from("models"),
+            labels: BTreeMap::new(),
+            power_supply_root: PathBuf::from("/sys/class/power_supply"),
+            power: None,
+            intra_op_threads: None,
+            onnxruntime: None,
+            throttle: 1.0,
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("invalid config {0}: {1}")]
+    Parse(PathBuf, String),
+    #[error("invalid labels '{0}': expected key=value pairs separated by commas")]
+    Labels(String),
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl WorkerConfig {
+    pub fn from_file(path: &Path) -> Result<WorkerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), e.to_string()))
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.throttle >= 1.0 && self.throttle.is_finite()) {
+            return Err(ConfigError::Invalid(format!("throttle must be a number >= 1, got {}", self.throttle)));
+        }
+        if self.name.is_empty() {
+            return Err(ConfigError::Invalid("name must not be empty".into()));
+        }
+        if let Some(0) = self.intra_op_threads {
+            return Err(ConfigError::Invalid("intra_op_threads must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `k=v,k2=v2`.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| ConfigError::Labels(text.to_string()))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                return Err(ConfigError::Labels(text.to_string()));
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        let labels = parse_labels("gpu=nvidia, site=library").expect("valid");
+        assert_eq!(labels.get("gpu").map(String::as_str), Some("nvidia"));
+        assert_eq!(labels.get("site").map(String::as_str), Some("library"));
+        assert!(parse_labels("").expect("empty ok").is_empty());
+        assert!(parse_labels("gpu").is_err());
+        assert!(parse_labels("=x").is_err());
+    }
+
+    #[test]
+    fn yaml_config_with_unknown_key_names_it() {
+        let dir = std::env::temp_dir().join(format!("localml-wcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let good = dir.join("good.yaml");
+        std::fs::write(&good, "name: lab-pc\nlabels: {site: library}\npower: {source: ups, battery_percent: 80}\n").expect("write");
+        let cfg = WorkerConfig::from_file(&good).expect("parses");
+        assert_eq!(cfg.name, "lab-pc");
+        assert_eq!(cfg.labels.get("site").map(String::as_str), Some("library"));
+        assert_eq!(cfg.power.as_ref().map(|p| p.source), Some(crate::power::PowerSource::Ups));
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, "nmae: x\n").expect("write");
+        let err = WorkerConfig::from_file(&bad).expect_err("unknown key").to_string();
+        assert!(err.contains("nmae"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn throttle_below_one_is_rejected() {
+        let cfg = WorkerConfig {
+            throttle: 0.5,
+            ..WorkerConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        assert!(WorkerConfig::default().validate().is_ok());
+    }
+}

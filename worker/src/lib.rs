@@ -1,0 +1,157 @@
+//! localml-worker: the agent on each PC. It loads ONNX models with ONNX Runtime, serves
+//! the Open Inference Protocol, and reports its hardware, power and load to the scheduler.
+//!
+//! # Layout
+//! - [`config`]: the worker's YAML config and flags.
+//! - [`runtime`]: finding, installing and loading the ONNX Runtime shared library.
+//! - [`repository`]: the model repository on disk (Triton layout, `config.yaml`).
+//! - [`model`]: a loaded model version: sessions, execution provider, statistics.
+//! - [`validate`]: request checks against a model's signature before ONNX Runtime runs.
+//! - [`hardware`], [`power`]: RAM, GPUs, and power source from sysfs.
+//! - [`state`]: the worker's shared state and its status report.
+//! - [`service`]: the worker's `GRPCInferenceService`.
+//! - [`agent`]: join, report, leave.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod hardware;
+pub mod model;
+pub mod power;
+pub mod repository;
+pub mod runtime;
+pub mod service;
+pub mod state;
+pub mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use localml_proto::service::OipService;
+use tokio::net::TcpListener;
+
+use crate::config::WorkerConfig;
+use crate::model::{LoadOptions, LoadedModel};
+use crate::state::{ModelTable, Worker};
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Repository(#[from] repository::RepositoryError),
+    #[error("invalid scheduler address '{0}': {1}")]
+    SchedulerAddress(String, String),
+    #[error("serving failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads every model version of the repository; a model that fails is logged and skipped.
+pub fn load_models(
+    env: &ort::environment::Environment,
+    config: &WorkerConfig,
+    providers: &[String],
+) -> Result<ModelTable, WorkerError> {
+    let options = LoadOptions {
+        intra_op_threads: config.intra_op_threads,
+        throttle: config.throttle,
+    };
+    let mut table = ModelTable::new();
+    let sources = repository::scan(&config.models)?;
+    if sources.is_empty() {
+        tracing::warn!(repository = %config.models.display(), "no models found (expected <repo>/<model>/<version>/model.onnx)");
+    }
+    for source in sources {
+        match LoadedModel::load(env, &source, providers, &options) {
+            Ok(model) => {
+                tracing::info!(
+                    model = %model.name,
+                    version = model.version,
+                    provider = %model.execution_provider,
+                    memory_mib = model.memory_bytes / (1024 * 1024),
+                    "model loaded"
+                );
+                table.entry(model.name.clone()).or_default().insert(model.version, Arc::new(model));
+            }
+            Err(e) => tracing::error!(error = %e, "model not loaded"),
+        }
+    }
+    Ok(table)
+}
+
+/// The address the scheduler should dial: the configured one, the listen address, or,
+/// for a wildcard listen address, this PC's address on the route to the scheduler.
+fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
+    if let Some(a) = &config.advertise {
+        return a.clone();
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
+    let local_ip = std::net::ToSocketAddrs::to_socket_addrs(&config.scheduler)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .and_then(|target| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            socket.connect(target).ok()?;
+            socket.local_addr().ok().map(|a| a.ip())
+        });
+    match local_ip {
+        Some(ip) => SocketAddr::new(ip, bound.port()).to_string(),
+        None => SocketAddr::new([127, 0, 0, 1].into(), bound.port()).to_string(),
+    }
+}
+
+/// Runs a worker on `listener` until `shutdown` completes, then leaves the cluster and
+/// finishes in-flight requests.
+pub async fn run(
+    config: WorkerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    config.validate()?;
+    let (library, source) = runtime::locate(config.onnxruntime.as_deref())?;
+    tracing::info!(library = %library.display(), ?source, "loading ONNX Runtime");
+    let env = runtime::init(&library, "localml-worker")?;
+    let providers = runtime::available_providers();
+    tracing::info!(?providers, "execution providers");
+    let models = {
+        let (env, config, providers) = (env.clone(), config.clone(), providers.clone());
+        tokio::task::spawn_blocking(move || load_models(&env, &config, &providers))
+            .await
+            .map_err(|e| WorkerError::Io(std::io::Error::other(e.to_string())))??
+    };
+    let bound = listener.local_addr()?;
+    let advertise = advertise_address(&config, bound);
+    let channel = agent::scheduler_channel(&config.scheduler)
+        .map_err(|e| WorkerError::SchedulerAddress(config.scheduler.clone(), e.to_string()))?;
+    let max_message = config.max_message_bytes;
+    let worker = Arc::new(Worker::new(config, models, providers, advertise));
+    let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(agent::run(Arc::clone(&worker), channel, agent_shutdown));
+    let service = GrpcInferenceServiceServer::new(OipService(Arc::new(service::WorkerInference {
+        worker: Arc::clone(&worker),
+    })))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("shutting down: leaving the cluster, then finishing in-flight requests");
+        let _ = stop_agent.send(true);
+        let _ = agent.await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), drain)
+        .await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

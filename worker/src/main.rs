@@ -1,0 +1,28 @@
+//! `localml-worker`: thin binary over [`localml_worker::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "localml-worker", version, about = "localml worker agent: runs ONNX models and reports to the scheduler")]
+struct Cli {
+    #[command(flatten)]
+    args: localml_worker::cli::WorkerArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match localml_worker::cli::run(cli.args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("localml-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! A model version loaded into ONNX Runtime: its signature, a pool of sessions, the
+//! execution provider it really runs on, and its live statistics.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use localml_proto::tensor::{DataType, TensorData};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use tokio::sync::Semaphore;
+
+use crate::repository::{ModelSource, TensorOverride};
+
+/// Default `max_batch_size` for a model whose every tensor has a dynamic first dimension.
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 8;
+/// Default number of requests that may wait for a session.
+pub const DEFAULT_MAX_QUEUE: u32 = 64;
+
+/// One input or output of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// Full shape, batch dimension included; -1 is dynamic.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model {model} version {version}: {reason}")]
+    Load { model: String, version: u64, reason: String },
+    /// The model's queue is full.
+    #[error("model {0} has {1} requests queued on this worker; try again later")]
+    QueueFull(String, u32),
+    /// ONNX Runtime rejected the inputs (e.g. an index out of range).
+    #[error("ONNX Runtime rejected the request for model {model}: {reason}")]
+    InvalidInput { model: String, reason: String },
+    /// ONNX Runtime failed for another reason.
+    #[error("ONNX Runtime failed running model {model}: {reason}")]
+    Run { model: String, reason: String },
+}
+
+/// Live counters, read by status reports.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub queue_depth: AtomicU32,
+    pub in_flight: AtomicU32,
+    pub inference_count: AtomicU64,
+    pub failure_count: AtomicU64,
+    /// Total time of successful inferences, in nanoseconds.
+    pub success_ns: AtomicU64,
+    /// Total time of failed inferences, in nanoseconds.
+    pub failure_ns: AtomicU64,
+    /// Unix time of the last inference, in milliseconds.
+    pub last_inference_ms: AtomicU64,
+    /// EWMA of latency in microseconds, stored as f64 bits.
+    latency_ewma_us: AtomicU64,
+}
+
+/// Weight of the newest sample in the latency EWMA.
+const EWMA_ALPHA: f64 = 0.2;
+
+impl ModelStats {
+    fn record_latency(&self, elapsed: Duration) {
+        let sample = elapsed.as_secs_f64() * 1e6;
+        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let old = f64::from_bits(bits);
+            let new = if old == 0.0 { sample } else { old + EWMA_ALPHA * (sample - old) };
+            Some(new.to_bits())
+        });
+    }
+
+    pub fn latency_ewma_ms(&self) -> f64 {
+        f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed)) / 1e3
+    }
+}
+
+/// Counts one request in a gauge for as long as it lives.
+struct Gauge<'a> {
+    gauge: &'a AtomicU32,
+    /// The gauge's value before this request entered.
+    value: u32,
+}
+
+impl<'a> Gauge<'a> {
+    fn enter(gauge: &'a AtomicU32) -> Gauge<'a> {
+        let value = gauge.fetch_add(1, Ordering::SeqCst);
+        Gauge { gauge, value }
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A loaded model version.
+pub struct LoadedModel {
+    pub name: String,
+    pub version: u64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub max_batch_size: u32,
+    pub max_queue: u32,
+    pub execution_provider: String,
+    pub memory_bytes: u64,
+    pub instances: u32,
+    pub stats: ModelStats,
+    /// Makes this worker behave like a PC `throttle` times slower (testing aid).
+    throttle: f64,
+    permits: Semaphore,
+    sessions: Mutex<Vec<Session>>,
+}
+
+/// A tensor ready to run: name, shape, data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// Load-time settings that come from the worker rather than the model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub intra_op_threads: Option<usize>,
+    pub throttle: f64,
+}
+
+fn datatype_of(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, String> {
+    outlets
+        .iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let datatype = datatype_of(*ty)
+                    .ok_or_else(|| format!("{what} '{}' has element type {ty:?}, which localml cannot serve", o.name()))?;
+                Ok(TensorSpec {
+                    name: o.name().to_string(),
+                    datatype,
+                    shape: shape.iter().copied().collect(),
+                })
+            }
+            other => Err(format!("{what} '{}' is a {other:?}, not a tensor", o.name())),
+        })
+        .collect()
+}
+
+/// Applies config overrides: `dims` exclude the batch dimension when batching.
+fn apply_overrides(
+    specs: &mut [TensorSpec],
+    overrides: &[TensorOverride],
+    batching: bool,
+) -> Result<(), String> {
+    for o in overrides {
+        let spec = specs
+            .iter_mut()
+            .find(|s| s.name == o.name)
+            .ok_or_else(|| format!("config names tensor '{}', which the model does not have", o.name))?;
+        let model_dims = if batching { &spec.shape[1.min(spec.shape.len())..] } else { &spec.shape[..] };
+        let compatible = model_dims.len() == o.dims.len()
+            && model_dims.iter().zip(&o.dims).all(|(&m, &c)| m < 0 || m == c);
+        if !compatible {
+            return Err(format!(
+                "config dims {:?} for '{}' do not fit the model's dims {:?}",
+                o.dims, o.name, model_dims
+            ));
+        }
+        let mut shape = if batching { vec![-1] } else { Vec::new() };
+        shape.extend_from_slice(&o.dims);
+        spec.shape = shape;
+    }
+    Ok(())
+}
+
+/// Resident set size of this process, from /proc (0 where it cannot be read).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Creates one session, registering the preferred providers in order. Returns the session
+/// and the provider it runs on.
+fn build_session(
+    env: &ort::environment::Environment,
+    source: &ModelSource,
+    providers: &[String],
+    options: &LoadOptions,
+) -> Result<(Session, String), String> {
+    use ort::ep::ExecutionProvider;
+    let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
+    if let Some(n) = options.intra_op_threads {
+        builder = builder.with_intra_threads(n).map_err(|e| e.to_string())?;
+    }
+    let mut chosen = "CPUExecutionProvider".to_string();
+    for provider in providers {
+        let attempt = match provider.as_str() {
+            "cuda" => Some(("CUDAExecutionProvider", ort::ep::CUDA::default().register(&mut builder))),
+            "tensorrt" => Some(("TensorrtExecutionProvider", ort::ep::TensorRT::default().register(&mut builder))),
+            "rocm" => Some(("ROCMExecutionProvider", ort::ep::ROCm::default().register(&mut builder))),
+            "openvino" => Some(("OpenVINOExecutionProvider", ort::ep::OpenVINO::default().register(&mut builder))),
+            _ => None,
+        };
+        match attempt {
+            Some((name, Ok(()))) => {
+                chosen = name.to_string();
+                break;
+            }
+            Some((name, Err(e))) => {
+                tracing::warn!(model = %source.name, provider = name, error = %e, "GPU execution provider failed to initialise; falling back");
+            }
+            None => break, // "cpu": nothing to register, ONNX Runtime's default.
+        }
+    }
+    let session = builder.commit_from_file(&source.path).map_err(|e| e.to_string())?;
+    Ok((session, chosen))
+}
+
+/// Whether a config provider name (`cuda`) names an ONNX Runtime provider
+/// (`CUDAExecutionProvider`).
+fn provider_matches(config_name: &str, ort_name: &str) -> bool {
+    ort_name.to_ascii_lowercase().starts_with(config_name)
+}
+
+/// Provider names known to the config.
+pub const PROVIDER_NAMES: [&str; 5] = ["cuda", "tensorrt", "rocm", "openvino", "cpu"];
+
+impl LoadedModel {
+    /// Loads a model version: `instances` sessions on the first provider that works.
+    pub fn load(
+        env: &ort::environment::Environment,
+        source: &ModelSource,
+        available: &[String],
+        options: &LoadOptions,
+    ) -> Result<LoadedModel, ModelError> {
+        let fail = |reason: String| ModelError::Load {
+            model: source.name.clone(),
+            version: source.version,
+            reason,
+        };
+        let config = &source.config;
+        let providers: Vec<String> = match &config.execution_providers {
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|p| !PROVIDER_NAMES.contains(&p.as_str())) {
+                    return Err(fail(format!(
+                        "unknown execution provider '{bad}' in config.yaml (known: {})",
+                        PROVIDER_NAMES.join(", ")
+                    )));
+                }
+                list.clone()
+            }
+            None => {
+                let mut gpu: Vec<String> = PROVIDER_NAMES[..4]
+                    .iter()
+                    .filter(|p| available.iter().any(|a| provider_matches(p, a)))
+                    .map(|p| p.to_string())
+                    .collect();
+                gpu.push("cpu".into());
+                gpu
+            }
+        };
+        // A provider the loaded library was not built with is skipped quietly; one that is
+        // built in but fails to initialise (no driver, no device) warns and falls back.
+        let providers: Vec<String> = providers
+            .into_iter()
+            .filter(|p| {
+                let built_in = p == "cpu" || available.iter().any(|a| provider_matches(p, a));
+                if !built_in {
+                    tracing::info!(model = %source.name, provider = %p, "execution provider not in this ONNX Runtime build; skipped");
+                }
+                built_in
+            })
+            .collect();
+        let instances = config.instances.unwrap_or(1).max(1);
+        let before = resident_bytes();
+        let mut sessions = Vec::new();
+        let mut provider = String::new();
+        for _ in 0..instances {
+            let (session, chosen) = build_session(env, source, &providers, options).map_err(&fail)?;
+            provider = chosen;
+            sessions.push(session);
+        }
+        let memory_bytes = resident_bytes()
+            .saturating_sub(before)
+            .max(std::fs::metadata(&source.path).map(|m| m.len()).unwrap_or(0));
+        let mut inputs = specs(sessions[0].inputs(), "input").map_err(&fail)?;
+        let mut outputs = specs(sessions[0].outputs(), "output").map_err(&fail)?;
+        let all_batched = inputs
+            .iter()
+            .chain(&outputs)
+            .all(|s| s.shape.first().is_some_and(|&d| d < 0));
+        let max_batch_size = match config.max_batch_size {
+            Some(n) if n > 0 && !all_batched => {
+                return Err(fail(format!(
+                    "max_batch_size {n} needs a dynamic first dimension on every input and output"
+                )))
+            }
+            Some(n) => n,
+            None if all_batched => DEFAULT_MAX_BATCH_SIZE,
+            None => 0,
+        };
+        let batching = max_batch_size > 0;
+        apply_overrides(&mut inputs, config.inputs.as_deref().unwrap_or_default(), batching).map_err(&fail)?;
+        apply_overrides(&mut outputs, config.outputs.as_deref().unwrap_or_default(), batching).map_err(&fail)?;
+        Ok(LoadedModel {
+            name: source.name.clone(),
+            version: source.version,
+            inputs,
+            outputs,
+            max_batch_size,
+            max_queue: config.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+            execution_provider: provider,
+            memory_bytes,
+            instances,
+            stats: ModelStats::default(),
+            throttle: options.throttle.max(1.0),
+            permits: Semaphore::new(instances as usize),
+            sessions: Mutex::new(sessions),
+        })
+    }
+
+    /// Runs validated inputs and returns the requested outputs (all when `requested` is empty).
+    pub async fn run(
+        self: &Arc<Self>,
+        inputs: Vec<NamedTensor>,
+        requested: Vec<String>,
+    ) -> Result<Vec<NamedTensor>, ModelError> {
+        // Guards keep the counters right even when the caller gives up (deadline, disconnect).
+        let queued = Gauge::enter(&self.stats.queue_depth);
+        if queued.value >= self.max_queue && self.permits.available_permits() == 0 {
+            return Err(ModelError::QueueFull(self.name.clone(), queued.value));
+        }
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Err(ModelError::Run {
+                model: self.name.clone(),
+                reason: "the model is unloading".into(),
+            });
+        };
+        drop(queued);
+        let _running = Gauge::enter(&self.stats.in_flight);
+        let started = Instant::now();
+        let model = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || model.run_blocking(inputs, &requested))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ModelError::Run {
+                    model: self.name.clone(),
+                    reason: format!("inference task failed: {e}"),
+                })
+            });
+        if self.throttle > 1.0 {
+            // Hold the session slot longer, as a slower PC would.
+            tokio::time::sleep(started.elapsed().mul_f64(self.throttle - 1.0)).await;
+        }
+        let elapsed = started.elapsed();
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(_) => {
+                self.stats.inference_count.fetch_add(1, Ordering::Relaxed);
+                self.stats.success_ns.fetch_add(nanos, Ordering::Relaxed);
+                self.stats.record_latency(elapsed);
+            }
+            Err(_) => {
+                self.stats.failure_count.fetch_add(1, Ordering::Relaxed);
+                self.stats.failure_ns.fetch_add(nanos, Ordering::Relaxed);
+            }
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.stats.last_inference_ms.store(now_ms, Ordering::Relaxed);
+        result
+    }
+
+    fn run_blocking(&self, inputs: Vec<NamedTensor>, requested: &[String]) -> Result<Vec<NamedTensor>, ModelError> {
+        let run_error = |reason: String| ModelError::Run {
+            model: self.name.clone(),
+            reason,
+        };
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let name = input.name.clone();
+            let value = to_value(input).map_err(|e| ModelError::InvalidInput {
+                model: self.name.clone(),
+                reason: format!("input '{name}': {e}"),
+            })?;
+            values.push((name, value));
+        }
+        // The semaphore guarantees a free session; the lock is held only to take it.
+        let mut session = self
+            .sessions
+            .lock()
+            .map_err(|_| run_error("session pool poisoned".into()))?
+            .pop()
+            .ok_or_else(|| run_error("no free session".into()))?;
+        let result = (|| {
+            let outputs = session.run(values).map_err(|e| {
+                if matches!(e.code(), ort::ErrorCode::InvalidArgument) {
+                    ModelError::InvalidInput {
+                        model: self.name.clone(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    run_error(e.to_string())
+                }
+            })?;
+            let mut out = Vec::new();
+            for spec in &self.outputs {
+                if !requested.is_empty() && !requested.contains(&spec.name) {
+                    continue;
+                }
+                let value = outputs
+                    .get(&spec.name)
+                    .ok_or_else(|| run_error(format!("output '{}' missing from the result", spec.name)))?;
+                out.push(from_value(&spec.name, value).map_err(run_error)?);
+            }
+            Ok(out)
+        })();
+        if let Ok(mut pool) = self.sessions.lock() {
+            pool.push(session);
+        }
+        result
+    }
+}
+
+fn usize_shape(shape: &[i64]) -> Vec<usize> {
+    shape.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+/// Converts decoded tensor data into an ONNX Runtime value.
+fn to_value(t: NamedTensor) -> ort::Result<DynValue> {
+    let shape = usize_shape(&t.shape);
+    Ok(match t.data {
+        TensorData::Bool(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Uint8(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Uint16(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Uint32(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Uint64(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int8(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int16(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int32(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int64(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Fp16(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Fp32(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Fp64(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Bytes(v) => {
+            // Validation has checked UTF-8 already; this cannot fail.
+            let strings: Vec<String> = v.into_iter().map(|b| String::from_utf8(b).unwrap_or_default()).collect();
+            Tensor::from_string_array((shape, strings.as_slice()))?.into_dyn()
+        }
+    })
+}
+
+/// Converts an ONNX Runtime output into tensor data.
+fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, String> {
+    let err = |e: ort::Error| format!("output '{name}': {e}");
+    let ty = match value.dtype() {
+        ValueType::Tensor { ty, .. } => *ty,
+        other => return Err(format!("output '{name}' is a {other:?}, not a tensor")),
+    };
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
+            (shape.iter().copied().collect::<Vec<i64>>(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Bool => extract!(bool, Bool),
+        TensorElementType::Uint8 => extract!(u8, Uint8),
+        TensorElementType::Uint16 => extract!(u16, Uint16),
+        TensorElementType::Uint32 => extract!(u32, Uint32),
+        TensorElementType::Uint64 => extract!(u64, Uint64),
+        TensorElementType::Int8 => extract!(i8, Int8),
+        TensorElementType::Int16 => extract!(i16, Int16),
+        TensorElementType::Int32 => extract!(i32, Int32),
+        TensorElementType::Int64 => extract!(i64, Int64),
+        TensorElementType::Float16 => extract!(half::f16, Fp16),
+        TensorElementType::Float32 => extract!(f32, Fp32),
+        TensorElementType::Float64 => extract!(f64, Fp64),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(err)?;
+            (
+                shape.iter().copied().collect(),
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
+        }
+        other => return Err(format!("output '{name}' has element type {other:?}, which localml cannot serve")),
+    };
+    Ok(NamedTensor {
+        name: name.to_string(),
+        shape,
+        data,
+    })
+}

@@ -1,0 +1,171 @@
+//! The model repository on disk, in Triton's layout:
+//! `<repo>/<model>/<version>/model.onnx` with an optional `<repo>/<model>/config.yaml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Which versions of a model to load.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionPolicy {
+    /// Only the highest version number (Triton's default).
+    #[default]
+    Latest,
+    /// Every version directory.
+    All,
+}
+
+/// An override of one input or output declared by the model.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorOverride {
+    pub name: String,
+    /// Dimensions without the batch dimension when `max_batch_size > 0`; they may fix
+    /// dimensions the model leaves dynamic.
+    pub dims: Vec<i64>,
+}
+
+/// `<repo>/<model>/config.yaml`. Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Largest batch; 0 means the model has no batch dimension. Default: 8 when every input
+    /// and output has a dynamic first dimension, else 0.
+    pub max_batch_size: Option<u32>,
+    /// ONNX Runtime sessions per version, i.e. requests that run at once. Default 1.
+    pub instances: Option<u32>,
+    /// Preferred execution providers in order, e.g. `[cuda, cpu]`. Known names: cuda,
+    /// tensorrt, rocm, openvino, cpu. Default: every GPU provider the library has, then cpu.
+    pub execution_providers: Option<Vec<String>>,
+    pub version_policy: Option<VersionPolicy>,
+    /// Requests that may wait for a session before new ones are refused. Default 64.
+    pub max_queue: Option<u32>,
+    pub inputs: Option<Vec<TensorOverride>>,
+    pub outputs: Option<Vec<TensorOverride>>,
+}
+
+/// A model version found on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSource {
+    pub name: String,
+    pub version: u64,
+    pub path: PathBuf,
+    pub config: ModelConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("model repository {0} is not a readable directory: {1}")]
+    Unreadable(PathBuf, std::io::Error),
+    #[error("{path}: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+}
+
+/// Scans the repository. A model whose config cannot be parsed is an error (a typo in a
+/// config must not silently change behaviour); directories without versions are skipped.
+pub fn scan(repo: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
+    let entries = std::fs::read_dir(repo).map_err(|e| RepositoryError::Unreadable(repo.to_path_buf(), e))?;
+    let mut model_dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    model_dirs.sort();
+    let mut found = Vec::new();
+    for dir in model_dirs {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let config = read_config(&dir.join("config.yaml"))?;
+        let mut versions: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(|e| RepositoryError::Unreadable(dir.clone(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let version = p.file_name()?.to_str()?.parse::<u64>().ok()?;
+                let model = p.join("model.onnx");
+                model.is_file().then_some((version, model))
+            })
+            .collect();
+        versions.sort();
+        if config.version_policy.unwrap_or_default() == VersionPolicy::Latest {
+            versions = versions.split_off(versions.len().saturating_sub(1));
+        }
+        for (version, path) in versions {
+            found.push(ModelSource {
+                name: name.clone(),
+                version,
+                path,
+                config: config.clone(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn read_config(path: &Path) -> Result<ModelConfig, RepositoryError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+        Err(e) => {
+            return Err(RepositoryError::BadConfig {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    if text.trim().lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Ok(ModelConfig::default());
+    }
+    serde_yaml::from_str(&text).map_err(|e| RepositoryError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir");
+        std::fs::write(path, b"onnx").expect("write");
+    }
+
+    fn temp_repo(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("localml-repo-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn scans_latest_by_default_and_all_on_request() {
+        let repo = temp_repo("policy");
+        touch(&repo.join("a/1/model.onnx"));
+        touch(&repo.join("a/3/model.onnx"));
+        touch(&repo.join("a/2/other.bin"));
+        touch(&repo.join("b/1/model.onnx"));
+        touch(&repo.join("b/10/model.onnx"));
+        std::fs::write(repo.join("b/config.yaml"), "version_policy: all\ninstances: 2\n").expect("write");
+        touch(&repo.join("empty/notes/model.onnx"));
+        let found: Vec<(String, u64)> = scan(&repo).expect("scan").into_iter().map(|m| (m.name, m.version)).collect();
+        assert_eq!(
+            found,
+            vec![("a".to_string(), 3), ("b".to_string(), 1), ("b".to_string(), 10)]
+        );
+        std::fs::remove_dir_all(&repo).ok();
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_field() {
+        let repo = temp_repo("badcfg");
+        touch(&repo.join("m/1/model.onnx"));
+        std::fs::write(repo.join("m/config.yaml"), "max_batch_size: 4\ninstanecs: 2\n").expect("write");
+        let err = scan(&repo).expect_err("unknown field rejected").to_string();
+        assert!(err.contains("m/config.yaml"), "{err}");
+        assert!(err.contains("instanecs"), "{err}");
+        std::fs::remove_dir_all(&repo).ok();
+    }
+
+    #[test]
+    fn missing_repository_is_a_clear_error() {
+        let err = scan(Path::new("/nonexistent/localml-models")).expect_err("missing").to_string();
+        assert!(err.contains("/nonexistent/localml-models"), "{err}");
+    }
+}

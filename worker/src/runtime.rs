@@ -1,0 +1,231 @@
+//! Finding, installing and loading the ONNX Runtime shared library.
+//!
+//! localml loads the official ONNX Runtime build at run time (`ort`'s `load-dynamic`),
+//! because `ort`'s own binary download cannot work offline. Lookup order:
+//! `--onnxruntime PATH`, `ORT_DYLIB_PATH`, localml's cache directory (filled by
+//! `localml runtime install`), then the system library path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The ONNX Runtime release localml is built and tested against.
+pub const ORT_VERSION: &str = "1.32.0";
+/// File name of the CPU library inside the `onnxruntime` wheel (`onnxruntime/capi/`).
+pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.32.0";
+
+/// Which ONNX Runtime build to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The `onnxruntime` wheel: CPU execution provider.
+    Cpu,
+    /// The `onnxruntime-gpu` wheel: CUDA and TensorRT execution providers (needs the CUDA
+    /// runtime libraries on the machine).
+    Gpu,
+}
+
+impl Flavor {
+    fn package(self) -> &'static str {
+        match self {
+            Flavor::Cpu => "onnxruntime",
+            Flavor::Gpu => "onnxruntime-gpu",
+        }
+    }
+}
+
+/// Where a library path came from, for log messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    Cache,
+    System,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A path given explicitly does not exist.
+    #[error("ONNX Runtime library {path} (from {origin}) does not exist; run `localml runtime install` or fix the path")]
+    MissingFile { path: PathBuf, origin: &'static str },
+    /// No library anywhere in the lookup order.
+    #[error("ONNX Runtime library not found: run `localml runtime install` (fetches onnxruntime {ORT_VERSION} from PyPI), or pass --onnxruntime PATH, or set ORT_DYLIB_PATH")]
+    NotFound,
+    /// The file exists but is not a usable ONNX Runtime library.
+    #[error("cannot load ONNX Runtime from {path}: {reason}; install onnxruntime {ORT_VERSION} with `localml runtime install`")]
+    Load { path: PathBuf, reason: String },
+    /// `localml runtime install` failed.
+    #[error("installing ONNX Runtime failed: {0}")]
+    Install(String),
+}
+
+/// localml's cache directory: `$LOCALML_CACHE_DIR`, else `$XDG_CACHE_HOME/localml`,
+/// else `~/.cache/localml`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LOCALML_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("localml");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("localml")
+}
+
+/// Directory that `install` fills for a flavor.
+pub fn install_dir(flavor: Flavor) -> PathBuf {
+    cache_dir().join(flavor.package()).join(ORT_VERSION)
+}
+
+/// The library path in the cache, GPU build first when both are installed.
+pub fn cached_library() -> Option<PathBuf> {
+    [Flavor::Gpu, Flavor::Cpu]
+        .into_iter()
+        .map(|f| install_dir(f).join(LIBRARY_FILE))
+        .find(|p| p.is_file())
+}
+
+/// Finds the library following the documented lookup order.
+pub fn locate(flag: Option<&Path>) -> Result<(PathBuf, Source), RuntimeError> {
+    if let Some(path) = flag {
+        return existing(path.to_path_buf(), "--onnxruntime").map(|p| (p, Source::Flag));
+    }
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return existing(PathBuf::from(path), "ORT_DYLIB_PATH").map(|p| (p, Source::Env));
+    }
+    if let Some(path) = cached_library() {
+        return Ok((path, Source::Cache));
+    }
+    system_library()
+        .map(|p| (p, Source::System))
+        .ok_or(RuntimeError::NotFound)
+}
+
+fn existing(path: PathBuf, origin: &'static str) -> Result<PathBuf, RuntimeError> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(RuntimeError::MissingFile { path, origin })
+    }
+}
+
+/// Looks for `libonnxruntime.so*` in `LD_LIBRARY_PATH` and the usual system directories.
+fn system_library() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    dirs.extend(
+        ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+            .iter()
+            .map(PathBuf::from),
+    );
+    dirs.into_iter().find_map(|dir| {
+        let exact = dir.join("libonnxruntime.so");
+        if exact.is_file() {
+            return Some(exact);
+        }
+        let mut versioned: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+            })
+            .collect();
+        versioned.sort();
+        versioned.pop()
+    })
+}
+
+/// Loads the library and creates the process-wide ONNX Runtime environment.
+pub fn init(path: &Path, name: &str) -> Result<ort::environment::Environment, RuntimeError> {
+    let load_error = |reason: String| RuntimeError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let builder = ort::init_from(path).map_err(|e| load_error(e.to_string()))?;
+    builder
+        .with_name(name)
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| load_error(e.to_string()))
+}
+
+/// Execution providers compiled into the loaded library, e.g. `CPUExecutionProvider`.
+pub fn available_providers() -> Vec<String> {
+    use ort::ep::ExecutionProvider;
+    let mut out = Vec::new();
+    let checks: [(&str, fn() -> ort::Result<bool>); 4] = [
+        ("CUDAExecutionProvider", ort::ep::CUDA::is_available),
+        ("TensorrtExecutionProvider", ort::ep::TensorRT::is_available),
+        ("ROCMExecutionProvider", ort::ep::ROCm::is_available),
+        ("OpenVINOExecutionProvider", ort::ep::OpenVINO::is_available),
+    ];
+    for (name, check) in checks {
+        if check().unwrap_or(false) {
+            out.push(name.to_string());
+        }
+    }
+    out.push("CPUExecutionProvider".to_string());
+    out
+}
+
+/// Downloads the `onnxruntime` (or `onnxruntime-gpu`) wheel with pip and extracts its
+/// shared libraries into the cache. Idempotent: an installed library is kept.
+/// `log` receives one line per step.
+pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, RuntimeError> {
+    let dir = install_dir(flavor);
+    let target = dir.join(LIBRARY_FILE);
+    if target.is_file() {
+        log(&format!("ONNX Runtime {ORT_VERSION} already installed at {}", target.display()));
+        return Ok(target);
+    }
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .ok_or_else(|| RuntimeError::Install("python3 with pip is needed (apt-get install python3-pip)".into()))?;
+    let download = dir.with_extension("download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download).map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?;
+    let spec = format!("{}=={ORT_VERSION}", flavor.package());
+    log(&format!("downloading {spec} from PyPI with pip ..."));
+    let status = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on", "-d"])
+        .arg(&download)
+        .arg(&spec)
+        .status()
+        .map_err(|e| RuntimeError::Install(format!("cannot run {python} -m pip: {e}")))?;
+    if !status.success() {
+        return Err(RuntimeError::Install(format!("`{python} -m pip download {spec}` failed ({status})")));
+    }
+    log(&format!("extracting shared libraries into {} ...", dir.display()));
+    // Python's zipfile is always there when pip is; it spares a zip dependency here.
+    let script = r#"
+import glob, os, sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+wheels = glob.glob(os.path.join(src, "*.whl"))
+if len(wheels) != 1:
+    sys.exit("expected one wheel in %s, found %d" % (src, len(wheels)))
+os.makedirs(dst, exist_ok=True)
+with zipfile.ZipFile(wheels[0]) as z:
+    for name in z.namelist():
+        base = os.path.basename(name)
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+            with z.open(name) as f, open(os.path.join(dst, base + ".part"), "wb") as out:
+                out.write(f.read())
+            os.replace(os.path.join(dst, base + ".part"), os.path.join(dst, base))
+"#;
+    let status = Command::new(python)
+        .args(["-c", script])
+        .arg(&download)
+        .arg(&dir)
+        .status()
+        .map_err(|e| RuntimeError::Install(format!("cannot run {python}: {e}")))?;
+    let _ = std::fs::remove_dir_all(&download);
+    if !status.success() || !target.is_file() {
+        return Err(RuntimeError::Install(format!(
+            "the wheel did not contain onnxruntime/capi/{LIBRARY_FILE}"
+        )));
+    }
+    log(&format!("installed {}", target.display()));
+    Ok(target)
+}

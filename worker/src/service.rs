@@ -1,0 +1,196 @@
+//! The worker's `inference.GRPCInferenceService`: a client (or the scheduler) can talk to
+//! one worker directly.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use localml_proto::inference::*;
+use localml_proto::oip;
+use localml_proto::service::{request_timeout, within_deadline, InferenceBackend};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::model::{ModelError, NamedTensor};
+use crate::state::{signature, Worker};
+use crate::validate::{decode_request, Signature};
+
+/// Response parameter naming the worker that ran a request.
+pub const WORKER_PARAMETER: &str = "localml.worker";
+
+pub struct WorkerInference {
+    pub worker: Arc<Worker>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+/// Converts a model error to a status, in one place.
+fn model_status(e: ModelError) -> Status {
+    match e {
+        ModelError::QueueFull(..) => Status::resource_exhausted(e.to_string()),
+        ModelError::InvalidInput { .. } => Status::invalid_argument(e.to_string()),
+        ModelError::Load { .. } | ModelError::Run { .. } => Status::internal(e.to_string()),
+    }
+}
+
+impl Worker {
+    /// Validates, runs and answers one request.
+    pub async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        let model = self.find(&request.model_name, &request.model_version)?;
+        let sig = Signature {
+            model: &model.name,
+            inputs: &model.inputs,
+            outputs: &model.outputs,
+            max_batch_size: model.max_batch_size,
+        };
+        let decoded = decode_request(&sig, &request).map_err(Status::invalid_argument)?;
+        let outputs = model
+            .run(decoded.inputs, decoded.requested_outputs)
+            .await
+            .map_err(model_status)?;
+        Ok(self.response(&request, model.version, outputs))
+    }
+
+    fn response(&self, request: &ModelInferRequest, version: u64, outputs: Vec<NamedTensor>) -> ModelInferResponse {
+        let mut response = ModelInferResponse {
+            model_name: request.model_name.clone(),
+            model_version: version.to_string(),
+            id: request.id.clone(),
+            ..Default::default()
+        };
+        for out in outputs {
+            response.raw_output_contents.push(out.data.to_raw().into());
+            response.outputs.push(model_infer_response::InferOutputTensor {
+                name: out.name,
+                datatype: out.data.datatype().as_str().to_string(),
+                shape: out.shape,
+                ..Default::default()
+            });
+        }
+        response.parameters.insert(
+            WORKER_PARAMETER.to_string(),
+            InferParameter {
+                parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(self.config.name.clone())),
+            },
+        );
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl InferenceBackend for WorkerInference {
+    type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
+        let ready = !self.worker.draining.load(Ordering::SeqCst);
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
+        let r = r.into_inner();
+        let ready = self.worker.find(&r.name, &r.version).is_ok() && !self.worker.draining.load(Ordering::SeqCst);
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "localml-worker".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: oip::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse> {
+        let r = r.into_inner();
+        let model = self.worker.find(&r.name, &r.version)?;
+        let versions = self.worker.models[&model.name].keys().map(u64::to_string).collect();
+        Ok(Response::new(oip::model_metadata(&model.name, versions, &signature(model))))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        let timeout = request_timeout(r.metadata());
+        let request = r.into_inner();
+        within_deadline(timeout, "ModelInfer", self.worker.infer(request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn model_stream_infer(&self, r: Request<tonic::Streaming<ModelInferRequest>>) -> Answer<Self::InferStream> {
+        let mut requests = r.into_inner();
+        let worker = Arc::clone(&self.worker);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(next) = requests.next().await {
+                let Ok(request) = next else { break };
+                let worker = Arc::clone(&worker);
+                let tx = tx.clone();
+                // Requests on one stream run concurrently; responses carry the request id.
+                tokio::spawn(async move {
+                    let id = request.id.clone();
+                    let message = match worker.infer(request).await {
+                        Ok(response) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(status) => ModelStreamInferResponse {
+                            error_message: status.message().to_string(),
+                            infer_response: Some(ModelInferResponse {
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    };
+                    let _ = tx.send(Ok(message)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
+        let r = r.into_inner();
+        let m = self.worker.find(&r.name, &r.version)?;
+        let gpu = m.execution_provider != "CPUExecutionProvider";
+        Ok(Response::new(oip::model_config(&m.name, m.max_batch_size, m.instances, gpu, &signature(m))))
+    }
+
+    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Answer<ModelStatisticsResponse> {
+        let r = r.into_inner();
+        let models: Vec<_> = if r.name.is_empty() {
+            self.worker.models.values().flat_map(|v| v.values()).collect()
+        } else {
+            vec![self.worker.find(&r.name, &r.version)?]
+        };
+        let model_stats = models
+            .into_iter()
+            .map(|m| {
+                let s = &m.stats;
+                let count = s.inference_count.load(Ordering::Relaxed);
+                ModelStatistics {
+                    name: m.name.clone(),
+                    version: m.version.to_string(),
+                    last_inference: s.last_inference_ms.load(Ordering::Relaxed),
+                    inference_count: count,
+                    execution_count: count,
+                    inference_stats: Some(InferStatistics {
+                        success: Some(StatisticDuration {
+                            count,
+                            ns: s.success_ns.load(Ordering::Relaxed),
+                        }),
+                        fail: Some(StatisticDuration {
+                            count: s.failure_count.load(Ordering::Relaxed),
+                            ns: s.failure_ns.load(Ordering::Relaxed),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+}

@@ -1,0 +1,280 @@
+//! Checks an inference request against a model's signature and decodes its tensors,
+//! before ONNX Runtime sees any data. Every error names the tensor, what was expected and
+//! what arrived; they become INVALID_ARGUMENT.
+
+use std::collections::HashSet;
+
+use localml_proto::inference::ModelInferRequest;
+use localml_proto::tensor::{DataType, TensorData};
+
+use crate::model::{NamedTensor, TensorSpec};
+
+/// What a request is checked against.
+pub struct Signature<'a> {
+    pub model: &'a str,
+    pub inputs: &'a [TensorSpec],
+    pub outputs: &'a [TensorSpec],
+    pub max_batch_size: u32,
+}
+
+/// A decoded request: inputs in the model's order, and the outputs asked for (empty: all).
+#[derive(Debug)]
+pub struct Decoded {
+    pub inputs: Vec<NamedTensor>,
+    pub requested_outputs: Vec<String>,
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks the shape of one input against its spec.
+fn check_shape(sig: &Signature<'_>, spec: &TensorSpec, shape: &[i64]) -> Result<(), String> {
+    if shape.len() != spec.shape.len() {
+        return Err(format!(
+            "input '{}': expected rank {} (shape {:?}), got rank {} (shape {:?})",
+            spec.name,
+            spec.shape.len(),
+            spec.shape,
+            shape.len(),
+            shape
+        ));
+    }
+    for (i, (&want, &got)) in spec.shape.iter().zip(shape).enumerate() {
+        if got < 0 || (want >= 0 && want != got) {
+            return Err(format!(
+                "input '{}': dimension {i} is {got} but the model expects {} (model shape {:?}, request shape {:?})",
+                spec.name,
+                if want < 0 { "a non-negative size".to_string() } else { want.to_string() },
+                spec.shape,
+                shape
+            ));
+        }
+    }
+    if sig.max_batch_size > 0 {
+        if let Some(&batch) = shape.first() {
+            if batch > i64::from(sig.max_batch_size) {
+                return Err(format!(
+                    "input '{}': batch size {batch} exceeds the model's max_batch_size {}",
+                    spec.name, sig.max_batch_size
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates and decodes `request` for the model described by `sig`.
+pub fn decode_request(sig: &Signature<'_>, request: &ModelInferRequest) -> Result<Decoded, String> {
+    let raw = &request.raw_input_contents;
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(format!(
+            "raw_input_contents has {} entries but the request has {} inputs; send raw data for every input or for none",
+            raw.len(),
+            request.inputs.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut decoded: Vec<Option<NamedTensor>> = vec![None; sig.inputs.len()];
+    for (i, input) in request.inputs.iter().enumerate() {
+        let Some(pos) = sig.inputs.iter().position(|s| s.name == input.name) else {
+            return Err(format!(
+                "unexpected input '{}': model '{}' has inputs: {}",
+                input.name,
+                sig.model,
+                names(sig.inputs)
+            ));
+        };
+        if !seen.insert(input.name.as_str()) {
+            return Err(format!("input '{}' appears more than once", input.name));
+        }
+        let spec = &sig.inputs[pos];
+        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+            format!(
+                "input '{}': unknown datatype '{}' (expected {})",
+                input.name, input.datatype, spec.datatype
+            )
+        })?;
+        if datatype != spec.datatype {
+            return Err(format!(
+                "input '{}': expected datatype {}, got {}",
+                input.name, spec.datatype, datatype
+            ));
+        }
+        check_shape(sig, spec, &input.shape)?;
+        let data = if let Some(bytes) = raw.get(i) {
+            TensorData::from_raw(datatype, &input.shape, bytes)
+        } else if let Some(contents) = &input.contents {
+            TensorData::from_contents(datatype, &input.shape, contents)
+        } else {
+            return Err(format!(
+                "input '{}' has no data: fill `contents` or `raw_input_contents`",
+                input.name
+            ));
+        }
+        .map_err(|e| format!("input '{}': {e}", input.name))?;
+        if let TensorData::Bytes(elements) = &data {
+            if let Some(bad) = elements.iter().position(|e| std::str::from_utf8(e).is_err()) {
+                return Err(format!(
+                    "input '{}': BYTES element {bad} is not valid UTF-8 (ONNX string tensors hold UTF-8 text)",
+                    input.name
+                ));
+            }
+        }
+        decoded[pos] = Some(NamedTensor {
+            name: input.name.clone(),
+            shape: input.shape.clone(),
+            data,
+        });
+    }
+    let missing: Vec<&str> = sig
+        .inputs
+        .iter()
+        .zip(&decoded)
+        .filter(|(_, d)| d.is_none())
+        .map(|(s, _)| s.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "model '{}' needs input(s) {} that the request does not have",
+            sig.model,
+            missing.join(", ")
+        ));
+    }
+    let mut requested_outputs = Vec::new();
+    for output in &request.outputs {
+        if !sig.outputs.iter().any(|s| s.name == output.name) {
+            return Err(format!(
+                "unknown requested output '{}': model '{}' has outputs: {}",
+                output.name,
+                sig.model,
+                names(sig.outputs)
+            ));
+        }
+        requested_outputs.push(output.name.clone());
+    }
+    Ok(Decoded {
+        inputs: decoded.into_iter().flatten().collect(),
+        requested_outputs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use localml_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use localml_proto::inference::InferTensorContents;
+
+    use super::*;
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn input(name: &str, datatype: &str, shape: &[i64], fp32: Option<Vec<f32>>) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            contents: fp32.map(|v| InferTensorContents {
+                fp32_contents: v,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_of_requests() {
+        let inputs = [spec("x", DataType::Fp32, &[-1, 2]), spec("s", DataType::Bytes, &[-1])];
+        let outputs = [spec("y", DataType::Fp32, &[-1])];
+        let sig = Signature {
+            model: "m",
+            inputs: &inputs,
+            outputs: &outputs,
+            max_batch_size: 4,
+        };
+        let strings = |v: Vec<&[u8]>| {
+            let mut i = input("s", "BYTES", &[v.len() as i64], None);
+            i.contents = Some(InferTensorContents {
+                bytes_contents: v.into_iter().map(<[u8]>::to_vec).collect(),
+                ..Default::default()
+            });
+            i
+        };
+        let good_x = || input("x", "FP32", &[1, 2], Some(vec![1.0, 2.0]));
+        let req = |inputs: Vec<InferInputTensor>| ModelInferRequest {
+            model_name: "m".into(),
+            inputs,
+            ..Default::default()
+        };
+        let raw_req = |raw: Vec<u8>| ModelInferRequest {
+            inputs: vec![input("x", "FP32", &[1, 2], None), strings(vec![b"a"])],
+            raw_input_contents: vec![raw.into(), vec![1, 0, 0, 0, b'a'].into()],
+            ..Default::default()
+        };
+        let mut unknown_output = req(vec![good_x(), strings(vec![b"a"])]);
+        unknown_output.outputs.push(InferRequestedOutputTensor {
+            name: "z".into(),
+            ..Default::default()
+        });
+
+        // (case, request, Ok(()) or the expected error substring)
+        let cases: Vec<(&str, ModelInferRequest, Result<(), &str>)> = vec![
+            ("valid typed", req(vec![good_x(), strings(vec![b"a"])]), Ok(())),
+            ("valid raw", raw_req(vec![0; 8]), Ok(())),
+            ("raw length", raw_req(vec![0; 7]), Err("input 'x': raw content has 7 bytes but shape [1, 2] of FP32 needs 8")),
+            (
+                "wrong datatype",
+                req(vec![input("x", "INT64", &[1, 2], None), strings(vec![b"a"])]),
+                Err("input 'x': expected datatype FP32, got INT64"),
+            ),
+            (
+                "unknown datatype",
+                req(vec![input("x", "FLOAT", &[1, 2], None), strings(vec![b"a"])]),
+                Err("unknown datatype 'FLOAT'"),
+            ),
+            (
+                "wrong rank",
+                req(vec![input("x", "FP32", &[2], Some(vec![1.0, 2.0])), strings(vec![b"a"])]),
+                Err("input 'x': expected rank 2"),
+            ),
+            (
+                "wrong dim",
+                req(vec![input("x", "FP32", &[1, 3], Some(vec![1.0; 3])), strings(vec![b"a"])]),
+                Err("input 'x': dimension 1 is 3 but the model expects 2"),
+            ),
+            (
+                "batch too large",
+                req(vec![input("x", "FP32", &[5, 2], Some(vec![1.0; 10])), strings(vec![b"a"; 5])]),
+                Err("batch size 5 exceeds the model's max_batch_size 4"),
+            ),
+            (
+                "element count",
+                req(vec![input("x", "FP32", &[1, 2], Some(vec![1.0])), strings(vec![b"a"])]),
+                Err("input 'x': has 1 elements but shape [1, 2] needs 2"),
+            ),
+            ("missing input", req(vec![good_x()]), Err("needs input(s) s")),
+            (
+                "unknown input",
+                req(vec![good_x(), strings(vec![b"a"]), input("q", "FP32", &[1], Some(vec![1.0]))]),
+                Err("unexpected input 'q': model 'm' has inputs: x, s"),
+            ),
+            ("duplicate input", req(vec![good_x(), good_x()]), Err("appears more than once")),
+            ("no data", req(vec![input("x", "FP32", &[1, 2], None), strings(vec![b"a"])]), Err("has no data")),
+            ("invalid utf8", req(vec![good_x(), strings(vec![&[0xff, 0xfe]])]), Err("not valid UTF-8")),
+            ("unknown output", unknown_output, Err("unknown requested output 'z'")),
+        ];
+        for (name, request, expected) in cases {
+            let result = decode_request(&sig, &request);
+            match (expected, result) {
+                (Ok(()), Ok(d)) => assert_eq!(d.inputs.len(), 2, "{name}"),
+                (Err(want), Err(got)) => assert!(got.contains(want), "{name}: {got}"),
+                (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+}
