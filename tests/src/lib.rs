@@ -1,1 +1,349 @@
+//! Integration test harness: starts the real `localml-scheduler`, `localml-worker` and
+//! `localml` binaries on loopback with port 0, and cleans them up.
+//!
+//! The binaries come from the same target directory as the test executable (cargo builds
+//! them for `cargo test --workspace`), or from `LOCALML_BIN_DIR`.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use localml_cli::client::{self, Tensor};
+use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use localml_proto::localml::v1::admin_client::AdminClient;
+use localml_proto::localml::v1::{ListWorkersRequest, WorkerInfo, WorkerState};
+use localml_proto::tensor::{DataType, TensorData};
+use tonic::transport::Channel;
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+pub const SOON: Duration = Duration::from_secs(30);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn models_dir() -> PathBuf {
+    repo_root().join("examples/models")
+}
+
+/// Directory holding the built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LOCALML_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins) or set LOCALML_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal with the `kill` command (the workspace forbids unsafe code).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SIGCONT first, in case a test stopped it.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` and reads its first stdout line, which names its addresses.
+fn spawn_and_read_line(mut command: Command, name: &str) -> (Process, String) {
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "warn");
+    }
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read first line");
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    assert!(!line.is_empty(), "{name} exited before printing its address");
+    (
+        Process {
+            child,
+            name: name.to_string(),
+        },
+        line,
+    )
+}
+
+/// Extracts the `host:port` after `marker` in `line`.
+fn address_after(line: &str, marker: &str) -> String {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address after '{marker}' in {line:?}"))
+        .to_string()
+}
+
+pub struct Scheduler {
+    pub process: Process,
+    /// Client address.
+    pub addr: String,
+    /// Worker (cluster) address.
+    pub cluster_addr: String,
+    _config: Option<TempDir>,
+}
+
+/// Scheduler settings for tests: fast reports, a grace period long enough for a busy
+/// machine.
+pub const TEST_SCHEDULER_CONFIG: &str = "report_interval_ms: 200\nworker_grace_period_ms: 3000\n";
+
+impl Scheduler {
+    pub fn start() -> Scheduler {
+        Scheduler::start_with(TEST_SCHEDULER_CONFIG)
+    }
+
+    pub fn start_with(yaml: &str) -> Scheduler {
+        let dir = TempDir::new("scheduler");
+        let config = dir.path().join("scheduler.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut command = Command::new(bin("localml-scheduler"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0", "--config"])
+            .arg(&config);
+        let (process, line) = spawn_and_read_line(command, "scheduler");
+        let addr = address_after(&line, "listening on ");
+        let cluster_addr = address_after(&line, "and ");
+        Scheduler {
+            process,
+            addr,
+            cluster_addr,
+            _config: Some(dir),
+        }
+    }
+
+    pub async fn inference(&self) -> GrpcInferenceServiceClient<Channel> {
+        inference_client(&self.addr).await
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        let channel = client::connect(&self.addr, Duration::from_secs(10)).await.expect("connect");
+        client::admin_client(channel)
+    }
+
+    pub async fn workers(&self) -> Vec<WorkerInfo> {
+        self.admin()
+            .await
+            .list_workers(ListWorkersRequest {})
+            .await
+            .expect("list workers")
+            .into_inner()
+            .workers
+    }
+
+    /// State of the worker named `name`, if listed.
+    pub async fn worker_state(&self, name: &str) -> Option<WorkerState> {
+        self.workers()
+            .await
+            .into_iter()
+            .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
+            .and_then(|w| WorkerState::try_from(w.state).ok())
+    }
+
+    /// Waits until `names` are all Ready.
+    pub async fn wait_ready(&self, names: &[&str]) {
+        let ok = wait_until(SOON, || async {
+            let workers = self.workers().await;
+            names.iter().all(|n| {
+                workers.iter().any(|w| {
+                    w.status.as_ref().is_some_and(|s| s.name == *n) && w.state == WorkerState::Ready as i32
+                })
+            })
+        })
+        .await;
+        assert!(ok, "workers {names:?} not Ready within {SOON:?}: {:?}", self.workers().await);
+    }
+}
+
+pub struct Worker {
+    pub process: Process,
+    pub addr: String,
+}
+
+impl Worker {
+    /// Starts a worker serving the example models, with extra flags.
+    pub fn start(name: &str, scheduler: &Scheduler, extra: &[&str]) -> Worker {
+        let mut command = Command::new(bin("localml-worker"));
+        command
+            .args(["--name", name, "--listen", "127.0.0.1:0", "--scheduler", &scheduler.cluster_addr])
+            .args(["--intra-op-threads", "1"])
+            .arg("--models")
+            .arg(models_dir())
+            .args(extra);
+        let (process, line) = spawn_and_read_line(command, name);
+        let addr = address_after(&line, "listening on ");
+        Worker { process, addr }
+    }
+}
+
+pub async fn inference_client(addr: &str) -> GrpcInferenceServiceClient<Channel> {
+    let channel = client::connect(addr, Duration::from_secs(10)).await.expect("connect");
+    client::inference_client(channel)
+}
+
+/// Polls `condition` until it holds or `timeout` passes; true if it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("localml-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A stored example: inputs and the outputs onnxruntime's Python API computed for them.
+pub struct Expected {
+    pub model: String,
+    pub version: String,
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<Tensor>,
+}
+
+fn tensors(value: &serde_json::Value) -> Vec<Tensor> {
+    value
+        .as_array()
+        .expect("tensor list")
+        .iter()
+        .map(|t| {
+            let datatype = DataType::parse(t["datatype"].as_str().expect("datatype")).expect("known datatype");
+            let shape: Vec<i64> = t["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
+            let flat: Vec<&serde_json::Value> = t["data"].as_array().expect("data").iter().collect();
+            Tensor {
+                name: t["name"].as_str().expect("name").to_string(),
+                shape,
+                data: localml_cli::json::values(&flat, datatype).expect("data matches datatype"),
+            }
+        })
+        .collect()
+}
+
+/// Every file under examples/expected.
+pub fn expected_examples() -> Vec<Expected> {
+    let dir = repo_root().join("examples/expected");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples/expected")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+            Expected {
+                model: json["model"].as_str().expect("model").to_string(),
+                version: json["version"].as_str().expect("version").to_string(),
+                inputs: tensors(&json["inputs"]),
+                outputs: tensors(&json["outputs"]),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `actual` matches `expected`: integers, bools and strings exactly,
+/// floating point within a small relative tolerance (different CPUs round differently).
+pub fn assert_tensors_match(context: &str, expected: &[Tensor], actual: &[Tensor]) {
+    assert_eq!(
+        expected.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        actual.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "{context}: output names"
+    );
+    for (e, a) in expected.iter().zip(actual) {
+        assert_eq!(e.shape, a.shape, "{context}: shape of {}", e.name);
+        assert_eq!(e.data.datatype(), a.data.datatype(), "{context}: datatype of {}", e.name);
+        match (&e.data, &a.data) {
+            (TensorData::Fp16(_) | TensorData::Fp32(_) | TensorData::Fp64(_), _) => {
+                let (ev, av) = (e.data.to_f64().expect("numeric"), a.data.to_f64().expect("numeric"));
+                for (i, (x, y)) in ev.iter().zip(&av).enumerate() {
+                    let tolerance = 1e-5 + 1e-4 * x.abs();
+                    assert!((x - y).abs() <= tolerance, "{context}: {}[{i}] expected {x}, got {y}", e.name);
+                }
+            }
+            _ => assert_eq!(e.data, a.data, "{context}: values of {}", e.name),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Real inference through a real scheduler and real workers: every example model against
+//! outputs computed independently by onnxruntime's Python API, and every error status.
+
+use std::time::Duration;
+
+use localml_cli::client::{self, Tensor};
+use localml_proto::inference::model_infer_request::InferInputTensor;
+use localml_proto::inference::*;
+use localml_proto::tensor::TensorData;
+use localml_tests::*;
+use tonic::Code;
+
+async fn infer(
+    client: &mut grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
+    request: ModelInferRequest,
+) -> Result<ModelInferResponse, tonic::Status> {
+    client.model_infer(request).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_model_matches_onnxruntime_python_through_scheduler_and_worker() {
+    let scheduler = Scheduler::start();
+    let w1 = Worker::start("w1", &scheduler, &[]);
+    let _w2 = Worker::start("w2", &scheduler, &[]);
+    scheduler.wait_ready(&["w1", "w2"]).await;
+    let mut via_scheduler = scheduler.inference().await;
+    let mut direct = inference_client(&w1.addr).await;
+    let examples = expected_examples();
+    assert!(examples.len() >= 5, "expected files missing");
+    let mut served_by = std::collections::HashSet::new();
+    for ex in &examples {
+        for (route, client) in [("scheduler", &mut via_scheduler), ("worker", &mut direct)] {
+            let context = format!("{} v{} via {route}", ex.model, ex.version);
+            // Raw contents, as Triton's clients send them.
+            let response = infer(client, client::request(&ex.model, &ex.version, &ex.inputs))
+                .await
+                .unwrap_or_else(|s| panic!("{context}: {s:?}"));
+            assert_eq!(response.model_version, ex.version, "{context}");
+            assert_tensors_match(&context, &ex.outputs, &client::outputs(&response).expect("decode"));
+            served_by.insert(client::served_by(&response).expect("worker parameter"));
+            // Typed contents (every datatype but FP16 has a typed field).
+            if ex.inputs.iter().all(|t| t.data.to_contents().is_some()) {
+                let mut typed = client::request(&ex.model, &ex.version, &ex.inputs);
+                typed.raw_input_contents.clear();
+                for (input, tensor) in typed.inputs.iter_mut().zip(&ex.inputs) {
+                    input.contents = tensor.data.to_contents();
+                }
+                let response = infer(client, typed).await.unwrap_or_else(|s| panic!("{context} typed: {s:?}"));
+                assert_tensors_match(&format!("{context} typed"), &ex.outputs, &client::outputs(&response).expect("decode"));
+            }
+        }
+    }
+    assert!(served_by.contains("w1") && served_by.contains("w2"), "both workers served: {served_by:?}");
+
+    // Requested-outputs subset.
+    let stats = examples.iter().find(|e| e.model == "tensor_stats").expect("tensor_stats example");
+    let mut request = client::request("tensor_stats", "", &stats.inputs);
+    request.outputs = vec![model_infer_request::InferRequestedOutputTensor {
+        name: "argmax".into(),
+        ..Default::default()
+    }];
+    let response = infer(&mut via_scheduler, request).await.expect("subset");
+    let outputs = client::outputs(&response).expect("decode");
+    let want: Vec<Tensor> = stats.outputs.iter().filter(|t| t.name == "argmax").cloned().collect();
+    assert_tensors_match("requested subset", &want, &outputs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_config_stream_and_statistics() {
+    let scheduler = Scheduler::start();
+    let _w = Worker::start("solo", &scheduler, &[]);
+    scheduler.wait_ready(&["solo"]).await;
+    let mut c = scheduler.inference().await;
+    assert!(c.server_live(ServerLiveRequest {}).await.expect("live").into_inner().live);
+    assert!(c.server_ready(ServerReadyRequest {}).await.expect("ready").into_inner().ready);
+    let md = c
+        .model_metadata(ModelMetadataRequest {
+            name: "image_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("metadata")
+        .into_inner();
+    assert_eq!(md.platform, "onnxruntime_onnx");
+    assert_eq!(md.inputs[0].name, "image");
+    assert_eq!(md.inputs[0].shape, vec![-1, 3, 32, 32]);
+    let cfg = c
+        .model_config(ModelConfigRequest {
+            name: "image_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("config")
+        .into_inner()
+        .config
+        .expect("config body");
+    assert_eq!(cfg.max_batch_size, 8, "from examples/models/image_classifier/config.yaml");
+    assert_eq!(cfg.input[0].dims, vec![3, 32, 32]);
+    assert_eq!(cfg.input[0].data_type, DataType::TypeFp32 as i32);
+    assert_eq!(cfg.instance_group[0].count, 2);
+    let versions = c
+        .model_metadata(ModelMetadataRequest {
+            name: "text_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("metadata")
+        .into_inner()
+        .versions;
+    assert_eq!(versions, vec!["1", "2"]);
+
+    // A stream of requests with ids; one bad request in the middle gets an error message
+    // without ending the stream.
+    let examples = expected_examples();
+    let ex = examples.iter().find(|e| e.model == "image_classifier").expect("example");
+    let mut requests = Vec::new();
+    for i in 0..5 {
+        let mut r = client::request(&ex.model, "", &ex.inputs);
+        r.id = format!("req-{i}");
+        if i == 2 {
+            r.model_name = "no_such_model".into();
+        }
+        requests.push(r);
+    }
+    let mut stream = c
+        .model_stream_infer(futures::stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut ok = 0;
+    let mut errors = Vec::new();
+    while let Some(message) = stream.message().await.expect("stream message") {
+        let response = message.infer_response.expect("response");
+        if message.error_message.is_empty() {
+            assert_tensors_match(&response.id, &ex.outputs, &client::outputs(&response).expect("decode"));
+            ok += 1;
+        } else {
+            errors.push((response.id, message.error_message));
+        }
+    }
+    assert_eq!(ok, 4);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].0, "req-2");
+    assert!(errors[0].1.contains("no_such_model"), "{errors:?}");
+
+    let stats = c
+        .model_statistics(ModelStatisticsRequest {
+            name: "image_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("statistics")
+        .into_inner();
+    let success: u64 = stats
+        .model_stats
+        .iter()
+        .filter_map(|s| s.inference_stats.as_ref()?.success.as_ref().map(|d| d.count))
+        .sum();
+    assert_eq!(success, 4);
+
+    let unimplemented = c.repository_index(RepositoryIndexRequest::default()).await.expect_err("unimplemented");
+    assert_eq!(unimplemented.code(), Code::Unimplemented);
+    assert!(unimplemented.message().contains("RepositoryIndex"), "{}", unimplemented.message());
+}
+
+fn image_request(batch: i64) -> ModelInferRequest {
+    let n = (batch * 3 * 32 * 32) as usize;
+    client::request(
+        "image_classifier",
+        "",
+        &[Tensor {
+            name: "image".into(),
+            shape: vec![batch, 3, 32, 32],
+            data: TensorData::Fp32(vec![0.5; n]),
+        }],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_are_precise() {
+    let scheduler = Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_message_bytes: 200000\n"));
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let mut c = scheduler.inference().await;
+    assert!(infer(&mut c, image_request(1)).await.is_ok(), "a valid request works");
+
+    let mut wrong_type = image_request(1);
+    wrong_type.inputs[0].datatype = "INT64".into();
+    wrong_type.raw_input_contents[0] = vec![0u8; 3 * 32 * 32 * 8].into();
+    let mut wrong_rank = image_request(1);
+    wrong_rank.inputs[0].shape = vec![3, 32, 32];
+    let mut wrong_dims = image_request(1);
+    wrong_dims.inputs[0].shape = vec![1, 3, 32, 31];
+    let mut short_raw = image_request(1);
+    short_raw.raw_input_contents[0] = vec![0u8; 100].into();
+    let mut unknown_version = image_request(1);
+    unknown_version.model_version = "7".into();
+    let mut unknown_model = image_request(1);
+    unknown_model.model_name = "no_such_model".into();
+    let mut extra_input = image_request(1);
+    extra_input.inputs.push(InferInputTensor {
+        name: "bogus".into(),
+        datatype: "FP32".into(),
+        shape: vec![1],
+        ..Default::default()
+    });
+    extra_input.raw_input_contents.push(vec![0u8; 4].into());
+
+    let cases: Vec<(&str, ModelInferRequest, Code, Vec<&str>)> = vec![
+        ("unknown model", unknown_model, Code::NotFound, vec!["no_such_model"]),
+        ("unknown version", unknown_version, Code::NotFound, vec!["version '7'", "available: 1"]),
+        ("wrong datatype", wrong_type, Code::InvalidArgument, vec!["'image'", "expected datatype FP32, got INT64"]),
+        ("wrong rank", wrong_rank, Code::InvalidArgument, vec!["'image'", "expected rank 4", "got rank 3"]),
+        ("wrong dims", wrong_dims, Code::InvalidArgument, vec!["'image'", "dimension 3 is 31", "expects 32"]),
+        ("raw length", short_raw, Code::InvalidArgument, vec!["'image'", "100 bytes", "needs 12288"]),
+        ("unexpected input", extra_input, Code::InvalidArgument, vec!["'bogus'"]),
+        ("batch over max_batch_size", image_request(9), Code::InvalidArgument, vec!["batch size 9", "max_batch_size 8"]),
+        // One image is 12 KB; 20 images (245 KB) exceed the 200 KB limit.
+        ("message over limit", image_request(20), Code::ResourceExhausted, vec!["200000"]),
+    ];
+    for (name, request, code, fragments) in cases {
+        let status = infer(&mut c, request).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {}", status.message());
+        for fragment in fragments {
+            assert!(status.message().contains(fragment), "{name}: '{}' lacks '{fragment}'", status.message());
+        }
+    }
+    assert!(infer(&mut c, image_request(1)).await.is_ok(), "the worker survived all of that");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_and_no_ready_worker() {
+    let scheduler = Scheduler::start();
+    // A worker 5000x slower: one inference takes seconds.
+    let mut slow = Worker::start("slow", &scheduler, &["--throttle", "5000"]);
+    scheduler.wait_ready(&["slow"]).await;
+    let mut c = scheduler.inference().await;
+    let mut request = tonic::Request::new(image_request(1));
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = c.model_infer(request).await.expect_err("deadline passes");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", status.message());
+    assert!(started.elapsed() < Duration::from_secs(10), "answered near the deadline, not after the work");
+
+    // With the only worker gone, the model is known but nobody can serve it.
+    slow.process.kill9();
+    let ok = wait_until(SOON, || {
+        let mut c = c.clone();
+        async move {
+            match c.model_infer(image_request(1)).await {
+                Err(s) if s.code() == Code::Unavailable => {
+                    assert!(s.message().contains("image_classifier"), "{}", s.message());
+                    true
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    assert!(ok, "UNAVAILABLE once no Ready worker has the model");
+}

@@ -1,0 +1,148 @@
+//! Failures with real processes: a worker killed mid-stream, a worker paused and resumed
+//! (node lifecycle), and a worker whose PC switches to battery.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use localml_cli::client;
+use localml_proto::localml::v1::{PowerSource, WorkerState};
+use localml_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_stream_loses_no_request() {
+    let scheduler = Scheduler::start();
+    let mut victim = Worker::start("victim", &scheduler, &[]);
+    let _a = Worker::start("a", &scheduler, &[]);
+    let _b = Worker::start("b", &scheduler, &[]);
+    scheduler.wait_ready(&["victim", "a", "b"]).await;
+    let examples = expected_examples();
+    let ex = examples.iter().find(|e| e.model == "image_classifier").expect("example");
+    let request = client::request(&ex.model, "", &ex.inputs);
+
+    const TOTAL: usize = 400;
+    const CONCURRENCY: usize = 8;
+    let done = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (mut c, done, next, request) = (scheduler.inference().await, done.clone(), next.clone(), request.clone());
+        let expected = ex.outputs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut served = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < TOTAL {
+                let response = c
+                    .model_infer(request.clone())
+                    .await
+                    .unwrap_or_else(|s| panic!("request failed: {:?}: {}", s.code(), s.message()))
+                    .into_inner();
+                assert_tensors_match("during failover", &expected, &client::outputs(&response).expect("decode"));
+                served.push(client::served_by(&response).expect("worker"));
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            served
+        }));
+    }
+    // Kill the victim once the stream is well under way.
+    assert!(wait_until(SOON, || async { done.load(Ordering::SeqCst) >= TOTAL / 4 }).await);
+    victim.process.kill9();
+    let mut served = Vec::new();
+    for t in tasks {
+        served.extend(t.await.expect("client task"));
+    }
+    assert_eq!(served.len(), TOTAL, "every request answered");
+    let by_victim = served.iter().filter(|w| *w == "victim").count();
+    assert!(by_victim > 0, "the victim served some requests before it died");
+    assert!(by_victim < TOTAL, "the others took over");
+    assert!(
+        scheduler.worker_state("victim").await != Some(WorkerState::Ready),
+        "the dead worker is not Ready"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_worker_becomes_not_ready_and_recovers() {
+    let scheduler = Scheduler::start();
+    let paused = Worker::start("paused", &scheduler, &[]);
+    let _other = Worker::start("other", &scheduler, &[]);
+    scheduler.wait_ready(&["paused", "other"]).await;
+
+    paused.process.signal("STOP");
+    let not_ready = wait_until(SOON, || async { scheduler.worker_state("paused").await == Some(WorkerState::NotReady) }).await;
+    assert!(not_ready, "a stopped worker misses its reports and becomes NotReady");
+    let info = scheduler.workers().await;
+    let reason = &info.iter().find(|w| w.status.as_ref().is_some_and(|s| s.name == "paused")).expect("listed").state_reason;
+    assert!(reason.contains("no status report"), "{reason}");
+
+    // Traffic goes to the other worker only, and succeeds.
+    let mut c = scheduler.inference().await;
+    let examples = expected_examples();
+    let ex = examples.iter().find(|e| e.model == "text_classifier" && e.version == "2").expect("example");
+    for _ in 0..20 {
+        let response = tokio::time::timeout(Duration::from_secs(20), c.model_infer(client::request(&ex.model, "2", &ex.inputs)))
+            .await
+            .expect("no hang")
+            .expect("served")
+            .into_inner();
+        assert_eq!(client::served_by(&response).as_deref(), Some("other"));
+    }
+
+    paused.process.signal("CONT");
+    let ready = wait_until(SOON, || async { scheduler.worker_state("paused").await == Some(WorkerState::Ready) }).await;
+    assert!(ready, "reports resume and the worker is Ready again");
+}
+
+fn write_supply(root: &std::path::Path, name: &str, files: &[(&str, &str)]) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (file, value) in files {
+        // Write then rename, as sysfs readers never see half a value.
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, format!("{value}\n")).expect("write");
+        std::fs::rename(&tmp, dir.join(file)).expect("rename");
+    }
+}
+
+/// The `localml workers` table row of `name`.
+fn workers_row(scheduler: &Scheduler, name: &str) -> String {
+    let out = std::process::Command::new(bin("localml"))
+        .args(["workers", "--server", &scheduler.addr])
+        .output()
+        .expect("run localml workers");
+    assert!(out.status.success(), "localml workers failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn battery_switch_shows_up_in_localml_workers() {
+    let sysfs = TempDir::new("sysfs");
+    write_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
+    write_supply(sysfs.path(), "BAT0", &[("type", "Battery"), ("capacity", "87"), ("status", "Charging")]);
+    let scheduler = Scheduler::start();
+    let root = sysfs.path().to_string_lossy().to_string();
+    let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
+    scheduler.wait_ready(&["laptop"]).await;
+    let row = workers_row(&scheduler, "laptop");
+    assert!(row.contains("mains") && row.contains("87%"), "{row}");
+
+    // The grid fails.
+    write_supply(sysfs.path(), "AC", &[("online", "0")]);
+    write_supply(sysfs.path(), "BAT0", &[("capacity", "64"), ("status", "Discharging")]);
+    let switched = wait_until(SOON, || async {
+        let row = workers_row(&scheduler, "laptop");
+        row.contains("battery") && row.contains("64%")
+    })
+    .await;
+    assert!(switched, "battery not shown: {}", workers_row(&scheduler, "laptop"));
+    let power = scheduler.workers().await[0].status.clone().expect("status").power.expect("power");
+    assert_eq!(power.source, PowerSource::Battery as i32);
+    assert_eq!(power.origin, "sysfs");
+
+    // And back on mains.
+    write_supply(sysfs.path(), "AC", &[("online", "1")]);
+    assert!(wait_until(SOON, || async { workers_row(&scheduler, "laptop").contains("mains") }).await);
+}
