@@ -1,0 +1,96 @@
+"""Drives a localml server with Triton's unmodified Python gRPC client.
+
+Usage: python3 tests/python/tritonclient_check.py HOST:PORT EXPECTED_DIR
+
+Checks readiness, metadata, config and inference (sync, async, streaming) for every
+stored example, against outputs computed by onnxruntime's Python API. Exits non-zero on
+any mismatch. Run by the Rust integration test `cli::triton_python_client_works`.
+"""
+
+import json
+import os
+import queue
+import sys
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+NP = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    "BYTES": np.object_,
+}
+
+
+def array(t):
+    if t["datatype"] == "BYTES":
+        data = np.array([s.encode("utf-8") for s in t["data"]], dtype=np.object_)
+    else:
+        data = np.array(t["data"], dtype=NP[t["datatype"]])
+    return data.reshape(t["shape"])
+
+
+def check(name, want, got):
+    if want.dtype == np.object_:
+        ok = [bytes(x) for x in want.flatten()] == [bytes(x) for x in got.flatten()]
+    elif np.issubdtype(want.dtype, np.floating):
+        ok = want.shape == got.shape and np.allclose(want, got, rtol=1e-4, atol=1e-5)
+    else:
+        ok = want.shape == got.shape and np.array_equal(want, got)
+    if not ok:
+        sys.exit(f"mismatch in {name}: want {want.ravel()[:8]}, got {got.ravel()[:8]}")
+
+
+def main():
+    url, expected_dir = sys.argv[1], sys.argv[2]
+    client = grpcclient.InferenceServerClient(url=url)
+    assert client.is_server_live(), "server not live"
+    assert client.is_server_ready(), "server not ready"
+    checked = 0
+    for file in sorted(os.listdir(expected_dir)):
+        ex = json.load(open(os.path.join(expected_dir, file), encoding="utf-8"))
+        model, version = ex["model"], ex["version"]
+        assert client.is_model_ready(model, version), f"{model} v{version} not ready"
+        md = client.get_model_metadata(model, version, as_json=True)
+        assert md["platform"] == "onnxruntime_onnx", md
+        assert [i["name"] for i in md["inputs"]] == [i["name"] for i in ex["inputs"]], md
+        cfg = client.get_model_config(model, version, as_json=True)["config"]
+        assert cfg["name"] == model, cfg
+        inputs = []
+        for t in ex["inputs"]:
+            inp = grpcclient.InferInput(t["name"], t["shape"], t["datatype"])
+            inp.set_data_from_numpy(array(t))
+            inputs.append(inp)
+        outputs = [grpcclient.InferRequestedOutput(t["name"]) for t in ex["outputs"]]
+        result = client.infer(model, inputs, model_version=version, outputs=outputs)
+        for t in ex["outputs"]:
+            check(f"{model}/{t['name']}", array(t), result.as_numpy(t["name"]))
+        checked += 1
+
+        # Async and streaming APIs on the same request.
+        done = queue.Queue()
+        client.async_infer(model, inputs, lambda result, error: done.put((result, error)), model_version=version)
+        r, e = done.get(timeout=30)
+        assert e is None, e
+        check(f"{model} async", array(ex["outputs"][0]), r.as_numpy(ex["outputs"][0]["name"]))
+        client.start_stream(callback=lambda result, error: done.put((result, error)))
+        client.async_stream_infer(model, inputs, model_version=version, request_id="s1")
+        r, e = done.get(timeout=30)
+        client.stop_stream()
+        assert e is None, e
+        check(f"{model} stream", array(ex["outputs"][0]), r.as_numpy(ex["outputs"][0]["name"]))
+
+    try:
+        client.get_model_metadata("no_such_model")
+        sys.exit("unknown model did not fail")
+    except InferenceServerException as e:
+        assert "NOT_FOUND" in str(e.status()), e.status()
+    stats = client.get_inference_statistics(as_json=True)
+    assert "model_stats" in stats, stats
+    print(f"tritonclient: {checked} examples OK")
+
+
+if __name__ == "__main__":
+    main()

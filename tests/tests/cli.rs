@@ -1,0 +1,152 @@
+//! The `localml` command line as a user runs it, and Triton's own Python client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use localml_tests::*;
+
+/// Children of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name (which may contain spaces): state ppid ...
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// A minimal .npy file (format 1.0) of int64 values.
+fn npy_i64(shape: &[usize], values: &[i64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn localml(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("localml")).args(args).output().expect("run localml");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn localml_up_serves_infer_and_stops_without_orphans() {
+    let mut up = Command::new(bin("localml"))
+        .args(["up", "--listen", "127.0.0.1:0", "--workers", "2", "--models"])
+        .arg(models_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start localml up");
+    let pid = up.id();
+    let mut lines = BufReader::new(up.stdout.take().expect("stdout")).lines();
+    let endpoint = loop {
+        let line = lines
+            .next()
+            .expect("localml up exited before printing its endpoint")
+            .expect("read line");
+        if let Some(rest) = line.split("Triton gRPC): ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let workers = children(pid);
+    assert_eq!(workers.len(), 2, "two worker processes: {workers:?}");
+
+    // `localml infer` with a JSON file, a .npy file, and random inputs.
+    let dir = TempDir::new("infer-inputs");
+    let json_input = dir.path().join("tokens.json");
+    std::fs::write(&json_input, serde_json::json!([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]).to_string())
+        .expect("write json");
+    let npy_input = dir.path().join("tokens.npy");
+    std::fs::write(&npy_input, npy_i64(&[2, 16], &(0..32).collect::<Vec<_>>())).expect("write npy");
+    for (input, shape) in [(&json_input, "[1, 4]"), (&npy_input, "[2, 4]")] {
+        let arg = format!("token_ids={}", input.display());
+        let (ok, stdout, stderr) = localml(&["infer", "--server", &endpoint, "--model", "text_classifier", "--input", &arg]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("served by worker-"), "{stdout}");
+        assert!(stdout.contains(&format!("logits FP32 {shape}")), "{stdout}");
+    }
+    let (ok, stdout, stderr) = localml(&["infer", "--server", &endpoint, "--model", "image_classifier"]);
+    assert!(ok && stdout.contains("probabilities FP32 [1, 10]"), "{stdout}{stderr}");
+    let (ok, _, stderr) = localml(&["infer", "--server", &endpoint, "--model", "nope"]);
+    assert!(!ok && stderr.contains("nope"), "clear error for an unknown model: {stderr}");
+    let (ok, stdout, _) = localml(&["workers", "--server", &endpoint]);
+    assert!(ok && stdout.contains("worker-1") && stdout.contains("worker-2") && stdout.contains("Ready"), "{stdout}");
+
+    // SIGTERM stops everything.
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(status) = up.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > SOON {
+            let _ = up.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let exit = exit.expect("localml up stopped after SIGTERM");
+    assert!(exit.success(), "clean exit: {exit}");
+    for w in workers {
+        assert!(!alive(w), "worker process {w} outlived localml up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_python_client_works() {
+    let probe = Command::new("python3").args(["-c", "import tritonclient.grpc, numpy"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_none(),
+            "tritonclient is not installed but LOCALML_REQUIRE_PYTHON_CLIENT is set (scripts/test.sh installs it)"
+        );
+        eprintln!("skipped: python3 -m pip install 'tritonclient[grpc]' numpy to run this test");
+        return;
+    }
+    let scheduler = Scheduler::start();
+    let _a = Worker::start("a", &scheduler, &[]);
+    let _b = Worker::start("b", &scheduler, &[]);
+    scheduler.wait_ready(&["a", "b"]).await;
+    let out = tokio::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/tritonclient_check.py"))
+        .arg(&scheduler.addr)
+        .arg(repo_root().join("examples/expected"))
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("examples OK"), "{stdout}");
+}
