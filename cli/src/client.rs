@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use localml_proto::inference::model_infer_request::InferInputTensor;
-use localml_proto::inference::{infer_parameter::ParameterChoice, ModelInferRequest, ModelInferResponse};
+use localml_proto::inference::{
+    infer_parameter::ParameterChoice, ModelInferRequest, ModelInferResponse,
+};
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::tensor::{DataType, TensorData};
 use tonic::transport::{Channel, Endpoint};
@@ -23,8 +25,13 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Connects to `address` (`host:port` or a URL), failing after `timeout`.
 pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, String> {
-    let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| format!("invalid server address '{address}': {e}"))?;
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| format!("invalid server address '{address}': {e}"))?;
     endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -69,8 +76,9 @@ pub fn outputs(response: &ModelInferResponse) -> Result<Vec<Tensor>, String> {
         .iter()
         .enumerate()
         .map(|(i, o)| {
-            let datatype =
-                DataType::parse(&o.datatype).ok_or_else(|| format!("output '{}' has unknown datatype {}", o.name, o.datatype))?;
+            let datatype = DataType::parse(&o.datatype).ok_or_else(|| {
+                format!("output '{}' has unknown datatype {}", o.name, o.datatype)
+            })?;
             let data = match (response.raw_output_contents.get(i), &o.contents) {
                 (Some(raw), _) => TensorData::from_raw(datatype, &o.shape, raw),
                 (None, Some(contents)) => TensorData::from_contents(datatype, &o.shape, contents),
@@ -88,7 +96,12 @@ pub fn outputs(response: &ModelInferResponse) -> Result<Vec<Tensor>, String> {
 
 /// The worker that served a response (the `localml.worker` parameter).
 pub fn served_by(response: &ModelInferResponse) -> Option<String> {
-    match response.parameters.get("localml.worker")?.parameter_choice.as_ref()? {
+    match response
+        .parameters
+        .get("localml.worker")?
+        .parameter_choice
+        .as_ref()?
+    {
         ParameterChoice::StringParam(s) => Some(s.clone()),
         _ => None,
     }
@@ -110,10 +123,16 @@ pub fn random_tensor(name: &str, datatype: DataType, shape: &[i64]) -> Tensor {
         DataType::Int16 => TensorData::Int16((0..n).map(|_| i16::from(small())).collect()),
         DataType::Int32 => TensorData::Int32((0..n).map(|_| i32::from(small())).collect()),
         DataType::Int64 => TensorData::Int64((0..n).map(|_| i64::from(small())).collect()),
-        DataType::Fp16 => TensorData::Fp16((0..n).map(|_| half::f16::from_f32(fastrand::f32())).collect()),
+        DataType::Fp16 => TensorData::Fp16(
+            (0..n)
+                .map(|_| half::f16::from_f32(fastrand::f32()))
+                .collect(),
+        ),
         DataType::Fp32 => TensorData::Fp32((0..n).map(|_| fastrand::f32()).collect()),
         DataType::Fp64 => TensorData::Fp64((0..n).map(|_| fastrand::f64()).collect()),
-        DataType::Bytes => TensorData::Bytes((0..n).map(|i| format!("text-{i}").into_bytes()).collect()),
+        DataType::Bytes => {
+            TensorData::Bytes((0..n).map(|i| format!("text-{i}").into_bytes()).collect())
+        }
     };
     Tensor {
         name: name.to_string(),
@@ -125,16 +144,29 @@ pub fn random_tensor(name: &str, datatype: DataType, shape: &[i64]) -> Tensor {
 /// A short printable summary of tensor values (first `limit` elements).
 pub fn preview(data: &TensorData, limit: usize) -> String {
     let items: Vec<String> = match data {
-        TensorData::Bytes(v) => v.iter().take(limit).map(|b| format!("{:?}", String::from_utf8_lossy(b))).collect(),
+        TensorData::Bytes(v) => v
+            .iter()
+            .take(limit)
+            .map(|b| format!("{:?}", String::from_utf8_lossy(b)))
+            .collect(),
         other => other
             .to_f64()
             .unwrap_or_default()
             .into_iter()
             .take(limit)
-            .map(|x| format!("{x:.6}").trim_end_matches('0').trim_end_matches('.').to_string())
+            .map(|x| {
+                format!("{x:.6}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string()
+            })
             .collect(),
     };
-    let more = if data.len() > limit { format!(", … ({} values)", data.len()) } else { String::new() };
+    let more = if data.len() > limit {
+        format!(", … ({} values)", data.len())
+    } else {
+        String::new()
+    };
     format!("[{}{more}]", items.join(", "))
 }
 
@@ -149,16 +181,18 @@ mod tests {
             shape: vec![1, 2],
             data: TensorData::Fp32(vec![1.0, 2.0]),
         };
-        let req = request("m", "", &[t.clone()]);
+        let req = request("m", "", std::slice::from_ref(&t));
         assert_eq!(req.inputs[0].datatype, "FP32");
         // Echo the request as a response and decode it.
         let resp = ModelInferResponse {
-            outputs: vec![localml_proto::inference::model_infer_response::InferOutputTensor {
-                name: "x".into(),
-                datatype: "FP32".into(),
-                shape: vec![1, 2],
-                ..Default::default()
-            }],
+            outputs: vec![
+                localml_proto::inference::model_infer_response::InferOutputTensor {
+                    name: "x".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![1, 2],
+                    ..Default::default()
+                },
+            ],
             raw_output_contents: req.raw_input_contents.clone(),
             ..Default::default()
         };
@@ -171,6 +205,9 @@ mod tests {
         let t = random_tensor("ids", DataType::Int64, &[-1, 16]);
         assert_eq!(t.shape, vec![1, 16]);
         assert_eq!(t.data.len(), 16);
-        assert_eq!(preview(&TensorData::Fp32(vec![0.5, 1.0, 2.25]), 2), "[0.5, 1, … (3 values)]");
+        assert_eq!(
+            preview(&TensorData::Fp32(vec![0.5, 1.0, 2.25]), 2),
+            "[0.5, 1, … (3 values)]"
+        );
     }
 }

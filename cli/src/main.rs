@@ -14,7 +14,11 @@ use localml_proto::localml::v1::{ListModelsRequest, ListWorkersRequest};
 use localml_proto::tensor::DataType;
 
 #[derive(Parser)]
-#[command(name = "localml", version, about = "localml: pool a community network's PCs into one inference cluster")]
+#[command(
+    name = "localml",
+    version,
+    about = "localml: pool a community network's PCs into one inference cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,10 @@ enum RuntimeCommand {
 
 fn init_tracing() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
 }
@@ -101,14 +108,18 @@ fn read_input(spec: &str, inputs: &[(String, DataType)]) -> anyhow::Result<Tenso
         .with_context(|| format!("--input '{spec}': expected NAME=FILE"))?;
     let (_, datatype) = inputs.iter().find(|(n, _)| n == name).with_context(|| {
         let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
-        format!("the model has no input '{name}' (inputs: {})", names.join(", "))
+        format!(
+            "the model has no input '{name}' (inputs: {})",
+            names.join(", ")
+        )
     })?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
     let (shape, data) = if path.ends_with(".npy") {
-        localml_cli::npy::parse(&bytes).with_context(|| format!("{path}"))?
+        localml_cli::npy::parse(&bytes).with_context(|| path.to_string())?
     } else {
-        let value: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{path} is not JSON"))?;
-        localml_cli::json::parse(&value, *datatype).with_context(|| format!("{path}"))?
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("{path} is not JSON"))?;
+        localml_cli::json::parse(&value, *datatype).with_context(|| path.to_string())?
     };
     Ok(Tensor {
         name: name.to_string(),
@@ -117,8 +128,16 @@ fn read_input(spec: &str, inputs: &[(String, DataType)]) -> anyhow::Result<Tenso
     })
 }
 
-async fn infer(model: String, version: String, specs: Vec<String>, server: String, show: usize) -> anyhow::Result<()> {
-    let channel = client::connect(&server, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+async fn infer(
+    model: String,
+    version: String,
+    specs: Vec<String>,
+    server: String,
+    show: usize,
+) -> anyhow::Result<()> {
+    let channel = client::connect(&server, Duration::from_secs(5))
+        .await
+        .map_err(anyhow::Error::msg)?;
     let mut oip = client::inference_client(channel);
     let metadata = oip
         .model_metadata(ModelMetadataRequest {
@@ -131,9 +150,18 @@ async fn infer(model: String, version: String, specs: Vec<String>, server: Strin
     let declared: Vec<(String, DataType)> = metadata
         .inputs
         .iter()
-        .map(|i| Ok((i.name.clone(), DataType::parse(&i.datatype).with_context(|| format!("unknown datatype {}", i.datatype))?)))
+        .map(|i| {
+            Ok((
+                i.name.clone(),
+                DataType::parse(&i.datatype)
+                    .with_context(|| format!("unknown datatype {}", i.datatype))?,
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
-    let mut tensors: Vec<Tensor> = specs.iter().map(|s| read_input(s, &declared)).collect::<anyhow::Result<_>>()?;
+    let mut tensors: Vec<Tensor> = specs
+        .iter()
+        .map(|s| read_input(s, &declared))
+        .collect::<anyhow::Result<_>>()?;
     for input in &metadata.inputs {
         if !tensors.iter().any(|t| t.name == input.name) {
             let datatype = DataType::parse(&input.datatype).unwrap_or(DataType::Fp32);
@@ -156,13 +184,24 @@ async fn infer(model: String, version: String, specs: Vec<String>, server: Strin
         elapsed.as_secs_f64() * 1e3
     );
     for out in client::outputs(&response).map_err(anyhow::Error::msg)? {
-        println!("  {} {} {:?} = {}", out.name, out.data.datatype(), out.shape, client::preview(&out.data, show));
+        println!(
+            "  {} {} {:?} = {}",
+            out.name,
+            out.data.datatype(),
+            out.shape,
+            client::preview(&out.data, show)
+        );
     }
     Ok(())
 }
 
-async fn admin(server: &str) -> anyhow::Result<localml_proto::localml::v1::admin_client::AdminClient<tonic::transport::Channel>> {
-    let channel = client::connect(server, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+async fn admin(
+    server: &str,
+) -> anyhow::Result<localml_proto::localml::v1::admin_client::AdminClient<tonic::transport::Channel>>
+{
+    let channel = client::connect(server, Duration::from_secs(5))
+        .await
+        .map_err(anyhow::Error::msg)?;
     Ok(client::admin_client(channel))
 }
 
@@ -190,19 +229,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             show,
         } => infer(model, version, inputs, server, show).await,
         Command::Workers { server } => {
-            let list = admin(&server).await?.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
+            let list = admin(&server)
+                .await?
+                .list_workers(ListWorkersRequest {})
+                .await?
+                .into_inner()
+                .workers;
             println!("{}", localml_cli::table::workers(&list));
             Ok(())
         }
         Command::Models { server } => {
-            let list = admin(&server).await?.list_models(ListModelsRequest {}).await?.into_inner().models;
+            let list = admin(&server)
+                .await?
+                .list_models(ListModelsRequest {})
+                .await?
+                .into_inner()
+                .models;
             println!("{}", localml_cli::table::models(&list));
             Ok(())
         }
         Command::Runtime { command } => match command {
             RuntimeCommand::Install { gpu } => {
-                let flavor = if gpu { localml_worker::runtime::Flavor::Gpu } else { localml_worker::runtime::Flavor::Cpu };
-                let path = localml_worker::runtime::install(flavor, &mut |line| eprintln!("{line}"))?;
+                let flavor = if gpu {
+                    localml_worker::runtime::Flavor::Gpu
+                } else {
+                    localml_worker::runtime::Flavor::Cpu
+                };
+                let path =
+                    localml_worker::runtime::install(flavor, &mut |line| eprintln!("{line}"))?;
                 println!("{}", path.display());
                 Ok(())
             }

@@ -30,13 +30,17 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<i64>, TensorData), NpyError> {
         }
         v => return Err(NpyError::Header(format!("format version {v}"))),
     };
-    let header = bytes.get(start..start + header_len).ok_or(NpyError::Truncated)?;
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or(NpyError::Truncated)?;
     let header = std::str::from_utf8(header).map_err(|_| NpyError::Header("not text".into()))?;
     let descr = field(header, "descr")
         .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
         .ok_or_else(|| NpyError::Header("no descr".into()))?;
     if field(header, "fortran_order").as_deref() == Some("True") {
-        return Err(NpyError::Header("fortran_order arrays are not supported; save with C order".into()));
+        return Err(NpyError::Header(
+            "fortran_order arrays are not supported; save with C order".into(),
+        ));
     }
     let shape_text = header
         .split("'shape':")
@@ -49,7 +53,10 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<i64>, TensorData), NpyError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<i64>().map_err(|_| NpyError::Header(format!("bad shape '{shape_text}'"))))
+        .map(|s| {
+            s.parse::<i64>()
+                .map_err(|_| NpyError::Header(format!("bad shape '{shape_text}'")))
+        })
         .collect::<Result<_, _>>()?;
     let datatype = match descr.as_str() {
         "|b1" => DataType::Bool,
@@ -66,7 +73,8 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<i64>, TensorData), NpyError> {
         "<f8" => DataType::Fp64,
         other => return Err(NpyError::Dtype(other.to_string())),
     };
-    let data = TensorData::from_raw(datatype, &shape, &bytes[start + header_len..]).map_err(|e| NpyError::Data(e.to_string()))?;
+    let data = TensorData::from_raw(datatype, &shape, &bytes[start + header_len..])
+        .map_err(|e| NpyError::Data(e.to_string()))?;
     Ok((shape, data))
 }
 
@@ -95,7 +103,8 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -109,7 +118,10 @@ mod tests {
 
     #[test]
     fn parses_float_and_int_arrays() {
-        let floats: Vec<u8> = [1.0f32, 2.5, -3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+        let floats: Vec<u8> = [1.0f32, 2.5, -3.0, 4.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
         let (shape, data) = parse(&npy("<f4", "(2, 2)", &floats)).expect("parses");
         assert_eq!(shape, vec![2, 2]);
         assert_eq!(data, TensorData::Fp32(vec![1.0, 2.5, -3.0, 4.0]));
@@ -124,7 +136,13 @@ mod tests {
     #[test]
     fn rejects_bad_files() {
         assert_eq!(parse(b"hello world"), Err(NpyError::Magic));
-        assert!(matches!(parse(&npy(">f4", "(1,)", &[0; 4])), Err(NpyError::Dtype(_))));
-        assert!(matches!(parse(&npy("<f4", "(2,)", &[0; 4])), Err(NpyError::Data(_))));
+        assert!(matches!(
+            parse(&npy(">f4", "(1,)", &[0; 4])),
+            Err(NpyError::Dtype(_))
+        ));
+        assert!(matches!(
+            parse(&npy("<f4", "(2,)", &[0; 4])),
+            Err(NpyError::Data(_))
+        ));
     }
 }

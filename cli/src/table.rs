@@ -55,30 +55,60 @@ pub fn workers(list: &[WorkerInfo]) -> String {
             let mut providers: Vec<String> = s
                 .models
                 .iter()
-                .map(|m| m.execution_provider.trim_end_matches("ExecutionProvider").to_string())
+                .map(|m| {
+                    m.execution_provider
+                        .trim_end_matches("ExecutionProvider")
+                        .to_string()
+                })
                 .collect();
             providers.sort();
             providers.dedup();
             let queue: u32 = s.models.iter().map(|m| m.queue_depth).sum();
             let in_flight: u32 = s.models.iter().map(|m| m.in_flight).sum();
-            let mut models: Vec<String> = s.models.iter().map(|m| format!("{}:{}", m.name, m.version)).collect();
+            let mut models: Vec<String> = s
+                .models
+                .iter()
+                .map(|m| format!("{}:{}", m.name, m.version))
+                .collect();
             models.sort();
             vec![
                 s.name.clone(),
                 state_name(w.state).to_string(),
-                if providers.is_empty() { "-".into() } else { providers.join(",") },
+                if providers.is_empty() {
+                    "-".into()
+                } else {
+                    providers.join(",")
+                },
                 format!("{}/{}", gib(s.ram_free_bytes), gib(s.ram_total_bytes)),
                 power_name(power.source).to_string(),
-                power.battery_percent.map(|p| format!("{p:.0}%")).unwrap_or_else(|| "-".into()),
+                power
+                    .battery_percent
+                    .map(|p| format!("{p:.0}%"))
+                    .unwrap_or_else(|| "-".into()),
                 queue.to_string(),
                 in_flight.max(w.dispatched_in_flight).to_string(),
                 s.inference_address.clone(),
-                if models.is_empty() { "-".into() } else { models.join(",") },
+                if models.is_empty() {
+                    "-".into()
+                } else {
+                    models.join(",")
+                },
             ]
         })
         .collect();
     render(
-        &["NAME", "STATE", "PROVIDER", "RAM GiB (free/total)", "POWER", "BATTERY", "QUEUE", "IN-FLIGHT", "ADDRESS", "MODELS"],
+        &[
+            "NAME",
+            "STATE",
+            "PROVIDER",
+            "RAM GiB (free/total)",
+            "POWER",
+            "BATTERY",
+            "QUEUE",
+            "IN-FLIGHT",
+            "ADDRESS",
+            "MODELS",
+        ],
         &rows,
     )
 }
@@ -100,13 +130,27 @@ pub fn models(list: &[ModelInfo]) -> String {
                 m.name.clone(),
                 m.version.clone(),
                 m.max_batch_size.to_string(),
-                if m.ready_workers.is_empty() { "-".into() } else { m.ready_workers.join(",") },
+                if m.ready_workers.is_empty() {
+                    "-".into()
+                } else {
+                    m.ready_workers.join(",")
+                },
                 fmt(&sig.inputs),
                 fmt(&sig.outputs),
             ]
         })
         .collect();
-    render(&["MODEL", "VERSION", "MAX BATCH", "READY ON", "INPUTS", "OUTPUTS"], &rows)
+    render(
+        &[
+            "MODEL",
+            "VERSION",
+            "MAX BATCH",
+            "READY ON",
+            "INPUTS",
+            "OUTPUTS",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -138,6 +182,9 @@ mod tests {
         let out = workers(&[w]);
         let row = out.lines().nth(1).expect("row");
         assert!(row.starts_with("laptop"), "{row}");
-        assert!(row.contains("Ready") && row.contains("battery") && row.contains("42%"), "{row}");
+        assert!(
+            row.contains("Ready") && row.contains("battery") && row.contains("42%"),
+            "{row}"
+        );
     }
 }

@@ -32,8 +32,13 @@ pub fn ensure_runtime(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf>
     match runtime::locate(flag) {
         Ok((path, _)) => Ok(path),
         Err(runtime::RuntimeError::NotFound) => {
-            eprintln!("ONNX Runtime {} not found; installing it (once) ...", runtime::ORT_VERSION);
-            Ok(runtime::install(runtime::Flavor::Cpu, &mut |line| eprintln!("  {line}"))?)
+            eprintln!(
+                "ONNX Runtime {} not found; installing it (once) ...",
+                runtime::ORT_VERSION
+            );
+            Ok(runtime::install(runtime::Flavor::Cpu, &mut |line| {
+                eprintln!("  {line}")
+            })?)
         }
         Err(e) => Err(e.into()),
     }
@@ -54,12 +59,23 @@ async fn spawn_worker(
     let exe = std::env::current_exe().context("cannot find the localml executable")?;
     let mut child = Command::new(exe)
         .arg("worker")
-        .args(["--scheduler", scheduler, "--listen", "127.0.0.1:0", "--name", name])
+        .args([
+            "--scheduler",
+            scheduler,
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+        ])
         .arg("--models")
         .arg(&options.models)
         .arg("--onnxruntime")
         .arg(library)
-        .args(["--intra-op-threads", &threads.to_string(), "--exit-with-stdin"])
+        .args([
+            "--intra-op-threads",
+            &threads.to_string(),
+            "--exit-with-stdin",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -78,7 +94,10 @@ async fn spawn_worker(
 }
 
 /// Runs the local cluster until `shutdown` completes.
-pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn up(
+    options: UpOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     if options.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -105,11 +124,22 @@ pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = 
     }));
 
     // Share the cores: each worker's ONNX Runtime gets its part.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let threads = (cores / options.workers as usize).max(1);
     let mut workers = Vec::new();
     for i in 1..=options.workers {
-        workers.push(spawn_worker(&format!("worker-{i}"), &cluster, &options, &library, threads).await?);
+        workers.push(
+            spawn_worker(
+                &format!("worker-{i}"),
+                &cluster,
+                &options,
+                &library,
+                threads,
+            )
+            .await?,
+        );
     }
 
     let result = async {
@@ -120,8 +150,15 @@ pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = 
         let started = tokio::time::Instant::now();
         let mut last = usize::MAX;
         loop {
-            let list = admin.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
-            let ready = list.iter().filter(|w| w.state == WorkerState::Ready as i32).count();
+            let list = admin
+                .list_workers(ListWorkersRequest {})
+                .await?
+                .into_inner()
+                .workers;
+            let ready = list
+                .iter()
+                .filter(|w| w.state == WorkerState::Ready as i32)
+                .count();
             if ready != last {
                 eprintln!("workers ready: {ready}/{}", options.workers);
                 last = ready;
@@ -131,7 +168,10 @@ pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = 
             }
             for w in &mut workers {
                 if let Some(status) = w.child.try_wait()? {
-                    bail!("worker {} exited during start-up ({status}); see its log above", w.name);
+                    bail!(
+                        "worker {} exited during start-up ({status}); see its log above",
+                        w.name
+                    );
                 }
             }
             if started.elapsed() > READY_TIMEOUT {
@@ -139,11 +179,18 @@ pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = 
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let models = admin.list_models(ListModelsRequest {}).await?.into_inner().models;
+        let models = admin
+            .list_models(ListModelsRequest {})
+            .await?
+            .into_inner()
+            .models;
         println!();
         println!("localml is up: {} workers", options.workers);
         println!("  inference endpoint (Open Inference Protocol / Triton gRPC): {endpoint}");
-        println!("  try: localml infer --server {endpoint} --model {}", models.first().map(|m| m.name.as_str()).unwrap_or("MODEL"));
+        println!(
+            "  try: localml infer --server {endpoint} --model {}",
+            models.first().map(|m| m.name.as_str()).unwrap_or("MODEL")
+        );
         println!("       localml workers --server {endpoint}");
         println!();
         println!("{}", crate::table::models(&models));
@@ -179,7 +226,10 @@ pub async fn up(options: UpOptions, shutdown: impl std::future::Future<Output = 
         match tokio::time::timeout(STOP_TIMEOUT, w.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!("worker {} did not stop in {STOP_TIMEOUT:?}; killing it", w.name);
+                eprintln!(
+                    "worker {} did not stop in {STOP_TIMEOUT:?}; killing it",
+                    w.name
+                );
                 let _ = w.child.kill().await;
             }
         }

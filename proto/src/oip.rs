@@ -3,8 +3,9 @@
 //! loaded model), so both report a model identically.
 
 use crate::inference::{
-    model_metadata_response::TensorMetadata, model_version_policy, DataType as ConfigDataType, ModelConfig,
-    ModelConfigResponse, ModelInput, ModelInstanceGroup, ModelMetadataResponse, ModelOutput, ModelVersionPolicy,
+    model_metadata_response::TensorMetadata, model_version_policy, DataType as ConfigDataType,
+    ModelConfig, ModelConfigResponse, ModelInput, ModelInstanceGroup, ModelMetadataResponse,
+    ModelOutput, ModelVersionPolicy,
 };
 use crate::localml::v1::{ModelSignature, TensorSpec};
 use crate::tensor::DataType;
@@ -46,7 +47,11 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
 }
 
 /// ModelMetadata: shapes include the batch dimension (-1) when the model batches.
-pub fn model_metadata(name: &str, versions: Vec<String>, signature: &ModelSignature) -> ModelMetadataResponse {
+pub fn model_metadata(
+    name: &str,
+    versions: Vec<String>,
+    signature: &ModelSignature,
+) -> ModelMetadataResponse {
     ModelMetadataResponse {
         name: name.to_string(),
         versions,
@@ -67,7 +72,13 @@ fn config_dims(shape: &[i64], max_batch_size: u32) -> Vec<i64> {
 
 /// ModelConfig with what a Triton client needs: platform, max_batch_size, inputs and
 /// outputs with dims, and the instance count.
-pub fn model_config(name: &str, max_batch_size: u32, instances: u32, gpu: bool, signature: &ModelSignature) -> ModelConfigResponse {
+pub fn model_config(
+    name: &str,
+    max_batch_size: u32,
+    instances: u32,
+    gpu: bool,
+    signature: &ModelSignature,
+) -> ModelConfigResponse {
     let input = signature
         .inputs
         .iter()
@@ -98,9 +109,9 @@ pub fn model_config(name: &str, max_batch_size: u32, instances: u32, gpu: bool, 
             input,
             output,
             version_policy: Some(ModelVersionPolicy {
-                policy_choice: Some(model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
-                    num_versions: 1,
-                })),
+                policy_choice: Some(model_version_policy::PolicyChoice::Latest(
+                    model_version_policy::Latest { num_versions: 1 },
+                )),
             }),
             instance_group: vec![ModelInstanceGroup {
                 count: i32::try_from(instances).unwrap_or(i32::MAX),
@@ -134,13 +145,17 @@ mod tests {
 
     #[test]
     fn config_drops_batch_dim_only_when_batching() {
-        let batched = model_config("m", 8, 2, false, &sig()).config.expect("config");
+        let batched = model_config("m", 8, 2, false, &sig())
+            .config
+            .expect("config");
         assert_eq!(batched.max_batch_size, 8);
         assert_eq!(batched.input[0].dims, vec![3, 32, 32]);
         assert_eq!(batched.output[0].dims, vec![10]);
         assert_eq!(batched.input[0].data_type, ConfigDataType::TypeFp32 as i32);
         assert_eq!(batched.platform, "onnxruntime_onnx");
-        let unbatched = model_config("m", 0, 1, false, &sig()).config.expect("config");
+        let unbatched = model_config("m", 0, 1, false, &sig())
+            .config
+            .expect("config");
         assert_eq!(unbatched.input[0].dims, vec![-1, 3, 32, 32]);
     }
 
@@ -154,7 +169,11 @@ mod tests {
     #[test]
     fn every_datatype_maps_to_a_config_type() {
         for dt in DataType::ALL {
-            assert_ne!(config_datatype(dt.as_str()), ConfigDataType::TypeInvalid, "{dt}");
+            assert_ne!(
+                config_datatype(dt.as_str()),
+                ConfigDataType::TypeInvalid,
+                "{dt}"
+            );
         }
         assert_eq!(config_datatype("BF16"), ConfigDataType::TypeInvalid);
     }

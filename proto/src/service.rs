@@ -12,20 +12,37 @@ type Answer<T> = Result<Response<T>, Status>;
 /// The inference methods a localml server implements.
 #[tonic::async_trait]
 pub trait InferenceBackend: Send + Sync + 'static {
-    type InferStream: tokio_stream::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static;
+    type InferStream: tokio_stream::Stream<Item = Result<ModelStreamInferResponse, Status>>
+        + Send
+        + 'static;
 
     async fn server_live(&self, request: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse>;
-    async fn server_ready(&self, request: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse>;
+    async fn server_ready(
+        &self,
+        request: Request<ServerReadyRequest>,
+    ) -> Answer<ServerReadyResponse>;
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse>;
-    async fn server_metadata(&self, request: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse>;
-    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse>;
+    async fn server_metadata(
+        &self,
+        request: Request<ServerMetadataRequest>,
+    ) -> Answer<ServerMetadataResponse>;
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Answer<ModelMetadataResponse>;
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse>;
     async fn model_stream_infer(
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::InferStream>;
-    async fn model_config(&self, request: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse>;
-    async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> Answer<ModelStatisticsResponse>;
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Answer<ModelConfigResponse>;
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Answer<ModelStatisticsResponse>;
 }
 
 /// Serves a backend as `inference.GRPCInferenceService`.
@@ -51,10 +68,16 @@ impl<B: InferenceBackend> GrpcInferenceService for OipService<B> {
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
         self.0.model_ready(r).await
     }
-    async fn server_metadata(&self, r: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse> {
+    async fn server_metadata(
+        &self,
+        r: Request<ServerMetadataRequest>,
+    ) -> Answer<ServerMetadataResponse> {
         self.0.server_metadata(r).await
     }
-    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Answer<ModelMetadataResponse> {
         self.0.model_metadata(r).await
     }
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
@@ -69,13 +92,22 @@ impl<B: InferenceBackend> GrpcInferenceService for OipService<B> {
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
         self.0.model_config(r).await
     }
-    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Answer<ModelStatisticsResponse> {
+    async fn model_statistics(
+        &self,
+        r: Request<ModelStatisticsRequest>,
+    ) -> Answer<ModelStatisticsResponse> {
         self.0.model_statistics(r).await
     }
-    async fn repository_index(&self, _: Request<RepositoryIndexRequest>) -> Answer<RepositoryIndexResponse> {
+    async fn repository_index(
+        &self,
+        _: Request<RepositoryIndexRequest>,
+    ) -> Answer<RepositoryIndexResponse> {
         Err(not_applicable("RepositoryIndex", REPOSITORY))
     }
-    async fn repository_model_load(&self, _: Request<RepositoryModelLoadRequest>) -> Answer<RepositoryModelLoadResponse> {
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Answer<RepositoryModelLoadResponse> {
         Err(not_applicable("RepositoryModelLoad", REPOSITORY))
     }
     async fn repository_model_unload(
@@ -100,7 +132,10 @@ impl<B: InferenceBackend> GrpcInferenceService for OipService<B> {
         &self,
         _: Request<SystemSharedMemoryUnregisterRequest>,
     ) -> Answer<SystemSharedMemoryUnregisterResponse> {
-        Err(not_applicable("SystemSharedMemoryUnregister", SHARED_MEMORY))
+        Err(not_applicable(
+            "SystemSharedMemoryUnregister",
+            SHARED_MEMORY,
+        ))
     }
     async fn cuda_shared_memory_status(
         &self,
@@ -121,10 +156,16 @@ impl<B: InferenceBackend> GrpcInferenceService for OipService<B> {
         Err(not_applicable("CudaSharedMemoryUnregister", SHARED_MEMORY))
     }
     async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Answer<TraceSettingResponse> {
-        Err(not_applicable("TraceSetting", "use RUST_LOG for structured logs"))
+        Err(not_applicable(
+            "TraceSetting",
+            "use RUST_LOG for structured logs",
+        ))
     }
     async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Answer<LogSettingsResponse> {
-        Err(not_applicable("LogSettings", "set RUST_LOG when starting the process"))
+        Err(not_applicable(
+            "LogSettings",
+            "set RUST_LOG when starting the process",
+        ))
     }
 }
 
@@ -196,7 +237,23 @@ mod tests {
             .await
             .expect_err("times out");
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
-        let fast = within_deadline(Some(std::time::Duration::from_secs(1)), "x", async { Ok::<_, Status>(7) }).await;
+        let fast = within_deadline(Some(std::time::Duration::from_secs(1)), "x", async {
+            Ok::<_, Status>(7)
+        })
+        .await;
         assert_eq!(fast.ok(), Some(7));
     }
+}
+
+/// Accepted connections of `listener` with Nagle's algorithm off: small gRPC messages
+/// would otherwise wait for delayed ACKs (about 40 ms on Linux).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }

@@ -257,13 +257,19 @@ impl TensorData {
     }
 
     /// Decodes raw little-endian content for a tensor of `shape`, checking its length.
-    pub fn from_raw(datatype: DataType, shape: &[i64], raw: &[u8]) -> Result<TensorData, TensorError> {
+    pub fn from_raw(
+        datatype: DataType,
+        shape: &[i64],
+        raw: &[u8],
+    ) -> Result<TensorData, TensorError> {
         let count = element_count(shape)?;
         let Some(size) = datatype.element_size() else {
             let elements = split_bytes(raw)?;
             return check_count(TensorData::Bytes(elements), shape, count);
         };
-        let expected = count.checked_mul(size).ok_or_else(|| TensorError::InvalidShape(shape.to_vec()))?;
+        let expected = count
+            .checked_mul(size)
+            .ok_or_else(|| TensorError::InvalidShape(shape.to_vec()))?;
         if raw.len() != expected {
             return Err(TensorError::RawLength {
                 datatype,
@@ -379,7 +385,11 @@ impl TensorData {
     }
 }
 
-fn check_count(data: TensorData, shape: &[i64], expected: usize) -> Result<TensorData, TensorError> {
+fn check_count(
+    data: TensorData,
+    shape: &[i64],
+    expected: usize,
+) -> Result<TensorData, TensorError> {
     if data.len() != expected {
         return Err(TensorError::ElementCount {
             shape: shape.to_vec(),
@@ -415,10 +425,20 @@ mod tests {
             TensorData::Int16(vec![i16::MIN, -1, 0, i16::MAX]),
             TensorData::Int32(vec![i32::MIN, -1, 0, i32::MAX]),
             TensorData::Int64(vec![i64::MIN, -1, 0, i64::MAX]),
-            TensorData::Fp16(vec![f16::from_f32(-1.5), f16::ZERO, f16::from_f32(0.25), f16::MAX]),
+            TensorData::Fp16(vec![
+                f16::from_f32(-1.5),
+                f16::ZERO,
+                f16::from_f32(0.25),
+                f16::MAX,
+            ]),
             TensorData::Fp32(vec![-1.5, 0.0, f32::MIN_POSITIVE, f32::MAX]),
             TensorData::Fp64(vec![-1.5, 0.0, f64::MIN_POSITIVE, f64::MAX]),
-            TensorData::Bytes(vec![b"".to_vec(), "héllo".as_bytes().to_vec(), vec![0, 255], b"x".to_vec()]),
+            TensorData::Bytes(vec![
+                b"".to_vec(),
+                "héllo".as_bytes().to_vec(),
+                vec![0, 255],
+                b"x".to_vec(),
+            ]),
         ];
         for data in cases {
             let raw = data.to_raw();
@@ -441,7 +461,8 @@ mod tests {
         ];
         for data in cases {
             let contents = data.to_contents().expect("typed field exists");
-            let back = TensorData::from_contents(data.datatype(), &[2], &contents).expect("decodes");
+            let back =
+                TensorData::from_contents(data.datatype(), &[2], &contents).expect("decodes");
             assert_eq!(back, data);
         }
         assert_eq!(TensorData::Fp16(vec![f16::ONE]).to_contents(), None);

@@ -39,7 +39,10 @@ impl SchedulerArgs {
 
 async fn bind(address: &str, what: &str) -> Result<TcpListener, SchedulerError> {
     TcpListener::bind(address).await.map_err(|e| {
-        SchedulerError::Io(std::io::Error::new(e.kind(), format!("cannot listen for {what} on {address}: {e}")))
+        SchedulerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen for {what} on {address}: {e}"),
+        ))
     })
 }
 

@@ -63,13 +63,19 @@ pub struct AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn list_workers(&self, _: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        _: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
         Ok(Response::new(ListWorkersResponse {
             workers: self.registry.list(Instant::now()),
         }))
     }
 
-    async fn list_models(&self, _: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        _: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
         Ok(Response::new(ListModelsResponse {
             models: self.registry.models(),
         }))

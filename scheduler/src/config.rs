@@ -51,14 +51,18 @@ pub enum ConfigError {
     #[error("invalid config {0}: {1}")]
     Parse(String, String),
     #[error("invalid config: {field} {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl SchedulerConfig {
     pub fn from_file(path: &Path) -> Result<SchedulerConfig, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(name.clone(), e))?;
-        let config: SchedulerConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse(name, e.to_string()))?;
+        let config: SchedulerConfig =
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse(name, e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -74,7 +78,10 @@ impl SchedulerConfig {
             return invalid("report_interval_ms", "must be at least 1");
         }
         if self.worker_grace_period_ms <= self.report_interval_ms {
-            return invalid("worker_grace_period_ms", "must be longer than report_interval_ms");
+            return invalid(
+                "worker_grace_period_ms",
+                "must be longer than report_interval_ms",
+            );
         }
         if self.dispatch_attempts == 0 {
             return invalid("dispatch_attempts", "must be at least 1");
@@ -138,10 +145,15 @@ mod tests {
     fn unknown_yaml_key_is_named() {
         let path = std::env::temp_dir().join(format!("localml-scfg-{}.yaml", std::process::id()));
         std::fs::write(&path, "listen: 127.0.0.1:9000\nreport_intervall_ms: 5\n").expect("write");
-        let err = SchedulerConfig::from_file(&path).expect_err("unknown key").to_string();
+        let err = SchedulerConfig::from_file(&path)
+            .expect_err("unknown key")
+            .to_string();
         assert!(err.contains("report_intervall_ms"), "{err}");
         std::fs::write(&path, "listen: 127.0.0.1:9000\n").expect("write");
-        assert_eq!(SchedulerConfig::from_file(&path).expect("valid").listen, "127.0.0.1:9000");
+        assert_eq!(
+            SchedulerConfig::from_file(&path).expect("valid").listen,
+            "127.0.0.1:9000"
+        );
         std::fs::remove_file(&path).ok();
     }
 }

@@ -34,28 +34,46 @@ impl Drop for InFlight {
 fn worker_failed(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted | Code::Internal | Code::ResourceExhausted
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Internal
+            | Code::ResourceExhausted
     )
 }
 
 /// Whether the failure means the worker could not be reached at all.
 fn unreachable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
 }
 
 /// Status for a lookup that found no worker.
 pub fn lookup_error(model: &str, version: &str, lookup: Lookup) -> Status {
     match lookup {
         Lookup::Found(_) => Status::internal("no worker chosen"),
-        Lookup::UnknownModel => Status::not_found(format!("unknown model '{model}': no worker has it loaded")),
+        Lookup::UnknownModel => {
+            Status::not_found(format!("unknown model '{model}': no worker has it loaded"))
+        }
         Lookup::UnknownVersion { available } => Status::not_found(format!(
             "model '{model}' has no version '{version}' (available: {})",
             available.join(", ")
         )),
         Lookup::NoReadyWorker { details } => Status::unavailable(format!(
             "no Ready worker can serve model '{model}'{}; workers that have it: {}",
-            if version.is_empty() { String::new() } else { format!(" version {version}") },
-            if details.is_empty() { "none".to_string() } else { details.join(", ") }
+            if version.is_empty() {
+                String::new()
+            } else {
+                format!(" version {version}")
+            },
+            if details.is_empty() {
+                "none".to_string()
+            } else {
+                details.join(", ")
+            }
         )),
     }
 }
@@ -71,12 +89,17 @@ impl Dispatcher {
     }
 
     /// Routes one request; `deadline` is the client's.
-    pub async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
+    pub async fn infer(
+        &self,
+        request: ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ModelInferResponse, Status> {
         let started = Instant::now();
         let model = request.model_name.clone();
         let version = request.model_version.clone();
         let result = self.infer_with_retries(request, deadline).await;
-        self.stats.record(&model, &version, result.is_ok(), started.elapsed());
+        self.stats
+            .record(&model, &version, result.is_ok(), started.elapsed());
         result
     }
 
@@ -88,10 +111,17 @@ impl Dispatcher {
         let mut tried: HashSet<String> = HashSet::new();
         let mut last_error: Option<Status> = None;
         for _ in 0..self.attempts {
-            let candidates = match self.registry.lookup(&request.model_name, &request.model_version) {
+            let candidates = match self
+                .registry
+                .lookup(&request.model_name, &request.model_version)
+            {
                 Lookup::Found(c) => c,
                 other if last_error.is_none() => {
-                    return Err(lookup_error(&request.model_name, &request.model_version, other))
+                    return Err(lookup_error(
+                        &request.model_name,
+                        &request.model_version,
+                        other,
+                    ))
                 }
                 _ => break,
             };
@@ -100,7 +130,9 @@ impl Dispatcher {
                 .map(|c| (c.dispatched.load(Ordering::Relaxed), tried.contains(&c.id)))
                 .collect();
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-            let Some(index) = least_in_flight(&loads, rotation) else { break };
+            let Some(index) = least_in_flight(&loads, rotation) else {
+                break;
+            };
             let chosen = &candidates[index];
             tried.insert(chosen.id.clone());
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
@@ -127,13 +159,22 @@ impl Dispatcher {
             }
         }
         Err(match last_error {
-            Some(status) => Status::unavailable(format!(
+            // Every worker tried was unreachable: the cluster cannot serve this now.
+            Some(status) if unreachable(&status) => Status::unavailable(format!(
                 "no worker could serve model '{}' after {} attempt(s); last error: {}",
                 request.model_name,
                 tried.len(),
                 status.message()
             )),
-            None => Status::unavailable(format!("no Ready worker can serve model '{}'", request.model_name)),
+            // The workers answered with an error of their own: keep its code.
+            Some(status) => Status::new(
+                status.code(),
+                format!("{} (tried {} worker(s))", status.message(), tried.len()),
+            ),
+            None => Status::unavailable(format!(
+                "no Ready worker can serve model '{}'",
+                request.model_name
+            )),
         })
     }
 }
@@ -155,7 +196,11 @@ mod tests {
         ];
         for (code, retry, unreach) in cases {
             let s = Status::new(code, "x");
-            assert_eq!((worker_failed(&s), unreachable(&s)), (retry, unreach), "{code:?}");
+            assert_eq!(
+                (worker_failed(&s), unreachable(&s)),
+                (retry, unreach),
+                "{code:?}"
+            );
         }
     }
 }

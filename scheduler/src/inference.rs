@@ -21,11 +21,21 @@ pub struct SchedulerInference {
 type Answer<T> = Result<Response<T>, Status>;
 
 impl SchedulerInference {
-    fn model(&self, name: &str, version: &str) -> Result<(localml_proto::localml::v1::LoadedModel, Vec<String>), Status> {
+    fn model(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(localml_proto::localml::v1::LoadedModel, Vec<String>), Status> {
         self.dispatcher
             .registry
             .model(name, version)
-            .ok_or_else(|| lookup_error(name, version, self.dispatcher.registry.lookup(name, version)))
+            .ok_or_else(|| {
+                lookup_error(
+                    name,
+                    version,
+                    self.dispatcher.registry.lookup(name, version),
+                )
+            })
     }
 }
 
@@ -50,7 +60,10 @@ impl InferenceBackend for SchedulerInference {
         }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Answer<ServerMetadataResponse> {
         Ok(Response::new(ServerMetadataResponse {
             name: "localml".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -58,23 +71,37 @@ impl InferenceBackend for SchedulerInference {
         }))
     }
 
-    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Answer<ModelMetadataResponse> {
         let r = r.into_inner();
         let (model, versions) = self.model(&r.name, &r.version)?;
         let signature = model.signature.unwrap_or_default();
-        Ok(Response::new(oip::model_metadata(&model.name, versions, &signature)))
+        Ok(Response::new(oip::model_metadata(
+            &model.name,
+            versions,
+            &signature,
+        )))
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
         let timeout = request_timeout(r.metadata());
         let deadline = timeout.map(|t| Instant::now() + t);
         let request = r.into_inner();
-        within_deadline(timeout, "ModelInfer", self.dispatcher.infer(request, deadline))
-            .await
-            .map(Response::new)
+        within_deadline(
+            timeout,
+            "ModelInfer",
+            self.dispatcher.infer(request, deadline),
+        )
+        .await
+        .map(Response::new)
     }
 
-    async fn model_stream_infer(&self, r: Request<tonic::Streaming<ModelInferRequest>>) -> Answer<Self::InferStream> {
+    async fn model_stream_infer(
+        &self,
+        r: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Answer<Self::InferStream> {
         let mut requests = r.into_inner();
         let dispatcher = Arc::clone(&self.dispatcher);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -109,7 +136,9 @@ impl InferenceBackend for SchedulerInference {
                 });
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
@@ -126,7 +155,10 @@ impl InferenceBackend for SchedulerInference {
         )))
     }
 
-    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Answer<ModelStatisticsResponse> {
+    async fn model_statistics(
+        &self,
+        r: Request<ModelStatisticsRequest>,
+    ) -> Answer<ModelStatisticsResponse> {
         let r = r.into_inner();
         if !r.name.is_empty() {
             self.model(&r.name, &r.version)?;

@@ -30,7 +30,6 @@ use localml_proto::localml::v1::admin_server::AdminServer;
 use localml_proto::localml::v1::cluster_server::ClusterServer;
 use localml_proto::service::OipService;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::SchedulerConfig;
 use crate::registry::Registry;
@@ -91,11 +90,12 @@ pub async fn run(
         })
     };
 
-    let inference = GrpcInferenceServiceServer::new(OipService(Arc::new(inference::SchedulerInference {
-        dispatcher: Arc::clone(&dispatcher),
-    })))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let inference =
+        GrpcInferenceServiceServer::new(OipService(Arc::new(inference::SchedulerInference {
+            dispatcher: Arc::clone(&dispatcher),
+        })))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
     let admin = AdminServer::new(cluster::AdminService {
         registry: Arc::clone(&registry),
     });
@@ -108,11 +108,17 @@ pub async fn run(
         .layer(size_limit::SizeLimitLayer)
         .add_service(inference)
         .add_service(admin.clone())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.clients), wait(stopped.clone()));
+        .serve_with_incoming_shutdown(
+            localml_proto::service::incoming(listeners.clients),
+            wait(stopped.clone()),
+        );
     let workers = tonic::transport::Server::builder()
         .add_service(cluster_api)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.cluster), wait(stopped.clone()));
+        .serve_with_incoming_shutdown(
+            localml_proto::service::incoming(listeners.cluster),
+            wait(stopped.clone()),
+        );
     let clients = tokio::spawn(clients);
     let workers = tokio::spawn(workers);
     shutdown.await;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "localml-scheduler", version, about = "localml scheduler: routes inference requests to worker PCs")]
+#[command(
+    name = "localml-scheduler",
+    version,
+    about = "localml scheduler: routes inference requests to worker PCs"
+)]
 struct Cli {
     #[command(flatten)]
     args: localml_scheduler::cli::SchedulerArgs,
@@ -15,7 +19,9 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match localml_scheduler::cli::run(cli.args).await {

@@ -41,11 +41,12 @@ struct WorkerEntry {
     reason: String,
     last_report: Instant,
     dispatched: Arc<AtomicU32>,
-    client: Option<WorkerClient>,
+    /// What routing needs; `None` while the worker's address is unusable.
+    handle: Option<Arc<Candidate>>,
 }
 
-/// A worker that can take a request now.
-#[derive(Clone)]
+/// A worker that can take a request now: what dispatch needs, shared so a lookup only
+/// clones pointers.
 pub struct Candidate {
     pub id: String,
     pub name: String,
@@ -56,13 +57,17 @@ pub struct Candidate {
 
 /// Result of looking a model up for routing.
 pub enum Lookup {
-    Found(Vec<Candidate>),
+    Found(Vec<Arc<Candidate>>),
     /// No worker has the model at all.
     UnknownModel,
     /// The model exists but not in that version.
-    UnknownVersion { available: Vec<String> },
+    UnknownVersion {
+        available: Vec<String>,
+    },
     /// Only workers that are not Ready have it.
-    NoReadyWorker { details: Vec<String> },
+    NoReadyWorker {
+        details: Vec<String>,
+    },
 }
 
 pub struct Registry {
@@ -85,32 +90,50 @@ impl Registry {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, WorkerEntry>> {
-        self.workers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.workers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, WorkerEntry>> {
-        self.workers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.workers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn client_for(&self, address: &str) -> Option<WorkerClient> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
+    fn handle_for(
+        &self,
+        id: &str,
+        status: &pb::WorkerStatus,
+        dispatched: &Arc<AtomicU32>,
+    ) -> Option<Arc<Candidate>> {
+        let endpoint =
+            Endpoint::from_shared(format!("http://{}", status.inference_address)).ok()?;
         let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
-        Some(
-            GrpcInferenceServiceClient::new(channel)
-                .max_decoding_message_size(self.max_message_bytes)
-                .max_encoding_message_size(self.max_message_bytes),
-        )
+        let client = GrpcInferenceServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        Some(Arc::new(Candidate {
+            id: id.to_string(),
+            name: status.name.clone(),
+            dispatched: Arc::clone(dispatched),
+            client,
+        }))
     }
 
     /// Registers a worker. A worker rejoining under the same name replaces its old entry.
     pub fn join(&self, status: pb::WorkerStatus, now: Instant) -> String {
         let id = format!("w{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let client = self.client_for(&status.inference_address);
-        let (state, reason) = match (&client, status.draining) {
-            (None, _) => (WorkerState::NotReady, format!("invalid inference address '{}'", status.inference_address)),
+        let dispatched = Arc::new(AtomicU32::new(0));
+        let handle = self.handle_for(&id, &status, &dispatched);
+        let (state, reason) = match (&handle, status.draining) {
+            (None, _) => (
+                WorkerState::NotReady,
+                format!("invalid inference address '{}'", status.inference_address),
+            ),
             (Some(_), true) => (WorkerState::Draining, "worker is draining".to_string()),
             (Some(_), false) => (WorkerState::Ready, String::new()),
         };
@@ -125,8 +148,8 @@ impl Registry {
                 state,
                 reason,
                 last_report: now,
-                dispatched: Arc::new(AtomicU32::new(0)),
-                client,
+                dispatched,
+                handle,
             },
         );
         id
@@ -134,26 +157,34 @@ impl Registry {
 
     /// Records a status report (renewing the lease). False when the id is unknown.
     pub fn report(&self, id: &str, status: pb::WorkerStatus, now: Instant) -> bool {
-        let new_client = {
+        let new_handle = {
             let workers = self.read();
             match workers.get(id) {
                 None => return false,
-                Some(w) if w.status.inference_address != status.inference_address => {
-                    Some(self.client_for(&status.inference_address))
+                Some(w)
+                    if w.status.inference_address != status.inference_address
+                        || w.status.name != status.name =>
+                {
+                    Some(self.handle_for(id, &status, &w.dispatched))
                 }
                 Some(_) => None,
             }
         };
         let mut workers = self.write();
-        let Some(w) = workers.get_mut(id) else { return false };
-        if let Some(client) = new_client {
-            w.client = client;
+        let Some(w) = workers.get_mut(id) else {
+            return false;
+        };
+        if let Some(handle) = new_handle {
+            w.handle = handle;
         }
         w.last_report = now;
         let (state, reason) = if status.draining || w.state == WorkerState::Draining {
             (WorkerState::Draining, "worker is draining".to_string())
-        } else if w.client.is_none() {
-            (WorkerState::NotReady, format!("invalid inference address '{}'", status.inference_address))
+        } else if w.handle.is_none() {
+            (
+                WorkerState::NotReady,
+                format!("invalid inference address '{}'", status.inference_address),
+            )
         } else {
             (WorkerState::Ready, String::new())
         };
@@ -169,7 +200,9 @@ impl Registry {
     /// The worker left: it gets no new work.
     pub fn leave(&self, id: &str) -> bool {
         let mut workers = self.write();
-        let Some(w) = workers.get_mut(id) else { return false };
+        let Some(w) = workers.get_mut(id) else {
+            return false;
+        };
         tracing::info!(worker = %w.status.name, "worker leaving (draining)");
         w.state = WorkerState::Draining;
         w.reason = "worker left the cluster".into();
@@ -194,7 +227,8 @@ impl Registry {
         let mut workers = self.write();
         workers.retain(|_, w| {
             let silent = now.saturating_duration_since(w.last_report);
-            let forget = silent > forget_after || (w.state == WorkerState::Draining && silent > grace);
+            let forget =
+                silent > forget_after || (w.state == WorkerState::Draining && silent > grace);
             if forget {
                 tracing::info!(worker = %w.status.name, "worker removed");
             }
@@ -211,10 +245,40 @@ impl Registry {
     }
 
     /// Ready workers that can serve `model` at `version` (empty: the newest version any
-    /// Ready worker has).
+    /// Ready worker has). On the hot path this allocates only the candidate list.
     pub fn lookup(&self, model: &str, version: &str) -> Lookup {
         let workers = self.read();
-        let has = |w: &WorkerEntry, v: &str| w.status.models.iter().any(|m| m.name == model && (v.is_empty() || m.version == v));
+        let ready = |w: &&WorkerEntry| w.state == WorkerState::Ready && w.handle.is_some();
+        let newest;
+        let wanted: &str = if version.is_empty() {
+            newest = workers
+                .values()
+                .filter(ready)
+                .flat_map(|w| w.status.models.iter())
+                .filter(|m| m.name == model)
+                .max_by_key(|m| (m.version.parse::<u64>().unwrap_or(0), &m.version))
+                .map(|m| m.version.clone());
+            newest.as_deref().unwrap_or_default()
+        } else {
+            version
+        };
+        if !wanted.is_empty() {
+            let found: Vec<Arc<Candidate>> = workers
+                .values()
+                .filter(ready)
+                .filter(|w| {
+                    w.status
+                        .models
+                        .iter()
+                        .any(|m| m.name == model && m.version == wanted)
+                })
+                .filter_map(|w| w.handle.clone())
+                .collect();
+            if !found.is_empty() {
+                return Lookup::Found(found);
+            }
+        }
+        // Nothing to route to: say why.
         let versions: BTreeSet<(u64, String)> = workers
             .values()
             .flat_map(|w| w.status.models.iter())
@@ -229,42 +293,17 @@ impl Registry {
                 available: versions.into_iter().map(|(_, v)| v).collect(),
             };
         }
-        let ready = |w: &&WorkerEntry| w.state == WorkerState::Ready && w.client.is_some();
-        let chosen_version = if version.is_empty() {
-            workers
-                .values()
-                .filter(ready)
-                .flat_map(|w| w.status.models.iter())
-                .filter(|m| m.name == model)
-                .map(|m| version_key(&m.version))
-                .max()
-                .map(|(_, v)| v)
-                .unwrap_or_default()
-        } else {
-            version.to_string()
-        };
-        let found: Vec<Candidate> = workers
+        let details = workers
             .values()
-            .filter(ready)
-            .filter(|w| !chosen_version.is_empty() && has(w, &chosen_version))
-            .filter_map(|w| {
-                Some(Candidate {
-                    id: w.id.clone(),
-                    name: w.status.name.clone(),
-                    dispatched: Arc::clone(&w.dispatched),
-                    client: w.client.clone()?,
-                })
+            .filter(|w| {
+                w.status
+                    .models
+                    .iter()
+                    .any(|m| m.name == model && (version.is_empty() || m.version == version))
             })
+            .map(|w| format!("{} ({:?}: {})", w.status.name, w.state, w.reason))
             .collect();
-        if found.is_empty() {
-            let details = workers
-                .values()
-                .filter(|w| has(w, version))
-                .map(|w| format!("{} ({:?}: {})", w.status.name, w.state, w.reason))
-                .collect();
-            return Lookup::NoReadyWorker { details };
-        }
-        Lookup::Found(found)
+        Lookup::NoReadyWorker { details }
     }
 
     /// The newest report of a model version (any worker), with every version known.
@@ -276,13 +315,17 @@ impl Registry {
             .filter(|m| m.name == model)
             .collect();
         all.sort_by_key(|m| version_key(&m.version));
-        let versions: BTreeSet<(u64, String)> = all.iter().map(|m| version_key(&m.version)).collect();
+        let versions: BTreeSet<(u64, String)> =
+            all.iter().map(|m| version_key(&m.version)).collect();
         let chosen = if version.is_empty() {
             all.last()
         } else {
             all.iter().find(|m| m.version == version)
         }?;
-        Some(((*chosen).clone(), versions.into_iter().map(|(_, v)| v).collect()))
+        Some((
+            (*chosen).clone(),
+            versions.into_iter().map(|(_, v)| v).collect(),
+        ))
     }
 
     /// Whether a Ready worker has the model version.
@@ -309,7 +352,12 @@ impl Registry {
             })
             .collect();
         out.sort_by(|a, b| {
-            let name = |w: &pb::WorkerInfo| w.status.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let name = |w: &pb::WorkerInfo| {
+                w.status
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default()
+            };
             name(a).cmp(&name(b))
         });
         out
@@ -318,7 +366,8 @@ impl Registry {
     /// Every model version with the Ready workers serving it.
     pub fn models(&self) -> Vec<pb::ModelInfo> {
         let workers = self.read();
-        let mut by_key: std::collections::BTreeMap<(String, (u64, String)), pb::ModelInfo> = Default::default();
+        let mut by_key: std::collections::BTreeMap<(String, (u64, String)), pb::ModelInfo> =
+            Default::default();
         for w in workers.values() {
             for m in &w.status.models {
                 let info = by_key
@@ -390,7 +439,11 @@ mod tests {
         let listed = reg.list(t0 + Duration::from_secs(3));
         let a_info = listed.iter().find(|w| w.id == a).expect("a listed");
         assert_eq!(a_info.state, pb::WorkerState::NotReady as i32);
-        assert!(a_info.state_reason.contains("no status report"), "{}", a_info.state_reason);
+        assert!(
+            a_info.state_reason.contains("no status report"),
+            "{}",
+            a_info.state_reason
+        );
         // a comes back.
         assert!(reg.report(&a, status("a", &[("m", "1")]), t0 + Duration::from_secs(4)));
         assert_eq!(names(reg.lookup("m", "1")), vec!["a", "b"]);
@@ -416,7 +469,9 @@ mod tests {
         assert_eq!(names(reg.lookup("m", "1")), vec!["a", "b"]);
         reg.leave(&a);
         match reg.lookup("m", "2") {
-            Lookup::NoReadyWorker { details } => assert!(details[0].contains("Draining"), "{details:?}"),
+            Lookup::NoReadyWorker { details } => {
+                assert!(details[0].contains("Draining"), "{details:?}")
+            }
             _ => panic!("expected NoReadyWorker"),
         }
         // With a draining, the newest Ready version is 1.

@@ -18,7 +18,8 @@ mod tests {
     #[test]
     fn table() {
         // (loads as (in_flight, excluded), rotation, expected)
-        let cases: [(&[(u32, bool)], usize, Option<usize>); 6] = [
+        type Case<'a> = (&'a [(u32, bool)], usize, Option<usize>);
+        let cases: [Case; 6] = [
             (&[], 0, None),
             (&[(3, false), (1, false), (2, false)], 0, Some(1)),
             (&[(3, false), (1, true), (2, false)], 0, Some(2)),
@@ -27,7 +28,11 @@ mod tests {
             (&[(1, false), (1, false), (1, false)], 2, Some(2)),
         ];
         for (loads, rotation, expected) in cases {
-            assert_eq!(least_in_flight(loads, rotation), expected, "{loads:?} rot {rotation}");
+            assert_eq!(
+                least_in_flight(loads, rotation),
+                expected,
+                "{loads:?} rot {rotation}"
+            );
         }
     }
 

@@ -18,7 +18,11 @@ fn is_size_error(code: Code, message: &str) -> bool {
 /// Converts tonic's size error to RESOURCE_EXHAUSTED; other statuses pass unchanged.
 pub fn size_limit_status(status: Status) -> Status {
     if is_size_error(status.code(), status.message()) {
-        Status::resource_exhausted(status.message().replacen(TONIC_TOO_LARGE, "message too large", 1))
+        Status::resource_exhausted(status.message().replacen(
+            TONIC_TOO_LARGE,
+            "message too large",
+            1,
+        ))
     } else {
         status
     }
@@ -50,7 +54,7 @@ fn rewrite<B, E>(result: Result<http::Response<B>, E>) -> Result<http::Response<
         let message = headers
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
-            .map(|m| percent_decode(m))
+            .map(percent_decode)
             .unwrap_or_default();
         if let Some(code) = code {
             if is_size_error(code, &message) {
@@ -98,7 +102,9 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        self.inner.call(request).map(rewrite as RewriteFn<B, S::Error>)
+        self.inner
+            .call(request)
+            .map(rewrite as RewriteFn<B, S::Error>)
     }
 }
 
@@ -108,10 +114,14 @@ mod tests {
 
     #[test]
     fn converts_only_tonic_size_errors() {
-        let big = Status::out_of_range("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes");
+        let big = Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+        );
         let converted = size_limit_status(big);
         assert_eq!(converted.code(), Code::ResourceExhausted);
-        assert!(converted.message().contains("found 9 bytes, the limit is: 4 bytes"));
+        assert!(converted
+            .message()
+            .contains("found 9 bytes, the limit is: 4 bytes"));
         let other = size_limit_status(Status::out_of_range("index 7"));
         assert_eq!(other.code(), Code::OutOfRange);
     }

@@ -17,7 +17,8 @@ struct Counters {
 
 #[derive(Default)]
 pub struct Stats {
-    by_model: Mutex<HashMap<(String, String), Counters>>,
+    /// Model name, then requested version; nested so recording allocates no key.
+    by_model: Mutex<HashMap<String, HashMap<String, Counters>>>,
 }
 
 impl Stats {
@@ -28,7 +29,18 @@ impl Stats {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
-        let c = map.entry((model.to_string(), version.to_string())).or_default();
+        if !map.contains_key(model) {
+            map.insert(model.to_string(), HashMap::new());
+        }
+        let Some(versions) = map.get_mut(model) else {
+            return;
+        };
+        if !versions.contains_key(version) {
+            versions.insert(version.to_string(), Counters::default());
+        }
+        let Some(c) = versions.get_mut(version) else {
+            return;
+        };
         if ok {
             c.success += 1;
             c.success_ns += ns;
@@ -45,8 +57,9 @@ impl Stats {
         let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<ModelStatistics> = map
             .iter()
-            .filter(|((m, _), _)| model.is_empty() || m == model)
-            .map(|((m, v), c)| ModelStatistics {
+            .filter(|(m, _)| model.is_empty() || m.as_str() == model)
+            .flat_map(|(m, versions)| versions.iter().map(move |(v, c)| (m, v, c)))
+            .map(|(m, v, c)| ModelStatistics {
                 name: m.clone(),
                 version: v.clone(),
                 last_inference: c.last_ms,
@@ -83,7 +96,10 @@ mod tests {
         s.record("n", "1", true, Duration::from_millis(1));
         let m = &s.snapshot("m")[0];
         let st = m.inference_stats.as_ref().expect("stats");
-        assert_eq!(st.success.as_ref().map(|d| (d.count, d.ns)), Some((1, 2_000_000)));
+        assert_eq!(
+            st.success.as_ref().map(|d| (d.count, d.ns)),
+            Some((1, 2_000_000))
+        );
         assert_eq!(st.fail.as_ref().map(|d| d.count), Some(1));
         assert_eq!(s.snapshot("").len(), 2);
     }

@@ -33,8 +33,13 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    // Tests run from target/<profile>/deps/, binaries (the benchmark) from target/<profile>/.
+    let dir = exe.parent().expect("executable directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -99,18 +104,26 @@ impl Drop for Process {
 
 /// Spawns `command` and reads its first stdout line, which names its addresses.
 fn spawn_and_read_line(mut command: Command, name: &str) -> (Process, String) {
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
     }
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let stdout = child.stdout.take().expect("stdout piped");
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
     reader.read_line(&mut line).expect("read first line");
     // Keep draining so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in reader.lines() {});
-    assert!(!line.is_empty(), "{name} exited before printing its address");
+    assert!(
+        !line.is_empty(),
+        "{name} exited before printing its address"
+    );
     (
         Process {
             child,
@@ -153,7 +166,13 @@ impl Scheduler {
         std::fs::write(&config, yaml).expect("write config");
         let mut command = Command::new(bin("localml-scheduler"));
         command
-            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0", "--config"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(&config);
         let (process, line) = spawn_and_read_line(command, "scheduler");
         let addr = address_after(&line, "listening on ");
@@ -171,7 +190,9 @@ impl Scheduler {
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {
-        let channel = client::connect(&self.addr, Duration::from_secs(10)).await.expect("connect");
+        let channel = client::connect(&self.addr, Duration::from_secs(10))
+            .await
+            .expect("connect");
         client::admin_client(channel)
     }
 
@@ -200,12 +221,17 @@ impl Scheduler {
             let workers = self.workers().await;
             names.iter().all(|n| {
                 workers.iter().any(|w| {
-                    w.status.as_ref().is_some_and(|s| s.name == *n) && w.state == WorkerState::Ready as i32
+                    w.status.as_ref().is_some_and(|s| s.name == *n)
+                        && w.state == WorkerState::Ready as i32
                 })
             })
         })
         .await;
-        assert!(ok, "workers {names:?} not Ready within {SOON:?}: {:?}", self.workers().await);
+        assert!(
+            ok,
+            "workers {names:?} not Ready within {SOON:?}: {:?}",
+            self.workers().await
+        );
     }
 }
 
@@ -217,12 +243,29 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker serving the example models, with extra flags.
     pub fn start(name: &str, scheduler: &Scheduler, extra: &[&str]) -> Worker {
+        Worker::start_with_models(name, scheduler, &models_dir(), extra)
+    }
+
+    /// Starts a worker serving the model repository `models`.
+    pub fn start_with_models(
+        name: &str,
+        scheduler: &Scheduler,
+        models: &Path,
+        extra: &[&str],
+    ) -> Worker {
         let mut command = Command::new(bin("localml-worker"));
         command
-            .args(["--name", name, "--listen", "127.0.0.1:0", "--scheduler", &scheduler.cluster_addr])
+            .args([
+                "--name",
+                name,
+                "--listen",
+                "127.0.0.1:0",
+                "--scheduler",
+                &scheduler.cluster_addr,
+            ])
             .args(["--intra-op-threads", "1"])
             .arg("--models")
-            .arg(models_dir())
+            .arg(models)
             .args(extra);
         let (process, line) = spawn_and_read_line(command, name);
         let addr = address_after(&line, "listening on ");
@@ -231,7 +274,9 @@ impl Worker {
 }
 
 pub async fn inference_client(addr: &str) -> GrpcInferenceServiceClient<Channel> {
-    let channel = client::connect(addr, Duration::from_secs(10)).await.expect("connect");
+    let channel = client::connect(addr, Duration::from_secs(10))
+        .await
+        .expect("connect");
     client::inference_client(channel)
 }
 
@@ -258,7 +303,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("localml-test-{tag}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("localml-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -289,9 +335,16 @@ fn tensors(value: &serde_json::Value) -> Vec<Tensor> {
         .expect("tensor list")
         .iter()
         .map(|t| {
-            let datatype = DataType::parse(t["datatype"].as_str().expect("datatype")).expect("known datatype");
-            let shape: Vec<i64> = t["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
-            let flat: Vec<&serde_json::Value> = t["data"].as_array().expect("data").iter().collect();
+            let datatype =
+                DataType::parse(t["datatype"].as_str().expect("datatype")).expect("known datatype");
+            let shape: Vec<i64> = t["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_i64().expect("dim"))
+                .collect();
+            let flat: Vec<&serde_json::Value> =
+                t["data"].as_array().expect("data").iter().collect();
             Tensor {
                 name: t["name"].as_str().expect("name").to_string(),
                 shape,
@@ -313,7 +366,8 @@ pub fn expected_examples() -> Vec<Expected> {
     files
         .into_iter()
         .map(|path| {
-            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
             Expected {
                 model: json["model"].as_str().expect("model").to_string(),
                 version: json["version"].as_str().expect("version").to_string(),
@@ -334,13 +388,25 @@ pub fn assert_tensors_match(context: &str, expected: &[Tensor], actual: &[Tensor
     );
     for (e, a) in expected.iter().zip(actual) {
         assert_eq!(e.shape, a.shape, "{context}: shape of {}", e.name);
-        assert_eq!(e.data.datatype(), a.data.datatype(), "{context}: datatype of {}", e.name);
+        assert_eq!(
+            e.data.datatype(),
+            a.data.datatype(),
+            "{context}: datatype of {}",
+            e.name
+        );
         match (&e.data, &a.data) {
             (TensorData::Fp16(_) | TensorData::Fp32(_) | TensorData::Fp64(_), _) => {
-                let (ev, av) = (e.data.to_f64().expect("numeric"), a.data.to_f64().expect("numeric"));
+                let (ev, av) = (
+                    e.data.to_f64().expect("numeric"),
+                    a.data.to_f64().expect("numeric"),
+                );
                 for (i, (x, y)) in ev.iter().zip(&av).enumerate() {
                     let tolerance = 1e-5 + 1e-4 * x.abs();
-                    assert!((x - y).abs() <= tolerance, "{context}: {}[{i}] expected {x}, got {y}", e.name);
+                    assert!(
+                        (x - y).abs() <= tolerance,
+                        "{context}: {}[{i}] expected {x}, got {y}",
+                        e.name
+                    );
                 }
             }
             _ => assert_eq!(e.data, a.data, "{context}: values of {}", e.name),

@@ -10,11 +10,23 @@ use localml_tests::*;
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // Fields after the command name (which may contain spaces): state ppid ...
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        if after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(pid)
+        {
             out.push(child);
         }
     }
@@ -23,14 +35,20 @@ fn children(pid: u32) -> Vec<u32> {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
 /// A minimal .npy file (format 1.0) of int64 values.
 fn npy_i64(shape: &[usize], values: &[i64]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let mut header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
+    let mut header = format!(
+        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -45,7 +63,10 @@ fn npy_i64(shape: &[usize], values: &[i64]) -> Vec<u8> {
 }
 
 fn localml(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("localml")).args(args).output().expect("run localml");
+    let out = Command::new(bin("localml"))
+        .args(args)
+        .output()
+        .expect("run localml");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -56,7 +77,14 @@ fn localml(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn localml_up_serves_infer_and_stops_without_orphans() {
     let mut up = Command::new(bin("localml"))
-        .args(["up", "--listen", "127.0.0.1:0", "--workers", "2", "--models"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--models",
+        ])
         .arg(models_dir())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -81,26 +109,57 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
     // `localml infer` with a JSON file, a .npy file, and random inputs.
     let dir = TempDir::new("infer-inputs");
     let json_input = dir.path().join("tokens.json");
-    std::fs::write(&json_input, serde_json::json!([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]).to_string())
-        .expect("write json");
+    std::fs::write(
+        &json_input,
+        serde_json::json!([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]).to_string(),
+    )
+    .expect("write json");
     let npy_input = dir.path().join("tokens.npy");
     std::fs::write(&npy_input, npy_i64(&[2, 16], &(0..32).collect::<Vec<_>>())).expect("write npy");
     for (input, shape) in [(&json_input, "[1, 4]"), (&npy_input, "[2, 4]")] {
         let arg = format!("token_ids={}", input.display());
-        let (ok, stdout, stderr) = localml(&["infer", "--server", &endpoint, "--model", "text_classifier", "--input", &arg]);
+        let (ok, stdout, stderr) = localml(&[
+            "infer",
+            "--server",
+            &endpoint,
+            "--model",
+            "text_classifier",
+            "--input",
+            &arg,
+        ]);
         assert!(ok, "{stderr}");
         assert!(stdout.contains("served by worker-"), "{stdout}");
         assert!(stdout.contains(&format!("logits FP32 {shape}")), "{stdout}");
     }
-    let (ok, stdout, stderr) = localml(&["infer", "--server", &endpoint, "--model", "image_classifier"]);
-    assert!(ok && stdout.contains("probabilities FP32 [1, 10]"), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = localml(&[
+        "infer",
+        "--server",
+        &endpoint,
+        "--model",
+        "image_classifier",
+    ]);
+    assert!(
+        ok && stdout.contains("probabilities FP32 [1, 10]"),
+        "{stdout}{stderr}"
+    );
     let (ok, _, stderr) = localml(&["infer", "--server", &endpoint, "--model", "nope"]);
-    assert!(!ok && stderr.contains("nope"), "clear error for an unknown model: {stderr}");
+    assert!(
+        !ok && stderr.contains("nope"),
+        "clear error for an unknown model: {stderr}"
+    );
     let (ok, stdout, _) = localml(&["workers", "--server", &endpoint]);
-    assert!(ok && stdout.contains("worker-1") && stdout.contains("worker-2") && stdout.contains("Ready"), "{stdout}");
+    assert!(
+        ok && stdout.contains("worker-1")
+            && stdout.contains("worker-2")
+            && stdout.contains("Ready"),
+        "{stdout}"
+    );
 
     // SIGTERM stops everything.
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let started = Instant::now();
     let exit = loop {
@@ -122,7 +181,9 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_python_client_works() {
-    let probe = Command::new("python3").args(["-c", "import tritonclient.grpc, numpy"]).output();
+    let probe = Command::new("python3")
+        .args(["-c", "import tritonclient.grpc, numpy"])
+        .output();
     if !probe.is_ok_and(|o| o.status.success()) {
         assert!(
             std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_none(),
@@ -149,4 +210,40 @@ async fn triton_python_client_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("examples OK"), "{stdout}");
+}
+
+#[test]
+fn missing_or_wrong_onnxruntime_library_is_a_one_line_error() {
+    let dir = TempDir::new("badlib");
+    let not_a_library = dir.path().join("libonnxruntime.so");
+    std::fs::write(&not_a_library, b"this is not a shared library").expect("write");
+    let cases = [
+        (dir.path().join("missing.so"), "does not exist"),
+        (not_a_library, "cannot load ONNX Runtime"),
+    ];
+    for (path, expected) in cases {
+        let out = Command::new(bin("localml-worker"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--scheduler",
+                "127.0.0.1:1",
+                "--onnxruntime",
+            ])
+            .arg(&path)
+            .arg("--models")
+            .arg(models_dir())
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run worker");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(lines[0].contains(expected), "{stderr}");
+        assert!(
+            lines[0].contains("localml runtime install"),
+            "says how to fix it: {stderr}"
+        );
+    }
 }

@@ -11,7 +11,9 @@ use localml_tests::*;
 use tonic::Code;
 
 async fn infer(
-    client: &mut grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
+    client: &mut grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >,
     request: ModelInferRequest,
 ) -> Result<ModelInferResponse, tonic::Status> {
     client.model_infer(request).await.map(|r| r.into_inner())
@@ -36,7 +38,11 @@ async fn every_example_model_matches_onnxruntime_python_through_scheduler_and_wo
                 .await
                 .unwrap_or_else(|s| panic!("{context}: {s:?}"));
             assert_eq!(response.model_version, ex.version, "{context}");
-            assert_tensors_match(&context, &ex.outputs, &client::outputs(&response).expect("decode"));
+            assert_tensors_match(
+                &context,
+                &ex.outputs,
+                &client::outputs(&response).expect("decode"),
+            );
             served_by.insert(client::served_by(&response).expect("worker parameter"));
             // Typed contents (every datatype but FP16 has a typed field).
             if ex.inputs.iter().all(|t| t.data.to_contents().is_some()) {
@@ -45,15 +51,27 @@ async fn every_example_model_matches_onnxruntime_python_through_scheduler_and_wo
                 for (input, tensor) in typed.inputs.iter_mut().zip(&ex.inputs) {
                     input.contents = tensor.data.to_contents();
                 }
-                let response = infer(client, typed).await.unwrap_or_else(|s| panic!("{context} typed: {s:?}"));
-                assert_tensors_match(&format!("{context} typed"), &ex.outputs, &client::outputs(&response).expect("decode"));
+                let response = infer(client, typed)
+                    .await
+                    .unwrap_or_else(|s| panic!("{context} typed: {s:?}"));
+                assert_tensors_match(
+                    &format!("{context} typed"),
+                    &ex.outputs,
+                    &client::outputs(&response).expect("decode"),
+                );
             }
         }
     }
-    assert!(served_by.contains("w1") && served_by.contains("w2"), "both workers served: {served_by:?}");
+    assert!(
+        served_by.contains("w1") && served_by.contains("w2"),
+        "both workers served: {served_by:?}"
+    );
 
     // Requested-outputs subset.
-    let stats = examples.iter().find(|e| e.model == "tensor_stats").expect("tensor_stats example");
+    let stats = examples
+        .iter()
+        .find(|e| e.model == "tensor_stats")
+        .expect("tensor_stats example");
     let mut request = client::request("tensor_stats", "", &stats.inputs);
     request.outputs = vec![model_infer_request::InferRequestedOutputTensor {
         name: "argmax".into(),
@@ -61,7 +79,12 @@ async fn every_example_model_matches_onnxruntime_python_through_scheduler_and_wo
     }];
     let response = infer(&mut via_scheduler, request).await.expect("subset");
     let outputs = client::outputs(&response).expect("decode");
-    let want: Vec<Tensor> = stats.outputs.iter().filter(|t| t.name == "argmax").cloned().collect();
+    let want: Vec<Tensor> = stats
+        .outputs
+        .iter()
+        .filter(|t| t.name == "argmax")
+        .cloned()
+        .collect();
     assert_tensors_match("requested subset", &want, &outputs);
 }
 
@@ -71,8 +94,20 @@ async fn metadata_config_stream_and_statistics() {
     let _w = Worker::start("solo", &scheduler, &[]);
     scheduler.wait_ready(&["solo"]).await;
     let mut c = scheduler.inference().await;
-    assert!(c.server_live(ServerLiveRequest {}).await.expect("live").into_inner().live);
-    assert!(c.server_ready(ServerReadyRequest {}).await.expect("ready").into_inner().ready);
+    assert!(
+        c.server_live(ServerLiveRequest {})
+            .await
+            .expect("live")
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(ServerReadyRequest {})
+            .await
+            .expect("ready")
+            .into_inner()
+            .ready
+    );
     let md = c
         .model_metadata(ModelMetadataRequest {
             name: "image_classifier".into(),
@@ -94,7 +129,10 @@ async fn metadata_config_stream_and_statistics() {
         .into_inner()
         .config
         .expect("config body");
-    assert_eq!(cfg.max_batch_size, 8, "from examples/models/image_classifier/config.yaml");
+    assert_eq!(
+        cfg.max_batch_size, 8,
+        "from examples/models/image_classifier/config.yaml"
+    );
     assert_eq!(cfg.input[0].dims, vec![3, 32, 32]);
     assert_eq!(cfg.input[0].data_type, DataType::TypeFp32 as i32);
     assert_eq!(cfg.instance_group[0].count, 2);
@@ -112,7 +150,10 @@ async fn metadata_config_stream_and_statistics() {
     // A stream of requests with ids; one bad request in the middle gets an error message
     // without ending the stream.
     let examples = expected_examples();
-    let ex = examples.iter().find(|e| e.model == "image_classifier").expect("example");
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
     let mut requests = Vec::new();
     for i in 0..5 {
         let mut r = client::request(&ex.model, "", &ex.inputs);
@@ -132,7 +173,11 @@ async fn metadata_config_stream_and_statistics() {
     while let Some(message) = stream.message().await.expect("stream message") {
         let response = message.infer_response.expect("response");
         if message.error_message.is_empty() {
-            assert_tensors_match(&response.id, &ex.outputs, &client::outputs(&response).expect("decode"));
+            assert_tensors_match(
+                &response.id,
+                &ex.outputs,
+                &client::outputs(&response).expect("decode"),
+            );
             ok += 1;
         } else {
             errors.push((response.id, message.error_message));
@@ -154,13 +199,26 @@ async fn metadata_config_stream_and_statistics() {
     let success: u64 = stats
         .model_stats
         .iter()
-        .filter_map(|s| s.inference_stats.as_ref()?.success.as_ref().map(|d| d.count))
+        .filter_map(|s| {
+            s.inference_stats
+                .as_ref()?
+                .success
+                .as_ref()
+                .map(|d| d.count)
+        })
         .sum();
     assert_eq!(success, 4);
 
-    let unimplemented = c.repository_index(RepositoryIndexRequest::default()).await.expect_err("unimplemented");
+    let unimplemented = c
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .expect_err("unimplemented");
     assert_eq!(unimplemented.code(), Code::Unimplemented);
-    assert!(unimplemented.message().contains("RepositoryIndex"), "{}", unimplemented.message());
+    assert!(
+        unimplemented.message().contains("RepositoryIndex"),
+        "{}",
+        unimplemented.message()
+    );
 }
 
 fn image_request(batch: i64) -> ModelInferRequest {
@@ -178,11 +236,16 @@ fn image_request(batch: i64) -> ModelInferRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_statuses_are_precise() {
-    let scheduler = Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_message_bytes: 200000\n"));
+    let scheduler = Scheduler::start_with(&format!(
+        "{TEST_SCHEDULER_CONFIG}max_message_bytes: 200000\n"
+    ));
     let _w = Worker::start("w", &scheduler, &[]);
     scheduler.wait_ready(&["w"]).await;
     let mut c = scheduler.inference().await;
-    assert!(infer(&mut c, image_request(1)).await.is_ok(), "a valid request works");
+    assert!(
+        infer(&mut c, image_request(1)).await.is_ok(),
+        "a valid request works"
+    );
 
     let mut wrong_type = image_request(1);
     wrong_type.inputs[0].datatype = "INT64".into();
@@ -206,26 +269,95 @@ async fn error_statuses_are_precise() {
     });
     extra_input.raw_input_contents.push(vec![0u8; 4].into());
 
+    // Token ids outside the embedding table: ONNX Runtime rejects them, the worker lives on.
+    let out_of_vocabulary = client::request(
+        "text_classifier",
+        "1",
+        &[Tensor {
+            name: "token_ids".into(),
+            shape: vec![1, 16],
+            data: TensorData::Int64(vec![5000; 16]),
+        }],
+    );
+
     let cases: Vec<(&str, ModelInferRequest, Code, Vec<&str>)> = vec![
-        ("unknown model", unknown_model, Code::NotFound, vec!["no_such_model"]),
-        ("unknown version", unknown_version, Code::NotFound, vec!["version '7'", "available: 1"]),
-        ("wrong datatype", wrong_type, Code::InvalidArgument, vec!["'image'", "expected datatype FP32, got INT64"]),
-        ("wrong rank", wrong_rank, Code::InvalidArgument, vec!["'image'", "expected rank 4", "got rank 3"]),
-        ("wrong dims", wrong_dims, Code::InvalidArgument, vec!["'image'", "dimension 3 is 31", "expects 32"]),
-        ("raw length", short_raw, Code::InvalidArgument, vec!["'image'", "100 bytes", "needs 12288"]),
-        ("unexpected input", extra_input, Code::InvalidArgument, vec!["'bogus'"]),
-        ("batch over max_batch_size", image_request(9), Code::InvalidArgument, vec!["batch size 9", "max_batch_size 8"]),
+        (
+            "index out of range in ONNX Runtime",
+            out_of_vocabulary,
+            Code::InvalidArgument,
+            vec!["text_classifier"],
+        ),
+        (
+            "unknown model",
+            unknown_model,
+            Code::NotFound,
+            vec!["no_such_model"],
+        ),
+        (
+            "unknown version",
+            unknown_version,
+            Code::NotFound,
+            vec!["version '7'", "available: 1"],
+        ),
+        (
+            "wrong datatype",
+            wrong_type,
+            Code::InvalidArgument,
+            vec!["'image'", "expected datatype FP32, got INT64"],
+        ),
+        (
+            "wrong rank",
+            wrong_rank,
+            Code::InvalidArgument,
+            vec!["'image'", "expected rank 4", "got rank 3"],
+        ),
+        (
+            "wrong dims",
+            wrong_dims,
+            Code::InvalidArgument,
+            vec!["'image'", "dimension 3 is 31", "expects 32"],
+        ),
+        (
+            "raw length",
+            short_raw,
+            Code::InvalidArgument,
+            vec!["'image'", "100 bytes", "needs 12288"],
+        ),
+        (
+            "unexpected input",
+            extra_input,
+            Code::InvalidArgument,
+            vec!["'bogus'"],
+        ),
+        (
+            "batch over max_batch_size",
+            image_request(9),
+            Code::InvalidArgument,
+            vec!["batch size 9", "max_batch_size 8"],
+        ),
         // One image is 12 KB; 20 images (245 KB) exceed the 200 KB limit.
-        ("message over limit", image_request(20), Code::ResourceExhausted, vec!["200000"]),
+        (
+            "message over limit",
+            image_request(20),
+            Code::ResourceExhausted,
+            vec!["200000"],
+        ),
     ];
     for (name, request, code, fragments) in cases {
         let status = infer(&mut c, request).await.expect_err(name);
         assert_eq!(status.code(), code, "{name}: {}", status.message());
         for fragment in fragments {
-            assert!(status.message().contains(fragment), "{name}: '{}' lacks '{fragment}'", status.message());
+            assert!(
+                status.message().contains(fragment),
+                "{name}: '{}' lacks '{fragment}'",
+                status.message()
+            );
         }
     }
-    assert!(infer(&mut c, image_request(1)).await.is_ok(), "the worker survived all of that");
+    assert!(
+        infer(&mut c, image_request(1)).await.is_ok(),
+        "the worker survived all of that"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,8 +371,16 @@ async fn deadline_and_no_ready_worker() {
     request.set_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
     let status = c.model_infer(request).await.expect_err("deadline passes");
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", status.message());
-    assert!(started.elapsed() < Duration::from_secs(10), "answered near the deadline, not after the work");
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered near the deadline, not after the work"
+    );
 
     // With the only worker gone, the model is known but nobody can serve it.
     slow.process.kill9();

@@ -17,7 +17,10 @@ async fn killing_a_worker_mid_stream_loses_no_request() {
     let _b = Worker::start("b", &scheduler, &[]);
     scheduler.wait_ready(&["victim", "a", "b"]).await;
     let examples = expected_examples();
-    let ex = examples.iter().find(|e| e.model == "image_classifier").expect("example");
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
     let request = client::request(&ex.model, "", &ex.inputs);
 
     const TOTAL: usize = 400;
@@ -26,7 +29,12 @@ async fn killing_a_worker_mid_stream_loses_no_request() {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (mut c, done, next, request) = (scheduler.inference().await, done.clone(), next.clone(), request.clone());
+        let (mut c, done, next, request) = (
+            scheduler.inference().await,
+            done.clone(),
+            next.clone(),
+            request.clone(),
+        );
         let expected = ex.outputs.clone();
         tasks.push(tokio::spawn(async move {
             let mut served = Vec::new();
@@ -36,7 +44,11 @@ async fn killing_a_worker_mid_stream_loses_no_request() {
                     .await
                     .unwrap_or_else(|s| panic!("request failed: {:?}: {}", s.code(), s.message()))
                     .into_inner();
-                assert_tensors_match("during failover", &expected, &client::outputs(&response).expect("decode"));
+                assert_tensors_match(
+                    "during failover",
+                    &expected,
+                    &client::outputs(&response).expect("decode"),
+                );
                 served.push(client::served_by(&response).expect("worker"));
                 done.fetch_add(1, Ordering::SeqCst);
             }
@@ -52,7 +64,10 @@ async fn killing_a_worker_mid_stream_loses_no_request() {
     }
     assert_eq!(served.len(), TOTAL, "every request answered");
     let by_victim = served.iter().filter(|w| *w == "victim").count();
-    assert!(by_victim > 0, "the victim served some requests before it died");
+    assert!(
+        by_victim > 0,
+        "the victim served some requests before it died"
+    );
     assert!(by_victim < TOTAL, "the others took over");
     assert!(
         scheduler.worker_state("victim").await != Some(WorkerState::Ready),
@@ -68,27 +83,46 @@ async fn paused_worker_becomes_not_ready_and_recovers() {
     scheduler.wait_ready(&["paused", "other"]).await;
 
     paused.process.signal("STOP");
-    let not_ready = wait_until(SOON, || async { scheduler.worker_state("paused").await == Some(WorkerState::NotReady) }).await;
-    assert!(not_ready, "a stopped worker misses its reports and becomes NotReady");
+    let not_ready = wait_until(SOON, || async {
+        scheduler.worker_state("paused").await == Some(WorkerState::NotReady)
+    })
+    .await;
+    assert!(
+        not_ready,
+        "a stopped worker misses its reports and becomes NotReady"
+    );
     let info = scheduler.workers().await;
-    let reason = &info.iter().find(|w| w.status.as_ref().is_some_and(|s| s.name == "paused")).expect("listed").state_reason;
+    let reason = &info
+        .iter()
+        .find(|w| w.status.as_ref().is_some_and(|s| s.name == "paused"))
+        .expect("listed")
+        .state_reason;
     assert!(reason.contains("no status report"), "{reason}");
 
     // Traffic goes to the other worker only, and succeeds.
     let mut c = scheduler.inference().await;
     let examples = expected_examples();
-    let ex = examples.iter().find(|e| e.model == "text_classifier" && e.version == "2").expect("example");
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "text_classifier" && e.version == "2")
+        .expect("example");
     for _ in 0..20 {
-        let response = tokio::time::timeout(Duration::from_secs(20), c.model_infer(client::request(&ex.model, "2", &ex.inputs)))
-            .await
-            .expect("no hang")
-            .expect("served")
-            .into_inner();
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            c.model_infer(client::request(&ex.model, "2", &ex.inputs)),
+        )
+        .await
+        .expect("no hang")
+        .expect("served")
+        .into_inner();
         assert_eq!(client::served_by(&response).as_deref(), Some("other"));
     }
 
     paused.process.signal("CONT");
-    let ready = wait_until(SOON, || async { scheduler.worker_state("paused").await == Some(WorkerState::Ready) }).await;
+    let ready = wait_until(SOON, || async {
+        scheduler.worker_state("paused").await == Some(WorkerState::Ready)
+    })
+    .await;
     assert!(ready, "reports resume and the worker is Ready again");
 }
 
@@ -109,7 +143,11 @@ fn workers_row(scheduler: &Scheduler, name: &str) -> String {
         .args(["workers", "--server", &scheduler.addr])
         .output()
         .expect("run localml workers");
-    assert!(out.status.success(), "localml workers failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "localml workers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
@@ -121,7 +159,15 @@ fn workers_row(scheduler: &Scheduler, name: &str) -> String {
 async fn battery_switch_shows_up_in_localml_workers() {
     let sysfs = TempDir::new("sysfs");
     write_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
-    write_supply(sysfs.path(), "BAT0", &[("type", "Battery"), ("capacity", "87"), ("status", "Charging")]);
+    write_supply(
+        sysfs.path(),
+        "BAT0",
+        &[
+            ("type", "Battery"),
+            ("capacity", "87"),
+            ("status", "Charging"),
+        ],
+    );
     let scheduler = Scheduler::start();
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
@@ -131,18 +177,92 @@ async fn battery_switch_shows_up_in_localml_workers() {
 
     // The grid fails.
     write_supply(sysfs.path(), "AC", &[("online", "0")]);
-    write_supply(sysfs.path(), "BAT0", &[("capacity", "64"), ("status", "Discharging")]);
+    write_supply(
+        sysfs.path(),
+        "BAT0",
+        &[("capacity", "64"), ("status", "Discharging")],
+    );
     let switched = wait_until(SOON, || async {
         let row = workers_row(&scheduler, "laptop");
         row.contains("battery") && row.contains("64%")
     })
     .await;
-    assert!(switched, "battery not shown: {}", workers_row(&scheduler, "laptop"));
-    let power = scheduler.workers().await[0].status.clone().expect("status").power.expect("power");
+    assert!(
+        switched,
+        "battery not shown: {}",
+        workers_row(&scheduler, "laptop")
+    );
+    let power = scheduler.workers().await[0]
+        .status
+        .clone()
+        .expect("status")
+        .power
+        .expect("power");
     assert_eq!(power.source, PowerSource::Battery as i32);
     assert_eq!(power.origin, "sysfs");
 
     // And back on mains.
     write_supply(sysfs.path(), "AC", &[("online", "1")]);
-    assert!(wait_until(SOON, || async { workers_row(&scheduler, "laptop").contains("mains") }).await);
+    assert!(
+        wait_until(SOON, || async {
+            workers_row(&scheduler, "laptop").contains("mains")
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_worker_finishes_in_flight_work_and_gets_no_new_work() {
+    let scheduler = Scheduler::start();
+    // Throttled so one request takes long enough to be in flight when the worker leaves.
+    let mut leaving = Worker::start("leaving", &scheduler, &["--throttle", "400"]);
+    scheduler.wait_ready(&["leaving"]).await;
+    let examples = expected_examples();
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
+    let request = client::request(&ex.model, "", &ex.inputs);
+    let mut c = scheduler.inference().await;
+    let in_flight = {
+        let (mut c, request) = (c.clone(), request.clone());
+        tokio::spawn(async move { c.model_infer(request).await })
+    };
+    // Wait until the scheduler has dispatched it, then ask the worker to leave.
+    let dispatched = wait_until(SOON, || async {
+        scheduler
+            .workers()
+            .await
+            .iter()
+            .any(|w| w.dispatched_in_flight > 0)
+    })
+    .await;
+    assert!(dispatched, "request dispatched");
+    leaving.process.signal("TERM");
+    let _stays = Worker::start("stays", &scheduler, &[]);
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("the in-flight request completes")
+        .into_inner();
+    assert_eq!(client::served_by(&response).as_deref(), Some("leaving"));
+    assert_tensors_match(
+        "drained request",
+        &ex.outputs,
+        &client::outputs(&response).expect("decode"),
+    );
+    let exit = leaving
+        .process
+        .wait_exit(SOON)
+        .expect("the leaving worker exits");
+    assert!(exit.success(), "clean exit: {exit}");
+    scheduler.wait_ready(&["stays"]).await;
+    for _ in 0..5 {
+        let response = c
+            .model_infer(request.clone())
+            .await
+            .expect("served")
+            .into_inner();
+        assert_eq!(client::served_by(&response).as_deref(), Some("stays"));
+    }
 }

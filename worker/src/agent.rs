@@ -19,7 +19,11 @@ const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A lazily connected channel to the scheduler's cluster address.
 pub fn scheduler_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
@@ -37,19 +41,24 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
         if *shutdown.borrow() {
             break;
         }
-        if reports % GPU_REFRESH_EVERY == 0 {
+        if reports.is_multiple_of(GPU_REFRESH_EVERY) {
             let w = Arc::clone(&worker);
             let _ = tokio::task::spawn_blocking(move || w.refresh_gpus()).await;
         }
         reports += 1;
         let status = worker.status();
         let outcome = match &id {
-            None => client.join(JoinRequest { status: Some(status) }).await.map(|r| {
-                let r = r.into_inner();
-                tracing::info!(worker_id = %r.worker_id, "joined the scheduler");
-                interval = Duration::from_millis(u64::from(r.report_interval_ms.max(50)));
-                id = Some(r.worker_id);
-            }),
+            None => client
+                .join(JoinRequest {
+                    status: Some(status),
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    tracing::info!(worker_id = %r.worker_id, "joined the scheduler");
+                    interval = Duration::from_millis(u64::from(r.report_interval_ms.max(50)));
+                    id = Some(r.worker_id);
+                }),
             Some(worker_id) => client
                 .report_status(StatusReport {
                     worker_id: worker_id.clone(),
@@ -58,7 +67,9 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
                 .await
                 .map(|r| {
                     if !r.into_inner().known {
-                        tracing::info!("the scheduler does not know this worker (restarted?); joining again");
+                        tracing::info!(
+                            "the scheduler does not know this worker (restarted?); joining again"
+                        );
                         id = None;
                     }
                 }),

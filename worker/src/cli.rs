@@ -124,7 +124,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), WorkerError> {
     let watch_stdin = args.exit_with_stdin;
     let config = args.into_config()?;
     let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
-        WorkerError::Io(std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))
+        WorkerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.listen),
+        ))
     })?;
     let addr = listener.local_addr()?;
     println!("localml-worker {} listening on {addr}", config.name);

@@ -75,20 +75,27 @@ pub enum ConfigError {
 
 impl WorkerConfig {
     pub fn from_file(path: &Path) -> Result<WorkerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), e.to_string()))
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+        serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::Parse(path.to_path_buf(), e.to_string()))
     }
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.throttle >= 1.0 && self.throttle.is_finite()) {
-            return Err(ConfigError::Invalid(format!("throttle must be a number >= 1, got {}", self.throttle)));
+            return Err(ConfigError::Invalid(format!(
+                "throttle must be a number >= 1, got {}",
+                self.throttle
+            )));
         }
         if self.name.is_empty() {
             return Err(ConfigError::Invalid("name must not be empty".into()));
         }
         if let Some(0) = self.intra_op_threads {
-            return Err(ConfigError::Invalid("intra_op_threads must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "intra_op_threads must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -99,7 +106,9 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError>
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|pair| {
-            let (k, v) = pair.split_once('=').ok_or_else(|| ConfigError::Labels(text.to_string()))?;
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Labels(text.to_string()))?;
             let (k, v) = (k.trim(), v.trim());
             if k.is_empty() {
                 return Err(ConfigError::Labels(text.to_string()));
@@ -136,14 +145,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("localml-wcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let good = dir.join("good.yaml");
-        std::fs::write(&good, "name: lab-pc\nlabels: {site: library}\npower: {source: ups, battery_percent: 80}\n").expect("write");
+        std::fs::write(
+            &good,
+            "name: lab-pc\nlabels: {site: library}\npower: {source: ups, battery_percent: 80}\n",
+        )
+        .expect("write");
         let cfg = WorkerConfig::from_file(&good).expect("parses");
         assert_eq!(cfg.name, "lab-pc");
         assert_eq!(cfg.labels.get("site").map(String::as_str), Some("library"));
-        assert_eq!(cfg.power.as_ref().map(|p| p.source), Some(crate::power::PowerSource::Ups));
+        assert_eq!(
+            cfg.power.as_ref().map(|p| p.source),
+            Some(crate::power::PowerSource::Ups)
+        );
         let bad = dir.join("bad.yaml");
         std::fs::write(&bad, "nmae: x\n").expect("write");
-        let err = WorkerConfig::from_file(&bad).expect_err("unknown key").to_string();
+        let err = WorkerConfig::from_file(&bad)
+            .expect_err("unknown key")
+            .to_string();
         assert!(err.contains("nmae"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -12,7 +12,13 @@ fn parse_meminfo(text: &str) -> (u64, u64) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kib| kib * 1024)
             .unwrap_or(0)
     };
@@ -20,7 +26,9 @@ fn parse_meminfo(text: &str) -> (u64, u64) {
 }
 
 pub fn cpu_cores() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 /// A GPU as nvidia-smi reports it.
@@ -35,7 +43,10 @@ pub struct GpuInfo {
 /// GPUs with total and free memory; empty where there is no NVIDIA driver.
 pub fn gpus() -> Vec<GpuInfo> {
     let output = Command::new("nvidia-smi")
-        .args(["--query-gpu=index,name,memory.total,memory.free", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-gpu=index,name,memory.total,memory.free",
+            "--format=csv,noheader,nounits",
+        ])
         .output();
     match output {
         Ok(o) if o.status.success() => parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)),
@@ -67,14 +78,16 @@ mod tests {
 
     #[test]
     fn parses_meminfo() {
-        let text = "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   20480000 kB\n";
+        let text =
+            "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   20480000 kB\n";
         assert_eq!(parse_meminfo(text), (24576000 * 1024, 20480000 * 1024));
         assert_eq!(parse_meminfo(""), (0, 0));
     }
 
     #[test]
     fn parses_nvidia_smi_csv() {
-        let text = "0, NVIDIA H200, 143771, 143000\n1, NVIDIA GeForce RTX 3060, 12288, 11000\ngarbage\n";
+        let text =
+            "0, NVIDIA H200, 143771, 143000\n1, NVIDIA GeForce RTX 3060, 12288, 11000\ngarbage\n";
         let gpus = parse_nvidia_smi(text);
         assert_eq!(gpus.len(), 2);
         assert_eq!(gpus[1].name, "NVIDIA GeForce RTX 3060");

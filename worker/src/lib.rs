@@ -78,7 +78,10 @@ pub fn load_models(
                     memory_mib = model.memory_bytes / (1024 * 1024),
                     "model loaded"
                 );
-                table.entry(model.name.clone()).or_default().insert(model.version, Arc::new(model));
+                table
+                    .entry(model.name.clone())
+                    .or_default()
+                    .insert(model.version, Arc::new(model));
             }
             Err(e) => tracing::error!(error = %e, "model not loaded"),
         }
@@ -150,7 +153,7 @@ pub async fn run(
     };
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), drain)
+        .serve_with_incoming_shutdown(localml_proto::service::incoming(listener), drain)
         .await?;
     tracing::info!("worker stopped");
     Ok(())

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "localml-worker", version, about = "localml worker agent: runs ONNX models and reports to the scheduler")]
+#[command(
+    name = "localml-worker",
+    version,
+    about = "localml worker agent: runs ONNX models and reports to the scheduler"
+)]
 struct Cli {
     #[command(flatten)]
     args: localml_worker::cli::WorkerArgs,
@@ -15,7 +19,10 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match localml_worker::cli::run(cli.args).await {

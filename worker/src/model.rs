@@ -29,7 +29,11 @@ pub struct TensorSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("model {model} version {version}: {reason}")]
-    Load { model: String, version: u64, reason: String },
+    Load {
+        model: String,
+        version: u64,
+        reason: String,
+    },
     /// The model's queue is full.
     #[error("model {0} has {1} requests queued on this worker; try again later")]
     QueueFull(String, u32),
@@ -64,11 +68,17 @@ const EWMA_ALPHA: f64 = 0.2;
 impl ModelStats {
     fn record_latency(&self, elapsed: Duration) {
         let sample = elapsed.as_secs_f64() * 1e6;
-        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            let old = f64::from_bits(bits);
-            let new = if old == 0.0 { sample } else { old + EWMA_ALPHA * (sample - old) };
-            Some(new.to_bits())
-        });
+        let _ = self
+            .latency_ewma_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let old = f64::from_bits(bits);
+                let new = if old == 0.0 {
+                    sample
+                } else {
+                    old + EWMA_ALPHA * (sample - old)
+                };
+                Some(new.to_bits())
+            });
     }
 
     pub fn latency_ewma_ms(&self) -> f64 {
@@ -153,15 +163,22 @@ fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, 
         .iter()
         .map(|o| match o.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
-                let datatype = datatype_of(*ty)
-                    .ok_or_else(|| format!("{what} '{}' has element type {ty:?}, which localml cannot serve", o.name()))?;
+                let datatype = datatype_of(*ty).ok_or_else(|| {
+                    format!(
+                        "{what} '{}' has element type {ty:?}, which localml cannot serve",
+                        o.name()
+                    )
+                })?;
                 Ok(TensorSpec {
                     name: o.name().to_string(),
                     datatype,
                     shape: shape.iter().copied().collect(),
                 })
             }
-            other => Err(format!("{what} '{}' is a {other:?}, not a tensor", o.name())),
+            other => Err(format!(
+                "{what} '{}' is a {other:?}, not a tensor",
+                o.name()
+            )),
         })
         .collect()
 }
@@ -173,13 +190,22 @@ fn apply_overrides(
     batching: bool,
 ) -> Result<(), String> {
     for o in overrides {
-        let spec = specs
-            .iter_mut()
-            .find(|s| s.name == o.name)
-            .ok_or_else(|| format!("config names tensor '{}', which the model does not have", o.name))?;
-        let model_dims = if batching { &spec.shape[1.min(spec.shape.len())..] } else { &spec.shape[..] };
+        let spec = specs.iter_mut().find(|s| s.name == o.name).ok_or_else(|| {
+            format!(
+                "config names tensor '{}', which the model does not have",
+                o.name
+            )
+        })?;
+        let model_dims = if batching {
+            &spec.shape[1.min(spec.shape.len())..]
+        } else {
+            &spec.shape[..]
+        };
         let compatible = model_dims.len() == o.dims.len()
-            && model_dims.iter().zip(&o.dims).all(|(&m, &c)| m < 0 || m == c);
+            && model_dims
+                .iter()
+                .zip(&o.dims)
+                .all(|(&m, &c)| m < 0 || m == c);
         if !compatible {
             return Err(format!(
                 "config dims {:?} for '{}' do not fit the model's dims {:?}",
@@ -197,7 +223,11 @@ fn apply_overrides(
 pub fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }
@@ -218,10 +248,22 @@ fn build_session(
     let mut chosen = "CPUExecutionProvider".to_string();
     for provider in providers {
         let attempt = match provider.as_str() {
-            "cuda" => Some(("CUDAExecutionProvider", ort::ep::CUDA::default().register(&mut builder))),
-            "tensorrt" => Some(("TensorrtExecutionProvider", ort::ep::TensorRT::default().register(&mut builder))),
-            "rocm" => Some(("ROCMExecutionProvider", ort::ep::ROCm::default().register(&mut builder))),
-            "openvino" => Some(("OpenVINOExecutionProvider", ort::ep::OpenVINO::default().register(&mut builder))),
+            "cuda" => Some((
+                "CUDAExecutionProvider",
+                ort::ep::CUDA::default().register(&mut builder),
+            )),
+            "tensorrt" => Some((
+                "TensorrtExecutionProvider",
+                ort::ep::TensorRT::default().register(&mut builder),
+            )),
+            "rocm" => Some((
+                "ROCMExecutionProvider",
+                ort::ep::ROCm::default().register(&mut builder),
+            )),
+            "openvino" => Some((
+                "OpenVINOExecutionProvider",
+                ort::ep::OpenVINO::default().register(&mut builder),
+            )),
             _ => None,
         };
         match attempt {
@@ -235,7 +277,9 @@ fn build_session(
             None => break, // "cpu": nothing to register, ONNX Runtime's default.
         }
     }
-    let session = builder.commit_from_file(&source.path).map_err(|e| e.to_string())?;
+    let session = builder
+        .commit_from_file(&source.path)
+        .map_err(|e| e.to_string())?;
     Ok((session, chosen))
 }
 
@@ -299,13 +343,16 @@ impl LoadedModel {
         let mut sessions = Vec::new();
         let mut provider = String::new();
         for _ in 0..instances {
-            let (session, chosen) = build_session(env, source, &providers, options).map_err(&fail)?;
+            let (session, chosen) =
+                build_session(env, source, &providers, options).map_err(&fail)?;
             provider = chosen;
             sessions.push(session);
         }
-        let memory_bytes = resident_bytes()
-            .saturating_sub(before)
-            .max(std::fs::metadata(&source.path).map(|m| m.len()).unwrap_or(0));
+        let memory_bytes = resident_bytes().saturating_sub(before).max(
+            std::fs::metadata(&source.path)
+                .map(|m| m.len())
+                .unwrap_or(0),
+        );
         let mut inputs = specs(sessions[0].inputs(), "input").map_err(&fail)?;
         let mut outputs = specs(sessions[0].outputs(), "output").map_err(&fail)?;
         let all_batched = inputs
@@ -323,8 +370,18 @@ impl LoadedModel {
             None => 0,
         };
         let batching = max_batch_size > 0;
-        apply_overrides(&mut inputs, config.inputs.as_deref().unwrap_or_default(), batching).map_err(&fail)?;
-        apply_overrides(&mut outputs, config.outputs.as_deref().unwrap_or_default(), batching).map_err(&fail)?;
+        apply_overrides(
+            &mut inputs,
+            config.inputs.as_deref().unwrap_or_default(),
+            batching,
+        )
+        .map_err(&fail)?;
+        apply_overrides(
+            &mut outputs,
+            config.outputs.as_deref().unwrap_or_default(),
+            batching,
+        )
+        .map_err(&fail)?;
         Ok(LoadedModel {
             name: source.name.clone(),
             version: source.version,
@@ -392,11 +449,17 @@ impl LoadedModel {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        self.stats.last_inference_ms.store(now_ms, Ordering::Relaxed);
+        self.stats
+            .last_inference_ms
+            .store(now_ms, Ordering::Relaxed);
         result
     }
 
-    fn run_blocking(&self, inputs: Vec<NamedTensor>, requested: &[String]) -> Result<Vec<NamedTensor>, ModelError> {
+    fn run_blocking(
+        &self,
+        inputs: Vec<NamedTensor>,
+        requested: &[String],
+    ) -> Result<Vec<NamedTensor>, ModelError> {
         let run_error = |reason: String| ModelError::Run {
             model: self.name.clone(),
             reason,
@@ -433,9 +496,9 @@ impl LoadedModel {
                 if !requested.is_empty() && !requested.contains(&spec.name) {
                     continue;
                 }
-                let value = outputs
-                    .get(&spec.name)
-                    .ok_or_else(|| run_error(format!("output '{}' missing from the result", spec.name)))?;
+                let value = outputs.get(&spec.name).ok_or_else(|| {
+                    run_error(format!("output '{}' missing from the result", spec.name))
+                })?;
                 out.push(from_value(&spec.name, value).map_err(run_error)?);
             }
             Ok(out)
@@ -469,7 +532,10 @@ fn to_value(t: NamedTensor) -> ort::Result<DynValue> {
         TensorData::Fp64(v) => Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::Bytes(v) => {
             // Validation has checked UTF-8 already; this cannot fail.
-            let strings: Vec<String> = v.into_iter().map(|b| String::from_utf8(b).unwrap_or_default()).collect();
+            let strings: Vec<String> = v
+                .into_iter()
+                .map(|b| String::from_utf8(b).unwrap_or_default())
+                .collect();
             Tensor::from_string_array((shape, strings.as_slice()))?.into_dyn()
         }
     })
@@ -485,7 +551,10 @@ fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, String> {
     macro_rules! extract {
         ($t:ty, $variant:ident) => {{
             let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
-            (shape.iter().copied().collect::<Vec<i64>>(), TensorData::$variant(data.to_vec()))
+            (
+                shape.iter().copied().collect::<Vec<i64>>(),
+                TensorData::$variant(data.to_vec()),
+            )
         }};
     }
     let (shape, data) = match ty {
@@ -508,7 +577,11 @@ fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, String> {
                 TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
             )
         }
-        other => return Err(format!("output '{name}' has element type {other:?}, which localml cannot serve")),
+        other => {
+            return Err(format!(
+                "output '{name}' has element type {other:?}, which localml cannot serve"
+            ))
+        }
     };
     Ok(NamedTensor {
         name: name.to_string(),

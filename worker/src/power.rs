@@ -34,7 +34,9 @@ pub struct PowerOverride {
 }
 
 fn read(dir: &Path, file: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Reads the power state under `root` (normally `/sys/class/power_supply`).
@@ -60,7 +62,9 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
                 mains_seen = true;
                 mains_online |= read(dir, "online").as_deref() == Some("1");
             }
-            "Battery" if read(dir, "scope").as_deref() != Some("Device") => batteries.push(capacity),
+            "Battery" if read(dir, "scope").as_deref() != Some("Device") => {
+                batteries.push(capacity)
+            }
             "UPS" => {
                 let discharging = read(dir, "status").as_deref() == Some("Discharging");
                 ups = Some((discharging, capacity));
@@ -78,7 +82,10 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
         return reading(PowerSource::Ups, charge);
     }
     if mains_online {
-        return reading(PowerSource::Mains, battery_percent.or(ups.and_then(|u| u.1)));
+        return reading(
+            PowerSource::Mains,
+            battery_percent.or(ups.and_then(|u| u.1)),
+        );
     }
     if !batteries.is_empty() {
         return reading(PowerSource::Battery, battery_percent);
@@ -127,13 +134,22 @@ mod tests {
 
     #[test]
     fn readings_from_fake_sysfs_trees() {
-        let cases: Vec<(&str, Vec<(&str, &[(&str, &str)])>, PowerSource, Option<f32>)> = vec![
+        type Supply<'a> = (&'a str, &'a [(&'a str, &'a str)]);
+        type Case<'a> = (&'a str, Vec<Supply<'a>>, PowerSource, Option<f32>);
+        let cases: Vec<Case> = vec![
             ("empty", vec![], PowerSource::Unknown, None),
             (
                 "laptop on mains",
                 vec![
                     ("AC", &[("type", "Mains"), ("online", "1")]),
-                    ("BAT0", &[("type", "Battery"), ("capacity", "80"), ("status", "Charging")]),
+                    (
+                        "BAT0",
+                        &[
+                            ("type", "Battery"),
+                            ("capacity", "80"),
+                            ("status", "Charging"),
+                        ],
+                    ),
                 ],
                 PowerSource::Mains,
                 Some(80.0),
@@ -142,7 +158,14 @@ mod tests {
                 "laptop on battery",
                 vec![
                     ("AC", &[("type", "Mains"), ("online", "0")]),
-                    ("BAT0", &[("type", "Battery"), ("capacity", "42"), ("status", "Discharging")]),
+                    (
+                        "BAT0",
+                        &[
+                            ("type", "Battery"),
+                            ("capacity", "42"),
+                            ("status", "Discharging"),
+                        ],
+                    ),
                 ],
                 PowerSource::Battery,
                 Some(42.0),
@@ -151,7 +174,10 @@ mod tests {
                 "mouse battery ignored",
                 vec![
                     ("AC", &[("type", "Mains"), ("online", "0")]),
-                    ("hid-mouse", &[("type", "Battery"), ("scope", "Device"), ("capacity", "5")]),
+                    (
+                        "hid-mouse",
+                        &[("type", "Battery"), ("scope", "Device"), ("capacity", "5")],
+                    ),
                 ],
                 PowerSource::Mains,
                 None,
@@ -167,13 +193,23 @@ mod tests {
             ),
             (
                 "ups discharging",
-                vec![("ups0", &[("type", "UPS"), ("status", "Discharging"), ("capacity", "90")])],
+                vec![(
+                    "ups0",
+                    &[
+                        ("type", "UPS"),
+                        ("status", "Discharging"),
+                        ("capacity", "90"),
+                    ],
+                )],
                 PowerSource::Ups,
                 Some(90.0),
             ),
             (
                 "ups on line",
-                vec![("ups0", &[("type", "UPS"), ("status", "Full"), ("capacity", "100")])],
+                vec![(
+                    "ups0",
+                    &[("type", "UPS"), ("status", "Full"), ("capacity", "100")],
+                )],
                 PowerSource::Mains,
                 Some(100.0),
             ),
@@ -181,7 +217,11 @@ mod tests {
         for (i, (name, supplies, source, percent)) in cases.into_iter().enumerate() {
             let root = tree(&i.to_string(), &supplies);
             let reading = read_sysfs(&root);
-            assert_eq!((reading.source, reading.battery_percent), (source, percent), "{name}");
+            assert_eq!(
+                (reading.source, reading.battery_percent),
+                (source, percent),
+                "{name}"
+            );
             std::fs::remove_dir_all(&root).ok();
         }
     }
@@ -195,6 +235,9 @@ mod tests {
         let reading = current(Path::new("/nonexistent"), Some(&o));
         assert_eq!(reading.source, PowerSource::Ups);
         assert_eq!(reading.origin, "config");
-        assert_eq!(read_sysfs(Path::new("/nonexistent")).source, PowerSource::Unknown);
+        assert_eq!(
+            read_sysfs(Path::new("/nonexistent")).source,
+            PowerSource::Unknown
+        );
     }
 }

@@ -65,8 +65,12 @@ pub enum RepositoryError {
 /// Scans the repository. A model whose config cannot be parsed is an error (a typo in a
 /// config must not silently change behaviour); directories without versions are skipped.
 pub fn scan(repo: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
-    let entries = std::fs::read_dir(repo).map_err(|e| RepositoryError::Unreadable(repo.to_path_buf(), e))?;
-    let mut model_dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let entries =
+        std::fs::read_dir(repo).map_err(|e| RepositoryError::Unreadable(repo.to_path_buf(), e))?;
+    let mut model_dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
     model_dirs.sort();
     let mut found = Vec::new();
     for dir in model_dirs {
@@ -110,7 +114,11 @@ fn read_config(path: &Path) -> Result<ModelConfig, RepositoryError> {
             })
         }
     };
-    if text.trim().lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text
+        .trim()
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(ModelConfig::default());
     }
     serde_yaml::from_str(&text).map_err(|e| RepositoryError::BadConfig {
@@ -142,12 +150,24 @@ mod tests {
         touch(&repo.join("a/2/other.bin"));
         touch(&repo.join("b/1/model.onnx"));
         touch(&repo.join("b/10/model.onnx"));
-        std::fs::write(repo.join("b/config.yaml"), "version_policy: all\ninstances: 2\n").expect("write");
+        std::fs::write(
+            repo.join("b/config.yaml"),
+            "version_policy: all\ninstances: 2\n",
+        )
+        .expect("write");
         touch(&repo.join("empty/notes/model.onnx"));
-        let found: Vec<(String, u64)> = scan(&repo).expect("scan").into_iter().map(|m| (m.name, m.version)).collect();
+        let found: Vec<(String, u64)> = scan(&repo)
+            .expect("scan")
+            .into_iter()
+            .map(|m| (m.name, m.version))
+            .collect();
         assert_eq!(
             found,
-            vec![("a".to_string(), 3), ("b".to_string(), 1), ("b".to_string(), 10)]
+            vec![
+                ("a".to_string(), 3),
+                ("b".to_string(), 1),
+                ("b".to_string(), 10)
+            ]
         );
         std::fs::remove_dir_all(&repo).ok();
     }
@@ -156,7 +176,11 @@ mod tests {
     fn config_errors_name_the_file_and_field() {
         let repo = temp_repo("badcfg");
         touch(&repo.join("m/1/model.onnx"));
-        std::fs::write(repo.join("m/config.yaml"), "max_batch_size: 4\ninstanecs: 2\n").expect("write");
+        std::fs::write(
+            repo.join("m/config.yaml"),
+            "max_batch_size: 4\ninstanecs: 2\n",
+        )
+        .expect("write");
         let err = scan(&repo).expect_err("unknown field rejected").to_string();
         assert!(err.contains("m/config.yaml"), "{err}");
         assert!(err.contains("instanecs"), "{err}");
@@ -165,7 +189,9 @@ mod tests {
 
     #[test]
     fn missing_repository_is_a_clear_error() {
-        let err = scan(Path::new("/nonexistent/localml-models")).expect_err("missing").to_string();
+        let err = scan(Path::new("/nonexistent/localml-models"))
+            .expect_err("missing")
+            .to_string();
         assert!(err.contains("/nonexistent/localml-models"), "{err}");
     }
 }

@@ -66,7 +66,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("localml");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("localml")
 }
 
@@ -113,9 +115,14 @@ fn system_library() -> Option<PathBuf> {
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
     dirs.extend(
-        ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
-            .iter()
-            .map(PathBuf::from),
+        [
+            "/usr/local/lib",
+            "/usr/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+        ]
+        .iter()
+        .map(PathBuf::from),
     );
     dirs.into_iter().find_map(|dir| {
         let exact = dir.join("libonnxruntime.so");
@@ -154,7 +161,8 @@ pub fn init(path: &Path, name: &str) -> Result<ort::environment::Environment, Ru
 pub fn available_providers() -> Vec<String> {
     use ort::ep::ExecutionProvider;
     let mut out = Vec::new();
-    let checks: [(&str, fn() -> ort::Result<bool>); 4] = [
+    type Check = fn() -> ort::Result<bool>;
+    let checks: [(&str, Check); 4] = [
         ("CUDAExecutionProvider", ort::ep::CUDA::is_available),
         ("TensorrtExecutionProvider", ort::ep::TensorRT::is_available),
         ("ROCMExecutionProvider", ort::ep::ROCm::is_available),
@@ -176,28 +184,53 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
     let dir = install_dir(flavor);
     let target = dir.join(LIBRARY_FILE);
     if target.is_file() {
-        log(&format!("ONNX Runtime {ORT_VERSION} already installed at {}", target.display()));
+        log(&format!(
+            "ONNX Runtime {ORT_VERSION} already installed at {}",
+            target.display()
+        ));
         return Ok(target);
     }
     let python = ["python3", "python"]
         .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .ok_or_else(|| RuntimeError::Install("python3 with pip is needed (apt-get install python3-pip)".into()))?;
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .ok_or_else(|| {
+            RuntimeError::Install("python3 with pip is needed (apt-get install python3-pip)".into())
+        })?;
     let download = dir.with_extension("download");
     let _ = std::fs::remove_dir_all(&download);
-    std::fs::create_dir_all(&download).map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?;
+    std::fs::create_dir_all(&download)
+        .map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?;
     let spec = format!("{}=={ORT_VERSION}", flavor.package());
     log(&format!("downloading {spec} from PyPI with pip ..."));
     let status = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
         .arg(&download)
         .arg(&spec)
         .status()
         .map_err(|e| RuntimeError::Install(format!("cannot run {python} -m pip: {e}")))?;
     if !status.success() {
-        return Err(RuntimeError::Install(format!("`{python} -m pip download {spec}` failed ({status})")));
+        return Err(RuntimeError::Install(format!(
+            "`{python} -m pip download {spec}` failed ({status})"
+        )));
     }
-    log(&format!("extracting shared libraries into {} ...", dir.display()));
+    log(&format!(
+        "extracting shared libraries into {} ...",
+        dir.display()
+    ));
     // Python's zipfile is always there when pip is; it spares a zip dependency here.
     let script = r#"
 import glob, os, sys, zipfile

@@ -51,7 +51,12 @@ impl Worker {
         Ok(self.response(&request, model.version, outputs))
     }
 
-    fn response(&self, request: &ModelInferRequest, version: u64, outputs: Vec<NamedTensor>) -> ModelInferResponse {
+    fn response(
+        &self,
+        request: &ModelInferRequest,
+        version: u64,
+        outputs: Vec<NamedTensor>,
+    ) -> ModelInferResponse {
         let mut response = ModelInferResponse {
             model_name: request.model_name.clone(),
             model_version: version.to_string(),
@@ -60,17 +65,21 @@ impl Worker {
         };
         for out in outputs {
             response.raw_output_contents.push(out.data.to_raw().into());
-            response.outputs.push(model_infer_response::InferOutputTensor {
-                name: out.name,
-                datatype: out.data.datatype().as_str().to_string(),
-                shape: out.shape,
-                ..Default::default()
-            });
+            response
+                .outputs
+                .push(model_infer_response::InferOutputTensor {
+                    name: out.name,
+                    datatype: out.data.datatype().as_str().to_string(),
+                    shape: out.shape,
+                    ..Default::default()
+                });
         }
         response.parameters.insert(
             WORKER_PARAMETER.to_string(),
             InferParameter {
-                parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(self.config.name.clone())),
+                parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(
+                    self.config.name.clone(),
+                )),
             },
         );
         response
@@ -92,11 +101,15 @@ impl InferenceBackend for WorkerInference {
 
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
         let r = r.into_inner();
-        let ready = self.worker.find(&r.name, &r.version).is_ok() && !self.worker.draining.load(Ordering::SeqCst);
+        let ready = self.worker.find(&r.name, &r.version).is_ok()
+            && !self.worker.draining.load(Ordering::SeqCst);
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Answer<ServerMetadataResponse> {
         Ok(Response::new(ServerMetadataResponse {
             name: "localml-worker".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -104,11 +117,21 @@ impl InferenceBackend for WorkerInference {
         }))
     }
 
-    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Answer<ModelMetadataResponse> {
         let r = r.into_inner();
         let model = self.worker.find(&r.name, &r.version)?;
-        let versions = self.worker.models[&model.name].keys().map(u64::to_string).collect();
-        Ok(Response::new(oip::model_metadata(&model.name, versions, &signature(model))))
+        let versions = self.worker.models[&model.name]
+            .keys()
+            .map(u64::to_string)
+            .collect();
+        Ok(Response::new(oip::model_metadata(
+            &model.name,
+            versions,
+            &signature(model),
+        )))
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
@@ -119,7 +142,10 @@ impl InferenceBackend for WorkerInference {
             .map(Response::new)
     }
 
-    async fn model_stream_infer(&self, r: Request<tonic::Streaming<ModelInferRequest>>) -> Answer<Self::InferStream> {
+    async fn model_stream_infer(
+        &self,
+        r: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Answer<Self::InferStream> {
         let mut requests = r.into_inner();
         let worker = Arc::clone(&self.worker);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -148,20 +174,35 @@ impl InferenceBackend for WorkerInference {
                 });
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
         let r = r.into_inner();
         let m = self.worker.find(&r.name, &r.version)?;
         let gpu = m.execution_provider != "CPUExecutionProvider";
-        Ok(Response::new(oip::model_config(&m.name, m.max_batch_size, m.instances, gpu, &signature(m))))
+        Ok(Response::new(oip::model_config(
+            &m.name,
+            m.max_batch_size,
+            m.instances,
+            gpu,
+            &signature(m),
+        )))
     }
 
-    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Answer<ModelStatisticsResponse> {
+    async fn model_statistics(
+        &self,
+        r: Request<ModelStatisticsRequest>,
+    ) -> Answer<ModelStatisticsResponse> {
         let r = r.into_inner();
         let models: Vec<_> = if r.name.is_empty() {
-            self.worker.models.values().flat_map(|v| v.values()).collect()
+            self.worker
+                .models
+                .values()
+                .flat_map(|v| v.values())
+                .collect()
         } else {
             vec![self.worker.find(&r.name, &r.version)?]
         };

@@ -28,7 +28,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(config: WorkerConfig, models: ModelTable, providers: Vec<String>, advertise: String) -> Worker {
+    pub fn new(
+        config: WorkerConfig,
+        models: ModelTable,
+        providers: Vec<String>,
+        advertise: String,
+    ) -> Worker {
         Worker {
             config,
             models,
@@ -42,10 +47,12 @@ impl Worker {
 
     /// Finds a model version; an empty version means the highest loaded one.
     pub fn find(&self, name: &str, version: &str) -> Result<&Arc<LoadedModel>, Status> {
-        let versions = self
-            .models
-            .get(name)
-            .ok_or_else(|| Status::not_found(format!("model '{name}' is not loaded on worker '{}'", self.config.name)))?;
+        let versions = self.models.get(name).ok_or_else(|| {
+            Status::not_found(format!(
+                "model '{name}' is not loaded on worker '{}'",
+                self.config.name
+            ))
+        })?;
         if version.is_empty() {
             return versions
                 .values()
@@ -105,7 +112,12 @@ impl Worker {
                 battery_percent: reading.battery_percent,
                 origin: reading.origin.to_string(),
             }),
-            models: self.models.values().flat_map(|v| v.values()).map(|m| model_report(m)).collect(),
+            models: self
+                .models
+                .values()
+                .flat_map(|v| v.values())
+                .map(|m| model_report(m))
+                .collect(),
             draining: self.draining.load(Ordering::SeqCst),
             sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -25,7 +25,11 @@ pub struct Decoded {
 }
 
 fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks the shape of one input against its spec.
@@ -114,7 +118,10 @@ pub fn decode_request(sig: &Signature<'_>, request: &ModelInferRequest) -> Resul
         }
         .map_err(|e| format!("input '{}': {e}", input.name))?;
         if let TensorData::Bytes(elements) = &data {
-            if let Some(bad) = elements.iter().position(|e| std::str::from_utf8(e).is_err()) {
+            if let Some(bad) = elements
+                .iter()
+                .position(|e| std::str::from_utf8(e).is_err())
+            {
                 return Err(format!(
                     "input '{}': BYTES element {bad} is not valid UTF-8 (ONNX string tensors hold UTF-8 text)",
                     input.name
@@ -161,7 +168,9 @@ pub fn decode_request(sig: &Signature<'_>, request: &ModelInferRequest) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use localml_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use localml_proto::inference::model_infer_request::{
+        InferInputTensor, InferRequestedOutputTensor,
+    };
     use localml_proto::inference::InferTensorContents;
 
     use super::*;
@@ -174,7 +183,12 @@ mod tests {
         }
     }
 
-    fn input(name: &str, datatype: &str, shape: &[i64], fp32: Option<Vec<f32>>) -> InferInputTensor {
+    fn input(
+        name: &str,
+        datatype: &str,
+        shape: &[i64],
+        fp32: Option<Vec<f32>>,
+    ) -> InferInputTensor {
         InferInputTensor {
             name: name.into(),
             datatype: datatype.into(),
@@ -189,7 +203,10 @@ mod tests {
 
     #[test]
     fn table_of_requests() {
-        let inputs = [spec("x", DataType::Fp32, &[-1, 2]), spec("s", DataType::Bytes, &[-1])];
+        let inputs = [
+            spec("x", DataType::Fp32, &[-1, 2]),
+            spec("s", DataType::Bytes, &[-1]),
+        ];
         let outputs = [spec("y", DataType::Fp32, &[-1])];
         let sig = Signature {
             model: "m",
@@ -224,49 +241,99 @@ mod tests {
 
         // (case, request, Ok(()) or the expected error substring)
         let cases: Vec<(&str, ModelInferRequest, Result<(), &str>)> = vec![
-            ("valid typed", req(vec![good_x(), strings(vec![b"a"])]), Ok(())),
+            (
+                "valid typed",
+                req(vec![good_x(), strings(vec![b"a"])]),
+                Ok(()),
+            ),
             ("valid raw", raw_req(vec![0; 8]), Ok(())),
-            ("raw length", raw_req(vec![0; 7]), Err("input 'x': raw content has 7 bytes but shape [1, 2] of FP32 needs 8")),
+            (
+                "raw length",
+                raw_req(vec![0; 7]),
+                Err("input 'x': raw content has 7 bytes but shape [1, 2] of FP32 needs 8"),
+            ),
             (
                 "wrong datatype",
-                req(vec![input("x", "INT64", &[1, 2], None), strings(vec![b"a"])]),
+                req(vec![
+                    input("x", "INT64", &[1, 2], None),
+                    strings(vec![b"a"]),
+                ]),
                 Err("input 'x': expected datatype FP32, got INT64"),
             ),
             (
                 "unknown datatype",
-                req(vec![input("x", "FLOAT", &[1, 2], None), strings(vec![b"a"])]),
+                req(vec![
+                    input("x", "FLOAT", &[1, 2], None),
+                    strings(vec![b"a"]),
+                ]),
                 Err("unknown datatype 'FLOAT'"),
             ),
             (
                 "wrong rank",
-                req(vec![input("x", "FP32", &[2], Some(vec![1.0, 2.0])), strings(vec![b"a"])]),
+                req(vec![
+                    input("x", "FP32", &[2], Some(vec![1.0, 2.0])),
+                    strings(vec![b"a"]),
+                ]),
                 Err("input 'x': expected rank 2"),
             ),
             (
                 "wrong dim",
-                req(vec![input("x", "FP32", &[1, 3], Some(vec![1.0; 3])), strings(vec![b"a"])]),
+                req(vec![
+                    input("x", "FP32", &[1, 3], Some(vec![1.0; 3])),
+                    strings(vec![b"a"]),
+                ]),
                 Err("input 'x': dimension 1 is 3 but the model expects 2"),
             ),
             (
                 "batch too large",
-                req(vec![input("x", "FP32", &[5, 2], Some(vec![1.0; 10])), strings(vec![b"a"; 5])]),
+                req(vec![
+                    input("x", "FP32", &[5, 2], Some(vec![1.0; 10])),
+                    strings(vec![b"a"; 5]),
+                ]),
                 Err("batch size 5 exceeds the model's max_batch_size 4"),
             ),
             (
                 "element count",
-                req(vec![input("x", "FP32", &[1, 2], Some(vec![1.0])), strings(vec![b"a"])]),
+                req(vec![
+                    input("x", "FP32", &[1, 2], Some(vec![1.0])),
+                    strings(vec![b"a"]),
+                ]),
                 Err("input 'x': has 1 elements but shape [1, 2] needs 2"),
             ),
-            ("missing input", req(vec![good_x()]), Err("needs input(s) s")),
+            (
+                "missing input",
+                req(vec![good_x()]),
+                Err("needs input(s) s"),
+            ),
             (
                 "unknown input",
-                req(vec![good_x(), strings(vec![b"a"]), input("q", "FP32", &[1], Some(vec![1.0]))]),
+                req(vec![
+                    good_x(),
+                    strings(vec![b"a"]),
+                    input("q", "FP32", &[1], Some(vec![1.0])),
+                ]),
                 Err("unexpected input 'q': model 'm' has inputs: x, s"),
             ),
-            ("duplicate input", req(vec![good_x(), good_x()]), Err("appears more than once")),
-            ("no data", req(vec![input("x", "FP32", &[1, 2], None), strings(vec![b"a"])]), Err("has no data")),
-            ("invalid utf8", req(vec![good_x(), strings(vec![&[0xff, 0xfe]])]), Err("not valid UTF-8")),
-            ("unknown output", unknown_output, Err("unknown requested output 'z'")),
+            (
+                "duplicate input",
+                req(vec![good_x(), good_x()]),
+                Err("appears more than once"),
+            ),
+            (
+                "no data",
+                req(vec![input("x", "FP32", &[1, 2], None), strings(vec![b"a"])]),
+                Err("has no data"),
+            ),
+            (
+                "invalid utf8",
+                req(vec![good_x(), strings(vec![&[0xff, 0xfe]])]),
+                Err("not valid UTF-8"),
+            ),
+            (
+                "unknown output",
+                unknown_output,
+                Err("unknown requested output 'z'"),
+            ),
         ];
         for (name, request, expected) in cases {
             let result = decode_request(&sig, &request);

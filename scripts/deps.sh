@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building and testing localml needs, when it is missing. Idempotent.
+#   scripts/deps.sh          build needs: protoc (Debian protobuf-compiler), python3 + pip
+#   scripts/deps.sh --test   also the test tools: Triton's Python client (tritonclient[grpc])
+set -euo pipefail
+
+need_apt=()
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+  need_apt+=(python3-pip)
+fi
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if ((${#need_apt[@]})); then
+  echo "deps: installing ${need_apt[*]} (apt)"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+pip_install() {
+  # Debian's system Python refuses plain installs (PEP 668); fall back to --user.
+  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages "$@"
+}
+
+if [[ ${1:-} == --test ]]; then
+  if ! python3 -c 'import tritonclient.grpc, numpy' >/dev/null 2>&1; then
+    echo "deps: installing tritonclient[grpc] and numpy (pip)"
+    pip_install 'tritonclient[grpc]' numpy
+  fi
+fi

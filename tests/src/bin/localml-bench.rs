@@ -1,0 +1,208 @@
+//! End-to-end latency and throughput benchmark for the FP32 example model at batch 1:
+//! in-process ONNX Runtime (the baseline), client -> worker, and client -> scheduler ->
+//! worker, each at concurrency 1 and 32, in one run, with ratios.
+//!
+//! Run: `cargo build --release --workspace --bins && target/release/localml-bench`
+//! Options: `--seconds N` per measurement (default 3), `--model NAME` (default
+//! image_classifier), `--models DIR` (default examples/models; `scripts/bench-models.sh`
+//! makes a repository of full-size models from the onnx wheel).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use localml_cli::client::{self, Tensor};
+use localml_proto::inference::ModelInferRequest;
+use localml_proto::tensor::TensorData;
+use localml_tests::{Scheduler, Worker};
+use localml_worker::model::{LoadOptions, LoadedModel, NamedTensor};
+
+struct Measurement {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Measurement {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `duration` after a short warm-up.
+async fn measure<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Measurement
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let run = |length: Duration| {
+        let call = Arc::clone(&call);
+        async move {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let call = Arc::clone(&call);
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        while started.elapsed() < length {
+                            let t = Instant::now();
+                            call().await;
+                            latencies.push(t.elapsed());
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("task"));
+            }
+            Measurement {
+                latencies: all,
+                elapsed: started.elapsed(),
+            }
+        }
+    };
+    run(duration / 5).await; // warm-up
+    run(duration).await
+}
+
+fn row(name: &str, concurrency: usize, m: &Measurement) -> String {
+    format!(
+        "| {name:<28} | {concurrency:>3} | {:>9.3} | {:>9.3} | {:>10.0} |",
+        m.percentile(0.5).as_secs_f64() * 1e3,
+        m.percentile(0.99).as_secs_f64() * 1e3,
+        m.throughput()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: f64 = arg("--seconds")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3.0);
+    let model_name = arg("--model").unwrap_or_else(|| "image_classifier".into());
+    let models = arg("--models")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(localml_tests::models_dir);
+    let duration = Duration::from_secs_f64(seconds);
+
+    // In-process baseline: the worker's own model code, with its config (2 instances).
+    let library = localml_cli::up::ensure_runtime(None)?;
+    let env = localml_worker::runtime::init(&library, "localml-bench")?;
+    let sources = localml_worker::repository::scan(&models)?;
+    let source = sources
+        .into_iter()
+        .filter(|s| s.name == model_name)
+        .next_back()
+        .ok_or_else(|| anyhow::anyhow!("model {model_name} not in {}", models.display()))?;
+    let options = LoadOptions {
+        intra_op_threads: Some(1),
+        throttle: 1.0,
+    };
+    let model = Arc::new(LoadedModel::load(
+        &env,
+        &source,
+        &["CPUExecutionProvider".into()],
+        &options,
+    )?);
+    let spec = model.inputs[0].clone();
+    let input = client::random_tensor(&spec.name, spec.datatype, &spec.shape);
+    let named = NamedTensor {
+        name: input.name.clone(),
+        shape: input.shape.clone(),
+        data: input.data.clone(),
+    };
+    assert!(
+        matches!(named.data, TensorData::Fp32(_)),
+        "the benchmark model takes FP32"
+    );
+    println!(
+        "model {model_name} v{} input {:?}, {} instances, 1 intra-op thread each, {seconds}s per measurement",
+        model.version, input.shape, model.instances
+    );
+
+    let scheduler = Scheduler::start();
+    let worker = Worker::start_with_models("bench-worker", &scheduler, &models, &[]);
+    scheduler.wait_ready(&["bench-worker"]).await;
+    let request: ModelInferRequest = client::request(&model_name, "", &[Tensor { ..input }]);
+
+    let mut results = Vec::new();
+    for concurrency in [1usize, 32] {
+        let (m, n) = (Arc::clone(&model), named.clone());
+        let in_process = measure(concurrency, duration, move || {
+            let (m, n) = (Arc::clone(&m), n.clone());
+            async move {
+                m.run(vec![n], Vec::new())
+                    .await
+                    .expect("in-process inference");
+            }
+        })
+        .await;
+        let mut clients = Vec::new();
+        for addr in [&worker.addr, &scheduler.addr] {
+            let c = localml_tests::inference_client(addr).await;
+            let r = request.clone();
+            clients.push(
+                measure(concurrency, duration, move || {
+                    let (mut c, r) = (c.clone(), r.clone());
+                    async move {
+                        c.model_infer(r).await.expect("inference");
+                    }
+                })
+                .await,
+            );
+        }
+        let via_scheduler = clients.pop().expect("scheduler");
+        let direct = clients.pop().expect("worker");
+        results.push((concurrency, in_process, direct, via_scheduler));
+    }
+
+    println!();
+    println!("| path                         | conc | p50 ms    | p99 ms    | req/s      |");
+    println!("|------------------------------|-----:|----------:|----------:|-----------:|");
+    for (c, a, b, s) in &results {
+        println!("{}", row("in-process ONNX Runtime", *c, a));
+        println!("{}", row("client -> worker", *c, b));
+        println!("{}", row("client -> scheduler -> worker", *c, s));
+    }
+    println!();
+    for (c, a, b, s) in &results {
+        let p50 = |m: &Measurement| m.percentile(0.5).as_secs_f64();
+        println!(
+            "concurrency {c:>2}: scheduler/worker p50 {:.2}x, throughput {:.2}x; worker/in-process p50 {:.2}x, throughput {:.2}x",
+            p50(s) / p50(b),
+            s.throughput() / b.throughput(),
+            p50(b) / p50(a),
+            b.throughput() / a.throughput()
+        );
+    }
+    let (_, _, b1, s1) = &results[0];
+    let (_, _, b32, s32) = &results[1];
+    let p50_ratio = s1.percentile(0.5).as_secs_f64() / b1.percentile(0.5).as_secs_f64();
+    let tput_ratio = s32.throughput() / b32.throughput();
+    println!();
+    println!(
+        "target 1: scheduler p50 <= 1.5x worker p50 at concurrency 1: {p50_ratio:.2}x {}",
+        if p50_ratio <= 1.5 { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "target 2: scheduler throughput >= 0.7x worker throughput at concurrency 32: {tput_ratio:.2}x {}",
+        if tput_ratio >= 0.7 { "MET" } else { "NOT MET" }
+    );
+    Ok(())
+}
