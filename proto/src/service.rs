@@ -205,6 +205,19 @@ pub async fn within_deadline<T>(
     }
 }
 
+/// Accepted connections of `listener` with Nagle's algorithm off: small gRPC messages
+/// would otherwise wait for delayed ACKs (about 40 ms on Linux).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,17 +256,4 @@ mod tests {
         .await;
         assert_eq!(fast.ok(), Some(7));
     }
-}
-
-/// Accepted connections of `listener` with Nagle's algorithm off: small gRPC messages
-/// would otherwise wait for delayed ACKs (about 40 ms on Linux).
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }

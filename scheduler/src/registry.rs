@@ -415,7 +415,7 @@ mod tests {
     fn names(lookup: Lookup) -> Vec<String> {
         match lookup {
             Lookup::Found(c) => {
-                let mut n: Vec<String> = c.into_iter().map(|c| c.name).collect();
+                let mut n: Vec<String> = c.iter().map(|c| c.name.clone()).collect();
                 n.sort();
                 n
             }

@@ -107,8 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let sources = localml_worker::repository::scan(&models)?;
     let source = sources
         .into_iter()
-        .filter(|s| s.name == model_name)
-        .next_back()
+        .rfind(|s| s.name == model_name)
         .ok_or_else(|| anyhow::anyhow!("model {model_name} not in {}", models.display()))?;
     let options = LoadOptions {
         intra_op_threads: Some(1),
