@@ -78,6 +78,46 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<i64>, TensorData), NpyError> {
     Ok((shape, data))
 }
 
+/// NumPy's name for a datatype (`None` for BYTES, which .npy cannot hold as raw bytes).
+fn descr(datatype: DataType) -> Option<&'static str> {
+    Some(match datatype {
+        DataType::Bool => "|b1",
+        DataType::Uint8 => "|u1",
+        DataType::Uint16 => "<u2",
+        DataType::Uint32 => "<u4",
+        DataType::Uint64 => "<u8",
+        DataType::Int8 => "|i1",
+        DataType::Int16 => "<i2",
+        DataType::Int32 => "<i4",
+        DataType::Int64 => "<i8",
+        DataType::Fp16 => "<f2",
+        DataType::Fp32 => "<f4",
+        DataType::Fp64 => "<f8",
+        DataType::Bytes => return None,
+    })
+}
+
+/// Writes a tensor as a .npy file (format 1.0); `None` for BYTES tensors.
+pub fn write(shape: &[i64], data: &TensorData) -> Option<Vec<u8>> {
+    let descr = descr(data.datatype())?;
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let trailing = if dims.len() == 1 { "," } else { "" };
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}{trailing}), }}",
+        dims.join(", ")
+    );
+    // The header is padded so the data starts on a 64-byte boundary.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data.to_raw());
+    Some(out)
+}
+
 /// Extracts the value of `'key': value` from the header dict (up to the next comma at
 /// depth 0).
 fn field(header: &str, key: &str) -> Option<String> {
@@ -102,46 +142,53 @@ fn field(header: &str, key: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
-    }
-
     #[test]
-    fn parses_float_and_int_arrays() {
-        let floats: Vec<u8> = [1.0f32, 2.5, -3.0, 4.0]
-            .iter()
-            .flat_map(|f| f.to_le_bytes())
-            .collect();
-        let (shape, data) = parse(&npy("<f4", "(2, 2)", &floats)).expect("parses");
-        assert_eq!(shape, vec![2, 2]);
-        assert_eq!(data, TensorData::Fp32(vec![1.0, 2.5, -3.0, 4.0]));
-        let ints: Vec<u8> = [7i64, 8, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let (shape, data) = parse(&npy("<i8", "(3,)", &ints)).expect("parses");
-        assert_eq!(shape, vec![3]);
-        assert_eq!(data, TensorData::Int64(vec![7, 8, 9]));
-        let (shape, _) = parse(&npy("<f8", "()", &1.0f64.to_le_bytes())).expect("scalar");
-        assert!(shape.is_empty());
+    fn write_then_parse_round_trips() {
+        let cases = [
+            (vec![2, 2], TensorData::Fp32(vec![1.0, 2.5, -3.0, 4.0])),
+            (vec![3], TensorData::Int64(vec![7, 8, 9])),
+            (vec![], TensorData::Fp64(vec![1.0])),
+            (vec![1, 2], TensorData::Bool(vec![true, false])),
+            (
+                vec![2],
+                TensorData::Fp16(vec![half::f16::ONE, half::f16::ZERO]),
+            ),
+        ];
+        for (shape, data) in cases {
+            let bytes = write(&shape, &data).expect("writable");
+            assert_eq!(
+                (bytes.len() - data.to_raw().len()) % 64,
+                0,
+                "aligned header"
+            );
+            assert_eq!(parse(&bytes), Ok((shape, data)));
+        }
+        assert_eq!(write(&[1], &TensorData::Bytes(vec![b"x".to_vec()])), None);
     }
 
     #[test]
     fn rejects_bad_files() {
         assert_eq!(parse(b"hello world"), Err(NpyError::Magic));
+        let good = write(&[1], &TensorData::Fp32(vec![0.0])).expect("writable");
+        let replace = |from: &[u8], to: &[u8]| {
+            let at = good
+                .windows(from.len())
+                .position(|w| w == from)
+                .expect("present");
+            let mut out = good.clone();
+            out[at..at + from.len()].copy_from_slice(to);
+            out
+        };
         assert!(matches!(
-            parse(&npy(">f4", "(1,)", &[0; 4])),
+            parse(&replace(b"<f4", b">f4")),
             Err(NpyError::Dtype(_))
         ));
         assert!(matches!(
-            parse(&npy("<f4", "(2,)", &[0; 4])),
+            parse(&replace(b"False", b"True ")),
+            Err(NpyError::Header(_))
+        ));
+        assert!(matches!(
+            parse(&good[..good.len() - 2]),
             Err(NpyError::Data(_))
         ));
     }

@@ -218,6 +218,58 @@ pub fn incoming(
     })
 }
 
+/// The response stream of `ModelStreamInfer`.
+pub type InferResponseStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>,
+>;
+
+/// Serves a `ModelStreamInfer` stream: each request runs concurrently through `infer`, and
+/// its answer (or its error, as `error_message`) is sent back with the request's id. A
+/// broken request stream ends the response stream with `on_stream_error(status)`.
+pub fn serve_stream<F, Fut>(
+    mut requests: tonic::Streaming<ModelInferRequest>,
+    infer: F,
+    on_stream_error: fn(Status) -> Status,
+) -> InferResponseStream
+where
+    F: Fn(ModelInferRequest) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<ModelInferResponse, Status>> + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(next) = requests.next().await {
+            let request = match next {
+                Ok(request) => request,
+                Err(status) => {
+                    let _ = tx.send(Err(on_stream_error(status))).await;
+                    break;
+                }
+            };
+            let id = request.id.clone();
+            let answer = infer(request);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let message = match answer.await {
+                    Ok(response) => ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(response),
+                    },
+                    Err(status) => ModelStreamInferResponse {
+                        error_message: status.message().to_string(),
+                        infer_response: Some(ModelInferResponse {
+                            id,
+                            ..Default::default()
+                        }),
+                    },
+                };
+                let _ = tx.send(Ok(message)).await;
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

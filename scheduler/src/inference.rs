@@ -1,14 +1,14 @@
 //! The scheduler's `inference.GRPCInferenceService`: readiness, metadata and config
 //! answered from cluster state; inference routed to workers.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use localml_proto::inference::*;
 use localml_proto::oip;
-use localml_proto::service::{request_timeout, within_deadline, InferenceBackend};
+use localml_proto::service::{
+    request_timeout, serve_stream, within_deadline, InferResponseStream, InferenceBackend,
+};
 use tokio::time::Instant;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::dispatch::{lookup_error, Dispatcher};
@@ -41,7 +41,7 @@ impl SchedulerInference {
 
 #[tonic::async_trait]
 impl InferenceBackend for SchedulerInference {
-    type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+    type InferStream = InferResponseStream;
 
     async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
         Ok(Response::new(ServerLiveResponse { live: true }))
@@ -102,42 +102,15 @@ impl InferenceBackend for SchedulerInference {
         &self,
         r: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::InferStream> {
-        let mut requests = r.into_inner();
         let dispatcher = Arc::clone(&self.dispatcher);
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Some(next) = requests.next().await {
-                let request = match next {
-                    Ok(request) => request,
-                    Err(status) => {
-                        let _ = tx.send(Err(size_limit_status(status))).await;
-                        break;
-                    }
-                };
-                let dispatcher = Arc::clone(&dispatcher);
-                let tx = tx.clone();
-                // Requests on one stream are routed concurrently; responses carry the id.
-                tokio::spawn(async move {
-                    let id = request.id.clone();
-                    let message = match dispatcher.infer(request, None).await {
-                        Ok(response) => ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        },
-                        Err(status) => ModelStreamInferResponse {
-                            error_message: status.message().to_string(),
-                            infer_response: Some(ModelInferResponse {
-                                id,
-                                ..Default::default()
-                            }),
-                        },
-                    };
-                    let _ = tx.send(Ok(message)).await;
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        let infer = move |request| {
+            let dispatcher = Arc::clone(&dispatcher);
+            async move { dispatcher.infer(request, None).await }
+        };
+        Ok(Response::new(serve_stream(
+            r.into_inner(),
+            infer,
+            size_limit_status,
         )))
     }
 

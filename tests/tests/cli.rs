@@ -42,26 +42,6 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// A minimal .npy file (format 1.0) of int64 values.
-fn npy_i64(shape: &[usize], values: &[i64]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let mut header = format!(
-        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}",
-        dims.join(", ")
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
-}
-
 fn localml(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("localml"))
         .args(args)
@@ -115,7 +95,9 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
     )
     .expect("write json");
     let npy_input = dir.path().join("tokens.npy");
-    std::fs::write(&npy_input, npy_i64(&[2, 16], &(0..32).collect::<Vec<_>>())).expect("write npy");
+    let tokens = localml_proto::tensor::TensorData::Int64((0..32).collect());
+    let npy = localml_cli::npy::write(&[2, 16], &tokens).expect("int64 is writable");
+    std::fs::write(&npy_input, npy).expect("write npy");
     for (input, shape) in [(&json_input, "[1, 4]"), (&npy_input, "[2, 4]")] {
         let arg = format!("token_ids={}", input.display());
         let (ok, stdout, stderr) = localml(&[

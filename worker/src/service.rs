@@ -1,14 +1,14 @@
 //! The worker's `inference.GRPCInferenceService`: a client (or the scheduler) can talk to
 //! one worker directly.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use localml_proto::inference::*;
 use localml_proto::oip;
-use localml_proto::service::{request_timeout, within_deadline, InferenceBackend};
-use tokio_stream::{Stream, StreamExt};
+use localml_proto::service::{
+    request_timeout, serve_stream, within_deadline, InferResponseStream, InferenceBackend,
+};
 use tonic::{Request, Response, Status};
 
 use crate::model::{ModelError, NamedTensor};
@@ -88,7 +88,7 @@ impl Worker {
 
 #[tonic::async_trait]
 impl InferenceBackend for WorkerInference {
-    type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+    type InferStream = InferResponseStream;
 
     async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
         Ok(Response::new(ServerLiveResponse { live: true }))
@@ -146,36 +146,15 @@ impl InferenceBackend for WorkerInference {
         &self,
         r: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::InferStream> {
-        let mut requests = r.into_inner();
         let worker = Arc::clone(&self.worker);
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Some(next) = requests.next().await {
-                let Ok(request) = next else { break };
-                let worker = Arc::clone(&worker);
-                let tx = tx.clone();
-                // Requests on one stream run concurrently; responses carry the request id.
-                tokio::spawn(async move {
-                    let id = request.id.clone();
-                    let message = match worker.infer(request).await {
-                        Ok(response) => ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        },
-                        Err(status) => ModelStreamInferResponse {
-                            error_message: status.message().to_string(),
-                            infer_response: Some(ModelInferResponse {
-                                id,
-                                ..Default::default()
-                            }),
-                        },
-                    };
-                    let _ = tx.send(Ok(message)).await;
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        let infer = move |request| {
+            let worker = Arc::clone(&worker);
+            async move { worker.infer(request).await }
+        };
+        Ok(Response::new(serve_stream(
+            r.into_inner(),
+            infer,
+            |status| status,
         )))
     }
 
