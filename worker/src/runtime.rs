@@ -201,7 +201,7 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
         .ok_or_else(|| {
             RuntimeError::Install("python3 with pip is needed (apt-get install python3-pip)".into())
         })?;
-    let download = dir.with_extension("download");
+    let download = cache_dir().join("downloads").join(flavor.package());
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)
         .map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?;
