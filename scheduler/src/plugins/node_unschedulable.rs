@@ -1,0 +1,53 @@
+//! NodeUnschedulable: workers that are NotReady, cordoned or draining get no new work.
+
+use std::sync::Arc;
+
+use crate::framework::registry::Built;
+use crate::framework::*;
+
+pub const NAME: &str = "NodeUnschedulable";
+
+pub struct NodeUnschedulable;
+
+impl Plugin for NodeUnschedulable {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+impl Filter for NodeUnschedulable {
+    fn filter(&self, _: &CycleState, _: &RequestInfo, worker: &WorkerInfo) -> Status {
+        if worker.schedulable {
+            Status::success()
+        } else {
+            Status::unschedulable(worker.unschedulable_reason.clone())
+        }
+    }
+}
+
+pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
+    Ok(Built {
+        filter: Some(Arc::new(NodeUnschedulable)),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::*;
+
+    #[test]
+    fn table() {
+        let mut cordoned = worker(1);
+        cordoned.schedulable = false;
+        cordoned.unschedulable_reason = "cordoned".into();
+        check_filter(
+            &NodeUnschedulable,
+            vec![
+                ("ready", request(), worker(0), Code::Success),
+                ("cordoned", request(), cordoned, Code::Unschedulable),
+            ],
+        );
+    }
+}
