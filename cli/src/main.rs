@@ -58,9 +58,25 @@ enum Command {
         /// Values printed per output.
         #[arg(long, default_value_t = 10)]
         show: usize,
+        /// Request parameter KEY=VALUE (string), e.g. localml.profile=energy-saver,
+        /// localml.provider=gpu, localml.selector=site=library.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
     },
     /// Show the workers: state, provider, RAM, power, queue, in-flight, models.
     Workers {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Cordon a worker: it gets no new work (like `kubectl cordon`).
+    Cordon {
+        worker: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Uncordon a worker.
+    Uncordon {
+        worker: String,
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
@@ -132,6 +148,7 @@ async fn infer(
     model: String,
     version: String,
     specs: Vec<String>,
+    params: Vec<String>,
     server: String,
     show: usize,
 ) -> anyhow::Result<()> {
@@ -169,9 +186,25 @@ async fn infer(
             tensors.push(client::random_tensor(&input.name, datatype, &input.shape));
         }
     }
+    let mut request = client::request(&model, &version, &tensors);
+    for p in &params {
+        let (key, value) = p
+            .split_once('=')
+            .with_context(|| format!("--param '{p}': expected KEY=VALUE"))?;
+        request.parameters.insert(
+            key.to_string(),
+            localml_proto::inference::InferParameter {
+                parameter_choice: Some(
+                    localml_proto::inference::infer_parameter::ParameterChoice::StringParam(
+                        value.to_string(),
+                    ),
+                ),
+            },
+        );
+    }
     let started = Instant::now();
     let response = oip
-        .model_infer(client::request(&model, &version, &tensors))
+        .model_infer(request)
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         .into_inner();
@@ -205,6 +238,22 @@ async fn admin(
     Ok(client::admin_client(channel))
 }
 
+async fn cordon(server: &str, worker: String, cordoned: bool) -> anyhow::Result<()> {
+    admin(server)
+        .await?
+        .set_cordon(localml_proto::localml::v1::SetCordonRequest {
+            worker: worker.clone(),
+            cordoned,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    println!(
+        "worker {worker} {}",
+        if cordoned { "cordoned" } else { "uncordoned" }
+    );
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up {
@@ -227,7 +276,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             inputs,
             server,
             show,
-        } => infer(model, version, inputs, server, show).await,
+            params,
+        } => infer(model, version, inputs, params, server, show).await,
+        Command::Cordon { worker, server } => cordon(&server, worker, true).await,
+        Command::Uncordon { worker, server } => cordon(&server, worker, false).await,
         Command::Workers { server } => {
             let list = admin(&server)
                 .await?

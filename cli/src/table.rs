@@ -73,7 +73,11 @@ pub fn workers(list: &[WorkerInfo]) -> String {
             models.sort();
             vec![
                 s.name.clone(),
-                state_name(w.state).to_string(),
+                if w.cordoned {
+                    format!("{},Cordoned", state_name(w.state))
+                } else {
+                    state_name(w.state).to_string()
+                },
                 if providers.is_empty() {
                     "-".into()
                 } else {

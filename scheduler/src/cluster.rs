@@ -80,4 +80,16 @@ impl Admin for AdminService {
             models: self.registry.models(),
         }))
     }
+
+    async fn set_cordon(
+        &self,
+        r: Request<SetCordonRequest>,
+    ) -> Result<Response<SetCordonResponse>, Status> {
+        let r = r.into_inner();
+        if self.registry.set_cordon(&r.worker, r.cordoned) {
+            Ok(Response::new(SetCordonResponse {}))
+        } else {
+            Err(Status::not_found(format!("unknown worker '{}'", r.worker)))
+        }
+    }
 }

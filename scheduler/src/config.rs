@@ -28,6 +28,8 @@ pub struct SchedulerConfig {
     pub max_message_bytes: usize,
     /// Workers tried for one request before giving up (failed or unreachable workers).
     pub dispatch_attempts: u32,
+    /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
+    pub profiles: Vec<crate::profile::ProfileConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -40,6 +42,7 @@ impl Default for SchedulerConfig {
             worker_forget_after_ms: 10 * 60 * 1000,
             max_message_bytes: 64 * 1024 * 1024,
             dispatch_attempts: 3,
+            profiles: crate::profile::builtin(),
         }
     }
 }
@@ -50,6 +53,8 @@ pub enum ConfigError {
     Read(String, std::io::Error),
     #[error("invalid config {0}: {1}")]
     Parse(String, String),
+    #[error("invalid config: {0}")]
+    Profiles(String),
     #[error("invalid config: {field} {problem}")]
     Invalid {
         field: &'static str,
@@ -89,6 +94,7 @@ impl SchedulerConfig {
         if self.max_message_bytes < 1024 {
             return invalid("max_message_bytes", "must be at least 1024");
         }
+        crate::profile::Profiles::build(&self.profiles).map_err(ConfigError::Profiles)?;
         Ok(())
     }
 

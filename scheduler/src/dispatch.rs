@@ -1,7 +1,6 @@
 //! Sending a request to a worker: pick one, forward, and on a worker failure retry on
 //! another within the client's deadline.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +9,99 @@ use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use crate::framework::{Code as FrameworkCode, CycleState, ProviderChoice, RequestInfo};
+use crate::profile::Profiles;
 use crate::registry::{Lookup, Registry};
-use crate::routing::least_in_flight;
 use crate::stats::Stats;
 
 pub struct Dispatcher {
     pub registry: Arc<Registry>,
     pub stats: Arc<Stats>,
+    profiles: Profiles,
     attempts: u32,
     rotation: AtomicUsize,
+}
+
+/// Request parameters (OIP `parameters`) that steer scheduling.
+pub const PROFILE_PARAMETER: &str = "localml.profile";
+pub const PROVIDER_PARAMETER: &str = "localml.provider";
+pub const SELECTOR_PARAMETER: &str = "localml.selector";
+pub const PRIORITY_PARAMETER: &str = "localml.priority";
+pub const TENANT_PARAMETER: &str = "localml.tenant";
+
+fn string_parameter(request: &ModelInferRequest, key: &str) -> Result<Option<String>, Status> {
+    use localml_proto::inference::infer_parameter::ParameterChoice;
+    match request
+        .parameters
+        .get(key)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Status::invalid_argument(format!(
+            "parameter '{key}' must be a string"
+        ))),
+    }
+}
+
+/// Reads the scheduling parameters of a request; errors name the parameter.
+pub fn request_info(
+    request: &ModelInferRequest,
+    version: &str,
+) -> Result<(String, RequestInfo), Status> {
+    use localml_proto::inference::infer_parameter::ParameterChoice;
+    let profile = string_parameter(request, PROFILE_PARAMETER)?.unwrap_or_default();
+    let provider = match string_parameter(request, PROVIDER_PARAMETER)?.as_deref() {
+        None | Some("any") => ProviderChoice::Any,
+        Some("gpu") => ProviderChoice::Gpu,
+        Some("cpu") => ProviderChoice::Cpu,
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+                "parameter '{PROVIDER_PARAMETER}' is '{other}'; expected gpu, cpu or any"
+            )))
+        }
+    };
+    let mut selector = Vec::new();
+    if let Some(text) = string_parameter(request, SELECTOR_PARAMETER)? {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+                return Err(Status::invalid_argument(format!(
+                    "parameter '{SELECTOR_PARAMETER}' has '{pair}'; expected key=value pairs separated by commas"
+                )));
+            };
+            selector.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let priority = match request
+        .parameters
+        .get(PRIORITY_PARAMETER)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => 0,
+        Some(ParameterChoice::Int64Param(p)) => *p,
+        Some(ParameterChoice::StringParam(s)) => s.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "parameter '{PRIORITY_PARAMETER}' is '{s}'; expected an integer"
+            ))
+        })?,
+        Some(_) => {
+            return Err(Status::invalid_argument(format!(
+                "parameter '{PRIORITY_PARAMETER}' must be an integer"
+            )))
+        }
+    };
+    let tenant = string_parameter(request, TENANT_PARAMETER)?.unwrap_or_default();
+    Ok((
+        profile,
+        RequestInfo {
+            model: request.model_name.clone(),
+            version: version.to_string(),
+            provider,
+            selector,
+            priority,
+            tenant,
+        },
+    ))
 }
 
 /// Decrements a worker's dispatched count however the request ends.
@@ -79,10 +162,16 @@ pub fn lookup_error(model: &str, version: &str, lookup: Lookup) -> Status {
 }
 
 impl Dispatcher {
-    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>, attempts: u32) -> Dispatcher {
+    pub fn new(
+        registry: Arc<Registry>,
+        stats: Arc<Stats>,
+        profiles: Profiles,
+        attempts: u32,
+    ) -> Dispatcher {
         Dispatcher {
             registry,
             stats,
+            profiles,
             attempts,
             rotation: AtomicUsize::new(0),
         }
@@ -103,53 +192,89 @@ impl Dispatcher {
         result
     }
 
+    /// Queue -> PreFilter/Filter/Score over a fresh snapshot -> Reserve -> Bind
+    /// (forward). A worker failure unreserves and re-enters the cycle without that worker.
     async fn infer_with_retries(
         &self,
         request: ModelInferRequest,
         deadline: Option<Instant>,
     ) -> Result<ModelInferResponse, Status> {
-        let mut tried: HashSet<String> = HashSet::new();
+        let (profile_name, _) = request_info(&request, "")?;
+        let profile = self.profiles.get(&profile_name).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "parameter '{PROFILE_PARAMETER}' names unknown profile '{profile_name}' (profiles: {})",
+                self.profiles.names().join(", ")
+            ))
+        })?;
+        let mut tried: Vec<String> = Vec::new();
         let mut last_error: Option<Status> = None;
         for _ in 0..self.attempts {
-            let candidates = match self
+            let (version, snapshot, handles) = match self
                 .registry
-                .lookup(&request.model_name, &request.model_version)
+                .snapshot(&request.model_name, &request.model_version)
             {
-                Lookup::Found(c) => c,
-                other if last_error.is_none() => {
+                Ok(found) => found,
+                Err(lookup) if last_error.is_none() => {
                     return Err(lookup_error(
                         &request.model_name,
                         &request.model_version,
-                        other,
+                        lookup,
                     ))
                 }
-                _ => break,
+                Err(_) => break,
             };
-            let loads: Vec<(u32, bool)> = candidates
+            let (_, info) = request_info(&request, &version)?;
+            let excluded: Vec<usize> = handles
                 .iter()
-                .map(|c| (c.dispatched.load(Ordering::Relaxed), tried.contains(&c.id)))
+                .enumerate()
+                .filter(|(_, h)| tried.contains(&h.id))
+                .map(|(i, _)| i)
                 .collect();
+            let mut state = CycleState::default();
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-            let Some(index) = least_in_flight(&loads, rotation) else {
-                break;
+            let decision = match profile.schedule(&mut state, &info, &snapshot, &excluded, rotation)
+            {
+                Ok(d) => d,
+                Err(rejection) if last_error.is_none() => {
+                    return Err(match rejection.code {
+                        FrameworkCode::UnschedulableAndUnresolvable => {
+                            Status::failed_precondition(format!(
+                                "model '{}' version {version}: {}",
+                                info.model, rejection.message
+                            ))
+                        }
+                        _ => Status::unavailable(format!(
+                            "model '{}' version {version}: {}",
+                            info.model, rejection.message
+                        )),
+                    })
+                }
+                Err(_) => break,
             };
-            let chosen = &candidates[index];
-            tried.insert(chosen.id.clone());
+            let chosen = &handles[decision.worker];
+            tried.push(chosen.id.clone());
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));
             let mut forwarded = tonic::Request::new(request.clone());
             if let Some(deadline) = deadline {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
+                    profile.unreserve(&mut state, &info, &snapshot.workers[decision.worker]);
                     break;
                 }
                 forwarded.set_timeout(remaining.max(Duration::from_millis(1)));
             }
             let mut client = chosen.client.clone();
+            let sent = Instant::now();
             match client.model_infer(forwarded).await {
-                Ok(response) => return Ok(response.into_inner()),
+                Ok(response) => {
+                    let ms = sent.elapsed().as_secs_f64() * 1e3;
+                    chosen.observe_latency(&info.model, &version, ms, self.registry.now_ms());
+                    return Ok(response.into_inner());
+                }
                 Err(status) if worker_failed(&status) => {
                     tracing::warn!(worker = %chosen.name, code = ?status.code(), message = status.message(), "dispatch failed; trying another worker");
+                    profile.unreserve(&mut state, &info, &snapshot.workers[decision.worker]);
                     if unreachable(&status) {
                         self.registry.mark_unreachable(&chosen.id, status.message());
                     }

@@ -37,10 +37,18 @@ mod tests {
         e.observe(50.0, 100);
         assert_eq!(e.value_ms, 50.0, "a slower sample is taken at once");
         e.observe(10.0, 200);
-        assert!(e.value_ms > 49.0, "100 ms later the peak is mostly kept: {}", e.value_ms);
+        assert!(
+            e.value_ms > 49.0,
+            "100 ms later the peak is mostly kept: {}",
+            e.value_ms
+        );
         for t in 1..=10 {
             e.observe(10.0, 200 + t * 10_000);
         }
-        assert!((e.value_ms - 10.0).abs() < 0.5, "after 100 s it is back near 10: {}", e.value_ms);
+        assert!(
+            (e.value_ms - 10.0).abs() < 0.5,
+            "after 100 s it is back near 10: {}",
+            e.value_ms
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`config`]: the scheduler's YAML config.
 //! - [`registry`]: workers, leases and node-lifecycle states; lookups for routing.
-//! - [`routing`]: the routing policy (pure).
+//! - [`framework`]: the scheduling framework's contracts and runtime (no I/O).
+//! - [`plugins`]: the scheduling plugins; [`profile`]: profiles from the config.
+//! - [`estimator`]: peak-EWMA latency per worker and model.
 //! - [`dispatch`]: forwarding to a worker with retries within the client's deadline.
 //! - [`inference`]: the client-facing `GRPCInferenceService`.
 //! - [`cluster`]: the worker-facing cluster API and the admin API.
@@ -20,8 +22,8 @@ pub mod estimator;
 pub mod framework;
 pub mod inference;
 pub mod plugins;
+pub mod profile;
 pub mod registry;
-pub mod routing;
 pub mod size_limit;
 pub mod stats;
 
@@ -65,9 +67,12 @@ pub async fn run(
     config.validate()?;
     let registry = Arc::new(Registry::new(config.max_message_bytes));
     let stats = Arc::new(stats::Stats::default());
+    let profiles =
+        profile::Profiles::build(&config.profiles).map_err(config::ConfigError::Profiles)?;
     let dispatcher = Arc::new(dispatch::Dispatcher::new(
         Arc::clone(&registry),
         stats,
+        profiles,
         config.dispatch_attempts,
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);

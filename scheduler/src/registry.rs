@@ -4,13 +4,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use localml_proto::localml::v1 as pb;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::estimator::PeakEwma;
+use crate::framework::{ModelOnWorker, PowerSource, Snapshot, WorkerInfo};
 
 pub type WorkerClient = GrpcInferenceServiceClient<Channel>;
 
@@ -43,6 +46,8 @@ struct WorkerEntry {
     dispatched: Arc<AtomicU32>,
     /// What routing needs; `None` while the worker's address is unusable.
     handle: Option<Arc<Candidate>>,
+    /// An operator cordoned it (kept across rejoins under the same name).
+    cordoned: bool,
 }
 
 /// A worker that can take a request now: what dispatch needs, shared so a lookup only
@@ -53,6 +58,29 @@ pub struct Candidate {
     /// Requests this scheduler has dispatched to the worker and not yet seen answered.
     pub dispatched: Arc<AtomicU32>,
     pub client: WorkerClient,
+    /// Scheduler-observed latency per "model:version".
+    latency: Mutex<HashMap<String, PeakEwma>>,
+}
+
+fn latency_key(model: &str, version: &str) -> String {
+    format!("{model}:{version}")
+}
+
+impl Candidate {
+    /// Records the latency of a request this worker answered.
+    pub fn observe_latency(&self, model: &str, version: &str, sample_ms: f64, now_ms: u64) {
+        let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(latency_key(model, version))
+            .or_default()
+            .observe(sample_ms, now_ms);
+    }
+
+    fn peak_ewma_ms(&self, model: &str, version: &str) -> f64 {
+        let map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&latency_key(model, version))
+            .map(|e| e.value_ms)
+            .unwrap_or(0.0)
+    }
 }
 
 /// Result of looking a model up for routing.
@@ -74,6 +102,8 @@ pub struct Registry {
     workers: RwLock<HashMap<String, WorkerEntry>>,
     next_id: AtomicU64,
     max_message_bytes: usize,
+    /// Origin of the snapshot clock.
+    epoch: Instant,
 }
 
 fn version_key(v: &str) -> (u64, String) {
@@ -86,6 +116,7 @@ impl Registry {
             workers: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_message_bytes,
+            epoch: Instant::now(),
         }
     }
 
@@ -121,6 +152,7 @@ impl Registry {
             name: status.name.clone(),
             dispatched: Arc::clone(dispatched),
             client,
+            latency: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -138,6 +170,9 @@ impl Registry {
             (Some(_), false) => (WorkerState::Ready, String::new()),
         };
         let mut workers = self.write();
+        let cordoned = workers
+            .values()
+            .any(|w| w.status.name == status.name && w.cordoned);
         workers.retain(|_, w| w.status.name != status.name);
         tracing::info!(worker = %status.name, id = %id, address = %status.inference_address, "worker joined");
         workers.insert(
@@ -150,6 +185,7 @@ impl Registry {
                 last_report: now,
                 dispatched,
                 handle,
+                cordoned,
             },
         );
         id
@@ -306,6 +342,137 @@ impl Registry {
         Lookup::NoReadyWorker { details }
     }
 
+    /// Cordons or uncordons the worker named `name`; false if unknown.
+    pub fn set_cordon(&self, name: &str, cordoned: bool) -> bool {
+        let mut workers = self.write();
+        let mut found = false;
+        for w in workers.values_mut().filter(|w| w.status.name == name) {
+            tracing::info!(worker = name, cordoned, "cordon changed");
+            w.cordoned = cordoned;
+            found = true;
+        }
+        found
+    }
+
+    /// Milliseconds since the registry started (the snapshot clock).
+    pub fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
+    }
+
+    /// The snapshot a scheduling cycle for `model` runs on: every worker that has the
+    /// version loaded, schedulable or not (so a rejection can say why), with the handles
+    /// to dispatch to by snapshot index. The version is resolved as in [`Self::lookup`];
+    /// `Err` says why there is nothing to decide on.
+    pub fn snapshot(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> Result<(String, Snapshot, Vec<Arc<Candidate>>), Lookup> {
+        let workers = self.read();
+        let ready = |w: &&WorkerEntry| w.state == WorkerState::Ready && w.handle.is_some();
+        let newest_among = |only_ready: bool| {
+            workers
+                .values()
+                .filter(|w| !only_ready || ready(w))
+                .flat_map(|w| w.status.models.iter())
+                .filter(|m| m.name == model)
+                .max_by_key(|m| (m.version.parse::<u64>().unwrap_or(0), &m.version))
+                .map(|m| m.version.clone())
+        };
+        let resolved = if version.is_empty() {
+            newest_among(true).or_else(|| newest_among(false))
+        } else {
+            Some(version.to_string())
+        };
+        let resolved = match resolved {
+            Some(v)
+                if workers.values().any(|w| {
+                    w.status
+                        .models
+                        .iter()
+                        .any(|m| m.name == model && m.version == v)
+                }) =>
+            {
+                v
+            }
+            _ => {
+                drop(workers);
+                return Err(self.lookup(model, version));
+            }
+        };
+        let now_ms = self.now_ms();
+        let mut infos = Vec::new();
+        let mut handles = Vec::new();
+        for w in workers.values() {
+            let Some(handle) = &w.handle else { continue };
+            if !w
+                .status
+                .models
+                .iter()
+                .any(|m| m.name == model && m.version == resolved)
+            {
+                continue;
+            }
+            let (schedulable, reason) = match (w.state, w.cordoned) {
+                (WorkerState::Ready, false) => (true, String::new()),
+                (WorkerState::Ready, true) => (false, "cordoned".to_string()),
+                (state, _) => (false, format!("{state:?}: {}", w.reason)),
+            };
+            let power = w.status.power.clone().unwrap_or_default();
+            infos.push(WorkerInfo {
+                index: infos.len(),
+                name: w.status.name.clone(),
+                schedulable,
+                unschedulable_reason: reason,
+                labels: w
+                    .status
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                ram_total_bytes: w.status.ram_total_bytes,
+                ram_free_bytes: w.status.ram_free_bytes,
+                gpu_free_bytes: w.status.gpus.iter().map(|g| g.memory_free_bytes).sum(),
+                power: match pb::PowerSource::try_from(power.source) {
+                    Ok(pb::PowerSource::Mains) => PowerSource::Mains,
+                    Ok(pb::PowerSource::Battery) => PowerSource::Battery,
+                    Ok(pb::PowerSource::Ups) => PowerSource::Ups,
+                    _ => PowerSource::Unknown,
+                },
+                battery_percent: power.battery_percent,
+                models: w
+                    .status
+                    .models
+                    .iter()
+                    .filter(|m| m.name == model && m.version == resolved)
+                    .map(|m| ModelOnWorker {
+                        name: m.name.clone(),
+                        version: m.version.clone(),
+                        on_gpu: m.execution_provider != "CPUExecutionProvider",
+                        memory_bytes: m.memory_bytes,
+                        queue_depth: m.queue_depth,
+                        in_flight: m.in_flight,
+                        instances: m.instances,
+                        reported_latency_ms: m.latency_ewma_ms,
+                    })
+                    .collect(),
+                dispatched: w.dispatched.load(Ordering::Relaxed),
+                peak_ewma_ms: handle.peak_ewma_ms(model, &resolved),
+            });
+            handles.push(Arc::clone(handle));
+        }
+        Ok((
+            resolved,
+            Snapshot {
+                workers: infos,
+                now_ms,
+            },
+            handles,
+        ))
+    }
+
     /// The newest report of a model version (any worker), with every version known.
     pub fn model(&self, model: &str, version: &str) -> Option<(pb::LoadedModel, Vec<String>)> {
         let workers = self.read();
@@ -349,6 +516,7 @@ impl Registry {
                 status: Some(w.status.clone()),
                 dispatched_in_flight: w.dispatched.load(Ordering::Relaxed),
                 last_report_age_ms: now.saturating_duration_since(w.last_report).as_millis() as u64,
+                cordoned: w.cordoned,
             })
             .collect();
         out.sort_by(|a, b| {

@@ -82,7 +82,9 @@ impl CycleState {
     }
 
     pub fn read<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.values.get(&TypeId::of::<T>()).and_then(|v| v.downcast_ref())
+        self.values
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref())
     }
 }
 
@@ -147,7 +149,9 @@ pub struct WorkerInfo {
 impl WorkerInfo {
     /// The model version a request wants, if loaded here.
     pub fn model(&self, request: &RequestInfo) -> Option<&ModelOnWorker> {
-        self.models.iter().find(|m| m.name == request.model && m.version == request.version)
+        self.models
+            .iter()
+            .find(|m| m.name == request.model && m.version == request.version)
     }
 }
 
@@ -183,7 +187,12 @@ pub trait Plugin: Send + Sync {
 
 /// Checks the request once per cycle before filtering.
 pub trait PreFilter: Plugin {
-    fn pre_filter(&self, state: &mut CycleState, request: &RequestInfo, snapshot: &Snapshot) -> Status;
+    fn pre_filter(
+        &self,
+        state: &mut CycleState,
+        request: &RequestInfo,
+        snapshot: &Snapshot,
+    ) -> Status;
 }
 
 /// Can this worker run the request?
@@ -193,12 +202,22 @@ pub trait Filter: Plugin {
 
 /// Runs when no worker passed Filter; may explain or prepare for a retry.
 pub trait PostFilter: Plugin {
-    fn post_filter(&self, state: &CycleState, request: &RequestInfo, rejected: &[(usize, Status)]) -> Status;
+    fn post_filter(
+        &self,
+        state: &CycleState,
+        request: &RequestInfo,
+        rejected: &[(usize, Status)],
+    ) -> Status;
 }
 
 /// Prepares scoring once per cycle, over the feasible workers.
 pub trait PreScore: Plugin {
-    fn pre_score(&self, state: &mut CycleState, request: &RequestInfo, feasible: &[&WorkerInfo]) -> Status;
+    fn pre_score(
+        &self,
+        state: &mut CycleState,
+        request: &RequestInfo,
+        feasible: &[&WorkerInfo],
+    ) -> Status;
 }
 
 /// Ranks a feasible worker (higher is better); `normalize` maps the raw scores of all
@@ -211,7 +230,8 @@ pub trait Score: Plugin {
 /// Claims resources on the chosen worker before binding; `unreserve` undoes it when
 /// binding fails.
 pub trait Reserve: Plugin {
-    fn reserve(&self, state: &mut CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status;
+    fn reserve(&self, state: &mut CycleState, request: &RequestInfo, worker: &WorkerInfo)
+        -> Status;
     fn unreserve(&self, state: &mut CycleState, request: &RequestInfo, worker: &WorkerInfo);
 }
 

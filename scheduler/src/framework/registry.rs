@@ -38,7 +38,11 @@ impl Registry {
         let factory = self.factories.get(name).ok_or_else(|| {
             format!(
                 "unknown plugin '{name}' (known: {})",
-                self.factories.keys().copied().collect::<Vec<_>>().join(", ")
+                self.factories
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
         factory(args)
@@ -61,8 +65,14 @@ mod tests {
     fn duplicates_and_unknown_names_are_errors() {
         let mut r = Registry::default();
         r.register("A", nothing).expect("first");
-        assert!(r.register("A", nothing).expect_err("duplicate").contains("twice"));
-        assert!(r.build("B", &serde_yaml::Value::Null).err().is_some_and(|e| e.contains("known: A")));
+        assert!(r
+            .register("A", nothing)
+            .expect_err("duplicate")
+            .contains("twice"));
+        assert!(r
+            .build("B", &serde_yaml::Value::Null)
+            .err()
+            .is_some_and(|e| e.contains("known: A")));
         assert!(r.build("A", &serde_yaml::Value::Null).is_ok());
     }
 }

@@ -77,7 +77,13 @@ impl Profile {
         let mut rejected: Vec<(usize, Status)> = Vec::new();
         'workers: for worker in &snapshot.workers {
             if excluded.contains(&worker.index) {
-                rejected.push((worker.index, with_plugin(Status::unschedulable("already tried for this request"), "Dispatch")));
+                rejected.push((
+                    worker.index,
+                    with_plugin(
+                        Status::unschedulable("already tried for this request"),
+                        "Dispatch",
+                    ),
+                ));
                 continue;
             }
             for f in &self.filters {
@@ -181,7 +187,9 @@ fn rejection(total: usize, rejected: &[(usize, Status)]) -> Rejection {
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut resolvable = false;
     for (_, status) in rejected {
-        *counts.entry((status.plugin.to_string(), status.reason.clone())).or_default() += 1;
+        *counts
+            .entry((status.plugin.to_string(), status.reason.clone()))
+            .or_default() += 1;
         resolvable |= status.code != Code::UnschedulableAndUnresolvable;
     }
     let parts: Vec<String> = counts
@@ -189,7 +197,11 @@ fn rejection(total: usize, rejected: &[(usize, Status)]) -> Rejection {
         .map(|((plugin, reason), n)| format!("{n} {plugin}: {reason}"))
         .collect();
     Rejection {
-        code: if resolvable { Code::Unschedulable } else { Code::UnschedulableAndUnresolvable },
+        code: if resolvable {
+            Code::Unschedulable
+        } else {
+            Code::UnschedulableAndUnresolvable
+        },
         message: format!("0/{total} workers are available: {}", parts.join("; ")),
     }
 }
@@ -267,12 +279,24 @@ mod tests {
     #[test]
     fn filter_then_highest_weighted_score() {
         let d = profile()
-            .schedule(&mut CycleState::default(), &RequestInfo::default(), &snapshot(5), &[], 0)
+            .schedule(
+                &mut CycleState::default(),
+                &RequestInfo::default(),
+                &snapshot(5),
+                &[],
+                0,
+            )
             .expect("a worker fits");
         assert_eq!(d.worker, 4);
         assert_eq!(d.score, 2 * MAX_SCORE);
         let d = profile()
-            .schedule(&mut CycleState::default(), &RequestInfo::default(), &snapshot(5), &[4], 0)
+            .schedule(
+                &mut CycleState::default(),
+                &RequestInfo::default(),
+                &snapshot(5),
+                &[4],
+                0,
+            )
             .expect("excluding the best leaves others");
         assert_eq!(d.worker, 2);
     }
@@ -280,17 +304,37 @@ mod tests {
     #[test]
     fn rejection_summarises_reasons_and_code() {
         let r = profile()
-            .schedule(&mut CycleState::default(), &RequestInfo::default(), &snapshot(2), &[0], 0)
+            .schedule(
+                &mut CycleState::default(),
+                &RequestInfo::default(),
+                &snapshot(2),
+                &[0],
+                0,
+            )
             .expect_err("nothing fits");
-        assert_eq!(r.code, Code::Unschedulable, "the excluded worker may fit later");
-        assert!(r.message.starts_with("0/2 workers are available"), "{}", r.message);
+        assert_eq!(
+            r.code,
+            Code::Unschedulable,
+            "the excluded worker may fit later"
+        );
+        assert!(
+            r.message.starts_with("0/2 workers are available"),
+            "{}",
+            r.message
+        );
         assert!(r.message.contains("1 Even: odd worker"), "{}", r.message);
         let one_odd = Snapshot {
             workers: snapshot(2).workers.split_off(1),
             now_ms: 0,
         };
         let r = profile()
-            .schedule(&mut CycleState::default(), &RequestInfo::default(), &one_odd, &[], 0)
+            .schedule(
+                &mut CycleState::default(),
+                &RequestInfo::default(),
+                &one_odd,
+                &[],
+                0,
+            )
             .expect_err("nothing fits");
         assert_eq!(r.code, Code::UnschedulableAndUnresolvable);
     }
@@ -303,9 +347,15 @@ mod tests {
         };
         let picks: Vec<usize> = (0..3)
             .map(|t| {
-                flat.schedule(&mut CycleState::default(), &RequestInfo::default(), &snapshot(3), &[], t)
-                    .expect("fits")
-                    .worker
+                flat.schedule(
+                    &mut CycleState::default(),
+                    &RequestInfo::default(),
+                    &snapshot(3),
+                    &[],
+                    t,
+                )
+                .expect("fits")
+                .worker
             })
             .collect();
         assert_eq!(picks, vec![0, 1, 2]);

@@ -20,8 +20,12 @@ impl Filter for ExecutionProvider {
     fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
         let on_gpu = worker.model(request).is_some_and(|m| m.on_gpu);
         match (request.provider, on_gpu) {
-            (ProviderChoice::Gpu, false) => Status::unresolvable("the model runs on CPU here; the request asks for gpu"),
-            (ProviderChoice::Cpu, true) => Status::unresolvable("the model runs on GPU here; the request asks for cpu"),
+            (ProviderChoice::Gpu, false) => {
+                Status::unresolvable("the model runs on CPU here; the request asks for gpu")
+            }
+            (ProviderChoice::Cpu, true) => {
+                Status::unresolvable("the model runs on GPU here; the request asks for cpu")
+            }
             _ => Status::success(),
         }
     }
@@ -62,14 +66,42 @@ mod tests {
         check_filter(
             &ExecutionProvider,
             vec![
-                ("any on cpu", wants(ProviderChoice::Any), worker(0), Code::Success),
-                ("any on gpu", wants(ProviderChoice::Any), gpu.clone(), Code::Success),
-                ("gpu on cpu", wants(ProviderChoice::Gpu), worker(0), Code::UnschedulableAndUnresolvable),
-                ("gpu on gpu", wants(ProviderChoice::Gpu), gpu.clone(), Code::Success),
-                ("cpu on gpu", wants(ProviderChoice::Cpu), gpu.clone(), Code::UnschedulableAndUnresolvable),
+                (
+                    "any on cpu",
+                    wants(ProviderChoice::Any),
+                    worker(0),
+                    Code::Success,
+                ),
+                (
+                    "any on gpu",
+                    wants(ProviderChoice::Any),
+                    gpu.clone(),
+                    Code::Success,
+                ),
+                (
+                    "gpu on cpu",
+                    wants(ProviderChoice::Gpu),
+                    worker(0),
+                    Code::UnschedulableAndUnresolvable,
+                ),
+                (
+                    "gpu on gpu",
+                    wants(ProviderChoice::Gpu),
+                    gpu.clone(),
+                    Code::Success,
+                ),
+                (
+                    "cpu on gpu",
+                    wants(ProviderChoice::Cpu),
+                    gpu.clone(),
+                    Code::UnschedulableAndUnresolvable,
+                ),
             ],
         );
         let s = CycleState::default();
-        assert!(ExecutionProvider.score(&s, &request(), &gpu) > ExecutionProvider.score(&s, &request(), &worker(0)));
+        assert!(
+            ExecutionProvider.score(&s, &request(), &gpu)
+                > ExecutionProvider.score(&s, &request(), &worker(0))
+        );
     }
 }

@@ -45,17 +45,40 @@ mod tests {
         gpu.labels.insert("gpu".into(), "nvidia".into());
         gpu.labels.insert("site".into(), "library".into());
         let select = |pairs: &[(&str, &str)]| RequestInfo {
-            selector: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            selector: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..request()
         };
         check_filter(
             &Labels,
             vec![
                 ("no selector", request(), gpu.clone(), Code::Success),
-                ("one match", select(&[("gpu", "nvidia")]), gpu.clone(), Code::Success),
-                ("two match", select(&[("gpu", "nvidia"), ("site", "library")]), gpu.clone(), Code::Success),
-                ("value differs", select(&[("gpu", "amd")]), gpu.clone(), Code::UnschedulableAndUnresolvable),
-                ("label missing", select(&[("site", "library")]), worker(1), Code::UnschedulableAndUnresolvable),
+                (
+                    "one match",
+                    select(&[("gpu", "nvidia")]),
+                    gpu.clone(),
+                    Code::Success,
+                ),
+                (
+                    "two match",
+                    select(&[("gpu", "nvidia"), ("site", "library")]),
+                    gpu.clone(),
+                    Code::Success,
+                ),
+                (
+                    "value differs",
+                    select(&[("gpu", "amd")]),
+                    gpu.clone(),
+                    Code::UnschedulableAndUnresolvable,
+                ),
+                (
+                    "label missing",
+                    select(&[("site", "library")]),
+                    worker(1),
+                    Code::UnschedulableAndUnresolvable,
+                ),
             ],
         );
     }

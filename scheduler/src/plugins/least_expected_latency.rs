@@ -22,7 +22,9 @@ pub struct Args {
 
 impl Default for Args {
     fn default() -> Self {
-        Args { default_latency_ms: 1.0 }
+        Args {
+            default_latency_ms: 1.0,
+        }
     }
 }
 
@@ -72,7 +74,10 @@ impl Score for LeastExpectedLatency {
 pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
     let args: Args = crate::plugins::args(value)?;
     if !(args.default_latency_ms > 0.0) {
-        return Err(format!("default_latency_ms must be positive, got {}", args.default_latency_ms));
+        return Err(format!(
+            "default_latency_ms must be positive, got {}",
+            args.default_latency_ms
+        ));
     }
     Ok(Built {
         score: Some(Arc::new(LeastExpectedLatency { args })),
@@ -95,7 +100,9 @@ mod tests {
 
     #[test]
     fn expected_completion_table() {
-        let p = LeastExpectedLatency { args: Args::default() };
+        let p = LeastExpectedLatency {
+            args: Args::default(),
+        };
         // (case, worker, expected microseconds)
         let cases = [
             ("idle fast", with(2.0, 0, 1), 2_000.0),
@@ -110,12 +117,18 @@ mod tests {
         let mut reported = with(0.0, 0, 1);
         reported.models[0].reported_latency_ms = 5.0;
         reported.models[0].queue_depth = 1;
-        assert_eq!(p.expected_us(&request(), &reported), 10_000.0, "worker's own figures");
+        assert_eq!(
+            p.expected_us(&request(), &reported),
+            10_000.0,
+            "worker's own figures"
+        );
     }
 
     #[test]
     fn normalize_gives_proportional_scores() {
-        let p = LeastExpectedLatency { args: Args::default() };
+        let p = LeastExpectedLatency {
+            args: Args::default(),
+        };
         let mut scores = vec![2_000, 8_000, 4_000];
         p.normalize(&CycleState::default(), &mut scores);
         assert_eq!(scores, vec![100, 25, 50]);
@@ -124,7 +137,9 @@ mod tests {
     #[test]
     fn four_times_faster_gets_about_four_times_the_work() {
         // Greedy assignment of 100 requests by expected completion, no completions.
-        let p = LeastExpectedLatency { args: Args::default() };
+        let p = LeastExpectedLatency {
+            args: Args::default(),
+        };
         let mut workers = [with(1.0, 0, 1), with(4.0, 0, 1)];
         for _ in 0..100 {
             let pick = (0..2)
@@ -136,6 +151,9 @@ mod tests {
             workers[pick].dispatched += 1;
         }
         let (fast, slow) = (workers[0].dispatched, workers[1].dispatched);
-        assert!((78..=82).contains(&fast) && fast + slow == 100, "fast {fast}, slow {slow}");
+        assert!(
+            (78..=82).contains(&fast) && fast + slow == 100,
+            "fast {fast}, slow {slow}"
+        );
     }
 }

@@ -20,7 +20,9 @@ pub struct Args {
 
 impl Default for Args {
     fn default() -> Self {
-        Args { headroom_percent: 5.0 }
+        Args {
+            headroom_percent: 5.0,
+        }
     }
 }
 
@@ -68,7 +70,10 @@ impl Score for MemoryFit {
 pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
     let args: Args = crate::plugins::args(value)?;
     if !(0.0..100.0).contains(&args.headroom_percent) {
-        return Err(format!("headroom_percent must be in [0, 100), got {}", args.headroom_percent));
+        return Err(format!(
+            "headroom_percent must be in [0, 100), got {}",
+            args.headroom_percent
+        ));
     }
     let plugin = Arc::new(MemoryFit { args });
     Ok(Built {
@@ -85,7 +90,9 @@ mod tests {
 
     #[test]
     fn table() {
-        let plugin = MemoryFit { args: Args::default() };
+        let plugin = MemoryFit {
+            args: Args::default(),
+        };
         let with_free = |free_gib: u64, total_gib: u64| {
             let mut w = worker(0);
             w.ram_free_bytes = free_gib << 30;
@@ -113,7 +120,9 @@ mod tests {
 
     #[test]
     fn bad_args_are_named() {
-        let err = build(&serde_yaml::from_str("{headroom: 5}").expect("yaml")).err().expect("unknown key");
+        let err = build(&serde_yaml::from_str("{headroom: 5}").expect("yaml"))
+            .err()
+            .expect("unknown key");
         assert!(err.contains("headroom"), "{err}");
         assert!(build(&serde_yaml::from_str("{headroom_percent: 150}").expect("yaml")).is_err());
     }

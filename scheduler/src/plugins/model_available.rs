@@ -24,7 +24,10 @@ impl Filter for ModelAvailable {
         if worker.model(request).is_some() {
             Status::success()
         } else {
-            Status::unresolvable(format!("model {} version {} is not loaded", request.model, request.version))
+            Status::unresolvable(format!(
+                "model {} version {} is not loaded",
+                request.model, request.version
+            ))
         }
     }
 }
@@ -55,8 +58,18 @@ mod tests {
             &ModelAvailable,
             vec![
                 ("loaded", request(), worker(0), Code::Success),
-                ("other version", other_version, worker(0), Code::UnschedulableAndUnresolvable),
-                ("other model", other_model, worker(0), Code::UnschedulableAndUnresolvable),
+                (
+                    "other version",
+                    other_version,
+                    worker(0),
+                    Code::UnschedulableAndUnresolvable,
+                ),
+                (
+                    "other model",
+                    other_model,
+                    worker(0),
+                    Code::UnschedulableAndUnresolvable,
+                ),
             ],
         );
     }

@@ -164,11 +164,36 @@ mod tests {
         check_filter(
             &plugin,
             vec![
-                ("mains", request(), on(PowerSource::Mains, Some(5.0)), Code::Success),
-                ("battery ok", request(), on(PowerSource::Battery, Some(60.0)), Code::Success),
-                ("battery critical", request(), on(PowerSource::Battery, Some(9.0)), Code::Unschedulable),
-                ("battery unknown charge", request(), on(PowerSource::Battery, None), Code::Success),
-                ("ups", request(), on(PowerSource::Ups, Some(5.0)), Code::Success),
+                (
+                    "mains",
+                    request(),
+                    on(PowerSource::Mains, Some(5.0)),
+                    Code::Success,
+                ),
+                (
+                    "battery ok",
+                    request(),
+                    on(PowerSource::Battery, Some(60.0)),
+                    Code::Success,
+                ),
+                (
+                    "battery critical",
+                    request(),
+                    on(PowerSource::Battery, Some(9.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "battery unknown charge",
+                    request(),
+                    on(PowerSource::Battery, None),
+                    Code::Success,
+                ),
+                (
+                    "ups",
+                    request(),
+                    on(PowerSource::Ups, Some(5.0)),
+                    Code::Success,
+                ),
             ],
         );
     }
@@ -197,10 +222,10 @@ mod tests {
         // (time, reported, expected score)
         let steps = [
             (0, &mains, 100),
-            (100, &ups, 50),    // grid fails: at once
-            (200, &mains, 50),  // back on mains: not yet
-            (300, &ups, 50),    // flaps again
-            (400, &mains, 50),  // recovery starts over
+            (100, &ups, 50),   // grid fails: at once
+            (200, &mains, 50), // back on mains: not yet
+            (300, &ups, 50),   // flaps again
+            (400, &mains, 50), // recovery starts over
             (2_300, &mains, 50),
             (2_400, &mains, 100), // held 2 s
         ];
