@@ -218,7 +218,7 @@ mod tests {
     }
     impl Filter for Even {
         fn filter(&self, _: &CycleState, _: &RequestInfo, w: &WorkerInfo) -> Status {
-            if w.index % 2 == 0 {
+            if w.index.is_multiple_of(2) {
                 Status::success()
             } else {
                 Status::unresolvable("odd worker")

@@ -73,7 +73,7 @@ impl Score for LeastExpectedLatency {
 
 pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
     let args: Args = crate::plugins::args(value)?;
-    if !(args.default_latency_ms > 0.0) {
+    if args.default_latency_ms.is_nan() || args.default_latency_ms <= 0.0 {
         return Err(format!(
             "default_latency_ms must be positive, got {}",
             args.default_latency_ms
