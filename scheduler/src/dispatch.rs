@@ -252,6 +252,7 @@ impl Dispatcher {
                 Err(_) => break,
             };
             let chosen = &handles[decision.worker];
+            tracing::debug!(worker = %chosen.name, score = decision.score, profile = %profile.name, "scheduled");
             tried.push(chosen.id.clone());
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));

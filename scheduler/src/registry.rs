@@ -75,10 +75,10 @@ impl Candidate {
             .observe(sample_ms, now_ms);
     }
 
-    fn peak_ewma_ms(&self, model: &str, version: &str) -> f64 {
+    fn peak_ewma_ms(&self, model: &str, version: &str, now_ms: u64) -> f64 {
         let map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&latency_key(model, version))
-            .map(|e| e.value_ms)
+            .and_then(|e| e.fresh_estimate(now_ms, crate::estimator::STALE_MS))
             .unwrap_or(0.0)
     }
 }
@@ -459,7 +459,7 @@ impl Registry {
                     })
                     .collect(),
                 dispatched: w.dispatched.load(Ordering::Relaxed),
-                peak_ewma_ms: handle.peak_ewma_ms(model, &resolved),
+                peak_ewma_ms: handle.peak_ewma_ms(model, &resolved, now_ms),
             });
             handles.push(Arc::clone(handle));
         }

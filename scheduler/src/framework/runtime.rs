@@ -140,6 +140,7 @@ impl Profile {
             }
         }
         let chosen = feasible[best];
+        tracing::trace!(?totals, names = ?feasible.iter().map(|w| &w.name).collect::<Vec<_>>(), "scores");
         for (i, r) in self.reserves.iter().enumerate() {
             let status = r.reserve(state, request, chosen);
             if !status.is_success() {

@@ -1,0 +1,303 @@
+//! The scheduling framework with real processes: heterogeneous speed, power state,
+//! cordon, label selectors, profiles and provider requests.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use localml_cli::client::{self, Tensor};
+use localml_proto::inference::{
+    infer_parameter::ParameterChoice, InferParameter, ModelInferRequest,
+};
+use localml_proto::tensor::TensorData;
+use localml_tests::*;
+use tonic::Code;
+
+fn image_batch(batch: i64) -> ModelInferRequest {
+    let n = (batch * 3 * 32 * 32) as usize;
+    client::request(
+        "image_classifier",
+        "",
+        &[Tensor {
+            name: "image".into(),
+            shape: vec![batch, 3, 32, 32],
+            data: TensorData::Fp32((0..n).map(|i| (i % 7) as f32 / 7.0).collect()),
+        }],
+    )
+}
+
+fn with_param(mut request: ModelInferRequest, key: &str, value: &str) -> ModelInferRequest {
+    request.parameters.insert(
+        key.into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::StringParam(value.into())),
+        },
+    );
+    request
+}
+
+/// Sends `total` copies of `request` from `concurrency` tasks; counts who served them.
+async fn served_by(
+    scheduler: &Scheduler,
+    request: &ModelInferRequest,
+    total: usize,
+    concurrency: usize,
+) -> HashMap<String, usize> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (mut c, next, request) = (scheduler.inference().await, next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut names = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                let response = c
+                    .model_infer(request.clone())
+                    .await
+                    .expect("served")
+                    .into_inner();
+                names.push(client::served_by(&response).expect("worker"));
+            }
+            names
+        }));
+    }
+    let mut counts = HashMap::new();
+    for t in tasks {
+        for name in t.await.expect("task") {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faster_worker_serves_clearly_more() {
+    let scheduler = Scheduler::start();
+    let _fast = Worker::start("fast", &scheduler, &[]);
+    let _slow1 = Worker::start("slow1", &scheduler, &["--throttle", "4"]);
+    let _slow2 = Worker::start("slow2", &scheduler, &["--throttle", "4"]);
+    scheduler.wait_ready(&["fast", "slow1", "slow2"]).await;
+    // Batches of 8 so inference, which the throttle slows, outweighs the network.
+    let counts = served_by(&scheduler, &image_batch(8), 300, 6).await;
+    let get = |n: &str| counts.get(n).copied().unwrap_or(0);
+    eprintln!("served: {counts:?}");
+    assert_eq!(get("fast") + get("slow1") + get("slow2"), 300);
+    assert!(
+        get("fast") * 2 > get("slow1") * 3 && get("fast") * 2 > get("slow2") * 3,
+        "the fast worker serves clearly more: {counts:?}"
+    );
+}
+
+fn write_supply(root: &std::path::Path, name: &str, files: &[(&str, &str)]) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (file, value) in files {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, format!("{value}\n")).expect("write");
+        std::fs::rename(&tmp, dir.join(file)).expect("rename");
+    }
+}
+
+async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
+    scheduler.workers().await.into_iter().find_map(|w| {
+        w.status
+            .filter(|s| s.name == name)
+            .and_then(|s| s.power)
+            .map(|p| p.source)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_battery_stops_receiving_new_work_and_gets_it_back_on_mains() {
+    use localml_proto::localml::v1::PowerSource;
+    let sysfs = TempDir::new("sysfs-sched");
+    write_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
+    write_supply(
+        sysfs.path(),
+        "BAT0",
+        &[
+            ("type", "Battery"),
+            ("capacity", "70"),
+            ("status", "Charging"),
+        ],
+    );
+    let scheduler = Scheduler::start();
+    let root = sysfs.path().to_string_lossy().to_string();
+    let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
+    let _desktop = Worker::start("desktop", &scheduler, &[]);
+    scheduler.wait_ready(&["laptop", "desktop"]).await;
+    let request = image_batch(1);
+    let before = served_by(&scheduler, &request, 100, 4).await;
+    assert!(
+        before.get("laptop").copied().unwrap_or(0) > 10,
+        "on mains the laptop shares the work: {before:?}"
+    );
+
+    // The grid fails.
+    write_supply(sysfs.path(), "AC", &[("online", "0")]);
+    write_supply(
+        sysfs.path(),
+        "BAT0",
+        &[("capacity", "60"), ("status", "Discharging")],
+    );
+    let switched = wait_until(SOON, || async {
+        reported_power(&scheduler, "laptop").await == Some(PowerSource::Battery as i32)
+    })
+    .await;
+    assert!(switched, "battery reported");
+    // One at a time: the desktop always has capacity.
+    let on_battery = served_by(&scheduler, &request, 100, 1).await;
+    let laptop = on_battery.get("laptop").copied().unwrap_or(0);
+    assert!(
+        laptop <= 10,
+        "at most 10% of new work while on battery: {on_battery:?}"
+    );
+
+    // Mains returns; after the hysteresis the laptop gets work again.
+    write_supply(sysfs.path(), "AC", &[("online", "1")]);
+    write_supply(sysfs.path(), "BAT0", &[("status", "Charging")]);
+    let back = wait_until(SOON, || async {
+        // One at a time: the desktop always has capacity, so only power decides.
+        served_by(&scheduler, &request, 20, 1)
+            .await
+            .get("laptop")
+            .copied()
+            .unwrap_or(0)
+            > 2
+    })
+    .await;
+    assert!(back, "work returns to the laptop on mains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_worker_gets_nothing_new() {
+    let scheduler = Scheduler::start();
+    let _a = Worker::start("a", &scheduler, &[]);
+    let _b = Worker::start("b", &scheduler, &[]);
+    scheduler.wait_ready(&["a", "b"]).await;
+    let localml = |args: &[&str]| {
+        let out = Command::new(bin("localml"))
+            .args(args)
+            .args(["--server", &scheduler.addr])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    localml(&["cordon", "a"]);
+    assert!(localml(&["workers"])
+        .lines()
+        .any(|l| l.starts_with("a ") && l.contains("Cordoned")));
+    let counts = served_by(&scheduler, &image_batch(1), 60, 4).await;
+    assert_eq!(counts.get("a"), None, "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&60));
+    localml(&["uncordon", "a"]);
+    let counts = served_by(&scheduler, &image_batch(1), 60, 4).await;
+    assert!(counts.get("a").copied().unwrap_or(0) > 0, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_profiles_and_providers() {
+    let scheduler = Scheduler::start();
+    let _library = Worker::start("library", &scheduler, &["--labels", "site=library"]);
+    let _school = Worker::start("school", &scheduler, &["--labels", "site=school"]);
+    scheduler.wait_ready(&["library", "school"]).await;
+    let mut c = scheduler.inference().await;
+    let to_library = with_param(image_batch(1), "localml.selector", "site=library");
+    let counts = served_by(&scheduler, &to_library, 20, 2).await;
+    assert_eq!(counts.get("library"), Some(&20), "{counts:?}");
+    let energy = with_param(image_batch(1), "localml.profile", "energy-saver");
+    assert!(
+        c.model_infer(energy).await.is_ok(),
+        "the energy-saver profile serves"
+    );
+
+    let cases = [
+        (
+            "localml.selector",
+            "site=clinic",
+            Code::FailedPrecondition,
+            "0/2 workers are available",
+        ),
+        (
+            "localml.selector",
+            "site",
+            Code::InvalidArgument,
+            "localml.selector",
+        ),
+        (
+            "localml.profile",
+            "fastest",
+            Code::InvalidArgument,
+            "unknown profile 'fastest'",
+        ),
+        (
+            "localml.provider",
+            "gpu",
+            Code::FailedPrecondition,
+            "asks for gpu",
+        ),
+        (
+            "localml.provider",
+            "tpu",
+            Code::InvalidArgument,
+            "expected gpu, cpu or any",
+        ),
+    ];
+    for (key, value, code, fragment) in cases {
+        let status = c
+            .model_infer(with_param(image_batch(1), key, value))
+            .await
+            .expect_err(value);
+        assert_eq!(status.code(), code, "{key}={value}: {}", status.message());
+        assert!(
+            status.message().contains(fragment),
+            "{key}={value}: {}",
+            status.message()
+        );
+    }
+}
+
+#[test]
+fn an_invalid_profile_stops_the_scheduler_naming_the_field() {
+    let dir = TempDir::new("badprofile");
+    let config = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &config,
+        "profiles:\n  - name: default\n    plugins:\n      - {name: PowerState, args: {critical_percent: 10}}\n",
+    )
+    .expect("write");
+    let mut child = Command::new(bin("localml-scheduler"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the scheduler did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert!(!status.success());
+    assert!(stderr.contains("profiles[0].plugins[0].args"), "{stderr}");
+    assert!(stderr.contains("critical_percent"), "{stderr}");
+}
