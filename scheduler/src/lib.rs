@@ -24,6 +24,7 @@ pub mod inference;
 pub mod plugins;
 pub mod profile;
 pub mod registry;
+pub mod sim;
 pub mod size_limit;
 pub mod stats;
 

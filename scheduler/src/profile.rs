@@ -42,6 +42,17 @@ fn one() -> i64 {
 pub struct ProfileConfig {
     pub name: String,
     pub plugins: Vec<PluginConfig>,
+    /// Stop filtering once this many workers fit (0: all); see docs/scheduling.md.
+    #[serde(default = "default_max_feasible")]
+    pub max_feasible_workers: usize,
+}
+
+/// Enough choices for good placement (power-of-d-choices gains little past a few dozen),
+/// few enough for a decision in microseconds on 10,000 workers.
+pub const DEFAULT_MAX_FEASIBLE: usize = 32;
+
+fn default_max_feasible() -> usize {
+    DEFAULT_MAX_FEASIBLE
 }
 
 fn plugin(name: &str, weight: i64) -> PluginConfig {
@@ -74,17 +85,19 @@ pub fn builtin() -> Vec<ProfileConfig> {
     energy.extend([
         plugin(execution_provider::NAME, 3),
         plugin(memory_fit::NAME, 1),
-        plugin(power_state::NAME, 10),
-        plugin(least_expected_latency::NAME, 2),
+        plugin(power_state::NAME, 4),
+        plugin(least_expected_latency::NAME, 5),
     ]);
     vec![
         ProfileConfig {
             name: DEFAULT_PROFILE.into(),
             plugins: default,
+            max_feasible_workers: DEFAULT_MAX_FEASIBLE,
         },
         ProfileConfig {
             name: "energy-saver".into(),
             plugins: energy,
+            max_feasible_workers: DEFAULT_MAX_FEASIBLE,
         },
     ]
 }
@@ -103,6 +116,7 @@ impl Profiles {
         for (i, config) in configs.iter().enumerate() {
             let mut profile = Profile {
                 name: config.name.clone(),
+                max_feasible: config.max_feasible_workers,
                 ..Default::default()
             };
             for (j, p) in config.plugins.iter().enumerate() {

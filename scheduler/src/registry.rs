@@ -48,6 +48,19 @@ struct WorkerEntry {
     handle: Option<Arc<Candidate>>,
     /// An operator cordoned it (kept across rejoins under the same name).
     cordoned: bool,
+    /// Power source before the last change, and when it changed.
+    previous_power: PowerSource,
+    power_changed_at: Instant,
+}
+
+fn power_of(status: &pb::WorkerStatus) -> PowerSource {
+    let source = status.power.as_ref().map(|p| p.source).unwrap_or_default();
+    match pb::PowerSource::try_from(source) {
+        Ok(pb::PowerSource::Mains) => PowerSource::Mains,
+        Ok(pb::PowerSource::Battery) => PowerSource::Battery,
+        Ok(pb::PowerSource::Ups) => PowerSource::Ups,
+        _ => PowerSource::Unknown,
+    }
 }
 
 /// A worker that can take a request now: what dispatch needs, shared so a lookup only
@@ -179,10 +192,12 @@ impl Registry {
             id.clone(),
             WorkerEntry {
                 id: id.clone(),
-                status,
                 state,
                 reason,
                 last_report: now,
+                previous_power: power_of(&status),
+                power_changed_at: now,
+                status,
                 dispatched,
                 handle,
                 cordoned,
@@ -229,6 +244,10 @@ impl Registry {
         }
         w.state = state;
         w.reason = reason;
+        if power_of(&status) != power_of(&w.status) {
+            w.previous_power = power_of(&w.status);
+            w.power_changed_at = now;
+        }
         w.status = status;
         true
     }
@@ -435,12 +454,12 @@ impl Registry {
                 ram_total_bytes: w.status.ram_total_bytes,
                 ram_free_bytes: w.status.ram_free_bytes,
                 gpu_free_bytes: w.status.gpus.iter().map(|g| g.memory_free_bytes).sum(),
-                power: match pb::PowerSource::try_from(power.source) {
-                    Ok(pb::PowerSource::Mains) => PowerSource::Mains,
-                    Ok(pb::PowerSource::Battery) => PowerSource::Battery,
-                    Ok(pb::PowerSource::Ups) => PowerSource::Ups,
-                    _ => PowerSource::Unknown,
-                },
+                power: power_of(&w.status),
+                previous_power: w.previous_power,
+                power_changed_ms: w
+                    .power_changed_at
+                    .saturating_duration_since(self.epoch)
+                    .as_millis() as u64,
                 battery_percent: power.battery_percent,
                 models: w
                     .status

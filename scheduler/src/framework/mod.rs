@@ -73,6 +73,9 @@ impl Status {
 /// Typed data a cycle's plugins share (kube-scheduler's CycleState).
 #[derive(Default)]
 pub struct CycleState {
+    /// The snapshot's clock, set by the runtime at the start of the cycle (a field, not a
+    /// typed entry, because every cycle needs it and lookups cost on the hot path).
+    pub now_ms: u64,
     values: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
 }
 
@@ -137,6 +140,11 @@ pub struct WorkerInfo {
     pub ram_free_bytes: u64,
     pub gpu_free_bytes: u64,
     pub power: PowerSource,
+    /// The power source before the last change, and when it changed (snapshot clock):
+    /// what PowerState's hysteresis needs, kept by the registry like a node condition's
+    /// lastTransitionTime.
+    pub previous_power: PowerSource,
+    pub power_changed_ms: u64,
     pub battery_percent: Option<f32>,
     pub models: Vec<ModelOnWorker>,
     /// Requests the scheduler has sent and not yet seen answered.
@@ -175,10 +183,6 @@ pub struct Snapshot {
     /// Milliseconds on the scheduler's clock (simulated time in the simulator).
     pub now_ms: u64,
 }
-
-/// The snapshot's clock, written into every cycle's state by the runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CycleTime(pub u64);
 
 /// Every plugin has a unique name.
 pub trait Plugin: Send + Sync {

@@ -19,6 +19,10 @@ pub struct Profile {
     pub scores: Vec<(Arc<dyn Score>, i64)>,
     pub reserves: Vec<Arc<dyn Reserve>>,
     pub permits: Vec<Arc<dyn Permit>>,
+    /// Stop filtering once this many workers fit (0: consider all), starting from a
+    /// rotating offset, like kube-scheduler's percentageOfNodesToScore: on a large
+    /// cluster a decision then costs the same as on a small one.
+    pub max_feasible: usize,
 }
 
 /// The outcome of a successful cycle.
@@ -58,7 +62,7 @@ impl Profile {
         excluded: &[usize],
         tie_breaker: usize,
     ) -> Result<Decision, Rejection> {
-        state.write(CycleTime(snapshot.now_ms));
+        state.now_ms = snapshot.now_ms;
         let mut skipped: Vec<&'static str> = Vec::new();
         for p in &self.pre_filters {
             let status = p.pre_filter(state, request, snapshot);
@@ -73,9 +77,20 @@ impl Profile {
                 }
             }
         }
-        let mut feasible: Vec<&WorkerInfo> = Vec::with_capacity(snapshot.workers.len());
+        let limit = if self.max_feasible == 0 {
+            usize::MAX
+        } else {
+            self.max_feasible
+        };
+        let total = snapshot.workers.len();
+        let mut feasible: Vec<&WorkerInfo> = Vec::with_capacity(total.min(limit));
         let mut rejected: Vec<(usize, Status)> = Vec::new();
-        'workers: for worker in &snapshot.workers {
+        let start = if total == 0 { 0 } else { tie_breaker % total };
+        'workers: for k in 0..total {
+            if feasible.len() >= limit {
+                break;
+            }
+            let worker = &snapshot.workers[(start + k) % total];
             if excluded.contains(&worker.index) {
                 rejected.push((
                     worker.index,
@@ -131,10 +146,10 @@ impl Profile {
             }
         }
         let n = feasible.len();
-        // Highest total; among equals, the first in an order rotated by `tie_breaker`.
-        let mut best = tie_breaker % n;
-        for k in 1..n {
-            let i = (tie_breaker + k) % n;
+        // Highest total; among equals the first found, and the scan started at an offset
+        // rotated by `tie_breaker`, so equal workers take turns.
+        let mut best = 0;
+        for i in 1..n {
             if totals[i] > totals[best] {
                 best = i;
             }
@@ -258,6 +273,8 @@ mod tests {
                     ram_free_bytes: 0,
                     gpu_free_bytes: 0,
                     power: PowerSource::Mains,
+                    previous_power: PowerSource::Mains,
+                    power_changed_ms: 0,
                     battery_percent: None,
                     models: Vec::new(),
                     dispatched: 0,

@@ -56,6 +56,8 @@ pub mod testing {
             ram_free_bytes: 4 << 30,
             gpu_free_bytes: 0,
             power: PowerSource::Mains,
+            previous_power: PowerSource::Mains,
+            power_changed_ms: 0,
             battery_percent: None,
             models: vec![ModelOnWorker {
                 name: "m".into(),

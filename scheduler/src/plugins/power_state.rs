@@ -2,10 +2,10 @@
 //! mains (or unknown: most desktops report no supply) scores over UPS over battery, and a
 //! battery scores by its charge. Hysteresis: a worse power source applies at once, a
 //! better one only after it has held for `recovery_ms`, so a flapping UPS does not make
-//! traffic swing back and forth.
+//! traffic swing back and forth. The registry records each worker's previous source and
+//! when it changed, so the plugin keeps no state of its own.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -46,17 +46,8 @@ fn rank(source: PowerSource) -> u8 {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Track {
-    /// The source the worker is scored as.
-    effective: PowerSource,
-    /// The better source it reports now, and since when.
-    pending: Option<(PowerSource, u64)>,
-}
-
 pub struct PowerState {
     args: Args,
-    tracks: Mutex<HashMap<String, Track>>,
 }
 
 impl Plugin for PowerState {
@@ -67,36 +58,18 @@ impl Plugin for PowerState {
 
 impl PowerState {
     pub fn new(args: Args) -> PowerState {
-        PowerState {
-            args,
-            tracks: Mutex::new(HashMap::new()),
-        }
+        PowerState { args }
     }
 
-    /// The source to score `worker` as at `now_ms`, applying hysteresis.
+    /// The source to score `worker` as at `now_ms`: a change for the better counts only
+    /// once it has held for `recovery_ms`; a change for the worse counts at once.
     fn effective(&self, worker: &WorkerInfo, now_ms: u64) -> PowerSource {
-        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
-        let track = tracks.entry(worker.name.clone()).or_insert(Track {
-            effective: worker.power,
-            pending: None,
-        });
-        let reported = worker.power;
-        if rank(reported) <= rank(track.effective) {
-            // Same or worse: applies at once.
-            track.effective = reported;
-            track.pending = None;
+        let recent = now_ms.saturating_sub(worker.power_changed_ms) < self.args.recovery_ms;
+        if recent && rank(worker.power) > rank(worker.previous_power) {
+            worker.previous_power
         } else {
-            match track.pending {
-                Some((source, since)) if source == reported => {
-                    if now_ms.saturating_sub(since) >= self.args.recovery_ms {
-                        track.effective = reported;
-                        track.pending = None;
-                    }
-                }
-                _ => track.pending = Some((reported, now_ms)),
-            }
+            worker.power
         }
-        track.effective
     }
 }
 
@@ -118,7 +91,7 @@ impl Filter for PowerState {
 
 impl Score for PowerState {
     fn score(&self, state: &CycleState, _: &RequestInfo, worker: &WorkerInfo) -> i64 {
-        let now = state.read::<CycleTime>().map(|t| t.0).unwrap_or(0);
+        let now = state.now_ms;
         match self.effective(worker, now) {
             PowerSource::Mains | PowerSource::Unknown => MAX_SCORE,
             PowerSource::Ups => self.args.ups_score,
@@ -214,23 +187,65 @@ mod tests {
         let plugin = PowerState::new(Args::default());
         let at = |ms: u64| {
             let mut s = CycleState::default();
-            s.write(CycleTime(ms));
+            s.now_ms = ms;
             s
         };
-        let mains = on(PowerSource::Mains, None);
-        let ups = on(PowerSource::Ups, Some(80.0));
-        // (time, reported, expected score)
-        let steps = [
-            (0, &mains, 100),
-            (100, &ups, 50),   // grid fails: at once
-            (200, &mains, 50), // back on mains: not yet
-            (300, &ups, 50),   // flaps again
-            (400, &mains, 50), // recovery starts over
-            (2_300, &mains, 50),
-            (2_400, &mains, 100), // held 2 s
+        // (case, now, reported, previous, changed at, expected score)
+        let cases = [
+            (
+                "steady mains",
+                5_000,
+                PowerSource::Mains,
+                PowerSource::Mains,
+                0,
+                100,
+            ),
+            (
+                "grid just failed: at once",
+                100,
+                PowerSource::Ups,
+                PowerSource::Mains,
+                100,
+                50,
+            ),
+            (
+                "mains back 100 ms ago: not yet",
+                300,
+                PowerSource::Mains,
+                PowerSource::Ups,
+                200,
+                50,
+            ),
+            (
+                "mains back 1.9 s ago: not yet",
+                2_100,
+                PowerSource::Mains,
+                PowerSource::Ups,
+                200,
+                50,
+            ),
+            (
+                "mains back 2 s ago",
+                2_200,
+                PowerSource::Mains,
+                PowerSource::Ups,
+                200,
+                100,
+            ),
+            (
+                "battery to ups: not yet",
+                300,
+                PowerSource::Ups,
+                PowerSource::Battery,
+                200,
+                5,
+            ),
         ];
-        for (t, w, expected) in steps {
-            assert_eq!(plugin.score(&at(t), &request(), w), expected, "at {t} ms");
+        for (name, now, power, previous, changed, expected) in cases {
+            let mut w = on(power, Some(50.0));
+            w.previous_power = previous;
+            w.power_changed_ms = changed;
+            assert_eq!(plugin.score(&at(now), &request(), &w), expected, "{name}");
         }
     }
 }
