@@ -28,6 +28,9 @@ pub struct SchedulerConfig {
     pub max_message_bytes: usize,
     /// Workers tried for one request before giving up (failed or unreachable workers).
     pub dispatch_attempts: u32,
+    /// Requests that may wait in the scheduler's queue for a free worker; more get
+    /// RESOURCE_EXHAUSTED at once.
+    pub max_queued_requests: usize,
     /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
     pub profiles: Vec<crate::profile::ProfileConfig>,
 }
@@ -42,6 +45,7 @@ impl Default for SchedulerConfig {
             worker_forget_after_ms: 10 * 60 * 1000,
             max_message_bytes: 64 * 1024 * 1024,
             dispatch_attempts: 3,
+            max_queued_requests: 1024,
             profiles: crate::profile::builtin(),
         }
     }

@@ -9,8 +9,13 @@ use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::framework::{Code as FrameworkCode, CycleState, ProviderChoice, RequestInfo};
+use crate::framework::runtime::EXCLUDED;
+use crate::framework::{
+    Code as FrameworkCode, CycleState, PrioritySort, ProviderChoice, QueuedRequest, RequestInfo,
+};
+use crate::plugins::capacity;
 use crate::profile::Profiles;
+use crate::queue::AdmissionQueue;
 use crate::registry::{Lookup, Registry};
 use crate::stats::Stats;
 
@@ -20,6 +25,7 @@ pub struct Dispatcher {
     profiles: Profiles,
     attempts: u32,
     rotation: AtomicUsize,
+    queue: AdmissionQueue,
 }
 
 /// Request parameters (OIP `parameters`) that steer scheduling.
@@ -113,6 +119,32 @@ impl Drop for InFlight {
     }
 }
 
+/// How often a queued request looks again without being woken.
+const QUEUE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Counts a dispatched request for its tenant; when it ends, the next queued request is
+/// woken.
+struct TenantInFlight<'a> {
+    queue: &'a AdmissionQueue,
+    tenant: String,
+}
+
+impl<'a> TenantInFlight<'a> {
+    fn new(queue: &'a AdmissionQueue, tenant: &str) -> TenantInFlight<'a> {
+        queue.started(tenant);
+        TenantInFlight {
+            queue,
+            tenant: tenant.to_string(),
+        }
+    }
+}
+
+impl Drop for TenantInFlight<'_> {
+    fn drop(&mut self) {
+        self.queue.finished(&self.tenant);
+    }
+}
+
 /// Whether a failure is the worker's (retry elsewhere) rather than the request's.
 fn worker_failed(status: &Status) -> bool {
     matches!(
@@ -167,6 +199,7 @@ impl Dispatcher {
         stats: Arc<Stats>,
         profiles: Profiles,
         attempts: u32,
+        max_queued: usize,
     ) -> Dispatcher {
         Dispatcher {
             registry,
@@ -174,6 +207,7 @@ impl Dispatcher {
             profiles,
             attempts,
             rotation: AtomicUsize::new(0),
+            queue: AdmissionQueue::new(max_queued, Box::new(PrioritySort)),
         }
     }
 
@@ -206,9 +240,30 @@ impl Dispatcher {
                 self.profiles.names().join(", ")
             ))
         })?;
+        let (_, arrival) = request_info(&request, "")?;
+        let queued = QueuedRequest {
+            priority: arrival.priority,
+            sequence: self.queue.arrive(),
+            tenant: arrival.tenant.clone(),
+            tenant_in_flight: 0,
+        };
+        // Arrivals queue behind requests already waiting, so waiting ones keep their turn.
+        let mut wait = !self.queue.is_empty();
         let mut tried: Vec<String> = Vec::new();
         let mut last_error: Option<Status> = None;
-        for _ in 0..self.attempts {
+        let mut attempts = 0;
+        while attempts < self.attempts {
+            if std::mem::take(&mut wait) {
+                let turn = self.queue.enqueue(queued.clone()).map_err(|full| {
+                    Status::resource_exhausted(format!(
+                        "the scheduler's queue is full ({} requests wait for a free worker); try again later",
+                        full.0
+                    ))
+                })?;
+                // Woken when capacity frees; also look again now and then, as workers
+                // report and join.
+                let _ = tokio::time::timeout(QUEUE_RECHECK, turn).await;
+            }
             let (version, snapshot, handles) = match self
                 .registry
                 .snapshot(&request.model_name, &request.model_version)
@@ -235,6 +290,19 @@ impl Dispatcher {
             let decision = match profile.schedule(&mut state, &info, &snapshot, &excluded, rotation)
             {
                 Ok(d) => d,
+                // Every feasible worker is busy (and none was ruled out for another
+                // reason): wait in the queue for a turn.
+                Err(rejection)
+                    if rejection.code == FrameworkCode::Unschedulable
+                        && rejection.rejected_by.contains(&capacity::NAME)
+                        && rejection
+                            .rejected_by
+                            .iter()
+                            .all(|p| *p == capacity::NAME || *p == EXCLUDED) =>
+                {
+                    wait = true;
+                    continue;
+                }
                 Err(rejection) if last_error.is_none() => {
                     return Err(match rejection.code {
                         FrameworkCode::UnschedulableAndUnresolvable => {
@@ -254,8 +322,10 @@ impl Dispatcher {
             let chosen = &handles[decision.worker];
             tracing::debug!(worker = %chosen.name, score = decision.score, profile = %profile.name, "scheduled");
             tried.push(chosen.id.clone());
+            attempts += 1;
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));
+            let _tenant = TenantInFlight::new(&self.queue, &info.tenant);
             let mut forwarded = tonic::Request::new(request.clone());
             if let Some(deadline) = deadline {
                 let remaining = deadline.saturating_duration_since(Instant::now());

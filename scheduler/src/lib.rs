@@ -23,6 +23,7 @@ pub mod framework;
 pub mod inference;
 pub mod plugins;
 pub mod profile;
+pub mod queue;
 pub mod registry;
 pub mod sim;
 pub mod size_limit;
@@ -75,6 +76,7 @@ pub async fn run(
         stats,
         profiles,
         config.dispatch_attempts,
+        config.max_queued_requests,
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

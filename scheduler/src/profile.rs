@@ -70,6 +70,7 @@ pub fn builtin() -> Vec<ProfileConfig> {
     let filters = || {
         vec![
             plugin(node_unschedulable::NAME, 1),
+            plugin(capacity::NAME, 1),
             plugin(labels::NAME, 1),
             plugin(model_available::NAME, 1),
         ]
@@ -183,7 +184,7 @@ mod tests {
         let p = Profiles::build(&builtin()).expect("builtin profiles are valid");
         assert_eq!(p.names(), vec!["default", "energy-saver"]);
         let default = p.get("").expect("default");
-        assert_eq!(default.filters.len(), 6);
+        assert_eq!(default.filters.len(), 7);
         assert_eq!(default.scores.len(), 4);
     }
 

@@ -301,3 +301,118 @@ fn an_invalid_profile_stops_the_scheduler_naming_the_field() {
     assert!(stderr.contains("profiles[0].plugins[0].args"), "{stderr}");
     assert!(stderr.contains("critical_percent"), "{stderr}");
 }
+
+/// Starts `n` requests of `tenant` at once; they complete in the background, counting into
+/// the returned counter.
+async fn flood(
+    scheduler: &Scheduler,
+    request: &ModelInferRequest,
+    n: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    Vec<tokio::task::JoinHandle<Result<(), tonic::Status>>>,
+) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (mut c, request, done) = (scheduler.inference().await, request.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            c.model_infer(request).await?;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }));
+    }
+    (done, tasks)
+}
+
+/// Waits until the scheduler has `n` requests outstanding on its workers (the rest queue).
+async fn wait_dispatched(scheduler: &Scheduler, n: u32) {
+    let full = wait_until(SOON, || async {
+        scheduler
+            .workers()
+            .await
+            .iter()
+            .map(|w| w.dispatched_in_flight)
+            .sum::<u32>()
+            >= n
+    })
+    .await;
+    assert!(full, "workers saturated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_go_by_priority_and_tenant_fairness() {
+    let scheduler = Scheduler::start();
+    // image_classifier has 2 sessions; Capacity allows 4 outstanding per session: 8.
+    let _slow = Worker::start("slow", &scheduler, &["--throttle", "300"]);
+    scheduler.wait_ready(&["slow"]).await;
+    let heavy = with_param(image_batch(1), "localml.tenant", "heavy");
+    let (heavy_done, heavy_tasks) = flood(&scheduler, &heavy, 40).await;
+    wait_dispatched(&scheduler, 8).await;
+
+    // Another tenant, and a high-priority request of the heavy tenant, overtake the backlog.
+    let light = with_param(image_batch(1), "localml.tenant", "light");
+    let urgent = with_param(
+        with_param(image_batch(1), "localml.tenant", "heavy"),
+        "localml.priority",
+        "10",
+    );
+    let mut c = scheduler.inference().await;
+    for (name, request) in [("light tenant", light), ("priority 10", urgent)] {
+        c.model_infer(request)
+            .await
+            .unwrap_or_else(|s| panic!("{name}: {s:?}"));
+        let behind = heavy_done.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            behind < 25,
+            "{name} waited for {behind} of the 40 heavy requests"
+        );
+    }
+    for t in heavy_tasks {
+        t.await
+            .expect("task")
+            .expect("every heavy request is served in the end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_queued() {
+    let scheduler =
+        Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_queued_requests: 4\n"));
+    let _slow = Worker::start("slow", &scheduler, &["--throttle", "300"]);
+    scheduler.wait_ready(&["slow"]).await;
+    let (_, tasks) = flood(&scheduler, &image_batch(1), 30).await;
+    let mut exhausted = 0;
+    let mut served = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => served += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+                assert!(s.message().contains("queue is full"), "{}", s.message());
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(exhausted > 0, "some requests found the queue full");
+    assert!(
+        served >= 8 + 4,
+        "the dispatched and the queued ones were served: {served}"
+    );
+
+    let (_, _busy) = flood(&scheduler, &image_batch(1), 10).await;
+    wait_dispatched(&scheduler, 8).await;
+    let mut c = scheduler.inference().await;
+    let mut request = tonic::Request::new(image_batch(1));
+    request.set_timeout(Duration::from_millis(200));
+    let status = c
+        .model_infer(request)
+        .await
+        .expect_err("stays queued past its deadline");
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+}

@@ -245,7 +245,7 @@ pub trait Permit: Plugin {
 }
 
 /// Orders the scheduler's queue (kube-scheduler's QueueSort): true if `a` goes first.
-pub trait QueueSort: Plugin {
+pub trait QueueSort: Send + Sync {
     fn less(&self, a: &QueuedRequest, b: &QueuedRequest) -> bool;
 }
 
@@ -256,4 +256,25 @@ pub struct QueuedRequest {
     /// Arrival order.
     pub sequence: u64,
     pub tenant: String,
+    /// Requests of the same tenant dispatched and not yet answered (filled by the queue
+    /// when it compares).
+    pub tenant_in_flight: u32,
+}
+
+/// The default QueueSort: higher priority first; among equals the tenant with fewer
+/// requests in flight (so one heavy client cannot starve the others); then arrival.
+pub struct PrioritySort;
+
+impl QueueSort for PrioritySort {
+    fn less(&self, a: &QueuedRequest, b: &QueuedRequest) -> bool {
+        (
+            std::cmp::Reverse(a.priority),
+            a.tenant_in_flight,
+            a.sequence,
+        ) < (
+            std::cmp::Reverse(b.priority),
+            b.tenant_in_flight,
+            b.sequence,
+        )
+    }
 }

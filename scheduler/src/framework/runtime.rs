@@ -25,6 +25,9 @@ pub struct Profile {
     pub max_feasible: usize,
 }
 
+/// The name rejections of already-tried workers carry.
+pub const EXCLUDED: &str = "Dispatch";
+
 /// The outcome of a successful cycle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -41,6 +44,8 @@ pub struct Decision {
 pub struct Rejection {
     /// Unschedulable (retry later may succeed) or UnschedulableAndUnresolvable, or Error.
     pub code: Code,
+    /// The plugins that rejected workers (distinct names).
+    pub rejected_by: Vec<&'static str>,
     /// "0/3 workers are available: 2 PowerState: battery 12% is under 15%, ..."
     pub message: String,
 }
@@ -69,12 +74,7 @@ impl Profile {
             match status.code {
                 Code::Success => {}
                 Code::Skip => skipped.push(p.name()),
-                code => {
-                    return Err(Rejection {
-                        code,
-                        message: format!("{}: {}", p.name(), status.reason),
-                    })
-                }
+                code => return Err(early(code, p.name(), &status.reason)),
             }
         }
         let limit = if self.max_feasible == 0 {
@@ -96,7 +96,7 @@ impl Profile {
                     worker.index,
                     with_plugin(
                         Status::unschedulable("already tried for this request"),
-                        "Dispatch",
+                        EXCLUDED,
                     ),
                 ));
                 continue;
@@ -125,10 +125,7 @@ impl Profile {
             }
             let status = p.pre_score(state, request, &feasible);
             if status.code == Code::Error {
-                return Err(Rejection {
-                    code: Code::Error,
-                    message: format!("{}: {}", p.name(), status.reason),
-                });
+                return Err(early(Code::Error, p.name(), &status.reason));
             }
         }
         let mut totals = vec![0i64; feasible.len()];
@@ -162,10 +159,7 @@ impl Profile {
                 for undo in self.reserves[..i].iter().rev() {
                     undo.unreserve(state, request, chosen);
                 }
-                return Err(Rejection {
-                    code: status.code,
-                    message: format!("{}: {}", r.name(), status.reason),
-                });
+                return Err(early(status.code, r.name(), &status.reason));
             }
         }
         let mut permit = Code::Success;
@@ -176,10 +170,7 @@ impl Profile {
                 Code::Wait => permit = Code::Wait,
                 code => {
                     self.unreserve(state, request, chosen);
-                    return Err(Rejection {
-                        code,
-                        message: format!("{}: {}", p.name(), status.reason),
-                    });
+                    return Err(early(code, p.name(), &status.reason));
                 }
             }
         }
@@ -199,10 +190,23 @@ impl Profile {
 }
 
 /// kube-scheduler style summary: "0/3 workers are available: 2 PowerState: ..., 1 Labels: ...".
+/// A rejection by one plugin before or after filtering.
+fn early(code: Code, plugin: &'static str, reason: &str) -> Rejection {
+    Rejection {
+        code,
+        rejected_by: vec![plugin],
+        message: format!("{plugin}: {reason}"),
+    }
+}
+
 fn rejection(total: usize, rejected: &[(usize, Status)]) -> Rejection {
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut resolvable = false;
+    let mut rejected_by: Vec<&'static str> = Vec::new();
     for (_, status) in rejected {
+        if !rejected_by.contains(&status.plugin) {
+            rejected_by.push(status.plugin);
+        }
         *counts
             .entry((status.plugin.to_string(), status.reason.clone()))
             .or_default() += 1;
@@ -218,6 +222,7 @@ fn rejection(total: usize, rejected: &[(usize, Status)]) -> Rejection {
         } else {
             Code::UnschedulableAndUnresolvable
         },
+        rejected_by,
         message: format!("0/{total} workers are available: {}", parts.join("; ")),
     }
 }

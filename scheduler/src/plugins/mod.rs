@@ -1,6 +1,7 @@
 //! The scheduling plugins, one module each, each with table-driven tests. Plugins depend
 //! on the framework's contracts only.
 
+pub mod capacity;
 pub mod execution_provider;
 pub mod labels;
 pub mod least_expected_latency;
@@ -16,7 +17,8 @@ use crate::framework::registry::Registry;
 /// Every built-in plugin, registered once.
 pub fn registry() -> Registry {
     let mut r = Registry::default();
-    let all: [(&'static str, crate::framework::registry::Factory); 7] = [
+    let all: [(&'static str, crate::framework::registry::Factory); 8] = [
+        (capacity::NAME, capacity::build),
         (node_unschedulable::NAME, node_unschedulable::build),
         (labels::NAME, labels::build),
         (model_available::NAME, model_available::build),
@@ -100,6 +102,6 @@ mod tests {
     #[test]
     fn every_plugin_is_registered_once() {
         let names = super::registry().names();
-        assert_eq!(names.len(), 7, "{names:?}");
+        assert_eq!(names.len(), 8, "{names:?}");
     }
 }
