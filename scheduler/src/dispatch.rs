@@ -9,7 +9,6 @@ use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::framework::runtime::EXCLUDED;
 use crate::framework::{
     Code as FrameworkCode, CycleState, PrioritySort, ProviderChoice, QueuedRequest, RequestInfo,
 };
@@ -290,16 +289,8 @@ impl Dispatcher {
             let decision = match profile.schedule(&mut state, &info, &snapshot, &excluded, rotation)
             {
                 Ok(d) => d,
-                // Every feasible worker is busy (and none was ruled out for another
-                // reason): wait in the queue for a turn.
-                Err(rejection)
-                    if rejection.code == FrameworkCode::Unschedulable
-                        && rejection.rejected_by.contains(&capacity::NAME)
-                        && rejection
-                            .rejected_by
-                            .iter()
-                            .all(|p| *p == capacity::NAME || *p == EXCLUDED) =>
-                {
+                // Every feasible worker is busy: wait in the queue for a turn.
+                Err(rejection) if capacity::all_busy(&rejection) => {
                     wait = true;
                     continue;
                 }

@@ -121,6 +121,20 @@ impl State {
     }
 }
 
+/// A policy's answer for one request.
+enum Pick {
+    To(usize),
+    /// Every feasible worker is at its concurrency limit: wait (localml's queue).
+    Busy,
+    Nowhere,
+}
+
+impl From<Option<usize>> for Pick {
+    fn from(choice: Option<usize>) -> Pick {
+        choice.map_or(Pick::Nowhere, Pick::To)
+    }
+}
+
 /// Grace period before a silent worker is NotReady, as in the scheduler's default.
 pub const GRACE_MS: f64 = 2_500.0;
 
@@ -222,6 +236,8 @@ pub fn run(
     let mut arrived = 0usize;
     let mut by_power = [0usize; 3];
     let mut rotation = 0usize;
+    // Requests waiting for a worker (localml's queue; baselines never wait).
+    let mut waiting: VecDeque<f64> = VecDeque::new();
     while let Some(Scheduled { at: now, event, .. }) = events.pop() {
         match event {
             Event::Arrival => {
@@ -233,103 +249,7 @@ pub fn run(
                         Event::Arrival,
                     );
                 }
-                // What the balancer can see: a dead worker looks alive until detected.
-                let visible = |s: &State| s.detected_dead_at.is_none_or(|t| now < t);
-                let n = states.len();
-                rotation += 1;
-                let pick = match policy {
-                    Policy::RoundRobin => (0..n)
-                        .map(|k| (rotation + k) % n)
-                        .find(|&i| visible(&states[i])),
-                    Policy::Random => {
-                        let live: Vec<usize> = (0..n).filter(|&i| visible(&states[i])).collect();
-                        (!live.is_empty()).then(|| live[rng.usize(..live.len())])
-                    }
-                    Policy::LeastInFlight => (0..n)
-                        .map(|k| (rotation + k) % n)
-                        .filter(|&i| visible(&states[i]))
-                        .min_by_key(|&i| states[i].outstanding()),
-                    Policy::P2cInFlight | Policy::P2cPeakEwma => {
-                        let live: Vec<usize> = (0..n).filter(|&i| visible(&states[i])).collect();
-                        if live.is_empty() {
-                            None
-                        } else {
-                            let a = live[rng.usize(..live.len())];
-                            let b = live[rng.usize(..live.len())];
-                            let cost = |i: usize| {
-                                let s = &states[i];
-                                if matches!(policy, Policy::P2cInFlight) {
-                                    s.outstanding() as f64
-                                } else {
-                                    let est = s.ewma.estimate(now as u64).max(1e-3);
-                                    est * (s.outstanding() as f64 + 1.0)
-                                }
-                            };
-                            Some(if cost(a) <= cost(b) { a } else { b })
-                        }
-                    }
-                    Policy::Profile(profile) => 'cycle: {
-                        snapshot.now_ms = now as u64;
-                        for (w, s) in snapshot.workers.iter_mut().zip(&states) {
-                            w.schedulable = visible(s);
-                            if !w.schedulable {
-                                w.unschedulable_reason = "NotReady".into();
-                            }
-                            w.power = s.power;
-                            w.previous_power = s.previous_power;
-                            w.power_changed_ms = s.power_changed_ms;
-                            w.battery_percent = s.battery;
-                            w.dispatched = s.outstanding() as u32;
-                            w.peak_ewma_ms = s
-                                .ewma
-                                .fresh_estimate(now as u64, crate::estimator::STALE_MS)
-                                .unwrap_or(0.0);
-                            if let Some(m) = w.models.first_mut() {
-                                // What the worker's own latency EWMA converges to.
-                                m.reported_latency_ms = service_ms / workers[w.index].speed;
-                            }
-                        }
-                        // As the dispatcher does: a worker that fails the dispatch is marked
-                        // unreachable at once and the cycle runs again without it.
-                        let mut excluded = Vec::new();
-                        for _ in 0..3 {
-                            let mut state = CycleState::default();
-                            let Ok(d) = profile
-                                .schedule(&mut state, &request, &snapshot, &excluded, rotation)
-                            else {
-                                break 'cycle None;
-                            };
-                            if states[d.worker].alive {
-                                break 'cycle Some(d.worker);
-                            }
-                            states[d.worker].detected_dead_at = Some(now);
-                            snapshot.workers[d.worker].schedulable = false;
-                            excluded.push(d.worker);
-                        }
-                        None
-                    }
-                };
-                let Some(i) = pick else {
-                    failed += 1;
-                    continue;
-                };
-                let s = &mut states[i];
-                by_power[match s.power {
-                    PowerSource::Mains | PowerSource::Unknown => 0,
-                    PowerSource::Ups => 1,
-                    PowerSource::Battery => 2,
-                }] += 1;
-                if !s.alive {
-                    failed += 1;
-                    continue;
-                }
-                if s.serving.is_none() {
-                    s.serving = Some(now);
-                    let done = now + exp_sample(&mut rng, service_ms / workers[i].speed);
-                    push(&mut events, done, Event::Completion(i));
-                } else {
-                    s.queue.push_back(now);
-                }
+                waiting.push_back(now);
             }
             Event::Completion(i) => {
                 let s = &mut states[i];
@@ -361,6 +281,121 @@ pub fn run(
                 failed += s.queue.len() + usize::from(s.serving.is_some());
                 s.queue.clear();
                 s.serving = None;
+            }
+        }
+        // Place waiting requests in arrival order until the cluster is busy (localml's
+        // queue) or none is left.
+        while let Some(&arrival) = waiting.front() {
+            // What the balancer can see: a dead worker looks alive until detected.
+            let visible = |s: &State| s.detected_dead_at.is_none_or(|t| now < t);
+            let n = states.len();
+            rotation += 1;
+            let pick: Pick = match policy {
+                Policy::RoundRobin => (0..n)
+                    .map(|k| (rotation + k) % n)
+                    .find(|&i| visible(&states[i]))
+                    .into(),
+                Policy::Random => {
+                    let live: Vec<usize> = (0..n).filter(|&i| visible(&states[i])).collect();
+                    (!live.is_empty())
+                        .then(|| live[rng.usize(..live.len())])
+                        .into()
+                }
+                Policy::LeastInFlight => (0..n)
+                    .map(|k| (rotation + k) % n)
+                    .filter(|&i| visible(&states[i]))
+                    .min_by_key(|&i| states[i].outstanding())
+                    .into(),
+                Policy::P2cInFlight | Policy::P2cPeakEwma => {
+                    let live: Vec<usize> = (0..n).filter(|&i| visible(&states[i])).collect();
+                    if live.is_empty() {
+                        Pick::Nowhere
+                    } else {
+                        let a = live[rng.usize(..live.len())];
+                        let b = live[rng.usize(..live.len())];
+                        let cost = |i: usize| {
+                            let s = &states[i];
+                            if matches!(policy, Policy::P2cInFlight) {
+                                s.outstanding() as f64
+                            } else {
+                                let est = s.ewma.estimate(now as u64).max(1e-3);
+                                est * (s.outstanding() as f64 + 1.0)
+                            }
+                        };
+                        Pick::To(if cost(a) <= cost(b) { a } else { b })
+                    }
+                }
+                Policy::Profile(profile) => 'cycle: {
+                    snapshot.now_ms = now as u64;
+                    for (w, s) in snapshot.workers.iter_mut().zip(&states) {
+                        w.schedulable = visible(s);
+                        if !w.schedulable {
+                            w.unschedulable_reason = "NotReady".into();
+                        }
+                        w.power = s.power;
+                        w.previous_power = s.previous_power;
+                        w.power_changed_ms = s.power_changed_ms;
+                        w.battery_percent = s.battery;
+                        w.dispatched = s.outstanding() as u32;
+                        w.peak_ewma_ms = s
+                            .ewma
+                            .fresh_estimate(now as u64, crate::estimator::STALE_MS)
+                            .unwrap_or(0.0);
+                        if let Some(m) = w.models.first_mut() {
+                            // What the worker's own latency EWMA converges to.
+                            m.reported_latency_ms = service_ms / workers[w.index].speed;
+                        }
+                    }
+                    // As the dispatcher does: a worker that fails the dispatch is marked
+                    // unreachable at once and the cycle runs again without it.
+                    let mut excluded = Vec::new();
+                    for _ in 0..3 {
+                        let mut state = CycleState::default();
+                        let d = match profile
+                            .schedule(&mut state, &request, &snapshot, &excluded, rotation)
+                        {
+                            Ok(d) => d,
+                            Err(r) if crate::plugins::capacity::all_busy(&r) => {
+                                break 'cycle Pick::Busy
+                            }
+                            Err(_) => break 'cycle Pick::Nowhere,
+                        };
+                        if states[d.worker].alive {
+                            break 'cycle Pick::To(d.worker);
+                        }
+                        states[d.worker].detected_dead_at = Some(now);
+                        snapshot.workers[d.worker].schedulable = false;
+                        excluded.push(d.worker);
+                    }
+                    Pick::Nowhere
+                }
+            };
+            let i = match pick {
+                Pick::To(i) => i,
+                Pick::Busy => break,
+                Pick::Nowhere => {
+                    waiting.pop_front();
+                    failed += 1;
+                    continue;
+                }
+            };
+            waiting.pop_front();
+            let s = &mut states[i];
+            by_power[match s.power {
+                PowerSource::Mains | PowerSource::Unknown => 0,
+                PowerSource::Ups => 1,
+                PowerSource::Battery => 2,
+            }] += 1;
+            if !s.alive {
+                failed += 1;
+                continue;
+            }
+            if s.serving.is_none() {
+                s.serving = Some(arrival);
+                let done = now + exp_sample(&mut rng, service_ms / workers[i].speed);
+                push(&mut events, done, Event::Completion(i));
+            } else {
+                s.queue.push_back(arrival);
             }
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::framework::registry::Built;
+use crate::framework::runtime::Rejection;
 use crate::framework::*;
 
 pub const NAME: &str = "Capacity";
@@ -32,8 +33,16 @@ pub struct Capacity {
     args: Args,
 }
 
-/// The reason Capacity gives; the dispatcher queues requests rejected only for it.
+/// The reason Capacity gives.
 pub const AT_LIMIT: &str = "at its concurrency limit";
+
+/// Whether a rejection means "the workers that could serve are all busy": Capacity
+/// rejected at least one worker. Capacity runs after the other filters (it is last in the
+/// shipped profiles), so such a worker passed everything else and will take the request
+/// once it frees. Such a request waits in the scheduler's queue.
+pub fn all_busy(rejection: &Rejection) -> bool {
+    rejection.code == Code::Unschedulable && rejection.rejected_by.contains(&NAME)
+}
 
 impl Plugin for Capacity {
     fn name(&self) -> &'static str {
