@@ -73,11 +73,11 @@ pub fn workers(list: &[WorkerInfo]) -> String {
             models.sort();
             vec![
                 s.name.clone(),
-                if w.cordoned {
-                    format!("{},Cordoned", state_name(w.state))
-                } else {
-                    state_name(w.state).to_string()
-                },
+                std::iter::once(state_name(w.state).to_string())
+                    .chain(w.cordoned.then(|| "Cordoned".to_string()))
+                    .chain(w.conditions.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 if providers.is_empty() {
                     "-".into()
                 } else {

@@ -53,6 +53,26 @@ struct WorkerEntry {
     power_changed_at: Instant,
 }
 
+/// Free RAM under this share of the total is the MemoryPressure condition (MemoryFit's
+/// default headroom).
+const MEMORY_PRESSURE_PERCENT: u64 = 5;
+
+/// The conditions that hold for a worker's last report.
+fn conditions(status: &pb::WorkerStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    if status.ram_total_bytes > 0
+        && status.ram_free_bytes * 100 < status.ram_total_bytes * MEMORY_PRESSURE_PERCENT
+    {
+        out.push("MemoryPressure".to_string());
+    }
+    match power_of(status) {
+        PowerSource::Battery => out.push("OnBattery".to_string()),
+        PowerSource::Ups => out.push("OnUPS".to_string()),
+        _ => {}
+    }
+    out
+}
+
 fn power_of(status: &pb::WorkerStatus) -> PowerSource {
     let source = status.power.as_ref().map(|p| p.source).unwrap_or_default();
     match pb::PowerSource::try_from(source) {
@@ -536,6 +556,7 @@ impl Registry {
                 dispatched_in_flight: w.dispatched.load(Ordering::Relaxed),
                 last_report_age_ms: now.saturating_duration_since(w.last_report).as_millis() as u64,
                 cordoned: w.cordoned,
+                conditions: conditions(&w.status),
             })
             .collect();
         out.sort_by(|a, b| {
@@ -678,5 +699,31 @@ mod tests {
         assert!(matches!(reg.lookup("m", ""), Lookup::NoReadyWorker { .. }));
         reg.report(&new, status("a", &[("m", "1")]), t0);
         assert_eq!(names(reg.lookup("m", "")), vec!["a"]);
+    }
+
+    #[test]
+    fn conditions_table() {
+        let with = |free: u64, total: u64, source: pb::PowerSource| pb::WorkerStatus {
+            ram_free_bytes: free,
+            ram_total_bytes: total,
+            power: Some(pb::PowerStatus {
+                source: source as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cases = [
+            (with(50, 100, pb::PowerSource::Mains), vec![]),
+            (with(4, 100, pb::PowerSource::Mains), vec!["MemoryPressure"]),
+            (with(50, 100, pb::PowerSource::Battery), vec!["OnBattery"]),
+            (
+                with(1, 100, pb::PowerSource::Ups),
+                vec!["MemoryPressure", "OnUPS"],
+            ),
+            (with(0, 0, pb::PowerSource::Unknown), vec![]),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(conditions(&status), expected);
+        }
     }
 }

@@ -184,7 +184,7 @@ async fn battery_switch_shows_up_in_localml_workers() {
     );
     let switched = wait_until(SOON, || async {
         let row = workers_row(&scheduler, "laptop");
-        row.contains("battery") && row.contains("64%")
+        row.contains("battery") && row.contains("64%") && row.contains("OnBattery")
     })
     .await;
     assert!(

@@ -25,6 +25,29 @@ pub struct Args {
     pub ups_score: i64,
     /// Score of a worker on a full battery (scaled down with its charge).
     pub battery_score: i64,
+    /// Power sources that make a worker unusable, e.g. `[battery]` for a site that never
+    /// wants laptops to drain: such workers are filtered out.
+    pub unusable_sources: Vec<UnusableSource>,
+}
+
+/// A power source name in `unusable_sources`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnusableSource {
+    Ups,
+    Battery,
+    Unknown,
+}
+
+impl UnusableSource {
+    fn matches(self, source: PowerSource) -> bool {
+        matches!(
+            (self, source),
+            (UnusableSource::Ups, PowerSource::Ups)
+                | (UnusableSource::Battery, PowerSource::Battery)
+                | (UnusableSource::Unknown, PowerSource::Unknown)
+        )
+    }
 }
 
 impl Default for Args {
@@ -34,6 +57,7 @@ impl Default for Args {
             recovery_ms: 2_000,
             ups_score: 50,
             battery_score: 10,
+            unusable_sources: Vec::new(),
         }
     }
 }
@@ -75,6 +99,16 @@ impl PowerState {
 
 impl Filter for PowerState {
     fn filter(&self, _: &CycleState, _: &RequestInfo, worker: &WorkerInfo) -> Status {
+        if let Some(u) = self
+            .args
+            .unusable_sources
+            .iter()
+            .find(|u| u.matches(worker.power))
+        {
+            return Status::unschedulable(
+                format!("power source {u:?} is marked unusable").to_lowercase(),
+            );
+        }
         if worker.power == PowerSource::Battery {
             if let Some(p) = worker.battery_percent {
                 if p < self.args.critical_battery_percent {
@@ -247,5 +281,46 @@ mod tests {
             w.power_changed_ms = changed;
             assert_eq!(plugin.score(&at(now), &request(), &w), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn unusable_sources_are_filtered() {
+        let plugin = PowerState::new(Args {
+            unusable_sources: vec![UnusableSource::Battery, UnusableSource::Ups],
+            ..Args::default()
+        });
+        check_filter(
+            &plugin,
+            vec![
+                (
+                    "mains",
+                    request(),
+                    on(PowerSource::Mains, None),
+                    Code::Success,
+                ),
+                (
+                    "full battery",
+                    request(),
+                    on(PowerSource::Battery, Some(100.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "ups",
+                    request(),
+                    on(PowerSource::Ups, Some(100.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "unknown",
+                    request(),
+                    on(PowerSource::Unknown, None),
+                    Code::Success,
+                ),
+            ],
+        );
+        let parsed = build(&serde_yaml::from_str("{unusable_sources: [battery]}").expect("yaml"));
+        assert!(parsed.is_ok());
+        let bad = build(&serde_yaml::from_str("{unusable_sources: [solar]}").expect("yaml"));
+        assert!(bad.err().is_some_and(|e| e.contains("solar")));
     }
 }
