@@ -196,31 +196,8 @@ pub fn run(
         workers: workers
             .iter()
             .enumerate()
-            .map(|(index, _)| WorkerInfo {
-                index,
-                name: format!("sim-{index}"),
-                schedulable: true,
-                unschedulable_reason: String::new(),
-                labels: Default::default(),
-                ram_total_bytes: 8 << 30,
-                ram_free_bytes: 4 << 30,
-                gpu_free_bytes: 0,
-                power: PowerSource::Mains,
-                previous_power: PowerSource::Mains,
-                power_changed_ms: 0,
-                battery_percent: None,
-                models: vec![ModelOnWorker {
-                    name: "m".into(),
-                    version: "1".into(),
-                    on_gpu: false,
-                    memory_bytes: 0,
-                    queue_depth: 0,
-                    in_flight: 0,
-                    instances: 1,
-                    reported_latency_ms: 0.0,
-                }],
-                dispatched: 0,
-                peak_ewma_ms: 0.0,
+            .map(|(index, _)| {
+                WorkerInfo::new(index, format!("sim-{index}"), ModelOnWorker::new("m", "1"))
             })
             .collect(),
         now_ms: 0,

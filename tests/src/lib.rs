@@ -413,3 +413,29 @@ pub fn assert_tensors_match(context: &str, expected: &[Tensor], actual: &[Tensor
         }
     }
 }
+
+/// A batch of constant-ish images for the `image_classifier` example model.
+pub fn image_request(batch: i64) -> localml_proto::inference::ModelInferRequest {
+    let n = (batch * 3 * 32 * 32) as usize;
+    client::request(
+        "image_classifier",
+        "",
+        &[Tensor {
+            name: "image".into(),
+            shape: vec![batch, 3, 32, 32],
+            data: TensorData::Fp32((0..n).map(|i| (i % 7) as f32 / 7.0).collect()),
+        }],
+    )
+}
+
+/// Writes files of a fake sysfs power supply `name` under `root`, each atomically (write
+/// then rename), as a reader of sysfs never sees half a value.
+pub fn write_power_supply(root: &Path, name: &str, files: &[(&str, &str)]) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (file, value) in files {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, format!("{value}\n")).expect("write");
+        std::fs::rename(&tmp, dir.join(file)).expect("rename");
+    }
+}

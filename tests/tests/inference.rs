@@ -221,19 +221,6 @@ async fn metadata_config_stream_and_statistics() {
     );
 }
 
-fn image_request(batch: i64) -> ModelInferRequest {
-    let n = (batch * 3 * 32 * 32) as usize;
-    client::request(
-        "image_classifier",
-        "",
-        &[Tensor {
-            name: "image".into(),
-            shape: vec![batch, 3, 32, 32],
-            data: TensorData::Fp32(vec![0.5; n]),
-        }],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_statuses_are_precise() {
     let scheduler = Scheduler::start_with(&format!(

@@ -126,17 +126,6 @@ async fn paused_worker_becomes_not_ready_and_recovers() {
     assert!(ready, "reports resume and the worker is Ready again");
 }
 
-fn write_supply(root: &std::path::Path, name: &str, files: &[(&str, &str)]) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for (file, value) in files {
-        // Write then rename, as sysfs readers never see half a value.
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, format!("{value}\n")).expect("write");
-        std::fs::rename(&tmp, dir.join(file)).expect("rename");
-    }
-}
-
 /// The `localml workers` table row of `name`.
 fn workers_row(scheduler: &Scheduler, name: &str) -> String {
     let out = std::process::Command::new(bin("localml"))
@@ -158,8 +147,8 @@ fn workers_row(scheduler: &Scheduler, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn battery_switch_shows_up_in_localml_workers() {
     let sysfs = TempDir::new("sysfs");
-    write_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
-    write_supply(
+    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
+    write_power_supply(
         sysfs.path(),
         "BAT0",
         &[
@@ -176,8 +165,8 @@ async fn battery_switch_shows_up_in_localml_workers() {
     assert!(row.contains("mains") && row.contains("87%"), "{row}");
 
     // The grid fails.
-    write_supply(sysfs.path(), "AC", &[("online", "0")]);
-    write_supply(
+    write_power_supply(sysfs.path(), "AC", &[("online", "0")]);
+    write_power_supply(
         sysfs.path(),
         "BAT0",
         &[("capacity", "64"), ("status", "Discharging")],
@@ -202,7 +191,7 @@ async fn battery_switch_shows_up_in_localml_workers() {
     assert_eq!(power.origin, "sysfs");
 
     // And back on mains.
-    write_supply(sysfs.path(), "AC", &[("online", "1")]);
+    write_power_supply(sysfs.path(), "AC", &[("online", "1")]);
     assert!(
         wait_until(SOON, || async {
             workers_row(&scheduler, "laptop").contains("mains")

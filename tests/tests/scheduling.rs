@@ -5,26 +5,12 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use localml_cli::client::{self, Tensor};
+use localml_cli::client;
 use localml_proto::inference::{
     infer_parameter::ParameterChoice, InferParameter, ModelInferRequest,
 };
-use localml_proto::tensor::TensorData;
 use localml_tests::*;
 use tonic::Code;
-
-fn image_batch(batch: i64) -> ModelInferRequest {
-    let n = (batch * 3 * 32 * 32) as usize;
-    client::request(
-        "image_classifier",
-        "",
-        &[Tensor {
-            name: "image".into(),
-            shape: vec![batch, 3, 32, 32],
-            data: TensorData::Fp32((0..n).map(|i| (i % 7) as f32 / 7.0).collect()),
-        }],
-    )
-}
 
 fn with_param(mut request: ModelInferRequest, key: &str, value: &str) -> ModelInferRequest {
     request.parameters.insert(
@@ -77,7 +63,7 @@ async fn a_faster_worker_serves_clearly_more() {
     let _slow2 = Worker::start("slow2", &scheduler, &["--throttle", "4"]);
     scheduler.wait_ready(&["fast", "slow1", "slow2"]).await;
     // Batches of 8 so inference, which the throttle slows, outweighs the network.
-    let counts = served_by(&scheduler, &image_batch(8), 300, 6).await;
+    let counts = served_by(&scheduler, &image_request(8), 300, 6).await;
     let get = |n: &str| counts.get(n).copied().unwrap_or(0);
     eprintln!("served: {counts:?}");
     assert_eq!(get("fast") + get("slow1") + get("slow2"), 300);
@@ -85,16 +71,6 @@ async fn a_faster_worker_serves_clearly_more() {
         get("fast") * 2 > get("slow1") * 3 && get("fast") * 2 > get("slow2") * 3,
         "the fast worker serves clearly more: {counts:?}"
     );
-}
-
-fn write_supply(root: &std::path::Path, name: &str, files: &[(&str, &str)]) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for (file, value) in files {
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, format!("{value}\n")).expect("write");
-        std::fs::rename(&tmp, dir.join(file)).expect("rename");
-    }
 }
 
 async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
@@ -110,8 +86,8 @@ async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
 async fn a_worker_on_battery_stops_receiving_new_work_and_gets_it_back_on_mains() {
     use localml_proto::localml::v1::PowerSource;
     let sysfs = TempDir::new("sysfs-sched");
-    write_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
-    write_supply(
+    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
+    write_power_supply(
         sysfs.path(),
         "BAT0",
         &[
@@ -125,7 +101,7 @@ async fn a_worker_on_battery_stops_receiving_new_work_and_gets_it_back_on_mains(
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
     let _desktop = Worker::start("desktop", &scheduler, &[]);
     scheduler.wait_ready(&["laptop", "desktop"]).await;
-    let request = image_batch(1);
+    let request = image_request(1);
     let before = served_by(&scheduler, &request, 100, 4).await;
     assert!(
         before.get("laptop").copied().unwrap_or(0) > 10,
@@ -133,8 +109,8 @@ async fn a_worker_on_battery_stops_receiving_new_work_and_gets_it_back_on_mains(
     );
 
     // The grid fails.
-    write_supply(sysfs.path(), "AC", &[("online", "0")]);
-    write_supply(
+    write_power_supply(sysfs.path(), "AC", &[("online", "0")]);
+    write_power_supply(
         sysfs.path(),
         "BAT0",
         &[("capacity", "60"), ("status", "Discharging")],
@@ -153,8 +129,8 @@ async fn a_worker_on_battery_stops_receiving_new_work_and_gets_it_back_on_mains(
     );
 
     // Mains returns; after the hysteresis the laptop gets work again.
-    write_supply(sysfs.path(), "AC", &[("online", "1")]);
-    write_supply(sysfs.path(), "BAT0", &[("status", "Charging")]);
+    write_power_supply(sysfs.path(), "AC", &[("online", "1")]);
+    write_power_supply(sysfs.path(), "BAT0", &[("status", "Charging")]);
     let back = wait_until(SOON, || async {
         // One at a time: the desktop always has capacity, so only power decides.
         served_by(&scheduler, &request, 20, 1)
@@ -191,11 +167,11 @@ async fn a_cordoned_worker_gets_nothing_new() {
     assert!(localml(&["workers"])
         .lines()
         .any(|l| l.starts_with("a ") && l.contains("Cordoned")));
-    let counts = served_by(&scheduler, &image_batch(1), 60, 4).await;
+    let counts = served_by(&scheduler, &image_request(1), 60, 4).await;
     assert_eq!(counts.get("a"), None, "{counts:?}");
     assert_eq!(counts.get("b"), Some(&60));
     localml(&["uncordon", "a"]);
-    let counts = served_by(&scheduler, &image_batch(1), 60, 4).await;
+    let counts = served_by(&scheduler, &image_request(1), 60, 4).await;
     assert!(counts.get("a").copied().unwrap_or(0) > 0, "{counts:?}");
 }
 
@@ -206,10 +182,10 @@ async fn selectors_profiles_and_providers() {
     let _school = Worker::start("school", &scheduler, &["--labels", "site=school"]);
     scheduler.wait_ready(&["library", "school"]).await;
     let mut c = scheduler.inference().await;
-    let to_library = with_param(image_batch(1), "localml.selector", "site=library");
+    let to_library = with_param(image_request(1), "localml.selector", "site=library");
     let counts = served_by(&scheduler, &to_library, 20, 2).await;
     assert_eq!(counts.get("library"), Some(&20), "{counts:?}");
-    let energy = with_param(image_batch(1), "localml.profile", "energy-saver");
+    let energy = with_param(image_request(1), "localml.profile", "energy-saver");
     assert!(
         c.model_infer(energy).await.is_ok(),
         "the energy-saver profile serves"
@@ -249,7 +225,7 @@ async fn selectors_profiles_and_providers() {
     ];
     for (key, value, code, fragment) in cases {
         let status = c
-            .model_infer(with_param(image_batch(1), key, value))
+            .model_infer(with_param(image_request(1), key, value))
             .await
             .expect_err(value);
         assert_eq!(status.code(), code, "{key}={value}: {}", status.message());
@@ -346,14 +322,14 @@ async fn queued_requests_go_by_priority_and_tenant_fairness() {
     // image_classifier has 2 sessions; Capacity allows 4 outstanding per session: 8.
     let _slow = Worker::start("slow", &scheduler, &["--throttle", "300"]);
     scheduler.wait_ready(&["slow"]).await;
-    let heavy = with_param(image_batch(1), "localml.tenant", "heavy");
+    let heavy = with_param(image_request(1), "localml.tenant", "heavy");
     let (heavy_done, heavy_tasks) = flood(&scheduler, &heavy, 40).await;
     wait_dispatched(&scheduler, 8).await;
 
     // Another tenant, and a high-priority request of the heavy tenant, overtake the backlog.
-    let light = with_param(image_batch(1), "localml.tenant", "light");
+    let light = with_param(image_request(1), "localml.tenant", "light");
     let urgent = with_param(
-        with_param(image_batch(1), "localml.tenant", "heavy"),
+        with_param(image_request(1), "localml.tenant", "heavy"),
         "localml.priority",
         "10",
     );
@@ -381,7 +357,7 @@ async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_qu
         Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_queued_requests: 4\n"));
     let _slow = Worker::start("slow", &scheduler, &["--throttle", "300"]);
     scheduler.wait_ready(&["slow"]).await;
-    let (_, tasks) = flood(&scheduler, &image_batch(1), 30).await;
+    let (_, tasks) = flood(&scheduler, &image_request(1), 30).await;
     let mut exhausted = 0;
     let mut served = 0;
     for t in tasks {
@@ -400,10 +376,10 @@ async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_qu
         "the dispatched and the queued ones were served: {served}"
     );
 
-    let (_, _busy) = flood(&scheduler, &image_batch(1), 10).await;
+    let (_, _busy) = flood(&scheduler, &image_request(1), 10).await;
     wait_dispatched(&scheduler, 8).await;
     let mut c = scheduler.inference().await;
-    let mut request = tonic::Request::new(image_batch(1));
+    let mut request = tonic::Request::new(image_request(1));
     request.set_timeout(Duration::from_millis(200));
     let status = c
         .model_infer(request)

@@ -154,7 +154,45 @@ pub struct WorkerInfo {
     pub peak_ewma_ms: f64,
 }
 
+impl ModelOnWorker {
+    /// A loaded model version with one session, idle, on the CPU.
+    pub fn new(name: &str, version: &str) -> ModelOnWorker {
+        ModelOnWorker {
+            name: name.to_string(),
+            version: version.to_string(),
+            on_gpu: false,
+            memory_bytes: 0,
+            queue_depth: 0,
+            in_flight: 0,
+            instances: 1,
+            reported_latency_ms: 0.0,
+        }
+    }
+}
+
 impl WorkerInfo {
+    /// A schedulable, idle worker on mains with 4 of 8 GiB free and `model` loaded;
+    /// callers change what differs.
+    pub fn new(index: usize, name: String, model: ModelOnWorker) -> WorkerInfo {
+        WorkerInfo {
+            index,
+            name,
+            schedulable: true,
+            unschedulable_reason: String::new(),
+            labels: BTreeMap::new(),
+            ram_total_bytes: 8 << 30,
+            ram_free_bytes: 4 << 30,
+            gpu_free_bytes: 0,
+            power: PowerSource::Mains,
+            previous_power: PowerSource::Mains,
+            power_changed_ms: 0,
+            battery_percent: None,
+            models: vec![model],
+            dispatched: 0,
+            peak_ewma_ms: 0.0,
+        }
+    }
+
     /// The model version a request wants, if loaded here.
     pub fn model(&self, request: &RequestInfo) -> Option<&ModelOnWorker> {
         self.models

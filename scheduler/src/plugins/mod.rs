@@ -48,32 +48,11 @@ pub mod testing {
     use crate::framework::*;
 
     pub fn worker(index: usize) -> WorkerInfo {
-        WorkerInfo {
-            index,
-            name: format!("w{index}"),
-            schedulable: true,
-            unschedulable_reason: String::new(),
-            labels: Default::default(),
-            ram_total_bytes: 8 << 30,
-            ram_free_bytes: 4 << 30,
-            gpu_free_bytes: 0,
-            power: PowerSource::Mains,
-            previous_power: PowerSource::Mains,
-            power_changed_ms: 0,
-            battery_percent: None,
-            models: vec![ModelOnWorker {
-                name: "m".into(),
-                version: "1".into(),
-                on_gpu: false,
-                memory_bytes: 1 << 20,
-                queue_depth: 0,
-                in_flight: 0,
-                instances: 1,
-                reported_latency_ms: 0.0,
-            }],
-            dispatched: 0,
-            peak_ewma_ms: 0.0,
-        }
+        let model = ModelOnWorker {
+            memory_bytes: 1 << 20,
+            ..ModelOnWorker::new("m", "1")
+        };
+        WorkerInfo::new(index, format!("w{index}"), model)
     }
 
     pub fn request() -> RequestInfo {
