@@ -18,6 +18,34 @@ pub struct Built {
     pub permit: Option<Arc<dyn Permit>>,
 }
 
+impl Built {
+    /// A plugin with only a Filter.
+    pub fn filter<P: Filter + 'static>(plugin: P) -> Built {
+        Built {
+            filter: Some(Arc::new(plugin)),
+            ..Default::default()
+        }
+    }
+
+    /// A plugin with only a Score.
+    pub fn score<P: Score + 'static>(plugin: P) -> Built {
+        Built {
+            score: Some(Arc::new(plugin)),
+            ..Default::default()
+        }
+    }
+
+    /// A plugin that filters and scores.
+    pub fn filter_and_score<P: Filter + Score + 'static>(plugin: P) -> Built {
+        let plugin = Arc::new(plugin);
+        Built {
+            filter: Some(plugin.clone()),
+            score: Some(plugin),
+            ..Default::default()
+        }
+    }
+}
+
 /// Builds a plugin from its `args` (YAML; `Null` when none are given).
 pub type Factory = fn(&serde_yaml::Value) -> Result<Built, String>;
 

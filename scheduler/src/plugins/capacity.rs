@@ -3,8 +3,6 @@
 //! is, the request waits in the scheduler's queue (ordered by priority, fair between
 //! tenants) instead of piling up in one worker's FIFO queue.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::framework::registry::Built;
@@ -69,10 +67,7 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
     if args.max_outstanding_per_session == 0 {
         return Err("max_outstanding_per_session must be at least 1".into());
     }
-    Ok(Built {
-        filter: Some(Arc::new(Capacity { args })),
-        ..Default::default()
-    })
+    Ok(Built::filter(Capacity { args }))
 }
 
 #[cfg(test)]

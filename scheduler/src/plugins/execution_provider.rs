@@ -1,8 +1,6 @@
 //! ExecutionProvider: honours `localml.provider` (gpu, cpu, any) and prefers workers that
 //! run the model on a GPU execution provider.
 
-use std::sync::Arc;
-
 use crate::framework::registry::Built;
 use crate::framework::*;
 
@@ -42,12 +40,7 @@ impl Score for ExecutionProvider {
 }
 
 pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
-    let plugin = Arc::new(ExecutionProvider);
-    Ok(Built {
-        filter: Some(plugin.clone()),
-        score: Some(plugin),
-        ..Default::default()
-    })
+    Ok(Built::filter_and_score(ExecutionProvider))
 }
 
 #[cfg(test)]

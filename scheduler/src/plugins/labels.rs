@@ -1,8 +1,6 @@
 //! Labels: a request's `localml.selector` (e.g. `gpu=nvidia,site=library`) must match
 //! every label it names.
 
-use std::sync::Arc;
-
 use crate::framework::registry::Built;
 use crate::framework::*;
 
@@ -28,10 +26,7 @@ impl Filter for Labels {
 }
 
 pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
-    Ok(Built {
-        filter: Some(Arc::new(Labels)),
-        ..Default::default()
-    })
+    Ok(Built::filter(Labels))
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 //! the model. The lowest expectation scores 100, the others in proportion, so a PC four
 //! times faster receives about four times the work.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::framework::registry::Built;
@@ -79,10 +77,7 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
             args.default_latency_ms
         ));
     }
-    Ok(Built {
-        score: Some(Arc::new(LeastExpectedLatency { args })),
-        ..Default::default()
-    })
+    Ok(Built::score(LeastExpectedLatency { args }))
 }
 
 #[cfg(test)]

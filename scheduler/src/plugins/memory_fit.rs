@@ -2,8 +2,6 @@
 //! and gets no new work; among the others, more free memory (GPU memory for a model on
 //! the GPU) scores higher.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::framework::registry::Built;
@@ -75,12 +73,7 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
             args.headroom_percent
         ));
     }
-    let plugin = Arc::new(MemoryFit { args });
-    Ok(Built {
-        filter: Some(plugin.clone()),
-        score: Some(plugin),
-        ..Default::default()
-    })
+    Ok(Built::filter_and_score(MemoryFit { args }))
 }
 
 #[cfg(test)]

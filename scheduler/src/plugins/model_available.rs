@@ -4,8 +4,6 @@
 //! worker that "could load" a model is not known yet; such workers would score lower once
 //! workers report their repositories (model deployments, issue #4).
 
-use std::sync::Arc;
-
 use crate::framework::registry::Built;
 use crate::framework::*;
 
@@ -33,10 +31,7 @@ impl Filter for ModelAvailable {
 }
 
 pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
-    Ok(Built {
-        filter: Some(Arc::new(ModelAvailable)),
-        ..Default::default()
-    })
+    Ok(Built::filter(ModelAvailable))
 }
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! NodeUnschedulable: workers that are NotReady, cordoned or draining get no new work.
 
-use std::sync::Arc;
-
 use crate::framework::registry::Built;
 use crate::framework::*;
 
@@ -26,10 +24,7 @@ impl Filter for NodeUnschedulable {
 }
 
 pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
-    Ok(Built {
-        filter: Some(Arc::new(NodeUnschedulable)),
-        ..Default::default()
-    })
+    Ok(Built::filter(NodeUnschedulable))
 }
 
 #[cfg(test)]

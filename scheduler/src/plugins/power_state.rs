@@ -5,8 +5,6 @@
 //! traffic swing back and forth. The registry records each worker's previous source and
 //! when it changed, so the plugin keeps no state of its own.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::framework::registry::Built;
@@ -145,12 +143,7 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
             args.critical_battery_percent
         ));
     }
-    let plugin = Arc::new(PowerState::new(args));
-    Ok(Built {
-        filter: Some(plugin.clone()),
-        score: Some(plugin),
-        ..Default::default()
-    })
+    Ok(Built::filter_and_score(PowerState::new(args)))
 }
 
 #[cfg(test)]
