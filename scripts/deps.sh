@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing localml needs, when it is missing. Idempotent.
 #   scripts/deps.sh          build needs: protoc (Debian protobuf-compiler), python3 + pip
-#   scripts/deps.sh --test   also the test tools: Triton's Python client (tritonclient[grpc])
+#   scripts/deps.sh --test   also the test tools: etcd (Debian etcd-server) and Triton's Python
+#                            client (tritonclient[grpc])
 set -euo pipefail
 
 need_apt=()
@@ -11,6 +12,10 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2
   need_apt+=(python3-pip)
 fi
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if [[ ${1:-} == --test ]]; then
+  # A real etcd for the store's conformance tests and the etcd-mode job tests.
+  command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+fi
 if ((${#need_apt[@]})); then
   echo "deps: installing ${need_apt[*]} (apt)"
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"

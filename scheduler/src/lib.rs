@@ -12,6 +12,7 @@
 //! - [`cluster`]: the worker-facing cluster API and the admin API.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED for oversized messages.
 //! - [`stats`]: per-model counters for ModelStatistics.
+//! - [`store`]: cluster state (embedded file or etcd) behind one `Store` trait.
 //! - [`cli`]: flags and the process entry point.
 
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod registry;
 pub mod sim;
 pub mod size_limit;
 pub mod stats;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;

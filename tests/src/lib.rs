@@ -439,3 +439,96 @@ pub fn write_power_supply(root: &Path, name: &str, files: &[(&str, &str)]) {
         std::fs::rename(&tmp, dir.join(file)).expect("rename");
     }
 }
+
+/// A real etcd server (Debian's `etcd-server`) on loopback with random ports and a
+/// temporary data directory; killed and removed on drop.
+pub struct Etcd {
+    pub process: Process,
+    /// `host:port` for clients.
+    pub endpoint: String,
+    dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let etcd = std::env::var_os("LOCALML_ETCD").unwrap_or_else(|| "etcd".into());
+        let dir = TempDir::new("etcd");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(&etcd)
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start etcd ({}): {e}; install it with `scripts/deps.sh --test` (Debian package etcd-server)",
+                    etcd.to_string_lossy()
+                )
+            });
+        let mut etcd = Etcd {
+            process: Process {
+                child,
+                name: "etcd".into(),
+            },
+            endpoint: format!("127.0.0.1:{client}"),
+            dir,
+        };
+        let start = Instant::now();
+        while start.elapsed() < SOON {
+            if etcd.healthy() {
+                return etcd;
+            }
+            if let Ok(Some(status)) = etcd.process.child.try_wait() {
+                panic!(
+                    "etcd exited ({status}) before it was healthy:\n{}",
+                    etcd.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd.process.kill9();
+        panic!("etcd not healthy within {SOON:?}:\n{}", etcd.log());
+    }
+
+    /// GET /health answers `"health":"true"`.
+    pub fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.endpoint) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!("GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.endpoint);
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.contains("\"health\":\"true\"")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// The `--store` value for schedulers using this etcd.
+    pub fn store_address(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}", self.endpoint)
+    }
+}
