@@ -3,7 +3,11 @@
 //! installs it.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["inference/grpc_service.proto", "localml/v1/cluster.proto"];
+    let protos = [
+        "inference/grpc_service.proto",
+        "localml/v1/cluster.proto",
+        "localml/v1/jobs.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

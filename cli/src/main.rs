@@ -42,6 +42,9 @@ enum Command {
         /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, localml's cache, system paths).
         #[arg(long)]
         onnxruntime: Option<PathBuf>,
+        /// Where cluster state and jobs are kept [default: ~/.local/state/localml].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Send one inference request and print the outputs and the worker that served it.
     Infer {
@@ -85,6 +88,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
+    /// Durable async jobs: submit, get, watch, cancel, list.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
+        server: String,
+    },
     /// ONNX Runtime shared library management.
     Runtime {
         #[command(subcommand)]
@@ -94,6 +104,65 @@ enum Command {
     Scheduler(localml_scheduler::cli::SchedulerArgs),
     /// Run a worker (same flags as localml-worker).
     Worker(localml_worker::cli::WorkerArgs),
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Submit a job (or --count N of them) and print the id(s).
+    Submit {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "")]
+        version: String,
+        /// NAME=FILE with FILE a .npy or .json tensor; inputs not given get random data.
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Request parameter KEY=VALUE, as for `localml infer`.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        /// Fail the job if it has not ended within this long (90s, 30m, 8h).
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Deduplicates retried submits (with --count N: KEY-0 .. KEY-N-1).
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+        /// any, prefer_mains, or mains_only (wait for a worker on mains power).
+        #[arg(long, default_value = "any")]
+        power: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Submit this many copies.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Then follow them until they end.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show a job and, once it succeeded, its outputs.
+    Get {
+        id: String,
+        /// Values printed per output.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+    },
+    /// Follow jobs until they end (all jobs when no id is given), with a progress line.
+    Watch { ids: Vec<String> },
+    /// Cancel a job that has not ended.
+    Cancel { id: String },
+    /// List jobs, oldest first.
+    List {
+        /// pending, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,18 +213,18 @@ fn read_input(spec: &str, inputs: &[(String, DataType)]) -> anyhow::Result<Tenso
     })
 }
 
-async fn infer(
-    model: String,
-    version: String,
-    specs: Vec<String>,
-    params: Vec<String>,
-    server: String,
-    show: usize,
-) -> anyhow::Result<()> {
-    let channel = client::connect(&server, Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let mut oip = client::inference_client(channel);
+/// Builds a request for `model` from `--input` files (random data for inputs not given)
+/// and `--param` pairs, reading the model's inputs from the server.
+async fn build_request(
+    oip: &mut localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >,
+    model: &str,
+    version: &str,
+    specs: &[String],
+    params: &[String],
+) -> anyhow::Result<localml_proto::inference::ModelInferRequest> {
+    let (model, version) = (model.to_string(), version.to_string());
     let metadata = oip
         .model_metadata(ModelMetadataRequest {
             name: model.clone(),
@@ -187,7 +256,7 @@ async fn infer(
         }
     }
     let mut request = client::request(&model, &version, &tensors);
-    for p in &params {
+    for p in params {
         let (key, value) = p
             .split_once('=')
             .with_context(|| format!("--param '{p}': expected KEY=VALUE"))?;
@@ -202,6 +271,22 @@ async fn infer(
             },
         );
     }
+    Ok(request)
+}
+
+async fn infer(
+    model: String,
+    version: String,
+    specs: Vec<String>,
+    params: Vec<String>,
+    server: String,
+    show: usize,
+) -> anyhow::Result<()> {
+    let channel = client::connect(&server, Duration::from_secs(5))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut oip = client::inference_client(channel);
+    let request = build_request(&mut oip, &model, &version, &specs, &params).await?;
     let started = Instant::now();
     let response = oip
         .model_infer(request)
@@ -261,12 +346,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             listen,
             onnxruntime,
+            data_dir,
         } => {
             let options = localml_cli::up::UpOptions {
                 models,
                 workers,
                 listen,
                 onnxruntime,
+                data_dir,
             };
             localml_cli::up::up(options, localml_scheduler::cli::shutdown_signal()).await
         }
@@ -300,6 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", localml_cli::table::models(&list));
             Ok(())
         }
+        Command::Jobs { command, server } => jobs(command, &server).await,
         Command::Runtime { command } => match command {
             RuntimeCommand::Install { gpu } => {
                 let flavor = if gpu {
@@ -322,6 +410,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Scheduler(args) => Ok(localml_scheduler::cli::run(args).await?),
         Command::Worker(args) => Ok(localml_worker::cli::run(args).await?),
+    }
+}
+
+async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
+    use localml_cli::jobs;
+    match command {
+        JobsCommand::Submit {
+            model,
+            version,
+            inputs,
+            params,
+            priority,
+            deadline,
+            idempotency_key,
+            power,
+            tenant,
+            count,
+            watch,
+        } => {
+            let options = jobs::SubmitOptions {
+                priority,
+                deadline: deadline.as_deref().map(jobs::parse_duration).transpose()?,
+                idempotency_key,
+                power: jobs::parse_power(&power)?,
+                tenant,
+                count,
+            };
+            let channel = client::connect(server, Duration::from_secs(5))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut oip = client::inference_client(channel);
+            let request = build_request(&mut oip, &model, &version, &inputs, &params).await?;
+            let ids = jobs::submit(server, request, options).await?;
+            if watch {
+                jobs::watch(server, ids).await?;
+            }
+            Ok(())
+        }
+        JobsCommand::Get { id, show } => jobs::get(server, id, show).await,
+        JobsCommand::Watch { ids } => jobs::watch(server, ids).await,
+        JobsCommand::Cancel { id } => jobs::cancel(server, id).await,
+        JobsCommand::List {
+            state,
+            tenant,
+            limit,
+        } => {
+            let state = state.as_deref().map(jobs::parse_state).transpose()?;
+            jobs::list(server, state, tenant, limit).await
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub struct UpOptions {
     pub workers: u32,
     pub listen: String,
     pub onnxruntime: Option<PathBuf>,
+    /// Where the scheduler keeps cluster state and jobs [default: the scheduler's].
+    pub data_dir: Option<PathBuf>,
 }
 
 /// How long workers get to load their models and join.
@@ -110,11 +112,17 @@ pub async fn up(
     }
     let library = ensure_runtime(options.onnxruntime.as_deref())?;
 
+    let defaults = SchedulerConfig::default();
     let config = SchedulerConfig {
         listen: options.listen.clone(),
         cluster_listen: "127.0.0.1:0".into(),
-        ..SchedulerConfig::default()
+        data_dir: options
+            .data_dir
+            .clone()
+            .unwrap_or(defaults.data_dir.clone()),
+        ..defaults
     };
+    let data_dir = config.data_dir.clone();
     let listeners = localml_scheduler::cli::bind_listeners(&config).await?;
     let endpoint = listeners.clients.local_addr()?;
     let cluster = listeners.cluster.local_addr()?.to_string();
@@ -192,6 +200,13 @@ pub async fn up(
             models.first().map(|m| m.name.as_str()).unwrap_or("MODEL")
         );
         println!("       localml workers --server {endpoint}");
+        println!("       localml jobs list --server {endpoint}");
+        println!(
+            "  state (jobs, cordons): {}",
+            data_dir
+                .join(localml_scheduler::store::embedded::FILE_NAME)
+                .display()
+        );
         println!();
         println!("{}", crate::table::models(&models));
         println!();

@@ -18,6 +18,13 @@ pub struct SchedulerArgs {
     /// Address workers join on [default: 127.0.0.1:8002].
     #[arg(long)]
     pub cluster_listen: Option<String>,
+    /// Cluster state: `embedded` (a file in --data-dir), or
+    /// `etcd://host:port[,host:port...][/prefix]` [default: embedded].
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Data directory for the embedded store [default: ~/.local/state/localml].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
@@ -31,6 +38,12 @@ impl SchedulerArgs {
         }
         if let Some(v) = self.cluster_listen {
             c.cluster_listen = v;
+        }
+        if let Some(v) = self.store {
+            c.store = v;
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
         }
         c.validate()?;
         Ok(c)

@@ -33,6 +33,49 @@ pub struct SchedulerConfig {
     pub max_queued_requests: usize,
     /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
     pub profiles: Vec<crate::profile::ProfileConfig>,
+    /// Where cluster state lives: `embedded` (a file in `data_dir`), `embedded:DIR`, or
+    /// `etcd://host:port[,host:port...][/prefix]`.
+    pub store: String,
+    /// The scheduler's data directory (the embedded store's file).
+    pub data_dir: std::path::PathBuf,
+    /// The leader's lease: a replica that stops renewing it loses leadership this long
+    /// after its last renewal, in milliseconds (etcd rounds up to whole seconds).
+    pub leader_lease_ms: u64,
+    /// Durable async jobs.
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Jobs the leader runs at once.
+    pub concurrency: usize,
+    /// Largest stored result in bytes; a job whose result is larger FAILS and says so.
+    pub max_result_bytes: usize,
+    /// How long a job that could not run waits before it is tried again, in milliseconds.
+    pub retry_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            concurrency: 8,
+            max_result_bytes: 16 * 1024 * 1024,
+            retry_ms: 1_000,
+        }
+    }
+}
+
+/// The default data directory: `$XDG_STATE_HOME/localml` or `~/.local/state/localml`
+/// (`./localml-data` when neither is set).
+pub fn default_data_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(dir).join("localml");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => std::path::PathBuf::from(home).join(".local/state/localml"),
+        None => "localml-data".into(),
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +90,10 @@ impl Default for SchedulerConfig {
             dispatch_attempts: 3,
             max_queued_requests: 1024,
             profiles: crate::profile::builtin(),
+            store: "embedded".into(),
+            data_dir: default_data_dir(),
+            leader_lease_ms: 3_000,
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -99,6 +146,18 @@ impl SchedulerConfig {
             return invalid("max_message_bytes", "must be at least 1024");
         }
         crate::profile::Profiles::build(&self.profiles).map_err(ConfigError::Profiles)?;
+        if let Err(e) = crate::store::StoreAddress::parse(&self.store, &self.data_dir) {
+            return invalid("store", &e.to_string());
+        }
+        if self.leader_lease_ms < 1_000 {
+            return invalid("leader_lease_ms", "must be at least 1000");
+        }
+        if self.jobs.concurrency == 0 {
+            return invalid("jobs.concurrency", "must be at least 1");
+        }
+        if self.jobs.retry_ms == 0 {
+            return invalid("jobs.retry_ms", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -142,6 +201,23 @@ mod tests {
                     ..Default::default()
                 },
                 "dispatch_attempts",
+            ),
+            (
+                SchedulerConfig {
+                    store: "redis://x:1".into(),
+                    ..Default::default()
+                },
+                "store",
+            ),
+            (
+                SchedulerConfig {
+                    jobs: JobsConfig {
+                        concurrency: 0,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                "jobs.concurrency",
             ),
         ];
         for (config, field) in cases {

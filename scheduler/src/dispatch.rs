@@ -33,6 +33,23 @@ pub const PROVIDER_PARAMETER: &str = "localml.provider";
 pub const SELECTOR_PARAMETER: &str = "localml.selector";
 pub const PRIORITY_PARAMETER: &str = "localml.priority";
 pub const TENANT_PARAMETER: &str = "localml.tenant";
+pub const POWER_PARAMETER: &str = "localml.power";
+/// Response parameter naming the worker that served a request (set by workers).
+pub const WORKER_PARAMETER: &str = "localml.worker";
+
+/// The worker that served `response`, when it says.
+pub fn served_by(response: &ModelInferResponse) -> Option<String> {
+    use localml_proto::inference::infer_parameter::ParameterChoice;
+    match response
+        .parameters
+        .get(WORKER_PARAMETER)?
+        .parameter_choice
+        .as_ref()?
+    {
+        ParameterChoice::StringParam(s) => Some(s.clone()),
+        _ => None,
+    }
+}
 
 fn string_parameter(request: &ModelInferRequest, key: &str) -> Result<Option<String>, Status> {
     use localml_proto::inference::infer_parameter::ParameterChoice;
@@ -96,6 +113,15 @@ pub fn request_info(
         }
     };
     let tenant = string_parameter(request, TENANT_PARAMETER)?.unwrap_or_default();
+    let mains_only = match string_parameter(request, POWER_PARAMETER)?.as_deref() {
+        None | Some("any") | Some("prefer_mains") => false,
+        Some("mains_only") => true,
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+            "parameter '{POWER_PARAMETER}' is '{other}'; expected any, prefer_mains or mains_only"
+        )))
+        }
+    };
     Ok((
         profile,
         RequestInfo {
@@ -105,6 +131,7 @@ pub fn request_info(
             selector,
             priority,
             tenant,
+            mains_only,
         },
     ))
 }

@@ -22,6 +22,8 @@ pub mod dispatch;
 pub mod estimator;
 pub mod framework;
 pub mod inference;
+pub mod jobs;
+pub mod leader;
 pub mod plugins;
 pub mod profile;
 pub mod queue;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use localml_proto::localml::v1::admin_server::AdminServer;
 use localml_proto::localml::v1::cluster_server::ClusterServer;
+use localml_proto::localml::v1::jobs_server::JobsServer;
 use localml_proto::service::OipService;
 use tokio::net::TcpListener;
 
@@ -59,6 +62,8 @@ pub enum SchedulerError {
     Serve(#[from] tonic::transport::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Runs the scheduler until `shutdown` completes; then both servers stop accepting and
@@ -69,6 +74,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     config.validate()?;
+    let address = store::StoreAddress::parse(&config.store, &config.data_dir)?;
+    let state = address.open().await?;
+    tracing::info!(store = %address, "cluster state");
     let registry = Arc::new(Registry::new(config.max_message_bytes));
     let stats = Arc::new(stats::Stats::default());
     let profiles =
@@ -109,6 +117,39 @@ pub async fn run(
         })))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let jobs_api = JobsServer::new(jobs::JobsService {
+        store: Arc::clone(&state),
+        dispatcher: Arc::clone(&dispatcher),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+
+    // One replica leads and runs the job dispatcher; the others stand by.
+    let leading = {
+        let runner = Arc::new(jobs::Runner {
+            store: Arc::clone(&state),
+            dispatcher: Arc::clone(&dispatcher),
+            config: config.jobs.clone(),
+        });
+        let ttl = std::time::Duration::from_millis(config.leader_lease_ms);
+        let store = Arc::clone(&state);
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let identity = leader::identity();
+            loop {
+                let campaign = leader::campaign(Arc::clone(&store), &identity, ttl);
+                let leadership = tokio::select! {
+                    l = campaign => l,
+                    _ = wait(stopped.clone()) => return,
+                };
+                Arc::clone(&runner).run(&leadership, stopped.clone()).await;
+                if *stopped.borrow() {
+                    leadership.resign().await;
+                    return;
+                }
+            }
+        })
+    };
     let admin = AdminServer::new(cluster::AdminService {
         registry: Arc::clone(&registry),
     });
@@ -120,6 +161,7 @@ pub async fn run(
     let clients = tonic::transport::Server::builder()
         .layer(size_limit::SizeLimitLayer)
         .add_service(inference)
+        .add_service(jobs_api)
         .add_service(admin.clone())
         .serve_with_incoming_shutdown(
             localml_proto::service::incoming(listeners.clients),
@@ -137,7 +179,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _) = tokio::join!(clients, workers, lifecycle);
+    let (a, b, _, _) = tokio::join!(clients, workers, lifecycle, leading);
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;
     }

@@ -148,7 +148,8 @@ pub struct Scheduler {
     pub addr: String,
     /// Worker (cluster) address.
     pub cluster_addr: String,
-    _config: Option<TempDir>,
+    extra: Vec<String>,
+    dir: TempDir,
 }
 
 /// Scheduler settings for tests: fast reports, a grace period long enough for a busy
@@ -161,27 +162,63 @@ impl Scheduler {
     }
 
     pub fn start_with(yaml: &str) -> Scheduler {
+        Scheduler::start_full(yaml, &[])
+    }
+
+    /// Starts a scheduler with `yaml` and extra flags (e.g. `--store etcd://...`); its
+    /// embedded state lives in a temporary directory kept across [`Scheduler::restart`].
+    pub fn start_full(yaml: &str, extra: &[&str]) -> Scheduler {
         let dir = TempDir::new("scheduler");
-        let config = dir.path().join("scheduler.yaml");
-        std::fs::write(&config, yaml).expect("write config");
-        let mut command = Command::new(bin("localml-scheduler"));
-        command
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cluster-listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(&config);
-        let (process, line) = spawn_and_read_line(command, "scheduler");
-        let addr = address_after(&line, "listening on ");
-        let cluster_addr = address_after(&line, "and ");
+        std::fs::write(dir.path().join("scheduler.yaml"), yaml).expect("write config");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (process, addr, cluster_addr) =
+            Scheduler::spawn(&dir, &extra, "127.0.0.1:0", "127.0.0.1:0");
         Scheduler {
             process,
             addr,
             cluster_addr,
-            _config: Some(dir),
+            extra,
+            dir,
+        }
+    }
+
+    fn spawn(
+        dir: &TempDir,
+        extra: &[String],
+        listen: &str,
+        cluster: &str,
+    ) -> (Process, String, String) {
+        let mut command = Command::new(bin("localml-scheduler"));
+        command
+            .args(["--listen", listen, "--cluster-listen", cluster, "--config"])
+            .arg(dir.path().join("scheduler.yaml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("state"))
+            .args(extra);
+        let (process, line) = spawn_and_read_line(command, "scheduler");
+        let addr = address_after(&line, "listening on ");
+        let cluster_addr = address_after(&line, "and ");
+        (process, addr, cluster_addr)
+    }
+
+    /// Kills the scheduler with SIGKILL and starts it again on the same addresses with
+    /// the same state (a crash and a restart by systemd or Kubernetes).
+    pub fn crash_and_restart(&mut self) {
+        self.process.kill9();
+        let start = Instant::now();
+        loop {
+            // The old process's sockets may take a moment to be released.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Scheduler::spawn(&self.dir, &self.extra, &self.addr, &self.cluster_addr)
+            }));
+            match attempt {
+                Ok((process, _, _)) => {
+                    self.process = process;
+                    return;
+                }
+                Err(_) if start.elapsed() < SOON => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => std::panic::resume_unwind(e),
+            }
         }
     }
 

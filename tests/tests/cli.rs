@@ -56,6 +56,7 @@ fn localml(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn localml_up_serves_infer_and_stops_without_orphans() {
+    let state = TempDir::new("up-state");
     let mut up = Command::new(bin("localml"))
         .args([
             "up",
@@ -63,8 +64,10 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
             "127.0.0.1:0",
             "--workers",
             "2",
-            "--models",
+            "--data-dir",
         ])
+        .arg(state.path())
+        .arg("--models")
         .arg(models_dir())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -212,6 +212,9 @@ pub struct RequestInfo {
     pub selector: Vec<(String, String)>,
     pub priority: i64,
     pub tenant: String,
+    /// `localml.power=mains_only`: only workers on mains power (or with no power supply
+    /// reported) may run it; PowerState filters the others.
+    pub mains_only: bool,
 }
 
 /// Cluster state a cycle decides on; never changes during the cycle.

@@ -96,7 +96,14 @@ impl PowerState {
 }
 
 impl Filter for PowerState {
-    fn filter(&self, _: &CycleState, _: &RequestInfo, worker: &WorkerInfo) -> Status {
+    fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
+        if request.mains_only && !matches!(worker.power, PowerSource::Mains | PowerSource::Unknown)
+        {
+            return Status::unschedulable(
+                format!("on {:?} power; the request needs mains power", worker.power)
+                    .to_lowercase(),
+            );
+        }
         if let Some(u) = self
             .args
             .unusable_sources
@@ -194,8 +201,39 @@ mod tests {
                     on(PowerSource::Ups, Some(5.0)),
                     Code::Success,
                 ),
+                (
+                    "mains_only on mains",
+                    mains_only(),
+                    on(PowerSource::Mains, None),
+                    Code::Success,
+                ),
+                (
+                    "mains_only on a desktop without a supply",
+                    mains_only(),
+                    on(PowerSource::Unknown, None),
+                    Code::Success,
+                ),
+                (
+                    "mains_only on ups",
+                    mains_only(),
+                    on(PowerSource::Ups, Some(90.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "mains_only on a full battery",
+                    mains_only(),
+                    on(PowerSource::Battery, Some(100.0)),
+                    Code::Unschedulable,
+                ),
             ],
         );
+    }
+
+    fn mains_only() -> RequestInfo {
+        RequestInfo {
+            mains_only: true,
+            ..request()
+        }
     }
 
     #[test]

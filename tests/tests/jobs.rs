@@ -1,0 +1,403 @@
+//! Durable async jobs with real processes: crashes of the scheduler (embedded store and
+//! etcd) lose no accepted job and end each exactly once with the right output;
+//! `mains_only` waits for mains power; limits, cancellation, errors and the CLI.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use localml_cli::client;
+use localml_proto::localml::v1::jobs_client::JobsClient;
+use localml_proto::localml::v1::*;
+use localml_tests::*;
+use tonic::transport::Channel;
+
+/// Fast leader handover and retries for tests.
+const JOBS_CONFIG: &str = "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\njobs:\n  retry_ms: 200\n";
+
+async fn jobs_client(scheduler: &Scheduler) -> JobsClient<Channel> {
+    let channel = client::connect(&scheduler.addr, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    JobsClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+fn submit_request(example: &Expected, key: String) -> SubmitJobRequest {
+    SubmitJobRequest {
+        request: Some(client::request(
+            &example.model,
+            &example.version,
+            &example.inputs,
+        )),
+        idempotency_key: key,
+        tenant: "school".into(),
+        ..Default::default()
+    }
+}
+
+/// Every job, all pages; None while the scheduler cannot answer.
+async fn list_all(scheduler: &Scheduler) -> Option<Vec<Job>> {
+    let mut client = jobs_client(scheduler).await;
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list(ListJobsRequest {
+                page_size: 200,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        all.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Some(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn count_ended(scheduler: &Scheduler) -> usize {
+    list_all(scheduler)
+        .await
+        .map(|jobs| {
+            jobs.iter()
+                .filter(|j| j.state >= JobState::Succeeded as i32)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// 500 jobs, the scheduler killed -9 twice while they run; every job ends SUCCEEDED once
+/// with the output onnxruntime's Python API computed.
+async fn jobs_survive_two_crashes(extra: &[&str]) {
+    const JOBS: usize = 500;
+    let mut scheduler = Scheduler::start_full(JOBS_CONFIG, extra);
+    let _w1 = Worker::start("w1", &scheduler, &["--throttle", "100"]);
+    let _w2 = Worker::start("w2", &scheduler, &["--throttle", "100"]);
+    scheduler.wait_ready(&["w1", "w2"]).await;
+    let examples = expected_examples();
+    let mut client = jobs_client(&scheduler).await;
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let example = &examples[i % examples.len()];
+        let job = client
+            .submit(submit_request(example, format!("batch-{i}")))
+            .await
+            .expect("submit")
+            .into_inner();
+        assert_eq!(job.state, JobState::Pending as i32);
+        ids.push(job.id);
+    }
+    for (crash, at) in [(1, JOBS / 5), (2, JOBS / 2)] {
+        let reached = wait_until(Duration::from_secs(120), || async {
+            count_ended(&scheduler).await >= at
+        })
+        .await;
+        assert!(reached, "crash {crash}: {at} jobs never ended");
+        let ended = count_ended(&scheduler).await;
+        assert!(
+            ended < JOBS,
+            "crash {crash} came after all jobs ended: not a test"
+        );
+        eprintln!("crash {crash}: kill -9 with {ended}/{JOBS} ended");
+        scheduler.crash_and_restart();
+    }
+    let all_ended = wait_until(Duration::from_secs(300), || async {
+        count_ended(&scheduler).await == JOBS
+    })
+    .await;
+    let jobs = list_all(&scheduler).await.expect("list");
+    assert!(all_ended, "not every job ended: {:?}", states(&jobs));
+    assert_eq!(jobs.len(), JOBS, "no job lost, none duplicated");
+    assert_eq!(
+        jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "the same jobs, in submit order"
+    );
+    let mut client = jobs_client(&scheduler).await;
+    let mut reruns = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let job = client
+            .get(GetJobRequest { id: id.clone() })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(
+            job.state,
+            JobState::Succeeded as i32,
+            "job {id}: {}",
+            job.message
+        );
+        reruns += job.attempts.saturating_sub(1);
+        let example = &examples[i % examples.len()];
+        let outputs = client::outputs(job.result.as_ref().expect("result")).expect("outputs");
+        assert_tensors_match(
+            &format!("job {i} ({})", example.model),
+            &example.outputs,
+            &outputs,
+        );
+    }
+    eprintln!("{JOBS} jobs succeeded; {reruns} extra executions after the crashes");
+    // The idempotency key still answers with the first job.
+    let again = client
+        .submit(submit_request(&examples[0], "batch-0".into()))
+        .await
+        .expect("resubmit")
+        .into_inner();
+    assert_eq!(again.id, ids[0]);
+    assert_eq!(again.state, JobState::Succeeded as i32);
+}
+
+fn states(jobs: &[Job]) -> HashMap<i32, usize> {
+    let mut counts = HashMap::new();
+    for j in jobs {
+        *counts.entry(j.state).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_scheduler_crashes_with_the_embedded_store() {
+    jobs_survive_two_crashes(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_scheduler_crashes_with_etcd() {
+    let etcd = Etcd::start();
+    let store = etcd.store_address("localml");
+    jobs_survive_two_crashes(&["--store", &store]).await;
+}
+
+async fn job_state(client: &mut JobsClient<Channel>, id: &str) -> Job {
+    client
+        .get(GetJobRequest { id: id.to_string() })
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mains_only_jobs_wait_for_mains_power() {
+    let sysfs = TempDir::new("sysfs-jobs");
+    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "0")]);
+    write_power_supply(
+        sysfs.path(),
+        "BAT0",
+        &[
+            ("type", "Battery"),
+            ("capacity", "80"),
+            ("status", "Discharging"),
+        ],
+    );
+    let scheduler = Scheduler::start_with(JOBS_CONFIG);
+    let root = sysfs.path().to_string_lossy().to_string();
+    let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
+    scheduler.wait_ready(&["laptop"]).await;
+    let examples = expected_examples();
+    let mut client = jobs_client(&scheduler).await;
+    let overnight = client
+        .submit(SubmitJobRequest {
+            power_policy: PowerPolicy::MainsOnly as i32,
+            ..submit_request(&examples[0], String::new())
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let cancelled = client
+        .submit(SubmitJobRequest {
+            power_policy: PowerPolicy::MainsOnly as i32,
+            ..submit_request(&examples[0], String::new())
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let anytime = client
+        .submit(submit_request(&examples[0], String::new()))
+        .await
+        .expect("submit")
+        .into_inner();
+    // The `any` job runs on the battery laptop; the mains_only ones are tried and wait.
+    let ran = wait_until(SOON, || async {
+        job_state(&mut client.clone(), &anytime.id).await.state == JobState::Succeeded as i32
+    })
+    .await;
+    assert!(ran, "an `any` job runs on battery");
+    let waiting = wait_until(SOON, || async {
+        let job = job_state(&mut client.clone(), &overnight.id).await;
+        job.state == JobState::Pending as i32 && job.message.contains("mains power")
+    })
+    .await;
+    let job = job_state(&mut client, &overnight.id).await;
+    assert!(waiting, "mains_only waits, saying why: {job:?}");
+    assert!(job.attempts >= 1, "it was tried: {job:?}");
+    // Cancelling a waiting job ends it; it never runs.
+    let c = client
+        .cancel(CancelJobRequest {
+            id: cancelled.id.clone(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(c.state, JobState::Cancelled as i32);
+    // Mains returns: the job runs.
+    write_power_supply(sysfs.path(), "AC", &[("online", "1")]);
+    write_power_supply(sysfs.path(), "BAT0", &[("status", "Charging")]);
+    let done = wait_until(SOON, || async {
+        job_state(&mut client.clone(), &overnight.id).await.state == JobState::Succeeded as i32
+    })
+    .await;
+    assert!(
+        done,
+        "runs once on mains: {:?}",
+        job_state(&mut client, &overnight.id).await
+    );
+    let job = job_state(&mut client, &overnight.id).await;
+    assert_eq!(job.worker, "laptop");
+    let c = job_state(&mut client, &cancelled.id).await;
+    assert_eq!(c.state, JobState::Cancelled as i32, "stays cancelled");
+    assert!(c.result.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submits_get_precise_errors_and_oversized_results_fail_clearly() {
+    let scheduler = Scheduler::start_with(&format!("{JOBS_CONFIG}  max_result_bytes: 64\n"));
+    let _w = Worker::start("w1", &scheduler, &[]);
+    scheduler.wait_ready(&["w1"]).await;
+    let examples = expected_examples();
+    let image = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("image example");
+    let mut client = jobs_client(&scheduler).await;
+    let cases = [
+        (
+            SubmitJobRequest::default(),
+            tonic::Code::InvalidArgument,
+            "'request' is required",
+        ),
+        (
+            SubmitJobRequest {
+                power_policy: 9,
+                ..submit_request(image, String::new())
+            },
+            tonic::Code::InvalidArgument,
+            "power_policy 9",
+        ),
+        (
+            SubmitJobRequest {
+                deadline_unix_ms: 1_000,
+                ..submit_request(image, String::new())
+            },
+            tonic::Code::InvalidArgument,
+            "in the past",
+        ),
+        (
+            {
+                let mut r = submit_request(image, String::new());
+                r.request.as_mut().expect("request").model_name = "no_such_model".into();
+                r
+            },
+            tonic::Code::NotFound,
+            "no_such_model",
+        ),
+    ];
+    for (request, code, text) in cases {
+        let status = client.submit(request).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(status.message().contains(text), "{}", status.message());
+    }
+    let status = client
+        .get(GetJobRequest { id: "nope".into() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    // image_classifier's output is 4 KB, over the 64-byte limit.
+    let job = client
+        .submit(submit_request(image, String::new()))
+        .await
+        .expect("submit")
+        .into_inner();
+    let ended = wait_until(SOON, || async {
+        job_state(&mut client.clone(), &job.id).await.state == JobState::Failed as i32
+    })
+    .await;
+    let job = job_state(&mut client, &job.id).await;
+    assert!(ended, "{job:?}");
+    assert!(job.message.contains("max_result_bytes"), "{}", job.message);
+    assert_eq!(job.error_code, tonic::Code::ResourceExhausted as i32);
+    // List filters by state and tenant and pages.
+    let failed = client
+        .list(ListJobsRequest {
+            state: JobState::Failed as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(failed.jobs.len(), 1);
+    let other_tenant = client
+        .list(ListJobsRequest {
+            tenant: "library".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(other_tenant.jobs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_watches_gets_and_lists_jobs() {
+    let scheduler = Scheduler::start_with(JOBS_CONFIG);
+    let _w = Worker::start("w1", &scheduler, &[]);
+    scheduler.wait_ready(&["w1"]).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin("localml"))
+            .arg("jobs")
+            .args(args)
+            .args(["--server", &scheduler.addr])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run localml jobs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&[
+        "submit",
+        "--model",
+        "image_classifier",
+        "--count",
+        "20",
+        "--idempotency-key",
+        "cli",
+        "--watch",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let ids: Vec<&str> = out.lines().take(20).collect();
+    assert_eq!(ids.len(), 20, "{out}");
+    assert!(
+        out.contains("20/20 ended (succeeded 20, failed 0, cancelled 0)"),
+        "progress summary: {out}\n{err}"
+    );
+    let (ok, out, err) = run(&["get", ids[0]]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Succeeded") && out.contains("worker w1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("probabilities") || out.contains("FP32"),
+        "outputs shown: {out}"
+    );
+    let (ok, out, err) = run(&["list", "--state", "succeeded"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 21, "header and 20 jobs: {out}");
+    let (ok, _, err) = run(&["list", "--state", "done"]);
+    assert!(!ok && err.contains("expected pending, running"), "{err}");
+    let (ok, _, err) = run(&["get", "nope"]);
+    assert!(!ok && err.contains("no job 'nope'"), "{err}");
+}
