@@ -59,6 +59,51 @@ impl Cluster for ClusterService {
 
 pub struct AdminService {
     pub registry: Arc<Registry>,
+    pub store: Arc<dyn crate::store::Store>,
+}
+
+/// Store keys: `cordons/<worker name>` exists while the worker is cordoned.
+pub const CORDONS: &str = "cordons/";
+
+/// Keeps the registry's cordons equal to the store's (every replica runs this): lists,
+/// then follows changes, listing again after a compaction or a store error.
+pub async fn follow_cordons(
+    store: Arc<dyn crate::store::Store>,
+    registry: Arc<Registry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    loop {
+        let followed = async {
+            let (kvs, revision) = store.list(CORDONS).await?;
+            registry.replace_cordons(
+                kvs.iter()
+                    .map(|kv| kv.key.trim_start_matches(CORDONS).to_string())
+                    .collect(),
+            );
+            let mut events = store.watch(CORDONS, revision).await?;
+            while let Some(batch) = events.next().await {
+                for event in batch? {
+                    let name = event.key().trim_start_matches(CORDONS).to_string();
+                    let cordoned = matches!(event, crate::store::Event::Put(_));
+                    registry.set_cordon(&name, cordoned);
+                }
+            }
+            Ok::<(), crate::store::StoreError>(())
+        };
+        tokio::select! {
+            result = followed => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "cordons: listing again");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -86,10 +131,18 @@ impl Admin for AdminService {
         r: Request<SetCordonRequest>,
     ) -> Result<Response<SetCordonResponse>, Status> {
         let r = r.into_inner();
-        if self.registry.set_cordon(&r.worker, r.cordoned) {
-            Ok(Response::new(SetCordonResponse {}))
-        } else {
-            Err(Status::not_found(format!("unknown worker '{}'", r.worker)))
+        if !self.registry.knows(&r.worker) {
+            return Err(Status::not_found(format!("unknown worker '{}'", r.worker)));
         }
+        // Stored first, so every replica (and a restarted one) applies it.
+        let key = format!("{CORDONS}{}", r.worker);
+        let written = if r.cordoned {
+            self.store.put(&key, Vec::new()).await
+        } else {
+            self.store.delete(&key).await
+        };
+        written.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.registry.set_cordon(&r.worker, r.cordoned);
+        Ok(Response::new(SetCordonResponse {}))
     }
 }

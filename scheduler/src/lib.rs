@@ -152,7 +152,13 @@ pub async fn run(
     };
     let admin = AdminServer::new(cluster::AdminService {
         registry: Arc::clone(&registry),
+        store: Arc::clone(&state),
     });
+    let cordons = tokio::spawn(cluster::follow_cordons(
+        Arc::clone(&state),
+        Arc::clone(&registry),
+        stopped.clone(),
+    ));
     let cluster_api = ClusterServer::new(cluster::ClusterService {
         registry: Arc::clone(&registry),
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
@@ -179,7 +185,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _, _) = tokio::join!(clients, workers, lifecycle, leading);
+    let (a, b, _, _, _) = tokio::join!(clients, workers, lifecycle, leading, cordons);
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;
     }

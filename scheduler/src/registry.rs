@@ -137,6 +137,9 @@ pub struct Registry {
     max_message_bytes: usize,
     /// Origin of the snapshot clock.
     epoch: Instant,
+    /// Names of cordoned workers (from the store, shared by every replica); kept for
+    /// workers that are not connected, so a cordon outlives rejoins and restarts.
+    cordons: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn version_key(v: &str) -> (u64, String) {
@@ -150,6 +153,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             max_message_bytes,
             epoch: Instant::now(),
+            cordons: Default::default(),
         }
     }
 
@@ -202,10 +206,8 @@ impl Registry {
             (Some(_), true) => (WorkerState::Draining, "worker is draining".to_string()),
             (Some(_), false) => (WorkerState::Ready, String::new()),
         };
+        let cordoned = self.is_cordoned(&status.name);
         let mut workers = self.write();
-        let cordoned = workers
-            .values()
-            .any(|w| w.status.name == status.name && w.cordoned);
         workers.retain(|_, w| w.status.name != status.name);
         tracing::info!(worker = %status.name, id = %id, address = %status.inference_address, "worker joined");
         workers.insert(
@@ -381,8 +383,36 @@ impl Registry {
         Lookup::NoReadyWorker { details }
     }
 
-    /// Cordons or uncordons the worker named `name`; false if unknown.
+    fn cordon_names(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.cordons.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_cordoned(&self, name: &str) -> bool {
+        self.cordon_names().contains(name)
+    }
+
+    /// Whether a worker named `name` is registered (in any state).
+    pub fn knows(&self, name: &str) -> bool {
+        self.read().values().any(|w| w.status.name == name)
+    }
+
+    /// Makes `names` the cordoned workers (after listing the store).
+    pub fn replace_cordons(&self, names: std::collections::HashSet<String>) {
+        let mut workers = self.write();
+        for w in workers.values_mut() {
+            w.cordoned = names.contains(&w.status.name);
+        }
+        *self.cordon_names() = names;
+    }
+
+    /// Cordons or uncordons the worker named `name`; false if it is not registered (the
+    /// cordon is kept for when it joins).
     pub fn set_cordon(&self, name: &str, cordoned: bool) -> bool {
+        if cordoned {
+            self.cordon_names().insert(name.to_string());
+        } else {
+            self.cordon_names().remove(name);
+        }
         let mut workers = self.write();
         let mut found = false;
         for w in workers.values_mut().filter(|w| w.status.name == name) {

@@ -290,6 +290,17 @@ impl Worker {
         models: &Path,
         extra: &[&str],
     ) -> Worker {
+        Worker::start_reporting_to(name, &scheduler.cluster_addr, models, extra)
+    }
+
+    /// Starts a worker reporting to `schedulers` (one cluster address, or several
+    /// separated by commas for scheduler replicas).
+    pub fn start_reporting_to(
+        name: &str,
+        schedulers: &str,
+        models: &Path,
+        extra: &[&str],
+    ) -> Worker {
         let mut command = Command::new(bin("localml-worker"));
         command
             .args([
@@ -298,7 +309,7 @@ impl Worker {
                 "--listen",
                 "127.0.0.1:0",
                 "--scheduler",
-                &scheduler.cluster_addr,
+                schedulers,
             ])
             .args(["--intra-op-threads", "1"])
             .arg("--models")

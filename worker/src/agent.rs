@@ -30,6 +30,66 @@ pub fn scheduler_channel(address: &str) -> Result<Channel, tonic::transport::Err
         .connect_lazy())
 }
 
+/// The scheduler replicas to report to, from `--scheduler a,b,c`: each entry is
+/// host:port; a host name with several IPv4 records stands for each of them (a headless
+/// Service in Kubernetes). Duplicates are dropped; order is kept.
+pub fn scheduler_addresses(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let host = entry.rsplit_once(':').map(|(h, _)| h).unwrap_or(entry);
+        let is_ip = host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        let resolved: Vec<String> = if is_ip || entry.contains("://") {
+            Vec::new()
+        } else {
+            std::net::ToSocketAddrs::to_socket_addrs(entry)
+                .map(|addrs| {
+                    addrs
+                        .filter(|a| a.is_ipv4())
+                        .map(|a| a.to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let expanded = if resolved.len() > 1 {
+            resolved
+        } else {
+            vec![entry.to_string()]
+        };
+        for a in expanded {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
+/// Reports to every scheduler replica in `addresses` until `shutdown` turns true; each
+/// replica keeps the worker's state, so losing one loses nothing.
+pub async fn run_all(
+    worker: Arc<Worker>,
+    addresses: Vec<(String, Channel)>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let agents: Vec<_> = addresses
+        .into_iter()
+        .map(|(address, channel)| {
+            let worker = Arc::clone(&worker);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let span = tracing::info_span!("agent", scheduler = %address);
+                tracing::Instrument::instrument(run(worker, channel, shutdown), span).await
+            })
+        })
+        .collect();
+    for agent in agents {
+        let _ = agent.await;
+    }
+}
+
 /// Runs until `shutdown` turns true, then leaves the cluster.
 pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Receiver<bool>) {
     let mut client = ClusterClient::new(channel);
@@ -102,5 +162,20 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
             Ok(Err(status)) => tracing::warn!(message = status.message(), "leave failed"),
             Err(_) => tracing::warn!("leave timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::scheduler_addresses;
+
+    #[test]
+    fn lists_are_split_trimmed_and_deduplicated() {
+        assert_eq!(
+            scheduler_addresses("10.0.0.1:8002, 10.0.0.2:8002,,10.0.0.1:8002"),
+            ["10.0.0.1:8002", "10.0.0.2:8002"]
+        );
+        assert_eq!(scheduler_addresses("localhost:8002"), ["localhost:8002"]);
+        assert!(scheduler_addresses(" , ").is_empty());
     }
 }

@@ -13,7 +13,8 @@ pub struct WorkerArgs {
     /// YAML config file (every key optional; flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Scheduler cluster address (host:port) [default: 127.0.0.1:8002].
+    /// Scheduler cluster address(es): host:port, or several separated by commas (HA
+    /// replicas; a name with several DNS records means each) [default: 127.0.0.1:8002].
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Inference listen address [default: 0.0.0.0:8101]; port 0 picks a free port.

@@ -99,7 +99,11 @@ fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
         return bound.to_string();
     }
     // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
-    let local_ip = std::net::ToSocketAddrs::to_socket_addrs(&config.scheduler)
+    let first = agent::scheduler_addresses(&config.scheduler)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let local_ip = std::net::ToSocketAddrs::to_socket_addrs(&first)
         .ok()
         .and_then(|mut addrs| addrs.next())
         .and_then(|target| {
@@ -134,12 +138,29 @@ pub async fn run(
     };
     let bound = listener.local_addr()?;
     let advertise = advertise_address(&config, bound);
-    let channel = agent::scheduler_channel(&config.scheduler)
-        .map_err(|e| WorkerError::SchedulerAddress(config.scheduler.clone(), e.to_string()))?;
+    let addresses = agent::scheduler_addresses(&config.scheduler);
+    if addresses.is_empty() {
+        return Err(WorkerError::SchedulerAddress(
+            config.scheduler.clone(),
+            "no address".into(),
+        ));
+    }
+    let channels = addresses
+        .into_iter()
+        .map(|a| {
+            agent::scheduler_channel(&a)
+                .map(|c| (a.clone(), c))
+                .map_err(|e| WorkerError::SchedulerAddress(a.clone(), e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let max_message = config.max_message_bytes;
     let worker = Arc::new(Worker::new(config, models, providers, advertise));
     let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(agent::run(Arc::clone(&worker), channel, agent_shutdown));
+    let agent = tokio::spawn(agent::run_all(
+        Arc::clone(&worker),
+        channels,
+        agent_shutdown,
+    ));
     let service = GrpcInferenceServiceServer::new(OipService(Arc::new(service::WorkerInference {
         worker: Arc::clone(&worker),
     })))
