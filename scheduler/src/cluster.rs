@@ -12,6 +12,7 @@ use crate::registry::Registry;
 
 pub struct ClusterService {
     pub registry: Arc<Registry>,
+    pub registrations: Arc<crate::registrations::Registrations>,
     pub report_interval_ms: u32,
 }
 
@@ -33,6 +34,7 @@ fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, Status> 
 impl Cluster for ClusterService {
     async fn join(&self, r: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let status = require_status(r.into_inner().status)?;
+        self.registrations.record(&status, true);
         let worker_id = self.registry.join(status, Instant::now());
         Ok(Response::new(JoinResponse {
             worker_id,
@@ -43,6 +45,8 @@ impl Cluster for ClusterService {
     async fn report_status(&self, r: Request<StatusReport>) -> Result<Response<ReportAck>, Status> {
         let r = r.into_inner();
         let status = require_status(r.status)?;
+        let changed = self.registry.power_or_models_changed(&r.worker_id, &status);
+        self.registrations.record(&status, changed);
         let known = self.registry.report(&r.worker_id, status, Instant::now());
         Ok(Response::new(ReportAck { known }))
     }

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the scheduler's YAML config.
+//! - [`registrations`]: worker registrations with leases in the store, shared by replicas.
 //! - [`registry`]: workers, leases and node-lifecycle states; lookups for routing.
 //! - [`framework`]: the scheduling framework's contracts and runtime (no I/O).
 //! - [`plugins`]: the scheduling plugins; [`profile`]: profiles from the config.
@@ -27,6 +28,7 @@ pub mod leader;
 pub mod plugins;
 pub mod profile;
 pub mod queue;
+pub mod registrations;
 pub mod registry;
 pub mod sim;
 pub mod size_limit;
@@ -159,7 +161,17 @@ pub async fn run(
         Arc::clone(&registry),
         stopped.clone(),
     ));
+    let registrations = Arc::new(registrations::Registrations::new(
+        Arc::clone(&state),
+        config.grace_period(),
+    ));
+    let followed = tokio::spawn(registrations::Registrations::follow(
+        Arc::clone(&state),
+        Arc::clone(&registry),
+        stopped.clone(),
+    ));
     let cluster_api = ClusterServer::new(cluster::ClusterService {
+        registrations,
         registry: Arc::clone(&registry),
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
     });
@@ -185,7 +197,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _, _, _) = tokio::join!(clients, workers, lifecycle, leading, cordons);
+    let (a, b, _, _, _, _) = tokio::join!(clients, workers, lifecycle, leading, cordons, followed);
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;
     }

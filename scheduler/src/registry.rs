@@ -51,6 +51,8 @@ struct WorkerEntry {
     /// Power source before the last change, and when it changed.
     previous_power: PowerSource,
     power_changed_at: Instant,
+    /// Known through the store (another replica hears from it), not from its own reports.
+    remote: bool,
 }
 
 /// Free RAM under this share of the total is the MemoryPressure condition (MemoryFit's
@@ -223,9 +225,46 @@ impl Registry {
                 dispatched,
                 handle,
                 cordoned,
+                remote: false,
             },
         );
         id
+    }
+
+    /// A registration read from the store: ignored for workers that report here (their
+    /// own reports are fresher); otherwise added or refreshed like a report.
+    pub fn apply_remote(&self, status: pb::WorkerStatus, now: Instant) {
+        let existing = self
+            .read()
+            .values()
+            .find(|w| w.status.name == status.name)
+            .map(|w| (w.id.clone(), w.remote));
+        match existing {
+            Some((_, false)) => {}
+            Some((id, true)) => {
+                self.report(&id, status, now);
+            }
+            None => {
+                let id = self.join(status, now);
+                if let Some(w) = self.write().get_mut(&id) {
+                    w.remote = true;
+                }
+            }
+        }
+    }
+
+    /// The store's registration of `name` expired: no replica heard from it for the
+    /// grace period. Workers known only through the store become NotReady here.
+    pub fn remote_lease_expired(&self, name: &str) {
+        let mut workers = self.write();
+        for w in workers
+            .values_mut()
+            .filter(|w| w.remote && w.status.name == name && w.state != WorkerState::Draining)
+        {
+            tracing::warn!(worker = name, "worker lease expired in the store; NotReady");
+            w.state = WorkerState::NotReady;
+            w.reason = "lease expired: no scheduler replica hears from it".into();
+        }
     }
 
     /// Records a status report (renewing the lease). False when the id is unknown.
@@ -274,6 +313,26 @@ impl Registry {
         true
     }
 
+    /// Whether a report changes what other replicas route by (power source, models,
+    /// labels, address, draining): such changes are written to the store at once.
+    pub fn power_or_models_changed(&self, id: &str, status: &pb::WorkerStatus) -> bool {
+        let workers = self.read();
+        let Some(w) = workers.get(id) else {
+            return true;
+        };
+        let models = |s: &pb::WorkerStatus| -> Vec<(String, String)> {
+            s.models
+                .iter()
+                .map(|m| (m.name.clone(), m.version.clone()))
+                .collect()
+        };
+        power_of(&w.status) != power_of(status)
+            || models(&w.status) != models(status)
+            || w.status.labels != status.labels
+            || w.status.inference_address != status.inference_address
+            || w.status.draining != status.draining
+    }
+
     /// The worker left: it gets no new work.
     pub fn leave(&self, id: &str) -> bool {
         let mut workers = self.write();
@@ -313,7 +372,8 @@ impl Registry {
         });
         for w in workers.values_mut() {
             let silent = now.saturating_duration_since(w.last_report);
-            if w.state == WorkerState::Ready && silent > grace {
+            // Workers known through the store live as long as their store lease.
+            if w.state == WorkerState::Ready && silent > grace && !w.remote {
                 tracing::warn!(worker = %w.status.name, silent_ms = silent.as_millis() as u64, "worker missed its reports; NotReady");
                 w.state = WorkerState::NotReady;
                 w.reason = format!("no status report for {:.1}s", silent.as_secs_f64());

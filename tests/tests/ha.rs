@@ -182,3 +182,67 @@ async fn the_other_replica_takes_over_when_the_leader_dies() {
     );
     assert!(ok > 50, "load ran: {ok}");
 }
+
+fn worker_state_reason(workers: &[WorkerInfo], name: &str) -> Option<(i32, String)> {
+    workers
+        .iter()
+        .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
+        .map(|w| (w.state, w.state_reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reporting_to_one_replica_is_known_to_all_through_its_lease() {
+    let etcd = Etcd::start();
+    let address = etcd.store_address("leases");
+    let a = Scheduler::start_full(CONFIG, &["--store", &address]);
+    let b = Scheduler::start_full(CONFIG, &["--store", &address]);
+    // Reaches replica A only (say, B is across a link it cannot use).
+    let mut lonely = Worker::start_reporting_to(
+        "lonely",
+        &a.cluster_addr,
+        &models_dir(),
+        &["--labels", "room=lab"],
+    );
+    a.wait_ready(&["lonely"]).await;
+    b.wait_ready(&["lonely"]).await;
+    // B routes to it from the stored registration.
+    let mut request = image_request(1);
+    request.parameters.insert(
+        "localml.selector".into(),
+        localml_proto::inference::InferParameter {
+            parameter_choice: Some(
+                localml_proto::inference::infer_parameter::ParameterChoice::StringParam(
+                    "room=lab".into(),
+                ),
+            ),
+        },
+    );
+    let response = b
+        .inference()
+        .await
+        .model_infer(request)
+        .await
+        .expect("B routes to a worker it knows from the store")
+        .into_inner();
+    assert_eq!(client::served_by(&response).as_deref(), Some("lonely"));
+    // The worker dies: nobody renews its lease; B learns it from the store.
+    lonely.process.kill9();
+    let expired = wait_until(SOON, || async {
+        worker_state_reason(&b.workers().await, "lonely").is_some_and(|(state, reason)| {
+            state == WorkerState::NotReady as i32 && reason.contains("lease expired")
+        })
+    })
+    .await;
+    assert!(
+        expired,
+        "NotReady on B through the lease: {:?}",
+        worker_state_reason(&b.workers().await, "lonely")
+    );
+    assert!(
+        wait_until(SOON, || async {
+            a.worker_state("lonely").await == Some(WorkerState::NotReady)
+        })
+        .await,
+        "and on A by its own grace period"
+    );
+}
