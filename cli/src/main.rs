@@ -88,6 +88,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
+    /// Model deployments: keep N replicas of a model loaded on on-demand workers.
+    Deployments {
+        #[command(subcommand)]
+        command: DeploymentsCommand,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
+        server: String,
+    },
     /// Durable async jobs: submit, get, watch, cancel, list.
     Jobs {
         #[command(subcommand)]
@@ -104,6 +111,31 @@ enum Command {
     Scheduler(localml_scheduler::cli::SchedulerArgs),
     /// Run a worker (same flags as localml-worker).
     Worker(localml_worker::cli::WorkerArgs),
+}
+
+#[derive(Subcommand)]
+enum DeploymentsCommand {
+    /// Create or change a deployment.
+    Apply {
+        name: String,
+        #[arg(long)]
+        model: String,
+        /// Model version [default: the newest in each worker's repository].
+        #[arg(long, default_value = "")]
+        version: String,
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// Only workers with these labels, e.g. room=lab,gpu=nvidia.
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// gpu or cpu [default: any].
+        #[arg(long, default_value = "")]
+        provider: String,
+    },
+    /// Show deployments: replicas asked and ready, assigned workers.
+    List,
+    /// Remove a deployment; its workers unload the model.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs { command, server } => jobs(command, &server).await,
+        Command::Deployments { command, server } => deployments(command, &server).await,
         Command::Runtime { command } => match command {
             RuntimeCommand::Install { gpu } => {
                 let flavor = if gpu {
@@ -411,6 +444,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => Ok(localml_scheduler::cli::run(args).await?),
         Command::Worker(args) => Ok(localml_worker::cli::run(args).await?),
     }
+}
+
+async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Result<()> {
+    use localml_proto::localml::v1::{DeleteDeploymentRequest, Deployment, ListDeploymentsRequest};
+    let mut admin = admin(server).await?;
+    let failed = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    match command {
+        DeploymentsCommand::Apply {
+            name,
+            model,
+            version,
+            replicas,
+            selector,
+            provider,
+        } => {
+            let mut labels = std::collections::HashMap::new();
+            for pair in selector.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--selector '{pair}': expected key=value"))?;
+                labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let d = admin
+                .apply_deployment(Deployment {
+                    name,
+                    model,
+                    version,
+                    replicas,
+                    selector: labels,
+                    provider,
+                    ..Default::default()
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            println!(
+                "deployment {} applied: {} replica(s) of {}",
+                d.name, d.replicas, d.model
+            );
+        }
+        DeploymentsCommand::List => {
+            let list = admin
+                .list_deployments(ListDeploymentsRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .deployments;
+            println!("{}", localml_cli::table::deployments(&list));
+        }
+        DeploymentsCommand::Delete { name } => {
+            admin
+                .delete_deployment(DeleteDeploymentRequest { name: name.clone() })
+                .await
+                .map_err(failed)?;
+            println!("deployment {name} deleted");
+        }
+    }
+    Ok(())
 }
 
 async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {

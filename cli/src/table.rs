@@ -1,6 +1,6 @@
 //! Plain-text tables for operators.
 
-use localml_proto::localml::v1::{ModelInfo, PowerSource, WorkerInfo, WorkerState};
+use localml_proto::localml::v1::{Deployment, ModelInfo, PowerSource, WorkerInfo, WorkerState};
 
 fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0 * 1024.0))
@@ -152,6 +152,45 @@ pub fn models(list: &[ModelInfo]) -> String {
             "READY ON",
             "INPUTS",
             "OUTPUTS",
+        ],
+        &rows,
+    )
+}
+
+/// The `localml deployments list` table.
+pub fn deployments(list: &[Deployment]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| {
+            let mut selector: Vec<String> =
+                d.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            selector.sort();
+            vec![
+                d.name.clone(),
+                d.model.clone(),
+                if d.version.is_empty() {
+                    "newest".into()
+                } else {
+                    d.version.clone()
+                },
+                format!("{}/{}", d.ready_replicas, d.replicas),
+                if selector.is_empty() {
+                    "-".into()
+                } else {
+                    selector.join(",")
+                },
+                if d.workers.is_empty() {
+                    "-".into()
+                } else {
+                    d.workers.join(",")
+                },
+                d.message.clone(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME", "MODEL", "VERSION", "READY", "SELECTOR", "WORKERS", "MESSAGE",
         ],
         &rows,
     )

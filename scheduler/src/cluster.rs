@@ -12,6 +12,7 @@ use crate::registry::Registry;
 
 pub struct ClusterService {
     pub registry: Arc<Registry>,
+    pub assignments: Arc<crate::deployments::Assignments>,
     pub registrations: Arc<crate::registrations::Registrations>,
     pub report_interval_ms: u32,
 }
@@ -47,8 +48,13 @@ impl Cluster for ClusterService {
         let status = require_status(r.status)?;
         let changed = self.registry.power_or_models_changed(&r.worker_id, &status);
         self.registrations.record(&status, changed);
+        let (load, unload) = self.assignments.instructions(&status);
         let known = self.registry.report(&r.worker_id, status, Instant::now());
-        Ok(Response::new(ReportAck { known }))
+        Ok(Response::new(ReportAck {
+            known,
+            load,
+            unload,
+        }))
     }
 
     async fn leave(&self, r: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
@@ -148,5 +154,61 @@ impl Admin for AdminService {
         written.map_err(|e| Status::unavailable(e.to_string()))?;
         self.registry.set_cordon(&r.worker, r.cordoned);
         Ok(Response::new(SetCordonResponse {}))
+    }
+
+    async fn apply_deployment(
+        &self,
+        r: Request<Deployment>,
+    ) -> Result<Response<Deployment>, Status> {
+        let d = crate::deployments::spec(&r.into_inner());
+        crate::deployments::validate(&d)?;
+        let key = format!("{}{}", crate::deployments::DEPLOYMENTS, d.name);
+        self.store
+            .put(&key, prost::Message::encode_to_vec(&d))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(deployment = %d.name, model = %d.model, replicas = d.replicas, "deployment applied");
+        Ok(Response::new(d))
+    }
+
+    async fn list_deployments(
+        &self,
+        _: Request<ListDeploymentsRequest>,
+    ) -> Result<Response<ListDeploymentsResponse>, Status> {
+        let (deployments, assigned) = crate::deployments::load_state(self.store.as_ref())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let workers = self.registry.list(Instant::now());
+        let deployments = deployments
+            .iter()
+            .map(|d| {
+                let a = assigned.get(&d.name).cloned().unwrap_or_default();
+                crate::deployments::with_status(d, &a, &workers)
+            })
+            .collect();
+        Ok(Response::new(ListDeploymentsResponse { deployments }))
+    }
+
+    async fn delete_deployment(
+        &self,
+        r: Request<DeleteDeploymentRequest>,
+    ) -> Result<Response<DeleteDeploymentResponse>, Status> {
+        let name = r.into_inner().name;
+        let key = format!("{}{}", crate::deployments::DEPLOYMENTS, name);
+        let existed = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .is_some();
+        if !existed {
+            return Err(Status::not_found(format!("no deployment '{name}'")));
+        }
+        // The controller removes its assignments; workers then unload.
+        self.store
+            .delete(&key)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(DeleteDeploymentResponse {}))
     }
 }

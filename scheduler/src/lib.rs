@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the scheduler's YAML config.
+//! - [`deployments`]: model deployments: specs, the leader's controller, assignments.
 //! - [`registrations`]: worker registrations with leases in the store, shared by replicas.
 //! - [`registry`]: workers, leases and node-lifecycle states; lookups for routing.
 //! - [`framework`]: the scheduling framework's contracts and runtime (no I/O).
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deployments;
 pub mod dispatch;
 pub mod estimator;
 pub mod framework;
@@ -133,6 +135,10 @@ pub async fn run(
             dispatcher: Arc::clone(&dispatcher),
             config: config.jobs.clone(),
         });
+        let controller = deployments::Controller {
+            store: Arc::clone(&state),
+            registry: Arc::clone(&registry),
+        };
         let ttl = std::time::Duration::from_millis(config.leader_lease_ms);
         let store = Arc::clone(&state);
         let stopped = stopped.clone();
@@ -144,7 +150,10 @@ pub async fn run(
                     l = campaign => l,
                     _ = wait(stopped.clone()) => return,
                 };
-                Arc::clone(&runner).run(&leadership, stopped.clone()).await;
+                tokio::join!(
+                    Arc::clone(&runner).run(&leadership, stopped.clone()),
+                    controller.run(&leadership, stopped.clone()),
+                );
                 if *stopped.borrow() {
                     leadership.resign().await;
                     return;
@@ -170,7 +179,11 @@ pub async fn run(
         Arc::clone(&registry),
         stopped.clone(),
     ));
+    let assignments = Arc::new(deployments::Assignments::default());
+    let assigned =
+        tokio::spawn(Arc::clone(&assignments).follow(Arc::clone(&state), stopped.clone()));
     let cluster_api = ClusterServer::new(cluster::ClusterService {
+        assignments,
         registrations,
         registry: Arc::clone(&registry),
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
@@ -197,7 +210,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _, _, _, _) = tokio::join!(clients, workers, lifecycle, leading, cordons, followed);
+    let (a, b, _, _, _, _, _) =
+        tokio::join!(clients, workers, lifecycle, leading, cordons, followed, assigned);
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;
     }

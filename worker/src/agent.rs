@@ -126,7 +126,9 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
                 })
                 .await
                 .map(|r| {
-                    if !r.into_inner().known {
+                    let r = r.into_inner();
+                    worker.apply_assignments(&r.load, &r.unload);
+                    if !r.known {
                         tracing::info!(
                             "the scheduler does not know this worker (restarted?); joining again"
                         );

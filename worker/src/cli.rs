@@ -29,6 +29,10 @@ pub struct WorkerArgs {
     /// Worker name [default: host name].
     #[arg(long)]
     pub name: Option<String>,
+    /// Which models to load: all (the whole repository, at start) or on-demand (what
+    /// the scheduler's deployments assign) [default: all].
+    #[arg(long)]
+    pub load: Option<crate::config::LoadMode>,
     /// Labels, e.g. gpu=nvidia,site=library.
     #[arg(long)]
     pub labels: Option<String>,
@@ -67,6 +71,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.models {
             c.models = v;
+        }
+        if let Some(v) = self.load {
+            c.load = v;
         }
         if let Some(v) = self.name {
             c.name = v;

@@ -40,6 +40,28 @@ pub struct WorkerConfig {
     pub throttle: f64,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// `all`: load every model of the repository at start; `on_demand`: load only what
+    /// the scheduler's deployments assign.
+    pub load: LoadMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadMode {
+    #[default]
+    All,
+    OnDemand,
+}
+
+impl std::str::FromStr for LoadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LoadMode, String> {
+        match s {
+            "all" => Ok(LoadMode::All),
+            "on-demand" | "on_demand" => Ok(LoadMode::OnDemand),
+            other => Err(format!("'{other}': expected all or on-demand")),
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -57,6 +79,7 @@ impl Default for WorkerConfig {
             onnxruntime: None,
             throttle: 1.0,
             max_message_bytes: 64 * 1024 * 1024,
+            load: LoadMode::All,
         }
     }
 }

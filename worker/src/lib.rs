@@ -132,9 +132,12 @@ pub async fn run(
     tracing::info!(?providers, "execution providers");
     let models = {
         let (env, config, providers) = (env.clone(), config.clone(), providers.clone());
-        tokio::task::spawn_blocking(move || load_models(&env, &config, &providers))
-            .await
-            .map_err(|e| WorkerError::Io(std::io::Error::other(e.to_string())))??
+        tokio::task::spawn_blocking(move || match config.load {
+            config::LoadMode::All => load_models(&env, &config, &providers),
+            config::LoadMode::OnDemand => Ok(ModelTable::new()),
+        })
+        .await
+        .map_err(|e| WorkerError::Io(std::io::Error::other(e.to_string())))??
     };
     let bound = listener.local_addr()?;
     let advertise = advertise_address(&config, bound);
@@ -154,7 +157,23 @@ pub async fn run(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let max_message = config.max_message_bytes;
-    let worker = Arc::new(Worker::new(config, models, providers, advertise));
+    let on_demand = config.load == config::LoadMode::OnDemand;
+    let available = repository::scan(&config.models)?;
+    let loader = state::Loader {
+        env: env.clone(),
+        options: LoadOptions {
+            intra_op_threads: config.intra_op_threads,
+            throttle: config.throttle,
+        },
+    };
+    if on_demand {
+        tracing::info!(
+            available = available.len(),
+            "loading on demand: models load when a deployment assigns them"
+        );
+    }
+    let worker =
+        Arc::new(Worker::new(config, models, providers, advertise).with_loader(loader, available));
     let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(agent::run_all(
         Arc::clone(&worker),

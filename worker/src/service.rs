@@ -123,14 +123,11 @@ impl InferenceBackend for WorkerInference {
     ) -> Answer<ModelMetadataResponse> {
         let r = r.into_inner();
         let model = self.worker.find(&r.name, &r.version)?;
-        let versions = self.worker.models[&model.name]
-            .keys()
-            .map(u64::to_string)
-            .collect();
+        let versions = self.worker.versions(&model.name);
         Ok(Response::new(oip::model_metadata(
             &model.name,
             versions,
-            &signature(model),
+            &signature(&model),
         )))
     }
 
@@ -167,7 +164,7 @@ impl InferenceBackend for WorkerInference {
             m.max_batch_size,
             m.instances,
             gpu,
-            &signature(m),
+            &signature(&m),
         )))
     }
 
@@ -177,11 +174,7 @@ impl InferenceBackend for WorkerInference {
     ) -> Answer<ModelStatisticsResponse> {
         let r = r.into_inner();
         let models: Vec<_> = if r.name.is_empty() {
-            self.worker
-                .models
-                .values()
-                .flat_map(|v| v.values())
-                .collect()
+            self.worker.loaded()
         } else {
             vec![self.worker.find(&r.name, &r.version)?]
         };

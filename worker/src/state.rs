@@ -1,23 +1,36 @@
 //! The worker's shared state: its loaded models and what it reports about itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use localml_proto::localml::v1 as pb;
 use tonic::Status;
 
+use crate::config::LoadMode;
 use crate::config::WorkerConfig;
 use crate::hardware::{self, GpuInfo};
-use crate::model::{LoadedModel, TensorSpec};
+use crate::model::{LoadOptions, LoadedModel, TensorSpec};
 use crate::power::{self, PowerSource};
+use crate::repository::{self, ModelSource};
 
 /// Models by name, then version.
 pub type ModelTable = BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>;
 
+/// What loading a model later needs (on-demand workers).
+pub struct Loader {
+    pub env: ort::environment::Environment,
+    pub options: LoadOptions,
+}
+
 pub struct Worker {
     pub config: WorkerConfig,
-    pub models: ModelTable,
+    models: RwLock<ModelTable>,
+    /// The repository's model versions, loaded or not.
+    available: RwLock<Vec<ModelSource>>,
+    loader: Option<Loader>,
+    /// Model versions being loaded now.
+    loading: Mutex<HashSet<(String, u64)>>,
     /// Execution providers compiled into the loaded ONNX Runtime library.
     pub providers: Vec<String>,
     /// Address the scheduler reaches this worker's inference service on.
@@ -36,7 +49,10 @@ impl Worker {
     ) -> Worker {
         Worker {
             config,
-            models,
+            models: RwLock::new(models),
+            available: RwLock::new(Vec::new()),
+            loader: None,
+            loading: Mutex::new(HashSet::new()),
             providers,
             advertise,
             draining: AtomicBool::new(false),
@@ -45,9 +61,38 @@ impl Worker {
         }
     }
 
+    /// Lets the worker load models later (`--load on-demand`): remembers the repository
+    /// scan and what loading needs.
+    pub fn with_loader(mut self, loader: Loader, available: Vec<ModelSource>) -> Worker {
+        self.loader = Some(loader);
+        self.available = RwLock::new(available);
+        self
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, ModelTable> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every loaded model version.
+    pub fn loaded(&self) -> Vec<Arc<LoadedModel>> {
+        self.table()
+            .values()
+            .flat_map(|v| v.values().cloned())
+            .collect()
+    }
+
+    /// Loaded versions of `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        self.table()
+            .get(name)
+            .map(|v| v.keys().map(u64::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// Finds a model version; an empty version means the highest loaded one.
-    pub fn find(&self, name: &str, version: &str) -> Result<&Arc<LoadedModel>, Status> {
-        let versions = self.models.get(name).ok_or_else(|| {
+    pub fn find(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, Status> {
+        let table = self.table();
+        let versions = table.get(name).ok_or_else(|| {
             Status::not_found(format!(
                 "model '{name}' is not loaded on worker '{}'",
                 self.config.name
@@ -57,12 +102,14 @@ impl Worker {
             return versions
                 .values()
                 .next_back()
+                .cloned()
                 .ok_or_else(|| Status::not_found(format!("model '{name}' has no loaded version")));
         }
         version
             .parse::<u64>()
             .ok()
             .and_then(|v| versions.get(&v))
+            .cloned()
             .ok_or_else(|| {
                 let have: Vec<String> = versions.keys().map(u64::to_string).collect();
                 Status::not_found(format!(
@@ -70,6 +117,91 @@ impl Worker {
                     have.join(", ")
                 ))
             })
+    }
+
+    /// Applies the scheduler's assignments (on-demand workers only): loads what is
+    /// assigned and not loaded, in the background; unloads what is not assigned any
+    /// more (requests running on it finish first: they hold the model).
+    pub fn apply_assignments(self: &Arc<Self>, load: &[pb::ModelRef], unload: &[pb::ModelRef]) {
+        if self.config.load != LoadMode::OnDemand || self.loader.is_none() {
+            return;
+        }
+        for m in unload {
+            let mut table = self.models.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(versions) = table.get_mut(&m.name) {
+                let version = m.version.parse::<u64>().ok();
+                let removed: Vec<u64> = versions
+                    .keys()
+                    .copied()
+                    .filter(|v| version.is_none_or(|want| want == *v))
+                    .collect();
+                for v in removed {
+                    versions.remove(&v);
+                    tracing::info!(model = %m.name, version = v, "model unloaded (unassigned)");
+                }
+                if versions.is_empty() {
+                    table.remove(&m.name);
+                }
+            }
+        }
+        for m in load {
+            let source = {
+                let available = self.available.read().unwrap_or_else(|e| e.into_inner());
+                let wanted = m.version.parse::<u64>().ok();
+                available
+                    .iter()
+                    .filter(|s| s.name == m.name && wanted.is_none_or(|v| v == s.version))
+                    .max_by_key(|s| s.version)
+                    .cloned()
+            };
+            let Some(source) = source else {
+                tracing::warn!(model = %m.name, version = %m.version, "assigned a model the repository does not have");
+                continue;
+            };
+            let key = (source.name.clone(), source.version);
+            let loaded = self
+                .table()
+                .get(&source.name)
+                .is_some_and(|v| v.contains_key(&source.version));
+            if loaded
+                || !self
+                    .loading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone())
+            {
+                continue;
+            }
+            let worker = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                let Some(loader) = &worker.loader else { return };
+                match LoadedModel::load(&loader.env, &source, &worker.providers, &loader.options) {
+                    Ok(model) => {
+                        tracing::info!(model = %model.name, version = model.version, "model loaded (assigned)");
+                        worker
+                            .models
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(model.name.clone())
+                            .or_default()
+                            .insert(model.version, Arc::new(model));
+                    }
+                    Err(e) => tracing::error!(error = %e, "assigned model not loaded"),
+                }
+                worker
+                    .loading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+            });
+        }
+    }
+
+    /// Scans the repository again (new models copied in).
+    pub fn rescan(&self) {
+        if let Ok(sources) = repository::scan(&self.config.models) {
+            *self.available.write().unwrap_or_else(|e| e.into_inner()) = sources;
+        }
     }
 
     /// Refreshes the GPU reading (nvidia-smi is slow, so not on every report).
@@ -112,12 +244,19 @@ impl Worker {
                 battery_percent: reading.battery_percent,
                 origin: reading.origin.to_string(),
             }),
-            models: self
-                .models
-                .values()
-                .flat_map(|v| v.values())
-                .map(|m| model_report(m))
+            models: self.loaded().iter().map(|m| model_report(m)).collect(),
+            available: self
+                .available
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|s| pb::AvailableModel {
+                    name: s.name.clone(),
+                    version: s.version.to_string(),
+                    file_bytes: std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0),
+                })
                 .collect(),
+            on_demand: self.config.load == LoadMode::OnDemand,
             draining: self.draining.load(Ordering::SeqCst),
             sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
             version: env!("CARGO_PKG_VERSION").to_string(),

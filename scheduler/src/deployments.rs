@@ -1,0 +1,538 @@
+//! Model deployments: "keep N replicas of this model loaded on workers that match".
+//!
+//! Specs live under `deployments/<name>`; the leader's controller assigns workers,
+//! writing `assignments/<worker>/<deployment>` (fenced by its leadership), and every
+//! replica follows `assignments/` so that whichever one a worker reports to tells it what
+//! to load and unload (`ReportAck.load/unload`). Only workers started with
+//! `--load on-demand` take assignments; the others keep their whole repository loaded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use localml_proto::localml::v1::{Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus};
+use prost::Message;
+use tonic::Status;
+
+use crate::leader::Leadership;
+use crate::registry::Registry;
+use crate::store::{Event, Store, StoreError};
+
+pub const DEPLOYMENTS: &str = "deployments/";
+pub const ASSIGNMENTS: &str = "assignments/";
+
+fn assignment_key(worker: &str, deployment: &str) -> String {
+    format!("{ASSIGNMENTS}{worker}/{deployment}")
+}
+
+/// Checks a deployment from a client; errors name the field.
+pub fn validate(d: &Deployment) -> Result<(), Status> {
+    let name_ok = !d.name.is_empty()
+        && d.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(Status::invalid_argument(format!(
+            "deployment name '{}' must be non-empty letters, digits, '-', '_' or '.'",
+            d.name
+        )));
+    }
+    if d.model.is_empty() {
+        return Err(Status::invalid_argument("deployment.model is empty"));
+    }
+    if !d.version.is_empty() && d.version.parse::<u64>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "deployment.version '{}' is not a number",
+            d.version
+        )));
+    }
+    if !matches!(d.provider.as_str(), "" | "any" | "gpu" | "cpu") {
+        return Err(Status::invalid_argument(format!(
+            "deployment.provider '{}': expected gpu, cpu or empty",
+            d.provider
+        )));
+    }
+    Ok(())
+}
+
+/// The spec part of a deployment (status fields cleared), as stored.
+pub fn spec(d: &Deployment) -> Deployment {
+    Deployment {
+        name: d.name.clone(),
+        model: d.model.clone(),
+        version: d.version.clone(),
+        replicas: d.replicas,
+        selector: d.selector.clone(),
+        provider: d.provider.clone(),
+        ..Default::default()
+    }
+}
+
+/// Assignments by worker name, followed from the store by every replica.
+#[derive(Default)]
+pub struct Assignments {
+    by_worker: RwLock<HashMap<String, HashMap<String, ModelRef>>>,
+}
+
+impl Assignments {
+    fn parse(key: &str) -> Option<(String, String)> {
+        let rest = key.strip_prefix(ASSIGNMENTS)?;
+        let (worker, deployment) = rest.split_once('/')?;
+        Some((worker.to_string(), deployment.to_string()))
+    }
+
+    fn set(&self, key: &str, model: Option<ModelRef>) {
+        let Some((worker, deployment)) = Assignments::parse(key) else {
+            return;
+        };
+        let mut map = self.by_worker.write().unwrap_or_else(|e| e.into_inner());
+        match model {
+            Some(m) => {
+                map.entry(worker).or_default().insert(deployment, m);
+            }
+            None => {
+                if let Some(d) = map.get_mut(&worker) {
+                    d.remove(&deployment);
+                }
+            }
+        }
+    }
+
+    /// What an on-demand worker should load and unload, given its report.
+    pub fn instructions(&self, status: &WorkerStatus) -> (Vec<ModelRef>, Vec<ModelRef>) {
+        if !status.on_demand {
+            return (Vec::new(), Vec::new());
+        }
+        let map = self.by_worker.read().unwrap_or_else(|e| e.into_inner());
+        let assigned: Vec<ModelRef> = map
+            .get(&status.name)
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default();
+        let matches = |a: &ModelRef, name: &str, version: &str| {
+            a.name == name && (a.version.is_empty() || a.version == version)
+        };
+        let load = assigned
+            .iter()
+            .filter(|a| {
+                !status
+                    .models
+                    .iter()
+                    .any(|m| matches(a, &m.name, &m.version))
+            })
+            .cloned()
+            .collect();
+        let unload = status
+            .models
+            .iter()
+            .filter(|m| !assigned.iter().any(|a| matches(a, &m.name, &m.version)))
+            .map(|m| ModelRef {
+                name: m.name.clone(),
+                version: m.version.clone(),
+            })
+            .collect();
+        (load, unload)
+    }
+
+    /// Keeps this replica's view equal to the store's until `stop`.
+    pub async fn follow(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let followed = async {
+                let (kvs, revision) = store.list(ASSIGNMENTS).await?;
+                self.by_worker
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                for kv in &kvs {
+                    self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok());
+                }
+                let mut events = store.watch(ASSIGNMENTS, revision).await?;
+                while let Some(batch) = events.next().await {
+                    for event in batch? {
+                        match event {
+                            Event::Put(kv) => {
+                                self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok())
+                            }
+                            Event::Delete { key, .. } => self.set(&key, None),
+                        }
+                    }
+                }
+                Ok::<(), StoreError>(())
+            };
+            tokio::select! {
+                result = followed => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "assignments: listing again");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// Stored deployments and assignments (deployment -> worker names).
+pub async fn load_state(
+    store: &dyn Store,
+) -> Result<(Vec<Deployment>, HashMap<String, Vec<String>>), StoreError> {
+    let (kvs, _) = store.list(DEPLOYMENTS).await?;
+    let deployments = kvs
+        .iter()
+        .filter_map(|kv| Deployment::decode(kv.value.as_slice()).ok())
+        .collect();
+    let (kvs, _) = store.list(ASSIGNMENTS).await?;
+    let mut assigned: HashMap<String, Vec<String>> = HashMap::new();
+    for kv in kvs {
+        if let Some((worker, deployment)) = Assignments::parse(&kv.key) {
+            assigned.entry(deployment).or_default().push(worker);
+        }
+    }
+    for workers in assigned.values_mut() {
+        workers.sort();
+    }
+    Ok((deployments, assigned))
+}
+
+fn has_provider(status: &WorkerStatus, provider: &str) -> bool {
+    let gpu = status
+        .execution_providers
+        .iter()
+        .any(|p| p != "CPUExecutionProvider");
+    match provider {
+        "gpu" => gpu,
+        _ => true,
+    }
+}
+
+/// Whether `worker` may take `d`: on-demand, Ready, not cordoned, labels and provider
+/// match, and its repository has the model.
+pub fn eligible(d: &Deployment, worker: &WorkerInfo) -> bool {
+    let Some(status) = &worker.status else {
+        return false;
+    };
+    status.on_demand
+        && worker.state == WorkerState::Ready as i32
+        && !worker.cordoned
+        && d.selector
+            .iter()
+            .all(|(k, v)| status.labels.get(k) == Some(v))
+        && has_provider(status, &d.provider)
+        && status
+            .available
+            .iter()
+            .any(|a| a.name == d.model && (d.version.is_empty() || a.version == d.version))
+}
+
+/// Whether `worker` serves `d` now (Ready with the model loaded).
+pub fn serving(d: &Deployment, worker: &WorkerInfo) -> bool {
+    worker.state == WorkerState::Ready as i32
+        && worker.status.as_ref().is_some_and(|s| {
+            s.models
+                .iter()
+                .any(|m| m.name == d.model && (d.version.is_empty() || m.version == d.version))
+        })
+}
+
+/// The changes that bring `assigned` to `d.replicas` workers: (add, remove).
+pub fn plan(
+    d: &Deployment,
+    assigned: &[String],
+    workers: &[WorkerInfo],
+) -> (Vec<String>, Vec<String>) {
+    let by_name: HashMap<&str, &WorkerInfo> = workers
+        .iter()
+        .filter_map(|w| w.status.as_ref().map(|s| (s.name.as_str(), w)))
+        .collect();
+    // Assignments to workers that went away, stopped being Ready, were cordoned or no
+    // longer match the spec (selector, provider, version) are given up.
+    let (keep, mut remove): (Vec<String>, Vec<String>) = assigned
+        .iter()
+        .cloned()
+        .partition(|n| by_name.get(n.as_str()).is_some_and(|w| eligible(d, w)));
+    let want = d.replicas as usize;
+    let mut add = Vec::new();
+    if keep.len() > want {
+        let mut extra = keep.clone();
+        extra.sort();
+        remove.extend(extra.into_iter().skip(want));
+    } else if keep.len() < want {
+        let taken: HashSet<&str> = assigned.iter().map(String::as_str).collect();
+        let mut candidates: Vec<&WorkerInfo> = workers
+            .iter()
+            .filter(|w| eligible(d, w))
+            .filter(|w| {
+                w.status
+                    .as_ref()
+                    .is_some_and(|s| !taken.contains(s.name.as_str()))
+            })
+            .collect();
+        // Most free memory first; the name breaks ties so plans are stable.
+        candidates.sort_by_key(|w| {
+            let s = w.status.clone().unwrap_or_default();
+            (std::cmp::Reverse(s.ram_free_bytes), s.name)
+        });
+        add = candidates
+            .iter()
+            .take(want - keep.len())
+            .filter_map(|w| w.status.as_ref().map(|s| s.name.clone()))
+            .collect();
+    }
+    (add, remove)
+}
+
+/// The leader's controller: every second, plans each deployment and writes the changes.
+pub struct Controller {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+}
+
+impl Controller {
+    pub async fn run(&self, leadership: &Leadership, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut lost = leadership.lost.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let go = tokio::select! {
+                _ = tick.tick() => true,
+                _ = stop.wait_for(|s| *s) => false,
+                _ = lost.wait_for(|l| *l) => false,
+            };
+            if !go {
+                return;
+            }
+            if let Err(e) = self.reconcile(leadership).await {
+                tracing::warn!(error = %e, "deployments: cannot reconcile");
+            }
+        }
+    }
+
+    async fn reconcile(&self, leadership: &Leadership) -> Result<(), StoreError> {
+        let (deployments, assigned) = load_state(self.store.as_ref()).await?;
+        let workers = self.registry.list(tokio::time::Instant::now());
+        let names: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+        let mut txn = leadership.fenced();
+        let mut changes = 0;
+        for (deployment, workers) in &assigned {
+            if !names.contains(deployment.as_str()) {
+                for w in workers {
+                    txn = txn.delete(&assignment_key(w, deployment));
+                    changes += 1;
+                }
+            }
+        }
+        for d in &deployments {
+            let current = assigned.get(&d.name).cloned().unwrap_or_default();
+            let (add, remove) = plan(d, &current, &workers);
+            for w in &remove {
+                tracing::info!(deployment = %d.name, worker = %w, "unassigning");
+                txn = txn.delete(&assignment_key(w, &d.name));
+                changes += 1;
+            }
+            for w in &add {
+                tracing::info!(deployment = %d.name, worker = %w, model = %d.model, "assigning");
+                let model = ModelRef {
+                    name: d.model.clone(),
+                    version: d.version.clone(),
+                };
+                txn = txn.put(&assignment_key(w, &d.name), model.encode_to_vec(), 0);
+                changes += 1;
+            }
+        }
+        if changes > 0 && self.store.commit(txn).await?.is_none() {
+            tracing::info!("deployments: leadership changed; not writing");
+        }
+        Ok(())
+    }
+}
+
+/// Fills a deployment's status fields from the cluster.
+pub fn with_status(d: &Deployment, assigned: &[String], workers: &[WorkerInfo]) -> Deployment {
+    let mut out = d.clone();
+    out.workers = assigned.to_vec();
+    out.ready_replicas = workers
+        .iter()
+        .filter(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| assigned.contains(&s.name))
+                && serving(d, w)
+        })
+        .count() as u32;
+    if out.ready_replicas < d.replicas {
+        let eligible = workers.iter().filter(|w| eligible(d, w)).count();
+        out.message = format!(
+            "{} of {} replicas ready; {eligible} eligible worker(s) (Ready, --load on-demand, matching, model '{}' in the repository)",
+            out.ready_replicas, d.replicas, d.model
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use localml_proto::localml::v1::AvailableModel;
+
+    fn worker(name: &str, free_gib: u64, on_demand: bool, has_model: bool) -> WorkerInfo {
+        WorkerInfo {
+            state: WorkerState::Ready as i32,
+            status: Some(WorkerStatus {
+                name: name.into(),
+                ram_free_bytes: free_gib << 30,
+                on_demand,
+                available: if has_model {
+                    vec![AvailableModel {
+                        name: "m".into(),
+                        version: "1".into(),
+                        file_bytes: 10,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                labels: [("room".to_string(), format!("r-{name}"))].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn deployment(replicas: u32) -> Deployment {
+        Deployment {
+            name: "d".into(),
+            model: "m".into(),
+            replicas,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans_pick_eligible_workers_with_most_free_memory() {
+        let workers = vec![
+            worker("a", 2, true, true),
+            worker("b", 8, true, true),
+            worker("c", 16, false, true), // loads everything itself
+            worker("d", 32, true, false), // no such model in its repository
+            worker("e", 4, true, true),
+        ];
+        let (add, remove) = plan(&deployment(2), &[], &workers);
+        assert_eq!((add, remove), (vec!["b".into(), "e".into()], vec![]));
+        // Scaling down drops the extras; scaling up keeps what is assigned.
+        let (add, remove) = plan(&deployment(1), &["b".into(), "e".into()], &workers);
+        assert_eq!((add, remove), (vec![], vec!["e".into()]));
+        let (add, remove) = plan(&deployment(3), &["a".into()], &workers);
+        assert_eq!((add, remove), (vec!["b".into(), "e".into()], vec![]));
+        // More replicas than eligible workers: as many as there are.
+        let (add, _) = plan(&deployment(9), &[], &workers);
+        assert_eq!(add.len(), 3);
+    }
+
+    #[test]
+    fn lost_cordoned_and_unready_workers_are_replaced() {
+        let mut workers = vec![
+            worker("a", 2, true, true),
+            worker("b", 8, true, true),
+            worker("e", 4, true, true),
+        ];
+        workers[1].state = WorkerState::NotReady as i32;
+        workers[2].cordoned = true;
+        let (add, remove) = plan(
+            &deployment(2),
+            &["b".into(), "e".into(), "gone".into()],
+            &workers,
+        );
+        assert_eq!(add, vec!["a".to_string()]);
+        assert_eq!(remove, vec!["b".to_string(), "e".into(), "gone".into()]);
+        // Selectors restrict the choice.
+        let mut d = deployment(2);
+        d.selector = [("room".to_string(), "r-b".to_string())].into();
+        workers[1].state = WorkerState::Ready as i32;
+        assert_eq!(plan(&d, &[], &workers).0, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn instructions_load_the_assigned_and_unload_the_rest() {
+        let assignments = Assignments::default();
+        assignments.set(
+            "assignments/w1/d",
+            Some(ModelRef {
+                name: "m".into(),
+                version: String::new(),
+            }),
+        );
+        let mut status = WorkerStatus {
+            name: "w1".into(),
+            on_demand: true,
+            ..Default::default()
+        };
+        let (load, unload) = assignments.instructions(&status);
+        assert_eq!((load.len(), unload.len()), (1, 0));
+        status.models = vec![
+            localml_proto::localml::v1::LoadedModel {
+                name: "m".into(),
+                version: "3".into(),
+                ..Default::default()
+            },
+            localml_proto::localml::v1::LoadedModel {
+                name: "old".into(),
+                version: "1".into(),
+                ..Default::default()
+            },
+        ];
+        let (load, unload) = assignments.instructions(&status);
+        assert!(load.is_empty());
+        assert_eq!(
+            unload.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["old"]
+        );
+        // Workers that load everything get no instructions.
+        status.on_demand = false;
+        assert_eq!(assignments.instructions(&status), (vec![], vec![]));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = deployment(1);
+        assert!(validate(&ok).is_ok());
+        for (d, text) in [
+            (
+                Deployment {
+                    name: "a/b".into(),
+                    ..ok.clone()
+                },
+                "deployment name",
+            ),
+            (
+                Deployment {
+                    model: String::new(),
+                    ..ok.clone()
+                },
+                "deployment.model",
+            ),
+            (
+                Deployment {
+                    version: "x".into(),
+                    ..ok.clone()
+                },
+                "deployment.version",
+            ),
+            (
+                Deployment {
+                    provider: "tpu".into(),
+                    ..ok.clone()
+                },
+                "deployment.provider",
+            ),
+        ] {
+            let e = validate(&d).expect_err("invalid");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(text), "{}", e.message());
+        }
+    }
+}
