@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing localml needs, when it is missing. Idempotent.
 #   scripts/deps.sh          build needs: protoc (Debian protobuf-compiler), python3 + pip
-#   scripts/deps.sh --test   also the test tools: etcd (Debian etcd-server) and Triton's Python
+#   scripts/deps.sh --test   also the test tools: etcd (Debian etcd-server), promtool (Debian
+#                            prometheus) and Triton's Python
 #                            client (tritonclient[grpc])
 set -euo pipefail
 
@@ -15,6 +16,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 if [[ ${1:-} == --test ]]; then
   # A real etcd for the store's conformance tests and the etcd-mode job tests.
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+  # promtool checks the /metrics text.
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 fi
 if ((${#need_apt[@]})); then
   echo "deps: installing ${need_apt[*]} (apt)"

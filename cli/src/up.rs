@@ -49,6 +49,8 @@ pub fn ensure_runtime(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf>
 struct WorkerProcess {
     name: String,
     child: Child,
+    /// Its `/metrics` and health address, once it printed it.
+    http: tokio::sync::oneshot::Receiver<String>,
 }
 
 async fn spawn_worker(
@@ -68,6 +70,8 @@ async fn spawn_worker(
             "127.0.0.1:0",
             "--name",
             name,
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .arg("--models")
         .arg(&options.models)
@@ -84,14 +88,28 @@ async fn spawn_worker(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start worker {name}"))?;
-    // The first line is "localml-worker NAME listening on ADDR"; drain the rest.
+    // The first line is "localml-worker NAME listening on ADDR (http://HTTP ...)"; drain
+    // the rest.
+    let (tell, http) = tokio::sync::oneshot::channel();
     if let Some(stdout) = child.stdout.take() {
         let mut lines = BufReader::new(stdout).lines();
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move {
+            if let Ok(Some(first)) = lines.next_line().await {
+                if let Some(addr) = first
+                    .split("(http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = tell.send(addr.to_string());
+                }
+            }
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
     }
     Ok(WorkerProcess {
         name: name.to_string(),
         child,
+        http,
     })
 }
 
@@ -116,6 +134,7 @@ pub async fn up(
     let config = SchedulerConfig {
         listen: options.listen.clone(),
         cluster_listen: "127.0.0.1:0".into(),
+        http_listen: Some("127.0.0.1:0".into()),
         data_dir: options
             .data_dir
             .clone()
@@ -126,6 +145,10 @@ pub async fn up(
     let listeners = localml_scheduler::cli::bind_listeners(&config).await?;
     let endpoint = listeners.clients.local_addr()?;
     let cluster = listeners.cluster.local_addr()?.to_string();
+    let scheduler_http = match &listeners.http {
+        Some(l) => l.local_addr()?.to_string(),
+        None => String::new(),
+    };
     let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
     let scheduler = tokio::spawn(localml_scheduler::run(config, listeners, async move {
         let _ = scheduler_stopped.await;
@@ -201,6 +224,14 @@ pub async fn up(
         );
         println!("       localml workers --server {endpoint}");
         println!("       localml jobs list --server {endpoint}");
+        println!(
+            "  metrics and health: http://{scheduler_http}/metrics, /healthz, /readyz (scheduler)"
+        );
+        for w in &mut workers {
+            if let Ok(addr) = (&mut w.http).await {
+                println!("                      http://{addr}/metrics ({})", w.name);
+            }
+        }
         println!(
             "  state (jobs, cordons): {}",
             data_dir

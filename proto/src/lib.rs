@@ -5,6 +5,7 @@
 //!   Triton's extensions, generated from `proto/inference/*.proto`. Names and field numbers
 //!   match the published protos so standard clients work unchanged.
 //! - [`localml::v1`]: the cluster API (workers join and report) and the admin API.
+//! - [`http`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` and the Prometheus text format.
 //! - [`tensor`]: the protocol's tensor datatypes and a codec for typed and raw contents.
 
 #[allow(clippy::all, missing_docs)]
@@ -19,6 +20,8 @@ pub mod localml {
     }
 }
 
+pub mod http;
+pub mod metrics;
 pub mod oip;
 pub mod service;
 pub mod tensor;

@@ -18,6 +18,9 @@ pub struct SchedulerArgs {
     /// Address workers join on [default: 127.0.0.1:8002].
     #[arg(long)]
     pub cluster_listen: Option<String>,
+    /// Address for /metrics, /healthz and /readyz (HTTP), e.g. 0.0.0.0:9090 [default: off].
+    #[arg(long)]
+    pub http_listen: Option<String>,
     /// Cluster state: `embedded` (a file in --data-dir), or
     /// `etcd://host:port[,host:port...][/prefix]` [default: embedded].
     #[arg(long)]
@@ -38,6 +41,9 @@ impl SchedulerArgs {
         }
         if let Some(v) = self.cluster_listen {
             c.cluster_listen = v;
+        }
+        if let Some(v) = self.http_listen {
+            c.http_listen = Some(v);
         }
         if let Some(v) = self.store {
             c.store = v;
@@ -61,9 +67,14 @@ async fn bind(address: &str, what: &str) -> Result<TcpListener, SchedulerError> 
 
 /// Binds both listeners for `config`, returning them with their actual addresses.
 pub async fn bind_listeners(config: &SchedulerConfig) -> Result<Listeners, SchedulerError> {
+    let http = match &config.http_listen {
+        Some(address) => Some(bind(address, "metrics and health checks").await?),
+        None => None,
+    };
     Ok(Listeners {
         clients: bind(&config.listen, "clients").await?,
         cluster: bind(&config.cluster_listen, "workers").await?,
+        http,
     })
 }
 
@@ -87,8 +98,12 @@ pub async fn shutdown_signal() {
 pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     let config = args.into_config()?;
     let listeners = bind_listeners(&config).await?;
+    let http = match &listeners.http {
+        Some(l) => format!(", http://{} (metrics, health)", l.local_addr()?),
+        None => String::new(),
+    };
     println!(
-        "localml-scheduler listening on {} (clients) and {} (workers)",
+        "localml-scheduler listening on {} (clients) and {} (workers){http}",
         listeners.clients.local_addr()?,
         listeners.cluster.local_addr()?
     );

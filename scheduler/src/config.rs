@@ -17,6 +17,8 @@ pub struct SchedulerConfig {
     pub listen: String,
     /// Address workers join and report on.
     pub cluster_listen: String,
+    /// Address for `/metrics`, `/healthz` and `/readyz`; none: not served.
+    pub http_listen: Option<String>,
     /// How often workers report, in milliseconds (told to them when they join).
     pub report_interval_ms: u64,
     /// A worker whose last report is older than this becomes NotReady (Kubernetes'
@@ -83,6 +85,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             listen: DEFAULT_LISTEN.into(),
             cluster_listen: DEFAULT_CLUSTER_LISTEN.into(),
+            http_listen: None,
             report_interval_ms: 500,
             worker_grace_period_ms: 2_500,
             worker_forget_after_ms: 10 * 60 * 1000,

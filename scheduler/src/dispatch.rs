@@ -220,6 +220,11 @@ pub fn lookup_error(model: &str, version: &str, lookup: Lookup) -> Status {
 }
 
 impl Dispatcher {
+    /// Requests waiting in the admission queue.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn new(
         registry: Arc<Registry>,
         stats: Arc<Stats>,
@@ -247,8 +252,15 @@ impl Dispatcher {
         let model = request.model_name.clone();
         let version = request.model_version.clone();
         let result = self.infer_with_retries(request, deadline).await;
-        self.stats
-            .record(&model, &version, result.is_ok(), started.elapsed());
+        self.stats.record(
+            &model,
+            &version,
+            result
+                .as_ref()
+                .map(|_| tonic::Code::Ok)
+                .unwrap_or_else(|s| s.code()),
+            started.elapsed(),
+        );
         result
     }
 

@@ -12,6 +12,7 @@
 //! - [`dispatch`]: forwarding to a worker with retries within the client's deadline.
 //! - [`inference`]: the client-facing `GRPCInferenceService`.
 //! - [`cluster`]: the worker-facing cluster API and the admin API.
+//! - [`observe`]: `/metrics` (Prometheus), `/healthz`, `/readyz`.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED for oversized messages.
 //! - [`stats`]: per-model counters for ModelStatistics.
 //! - [`store`]: cluster state (embedded file or etcd) behind one `Store` trait.
@@ -27,6 +28,7 @@ pub mod framework;
 pub mod inference;
 pub mod jobs;
 pub mod leader;
+pub mod observe;
 pub mod plugins;
 pub mod profile;
 pub mod queue;
@@ -56,6 +58,8 @@ pub struct Listeners {
     pub clients: TcpListener,
     /// Workers.
     pub cluster: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz` (`--http-listen`), when enabled.
+    pub http: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +133,9 @@ pub async fn run(
     .max_encoding_message_size(config.max_message_bytes);
 
     // One replica leads and runs the job dispatcher; the others stand by.
+    let is_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let leading = {
+        let is_leader = Arc::clone(&is_leader);
         let runner = Arc::new(jobs::Runner {
             store: Arc::clone(&state),
             dispatcher: Arc::clone(&dispatcher),
@@ -150,10 +156,12 @@ pub async fn run(
                     l = campaign => l,
                     _ = wait(stopped.clone()) => return,
                 };
+                is_leader.store(true, std::sync::atomic::Ordering::Relaxed);
                 tokio::join!(
                     Arc::clone(&runner).run(&leadership, stopped.clone()),
                     controller.run(&leadership, stopped.clone()),
                 );
+                is_leader.store(false, std::sync::atomic::Ordering::Relaxed);
                 if *stopped.borrow() {
                     leadership.resign().await;
                     return;
@@ -205,13 +213,43 @@ pub async fn run(
             localml_proto::service::incoming(listeners.cluster),
             wait(stopped.clone()),
         );
+    let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store_check = tokio::spawn(observe::watch_store(
+        Arc::clone(&state),
+        Arc::clone(&store_ok),
+        stopped.clone(),
+    ));
+    let http = listeners.http.map(|listener| {
+        let probe = Arc::new(observe::SchedulerProbe {
+            dispatcher: Arc::clone(&dispatcher),
+            leading: Arc::clone(&is_leader),
+            store_ok,
+            backend: state.backend(),
+        });
+        tokio::spawn(localml_proto::http::serve(
+            listener,
+            probe,
+            wait(stopped.clone()),
+        ))
+    });
     let clients = tokio::spawn(clients);
     let workers = tokio::spawn(workers);
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _, _, _, _, _) =
-        tokio::join!(clients, workers, lifecycle, leading, cordons, followed, assigned);
+    let (a, b, _, _, _, _, _, _) = tokio::join!(
+        clients,
+        workers,
+        lifecycle,
+        leading,
+        cordons,
+        followed,
+        assigned,
+        store_check
+    );
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;
     }

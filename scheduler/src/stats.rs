@@ -19,10 +19,56 @@ struct Counters {
 pub struct Stats {
     /// Model name, then requested version; nested so recording allocates no key.
     by_model: Mutex<HashMap<String, HashMap<String, Counters>>>,
+    /// Prometheus series per model: requests by status code, and latency.
+    series: Mutex<HashMap<String, Series>>,
+}
+
+#[derive(Default)]
+pub struct Series {
+    pub codes: HashMap<&'static str, u64>,
+    pub latency: std::sync::Arc<localml_proto::metrics::Histogram>,
 }
 
 impl Stats {
-    pub fn record(&self, model: &str, version: &str, ok: bool, elapsed: Duration) {
+    /// Per model: requests by code and the latency histogram (copied out).
+    pub fn series(
+        &self,
+    ) -> Vec<(
+        String,
+        HashMap<&'static str, u64>,
+        std::sync::Arc<localml_proto::metrics::Histogram>,
+    )> {
+        let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map
+            .iter()
+            .map(|(m, s)| {
+                (
+                    m.clone(),
+                    s.codes.clone(),
+                    std::sync::Arc::clone(&s.latency),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn record(&self, model: &str, version: &str, code: tonic::Code, elapsed: Duration) {
+        let ok = code == tonic::Code::Ok;
+        {
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            if !series.contains_key(model) {
+                series.insert(model.to_string(), Series::default());
+            }
+            if let Some(s) = series.get_mut(model) {
+                *s.codes
+                    .entry(localml_proto::metrics::code_label(code))
+                    .or_default() += 1;
+                if ok {
+                    s.latency.observe(elapsed.as_secs_f64());
+                }
+            }
+        }
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -91,9 +137,14 @@ mod tests {
     #[test]
     fn counts_success_and_failure() {
         let s = Stats::default();
-        s.record("m", "", true, Duration::from_millis(2));
-        s.record("m", "", false, Duration::from_millis(1));
-        s.record("n", "1", true, Duration::from_millis(1));
+        s.record("m", "", tonic::Code::Ok, Duration::from_millis(2));
+        s.record("m", "", tonic::Code::NotFound, Duration::from_millis(1));
+        s.record("n", "1", tonic::Code::Ok, Duration::from_millis(1));
+        let series = s.series();
+        assert_eq!(series[0].0, "m");
+        assert_eq!(series[0].1.get("OK"), Some(&1));
+        assert_eq!(series[0].1.get("NOT_FOUND"), Some(&1));
+        assert_eq!(series[0].2.count(), 1);
         let m = &s.snapshot("m")[0];
         let st = m.inference_stats.as_ref().expect("stats");
         assert_eq!(

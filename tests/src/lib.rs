@@ -148,6 +148,8 @@ pub struct Scheduler {
     pub addr: String,
     /// Worker (cluster) address.
     pub cluster_addr: String,
+    /// `/metrics` and health address, when started with `--http-listen`.
+    pub http_addr: Option<String>,
     extra: Vec<String>,
     dir: TempDir,
 }
@@ -171,12 +173,13 @@ impl Scheduler {
         let dir = TempDir::new("scheduler");
         std::fs::write(dir.path().join("scheduler.yaml"), yaml).expect("write config");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (process, addr, cluster_addr) =
+        let (process, addr, cluster_addr, http_addr) =
             Scheduler::spawn(&dir, &extra, "127.0.0.1:0", "127.0.0.1:0");
         Scheduler {
             process,
             addr,
             cluster_addr,
+            http_addr,
             extra,
             dir,
         }
@@ -187,7 +190,7 @@ impl Scheduler {
         extra: &[String],
         listen: &str,
         cluster: &str,
-    ) -> (Process, String, String) {
+    ) -> (Process, String, String, Option<String>) {
         let mut command = Command::new(bin("localml-scheduler"));
         command
             .args(["--listen", listen, "--cluster-listen", cluster, "--config"])
@@ -198,7 +201,10 @@ impl Scheduler {
         let (process, line) = spawn_and_read_line(command, "scheduler");
         let addr = address_after(&line, "listening on ");
         let cluster_addr = address_after(&line, "and ");
-        (process, addr, cluster_addr)
+        let http_addr = line
+            .contains("http://")
+            .then(|| address_after(&line, "http://"));
+        (process, addr, cluster_addr, http_addr)
     }
 
     /// Kills the scheduler with SIGKILL and starts it again on the same addresses with
@@ -212,7 +218,7 @@ impl Scheduler {
                 Scheduler::spawn(&self.dir, &self.extra, &self.addr, &self.cluster_addr)
             }));
             match attempt {
-                Ok((process, _, _)) => {
+                Ok((process, _, _, _)) => {
                     self.process = process;
                     return;
                 }
@@ -275,6 +281,8 @@ impl Scheduler {
 pub struct Worker {
     pub process: Process,
     pub addr: String,
+    /// `/metrics` and health address, when started with `--http-listen`.
+    pub http_addr: Option<String>,
 }
 
 impl Worker {
@@ -317,7 +325,14 @@ impl Worker {
             .args(extra);
         let (process, line) = spawn_and_read_line(command, name);
         let addr = address_after(&line, "listening on ");
-        Worker { process, addr }
+        let http_addr = line
+            .contains("http://")
+            .then(|| address_after(&line, "http://"));
+        Worker {
+            process,
+            addr,
+            http_addr,
+        }
     }
 }
 
@@ -497,6 +512,23 @@ pub struct Etcd {
     dir: TempDir,
 }
 
+/// A plain HTTP/1.0 GET: the status code and the body; None when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -557,18 +589,8 @@ impl Etcd {
 
     /// GET /health answers `"health":"true"`.
     pub fn healthy(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.endpoint) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = format!("GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.endpoint);
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer.contains("\"health\":\"true\"")
+        http_get(&self.endpoint, "/health")
+            .is_some_and(|(_, body)| body.contains("\"health\":\"true\""))
     }
 
     pub fn log(&self) -> String {

@@ -20,6 +20,9 @@ pub struct WorkerArgs {
     /// Inference listen address [default: 0.0.0.0:8101]; port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Address for /metrics, /healthz and /readyz (HTTP), e.g. 0.0.0.0:9091 [default: off].
+    #[arg(long)]
+    pub http_listen: Option<String>,
     /// Address the scheduler uses to reach this worker [default: derived from --listen].
     #[arg(long)]
     pub advertise: Option<String>,
@@ -65,6 +68,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.listen {
             c.listen = v;
+        }
+        if let Some(v) = self.http_listen {
+            c.http_listen = Some(v);
         }
         if let Some(v) = self.advertise {
             c.advertise = Some(v);
@@ -138,6 +144,22 @@ pub async fn run(args: WorkerArgs) -> Result<(), WorkerError> {
         ))
     })?;
     let addr = listener.local_addr()?;
-    println!("localml-worker {} listening on {addr}", config.name);
-    crate::run(config, listener, shutdown_signal(watch_stdin)).await
+    let http = match &config.http_listen {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
+            WorkerError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen for metrics and health checks on {address}: {e}"),
+            ))
+        })?),
+        None => None,
+    };
+    let http_note = match &http {
+        Some(l) => format!(" (http://{} metrics, health)", l.local_addr()?),
+        None => String::new(),
+    };
+    println!(
+        "localml-worker {} listening on {addr}{http_note}",
+        config.name
+    );
+    crate::run(config, listener, http, shutdown_signal(watch_stdin)).await
 }

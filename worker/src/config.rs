@@ -22,6 +22,8 @@ pub struct WorkerConfig {
     pub scheduler: String,
     /// Inference listen address.
     pub listen: String,
+    /// Address for `/metrics`, `/healthz` and `/readyz`; none: not served.
+    pub http_listen: Option<String>,
     /// Address the scheduler should use to reach this worker; default: the listen address,
     /// or, when that is 0.0.0.0, this PC's address on the route to the scheduler.
     pub advertise: Option<String>,
@@ -70,6 +72,7 @@ impl Default for WorkerConfig {
             name: hostname(),
             scheduler: DEFAULT_SCHEDULER.into(),
             listen: DEFAULT_LISTEN.into(),
+            http_listen: None,
             advertise: None,
             models: PathBuf::from("models"),
             labels: BTreeMap::new(),

@@ -54,6 +54,31 @@ pub fn gpus() -> Vec<GpuInfo> {
     }
 }
 
+/// Per GPU: energy used since the driver loaded, in joules (NVML's total energy
+/// consumption, in mJ, through nvidia-smi); empty where the GPU or driver lacks it.
+pub fn gpu_energy_joules() -> Vec<(u32, f64)> {
+    let output = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,total_energy_consumption",
+            "--format=csv,noheader,nounits",
+        ])
+        .output();
+    let Ok(o) = output else { return Vec::new() };
+    if !o.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (index, mj) = line.split_once(',')?;
+            Some((
+                index.trim().parse().ok()?,
+                mj.trim().parse::<f64>().ok()? / 1e3,
+            ))
+        })
+        .collect()
+}
+
 fn parse_nvidia_smi(text: &str) -> Vec<GpuInfo> {
     const MIB: u64 = 1024 * 1024;
     text.lines()

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod hardware;
 pub mod model;
+pub mod observe;
 pub mod power;
 pub mod repository;
 pub mod runtime;
@@ -122,9 +123,22 @@ fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
 pub async fn run(
     config: WorkerConfig,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     config.validate()?;
+    // Health endpoints answer from the start (not ready while models load).
+    let probe_worker = Arc::new(std::sync::OnceLock::new());
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = http.map(|listener| {
+        let probe = Arc::new(observe::WorkerProbe {
+            worker: Arc::clone(&probe_worker),
+            powercap_root: "/sys/class/powercap".into(),
+        });
+        tokio::spawn(localml_proto::http::serve(listener, probe, async move {
+            let _ = http_stopped.await;
+        }))
+    });
     let (library, source) = runtime::locate(config.onnxruntime.as_deref())?;
     tracing::info!(library = %library.display(), ?source, "loading ONNX Runtime");
     let env = runtime::init(&library, "localml-worker")?;
@@ -185,6 +199,7 @@ pub async fn run(
     })))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    let _ = probe_worker.set(Arc::clone(&worker));
     let drain = async move {
         shutdown.await;
         tracing::info!("shutting down: leaving the cluster, then finishing in-flight requests");
@@ -195,6 +210,10 @@ pub async fn run(
         .add_service(service)
         .serve_with_incoming_shutdown(localml_proto::service::incoming(listener), drain)
         .await?;
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -36,6 +36,26 @@ fn model_status(e: ModelError) -> Status {
 impl Worker {
     /// Validates, runs and answers one request.
     pub async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        let started = std::time::Instant::now();
+        let (model, version) = (request.model_name.clone(), request.model_version.clone());
+        let result = self.infer_once(request).await;
+        let version = match &result {
+            Ok(r) => r.model_version.clone(),
+            Err(_) => version,
+        };
+        self.requests.record(
+            &model,
+            &version,
+            result
+                .as_ref()
+                .map(|_| tonic::Code::Ok)
+                .unwrap_or_else(|s| s.code()),
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    async fn infer_once(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
         let model = self.find(&request.model_name, &request.model_version)?;
         let sig = Signature {
             model: &model.name,

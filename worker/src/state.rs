@@ -36,6 +36,8 @@ pub struct Worker {
     /// Address the scheduler reaches this worker's inference service on.
     pub advertise: String,
     pub draining: AtomicBool,
+    /// Requests by code and latency, for `/metrics`.
+    pub requests: crate::observe::RequestMetrics,
     sequence: AtomicU64,
     gpus: Mutex<Vec<GpuInfo>>,
 }
@@ -56,6 +58,7 @@ impl Worker {
             providers,
             advertise,
             draining: AtomicBool::new(false),
+            requests: Default::default(),
             sequence: AtomicU64::new(0),
             gpus: Mutex::new(Vec::new()),
         }
@@ -202,6 +205,14 @@ impl Worker {
         if let Ok(sources) = repository::scan(&self.config.models) {
             *self.available.write().unwrap_or_else(|e| e.into_inner()) = sources;
         }
+    }
+
+    /// Energy per GPU in joules since the driver loaded, where `nvidia-smi` reports it.
+    pub fn gpu_energy(&self) -> Vec<(u32, f64)> {
+        if self.gpus.lock().map(|g| g.is_empty()).unwrap_or(true) {
+            return Vec::new();
+        }
+        hardware::gpu_energy_joules()
     }
 
     /// Refreshes the GPU reading (nvidia-smi is slow, so not on every report).
