@@ -18,6 +18,10 @@ if [[ ${1:-} == --test ]]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   # promtool checks the /metrics text.
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  # systemd-analyze checks the worker's unit file; tmux and kubectl for the plugin tests.
+  command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+  command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+  command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 fi
 if ((${#need_apt[@]})); then
   echo "deps: installing ${need_apt[*]} (apt)"

@@ -1,0 +1,31 @@
+# localml GPU worker: ONNX Runtime 1.32.0's CUDA build (the onnxruntime-gpu wheel) on the
+# CUDA 12 runtime with cuDNN 9, which that build needs. The NVIDIA driver comes from the
+# host (NVIDIA container toolkit; `runtimeClassName: nvidia` on k3s).
+#   docker build -f deploy/docker/worker-gpu.Dockerfile -t ghcr.io/localml/localml-worker-gpu:0.1.0 .
+FROM rust:1.95.0-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler=3.21.12-3 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p localml-worker --bin localml-worker \
+ && cp target/release/localml-worker /localml-worker
+
+FROM python:3.11.11-slim-bookworm AS onnxruntime
+RUN pip download --no-deps --only-binary=:all: --dest /wheels onnxruntime-gpu==1.32.0 \
+ && python -c "import zipfile, glob; zipfile.ZipFile(glob.glob('/wheels/*.whl')[0]).extractall('/wheel')" \
+ && mkdir -p /opt/onnxruntime/lib \
+ && cp /wheel/onnxruntime/capi/libonnxruntime*.so* /opt/onnxruntime/lib/
+
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+RUN useradd --uid 10001 --user-group --no-create-home localml
+COPY --from=onnxruntime /opt/onnxruntime /opt/onnxruntime
+COPY --from=build /localml-worker /usr/local/bin/localml-worker
+ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.1.32.0 \
+    LD_LIBRARY_PATH=/opt/onnxruntime/lib:/usr/local/cuda/lib64 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001:10001
+EXPOSE 8101 9091
+ENTRYPOINT ["/usr/local/bin/localml-worker"]
+CMD ["--listen=0.0.0.0:8101", "--http-listen=0.0.0.0:9091", "--models=/models"]
