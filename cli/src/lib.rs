@@ -3,12 +3,14 @@
 //!
 //! # Layout
 //! - [`client`]: connect, build requests from tensors, decode responses.
+//! - [`dashboard`]: `kubectl localml top`.
 //! - [`jobs`]: the `localml jobs` commands.
 //! - [`json`], [`npy`]: input tensors from JSON and NumPy files.
 //! - [`table`]: the `localml workers` and `localml models` tables.
 //! - [`up`]: the all-in-one local cluster.
 
 pub mod client;
+pub mod dashboard;
 pub mod jobs;
 pub mod json;
 pub mod npy;

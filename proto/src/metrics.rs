@@ -52,25 +52,30 @@ impl Histogram {
     /// The `q` quantile (0..1) estimated by linear interpolation inside its bucket, as
     /// Prometheus' histogram_quantile does; None without observations.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let cumulative = self.cumulative();
-        let total = *cumulative.last()?;
-        if total == 0 {
-            return None;
-        }
-        let rank = q.clamp(0.0, 1.0) * total as f64;
-        let i = cumulative.iter().position(|c| *c as f64 >= rank)?;
-        if i == LATENCY_BUCKETS.len() {
-            return Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1]);
-        }
-        let (lower, below) = if i == 0 {
-            (0.0, 0)
-        } else {
-            (LATENCY_BUCKETS[i - 1], cumulative[i - 1])
-        };
-        let upper = LATENCY_BUCKETS[i];
-        let in_bucket = (cumulative[i] - below).max(1) as f64;
-        Some(lower + (upper - lower) * (rank - below as f64) / in_bucket)
+        quantile(&LATENCY_BUCKETS, &self.cumulative(), q)
     }
+}
+
+/// The `q` quantile of a histogram given as bucket upper bounds and cumulative counts
+/// (one more count than bounds: +Inf), interpolating inside the bucket; None when empty.
+pub fn quantile(bounds: &[f64], cumulative: &[u64], q: f64) -> Option<f64> {
+    let total = *cumulative.last()?;
+    if total == 0 || cumulative.len() != bounds.len() + 1 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let i = cumulative.iter().position(|c| *c as f64 >= rank)?;
+    if i == bounds.len() {
+        return bounds.last().copied();
+    }
+    let (lower, below) = if i == 0 {
+        (0.0, 0)
+    } else {
+        (bounds[i - 1], cumulative[i - 1])
+    };
+    let upper = bounds[i];
+    let in_bucket = (cumulative[i] - below).max(1) as f64;
+    Some(lower + (upper - lower) * (rank - below as f64) / in_bucket)
 }
 
 /// Builds an exposition; each family is declared once, then its samples follow.

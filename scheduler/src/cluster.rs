@@ -69,6 +69,7 @@ impl Cluster for ClusterService {
 
 pub struct AdminService {
     pub registry: Arc<Registry>,
+    pub stats: Arc<crate::stats::Stats>,
     pub store: Arc<dyn crate::store::Store>,
 }
 
@@ -131,9 +132,21 @@ impl Admin for AdminService {
         &self,
         _: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        Ok(Response::new(ListModelsResponse {
-            models: self.registry.models(),
-        }))
+        let series = self.stats.series();
+        let mut models = self.registry.models();
+        for m in &mut models {
+            if let Some((_, codes, latency)) = series.iter().find(|(name, _, _)| *name == m.name) {
+                m.requests_ok = codes.get("OK").copied().unwrap_or(0);
+                m.requests_failed = codes
+                    .iter()
+                    .filter(|(code, _)| **code != "OK")
+                    .map(|(_, n)| n)
+                    .sum();
+                m.latency_bounds_seconds = localml_proto::metrics::LATENCY_BUCKETS.to_vec();
+                m.latency_cumulative = latency.cumulative();
+            }
+        }
+        Ok(Response::new(ListModelsResponse { models }))
     }
 
     async fn set_cordon(

@@ -170,6 +170,7 @@ pub async fn run(
         })
     };
     let admin = AdminServer::new(cluster::AdminService {
+        stats: Arc::clone(&dispatcher.stats),
         registry: Arc::clone(&registry),
         store: Arc::clone(&state),
     });

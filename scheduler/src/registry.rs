@@ -676,6 +676,7 @@ impl Registry {
                         ready_workers: Vec::new(),
                         signature: m.signature.clone(),
                         max_batch_size: m.max_batch_size,
+                        ..Default::default()
                     });
                 if w.state == WorkerState::Ready {
                     info.ready_workers.push(w.status.name.clone());

@@ -1,0 +1,367 @@
+//! `kubectl-localml`: the operator's view of a localml cluster as a kubectl plugin
+//! (`kubectl localml ...` once the binary is on PATH).
+//!
+//! It reaches the scheduler with `--server ADDR`, or through the current kube context:
+//! `kubectl port-forward` to the chart's Service (`-n NAMESPACE`, `--release NAME`).
+
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use localml_cli::{client, dashboard, jobs, table};
+use localml_proto::localml::v1::admin_client::AdminClient;
+use localml_proto::localml::v1::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl-localml",
+    version,
+    about = "kubectl plugin for localml: cluster status, workers, models, jobs, a live dashboard, cordon and drain"
+)]
+struct Cli {
+    /// Scheduler address (host:port); without it, port-forward through the kube context.
+    #[arg(long, global = true, env = "LOCALML_SERVER")]
+    server: Option<String>,
+    /// Namespace of the localml release.
+    #[arg(short = 'n', long, global = true, default_value = "localml")]
+    namespace: String,
+    /// Helm release name (the scheduler Service is named after it).
+    #[arg(long, global = true, default_value = "localml")]
+    release: String,
+    /// kubeconfig context [default: the current one].
+    #[arg(long, global = true)]
+    context: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Summary: workers, models, jobs, deployments.
+    Status,
+    /// Workers: state, provider, RAM, power, queue, in-flight, models.
+    Workers,
+    /// Models and the Ready workers serving them.
+    Models,
+    /// Async jobs.
+    Jobs {
+        /// pending, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Live dashboard (per worker RAM and GPU bars, power, queue, in-flight, rate; per model
+    /// rate and latency percentiles). Ctrl-C quits.
+    Top {
+        /// Seconds between frames.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Draw this many frames and exit (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        frames: u32,
+    },
+    /// No new work for a worker.
+    Cordon { worker: String },
+    /// Work again for a worker.
+    Uncordon { worker: String },
+    /// Cordon a worker and wait until it has no request in flight.
+    Drain {
+        worker: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+/// A `kubectl port-forward` kept running while the command works (killed on drop).
+struct PortForward(#[allow(dead_code)] tokio::process::Child);
+
+async fn port_forward(cli: &Cli) -> anyhow::Result<(String, PortForward)> {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut command = tokio::process::Command::new(&kubectl);
+    if let Some(context) = &cli.context {
+        command.args(["--context", context]);
+    }
+    let service = format!("svc/{}", cli.release);
+    let mut child = command
+        .args(["port-forward", "-n", &cli.namespace, &service, ":8001"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("cannot run {kubectl} for port-forward; install kubectl or pass --server ADDR")
+        })?;
+    let stdout = child.stdout.take().context("kubectl stdout")?;
+    let stderr = child.stderr.take().context("kubectl stderr")?;
+    let mut lines = BufReader::new(stdout).lines();
+    // "Forwarding from 127.0.0.1:PORT -> 8001"
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("Forwarding from ") {
+                if let Some(addr) = rest.split_whitespace().next() {
+                    if !addr.starts_with('[') {
+                        return Some(addr.to_string());
+                    }
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    match found {
+        Some(addr) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok((addr, PortForward(child)))
+        }
+        None => {
+            let _ = child.kill().await;
+            let mut why = String::new();
+            let mut err = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = err.next_line().await {
+                why.push_str(line.trim());
+                why.push(' ');
+            }
+            let why = why.trim();
+            bail!(
+                "cannot port-forward to {service} in namespace {}: {}; is localml installed there (helm install {} ./helm/localml -n {})? Or pass --server ADDR",
+                cli.namespace,
+                if why.is_empty() {
+                    "kubectl printed no forwarding address"
+                } else {
+                    why
+                },
+                cli.release,
+                cli.namespace
+            )
+        }
+    }
+}
+
+fn failed(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+async fn reading(admin: &mut AdminClient<Channel>) -> anyhow::Result<dashboard::Reading> {
+    Ok(dashboard::Reading {
+        workers: admin
+            .list_workers(ListWorkersRequest {})
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .workers,
+        models: admin
+            .list_models(ListModelsRequest {})
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .models,
+    })
+}
+
+async fn set_cordon(
+    admin: &mut AdminClient<Channel>,
+    worker: &str,
+    cordoned: bool,
+) -> anyhow::Result<()> {
+    admin
+        .set_cordon(SetCordonRequest {
+            worker: worker.to_string(),
+            cordoned,
+        })
+        .await
+        .map_err(failed)?;
+    Ok(())
+}
+
+async fn status(server: &str, admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+    let r = reading(admin).await?;
+    let count = |state: WorkerState| r.workers.iter().filter(|w| w.state == state as i32).count();
+    println!("scheduler    {server}");
+    println!(
+        "workers      {} ready, {} not ready, {} draining, {} cordoned",
+        count(WorkerState::Ready),
+        count(WorkerState::NotReady),
+        count(WorkerState::Draining),
+        r.workers.iter().filter(|w| w.cordoned).count()
+    );
+    let served = r
+        .models
+        .iter()
+        .filter(|m| !m.ready_workers.is_empty())
+        .count();
+    println!(
+        "models       {} versions, {served} served by a Ready worker",
+        r.models.len()
+    );
+    let mut jobs_client = jobs::connect(server).await?;
+    let mut by_state = std::collections::BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let page = jobs_client
+            .list(ListJobsRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(failed)?
+            .into_inner();
+        for j in &page.jobs {
+            *by_state.entry(jobs::state_name(j.state)).or_insert(0usize) += 1;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let jobs_line: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!(
+        "jobs         {}",
+        if jobs_line.is_empty() {
+            "none".to_string()
+        } else {
+            jobs_line.join(", ")
+        }
+    );
+    let deployments = admin
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .map_err(failed)?
+        .into_inner()
+        .deployments;
+    let ready = deployments
+        .iter()
+        .filter(|d| d.ready_replicas >= d.replicas)
+        .count();
+    println!("deployments  {} ({ready} fully ready)", deployments.len());
+    Ok(())
+}
+
+async fn top(
+    server: &str,
+    admin: &mut AdminClient<Channel>,
+    interval: f64,
+    frames: u32,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let interval = Duration::from_secs_f64(interval.max(0.1));
+    let mut previous = reading(admin).await?;
+    let mut at = Instant::now();
+    // Alternate screen, hidden cursor; restored on the way out.
+    print!("\x1b[?1049h\x1b[?25l");
+    let result = async {
+        let mut drawn = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+            let current = reading(admin).await?;
+            let frame = dashboard::render(&previous, &current, at.elapsed(), server);
+            print!("\x1b[H\x1b[2J{frame}");
+            let _ = std::io::stdout().flush();
+            previous = current;
+            at = Instant::now();
+            drawn += 1;
+            if frames > 0 && drawn >= frames {
+                return anyhow::Ok(());
+            }
+        }
+    }
+    .await;
+    print!("\x1b[?25h\x1b[?1049l");
+    let _ = std::io::stdout().flush();
+    result
+}
+
+async fn drain(admin: &mut AdminClient<Channel>, worker: &str, timeout: u64) -> anyhow::Result<()> {
+    set_cordon(admin, worker, true).await?;
+    println!("worker {worker} cordoned; waiting for its requests to finish");
+    let end = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let r = reading(admin).await?;
+        let w = r
+            .workers
+            .iter()
+            .find(|w| w.status.as_ref().is_some_and(|s| s.name == worker))
+            .with_context(|| format!("worker {worker} is gone"))?;
+        let busy = w.dispatched_in_flight
+            + w.status
+                .as_ref()
+                .map(|s| {
+                    s.models
+                        .iter()
+                        .map(|m| m.in_flight + m.queue_depth)
+                        .sum::<u32>()
+                })
+                .unwrap_or(0);
+        if busy == 0 {
+            println!("worker {worker} drained: no request in flight");
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("worker {worker} still has {busy} request(s) after {timeout} s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (server, _forward) = match &cli.server {
+        Some(s) => (s.clone(), None),
+        None => {
+            let (addr, forward) = port_forward(&cli).await?;
+            (addr, Some(forward))
+        }
+    };
+    let channel = client::connect(&server, Duration::from_secs(5))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut admin = client::admin_client(channel);
+    match cli.command {
+        Command::Status => status(&server, &mut admin).await,
+        Command::Workers => {
+            println!("{}", table::workers(&reading(&mut admin).await?.workers));
+            Ok(())
+        }
+        Command::Models => {
+            println!("{}", table::models(&reading(&mut admin).await?.models));
+            Ok(())
+        }
+        Command::Jobs { state, limit } => {
+            let state = state.as_deref().map(jobs::parse_state).transpose()?;
+            jobs::list(&server, state, String::new(), limit).await
+        }
+        Command::Top { interval, frames } => top(&server, &mut admin, interval, frames).await,
+        Command::Cordon { worker } => {
+            set_cordon(&mut admin, &worker, true).await?;
+            println!("worker {worker} cordoned");
+            Ok(())
+        }
+        Command::Uncordon { worker } => {
+            set_cordon(&mut admin, &worker, false).await?;
+            println!("worker {worker} uncordoned");
+            Ok(())
+        }
+        Command::Drain { worker, timeout } => drain(&mut admin, &worker, timeout).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubectl-localml: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
