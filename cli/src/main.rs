@@ -48,23 +48,13 @@ enum Command {
     },
     /// Send one inference request and print the outputs and the worker that served it.
     Infer {
-        #[arg(long)]
-        model: String,
-        /// Model version [default: the newest].
-        #[arg(long, default_value = "")]
-        version: String,
-        /// NAME=FILE with FILE a .npy or .json tensor; inputs not given get random data.
-        #[arg(long = "input", value_name = "NAME=FILE")]
-        inputs: Vec<String>,
+        #[command(flatten)]
+        request: RequestArgs,
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
         /// Values printed per output.
         #[arg(long, default_value_t = 10)]
         show: usize,
-        /// Request parameter KEY=VALUE (string), e.g. localml.profile=energy-saver,
-        /// localml.provider=gpu, localml.selector=site=library.
-        #[arg(long = "param", value_name = "KEY=VALUE")]
-        params: Vec<String>,
     },
     /// Show the workers: state, provider, RAM, power, queue, in-flight, models.
     Workers {
@@ -113,6 +103,23 @@ enum Command {
     Worker(localml_worker::cli::WorkerArgs),
 }
 
+/// What to run: shared by `infer` and `jobs submit`.
+#[derive(clap::Args)]
+struct RequestArgs {
+    #[arg(long)]
+    model: String,
+    /// Model version [default: the newest].
+    #[arg(long, default_value = "")]
+    version: String,
+    /// NAME=FILE with FILE a .npy or .json tensor; inputs not given get random data.
+    #[arg(long = "input", value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// Request parameter KEY=VALUE (string), e.g. localml.profile=energy-saver,
+    /// localml.provider=gpu, localml.selector=site=library.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum DeploymentsCommand {
     /// Create or change a deployment.
@@ -142,16 +149,8 @@ enum DeploymentsCommand {
 enum JobsCommand {
     /// Submit a job (or --count N of them) and print the id(s).
     Submit {
-        #[arg(long)]
-        model: String,
-        #[arg(long, default_value = "")]
-        version: String,
-        /// NAME=FILE with FILE a .npy or .json tensor; inputs not given get random data.
-        #[arg(long = "input", value_name = "NAME=FILE")]
-        inputs: Vec<String>,
-        /// Request parameter KEY=VALUE, as for `localml infer`.
-        #[arg(long = "param", value_name = "KEY=VALUE")]
-        params: Vec<String>,
+        #[command(flatten)]
+        request: RequestArgs,
         /// Higher runs first.
         #[arg(long, default_value_t = 0)]
         priority: i64,
@@ -251,12 +250,10 @@ async fn build_request(
     oip: &mut localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
         tonic::transport::Channel,
     >,
-    model: &str,
-    version: &str,
-    specs: &[String],
-    params: &[String],
+    args: &RequestArgs,
 ) -> anyhow::Result<localml_proto::inference::ModelInferRequest> {
-    let (model, version) = (model.to_string(), version.to_string());
+    let (model, version) = (args.model.clone(), args.version.clone());
+    let (specs, params) = (&args.inputs, &args.params);
     let metadata = oip
         .model_metadata(ModelMetadataRequest {
             name: model.clone(),
@@ -306,19 +303,12 @@ async fn build_request(
     Ok(request)
 }
 
-async fn infer(
-    model: String,
-    version: String,
-    specs: Vec<String>,
-    params: Vec<String>,
-    server: String,
-    show: usize,
-) -> anyhow::Result<()> {
+async fn infer(args: RequestArgs, server: String, show: usize) -> anyhow::Result<()> {
     let channel = client::connect(&server, Duration::from_secs(5))
         .await
         .map_err(anyhow::Error::msg)?;
     let mut oip = client::inference_client(channel);
-    let request = build_request(&mut oip, &model, &version, &specs, &params).await?;
+    let request = build_request(&mut oip, &args).await?;
     let started = Instant::now();
     let response = oip
         .model_infer(request)
@@ -333,16 +323,7 @@ async fn infer(
         client::served_by(&response).unwrap_or_else(|| "?".into()),
         elapsed.as_secs_f64() * 1e3
     );
-    for out in client::outputs(&response).map_err(anyhow::Error::msg)? {
-        println!(
-            "  {} {} {:?} = {}",
-            out.name,
-            out.data.datatype(),
-            out.shape,
-            client::preview(&out.data, show)
-        );
-    }
-    Ok(())
+    client::print_outputs(&response, show).map_err(anyhow::Error::msg)
 }
 
 async fn admin(
@@ -390,13 +371,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             localml_cli::up::up(options, localml_scheduler::cli::shutdown_signal()).await
         }
         Command::Infer {
-            model,
-            version,
-            inputs,
+            request,
             server,
             show,
-            params,
-        } => infer(model, version, inputs, params, server, show).await,
+        } => infer(request, server, show).await,
         Command::Cordon { worker, server } => cordon(&server, worker, true).await,
         Command::Uncordon { worker, server } => cordon(&server, worker, false).await,
         Command::Workers { server } => {
@@ -508,10 +486,7 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
     use localml_cli::jobs;
     match command {
         JobsCommand::Submit {
-            model,
-            version,
-            inputs,
-            params,
+            request,
             priority,
             deadline,
             idempotency_key,
@@ -532,7 +507,7 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             let mut oip = client::inference_client(channel);
-            let request = build_request(&mut oip, &model, &version, &inputs, &params).await?;
+            let request = build_request(&mut oip, &request).await?;
             let ids = jobs::submit(server, request, options).await?;
             if watch {
                 jobs::watch(server, ids).await?;

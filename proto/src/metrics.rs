@@ -145,6 +145,14 @@ impl Exposition {
     }
 }
 
+/// The status code a call ended with (OK for a success).
+pub fn result_code<T>(result: &Result<T, tonic::Status>) -> tonic::Code {
+    match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
 /// The gRPC status code's name in Prometheus label style, e.g. `OK`, `NOT_FOUND`.
 pub fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -76,45 +76,24 @@ pub struct AdminService {
 /// Store keys: `cordons/<worker name>` exists while the worker is cordoned.
 pub const CORDONS: &str = "cordons/";
 
-/// Keeps the registry's cordons equal to the store's (every replica runs this): lists,
-/// then follows changes, listing again after a compaction or a store error.
+/// Keeps the registry's cordons equal to the store's (every replica runs this).
 pub async fn follow_cordons(
     store: Arc<dyn crate::store::Store>,
     registry: Arc<Registry>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use futures::StreamExt;
-    loop {
-        let followed = async {
-            let (kvs, revision) = store.list(CORDONS).await?;
-            registry.replace_cordons(
-                kvs.iter()
-                    .map(|kv| kv.key.trim_start_matches(CORDONS).to_string())
-                    .collect(),
-            );
-            let mut events = store.watch(CORDONS, revision).await?;
-            while let Some(batch) = events.next().await {
-                for event in batch? {
-                    let name = event.key().trim_start_matches(CORDONS).to_string();
-                    let cordoned = matches!(event, crate::store::Event::Put(_));
-                    registry.set_cordon(&name, cordoned);
-                }
-            }
-            Ok::<(), crate::store::StoreError>(())
-        };
-        tokio::select! {
-            result = followed => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "cordons: listing again");
-                }
-            }
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
+    let name = |key: &str| key.trim_start_matches(CORDONS).to_string();
+    crate::store::follow(
+        store,
+        CORDONS,
+        stop,
+        |kvs| registry.replace_cordons(kvs.iter().map(|kv| name(&kv.key)).collect()),
+        |event| {
+            let cordoned = matches!(event, crate::store::Event::Put(_));
+            registry.set_cordon(&name(event.key()), cordoned);
+        },
+    )
+    .await
 }
 
 #[tonic::async_trait]

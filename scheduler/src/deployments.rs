@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use localml_proto::localml::v1::{Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus};
 use prost::Message;
 use tonic::Status;
@@ -138,11 +137,13 @@ impl Assignments {
     pub async fn follow(
         self: Arc<Self>,
         store: Arc<dyn Store>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            let followed = async {
-                let (kvs, revision) = store.list(ASSIGNMENTS).await?;
+        crate::store::follow(
+            store,
+            ASSIGNMENTS,
+            stop,
+            |kvs| {
                 self.by_worker
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
@@ -150,32 +151,13 @@ impl Assignments {
                 for kv in &kvs {
                     self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok());
                 }
-                let mut events = store.watch(ASSIGNMENTS, revision).await?;
-                while let Some(batch) = events.next().await {
-                    for event in batch? {
-                        match event {
-                            Event::Put(kv) => {
-                                self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok())
-                            }
-                            Event::Delete { key, .. } => self.set(&key, None),
-                        }
-                    }
-                }
-                Ok::<(), StoreError>(())
-            };
-            tokio::select! {
-                result = followed => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "assignments: listing again");
-                    }
-                }
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
+            },
+            |event| match event {
+                Event::Put(kv) => self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok()),
+                Event::Delete { key, .. } => self.set(&key, None),
+            },
+        )
+        .await
     }
 }
 

@@ -161,11 +161,19 @@ impl Jobs for JobsService {
         if let Some(key) = &idempotency {
             txn = txn.when(key, 0).put(key, id.as_bytes().to_vec(), 0);
         }
-        let txn = txn.put(&job_key(&id), job.encode_to_vec(), 0).put(
-            &format!("{INPUTS}{id}"),
-            request.encode_to_vec(),
-            0,
-        );
+        let inputs = request.encode_to_vec();
+        if let Some(limit) = self.store.max_value_bytes() {
+            if inputs.len() > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the job's request is {} bytes; the {} store keeps at most {limit} bytes per value (send large inputs as synchronous requests)",
+                    inputs.len(),
+                    self.store.backend()
+                )));
+            }
+        }
+        let txn =
+            txn.put(&job_key(&id), job.encode_to_vec(), 0)
+                .put(&format!("{INPUTS}{id}"), inputs, 0);
         match self.store.commit(txn).await.map_err(unavailable)? {
             Some(_) => {
                 tracing::debug!(job = %id, model = %job.model_name, "job accepted");
@@ -281,13 +289,17 @@ async fn follow(
 ) -> Result<(), Status> {
     let wanted = |id: &str| ids.is_empty() || ids.contains(id);
     let mut ended: HashSet<String> = HashSet::new();
+    // Sends a job; false when the client went away or every watched job has ended.
+    let deliver = async |job: Job, ended: &mut HashSet<String>| -> bool {
+        if is_terminal(job.state()) {
+            ended.insert(job.id.clone());
+        }
+        tx.send(Ok(job)).await.is_ok() && (ids.is_empty() || ended.len() < ids.len())
+    };
     loop {
         let (kvs, revision) = store.list(JOBS).await.map_err(unavailable)?;
         for job in kvs.iter().filter_map(decode_job).filter(|j| wanted(&j.id)) {
-            if is_terminal(job.state()) {
-                ended.insert(job.id.clone());
-            }
-            if tx.send(Ok(job)).await.is_err() {
+            if !deliver(job, &mut ended).await {
                 return Ok(());
             }
         }
@@ -306,15 +318,9 @@ async fn follow(
                 let Some(job) = decode_job(&kv).filter(|j| wanted(&j.id)) else {
                     continue;
                 };
-                if is_terminal(job.state()) {
-                    ended.insert(job.id.clone());
-                }
-                if tx.send(Ok(job)).await.is_err() {
+                if !deliver(job, &mut ended).await {
                     return Ok(());
                 }
-            }
-            if !ids.is_empty() && ended.len() == ids.len() {
-                return Ok(());
             }
         }
     }
@@ -591,10 +597,16 @@ impl Runner {
             .when(key, revision)
             .delete(&format!("{INPUTS}{}", job.id));
         let result = result.and_then(|bytes| {
+            let store_limit = self.store.max_value_bytes().unwrap_or(usize::MAX);
             if size > self.config.max_result_bytes {
                 Err(Status::resource_exhausted(format!(
                     "the result is {size} bytes, over the limit of {} bytes (jobs.max_result_bytes)",
                     self.config.max_result_bytes
+                )))
+            } else if size > store_limit {
+                Err(Status::resource_exhausted(format!(
+                    "the result is {size} bytes; the {} store keeps at most {store_limit} bytes per value",
+                    self.store.backend()
                 )))
             } else {
                 Ok(bytes)

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use localml_proto::localml::v1::WorkerStatus;
 use prost::Message;
 use tokio::time::Instant;
@@ -112,49 +111,29 @@ impl Registrations {
     pub async fn follow(
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            let followed = async {
-                let (kvs, revision) = store.list(WORKERS).await?;
-                for kv in &kvs {
-                    if let Ok(status) = WorkerStatus::decode(kv.value.as_slice()) {
-                        registry.apply_remote(status, Instant::now());
-                    }
-                }
-                let mut events = store.watch(WORKERS, revision).await?;
-                while let Some(batch) = events.next().await {
-                    for event in batch? {
-                        match event {
-                            Event::Put(kv) => {
-                                if let Ok(status) = WorkerStatus::decode(kv.value.as_slice()) {
-                                    registry.apply_remote(status, Instant::now());
-                                }
-                            }
-                            Event::Delete { key, .. } => {
-                                let name = key
-                                    .trim_start_matches(WORKERS)
-                                    .replace("%2F", "/")
-                                    .replace("%25", "%");
-                                registry.remote_lease_expired(&name);
-                            }
-                        }
-                    }
-                }
-                Ok::<(), StoreError>(())
-            };
-            tokio::select! {
-                result = followed => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "registrations: listing again");
-                    }
-                }
-                _ = stop.wait_for(|s| *s) => return,
+        let apply = |kv: &crate::store::KeyValue| {
+            if let Ok(status) = WorkerStatus::decode(kv.value.as_slice()) {
+                registry.apply_remote(status, Instant::now());
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
+        };
+        crate::store::follow(
+            store,
+            WORKERS,
+            stop,
+            |kvs| kvs.iter().for_each(apply),
+            |event| match event {
+                Event::Put(kv) => apply(&kv),
+                Event::Delete { key, .. } => {
+                    let name = key
+                        .trim_start_matches(WORKERS)
+                        .replace("%2F", "/")
+                        .replace("%25", "%");
+                    registry.remote_lease_expired(&name);
+                }
+            },
+        )
+        .await
     }
 }

@@ -401,3 +401,30 @@ async fn the_cli_submits_watches_gets_and_lists_jobs() {
     let (ok, _, err) = run(&["get", "nope"]);
     assert!(!ok && err.contains("no job 'nope'"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_mode_refuses_jobs_larger_than_etcd_stores() {
+    let etcd = Etcd::start();
+    let store = etcd.store_address("big");
+    let scheduler = Scheduler::start_full(JOBS_CONFIG, &["--store", &store]);
+    let mut client = jobs_client(&scheduler).await;
+    let mut request = submit_request(&expected_examples()[0], String::new());
+    request
+        .request
+        .as_mut()
+        .expect("request")
+        .raw_input_contents
+        .push(vec![0u8; 2 << 20].into());
+    let status = client.submit(request).await.expect_err("too large");
+    assert_eq!(
+        status.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("the etcd store keeps at most"),
+        "{}",
+        status.message()
+    );
+}

@@ -25,8 +25,9 @@ const LEASES: TableDefinition<i64, (i64, i64)> = TableDefinition::new("leases");
 const REVISION: &str = "revision";
 const NEXT_LEASE: &str = "next_lease";
 
-/// Events kept for watches that resume.
+/// Events kept for watches that resume, at most this many and this many bytes.
 pub const HISTORY_EVENTS: usize = 20_000;
+pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// How often expired leases are looked for.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
@@ -49,6 +50,7 @@ struct State {
     /// Watches may resume after any revision >= this one.
     floor: Revision,
     history: VecDeque<Event>,
+    history_bytes: usize,
     /// Lease id -> (ttl, expiry in ms since the epoch).
     leases: HashMap<LeaseId, (i64, i64)>,
     next_lease: LeaseId,
@@ -63,6 +65,13 @@ fn now_ms() -> i64 {
 
 fn failed(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {}", e.into()))
+}
+
+fn event_bytes(e: &Event) -> usize {
+    match e {
+        Event::Put(kv) => kv.key.len() + kv.value.len() + 32,
+        Event::Delete { key, .. } => key.len() + 16,
+    }
 }
 
 /// Value layout: create revision, mod revision, lease (8 bytes each, LE), then the value.
@@ -137,6 +146,7 @@ impl EmbeddedStore {
                 revision,
                 floor: revision,
                 history: VecDeque::new(),
+                history_bytes: 0,
                 leases,
                 next_lease,
             }),
@@ -262,11 +272,15 @@ impl Inner {
     }
 
     fn publish(&self, state: &mut State, events: Vec<Event>) {
+        state.history_bytes += events.iter().map(event_bytes).sum::<usize>();
         state.history.extend(events.iter().cloned());
-        while state.history.len() > HISTORY_EVENTS {
-            if let Some(old) = state.history.pop_front() {
-                state.floor = state.floor.max(old.revision());
-            }
+        while state.history.len() > HISTORY_EVENTS || state.history_bytes > HISTORY_BYTES {
+            let Some(old) = state.history.pop_front() else {
+                break;
+            };
+            state.history_bytes -= event_bytes(&old);
+            // Watches from before this revision must list again.
+            state.floor = state.floor.max(old.revision());
         }
         let _ = self.events.send(Arc::new(events));
     }
@@ -464,6 +478,7 @@ impl Store for EmbeddedStore {
         }
         let floor = revision - 1;
         state.history.retain(|e| e.revision() > floor);
+        state.history_bytes = state.history.iter().map(event_bytes).sum();
         state.floor = state.floor.max(floor);
         Ok(())
     }

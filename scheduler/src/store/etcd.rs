@@ -14,6 +14,9 @@ use etcd_client::{
 
 use super::*;
 
+/// Largest value written to etcd in one put.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
 /// Requests that take longer fail with UNAVAILABLE instead of hanging the caller.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,6 +96,11 @@ impl EtcdStore {
 impl Store for EtcdStore {
     fn backend(&self) -> &'static str {
         "etcd"
+    }
+
+    fn max_value_bytes(&self) -> Option<usize> {
+        // etcd's default --max-request-bytes is 1.5 MiB; leave room for the transaction.
+        Some(MAX_VALUE_BYTES)
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {

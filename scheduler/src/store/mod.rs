@@ -140,6 +140,12 @@ pub trait Store: Send + Sync {
     /// `"embedded"` or `"etcd"`.
     fn backend(&self) -> &'static str;
 
+    /// Largest value the backend stores in one write, when it has a limit (etcd refuses
+    /// requests over `--max-request-bytes`, 1.5 MiB by default).
+    fn max_value_bytes(&self) -> Option<usize> {
+        None
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
     /// Every key starting with `prefix`, in key order, and the revision they were read at.
@@ -173,6 +179,44 @@ pub trait Store: Send + Sync {
     async fn delete(&self, key: &str) -> Result<Revision, StoreError> {
         let revision = self.commit(Txn::new().delete(key)).await?;
         revision.ok_or_else(|| StoreError::Unavailable("unconditional delete was refused".into()))
+    }
+}
+
+/// Keeps an in-memory view of `prefix` current until `stop`: `reset` gets a fresh
+/// listing, `apply` every change after it; after a compaction, a store error or the end
+/// of the watch it lists again (0.5 s later), so a disconnect loses nothing.
+pub async fn follow(
+    store: Arc<dyn Store>,
+    prefix: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut reset: impl FnMut(Vec<KeyValue>) + Send,
+    mut apply: impl FnMut(Event) + Send,
+) {
+    use futures::StreamExt;
+    loop {
+        let followed = async {
+            let (kvs, revision) = store.list(prefix).await?;
+            reset(kvs);
+            let mut events = store.watch(prefix, revision).await?;
+            while let Some(batch) = events.next().await {
+                for event in batch? {
+                    apply(event);
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        tokio::select! {
+            result = followed => {
+                if let Err(e) = result {
+                    tracing::debug!(prefix, error = %e, "listing again");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
