@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use localml_scheduler::store::embedded::EmbeddedStore;
-use localml_scheduler::store::{conformance, Store, StoreError, Txn};
+use localml_scheduler::store::{
+    conformance, Event, KeyValue, LeaseId, Revision, Store, StoreError, Txn, WatchStream,
+};
 
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -119,4 +121,139 @@ async fn watch_history_is_bounded_by_bytes() {
     assert_eq!(events[0].key(), "big/3");
     drop(store);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The embedded store, except that its first watch breaks (as a network would) after
+/// one batch.
+struct Flaky {
+    inner: EmbeddedStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[tonic::async_trait]
+impl Store for Flaky {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn commit(&self, txn: Txn) -> Result<Option<Revision>, StoreError> {
+        self.inner.commit(txn).await
+    }
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.revoke(lease).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        use futures::StreamExt;
+        let stream = self.inner.watch(prefix, after).await?;
+        if self.broken.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(stream);
+        }
+        let cut = futures::stream::once(async {
+            Err(StoreError::Unavailable("connection reset".into()))
+        });
+        Ok(Box::pin(stream.take(1).chain(cut)))
+    }
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.inner.compact(revision).await
+    }
+}
+
+/// Follows `p/` into a map; returns the map, and how many times it listed.
+fn follower(
+    store: std::sync::Arc<dyn Store>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let map = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (m1, m2, l) = (map.clone(), map.clone(), lists.clone());
+    tokio::spawn(async move {
+        localml_scheduler::store::follow(
+            store,
+            "p/",
+            stop,
+            move |kvs| {
+                l.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut m = m1.lock().expect("lock");
+                m.clear();
+                m.extend(kvs.into_iter().map(|kv| (kv.key, kv.value)));
+            },
+            move |event| {
+                let mut m = m2.lock().expect("lock");
+                match event {
+                    Event::Put(kv) => {
+                        m.insert(kv.key, kv.value);
+                    }
+                    Event::Delete { key, .. } => {
+                        m.remove(&key);
+                    }
+                }
+            },
+        )
+        .await
+    });
+    (map, lists)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < end, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_resume_after_a_disconnect_and_relist_only_after_compaction() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for compact in [false, true] {
+        let dir = temp_dir("follow");
+        let flaky = std::sync::Arc::new(Flaky {
+            inner: EmbeddedStore::open(&dir).expect("open"),
+            broken: Default::default(),
+        });
+        let store: std::sync::Arc<dyn Store> = flaky.clone();
+        store.put("p/a", b"1".to_vec()).await.expect("put");
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (map, lists) = follower(store.clone(), stop);
+        eventually("listed", || map.lock().expect("lock").len() == 1).await;
+        // One batch arrives, then the watch breaks; the rest happens while it is down.
+        store.put("p/b", b"2".to_vec()).await.expect("put");
+        store.put("p/c", b"3".to_vec()).await.expect("put");
+        store.delete("p/a").await.expect("delete");
+        if compact {
+            let (_, now) = store.list("").await.expect("list");
+            store.compact(now).await.expect("compact");
+        }
+        let want: Vec<String> = vec!["p/b".into(), "p/c".into()];
+        eventually("caught up", || {
+            map.lock()
+                .expect("lock")
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                == want
+        })
+        .await;
+        let expected_lists = if compact { 2 } else { 1 };
+        assert_eq!(
+            lists.load(SeqCst),
+            expected_lists,
+            "compacted: {compact}: resumed from its revision unless the history was gone"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

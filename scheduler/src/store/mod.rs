@@ -182,9 +182,10 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Keeps an in-memory view of `prefix` current until `stop`: `reset` gets a fresh
-/// listing, `apply` every change after it; after a compaction, a store error or the end
-/// of the watch it lists again (0.5 s later), so a disconnect loses nothing.
+/// Keeps an in-memory view of `prefix` current until `stop`: `reset` gets a listing,
+/// `apply` every change after it. After a disconnect the watch resumes from the last
+/// revision seen (nothing is listed again, nothing is missed); only when that history was
+/// compacted does it list again. Retries wait 0.5 s.
 pub async fn follow(
     store: Arc<dyn Store>,
     prefix: &str,
@@ -193,26 +194,45 @@ pub async fn follow(
     mut apply: impl FnMut(Event) + Send,
 ) {
     use futures::StreamExt;
+    let mut resume: Option<Revision> = None;
     loop {
         let followed = async {
-            let (kvs, revision) = store.list(prefix).await?;
-            reset(kvs);
-            let mut events = store.watch(prefix, revision).await?;
+            let mut at = match resume {
+                Some(revision) => revision,
+                None => match store.list(prefix).await {
+                    Ok((kvs, revision)) => {
+                        reset(kvs);
+                        revision
+                    }
+                    Err(e) => return (None, e),
+                },
+            };
+            let mut events = match store.watch(prefix, at).await {
+                Ok(events) => events,
+                Err(e) => return (Some(at), e),
+            };
             while let Some(batch) = events.next().await {
-                for event in batch? {
-                    apply(event);
+                match batch {
+                    Ok(batch) => {
+                        for event in batch {
+                            at = at.max(event.revision());
+                            apply(event);
+                        }
+                    }
+                    Err(e) => return (Some(at), e),
                 }
             }
-            Ok::<(), StoreError>(())
+            (Some(at), StoreError::Unavailable("the watch ended".into()))
         };
-        tokio::select! {
-            result = followed => {
-                if let Err(e) = result {
-                    tracing::debug!(prefix, error = %e, "listing again");
-                }
-            }
+        let (seen, error) = tokio::select! {
+            ended = followed => ended,
             _ = stop.wait_for(|s| *s) => return,
-        }
+        };
+        resume = match error {
+            StoreError::Compacted(_) => None,
+            _ => seen,
+        };
+        tracing::debug!(prefix, error = %error, resume = ?resume, "watch interrupted");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.wait_for(|s| *s) => return,
