@@ -169,14 +169,13 @@ impl Store for Flaky {
     }
 }
 
+type View = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>;
+
 /// Follows `p/` into a map; returns the map, and how many times it listed.
 fn follower(
     store: std::sync::Arc<dyn Store>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> (
-    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+) -> (View, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let map = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (m1, m2, l) = (map.clone(), map.clone(), lists.clone());
