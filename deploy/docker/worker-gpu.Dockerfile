@@ -1,6 +1,7 @@
 # localml GPU worker: ONNX Runtime 1.32.0's CUDA build (the onnxruntime-gpu wheel) on the
 # CUDA 12 runtime with cuDNN 9, which that build needs. The NVIDIA driver comes from the
 # host (NVIDIA container toolkit; `runtimeClassName: nvidia` on k3s).
+# Ubuntu 24.04 (glibc 2.39) runs the binary built on Debian 12 (glibc 2.36).
 #   docker build -f deploy/docker/worker-gpu.Dockerfile -t ghcr.io/localml/localml-worker-gpu:0.1.0 .
 FROM rust:1.95.0-bookworm AS build
 RUN apt-get update \
@@ -17,7 +18,7 @@ RUN pip download --no-deps --only-binary=:all: --dest /wheels onnxruntime-gpu==1
  && mkdir -p /opt/onnxruntime/lib \
  && cp /wheel/onnxruntime/capi/libonnxruntime*.so* /opt/onnxruntime/lib/
 
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 RUN useradd --uid 10001 --user-group --no-create-home localml
 COPY --from=onnxruntime /opt/onnxruntime /opt/onnxruntime
 COPY --from=build /localml-worker /usr/local/bin/localml-worker

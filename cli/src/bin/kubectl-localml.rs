@@ -86,7 +86,13 @@ async fn port_forward(cli: &Cli) -> anyhow::Result<(String, PortForward)> {
     if let Some(context) = &cli.context {
         command.args(["--context", context]);
     }
-    let service = format!("svc/{}", cli.release);
+    // The chart names the Service like its other objects: the release name when it
+    // contains "localml", else "<release>-localml".
+    let service = if cli.release.contains("localml") {
+        format!("svc/{}", cli.release)
+    } else {
+        format!("svc/{}-localml", cli.release)
+    };
     let mut child = command
         .args(["port-forward", "-n", &cli.namespace, &service, ":8001"])
         .stdout(Stdio::piped())
