@@ -82,7 +82,7 @@ pub async fn follow_cordons(
     registry: Arc<Registry>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let name = |key: &str| key.trim_start_matches(CORDONS).to_string();
+    let name = |key: &str| crate::store::unescape_segment(key.strip_prefix(CORDONS).unwrap_or(key));
     crate::store::follow(
         store,
         CORDONS,
@@ -137,7 +137,7 @@ impl Admin for AdminService {
             return Err(Status::not_found(format!("unknown worker '{}'", r.worker)));
         }
         // Stored first, so every replica (and a restarted one) applies it.
-        let key = format!("{CORDONS}{}", r.worker);
+        let key = format!("{CORDONS}{}", crate::store::escape_segment(&r.worker));
         let written = if r.cordoned {
             self.store.put(&key, Vec::new()).await
         } else {

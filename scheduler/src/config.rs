@@ -56,6 +56,12 @@ pub struct JobsConfig {
     pub max_result_bytes: usize,
     /// How long a job that could not run waits before it is tried again, in milliseconds.
     pub retry_ms: u64,
+    /// Times a job is sent to workers before it fails (a job that keeps crashing workers
+    /// must not take them down forever). Waiting for a worker does not count.
+    pub max_attempts: u32,
+    /// Ended jobs (and their results) are deleted this long after they ended, in
+    /// milliseconds.
+    pub retention_ms: u64,
 }
 
 impl Default for JobsConfig {
@@ -64,6 +70,8 @@ impl Default for JobsConfig {
             concurrency: 8,
             max_result_bytes: 16 * 1024 * 1024,
             retry_ms: 1_000,
+            max_attempts: 5,
+            retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -157,6 +165,9 @@ impl SchedulerConfig {
         }
         if self.jobs.concurrency == 0 {
             return invalid("jobs.concurrency", "must be at least 1");
+        }
+        if self.jobs.max_attempts == 0 {
+            return invalid("jobs.max_attempts", "must be at least 1");
         }
         if self.jobs.retry_ms == 0 {
             return invalid("jobs.retry_ms", "must be at least 1");

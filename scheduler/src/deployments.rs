@@ -21,8 +21,12 @@ use crate::store::{Event, Store, StoreError};
 pub const DEPLOYMENTS: &str = "deployments/";
 pub const ASSIGNMENTS: &str = "assignments/";
 
+/// `assignments/<worker, escaped>/<deployment>` (deployment names have no `/`).
 fn assignment_key(worker: &str, deployment: &str) -> String {
-    format!("{ASSIGNMENTS}{worker}/{deployment}")
+    format!(
+        "{ASSIGNMENTS}{}/{deployment}",
+        crate::store::escape_segment(worker)
+    )
 }
 
 /// Checks a deployment from a client; errors name the field.
@@ -78,7 +82,10 @@ impl Assignments {
     fn parse(key: &str) -> Option<(String, String)> {
         let rest = key.strip_prefix(ASSIGNMENTS)?;
         let (worker, deployment) = rest.split_once('/')?;
-        Some((worker.to_string(), deployment.to_string()))
+        Some((
+            crate::store::unescape_segment(worker),
+            deployment.to_string(),
+        ))
     }
 
     fn set(&self, key: &str, model: Option<ModelRef>) {
@@ -274,11 +281,22 @@ pub fn plan(
 pub struct Controller {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
+    /// Waited after gaining leadership before the first reconcile, so that workers have
+    /// (re)joined: a new leader that started empty would otherwise move every replica.
+    pub settle: Duration,
 }
 
 impl Controller {
     pub async fn run(&self, leadership: &Leadership, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut lost = leadership.lost.clone();
+        let settled = tokio::select! {
+            _ = tokio::time::sleep(self.settle) => true,
+            _ = stop.wait_for(|s| *s) => false,
+            _ = lost.wait_for(|l| *l) => false,
+        };
+        if !settled {
+            return;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let go = tokio::select! {
@@ -476,6 +494,16 @@ mod tests {
         // Workers that load everything get no instructions.
         status.on_demand = false;
         assert_eq!(assignments.instructions(&status), (vec![], vec![]));
+    }
+
+    #[test]
+    fn worker_names_with_slashes_stay_one_segment() {
+        let key = assignment_key("lab/pc-3", "images");
+        assert_eq!(key, "assignments/lab%2Fpc-3/images");
+        assert_eq!(
+            Assignments::parse(&key),
+            Some(("lab/pc-3".to_string(), "images".to_string()))
+        );
     }
 
     #[test]

@@ -248,10 +248,21 @@ impl Dispatcher {
         request: ModelInferRequest,
         deadline: Option<Instant>,
     ) -> Result<ModelInferResponse, Status> {
+        self.infer_counting(request, deadline, &mut 0).await
+    }
+
+    /// [`Dispatcher::infer`], also counting in `tried` the workers the request was sent
+    /// to (0: it failed before reaching any).
+    pub async fn infer_counting(
+        &self,
+        request: ModelInferRequest,
+        deadline: Option<Instant>,
+        tried: &mut usize,
+    ) -> Result<ModelInferResponse, Status> {
         let started = Instant::now();
         let model = request.model_name.clone();
         let version = request.model_version.clone();
-        let result = self.infer_with_retries(request, deadline).await;
+        let result = self.infer_with_retries(request, deadline, tried).await;
         self.stats.record(
             &model,
             &version,
@@ -270,6 +281,7 @@ impl Dispatcher {
         &self,
         request: ModelInferRequest,
         deadline: Option<Instant>,
+        tried_count: &mut usize,
     ) -> Result<ModelInferResponse, Status> {
         let (profile_name, _) = request_info(&request, "")?;
         let profile = self.profiles.get(&profile_name).ok_or_else(|| {
@@ -352,6 +364,7 @@ impl Dispatcher {
             let chosen = &handles[decision.worker];
             tracing::debug!(worker = %chosen.name, score = decision.score, profile = %profile.name, "scheduled");
             tried.push(chosen.id.clone());
+            *tried_count = tried.len();
             attempts += 1;
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));

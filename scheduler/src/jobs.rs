@@ -27,7 +27,7 @@ use crate::dispatch::{
 };
 use crate::leader::Leadership;
 use crate::registry::Lookup;
-use crate::store::{Event, KeyValue, Revision, Store, StoreError, Txn};
+use crate::store::{escape_segment, Event, KeyValue, Revision, Store, StoreError, Txn};
 
 pub const JOBS: &str = "jobs/";
 pub const INPUTS: &str = "inputs/";
@@ -36,11 +36,6 @@ pub const IDEMPOTENCY: &str = "idempotency/";
 
 fn job_key(id: &str) -> String {
     format!("{JOBS}{id}")
-}
-
-/// Keeps `/` out of key segments.
-fn escape(segment: &str) -> String {
-    segment.replace('%', "%25").replace('/', "%2F")
 }
 
 fn now_ms() -> u64 {
@@ -154,8 +149,8 @@ impl Jobs for JobsService {
         let idempotency = (!r.idempotency_key.is_empty()).then(|| {
             format!(
                 "{IDEMPOTENCY}{}/{}",
-                escape(&r.tenant),
-                escape(&r.idempotency_key)
+                escape_segment(&r.tenant),
+                escape_segment(&r.idempotency_key)
             )
         });
         if let Some(key) = &idempotency {
@@ -171,9 +166,10 @@ impl Jobs for JobsService {
                 )));
             }
         }
-        let txn =
-            txn.put(&job_key(&id), job.encode_to_vec(), 0)
-                .put(&format!("{INPUTS}{id}"), inputs, 0);
+        let txn = txn
+            .when(&job_key(&id), 0)
+            .put(&job_key(&id), job.encode_to_vec(), 0)
+            .put(&format!("{INPUTS}{id}"), inputs, 0);
         match self.store.commit(txn).await.map_err(unavailable)? {
             Some(_) => {
                 tracing::debug!(job = %id, model = %job.model_name, "job accepted");
@@ -187,7 +183,11 @@ impl Jobs for JobsService {
                     .get(&key)
                     .await
                     .map_err(unavailable)?
-                    .ok_or_else(|| Status::aborted("idempotency key changed; submit again"))?;
+                    .ok_or_else(|| {
+                        Status::aborted(
+                            "the job could not be stored (a concurrent change); submit again",
+                        )
+                    })?;
                 let first = String::from_utf8_lossy(&first.value).into_owned();
                 Ok(Response::new(load(self.store.as_ref(), &first).await?.0))
             }
@@ -307,7 +307,13 @@ async fn follow(
             return Ok(());
         }
         let mut events = store.watch(JOBS, revision).await.map_err(unavailable)?;
-        while let Some(batch) = events.next().await {
+        loop {
+            let batch = tokio::select! {
+                batch = events.next() => batch,
+                // The client went away: stop following.
+                _ = tx.closed() => return Ok(()),
+            };
+            let Some(batch) = batch else { break };
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(StoreError::Compacted(_)) => break,
@@ -325,6 +331,9 @@ async fn follow(
         }
     }
 }
+
+/// How often the leader deletes jobs past `jobs.retention_ms`.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
 /// What running a job came to.
 enum Outcome {
@@ -358,12 +367,27 @@ impl Runner {
         let retry = Duration::from_millis(self.config.retry_ms);
         let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
         let mut handles: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+        // Task ids, to find the job of a task that panicked.
+        let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut cleaned = tokio::time::Instant::now();
         'relist: loop {
+            // Waits out a store error unless told to stop; false: stop.
+            let pause =
+                async |stop: &mut tokio::sync::watch::Receiver<bool>,
+                       lost: &mut tokio::sync::watch::Receiver<bool>| {
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => true,
+                        _ = stop.wait_for(|s| *s) => false,
+                        _ = lost.wait_for(|l| *l) => false,
+                    }
+                };
             let (kvs, revision) = match self.store.list(JOBS).await {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(error = %e, "jobs: cannot list; retrying");
-                    tokio::time::sleep(retry).await;
+                    if !pause(&mut stop, &mut lost).await {
+                        break 'relist;
+                    }
                     continue;
                 }
             };
@@ -388,7 +412,9 @@ impl Runner {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(error = %e, "jobs: cannot watch; retrying");
-                    tokio::time::sleep(retry).await;
+                    if !pause(&mut stop, &mut lost).await {
+                        break 'relist;
+                    }
                     continue;
                 }
             };
@@ -413,24 +439,48 @@ impl Runner {
                         let outcome = runner.run_one(job, revision, fence).await;
                         (task_id, outcome)
                     });
+                    tasks.insert(handle.id(), id.clone());
                     handles.insert(id, handle);
                 }
-                let wake = known
-                    .values()
-                    .filter(|k| !handles.contains_key(&k.job.id))
-                    .map(|k| k.not_before)
-                    .min()
-                    .unwrap_or_else(|| tokio::time::Instant::now() + retry)
-                    .max(tokio::time::Instant::now() + Duration::from_millis(10));
+                if cleaned.elapsed() >= CLEANUP_EVERY {
+                    cleaned = tokio::time::Instant::now();
+                    self.clean_up(leadership).await;
+                }
+                // With every slot busy, a finishing task wakes the loop; otherwise the
+                // next job whose retry delay ends does.
+                let wake = if running.len() >= self.config.concurrency {
+                    tokio::time::Instant::now() + retry
+                } else {
+                    known
+                        .values()
+                        .filter(|k| !handles.contains_key(&k.job.id))
+                        .map(|k| k.not_before)
+                        .min()
+                        .unwrap_or_else(|| tokio::time::Instant::now() + retry)
+                        .max(tokio::time::Instant::now() + Duration::from_millis(10))
+                }
+                .min(cleaned + CLEANUP_EVERY);
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break 'relist,
                     _ = lost.wait_for(|l| *l) => break 'relist,
-                    Some(done) = running.join_next(), if !running.is_empty() => {
-                        if let Ok((id, outcome)) = done {
-                            handles.remove(&id);
-                            if let (Outcome::Retry, Some(k)) = (outcome, known.get_mut(&id)) {
-                                k.not_before = tokio::time::Instant::now() + retry;
+                    Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                        let (id, outcome) = match done {
+                            Ok((task, (id, outcome))) => {
+                                tasks.remove(&task);
+                                (id, outcome)
                             }
+                            // Aborted (cancelled job) or panicked: try it again later.
+                            Err(e) => {
+                                let Some(id) = tasks.remove(&e.id()) else { continue };
+                                if e.is_panic() {
+                                    tracing::error!(job = %id, "jobs: running the job panicked; retrying later");
+                                }
+                                (id, Outcome::Retry)
+                            }
+                        };
+                        handles.remove(&id);
+                        if let (Outcome::Retry, Some(k)) = (outcome, known.get_mut(&id)) {
+                            k.not_before = tokio::time::Instant::now() + retry;
                         }
                     }
                     batch = events.next() => match batch {
@@ -451,6 +501,49 @@ impl Runner {
         }
         running.abort_all();
         tracing::info!("jobs: dispatcher stopped");
+    }
+
+    /// Deletes ended jobs older than the retention, with their results and idempotency
+    /// keys (fenced; at most 500 a round).
+    async fn clean_up(&self, leadership: &Leadership) {
+        let Ok((kvs, _)) = self.store.list(JOBS).await else {
+            return;
+        };
+        let cutoff = now_ms().saturating_sub(self.config.retention_ms);
+        let old: Vec<Job> = kvs
+            .iter()
+            .filter_map(decode_job)
+            .filter(|j| {
+                is_terminal(j.state()) && j.finished_unix_ms != 0 && j.finished_unix_ms < cutoff
+            })
+            .take(500)
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        for chunk in old.chunks(50) {
+            let mut txn = leadership.fenced();
+            for job in chunk {
+                txn = txn
+                    .delete(&job_key(&job.id))
+                    .delete(&format!("{RESULTS}{}", job.id))
+                    .delete(&format!("{INPUTS}{}", job.id));
+                if !job.idempotency_key.is_empty() {
+                    txn = txn.delete(&format!(
+                        "{IDEMPOTENCY}{}/{}",
+                        escape_segment(&job.tenant),
+                        escape_segment(&job.idempotency_key)
+                    ));
+                }
+            }
+            if !matches!(self.store.commit(txn).await, Ok(Some(_))) {
+                return;
+            }
+        }
+        tracing::info!(
+            deleted = old.len(),
+            "jobs: deleted ended jobs past their retention"
+        );
     }
 
     fn apply(
@@ -478,34 +571,36 @@ impl Runner {
         entry.revision = kv.mod_revision;
     }
 
+    /// Commits a state change: Done when the store refused it (the job changed, or this
+    /// replica no longer leads), Retry when the store failed.
+    async fn record(&self, id: &str, txn: Txn) -> Result<Revision, Outcome> {
+        match self.store.commit(txn).await {
+            Ok(Some(revision)) => Ok(revision),
+            Ok(None) => Err(Outcome::Done),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "jobs: cannot record a state change");
+                Err(Outcome::Retry)
+            }
+        }
+    }
+
     /// Marks the job Running, runs it through the scheduling cycle, records the end.
     async fn run_one(&self, mut job: Job, revision: Revision, fence: Txn) -> Outcome {
         let key = job_key(&job.id);
         let id = job.id.clone();
-        let id = id.as_str();
-        let commit = |txn: Txn| async move {
-            match self.store.commit(txn).await {
-                Ok(Some(revision)) => Some(revision),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(job = %id, error = %e, "jobs: cannot record a state change");
-                    None
-                }
-            }
+        let end = |job: &mut Job, revision, result, size| {
+            self.ended(fence.clone(), &key, revision, job, result, size)
         };
         if job.deadline_unix_ms != 0 && now_ms() >= job.deadline_unix_ms {
-            let txn = self.ended(
-                fence.clone(),
-                &key,
-                revision,
+            let txn = end(
                 &mut job,
+                revision,
                 Err(Status::deadline_exceeded(
                     "the job's deadline passed before it could run",
                 )),
                 0,
             );
-            commit(txn).await;
-            return Outcome::Done;
+            return self.record(&id, txn).await.err().unwrap_or(Outcome::Done);
         }
         let request = match self.store.get(&format!("{INPUTS}{}", job.id)).await {
             Ok(Some(kv)) => ModelInferRequest::decode(kv.value.as_slice()),
@@ -515,18 +610,15 @@ impl Runner {
         let mut request = match request {
             Ok(r) if !r.model_name.is_empty() => r,
             _ => {
-                let txn = self.ended(
-                    fence.clone(),
-                    &key,
-                    revision,
+                let txn = end(
                     &mut job,
+                    revision,
                     Err(Status::data_loss(
                         "the job's inputs are missing or unreadable",
                     )),
                     0,
                 );
-                commit(txn).await;
-                return Outcome::Done;
+                return self.record(&id, txn).await.err().unwrap_or(Outcome::Done);
             }
         };
         job.set_state(JobState::Running);
@@ -537,8 +629,9 @@ impl Runner {
             .clone()
             .when(&key, revision)
             .put(&key, job.encode_to_vec(), 0);
-        let Some(revision) = commit(running).await else {
-            return Outcome::Done;
+        let revision = match self.record(&id, running).await {
+            Ok(revision) => revision,
+            Err(outcome) => return outcome,
         };
         set_parameter(
             &mut request,
@@ -561,24 +654,46 @@ impl Runner {
             tokio::time::Instant::now()
                 + Duration::from_millis(job.deadline_unix_ms.saturating_sub(now_ms()))
         });
-        let result = self.dispatcher.infer(request, deadline).await;
+        let mut tried = 0;
+        let result = self
+            .dispatcher
+            .infer_counting(request, deadline, &mut tried)
+            .await;
+        if tried == 0 {
+            // It never reached a worker (none could take it yet): not an attempt.
+            job.attempts -= 1;
+        }
         let deadline_passed = job.deadline_unix_ms != 0 && now_ms() >= job.deadline_unix_ms;
-        match result {
-            Err(status) if retryable(&status) && !deadline_passed => {
+        let result = match result {
+            Err(status) if deadline_passed => Err(Status::deadline_exceeded(format!(
+                "the job's deadline passed; last error: {}",
+                status.message()
+            ))),
+            Err(status) if retryable(&status) && job.attempts >= self.config.max_attempts => {
+                Err(Status::new(
+                    status.code(),
+                    format!(
+                        "gave up after {} attempts (jobs.max_attempts); last error: {}",
+                        job.attempts,
+                        status.message()
+                    ),
+                ))
+            }
+            Err(status) if retryable(&status) => {
                 job.set_state(JobState::Pending);
                 job.message = format!("waiting: {}", status.message());
                 let txn = fence.when(&key, revision).put(&key, job.encode_to_vec(), 0);
-                commit(txn).await;
-                Outcome::Retry
+                return match self.record(&id, txn).await {
+                    Ok(_) | Err(Outcome::Retry) => Outcome::Retry,
+                    Err(outcome) => outcome,
+                };
             }
-            result => {
-                let encoded = result.map(|r| r.encode_to_vec());
-                let size = encoded.as_ref().map(Vec::len).unwrap_or(0);
-                let txn = self.ended(fence, &key, revision, &mut job, encoded, size);
-                commit(txn).await;
-                Outcome::Done
-            }
-        }
+            result => result,
+        };
+        let encoded = result.map(|r| r.encode_to_vec());
+        let size = encoded.as_ref().map(Vec::len).unwrap_or(0);
+        let txn = end(&mut job, revision, encoded, size);
+        self.record(&id, txn).await.err().unwrap_or(Outcome::Done)
     }
 
     /// The transaction that ends a job: SUCCEEDED with its result (within the size

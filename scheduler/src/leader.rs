@@ -101,18 +101,20 @@ async fn try_lead(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             tick.tick().await;
-            let mut last_renewal = tokio::time::Instant::now();
+            // The lease surely lasts a TTL from when a renewal was *sent*; step down with a
+            // third of it to spare, so a stalled store cannot leave two leaders running.
+            let mut renewed_at = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
-                match store.keep_alive(lease).await {
-                    Ok(()) => last_renewal = tokio::time::Instant::now(),
-                    Err(StoreError::LeaseNotFound(_)) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader lease");
-                        if last_renewal.elapsed() >= ttl {
-                            break;
-                        }
-                    }
+                let sent = tokio::time::Instant::now();
+                match tokio::time::timeout(ttl / 3, store.keep_alive(lease)).await {
+                    Ok(Ok(())) => renewed_at = sent,
+                    Ok(Err(StoreError::LeaseNotFound(_))) => break,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+                    Err(_) => tracing::warn!("renewing the leader lease timed out"),
+                }
+                if renewed_at.elapsed() >= ttl * 2 / 3 {
+                    break;
                 }
             }
             tracing::warn!("leadership lost: the leader lease expired");

@@ -144,6 +144,7 @@ pub async fn run(
         let controller = deployments::Controller {
             store: Arc::clone(&state),
             registry: Arc::clone(&registry),
+            settle: config.grace_period(),
         };
         let ttl = std::time::Duration::from_millis(config.leader_lease_ms);
         let store = Arc::clone(&state);

@@ -21,7 +21,7 @@ use crate::store::{Event, LeaseId, Store, StoreError, Txn};
 pub const WORKERS: &str = "workers/";
 
 fn key(name: &str) -> String {
-    format!("{WORKERS}{}", name.replace('%', "%25").replace('/', "%2F"))
+    format!("{WORKERS}{}", crate::store::escape_segment(name))
 }
 
 pub struct Registrations {
@@ -126,11 +126,9 @@ impl Registrations {
             |event| match event {
                 Event::Put(kv) => apply(&kv),
                 Event::Delete { key, .. } => {
-                    let name = key
-                        .trim_start_matches(WORKERS)
-                        .replace("%2F", "/")
-                        .replace("%25", "%");
-                    registry.remote_lease_expired(&name);
+                    if let Some(segment) = key.strip_prefix(WORKERS) {
+                        registry.remote_lease_expired(&crate::store::unescape_segment(segment));
+                    }
                 }
             },
         )

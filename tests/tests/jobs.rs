@@ -230,7 +230,11 @@ async fn mains_only_jobs_wait_for_mains_power() {
     .await;
     let job = job_state(&mut client, &overnight.id).await;
     assert!(waiting, "mains_only waits, saying why: {job:?}");
-    assert!(job.attempts >= 1, "it was tried: {job:?}");
+    assert!(job.started_unix_ms != 0, "it was tried: {job:?}");
+    assert_eq!(
+        job.attempts, 0,
+        "waiting for mains is not an attempt: {job:?}"
+    );
     // Cancelling a waiting job ends it; it never runs.
     let c = client
         .cancel(CancelJobRequest {
@@ -426,5 +430,35 @@ async fn etcd_mode_refuses_jobs_larger_than_etcd_stores() {
         status.message().contains("the etcd store keeps at most"),
         "{}",
         status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_on_workers_gives_up_after_max_attempts() {
+    let scheduler = Scheduler::start_with(&format!("{JOBS_CONFIG}  max_attempts: 2\n"));
+    // It reports an address nothing listens on: every dispatch fails at the transport.
+    let _broken = Worker::start("broken", &scheduler, &["--advertise", "127.0.0.1:1"]);
+    scheduler.wait_ready(&["broken"]).await;
+    let mut client = jobs_client(&scheduler).await;
+    let job = client
+        .submit(submit_request(&expected_examples()[0], String::new()))
+        .await
+        .expect("submit")
+        .into_inner();
+    let failed = wait_until(SOON, || async {
+        job_state(&mut client.clone(), &job.id).await.state == JobState::Failed as i32
+    })
+    .await;
+    let job = job_state(&mut client, &job.id).await;
+    assert!(failed, "{job:?}");
+    assert!(
+        job.message
+            .contains("gave up after 2 attempts (jobs.max_attempts)"),
+        "{}",
+        job.message
+    );
+    assert_eq!(
+        job.attempts, 2,
+        "waiting for the worker to report again is not an attempt"
     );
 }

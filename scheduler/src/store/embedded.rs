@@ -7,7 +7,7 @@
 //! [`HISTORY_EVENTS`] events): after a restart, a watch from before it gets `Compacted`
 //! and lists again, exactly as after an etcd compaction.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,6 +53,8 @@ struct State {
     history_bytes: usize,
     /// Lease id -> (ttl, expiry in ms since the epoch).
     leases: HashMap<LeaseId, (i64, i64)>,
+    /// The keys each lease holds, so expiry does not scan the file.
+    lease_keys: HashMap<LeaseId, BTreeSet<String>>,
     next_lease: LeaseId,
 }
 
@@ -84,7 +86,8 @@ fn encode(create: Revision, modified: Revision, lease: LeaseId, value: &[u8]) ->
     out
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
+/// The record's (create revision, mod revision, lease), without copying its value.
+fn header(key: &str, bytes: &[u8]) -> Result<(Revision, Revision, LeaseId), StoreError> {
     let field = |i: usize| -> Result<i64, StoreError> {
         let slice = bytes.get(i * 8..i * 8 + 8).ok_or_else(|| {
             StoreError::Unavailable(format!("embedded store: record '{key}' is truncated"))
@@ -93,11 +96,16 @@ fn decode(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
         b.copy_from_slice(slice);
         Ok(i64::from_le_bytes(b))
     };
+    Ok((field(0)?, field(1)?, field(2)?))
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
+    let (create_revision, mod_revision, lease) = header(key, bytes)?;
     Ok(KeyValue {
         key: key.to_string(),
-        create_revision: field(0)?,
-        mod_revision: field(1)?,
-        lease: field(2)?,
+        create_revision,
+        mod_revision,
+        lease,
         value: bytes[24..].to_vec(),
     })
 }
@@ -119,11 +127,22 @@ impl EmbeddedStore {
             )),
             e => StoreError::Unavailable(format!("cannot open {}: {e}", path.display())),
         })?;
-        let (revision, next_lease, leases) = {
+        let (revision, next_lease, leases, lease_keys) = {
             let txn = db.begin_write().map_err(failed)?;
             let out = {
                 let meta = txn.open_table(META).map_err(failed)?;
-                txn.open_table(KV).map_err(failed)?;
+                let kv = txn.open_table(KV).map_err(failed)?;
+                let mut lease_keys: HashMap<LeaseId, BTreeSet<String>> = HashMap::new();
+                for row in kv.iter().map_err(failed)? {
+                    let (k, v) = row.map_err(failed)?;
+                    let (_, _, lease) = header(k.value(), v.value())?;
+                    if lease != 0 {
+                        lease_keys
+                            .entry(lease)
+                            .or_default()
+                            .insert(k.value().to_string());
+                    }
+                }
                 let table = txn.open_table(LEASES).map_err(failed)?;
                 let get = |k| -> Result<i64, StoreError> {
                     Ok(meta.get(k).map_err(failed)?.map(|v| v.value()).unwrap_or(0))
@@ -133,7 +152,7 @@ impl EmbeddedStore {
                     let (id, v) = row.map_err(failed)?;
                     leases.insert(id.value(), v.value());
                 }
-                (get(REVISION)?, get(NEXT_LEASE)?.max(1), leases)
+                (get(REVISION)?, get(NEXT_LEASE)?.max(1), leases, lease_keys)
             };
             txn.commit().map_err(failed)?;
             out
@@ -148,6 +167,7 @@ impl EmbeddedStore {
                 history: VecDeque::new(),
                 history_bytes: 0,
                 leases,
+                lease_keys,
                 next_lease,
             }),
             events,
@@ -210,11 +230,13 @@ impl Inner {
         let write = self.db.begin_write().map_err(failed)?;
         let revision = state.revision + 1;
         let mut events = Vec::new();
+        // (key, lease it had, lease it has now), applied once the commit succeeded.
+        let mut moves: Vec<(String, LeaseId, LeaseId)> = Vec::new();
         {
             let mut kv = write.open_table(KV).map_err(failed)?;
             for c in &txn.compares {
                 let current = match kv.get(c.key.as_str()).map_err(failed)? {
-                    Some(v) => decode(&c.key, v.value())?.mod_revision,
+                    Some(v) => header(&c.key, v.value())?.1,
                     None => 0,
                 };
                 if current != c.mod_revision {
@@ -224,13 +246,21 @@ impl Inner {
             for op in &txn.ops {
                 match op {
                     Op::Put { key, value, lease } => {
-                        if *lease != 0 && !state.leases.contains_key(lease) {
+                        let alive = state
+                            .leases
+                            .get(lease)
+                            .is_some_and(|(_, expiry)| *expiry > now_ms());
+                        if *lease != 0 && !alive {
                             return Err(StoreError::LeaseNotFound(*lease));
                         }
-                        let create = match kv.get(key.as_str()).map_err(failed)? {
-                            Some(v) => decode(key, v.value())?.create_revision,
-                            None => revision,
+                        let (create, old_lease) = match kv.get(key.as_str()).map_err(failed)? {
+                            Some(v) => {
+                                let (create, _, old) = header(key, v.value())?;
+                                (create, old)
+                            }
+                            None => (revision, 0),
                         };
+                        moves.push((key.clone(), old_lease, *lease));
                         kv.insert(
                             key.as_str(),
                             encode(create, revision, *lease, value).as_slice(),
@@ -245,7 +275,10 @@ impl Inner {
                         }));
                     }
                     Op::Delete { key } => {
-                        if kv.remove(key.as_str()).map_err(failed)?.is_some() {
+                        let removed = kv.remove(key.as_str()).map_err(failed)?;
+                        if let Some(old) = removed {
+                            let (_, _, old_lease) = header(key, old.value())?;
+                            moves.push((key.clone(), old_lease, 0));
                             events.push(Event::Delete {
                                 key: key.clone(),
                                 mod_revision: revision,
@@ -266,6 +299,16 @@ impl Inner {
             .insert(REVISION, revision)
             .map_err(failed)?;
         write.commit().map_err(failed)?;
+        for (key, old, new) in moves {
+            if old != 0 {
+                if let Some(keys) = state.lease_keys.get_mut(&old) {
+                    keys.remove(&key);
+                }
+            }
+            if new != 0 {
+                state.lease_keys.entry(new).or_default().insert(key);
+            }
+        }
         state.revision = revision;
         self.publish(&mut state, events);
         Ok(Some(revision))
@@ -296,19 +339,14 @@ impl Inner {
         let mut events = Vec::new();
         {
             let mut kv = write.open_table(KV).map_err(failed)?;
-            let mut doomed = Vec::new();
-            for row in kv.iter().map_err(failed)? {
-                let (k, v) = row.map_err(failed)?;
-                if decode(k.value(), v.value())?.lease == lease {
-                    doomed.push(k.value().to_string());
-                }
-            }
+            let doomed = state.lease_keys.get(&lease).cloned().unwrap_or_default();
             for key in doomed {
-                kv.remove(key.as_str()).map_err(failed)?;
-                events.push(Event::Delete {
-                    key,
-                    mod_revision: revision,
-                });
+                if kv.remove(key.as_str()).map_err(failed)?.is_some() {
+                    events.push(Event::Delete {
+                        key,
+                        mod_revision: revision,
+                    });
+                }
             }
             write
                 .open_table(LEASES)
@@ -325,6 +363,7 @@ impl Inner {
         }
         write.commit().map_err(failed)?;
         state.leases.remove(&lease);
+        state.lease_keys.remove(&lease);
         if !events.is_empty() {
             state.revision = revision;
             self.publish(&mut state, events);

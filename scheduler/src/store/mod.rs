@@ -182,6 +182,17 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// Makes a name safe as one key segment: `/` and `%` are escaped, so names from clients
+/// and workers cannot reach into other keys.
+pub fn escape_segment(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F")
+}
+
+/// The inverse of [`escape_segment`].
+pub fn unescape_segment(segment: &str) -> String {
+    segment.replace("%2F", "/").replace("%25", "%")
+}
+
 /// Keeps an in-memory view of `prefix` current until `stop`: `reset` gets a listing,
 /// `apply` every change after it. After a disconnect the watch resumes from the last
 /// revision seen (nothing is listed again, nothing is missed); only when that history was
