@@ -125,13 +125,20 @@ fn value_sets_render_what_they_ask_for() {
         !default.contains("kind: StatefulSet") && !default.contains("kind: PodDisruptionBudget")
     );
     assert!(default.contains("path: /readyz") && default.contains("path: /healthz"));
-    assert!(default.contains("path: /sys/class/power_supply"));
+    assert!(
+        default.contains("path: /sys\n")
+            && default.contains("--power-supply-root=/host/sys/class/power_supply")
+    );
     assert!(default.contains("--scheduler=localml-scheduler-headless.localml.svc:8002"));
 
     let (_, gpu, _) = template("gpu", &[]);
     assert_eq!(kinds(&gpu).iter().filter(|k| *k == "DaemonSet").count(), 2);
     assert!(gpu.contains("nvidia.com/gpu: 1") && gpu.contains("runtimeClassName: nvidia"));
     assert!(gpu.contains("ghcr.io/localml/localml-worker-gpu:0.1.0"));
+    assert!(
+        gpu.contains("- {key: \"nvidia.com/gpu.present\", operator: NotIn, values: [\"true\"]}"),
+        "CPU workers stay off GPU nodes: {gpu}"
+    );
 
     let (_, external, _) = template("external-etcd", &[]);
     assert!(

@@ -12,13 +12,16 @@ fn read(path: &str) -> String {
 
 #[test]
 fn dockerfiles_are_pinned_multi_stage_and_non_root() {
-    let ort = localml_worker::runtime::ORT_VERSION;
+    use localml_worker::runtime::Flavor;
     for (file, package) in [
         ("deploy/docker/scheduler.Dockerfile", None),
-        ("deploy/docker/worker.Dockerfile", Some("onnxruntime")),
+        (
+            "deploy/docker/worker.Dockerfile",
+            Some(("onnxruntime", Flavor::Cpu)),
+        ),
         (
             "deploy/docker/worker-gpu.Dockerfile",
-            Some("onnxruntime-gpu"),
+            Some(("onnxruntime-gpu", Flavor::Gpu)),
         ),
     ] {
         let text = read(file);
@@ -43,13 +46,15 @@ fn dockerfiles_are_pinned_multi_stage_and_non_root() {
             text.contains("USER 10001:10001"),
             "{file}: runs as non-root"
         );
-        if let Some(package) = package {
+        if let Some((package, flavor)) = package {
+            let ort = flavor.version();
             assert!(
                 text.contains(&format!("{package}=={ort}")),
-                "{file}: ONNX Runtime {ort} from {package}"
+                "{file}: ONNX Runtime {ort} from {package}, as `localml runtime install` fetches"
             );
             assert!(text.contains(&format!(
-                "ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.{ort}"
+                "ORT_DYLIB_PATH=/opt/onnxruntime/lib/{}",
+                flavor.library_file()
             )));
         }
     }

@@ -23,8 +23,8 @@ async fn models_run_on_cuda_and_gpu_memory_is_reported() {
     if !has_gpu {
         return skip("no NVIDIA GPU (nvidia-smi missing or failing)");
     }
-    let library = localml_worker::runtime::install_dir(localml_worker::runtime::Flavor::Gpu)
-        .join(localml_worker::runtime::LIBRARY_FILE);
+    let flavor = localml_worker::runtime::Flavor::Gpu;
+    let library = localml_worker::runtime::install_dir(flavor).join(flavor.library_file());
     if !library.is_file() {
         return skip("the CUDA build is not installed (localml runtime install --gpu)");
     }

@@ -67,26 +67,64 @@ pub fn scheduler_addresses(text: &str) -> Vec<String> {
     out
 }
 
-/// Reports to every scheduler replica in `addresses` until `shutdown` turns true; each
-/// replica keeps the worker's state, so losing one loses nothing.
-pub async fn run_all(
-    worker: Arc<Worker>,
-    addresses: Vec<(String, Channel)>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let agents: Vec<_> = addresses
-        .into_iter()
-        .map(|(address, channel)| {
+/// How often `--scheduler` names are resolved again (replicas come and go in a rollout).
+const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Reports to every scheduler replica named by `schedulers` (see
+/// [`scheduler_addresses`]) until `shutdown` turns true; each replica keeps the worker's
+/// state, so losing one loses nothing. Names are resolved again every few seconds: new
+/// replicas get an agent, replaced ones lose theirs.
+pub async fn run_all(worker: Arc<Worker>, schedulers: String, mut shutdown: watch::Receiver<bool>) {
+    let mut agents: std::collections::HashMap<
+        String,
+        (tokio::task::JoinHandle<()>, watch::Sender<bool>),
+    > = std::collections::HashMap::new();
+    loop {
+        let wanted = scheduler_addresses(&schedulers);
+        for address in &wanted {
+            if agents.contains_key(address) {
+                continue;
+            }
+            let channel = match scheduler_channel(address) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::warn!(scheduler = %address, error = %e, "invalid scheduler address");
+                    continue;
+                }
+            };
+            let (stop, stopped) = watch::channel(false);
             let worker = Arc::clone(&worker);
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let span = tracing::info_span!("agent", scheduler = %address);
-                tracing::Instrument::instrument(run(worker, channel, shutdown), span).await
-            })
-        })
-        .collect();
-    for agent in agents {
-        let _ = agent.await;
+            let span = tracing::info_span!("agent", scheduler = %address);
+            let handle = tokio::spawn(tracing::Instrument::instrument(
+                run(worker, channel, stopped),
+                span,
+            ));
+            agents.insert(address.clone(), (handle, stop));
+        }
+        if !wanted.is_empty() {
+            let gone: Vec<String> = agents
+                .keys()
+                .filter(|a| !wanted.contains(a))
+                .cloned()
+                .collect();
+            for address in gone {
+                if let Some((_, stop)) = agents.remove(&address) {
+                    tracing::info!(scheduler = %address, "scheduler replica gone from DNS; its agent stops");
+                    let _ = stop.send(true);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESOLVE_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    worker.draining.store(true, Ordering::SeqCst);
+    for (_, stop) in agents.values() {
+        let _ = stop.send(true);
+    }
+    for (_, (handle, _)) in agents {
+        let _ = handle.await;
     }
 }
 
@@ -156,7 +194,6 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
             _ = shutdown.changed() => {}
         }
     }
-    worker.draining.store(true, Ordering::SeqCst);
     if let Some(worker_id) = id {
         let leave = client.leave(LeaveRequest { worker_id });
         match tokio::time::timeout(Duration::from_secs(3), leave).await {

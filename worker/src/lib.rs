@@ -90,11 +90,25 @@ pub fn load_models(
     Ok(table)
 }
 
+/// `fd00::5:8101` (an IPv6 pod IP with a port appended, as Kubernetes' `$(POD_IP):8101`
+/// gives) becomes `[fd00::5]:8101`; anything else is kept.
+pub fn bracket_ipv6(address: &str) -> String {
+    if address.starts_with('[') || address.matches(':').count() < 2 {
+        return address.to_string();
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{host}]:{port}")
+        }
+        _ => address.to_string(),
+    }
+}
+
 /// The address the scheduler should dial: the configured one, the listen address, or,
 /// for a wildcard listen address, this PC's address on the route to the scheduler.
 fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
     if let Some(a) = &config.advertise {
-        return a.clone();
+        return bracket_ipv6(a);
     }
     if !bound.ip().is_unspecified() {
         return bound.to_string();
@@ -162,14 +176,11 @@ pub async fn run(
             "no address".into(),
         ));
     }
-    let channels = addresses
-        .into_iter()
-        .map(|a| {
-            agent::scheduler_channel(&a)
-                .map(|c| (a.clone(), c))
-                .map_err(|e| WorkerError::SchedulerAddress(a.clone(), e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    for a in &addresses {
+        agent::scheduler_channel(a)
+            .map_err(|e| WorkerError::SchedulerAddress(a.clone(), e.to_string()))?;
+    }
+    let schedulers = config.scheduler.clone();
     let max_message = config.max_message_bytes;
     let on_demand = config.load == config::LoadMode::OnDemand;
     let available = repository::scan(&config.models)?;
@@ -191,7 +202,7 @@ pub async fn run(
     let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(agent::run_all(
         Arc::clone(&worker),
-        channels,
+        schedulers,
         agent_shutdown,
     ));
     let service = GrpcInferenceServiceServer::new(OipService(Arc::new(service::WorkerInference {
@@ -216,4 +227,17 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bracket_ipv6;
+
+    #[test]
+    fn ipv6_advertise_addresses_get_brackets() {
+        assert_eq!(bracket_ipv6("fd00::5:8101"), "[fd00::5]:8101");
+        assert_eq!(bracket_ipv6("[fd00::5]:8101"), "[fd00::5]:8101");
+        assert_eq!(bracket_ipv6("10.42.0.7:8101"), "10.42.0.7:8101");
+        assert_eq!(bracket_ipv6("pc-3.lan:8101"), "pc-3.lan:8101");
+    }
 }

@@ -8,10 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The ONNX Runtime release localml is built and tested against.
+/// The ONNX Runtime release localml is built and tested against (the CPU build).
 pub const ORT_VERSION: &str = "1.32.0";
 /// File name of the CPU library inside the `onnxruntime` wheel (`onnxruntime/capi/`).
 pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.32.0";
+/// The newest CUDA build on PyPI (`onnxruntime-gpu` lags the CPU release): a CUDA 13 /
+/// cuDNN 9 build, per the wheel's dependencies (`nvidia-cuda-runtime~=13.0`).
+pub const ORT_GPU_VERSION: &str = "1.31.1";
 
 /// Which ONNX Runtime build to install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,19 @@ impl Flavor {
             Flavor::Cpu => "onnxruntime",
             Flavor::Gpu => "onnxruntime-gpu",
         }
+    }
+
+    /// The release installed for this flavor.
+    pub fn version(self) -> &'static str {
+        match self {
+            Flavor::Cpu => ORT_VERSION,
+            Flavor::Gpu => ORT_GPU_VERSION,
+        }
+    }
+
+    /// The main library's file name in the wheel.
+    pub fn library_file(self) -> String {
+        format!("libonnxruntime.so.{}", self.version())
     }
 }
 
@@ -74,14 +90,14 @@ pub fn cache_dir() -> PathBuf {
 
 /// Directory that `install` fills for a flavor.
 pub fn install_dir(flavor: Flavor) -> PathBuf {
-    cache_dir().join(flavor.package()).join(ORT_VERSION)
+    cache_dir().join(flavor.package()).join(flavor.version())
 }
 
 /// The library path in the cache, GPU build first when both are installed.
 pub fn cached_library() -> Option<PathBuf> {
     [Flavor::Gpu, Flavor::Cpu]
         .into_iter()
-        .map(|f| install_dir(f).join(LIBRARY_FILE))
+        .map(|f| install_dir(f).join(f.library_file()))
         .find(|p| p.is_file())
 }
 
@@ -182,10 +198,12 @@ pub fn available_providers() -> Vec<String> {
 /// `log` receives one line per step.
 pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, RuntimeError> {
     let dir = install_dir(flavor);
-    let target = dir.join(LIBRARY_FILE);
+    let library = flavor.library_file();
+    let version = flavor.version();
+    let target = dir.join(&library);
     if target.is_file() {
         log(&format!(
-            "ONNX Runtime {ORT_VERSION} already installed at {}",
+            "ONNX Runtime {version} already installed at {}",
             target.display()
         ));
         return Ok(target);
@@ -205,7 +223,7 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)
         .map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?;
-    let spec = format!("{}=={ORT_VERSION}", flavor.package());
+    let spec = format!("{}=={version}", flavor.package());
     log(&format!("downloading {spec} from PyPI with pip ..."));
     let status = Command::new(python)
         .args([
@@ -256,7 +274,7 @@ with zipfile.ZipFile(wheels[0]) as z:
     let _ = std::fs::remove_dir_all(&download);
     if !status.success() || !target.is_file() {
         return Err(RuntimeError::Install(format!(
-            "the wheel did not contain onnxruntime/capi/{LIBRARY_FILE}"
+            "the wheel did not contain onnxruntime/capi/{library}"
         )));
     }
     log(&format!("installed {}", target.display()));

@@ -34,6 +34,9 @@ struct Cli {
     /// kubeconfig context [default: the current one].
     #[arg(long, global = true)]
     context: Option<String>,
+    /// The Service's client port (the chart's scheduler.ports.grpc).
+    #[arg(long, global = true, default_value_t = 8001)]
+    port: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +80,22 @@ enum Command {
     },
 }
 
+/// The chart's name for the release's objects (its `localml.fullname` helper): the release
+/// name when it contains "localml", else "<release>-localml"; at most 50 characters,
+/// without a trailing '-'.
+fn service_name(release: &str) -> String {
+    let name = if release.contains("localml") {
+        release.to_string()
+    } else {
+        format!("{release}-localml")
+    };
+    name.chars()
+        .take(50)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
 /// A `kubectl port-forward` kept running while the command works (killed on drop).
 struct PortForward(#[allow(dead_code)] tokio::process::Child);
 
@@ -86,15 +105,10 @@ async fn port_forward(cli: &Cli) -> anyhow::Result<(String, PortForward)> {
     if let Some(context) = &cli.context {
         command.args(["--context", context]);
     }
-    // The chart names the Service like its other objects: the release name when it
-    // contains "localml", else "<release>-localml".
-    let service = if cli.release.contains("localml") {
-        format!("svc/{}", cli.release)
-    } else {
-        format!("svc/{}-localml", cli.release)
-    };
+    let service = format!("svc/{}", service_name(&cli.release));
+    let port = format!(":{}", cli.port);
     let mut child = command
-        .args(["port-forward", "-n", &cli.namespace, &service, ":8001"])
+        .args(["port-forward", "-n", &cli.namespace, &service, &port])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -105,7 +119,20 @@ async fn port_forward(cli: &Cli) -> anyhow::Result<(String, PortForward)> {
     let stdout = child.stdout.take().context("kubectl stdout")?;
     let stderr = child.stderr.take().context("kubectl stderr")?;
     let mut lines = BufReader::new(stdout).lines();
-    // "Forwarding from 127.0.0.1:PORT -> 8001"
+    // "Forwarding from 127.0.0.1:PORT -> 8001"; stderr is drained all along, so kubectl
+    // never dies writing to a closed pipe.
+    let (why_tx, why_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let mut why = String::new();
+        let mut err = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = err.next_line().await {
+            if why.len() < 2000 {
+                why.push_str(line.trim());
+                why.push(' ');
+            }
+        }
+        let _ = why_tx.send(why);
+    });
     let found = tokio::time::timeout(Duration::from_secs(15), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.strip_prefix("Forwarding from ") {
@@ -128,12 +155,11 @@ async fn port_forward(cli: &Cli) -> anyhow::Result<(String, PortForward)> {
         }
         None => {
             let _ = child.kill().await;
-            let mut why = String::new();
-            let mut err = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = err.next_line().await {
-                why.push_str(line.trim());
-                why.push(' ');
-            }
+            let why = tokio::time::timeout(Duration::from_secs(2), why_rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             let why = why.trim();
             bail!(
                 "cannot port-forward to {service} in namespace {}: {}; is localml installed there (helm install {} ./helm/localml -n {})? Or pass --server ADDR",
@@ -369,5 +395,22 @@ async fn main() -> ExitCode {
             eprintln!("kubectl-localml: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_name;
+
+    #[test]
+    fn service_names_follow_the_chart() {
+        assert_eq!(service_name("localml"), "localml");
+        assert_eq!(service_name("school"), "school-localml");
+        let long = "a".repeat(49);
+        assert_eq!(
+            service_name(&long),
+            long,
+            "49 + '-' truncated to 50, trailing '-' dropped"
+        );
     }
 }
