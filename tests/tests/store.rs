@@ -55,3 +55,30 @@ async fn an_unreachable_etcd_is_named() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lists_large_prefixes_in_pages() {
+    use localml_scheduler::store::Txn;
+    let etcd = Etcd::start();
+    let store = open(&etcd.store_address("pages")).await;
+    // 1,234 keys of 4 KiB: about 5 MiB, over one 4 MiB response.
+    let value = vec![b'x'; 4096];
+    for batch in 0..13 {
+        let mut txn = Txn::new();
+        for i in (batch * 100)..((batch + 1) * 100).min(1234) {
+            txn = txn.put(&format!("jobs/{i:05}"), value.clone(), 0);
+        }
+        store
+            .commit(txn)
+            .await
+            .expect("commit")
+            .expect("unconditional");
+    }
+    store.put("jobz", b"outside".to_vec()).await.expect("put");
+    let (kvs, revision) = store.list("jobs/").await.expect("list");
+    assert_eq!(kvs.len(), 1234);
+    assert!(kvs.windows(2).all(|w| w[0].key < w[1].key), "key order");
+    assert_eq!(kvs[0].key, "jobs/00000");
+    assert_eq!(kvs[1233].key, "jobs/01233");
+    assert!(kvs.iter().all(|kv| kv.mod_revision <= revision));
+}

@@ -14,6 +14,21 @@ use etcd_client::{
 
 use super::*;
 
+/// Keys per page when listing.
+const LIST_PAGE: i64 = 500;
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Largest value written to etcd in one put.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
@@ -113,19 +128,39 @@ impl Store for EtcdStore {
         Ok(response.kvs().first().and_then(|kv| self.to_kv(kv)))
     }
 
+    /// Pages of [`LIST_PAGE`] keys, all read at the first page's revision, so a large
+    /// prefix (thousands of jobs) stays under the client's 4 MiB message limit and the
+    /// listing is still one consistent snapshot.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let response = self
-            .client
-            .clone()
-            .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(failed)?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = response
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.to_kv(kv))
-            .collect();
+        let full = self.full(prefix);
+        let end = prefix_end(full.as_bytes());
+        let mut client = self.client.clone();
+        let mut kvs = Vec::new();
+        let mut from = full.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let response = client
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(failed)?;
+            if revision == 0 {
+                revision = response.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            kvs.extend(response.kvs().iter().filter_map(|kv| self.to_kv(kv)));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
         Ok((kvs, revision))
     }
 
