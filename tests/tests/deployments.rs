@@ -44,6 +44,17 @@ async fn wait_holders(
     now
 }
 
+async fn deployments(scheduler: &Scheduler) -> Vec<Deployment> {
+    scheduler
+        .admin()
+        .await
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .deployments
+}
+
 fn image(replicas: u32) -> Deployment {
     Deployment {
         name: "images".into(),
@@ -103,14 +114,7 @@ async fn on_demand_workers_follow_deployments() {
     .await
     .expect("apply selector");
     wait_holders(&scheduler, "image_classifier", |h| h == ["b"]).await;
-    let list = scheduler
-        .admin()
-        .await
-        .list_deployments(ListDeploymentsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .deployments;
+    let list = deployments(&scheduler).await;
     assert_eq!(list.len(), 1);
     assert_eq!(
         (list[0].ready_replicas, list[0].workers.clone()),
@@ -135,14 +139,7 @@ async fn on_demand_workers_follow_deployments() {
     )
     .await
     .expect("apply");
-    let list = scheduler
-        .admin()
-        .await
-        .list_deployments(ListDeploymentsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .deployments;
+    let list = deployments(&scheduler).await;
     let texts = list.iter().find(|d| d.name == "texts").expect("texts");
     assert!(
         texts.message.contains("0 of 1 replicas ready; 0 eligible"),

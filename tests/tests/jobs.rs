@@ -196,27 +196,17 @@ async fn mains_only_jobs_wait_for_mains_power() {
     scheduler.wait_ready(&["laptop"]).await;
     let examples = expected_examples();
     let mut client = jobs_client(&scheduler).await;
-    let overnight = client
-        .submit(SubmitJobRequest {
-            power_policy: PowerPolicy::MainsOnly as i32,
+    let submit = |policy: PowerPolicy| {
+        let mut client = client.clone();
+        let request = SubmitJobRequest {
+            power_policy: policy as i32,
             ..submit_request(&examples[0], String::new())
-        })
-        .await
-        .expect("submit")
-        .into_inner();
-    let cancelled = client
-        .submit(SubmitJobRequest {
-            power_policy: PowerPolicy::MainsOnly as i32,
-            ..submit_request(&examples[0], String::new())
-        })
-        .await
-        .expect("submit")
-        .into_inner();
-    let anytime = client
-        .submit(submit_request(&examples[0], String::new()))
-        .await
-        .expect("submit")
-        .into_inner();
+        };
+        async move { client.submit(request).await.expect("submit").into_inner() }
+    };
+    let overnight = submit(PowerPolicy::MainsOnly).await;
+    let cancelled = submit(PowerPolicy::MainsOnly).await;
+    let anytime = submit(PowerPolicy::Any).await;
     // The `any` job runs on the battery laptop; the mains_only ones are tried and wait.
     let ran = wait_until(SOON, || async {
         job_state(&mut client.clone(), &anytime.id).await.state == JobState::Succeeded as i32
