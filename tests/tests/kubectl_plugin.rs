@@ -195,3 +195,54 @@ async fn tables_cordon_drain_and_the_live_dashboard() {
     assert!(bars >= 2, "a RAM bar per worker:\n{screen}");
     assert!(after.contains("desktop"), "still drawing:\n{after}");
 }
+
+/// Without `--server`, the plugin runs `kubectl port-forward` to the release's Service and
+/// talks through it. No Kubernetes cluster here: a stand-in `kubectl` records its
+/// arguments and prints kubectl's forwarding line for the real scheduler's port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
+    let scheduler = Scheduler::start();
+    let _w = Worker::start("w1", &scheduler, &[]);
+    scheduler.wait_ready(&["w1"]).await;
+    let dir = TempDir::new("fake-kubectl");
+    let log = dir.path().join("args");
+    let fake = dir.path().join("kubectl");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}\necho 'Forwarding from [::1]:1 -> 8001'\necho 'Forwarding from {} -> 8001'\nexec sleep 60\n",
+            log.display(),
+            scheduler.addr
+        ),
+    )
+    .expect("write fake kubectl");
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .expect("chmod");
+    let out = Command::new(bin("kubectl-localml"))
+        .args([
+            "-n",
+            "school",
+            "--release",
+            "library",
+            "--context",
+            "lan",
+            "workers",
+        ])
+        .env("KUBECTL", &fake)
+        .output()
+        .expect("run kubectl-localml");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("w1"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = std::fs::read_to_string(&log).expect("kubectl was run");
+    assert_eq!(
+        args.trim(),
+        "--context lan port-forward -n school svc/library-localml :8001"
+    );
+}
