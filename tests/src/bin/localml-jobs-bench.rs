@@ -117,7 +117,9 @@ fn row(label: &str, n: usize, took: Duration, baseline: Duration) {
 async fn main() {
     let n = arg("--jobs", 500);
     let concurrency = arg("--concurrency", 8);
-    println!("{n} inferences of image_classifier (batch 1) on 2 workers; concurrency {concurrency}");
+    println!(
+        "{n} inferences of image_classifier (batch 1) on 2 workers; concurrency {concurrency}"
+    );
     let (scheduler, _workers) = cluster(concurrency, &[]).await;
     let baseline = synchronous(&scheduler, n, concurrency).await;
     row("synchronous requests (baseline)", n, baseline, baseline);
