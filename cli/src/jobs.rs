@@ -280,6 +280,13 @@ impl Progress {
         p
     }
 
+    /// Counts jobs not heard of yet (of `total` watched) as pending.
+    pub fn with_unseen(mut self, total: usize) -> Progress {
+        let seen = self.pending + self.running + self.done();
+        self.pending += total.saturating_sub(seen);
+        self
+    }
+
     pub fn done(&self) -> usize {
         self.succeeded + self.failed + self.cancelled
     }
@@ -343,7 +350,7 @@ pub async fn watch(server: &str, ids: Vec<String>) -> anyhow::Result<()> {
         } else {
             ids.len()
         };
-        let line = Progress::of(&states).line(total);
+        let line = Progress::of(&states).with_unseen(total).line(total);
         let due = last_draw.elapsed() >= Duration::from_millis(if terminal { 100 } else { 1000 });
         if line != last_line && due {
             if terminal {
@@ -361,7 +368,7 @@ pub async fn watch(server: &str, ids: Vec<String>) -> anyhow::Result<()> {
     } else {
         ids.len()
     };
-    let progress = Progress::of(&states);
+    let progress = Progress::of(&states).with_unseen(total);
     if many {
         if terminal {
             eprint!("\r\x1b[K");
@@ -422,6 +429,11 @@ mod tests {
             }
         );
         let line = p.line(10);
+        assert_eq!(
+            Progress::of(&states).with_unseen(10).pending,
+            6,
+            "5 unseen + 1 pending"
+        );
         assert!(
             line.starts_with(&format!("[{}{}]", "#".repeat(9), ".".repeat(21))),
             "{line}"
