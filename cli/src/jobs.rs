@@ -294,7 +294,10 @@ impl Progress {
     /// `[#########.........]  312/500 ended  (succeeded 310, failed 2, cancelled 0) running 8, pending 180`
     pub fn line(&self, total: usize) -> String {
         const WIDTH: usize = 30;
-        let filled = (self.done() * WIDTH).checked_div(total).unwrap_or(WIDTH);
+        let filled = (self.done() * WIDTH)
+            .checked_div(total)
+            .unwrap_or(WIDTH)
+            .min(WIDTH);
         format!(
             "[{}{}] {}/{} ended (succeeded {}, failed {}, cancelled {}); running {}, pending {}",
             "#".repeat(filled),

@@ -266,10 +266,7 @@ impl Dispatcher {
         self.stats.record(
             &model,
             &version,
-            result
-                .as_ref()
-                .map(|_| tonic::Code::Ok)
-                .unwrap_or_else(|s| s.code()),
+            localml_proto::metrics::result_code(&result),
             started.elapsed(),
         );
         result

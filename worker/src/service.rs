@@ -46,10 +46,7 @@ impl Worker {
         self.requests.record(
             &model,
             &version,
-            result
-                .as_ref()
-                .map(|_| tonic::Code::Ok)
-                .unwrap_or_else(|s| s.code()),
+            localml_proto::metrics::result_code(&result),
             started.elapsed().as_secs_f64(),
         );
         result

@@ -76,6 +76,16 @@ fn event_bytes(e: &Event) -> usize {
     }
 }
 
+/// Records the store's revision in the transaction.
+fn set_revision(write: &redb::WriteTransaction, revision: Revision) -> Result<(), StoreError> {
+    write
+        .open_table(META)
+        .map_err(failed)?
+        .insert(REVISION, revision)
+        .map_err(failed)?;
+    Ok(())
+}
+
 /// Value layout: create revision, mod revision, lease (8 bytes each, LE), then the value.
 fn encode(create: Revision, modified: Revision, lease: LeaseId, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + value.len());
@@ -293,11 +303,7 @@ impl Inner {
             write.abort().map_err(failed)?;
             return Ok(Some(state.revision));
         }
-        write
-            .open_table(META)
-            .map_err(failed)?
-            .insert(REVISION, revision)
-            .map_err(failed)?;
+        set_revision(&write, revision)?;
         write.commit().map_err(failed)?;
         for (key, old, new) in moves {
             if old != 0 {
@@ -354,11 +360,7 @@ impl Inner {
                 .remove(lease)
                 .map_err(failed)?;
             if !events.is_empty() {
-                write
-                    .open_table(META)
-                    .map_err(failed)?
-                    .insert(REVISION, revision)
-                    .map_err(failed)?;
+                set_revision(&write, revision)?;
             }
         }
         write.commit().map_err(failed)?;
