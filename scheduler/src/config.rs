@@ -160,8 +160,8 @@ impl SchedulerConfig {
         if let Err(e) = crate::store::StoreAddress::parse(&self.store, &self.data_dir) {
             return invalid("store", &e.to_string());
         }
-        if self.leader_lease_ms < 1_000 {
-            return invalid("leader_lease_ms", "must be at least 1000");
+        if !(1_000..=600_000).contains(&self.leader_lease_ms) {
+            return invalid("leader_lease_ms", "must be between 1000 and 600000");
         }
         if self.jobs.concurrency == 0 {
             return invalid("jobs.concurrency", "must be at least 1");
@@ -169,8 +169,11 @@ impl SchedulerConfig {
         if self.jobs.max_attempts == 0 {
             return invalid("jobs.max_attempts", "must be at least 1");
         }
-        if self.jobs.retry_ms == 0 {
-            return invalid("jobs.retry_ms", "must be at least 1");
+        if !(1..=3_600_000).contains(&self.jobs.retry_ms) {
+            return invalid("jobs.retry_ms", "must be between 1 and 3600000");
+        }
+        if self.jobs.retention_ms > 10 * 365 * 24 * 3_600_000 {
+            return invalid("jobs.retention_ms", "must be at most ten years");
         }
         Ok(())
     }
@@ -232,6 +235,23 @@ mod tests {
                     ..Default::default()
                 },
                 "jobs.concurrency",
+            ),
+            (
+                SchedulerConfig {
+                    leader_lease_ms: u64::MAX,
+                    ..Default::default()
+                },
+                "leader_lease_ms",
+            ),
+            (
+                SchedulerConfig {
+                    jobs: JobsConfig {
+                        retry_ms: u64::MAX,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                "jobs.retry_ms",
             ),
         ];
         for (config, field) in cases {
