@@ -35,8 +35,8 @@ fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, Status> 
 impl Cluster for ClusterService {
     async fn join(&self, r: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let status = require_status(r.into_inner().status)?;
+        let worker_id = self.registry.join(status.clone(), Instant::now());
         self.registrations.record(&status, true);
-        let worker_id = self.registry.join(status, Instant::now());
         Ok(Response::new(JoinResponse {
             worker_id,
             report_interval_ms: self.report_interval_ms,

@@ -197,6 +197,12 @@ impl Registry {
 
     /// Registers a worker. A worker rejoining under the same name replaces its old entry.
     pub fn join(&self, status: pb::WorkerStatus, now: Instant) -> String {
+        self.insert(status, now, false)
+    }
+
+    /// Adds an entry; a `remote` one (from the store) never replaces a worker that reports
+    /// here, checked under the same lock as the insert.
+    fn insert(&self, status: pb::WorkerStatus, now: Instant, remote: bool) -> String {
         let id = format!("w{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let dispatched = Arc::new(AtomicU32::new(0));
         let handle = self.handle_for(&id, &status, &dispatched);
@@ -210,8 +216,16 @@ impl Registry {
         };
         let cordoned = self.is_cordoned(&status.name);
         let mut workers = self.write();
+        if remote {
+            if let Some(direct) = workers
+                .values()
+                .find(|w| w.status.name == status.name && !w.remote)
+            {
+                return direct.id.clone();
+            }
+        }
         workers.retain(|_, w| w.status.name != status.name);
-        tracing::info!(worker = %status.name, id = %id, address = %status.inference_address, "worker joined");
+        tracing::info!(worker = %status.name, id = %id, address = %status.inference_address, remote, "worker joined");
         workers.insert(
             id.clone(),
             WorkerEntry {
@@ -225,7 +239,7 @@ impl Registry {
                 dispatched,
                 handle,
                 cordoned,
-                remote: false,
+                remote,
             },
         );
         id
@@ -245,10 +259,7 @@ impl Registry {
                 self.report(&id, status, now);
             }
             None => {
-                let id = self.join(status, now);
-                if let Some(w) = self.write().get_mut(&id) {
-                    w.remote = true;
-                }
+                self.insert(status, now, true);
             }
         }
     }
@@ -720,6 +731,27 @@ mod tests {
             }
             _ => Vec::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn store_registrations_never_replace_a_worker_that_reports_here() {
+        let reg = Registry::new(1 << 20);
+        let t0 = Instant::now();
+        let direct = reg.join(status("a", &[("m", "1")]), t0);
+        reg.mark_unreachable(&direct, "connection refused");
+        // A late registration from the store (its own earlier write) changes nothing:
+        // the entry stays the direct one, still NotReady.
+        reg.apply_remote(status("a", &[("m", "1")]), t0);
+        assert_eq!(reg.insert(status("a", &[]), t0, true), direct);
+        let listed = reg.list(t0);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, direct);
+        assert_eq!(listed[0].state, pb::WorkerState::NotReady as i32);
+        // A worker known only through the store is added, then refreshed.
+        reg.apply_remote(status("b", &[("m", "1")]), t0);
+        assert_eq!(names(reg.lookup("m", "1")), vec!["b"]);
+        reg.remote_lease_expired("b");
+        assert!(names(reg.lookup("m", "1")).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
