@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use localml_proto::localml::v1::{ModelInfo, PowerSource, WorkerInfo, WorkerState};
-use localml_proto::metrics::quantile;
+use localml_serving::metrics::quantile;
 
 /// One reading of the cluster.
 #[derive(Clone, Default)]

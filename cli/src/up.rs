@@ -234,9 +234,7 @@ pub async fn up(
         }
         println!(
             "  state (jobs, cordons): {}",
-            data_dir
-                .join(localml_scheduler::store::embedded::FILE_NAME)
-                .display()
+            data_dir.join(localml_store::embedded::FILE_NAME).display()
         );
         println!();
         println!("{}", crate::table::models(&models));

@@ -1,12 +1,15 @@
-//! gRPC definitions for localml.
+//! localml-proto: the wire types (gRPC definitions) and the tensor codec. Servers are
+//! built on them in `localml-serving`, the scheduler and the worker.
 //!
 //! # Layout
 //! - [`inference`]: the Open Inference Protocol (KServe v2) `GRPCInferenceService` with
 //!   Triton's extensions, generated from `proto/inference/*.proto`. Names and field numbers
 //!   match the published protos so standard clients work unchanged.
 //! - [`localml::v1`]: the cluster API (workers join and report) and the admin API.
-//! - [`http`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` and the Prometheus text format.
+//! - [`oip`]: OIP answers built from a model's signature (metadata, config).
+//! - [`parameters`]: the `localml.*` request and response parameters.
 //! - [`tensor`]: the protocol's tensor datatypes and a codec for typed and raw contents.
+//! - [`time`]: wall-clock milliseconds as the `*_unix_ms` fields carry them.
 
 #[allow(clippy::all, missing_docs)]
 pub mod inference {
@@ -20,8 +23,7 @@ pub mod localml {
     }
 }
 
-pub mod http;
-pub mod metrics;
 pub mod oip;
-pub mod service;
+pub mod parameters;
 pub mod tensor;
+pub mod time;

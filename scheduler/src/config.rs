@@ -34,7 +34,7 @@ pub struct SchedulerConfig {
     /// RESOURCE_EXHAUSTED at once.
     pub max_queued_requests: usize,
     /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
-    pub profiles: Vec<crate::profile::ProfileConfig>,
+    pub profiles: Vec<localml_framework::profile::ProfileConfig>,
     /// Where cluster state lives: `embedded` (a file in `data_dir`), `embedded:DIR`, or
     /// `etcd://host:port[,host:port...][/prefix]`.
     pub store: String,
@@ -100,7 +100,7 @@ impl Default for SchedulerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             dispatch_attempts: 3,
             max_queued_requests: 1024,
-            profiles: crate::profile::builtin(),
+            profiles: localml_framework::profile::builtin(),
             store: "embedded".into(),
             data_dir: default_data_dir(),
             leader_lease_ms: 3_000,
@@ -156,8 +156,9 @@ impl SchedulerConfig {
         if self.max_message_bytes < 1024 {
             return invalid("max_message_bytes", "must be at least 1024");
         }
-        crate::profile::Profiles::build(&self.profiles).map_err(ConfigError::Profiles)?;
-        if let Err(e) = crate::store::StoreAddress::parse(&self.store, &self.data_dir) {
+        localml_framework::profile::Profiles::build(&self.profiles)
+            .map_err(ConfigError::Profiles)?;
+        if let Err(e) = localml_store::StoreAddress::parse(&self.store, &self.data_dir) {
             return invalid("store", &e.to_string());
         }
         if !(1_000..=600_000).contains(&self.leader_lease_ms) {

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use localml_proto::localml::v1::{Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus};
 use prost::Message;
-use tonic::Status;
 
 use crate::leader::Leadership;
-use crate::registry::Registry;
-use crate::store::{Event, Store, StoreError};
+use crate::workers::Workers;
+use localml_store::{Event, Store, StoreError};
 
 pub const DEPLOYMENTS: &str = "deployments/";
 pub const ASSIGNMENTS: &str = "assignments/";
@@ -25,36 +24,44 @@ pub const ASSIGNMENTS: &str = "assignments/";
 fn assignment_key(worker: &str, deployment: &str) -> String {
     format!(
         "{ASSIGNMENTS}{}/{deployment}",
-        crate::store::escape_segment(worker)
+        localml_store::escape_segment(worker)
     )
 }
 
-/// Checks a deployment from a client; errors name the field.
-pub fn validate(d: &Deployment) -> Result<(), Status> {
+/// What is wrong with a deployment spec from a client; each message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    /// The name is empty or has characters other than letters, digits, '-', '_', '.'.
+    #[error("deployment name '{0}' must be non-empty letters, digits, '-', '_' or '.'")]
+    Name(String),
+    /// No model named.
+    #[error("deployment.model is empty")]
+    NoModel,
+    /// A version that is not a number.
+    #[error("deployment.version '{0}' is not a number")]
+    Version(String),
+    /// A provider other than gpu, cpu or any.
+    #[error("deployment.provider '{0}': expected gpu, cpu or empty")]
+    Provider(String),
+}
+
+/// Checks a deployment from a client.
+pub fn validate(d: &Deployment) -> Result<(), DeploymentError> {
     let name_ok = !d.name.is_empty()
         && d.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !name_ok {
-        return Err(Status::invalid_argument(format!(
-            "deployment name '{}' must be non-empty letters, digits, '-', '_' or '.'",
-            d.name
-        )));
+        return Err(DeploymentError::Name(d.name.clone()));
     }
     if d.model.is_empty() {
-        return Err(Status::invalid_argument("deployment.model is empty"));
+        return Err(DeploymentError::NoModel);
     }
     if !d.version.is_empty() && d.version.parse::<u64>().is_err() {
-        return Err(Status::invalid_argument(format!(
-            "deployment.version '{}' is not a number",
-            d.version
-        )));
+        return Err(DeploymentError::Version(d.version.clone()));
     }
     if !matches!(d.provider.as_str(), "" | "any" | "gpu" | "cpu") {
-        return Err(Status::invalid_argument(format!(
-            "deployment.provider '{}': expected gpu, cpu or empty",
-            d.provider
-        )));
+        return Err(DeploymentError::Provider(d.provider.clone()));
     }
     Ok(())
 }
@@ -83,7 +90,7 @@ impl Assignments {
         let rest = key.strip_prefix(ASSIGNMENTS)?;
         let (worker, deployment) = rest.split_once('/')?;
         Some((
-            crate::store::unescape_segment(worker),
+            localml_store::unescape_segment(worker),
             deployment.to_string(),
         ))
     }
@@ -146,7 +153,7 @@ impl Assignments {
         store: Arc<dyn Store>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        crate::store::follow(
+        localml_store::follow(
             store,
             ASSIGNMENTS,
             stop,
@@ -280,7 +287,7 @@ pub fn plan(
 /// The leader's controller: every second, plans each deployment and writes the changes.
 pub struct Controller {
     pub store: Arc<dyn Store>,
-    pub registry: Arc<Registry>,
+    pub workers: Arc<Workers>,
     /// Waited after gaining leadership before the first reconcile, so that workers have
     /// (re)joined: a new leader that started empty would otherwise move every replica.
     pub settle: Duration,
@@ -315,7 +322,7 @@ impl Controller {
 
     async fn reconcile(&self, leadership: &Leadership) -> Result<(), StoreError> {
         let (deployments, assigned) = load_state(self.store.as_ref()).await?;
-        let workers = self.registry.list(tokio::time::Instant::now());
+        let workers = self.workers.list(tokio::time::Instant::now());
         let names: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
         let mut txn = leadership.fenced();
         let mut changes = 0;
@@ -540,7 +547,10 @@ mod tests {
                 "deployment.provider",
             ),
         ] {
-            let e = validate(&d).expect_err("invalid");
+            // As the admin service answers it.
+            let e = tonic::Status::from(crate::services::admin::AdminError::from(
+                validate(&d).expect_err("invalid"),
+            ));
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(text), "{}", e.message());
         }

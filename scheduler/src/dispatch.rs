@@ -1,5 +1,6 @@
-//! Sending a request to a worker: pick one, forward, and on a worker failure retry on
-//! another within the client's deadline.
+//! Sending a request to a worker: queue, pick one (the framework's cycle over a fresh
+//! snapshot), forward, and on a worker failure retry on another within the client's
+//! deadline. Its errors become `tonic::Status` in one place, [`DispatchError`]'s `From`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,131 +10,158 @@ use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::framework::{
-    Code as FrameworkCode, CycleState, PrioritySort, ProviderChoice, QueuedRequest, RequestInfo,
-};
-use crate::plugins::capacity;
-use crate::profile::Profiles;
+use localml_framework::plugins::capacity;
+use localml_framework::profile::Profiles;
+use localml_framework::{Code as FrameworkCode, CycleState, PrioritySort, QueuedRequest};
+
+use crate::parameters::{request_info, ParameterError, PROFILE_PARAMETER};
 use crate::queue::AdmissionQueue;
-use crate::registry::{Lookup, Registry};
 use crate::stats::Stats;
+use crate::workers::{Lookup, Workers};
+
+/// Why a request could not be served, as the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// A scheduling parameter is malformed.
+    #[error(transparent)]
+    Parameter(#[from] ParameterError),
+    /// `localml.profile` names a profile the config does not define.
+    #[error(
+        "parameter '{}' names unknown profile '{name}' (profiles: {known})",
+        PROFILE_PARAMETER
+    )]
+    UnknownProfile { name: String, known: String },
+    /// The admission queue holds its maximum.
+    #[error(
+        "the scheduler's queue is full ({0} requests wait for a free worker); try again later"
+    )]
+    QueueFull(usize),
+    /// No worker has the model loaded.
+    #[error("unknown model '{0}': no worker has it loaded")]
+    UnknownModel(String),
+    /// The model exists, not in that version.
+    #[error("model '{model}' has no version '{version}' (available: {})", .available.join(", "))]
+    UnknownVersion {
+        model: String,
+        version: String,
+        available: Vec<String>,
+    },
+    /// Only workers that are not Ready have the model.
+    #[error(
+        "no Ready worker can serve model '{model}'{}; workers that have it: {}",
+        version_suffix(.version),
+        or_none(.details)
+    )]
+    NoReadyWorker {
+        model: String,
+        version: String,
+        details: Vec<String>,
+    },
+    /// A lookup found workers but none was chosen (a bug, not a client error).
+    #[error("no worker chosen")]
+    NoWorkerChosen,
+    /// No worker can ever take the request as it is (e.g. a selector matches none).
+    #[error("model '{model}' version {version}: {reason}")]
+    Unresolvable {
+        model: String,
+        version: String,
+        reason: String,
+    },
+    /// No worker can take the request now.
+    #[error("model '{model}' version {version}: {reason}")]
+    Unschedulable {
+        model: String,
+        version: String,
+        reason: String,
+    },
+    /// The worker answered with an error about the request: passed on unchanged.
+    #[error("{}", .0.message())]
+    Request(Status),
+    /// Every worker tried was unreachable.
+    #[error("no worker could serve model '{model}' after {tried} attempt(s); last error: {last}")]
+    Unreachable {
+        model: String,
+        tried: usize,
+        last: String,
+    },
+    /// The workers tried failed with an error of their own, whose code is kept.
+    #[error("{message} (tried {tried} worker(s))")]
+    WorkersFailed {
+        code: Code,
+        message: String,
+        tried: usize,
+    },
+    /// The retries ran out (or the deadline passed) before any worker was tried.
+    #[error("no Ready worker can serve model '{0}'")]
+    NothingTried(String),
+}
+
+fn version_suffix(version: &str) -> String {
+    if version.is_empty() {
+        String::new()
+    } else {
+        format!(" version {version}")
+    }
+}
+
+fn or_none(details: &[String]) -> String {
+    if details.is_empty() {
+        "none".to_string()
+    } else {
+        details.join(", ")
+    }
+}
+
+impl DispatchError {
+    /// Why a lookup found no worker to route `model` (at `version`) to.
+    pub fn from_lookup(model: &str, version: &str, lookup: Lookup) -> DispatchError {
+        match lookup {
+            Lookup::Found(_) => DispatchError::NoWorkerChosen,
+            Lookup::UnknownModel => DispatchError::UnknownModel(model.to_string()),
+            Lookup::UnknownVersion { available } => DispatchError::UnknownVersion {
+                model: model.to_string(),
+                version: version.to_string(),
+                available,
+            },
+            Lookup::NoReadyWorker { details } => DispatchError::NoReadyWorker {
+                model: model.to_string(),
+                version: version.to_string(),
+                details,
+            },
+        }
+    }
+}
+
+impl From<DispatchError> for Status {
+    fn from(e: DispatchError) -> Status {
+        let message = e.to_string();
+        match e {
+            DispatchError::Parameter(_) | DispatchError::UnknownProfile { .. } => {
+                Status::invalid_argument(message)
+            }
+            DispatchError::QueueFull(_) => Status::resource_exhausted(message),
+            DispatchError::UnknownModel(_) | DispatchError::UnknownVersion { .. } => {
+                Status::not_found(message)
+            }
+            DispatchError::NoReadyWorker { .. }
+            | DispatchError::Unschedulable { .. }
+            | DispatchError::Unreachable { .. }
+            | DispatchError::NothingTried(_) => Status::unavailable(message),
+            DispatchError::NoWorkerChosen => Status::internal(message),
+            DispatchError::Unresolvable { .. } => Status::failed_precondition(message),
+            DispatchError::Request(status) => status,
+            DispatchError::WorkersFailed { code, .. } => Status::new(code, message),
+        }
+    }
+}
 
 pub struct Dispatcher {
-    pub registry: Arc<Registry>,
+    pub workers: Arc<Workers>,
     pub stats: Arc<Stats>,
     profiles: Profiles,
     attempts: u32,
     rotation: AtomicUsize,
     queue: AdmissionQueue,
-}
-
-/// Request parameters (OIP `parameters`) that steer scheduling.
-pub const PROFILE_PARAMETER: &str = "localml.profile";
-pub const PROVIDER_PARAMETER: &str = "localml.provider";
-pub const SELECTOR_PARAMETER: &str = "localml.selector";
-pub const PRIORITY_PARAMETER: &str = "localml.priority";
-pub const TENANT_PARAMETER: &str = "localml.tenant";
-pub const POWER_PARAMETER: &str = "localml.power";
-/// Response parameter naming the worker that served a request (set by workers).
-pub const WORKER_PARAMETER: &str = "localml.worker";
-
-/// The worker that served `response`, when it says.
-pub fn served_by(response: &ModelInferResponse) -> Option<String> {
-    use localml_proto::inference::infer_parameter::ParameterChoice;
-    match response
-        .parameters
-        .get(WORKER_PARAMETER)?
-        .parameter_choice
-        .as_ref()?
-    {
-        ParameterChoice::StringParam(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn string_parameter(request: &ModelInferRequest, key: &str) -> Result<Option<String>, Status> {
-    use localml_proto::inference::infer_parameter::ParameterChoice;
-    match request
-        .parameters
-        .get(key)
-        .and_then(|p| p.parameter_choice.as_ref())
-    {
-        None => Ok(None),
-        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Status::invalid_argument(format!(
-            "parameter '{key}' must be a string"
-        ))),
-    }
-}
-
-/// Reads the scheduling parameters of a request; errors name the parameter.
-pub fn request_info(
-    request: &ModelInferRequest,
-    version: &str,
-) -> Result<(String, RequestInfo), Status> {
-    use localml_proto::inference::infer_parameter::ParameterChoice;
-    let profile = string_parameter(request, PROFILE_PARAMETER)?.unwrap_or_default();
-    let provider = match string_parameter(request, PROVIDER_PARAMETER)?.as_deref() {
-        None | Some("any") => ProviderChoice::Any,
-        Some("gpu") => ProviderChoice::Gpu,
-        Some("cpu") => ProviderChoice::Cpu,
-        Some(other) => {
-            return Err(Status::invalid_argument(format!(
-                "parameter '{PROVIDER_PARAMETER}' is '{other}'; expected gpu, cpu or any"
-            )))
-        }
-    };
-    let mut selector = Vec::new();
-    if let Some(text) = string_parameter(request, SELECTOR_PARAMETER)? {
-        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((k, v)) = pair.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
-                return Err(Status::invalid_argument(format!(
-                    "parameter '{SELECTOR_PARAMETER}' has '{pair}'; expected key=value pairs separated by commas"
-                )));
-            };
-            selector.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let priority = match request
-        .parameters
-        .get(PRIORITY_PARAMETER)
-        .and_then(|p| p.parameter_choice.as_ref())
-    {
-        None => 0,
-        Some(ParameterChoice::Int64Param(p)) => *p,
-        Some(ParameterChoice::StringParam(s)) => s.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "parameter '{PRIORITY_PARAMETER}' is '{s}'; expected an integer"
-            ))
-        })?,
-        Some(_) => {
-            return Err(Status::invalid_argument(format!(
-                "parameter '{PRIORITY_PARAMETER}' must be an integer"
-            )))
-        }
-    };
-    let tenant = string_parameter(request, TENANT_PARAMETER)?.unwrap_or_default();
-    let mains_only = match string_parameter(request, POWER_PARAMETER)?.as_deref() {
-        None | Some("any") | Some("prefer_mains") => false,
-        Some("mains_only") => true,
-        Some(other) => {
-            return Err(Status::invalid_argument(format!(
-            "parameter '{POWER_PARAMETER}' is '{other}'; expected any, prefer_mains or mains_only"
-        )))
-        }
-    };
-    Ok((
-        profile,
-        RequestInfo {
-            model: request.model_name.clone(),
-            version: version.to_string(),
-            provider,
-            selector,
-            priority,
-            tenant,
-            mains_only,
-        },
-    ))
 }
 
 /// Decrements a worker's dispatched count however the request ends.
@@ -192,33 +220,6 @@ fn unreachable(status: &Status) -> bool {
     )
 }
 
-/// Status for a lookup that found no worker.
-pub fn lookup_error(model: &str, version: &str, lookup: Lookup) -> Status {
-    match lookup {
-        Lookup::Found(_) => Status::internal("no worker chosen"),
-        Lookup::UnknownModel => {
-            Status::not_found(format!("unknown model '{model}': no worker has it loaded"))
-        }
-        Lookup::UnknownVersion { available } => Status::not_found(format!(
-            "model '{model}' has no version '{version}' (available: {})",
-            available.join(", ")
-        )),
-        Lookup::NoReadyWorker { details } => Status::unavailable(format!(
-            "no Ready worker can serve model '{model}'{}; workers that have it: {}",
-            if version.is_empty() {
-                String::new()
-            } else {
-                format!(" version {version}")
-            },
-            if details.is_empty() {
-                "none".to_string()
-            } else {
-                details.join(", ")
-            }
-        )),
-    }
-}
-
 impl Dispatcher {
     /// Requests waiting in the admission queue.
     pub fn queued(&self) -> usize {
@@ -226,14 +227,14 @@ impl Dispatcher {
     }
 
     pub fn new(
-        registry: Arc<Registry>,
+        workers: Arc<Workers>,
         stats: Arc<Stats>,
         profiles: Profiles,
         attempts: u32,
         max_queued: usize,
     ) -> Dispatcher {
         Dispatcher {
-            registry,
+            workers,
             stats,
             profiles,
             attempts,
@@ -262,11 +263,14 @@ impl Dispatcher {
         let started = Instant::now();
         let model = request.model_name.clone();
         let version = request.model_version.clone();
-        let result = self.infer_with_retries(request, deadline, tried).await;
+        let result = self
+            .infer_with_retries(request, deadline, tried)
+            .await
+            .map_err(Status::from);
         self.stats.record(
             &model,
             &version,
-            localml_proto::metrics::result_code(&result),
+            localml_serving::metrics::result_code(&result),
             started.elapsed(),
         );
         result
@@ -279,14 +283,15 @@ impl Dispatcher {
         request: ModelInferRequest,
         deadline: Option<Instant>,
         tried_count: &mut usize,
-    ) -> Result<ModelInferResponse, Status> {
+    ) -> Result<ModelInferResponse, DispatchError> {
         let (profile_name, _) = request_info(&request, "")?;
-        let profile = self.profiles.get(&profile_name).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "parameter '{PROFILE_PARAMETER}' names unknown profile '{profile_name}' (profiles: {})",
-                self.profiles.names().join(", ")
-            ))
-        })?;
+        let profile =
+            self.profiles
+                .get(&profile_name)
+                .ok_or_else(|| DispatchError::UnknownProfile {
+                    known: self.profiles.names().join(", "),
+                    name: profile_name.clone(),
+                })?;
         let (_, arrival) = request_info(&request, "")?;
         let queued = QueuedRequest {
             priority: arrival.priority,
@@ -297,27 +302,26 @@ impl Dispatcher {
         // Arrivals queue behind requests already waiting, so waiting ones keep their turn.
         let mut wait = !self.queue.is_empty();
         let mut tried: Vec<String> = Vec::new();
+        // The last worker failure, to say why when the attempts run out.
         let mut last_error: Option<Status> = None;
         let mut attempts = 0;
         while attempts < self.attempts {
             if std::mem::take(&mut wait) {
-                let turn = self.queue.enqueue(queued.clone()).map_err(|full| {
-                    Status::resource_exhausted(format!(
-                        "the scheduler's queue is full ({} requests wait for a free worker); try again later",
-                        full.0
-                    ))
-                })?;
+                let turn = self
+                    .queue
+                    .enqueue(queued.clone())
+                    .map_err(|full| DispatchError::QueueFull(full.0))?;
                 // Woken when capacity frees; also look again now and then, as workers
                 // report and join.
                 let _ = tokio::time::timeout(QUEUE_RECHECK, turn).await;
             }
             let (version, snapshot, handles) = match self
-                .registry
+                .workers
                 .snapshot(&request.model_name, &request.model_version)
             {
                 Ok(found) => found,
                 Err(lookup) if last_error.is_none() => {
-                    return Err(lookup_error(
+                    return Err(DispatchError::from_lookup(
                         &request.model_name,
                         &request.model_version,
                         lookup,
@@ -343,18 +347,21 @@ impl Dispatcher {
                     continue;
                 }
                 Err(rejection) if last_error.is_none() => {
+                    let (model, reason) = (info.model.clone(), rejection.message);
                     return Err(match rejection.code {
                         FrameworkCode::UnschedulableAndUnresolvable => {
-                            Status::failed_precondition(format!(
-                                "model '{}' version {version}: {}",
-                                info.model, rejection.message
-                            ))
+                            DispatchError::Unresolvable {
+                                model,
+                                version,
+                                reason,
+                            }
                         }
-                        _ => Status::unavailable(format!(
-                            "model '{}' version {version}: {}",
-                            info.model, rejection.message
-                        )),
-                    })
+                        _ => DispatchError::Unschedulable {
+                            model,
+                            version,
+                            reason,
+                        },
+                    });
                 }
                 Err(_) => break,
             };
@@ -380,37 +387,34 @@ impl Dispatcher {
             match client.model_infer(forwarded).await {
                 Ok(response) => {
                     let ms = sent.elapsed().as_secs_f64() * 1e3;
-                    chosen.observe_latency(&info.model, &version, ms, self.registry.now_ms());
+                    chosen.observe_latency(&info.model, &version, ms, self.workers.now_ms());
                     return Ok(response.into_inner());
                 }
                 Err(status) if worker_failed(&status) => {
                     tracing::warn!(worker = %chosen.name, code = ?status.code(), message = status.message(), "dispatch failed; trying another worker");
                     profile.unreserve(&mut state, &info, &snapshot.workers[decision.worker]);
                     if unreachable(&status) {
-                        self.registry.mark_unreachable(&chosen.id, status.message());
+                        self.workers.mark_unreachable(&chosen.id, status.message());
                     }
                     last_error = Some(status);
                 }
-                Err(status) => return Err(status),
+                Err(status) => return Err(DispatchError::Request(status)),
             }
         }
         Err(match last_error {
             // Every worker tried was unreachable: the cluster cannot serve this now.
-            Some(status) if unreachable(&status) => Status::unavailable(format!(
-                "no worker could serve model '{}' after {} attempt(s); last error: {}",
-                request.model_name,
-                tried.len(),
-                status.message()
-            )),
+            Some(status) if unreachable(&status) => DispatchError::Unreachable {
+                model: request.model_name,
+                tried: tried.len(),
+                last: status.message().to_string(),
+            },
             // The workers answered with an error of their own: keep its code.
-            Some(status) => Status::new(
-                status.code(),
-                format!("{} (tried {} worker(s))", status.message(), tried.len()),
-            ),
-            None => Status::unavailable(format!(
-                "no Ready worker can serve model '{}'",
-                request.model_name
-            )),
+            Some(status) => DispatchError::WorkersFailed {
+                code: status.code(),
+                message: status.message().to_string(),
+                tried: tried.len(),
+            },
+            None => DispatchError::NothingTried(request.model_name),
         })
     }
 }

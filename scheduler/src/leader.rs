@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::{LeaseId, Revision, Store, StoreError, Txn};
+use localml_store::{LeaseId, Revision, Store, StoreError, Txn};
 
 /// The key whose holder leads.
 pub const LEADER_KEY: &str = "leader";
@@ -141,7 +141,7 @@ pub fn identity() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::embedded::EmbeddedStore;
+    use localml_store::embedded::EmbeddedStore;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_leader_and_fencing_after_takeover() {

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use localml_proto::localml::v1::{PowerSource, WorkerState};
-use localml_proto::metrics::Exposition;
+use localml_serving::metrics::{Exposition, Kind};
 
 use crate::dispatch::Dispatcher;
 
@@ -35,13 +35,10 @@ fn source_label(source: i32) -> &'static str {
     }
 }
 
-impl localml_proto::http::Probe for SchedulerProbe {
-    fn ready(&self) -> Result<(), String> {
-        if self.store_ok.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err(format!("the {} state store does not answer", self.backend))
-        }
+impl localml_serving::http::Probe for SchedulerProbe {
+    fn not_ready(&self) -> Option<String> {
+        (!self.store_ok.load(Ordering::Relaxed))
+            .then(|| format!("the {} state store does not answer", self.backend))
     }
 
     fn metrics(&self) -> String {
@@ -49,61 +46,44 @@ impl localml_proto::http::Probe for SchedulerProbe {
         let series = self.dispatcher.stats.series();
         e.family(
             "localml_scheduler_requests_total",
-            "counter",
+            Kind::Counter,
             "Inference requests the scheduler answered, by model and gRPC status code.",
         );
         for (model, codes, _) in &series {
             let mut codes: Vec<_> = codes.iter().collect();
             codes.sort();
             for (code, n) in codes {
-                e.sample(
-                    "localml_scheduler_requests_total",
-                    &[("model", model), ("code", code)],
-                    *n as f64,
-                );
+                e.sample(&[("model", model), ("code", code)], *n as f64);
             }
         }
         e.family(
             "localml_scheduler_request_duration_seconds",
-            "histogram",
+            Kind::Histogram,
             "Latency of successful inference requests through the scheduler, by model.",
         );
         for (model, _, latency) in &series {
-            e.histogram(
-                "localml_scheduler_request_duration_seconds",
-                &[("model", model)],
-                latency,
-            );
+            e.histogram(&[("model", model)], latency);
         }
         e.family(
             "localml_scheduler_queue_depth",
-            "gauge",
+            Kind::Gauge,
             "Requests waiting in the scheduler for a free worker.",
         )
-        .sample(
-            "localml_scheduler_queue_depth",
-            &[],
-            self.dispatcher.queued() as f64,
-        );
-        let workers = self.dispatcher.registry.list(tokio::time::Instant::now());
+        .sample(&[], self.dispatcher.queued() as f64);
+        let workers = self.dispatcher.workers.list(tokio::time::Instant::now());
         let in_flight: u32 = workers.iter().map(|w| w.dispatched_in_flight).sum();
         e.family(
             "localml_scheduler_in_flight_requests",
-            "gauge",
+            Kind::Gauge,
             "Requests dispatched to workers and not yet answered.",
         )
-        .sample(
-            "localml_scheduler_in_flight_requests",
-            &[],
-            f64::from(in_flight),
-        );
+        .sample(&[], f64::from(in_flight));
         e.family(
             "localml_scheduler_leader",
-            "gauge",
+            Kind::Gauge,
             "1 while this replica is the leader.",
         )
         .sample(
-            "localml_scheduler_leader",
             &[],
             if self.leading.load(Ordering::Relaxed) {
                 1.0
@@ -111,13 +91,13 @@ impl localml_proto::http::Probe for SchedulerProbe {
                 0.0
             },
         );
-        e.family("localml_workers", "gauge", "Workers by state.");
+        e.family("localml_workers", Kind::Gauge, "Workers by state.");
         for state in ["ready", "not_ready", "draining"] {
             let n = workers
                 .iter()
                 .filter(|w| state_label(w.state) == state)
                 .count();
-            e.sample("localml_workers", &[("state", state)], n as f64);
+            e.sample(&[("state", state)], n as f64);
         }
         let per_worker: Vec<(String, &localml_proto::localml::v1::WorkerInfo)> = workers
             .iter()
@@ -128,10 +108,10 @@ impl localml_proto::http::Probe for SchedulerProbe {
              name: &str,
              help: &str,
              value: &dyn Fn(&localml_proto::localml::v1::WorkerInfo) -> Option<f64>| {
-                e.family(name, "gauge", help);
+                e.family(name, Kind::Gauge, help);
                 for (worker, info) in &per_worker {
                     if let Some(v) = value(info) {
-                        e.sample(name, &[("worker", worker)], v);
+                        e.sample(&[("worker", worker)], v);
                     }
                 }
             };
@@ -188,7 +168,7 @@ impl localml_proto::http::Probe for SchedulerProbe {
         );
         e.family(
             "localml_worker_power_source",
-            "gauge",
+            Kind::Gauge,
             "1 for the power source each worker runs on (mains, battery, ups, unknown).",
         );
         for (worker, info) in &per_worker {
@@ -198,11 +178,7 @@ impl localml_proto::http::Probe for SchedulerProbe {
                 .and_then(|s| s.power.as_ref())
                 .map(|p| p.source)
                 .unwrap_or_default();
-            e.sample(
-                "localml_worker_power_source",
-                &[("worker", worker), ("source", source_label(source))],
-                1.0,
-            );
+            e.sample(&[("worker", worker), ("source", source_label(source))], 1.0);
         }
         e.finish()
     }
@@ -210,7 +186,7 @@ impl localml_proto::http::Probe for SchedulerProbe {
 
 /// Keeps `ok` equal to whether the store answers, checking every two seconds.
 pub async fn watch_store(
-    store: Arc<dyn crate::store::Store>,
+    store: Arc<dyn localml_store::Store>,
     ok: Arc<AtomicBool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {

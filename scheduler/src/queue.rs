@@ -4,14 +4,14 @@
 //! one heavy client cannot starve the others; then arrival). Bounded: a full queue answers
 //! at once.
 //!
-//! [`PrioritySort`]: crate::framework::PrioritySort
+//! [`PrioritySort`]: localml_framework::PrioritySort
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use crate::framework::{QueueSort, QueuedRequest};
+use localml_framework::{QueueSort, QueuedRequest};
 
 struct Waiter {
     request: QueuedRequest,
@@ -147,7 +147,7 @@ mod tests {
     }
 
     fn queue(capacity: usize) -> AdmissionQueue {
-        AdmissionQueue::new(capacity, Box::new(crate::framework::PrioritySort))
+        AdmissionQueue::new(capacity, Box::new(localml_framework::PrioritySort))
     }
 
     /// Wakes one at a time and returns the order of the waiters' sequence numbers.

@@ -26,7 +26,7 @@ pub struct Stats {
 #[derive(Default)]
 pub struct Series {
     pub codes: HashMap<&'static str, u64>,
-    pub latency: std::sync::Arc<localml_proto::metrics::Histogram>,
+    pub latency: std::sync::Arc<localml_serving::metrics::Histogram>,
 }
 
 impl Stats {
@@ -36,7 +36,7 @@ impl Stats {
     ) -> Vec<(
         String,
         HashMap<&'static str, u64>,
-        std::sync::Arc<localml_proto::metrics::Histogram>,
+        std::sync::Arc<localml_serving::metrics::Histogram>,
     )> {
         let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = map
@@ -62,7 +62,7 @@ impl Stats {
             }
             if let Some(s) = series.get_mut(model) {
                 *s.codes
-                    .entry(localml_proto::metrics::code_label(code))
+                    .entry(localml_serving::metrics::code_label(code))
                     .or_default() += 1;
                 if ok {
                     s.latency.observe(elapsed.as_secs_f64());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use localml_cli::client;
 use localml_proto::localml::v1::jobs_client::JobsClient;
 use localml_proto::localml::v1::*;
-use localml_scheduler::store::{Store, StoreAddress};
+use localml_store::{Store, StoreAddress};
 use localml_tests::*;
 
 const CONFIG: &str =

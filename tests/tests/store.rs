@@ -1,7 +1,7 @@
 //! The store conformance suite against a real etcd server, and the etcd backend's own
 //! behaviour (prefix isolation, a clear error for an unreachable etcd).
 
-use localml_scheduler::store::{conformance, Store, StoreAddress, StoreError};
+use localml_store::{conformance, Store, StoreAddress, StoreError};
 use localml_tests::Etcd;
 
 async fn open(address: &str) -> std::sync::Arc<dyn Store> {
@@ -58,7 +58,7 @@ async fn an_unreachable_etcd_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_lists_large_prefixes_in_pages() {
-    use localml_scheduler::store::Txn;
+    use localml_store::Txn;
     let etcd = Etcd::start();
     let store = open(&etcd.store_address("pages")).await;
     // 1,234 keys of 4 KiB: about 5 MiB, over one 4 MiB response.

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
-use localml_proto::service::OipService;
+use localml_serving::service::OipService;
 use tokio::net::TcpListener;
 
 use crate::config::WorkerConfig;
@@ -149,7 +149,7 @@ pub async fn run(
             worker: Arc::clone(&probe_worker),
             powercap_root: "/sys/class/powercap".into(),
         });
-        tokio::spawn(localml_proto::http::serve(listener, probe, async move {
+        tokio::spawn(localml_serving::http::serve(listener, probe, async move {
             let _ = http_stopped.await;
         }))
     });
@@ -219,7 +219,7 @@ pub async fn run(
     };
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(localml_proto::service::incoming(listener), drain)
+        .serve_with_incoming_shutdown(localml_serving::service::incoming(listener), drain)
         .await?;
     let _ = http_stop.send(());
     if let Some(http) = http {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use localml_proto::metrics::{code_label, Exposition, Histogram};
+use localml_serving::metrics::{code_label, Exposition, Histogram, Kind};
 
 use crate::state::Worker;
 
@@ -74,12 +74,12 @@ pub struct WorkerProbe {
     pub powercap_root: std::path::PathBuf,
 }
 
-impl localml_proto::http::Probe for WorkerProbe {
-    fn ready(&self) -> Result<(), String> {
+impl localml_serving::http::Probe for WorkerProbe {
+    fn not_ready(&self) -> Option<String> {
         match self.worker.get() {
-            None => Err("loading models".into()),
-            Some(w) if w.draining.load(Ordering::SeqCst) => Err("draining".into()),
-            Some(_) => Ok(()),
+            None => Some("loading models".into()),
+            Some(w) if w.draining.load(Ordering::SeqCst) => Some("draining".into()),
+            Some(_) => None,
         }
     }
 
@@ -91,7 +91,7 @@ impl localml_proto::http::Probe for WorkerProbe {
         let mut e = Exposition::default();
         e.family(
             "localml_worker_requests_total",
-            "counter",
+            Kind::Counter,
             "Inference requests answered, by model, version and gRPC status code.",
         );
         let mut codes: Vec<_> = w
@@ -105,14 +105,13 @@ impl localml_proto::http::Probe for WorkerProbe {
         codes.sort();
         for ((model, version, code), n) in codes {
             e.sample(
-                "localml_worker_requests_total",
                 &[("model", &model), ("version", &version), ("code", code)],
                 n as f64,
             );
         }
         e.family(
             "localml_worker_request_duration_seconds",
-            "histogram",
+            Kind::Histogram,
             "Latency of successful inference requests on this worker.",
         );
         let mut latency: Vec<_> = w
@@ -125,20 +124,16 @@ impl localml_proto::http::Probe for WorkerProbe {
             .collect();
         latency.sort_by(|a, b| a.0.cmp(&b.0));
         for ((model, version), h) in latency {
-            e.histogram(
-                "localml_worker_request_duration_seconds",
-                &[("model", &model), ("version", &version)],
-                &h,
-            );
+            e.histogram(&[("model", &model), ("version", &version)], &h);
         }
         let per_model =
             |e: &mut Exposition,
              name: &str,
              help: &str,
              f: &dyn Fn(&localml_proto::localml::v1::LoadedModel) -> f64| {
-                e.family(name, "gauge", help);
+                e.family(name, Kind::Gauge, help);
                 for m in &status.models {
-                    e.sample(name, &[("model", &m.name), ("version", &m.version)], f(m));
+                    e.sample(&[("model", &m.name), ("version", &m.version)], f(m));
                 }
             };
         per_model(
@@ -161,47 +156,34 @@ impl localml_proto::http::Probe for WorkerProbe {
         );
         e.family(
             "localml_worker_memory_total_bytes",
-            "gauge",
+            Kind::Gauge,
             "RAM of this PC.",
         )
-        .sample(
-            "localml_worker_memory_total_bytes",
-            &[],
-            status.ram_total_bytes as f64,
-        );
+        .sample(&[], status.ram_total_bytes as f64);
         e.family(
             "localml_worker_memory_free_bytes",
-            "gauge",
+            Kind::Gauge,
             "Available RAM of this PC.",
         )
-        .sample(
-            "localml_worker_memory_free_bytes",
-            &[],
-            status.ram_free_bytes as f64,
-        );
+        .sample(&[], status.ram_free_bytes as f64);
         e.family(
             "localml_worker_gpu_memory_total_bytes",
-            "gauge",
+            Kind::Gauge,
             "GPU memory, per GPU.",
         );
         for g in &status.gpus {
             e.sample(
-                "localml_worker_gpu_memory_total_bytes",
                 &[("gpu", &g.index.to_string())],
                 g.memory_total_bytes as f64,
             );
         }
         e.family(
             "localml_worker_gpu_memory_free_bytes",
-            "gauge",
+            Kind::Gauge,
             "Free GPU memory, per GPU.",
         );
         for g in &status.gpus {
-            e.sample(
-                "localml_worker_gpu_memory_free_bytes",
-                &[("gpu", &g.index.to_string())],
-                g.memory_free_bytes as f64,
-            );
+            e.sample(&[("gpu", &g.index.to_string())], g.memory_free_bytes as f64);
         }
         let power = status.power.clone().unwrap_or_default();
         let source = match localml_proto::localml::v1::PowerSource::try_from(power.source) {
@@ -212,48 +194,40 @@ impl localml_proto::http::Probe for WorkerProbe {
         };
         e.family(
             "localml_worker_power_source",
-            "gauge",
+            Kind::Gauge,
             "1 for the power source this PC runs on.",
         );
         for s in ["mains", "battery", "ups", "unknown"] {
-            e.sample(
-                "localml_worker_power_source",
-                &[("source", s)],
-                if s == source { 1.0 } else { 0.0 },
-            );
+            e.sample(&[("source", s)], if s == source { 1.0 } else { 0.0 });
         }
         if let Some(p) = power.battery_percent {
-            e.family("localml_worker_battery_percent", "gauge", "Battery charge.")
-                .sample("localml_worker_battery_percent", &[], f64::from(p));
+            e.family(
+                "localml_worker_battery_percent",
+                Kind::Gauge,
+                "Battery charge.",
+            )
+            .sample(&[], f64::from(p));
         }
         let rapl = rapl_joules(&self.powercap_root);
         if !rapl.is_empty() {
             e.family(
                 "localml_worker_cpu_energy_joules_total",
-                "counter",
+                Kind::Counter,
                 "Energy used by RAPL domain (CPU package, DRAM), from /sys/class/powercap.",
             );
             for (domain, joules) in &rapl {
-                e.sample(
-                    "localml_worker_cpu_energy_joules_total",
-                    &[("domain", domain)],
-                    *joules,
-                );
+                e.sample(&[("domain", domain)], *joules);
             }
         }
         let gpu_energy = w.gpu_energy();
         if !gpu_energy.is_empty() {
             e.family(
                 "localml_worker_gpu_energy_joules_total",
-                "counter",
+                Kind::Counter,
                 "Energy used by each GPU since its driver loaded (NVML).",
             );
             for (gpu, joules) in &gpu_energy {
-                e.sample(
-                    "localml_worker_gpu_energy_joules_total",
-                    &[("gpu", &gpu.to_string())],
-                    *joules,
-                );
+                e.sample(&[("gpu", &gpu.to_string())], *joules);
             }
         }
         e.finish()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use localml_proto::inference::*;
 use localml_proto::oip;
-use localml_proto::service::{
+use localml_serving::service::{
     request_timeout, serve_stream, within_deadline, InferResponseStream, InferenceBackend,
 };
 use tonic::{Request, Response, Status};
@@ -46,7 +46,7 @@ impl Worker {
         self.requests.record(
             &model,
             &version,
-            localml_proto::metrics::result_code(&result),
+            localml_serving::metrics::result_code(&result),
             started.elapsed().as_secs_f64(),
         );
         result

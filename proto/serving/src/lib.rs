@@ -1,0 +1,14 @@
+//! localml-serving: what the scheduler and the worker both serve, so that neither copies
+//! the other and the wire crate (`localml-proto`) stays types only.
+//!
+//! # Layout
+//! - [`service`]: one `GRPCInferenceService` adapter over an [`service::InferenceBackend`]
+//!   (the Triton methods that do not apply answer UNIMPLEMENTED), the client's deadline
+//!   (`grpc-timeout`), accepted connections with TCP_NODELAY, and streaming inference.
+//! - [`http`]: the `--http-listen` endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: latency histograms and the Prometheus text exposition (written by the
+//!   `prometheus` crate's encoder), and gRPC code labels.
+
+pub mod http;
+pub mod metrics;
+pub mod service;

@@ -1,0 +1,28 @@
+//! The OIP request and response parameters localml gives a meaning to (`localml.*`),
+//! named once for the scheduler, the worker and the clients.
+
+use crate::inference::infer_parameter::ParameterChoice;
+use crate::inference::ModelInferResponse;
+
+/// Request parameters (OIP `parameters`) that steer scheduling.
+pub const PROFILE_PARAMETER: &str = "localml.profile";
+pub const PROVIDER_PARAMETER: &str = "localml.provider";
+pub const SELECTOR_PARAMETER: &str = "localml.selector";
+pub const PRIORITY_PARAMETER: &str = "localml.priority";
+pub const TENANT_PARAMETER: &str = "localml.tenant";
+pub const POWER_PARAMETER: &str = "localml.power";
+/// Response parameter naming the worker that served a request (set by workers).
+pub const WORKER_PARAMETER: &str = "localml.worker";
+
+/// The worker that served `response`, when it says.
+pub fn served_by(response: &ModelInferResponse) -> Option<String> {
+    match response
+        .parameters
+        .get(WORKER_PARAMETER)?
+        .parameter_choice
+        .as_ref()?
+    {
+        ParameterChoice::StringParam(s) => Some(s.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,99 @@
+//! The request parameters (OIP `parameters`) that steer scheduling, and the one that
+//! names the worker in a response. Read once per request; errors name the parameter.
+
+use localml_framework::{ProviderChoice, RequestInfo};
+use localml_proto::inference::ModelInferRequest;
+pub use localml_proto::parameters::*;
+
+/// A scheduling parameter a client set wrong (INVALID_ARGUMENT for the client).
+#[derive(Debug, thiserror::Error)]
+pub enum ParameterError {
+    /// A parameter that must be a string has another type.
+    #[error("parameter '{0}' must be a string")]
+    NotAString(&'static str),
+    /// `localml.provider` is not gpu, cpu or any.
+    #[error("parameter '{name}' is '{0}'; expected gpu, cpu or any", name = PROVIDER_PARAMETER)]
+    Provider(String),
+    /// `localml.selector` has an item that is not `key=value`.
+    #[error("parameter '{name}' has '{0}'; expected key=value pairs separated by commas", name = SELECTOR_PARAMETER)]
+    Selector(String),
+    /// `localml.priority` is a string that is not an integer.
+    #[error("parameter '{name}' is '{0}'; expected an integer", name = PRIORITY_PARAMETER)]
+    Priority(String),
+    /// `localml.priority` is neither an integer nor a string.
+    #[error("parameter '{}' must be an integer", PRIORITY_PARAMETER)]
+    PriorityType,
+    /// `localml.power` is not any, prefer_mains or mains_only.
+    #[error("parameter '{name}' is '{0}'; expected any, prefer_mains or mains_only", name = POWER_PARAMETER)]
+    Power(String),
+}
+
+fn string_parameter(
+    request: &ModelInferRequest,
+    key: &'static str,
+) -> Result<Option<String>, ParameterError> {
+    use localml_proto::inference::infer_parameter::ParameterChoice;
+    match request
+        .parameters
+        .get(key)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ParameterError::NotAString(key)),
+    }
+}
+
+/// Reads the scheduling parameters of a request; errors name the parameter.
+pub fn request_info(
+    request: &ModelInferRequest,
+    version: &str,
+) -> Result<(String, RequestInfo), ParameterError> {
+    use localml_proto::inference::infer_parameter::ParameterChoice;
+    let profile = string_parameter(request, PROFILE_PARAMETER)?.unwrap_or_default();
+    let provider = match string_parameter(request, PROVIDER_PARAMETER)?.as_deref() {
+        None | Some("any") => ProviderChoice::Any,
+        Some("gpu") => ProviderChoice::Gpu,
+        Some("cpu") => ProviderChoice::Cpu,
+        Some(other) => return Err(ParameterError::Provider(other.to_string())),
+    };
+    let mut selector = Vec::new();
+    if let Some(text) = string_parameter(request, SELECTOR_PARAMETER)? {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+                return Err(ParameterError::Selector(pair.to_string()));
+            };
+            selector.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let priority = match request
+        .parameters
+        .get(PRIORITY_PARAMETER)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => 0,
+        Some(ParameterChoice::Int64Param(p)) => *p,
+        Some(ParameterChoice::StringParam(s)) => {
+            s.parse().map_err(|_| ParameterError::Priority(s.clone()))?
+        }
+        Some(_) => return Err(ParameterError::PriorityType),
+    };
+    let tenant = string_parameter(request, TENANT_PARAMETER)?.unwrap_or_default();
+    let mains_only = match string_parameter(request, POWER_PARAMETER)?.as_deref() {
+        None | Some("any") | Some("prefer_mains") => false,
+        Some("mains_only") => true,
+        Some(other) => return Err(ParameterError::Power(other.to_string())),
+    };
+    Ok((
+        profile,
+        RequestInfo {
+            model: request.model_name.clone(),
+            version: version.to_string(),
+            provider,
+            selector,
+            priority,
+            tenant,
+            mains_only,
+        },
+    ))
+}

@@ -1,0 +1,226 @@
+//! The scheduler process: builds the runtime's parts from the config, serves the
+//! client-facing and worker-facing gRPC servers on the listeners it is given, runs the
+//! background loops (leases, store followers, leadership), and stops gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use localml_proto::localml::v1::admin_server::AdminServer;
+use localml_proto::localml::v1::cluster_server::ClusterServer;
+use localml_proto::localml::v1::jobs_server::JobsServer;
+use localml_serving::service::OipService;
+use tokio::net::TcpListener;
+
+use crate::config::SchedulerConfig;
+use crate::services::{admin, cluster, inference, jobs as jobs_api};
+use crate::workers::Workers;
+use crate::workers::{cordons, registrations};
+use crate::{config, deployments, dispatch, jobs, leader, observe, size_limit, stats};
+
+/// The scheduler's two listeners, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// Inference clients and operators.
+    pub clients: TcpListener,
+    /// Workers.
+    pub cluster: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz` (`--http-listen`), when enabled.
+    pub http: Option<TcpListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("serving failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] localml_store::StoreError),
+}
+
+/// Runs the scheduler until `shutdown` completes; then both servers stop accepting and
+/// finish the requests they have.
+pub async fn run(
+    config: SchedulerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    config.validate()?;
+    let address = localml_store::StoreAddress::parse(&config.store, &config.data_dir)?;
+    let state = address.open().await?;
+    tracing::info!(store = %address, "cluster state");
+    let workers = Arc::new(Workers::new(config.max_message_bytes));
+    let stats = Arc::new(stats::Stats::default());
+    let profiles = localml_framework::profile::Profiles::build(&config.profiles)
+        .map_err(config::ConfigError::Profiles)?;
+    let dispatcher = Arc::new(dispatch::Dispatcher::new(
+        Arc::clone(&workers),
+        stats,
+        profiles,
+        config.dispatch_attempts,
+        config.max_queued_requests,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Node lifecycle: check leases a few times per grace period.
+    let lifecycle = {
+        let workers = Arc::clone(&workers);
+        let (grace, forget) = (config.grace_period(), config.forget_after());
+        let tick = config.report_interval() / 2;
+        let stopped = wait(stopped.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stopped);
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => workers.check_leases(tokio::time::Instant::now(), grace, forget),
+                    _ = &mut stopped => break,
+                }
+            }
+        })
+    };
+
+    let inference =
+        GrpcInferenceServiceServer::new(OipService(Arc::new(inference::SchedulerInference {
+            dispatcher: Arc::clone(&dispatcher),
+        })))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let jobs_api = JobsServer::new(jobs_api::JobsService {
+        store: Arc::clone(&state),
+        dispatcher: Arc::clone(&dispatcher),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+
+    // One replica leads and runs the job dispatcher; the others stand by.
+    let is_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leading = {
+        let is_leader = Arc::clone(&is_leader);
+        let runner = Arc::new(jobs::runner::Runner {
+            store: Arc::clone(&state),
+            dispatcher: Arc::clone(&dispatcher),
+            config: config.jobs.clone(),
+        });
+        let controller = deployments::Controller {
+            store: Arc::clone(&state),
+            workers: Arc::clone(&workers),
+            settle: config.grace_period(),
+        };
+        let ttl = std::time::Duration::from_millis(config.leader_lease_ms);
+        let store = Arc::clone(&state);
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let identity = leader::identity();
+            loop {
+                let campaign = leader::campaign(Arc::clone(&store), &identity, ttl);
+                let leadership = tokio::select! {
+                    l = campaign => l,
+                    _ = wait(stopped.clone()) => return,
+                };
+                is_leader.store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::join!(
+                    Arc::clone(&runner).run(&leadership, stopped.clone()),
+                    controller.run(&leadership, stopped.clone()),
+                );
+                is_leader.store(false, std::sync::atomic::Ordering::Relaxed);
+                if *stopped.borrow() {
+                    leadership.resign().await;
+                    return;
+                }
+            }
+        })
+    };
+    let admin = AdminServer::new(admin::AdminService {
+        stats: Arc::clone(&dispatcher.stats),
+        workers: Arc::clone(&workers),
+        store: Arc::clone(&state),
+    });
+    let cordons = tokio::spawn(cordons::follow_cordons(
+        Arc::clone(&state),
+        Arc::clone(&workers),
+        stopped.clone(),
+    ));
+    let registrations = Arc::new(registrations::Registrations::new(
+        Arc::clone(&state),
+        config.grace_period(),
+    ));
+    let followed = tokio::spawn(registrations::Registrations::follow(
+        Arc::clone(&state),
+        Arc::clone(&workers),
+        stopped.clone(),
+    ));
+    let assignments = Arc::new(deployments::Assignments::default());
+    let assigned =
+        tokio::spawn(Arc::clone(&assignments).follow(Arc::clone(&state), stopped.clone()));
+    let cluster_api = ClusterServer::new(cluster::ClusterService {
+        assignments,
+        registrations,
+        workers: Arc::clone(&workers),
+        report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
+    });
+
+    let clients = tonic::transport::Server::builder()
+        .layer(size_limit::SizeLimitLayer)
+        .add_service(inference)
+        .add_service(jobs_api)
+        .add_service(admin.clone())
+        .serve_with_incoming_shutdown(
+            localml_serving::service::incoming(listeners.clients),
+            wait(stopped.clone()),
+        );
+    let cluster_server = tonic::transport::Server::builder()
+        .add_service(cluster_api)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            localml_serving::service::incoming(listeners.cluster),
+            wait(stopped.clone()),
+        );
+    let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store_check = tokio::spawn(observe::watch_store(
+        Arc::clone(&state),
+        Arc::clone(&store_ok),
+        stopped.clone(),
+    ));
+    let http = listeners.http.map(|listener| {
+        let probe = Arc::new(observe::SchedulerProbe {
+            dispatcher: Arc::clone(&dispatcher),
+            leading: Arc::clone(&is_leader),
+            store_ok,
+            backend: state.backend(),
+        });
+        tokio::spawn(localml_serving::http::serve(
+            listener,
+            probe,
+            wait(stopped.clone()),
+        ))
+    });
+    let clients = tokio::spawn(clients);
+    let cluster_server = tokio::spawn(cluster_server);
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop.send(true);
+    let (a, b, _, _, _, _, _, _) = tokio::join!(
+        clients,
+        cluster_server,
+        lifecycle,
+        leading,
+        cordons,
+        followed,
+        assigned,
+        store_check
+    );
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    for result in [a, b] {
+        result.map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
+    tracing::info!("scheduler stopped");
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! `localml.v1.Jobs`: clients submit, get, watch, cancel and list durable async jobs;
+//! any replica answers, the leader runs them (`crate::jobs`). Every state change is a
+//! compare-and-swap on the job's record.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
+use localml_proto::localml::v1::jobs_server::Jobs;
+use localml_proto::localml::v1::*;
+use localml_proto::time::unix_ms;
+use localml_store::{escape_segment, Event, Revision, Store, StoreError, Txn};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::dispatch::{DispatchError, Dispatcher};
+use crate::jobs::{decode_job, is_terminal, job_key, IDEMPOTENCY, INPUTS, JOBS, RESULTS};
+use crate::parameters::{request_info, ParameterError};
+use crate::workers::Lookup;
+
+/// Why a jobs call failed, as the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// A submit without the inference to run.
+    #[error("'request' is required: the inference to run")]
+    NoRequest,
+    /// A submit whose request names no model.
+    #[error("request.model_name is empty")]
+    NoModel,
+    /// A power policy that is not one of the enum's values.
+    #[error("power_policy {0} is not one of ANY, PREFER_MAINS, MAINS_ONLY")]
+    PowerPolicy(i32),
+    /// A deadline that has already passed.
+    #[error("deadline_unix_ms {0} is in the past")]
+    DeadlinePassed(u64),
+    /// A malformed scheduling parameter in the request.
+    #[error(transparent)]
+    Parameter(#[from] ParameterError),
+    /// A model or version the cluster does not have.
+    #[error(transparent)]
+    Dispatch(DispatchError),
+    /// A request larger than the store keeps in one value.
+    #[error("the job's request is {bytes} bytes; the {backend} store keeps at most {limit} bytes per value (send large inputs as synchronous requests)")]
+    TooLarge {
+        bytes: usize,
+        backend: &'static str,
+        limit: usize,
+    },
+    /// An idempotency key whose first job vanished between two reads.
+    #[error("the job could not be stored (a concurrent change); submit again")]
+    Conflict,
+    /// No job with that id.
+    #[error("no job '{0}'")]
+    NotFound(String),
+    /// A job record that does not decode.
+    #[error("job '{0}' has an unreadable record")]
+    Unreadable(String),
+    /// A succeeded job without its result.
+    #[error("job '{0}' succeeded but its result is missing")]
+    ResultMissing(String),
+    /// A result that does not decode.
+    #[error("job '{id}' has an unreadable result: {error}")]
+    ResultUnreadable { id: String, error: String },
+    /// The cluster state could not be read or written.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<JobsError> for Status {
+    fn from(e: JobsError) -> Status {
+        let message = e.to_string();
+        match e {
+            JobsError::NoRequest
+            | JobsError::NoModel
+            | JobsError::PowerPolicy(_)
+            | JobsError::DeadlinePassed(_)
+            | JobsError::Parameter(_) => Status::invalid_argument(message),
+            JobsError::Dispatch(e) => e.into(),
+            JobsError::TooLarge { .. } => Status::resource_exhausted(message),
+            JobsError::Conflict => Status::aborted(message),
+            JobsError::NotFound(_) => Status::not_found(message),
+            JobsError::Unreadable(_)
+            | JobsError::ResultMissing(_)
+            | JobsError::ResultUnreadable { .. } => Status::data_loss(message),
+            JobsError::Store(_) => Status::unavailable(message),
+        }
+    }
+}
+
+async fn load(store: &dyn Store, id: &str) -> Result<(Job, Revision), JobsError> {
+    let kv = store
+        .get(&job_key(id))
+        .await?
+        .ok_or_else(|| JobsError::NotFound(id.to_string()))?;
+    let job = decode_job(&kv).ok_or_else(|| JobsError::Unreadable(id.to_string()))?;
+    Ok((job, kv.mod_revision))
+}
+
+/// The client-facing service; any replica serves it.
+pub struct JobsService {
+    pub store: Arc<dyn Store>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+pub type JobStream = Pin<Box<dyn Stream<Item = Result<Job, Status>> + Send>>;
+
+impl JobsService {
+    fn validate(&self, r: &SubmitJobRequest) -> Result<ModelInferRequest, JobsError> {
+        let request = r.request.clone().ok_or(JobsError::NoRequest)?;
+        if request.model_name.is_empty() {
+            return Err(JobsError::NoModel);
+        }
+        if PowerPolicy::try_from(r.power_policy).is_err() {
+            return Err(JobsError::PowerPolicy(r.power_policy));
+        }
+        if r.deadline_unix_ms != 0 && r.deadline_unix_ms <= unix_ms() {
+            return Err(JobsError::DeadlinePassed(r.deadline_unix_ms));
+        }
+        // The scheduling parameters are checked now rather than when the job runs.
+        request_info(&request, "")?;
+        // An unknown model is refused when the cluster can tell (some worker is Ready);
+        // a cluster that is starting accepts, and the job waits for the model.
+        let workers = &self.dispatcher.workers;
+        if workers.any_ready() {
+            let lookup = workers.lookup(&request.model_name, &request.model_version);
+            if matches!(lookup, Lookup::UnknownModel | Lookup::UnknownVersion { .. }) {
+                return Err(JobsError::Dispatch(DispatchError::from_lookup(
+                    &request.model_name,
+                    &request.model_version,
+                    lookup,
+                )));
+            }
+        }
+        Ok(request)
+    }
+    async fn submit(&self, r: SubmitJobRequest) -> Result<Job, JobsError> {
+        let request = self.validate(&r)?;
+        let created = unix_ms();
+        let id = format!("{created:013}-{:08x}", fastrand::u32(..));
+        let job = Job {
+            id: id.clone(),
+            state: JobState::Pending as i32,
+            model_name: request.model_name.clone(),
+            model_version: request.model_version.clone(),
+            priority: r.priority,
+            tenant: r.tenant.clone(),
+            power_policy: r.power_policy,
+            deadline_unix_ms: r.deadline_unix_ms,
+            idempotency_key: r.idempotency_key.clone(),
+            created_unix_ms: created,
+            ..Default::default()
+        };
+        let mut txn = Txn::new();
+        let idempotency = (!r.idempotency_key.is_empty()).then(|| {
+            format!(
+                "{IDEMPOTENCY}{}/{}",
+                escape_segment(&r.tenant),
+                escape_segment(&r.idempotency_key)
+            )
+        });
+        if let Some(key) = &idempotency {
+            txn = txn.when(key, 0).put(key, id.as_bytes().to_vec(), 0);
+        }
+        let inputs = request.encode_to_vec();
+        if let Some(limit) = self.store.max_value_bytes() {
+            if inputs.len() > limit {
+                return Err(JobsError::TooLarge {
+                    bytes: inputs.len(),
+                    backend: self.store.backend(),
+                    limit,
+                });
+            }
+        }
+        let txn = txn
+            .when(&job_key(&id), 0)
+            .put(&job_key(&id), job.encode_to_vec(), 0)
+            .put(&format!("{INPUTS}{id}"), inputs, 0);
+        match self.store.commit(txn).await? {
+            Some(_) => {
+                tracing::debug!(job = %id, model = %job.model_name, "job accepted");
+                Ok(job)
+            }
+            None => {
+                // The key was used before: answer with that job.
+                let key = idempotency.unwrap_or_default();
+                let first = self.store.get(&key).await?.ok_or(JobsError::Conflict)?;
+                let first = String::from_utf8_lossy(&first.value).into_owned();
+                Ok(load(self.store.as_ref(), &first).await?.0)
+            }
+        }
+    }
+
+    async fn get(&self, id: String) -> Result<Job, JobsError> {
+        let (mut job, _) = load(self.store.as_ref(), &id).await?;
+        if job.state == JobState::Succeeded as i32 {
+            let Some(kv) = self.store.get(&format!("{RESULTS}{id}")).await? else {
+                return Err(JobsError::ResultMissing(id));
+            };
+            match ModelInferResponse::decode(kv.value.as_slice()) {
+                Ok(result) => job.result = Some(result),
+                Err(e) => {
+                    return Err(JobsError::ResultUnreadable {
+                        id,
+                        error: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(job)
+    }
+
+    async fn watch(&self, ids: Vec<String>) -> Result<JobStream, JobsError> {
+        let ids: HashSet<String> = ids.into_iter().collect();
+        for id in &ids {
+            load(self.store.as_ref(), id).await?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            if let Err(e) = follow(store.as_ref(), &ids, &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn cancel(&self, id: String) -> Result<Job, JobsError> {
+        loop {
+            let (mut job, revision) = load(self.store.as_ref(), &id).await?;
+            if is_terminal(job.state()) {
+                return Ok(job);
+            }
+            job.set_state(JobState::Cancelled);
+            job.message = "cancelled by a client".into();
+            job.finished_unix_ms = unix_ms();
+            let txn = Txn::new()
+                .when(&job_key(&id), revision)
+                .put(&job_key(&id), job.encode_to_vec(), 0)
+                .delete(&format!("{INPUTS}{id}"));
+            if self.store.commit(txn).await?.is_some() {
+                return Ok(job);
+            }
+        }
+    }
+
+    async fn list(&self, r: ListJobsRequest) -> Result<ListJobsResponse, JobsError> {
+        let size = match r.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let (kvs, _) = self.store.list(JOBS).await?;
+        let mut jobs = kvs
+            .iter()
+            .filter(|kv| {
+                kv.key.as_str() > job_key(&r.page_token).as_str() || r.page_token.is_empty()
+            })
+            .filter_map(decode_job)
+            .filter(|j| r.state == 0 || j.state == r.state)
+            .filter(|j| r.tenant.is_empty() || j.tenant == r.tenant);
+        let page: Vec<Job> = jobs.by_ref().take(size).collect();
+        let next_page_token = match (jobs.next(), page.last()) {
+            (Some(_), Some(last)) => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok(ListJobsResponse {
+            jobs: page,
+            next_page_token,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsService {
+    async fn submit(&self, r: Request<SubmitJobRequest>) -> Answer<Job> {
+        Ok(Response::new(
+            JobsService::submit(self, r.into_inner()).await?,
+        ))
+    }
+
+    async fn get(&self, r: Request<GetJobRequest>) -> Answer<Job> {
+        Ok(Response::new(
+            JobsService::get(self, r.into_inner().id).await?,
+        ))
+    }
+
+    type WatchStream = JobStream;
+
+    async fn watch(&self, r: Request<WatchJobsRequest>) -> Answer<JobStream> {
+        Ok(Response::new(
+            JobsService::watch(self, r.into_inner().ids).await?,
+        ))
+    }
+
+    async fn cancel(&self, r: Request<CancelJobRequest>) -> Answer<Job> {
+        Ok(Response::new(
+            JobsService::cancel(self, r.into_inner().id).await?,
+        ))
+    }
+
+    async fn list(&self, r: Request<ListJobsRequest>) -> Answer<ListJobsResponse> {
+        Ok(Response::new(
+            JobsService::list(self, r.into_inner()).await?,
+        ))
+    }
+}
+
+/// Sends the wanted jobs' states, then their changes; relists after a compaction.
+async fn follow(
+    store: &dyn Store,
+    ids: &HashSet<String>,
+    tx: &tokio::sync::mpsc::Sender<Result<Job, Status>>,
+) -> Result<(), JobsError> {
+    let wanted = |id: &str| ids.is_empty() || ids.contains(id);
+    let mut ended: HashSet<String> = HashSet::new();
+    // Sends a job; false when the client went away or every watched job has ended.
+    let deliver = async |job: Job, ended: &mut HashSet<String>| -> bool {
+        if is_terminal(job.state()) {
+            ended.insert(job.id.clone());
+        }
+        tx.send(Ok(job)).await.is_ok() && (ids.is_empty() || ended.len() < ids.len())
+    };
+    loop {
+        let (kvs, revision) = store.list(JOBS).await?;
+        for job in kvs.iter().filter_map(decode_job).filter(|j| wanted(&j.id)) {
+            if !deliver(job, &mut ended).await {
+                return Ok(());
+            }
+        }
+        if !ids.is_empty() && ended.len() == ids.len() {
+            return Ok(());
+        }
+        let mut events = store.watch(JOBS, revision).await?;
+        loop {
+            let batch = tokio::select! {
+                batch = events.next() => batch,
+                // The client went away: stop following.
+                _ = tx.closed() => return Ok(()),
+            };
+            let Some(batch) = batch else { break };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(StoreError::Compacted(_)) => break,
+                Err(e) => return Err(e.into()),
+            };
+            for event in batch {
+                let Event::Put(kv) = event else { continue };
+                let Some(job) = decode_job(&kv).filter(|j| wanted(&j.id)) else {
+                    continue;
+                };
+                if !deliver(job, &mut ended).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The scheduler's gRPC services. Each turns the runtime's errors into `tonic::Status`
+//! in one place (its error type's `From` impl), so the codes clients see are decided
+//! once per service.
+//!
+//! - [`inference`]: `inference.GRPCInferenceService` for clients (OIP, Triton-compatible).
+//! - [`jobs`]: `localml.v1.Jobs`, durable async jobs; any replica answers.
+//! - [`cluster`]: `localml.v1.Cluster`, workers join, report and leave.
+//! - [`admin`]: `localml.v1.Admin`, operators' views, cordons and deployments.
+
+pub mod admin;
+pub mod cluster;
+pub mod inference;
+pub mod jobs;

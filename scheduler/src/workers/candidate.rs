@@ -1,0 +1,73 @@
+//! A worker that can take a request: what dispatch needs (its gRPC channel, the count
+//! of requests in flight on it), shared so a lookup only clones pointers, and the latency
+//! this scheduler observes per model (peak-EWMA).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use localml_framework::estimator::PeakEwma;
+use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use localml_proto::localml::v1 as pb;
+use tonic::transport::{Channel, Endpoint};
+
+pub type WorkerClient = GrpcInferenceServiceClient<Channel>;
+
+/// A worker that can take a request now: what dispatch needs, shared so a lookup only
+/// clones pointers.
+pub struct Candidate {
+    pub id: String,
+    pub name: String,
+    /// Requests this scheduler has dispatched to the worker and not yet seen answered.
+    pub dispatched: Arc<AtomicU32>,
+    pub client: WorkerClient,
+    /// Scheduler-observed latency per "model:version".
+    latency: Mutex<HashMap<String, PeakEwma>>,
+}
+
+fn latency_key(model: &str, version: &str) -> String {
+    format!("{model}:{version}")
+}
+
+impl Candidate {
+    /// Records the latency of a request this worker answered.
+    pub fn observe_latency(&self, model: &str, version: &str, sample_ms: f64, now_ms: u64) {
+        let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(latency_key(model, version))
+            .or_default()
+            .observe(sample_ms, now_ms);
+    }
+
+    pub(super) fn peak_ewma_ms(&self, model: &str, version: &str, now_ms: u64) -> f64 {
+        let map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&latency_key(model, version))
+            .and_then(|e| e.fresh_estimate(now_ms, localml_framework::estimator::STALE_MS))
+            .unwrap_or(0.0)
+    }
+}
+
+/// A candidate for the worker `id` at the address it reported, with a lazily connected
+/// channel; `None` when the address is unusable.
+pub(super) fn connect(
+    id: &str,
+    status: &pb::WorkerStatus,
+    dispatched: &Arc<AtomicU32>,
+    max_message_bytes: usize,
+) -> Option<Arc<Candidate>> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", status.inference_address)).ok()?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let client = GrpcInferenceServiceClient::new(channel)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    Some(Arc::new(Candidate {
+        id: id.to_string(),
+        name: status.name.clone(),
+        dispatched: Arc::clone(dispatched),
+        client,
+        latency: Mutex::new(HashMap::new()),
+    }))
+}
