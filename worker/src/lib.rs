@@ -7,10 +7,12 @@
 //! - [`repository`]: the model repository on disk (Triton layout, `config.yaml`).
 //! - [`model`]: a loaded model version: sessions, execution provider, statistics.
 //! - [`validate`]: request checks against a model's signature before ONNX Runtime runs.
-//! - [`hardware`], [`power`]: RAM, GPUs, and power source from sysfs.
+//! - [`hardware`], [`power`]: RAM (procfs), GPUs (NVML), and power source (sysfs).
 //! - [`state`]: the worker's shared state and its status report.
 //! - [`service`]: the worker's `GRPCInferenceService`.
+//! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and energy counters.
 //! - [`agent`]: join, report, leave.
+//! - [`cli`]: the worker's flags, shared by `localml-worker` and `localml worker`.
 
 pub mod agent;
 pub mod cli;

@@ -207,7 +207,7 @@ impl Worker {
         }
     }
 
-    /// Energy per GPU in joules since the driver loaded, where `nvidia-smi` reports it.
+    /// Energy per GPU in joules since the driver loaded, where NVML reports it.
     pub fn gpu_energy(&self) -> Vec<(u32, f64)> {
         if self.gpus.lock().map(|g| g.is_empty()).unwrap_or(true) {
             return Vec::new();
@@ -215,7 +215,7 @@ impl Worker {
         hardware::gpu_energy_joules()
     }
 
-    /// Refreshes the GPU reading (nvidia-smi is slow, so not on every report).
+    /// Refreshes the GPU reading (every few reports, see `agent::GPU_REFRESH_EVERY`).
     pub fn refresh_gpus(&self) {
         let gpus = hardware::gpus();
         if let Ok(mut g) = self.gpus.lock() {
