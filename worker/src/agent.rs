@@ -12,7 +12,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::state::Worker;
 
-/// Refresh GPU memory every this many reports (nvidia-smi takes tens of milliseconds).
+/// Refresh GPU memory every this many reports. The interval dates from when a reading
+/// spawned nvidia-smi (tens of milliseconds); NVML is cheap, but GPU memory only moves
+/// when models load, so the cadence is kept.
 const GPU_REFRESH_EVERY: u64 = 10;
 /// Report interval used until the scheduler says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);

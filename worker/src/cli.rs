@@ -137,22 +137,24 @@ pub async fn shutdown_signal(watch_stdin: bool) {
 pub async fn run(args: WorkerArgs) -> Result<(), WorkerError> {
     let watch_stdin = args.exit_with_stdin;
     let config = args.into_config()?;
-    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
-        WorkerError::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", config.listen),
-        ))
-    })?;
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| WorkerError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
     let addr = listener.local_addr()?;
-    let http = match &config.http_listen {
-        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
-            WorkerError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen for metrics and health checks on {address}: {e}"),
-            ))
-        })?),
-        None => None,
-    };
+    let http =
+        match &config.http_listen {
+            Some(address) => Some(TcpListener::bind(address).await.map_err(|source| {
+                WorkerError::HttpListen {
+                    address: address.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let http_note = match &http {
         Some(l) => format!(" (http://{} metrics, health)", l.local_addr()?),
         None => String::new(),

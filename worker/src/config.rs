@@ -87,19 +87,33 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Why the worker's configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The `--config` file cannot be read.
     #[error("cannot read config {0}: {1}")]
     Read(PathBuf, std::io::Error),
+    /// The `--config` file is not valid YAML for [`WorkerConfig`] (serde's message, which
+    /// names the line and an unknown key).
     #[error("invalid config {0}: {1}")]
     Parse(PathBuf, String),
+    /// `--labels` is not `k=v,k2=v2`.
     #[error("invalid labels '{0}': expected key=value pairs separated by commas")]
     Labels(String),
+    /// A value that parses but makes no sense (see [`WorkerConfig::validate`]).
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
 
 impl WorkerConfig {
+    /// What loading a model takes from the worker's settings.
+    pub fn load_options(&self) -> crate::model::LoadOptions {
+        crate::model::LoadOptions {
+            intra_op_threads: self.intra_op_threads,
+            throttle: self.throttle,
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<WorkerConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;

@@ -1,6 +1,15 @@
-//! Hardware discovery: CPU cores, RAM from /proc/meminfo, NVIDIA GPUs through nvidia-smi.
+//! Hardware discovery: CPU cores, RAM from /proc/meminfo, NVIDIA GPUs through NVML.
+//!
+//! NVML (`libnvidia-ml.so.1`, installed with the NVIDIA driver) is opened at run time by
+//! `nvml-wrapper`, once per process, so a worker built here runs unchanged on a PC without
+//! a driver: there the GPU list is simply empty. Before NVML the worker spawned
+//! `nvidia-smi`, which cost tens of milliseconds per status report and per `/metrics`
+//! scrape; an NVML query costs microseconds.
 
-use std::process::Command;
+use std::sync::OnceLock;
+
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
 
 /// RAM in bytes: (total, available).
 pub fn memory() -> (u64, u64) {
@@ -31,68 +40,96 @@ pub fn cpu_cores() -> u32 {
         .unwrap_or(1)
 }
 
-/// A GPU as nvidia-smi reports it.
+/// A GPU as NVML reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuInfo {
+    /// NVML's index, the same as `nvidia-smi`'s.
     pub index: u32,
     pub name: String,
     pub memory_total_bytes: u64,
     pub memory_free_bytes: u64,
 }
 
-/// GPUs with total and free memory; empty where there is no NVIDIA driver.
-pub fn gpus() -> Vec<GpuInfo> {
-    let output = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=index,name,memory.total,memory.free",
-            "--format=csv,noheader,nounits",
-        ])
-        .output();
-    match output {
-        Ok(o) if o.status.success() => parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)),
-        _ => Vec::new(),
-    }
+/// The outcome of loading NVML, kept for the life of the process. Loaded once: a PC
+/// without a driver does not get one while the worker runs, and retrying would repeat the
+/// failed `dlopen` on every report.
+static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
+
+/// The process's NVML handle, or `None` where NVML cannot start (no driver, no library,
+/// no permission).
+fn nvml() -> Option<&'static Nvml> {
+    NVML.get_or_init(|| match Nvml::init() {
+        Ok(nvml) => {
+            let driver = nvml.sys_driver_version().unwrap_or_default();
+            let count = nvml.device_count().unwrap_or(0);
+            tracing::info!(driver = %driver, gpus = count, "NVML loaded");
+            Some(nvml)
+        }
+        Err(e) => {
+            // The usual case on a PC without an NVIDIA GPU: not worth more than info.
+            tracing::info!(error = %e, "no NVIDIA GPU: NVML unavailable");
+            None
+        }
+    })
+    .as_ref()
 }
 
-/// Per GPU: energy used since the driver loaded, in joules (NVML's total energy
-/// consumption, in mJ, through nvidia-smi); empty where the GPU or driver lacks it.
-pub fn gpu_energy_joules() -> Vec<(u32, f64)> {
-    let output = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=index,total_energy_consumption",
-            "--format=csv,noheader,nounits",
-        ])
-        .output();
-    let Ok(o) = output else { return Vec::new() };
-    if !o.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (index, mj) = line.split_once(',')?;
-            Some((
-                index.trim().parse().ok()?,
-                mj.trim().parse::<f64>().ok()? / 1e3,
-            ))
+/// Every GPU NVML can open, with its index. A GPU that fails to open (fallen off the bus)
+/// is left out; the others are still reported.
+fn devices(nvml: &Nvml) -> Vec<(u32, Device<'_>)> {
+    let count = nvml.device_count().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "NVML cannot count GPUs");
+        0
+    });
+    (0..count)
+        .filter_map(|index| match nvml.device_by_index(index) {
+            Ok(device) => Some((index, device)),
+            Err(e) => {
+                tracing::debug!(gpu = index, error = %e, "NVML cannot open GPU");
+                None
+            }
         })
         .collect()
 }
 
-fn parse_nvidia_smi(text: &str) -> Vec<GpuInfo> {
-    const MIB: u64 = 1024 * 1024;
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            let [index, name, total, free] = f.as_slice() else {
-                return None;
-            };
-            Some(GpuInfo {
-                index: index.parse().ok()?,
-                name: name.to_string(),
-                memory_total_bytes: total.parse::<u64>().ok()? * MIB,
-                memory_free_bytes: free.parse::<u64>().ok()? * MIB,
-            })
+fn gpu_info(index: u32, device: &Device<'_>) -> Result<GpuInfo, NvmlError> {
+    let memory = device.memory_info()?;
+    Ok(GpuInfo {
+        index,
+        name: device.name()?,
+        memory_total_bytes: memory.total,
+        memory_free_bytes: memory.free,
+    })
+}
+
+/// GPUs with total and free memory; empty where there is no NVIDIA driver or GPU.
+pub fn gpus() -> Vec<GpuInfo> {
+    let Some(nvml) = nvml() else {
+        return Vec::new();
+    };
+    devices(nvml)
+        .iter()
+        .filter_map(|(index, device)| match gpu_info(*index, device) {
+            Ok(gpu) => Some(gpu),
+            Err(e) => {
+                tracing::debug!(gpu = index, error = %e, "NVML cannot read GPU memory");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Per GPU: energy used since the driver loaded, in joules (NVML's total energy
+/// consumption is in millijoules); empty where the GPU or driver lacks it (before Volta).
+pub fn gpu_energy_joules() -> Vec<(u32, f64)> {
+    let Some(nvml) = nvml() else {
+        return Vec::new();
+    };
+    devices(nvml)
+        .iter()
+        .filter_map(|(index, device)| {
+            let millijoules = device.total_energy_consumption().ok()?;
+            Some((*index, millijoules as f64 / 1e3))
         })
         .collect()
 }
@@ -109,15 +146,32 @@ mod tests {
         assert_eq!(parse_meminfo(""), (0, 0));
     }
 
+    /// Without a driver (CI, this repository's build machines) NVML fails to load: that is
+    /// an empty list, not an error, and the failure is remembered, so later calls (every
+    /// tenth status report) do not try to load it again. With a driver, the readings must
+    /// make sense.
     #[test]
-    fn parses_nvidia_smi_csv() {
-        let text =
-            "0, NVIDIA H200, 143771, 143000\n1, NVIDIA GeForce RTX 3060, 12288, 11000\ngarbage\n";
-        let gpus = parse_nvidia_smi(text);
-        assert_eq!(gpus.len(), 2);
-        assert_eq!(gpus[1].name, "NVIDIA GeForce RTX 3060");
-        assert_eq!(gpus[1].memory_total_bytes, 12288 * 1024 * 1024);
-        assert_eq!(gpus[0].memory_free_bytes, 143000 * 1024 * 1024);
+    fn gpus_are_empty_without_a_driver_and_loaded_once() {
+        let first = gpus();
+        assert!(
+            NVML.get().is_some(),
+            "the first call settles whether NVML loads"
+        );
+        assert!(
+            nvml().is_some() || first.is_empty(),
+            "no NVML but GPUs: {first:?}"
+        );
+        for g in &first {
+            assert!(g.memory_total_bytes > 0 && g.memory_free_bytes <= g.memory_total_bytes);
+        }
+        let second = gpus();
+        assert_eq!(
+            first.iter().map(|g| g.index).collect::<Vec<_>>(),
+            second.iter().map(|g| g.index).collect::<Vec<_>>()
+        );
+        if nvml().is_none() {
+            assert!(gpu_energy_joules().is_empty());
+        }
     }
 
     #[test]

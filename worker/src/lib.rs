@@ -7,10 +7,12 @@
 //! - [`repository`]: the model repository on disk (Triton layout, `config.yaml`).
 //! - [`model`]: a loaded model version: sessions, execution provider, statistics.
 //! - [`validate`]: request checks against a model's signature before ONNX Runtime runs.
-//! - [`hardware`], [`power`]: RAM, GPUs, and power source from sysfs.
+//! - [`hardware`], [`power`]: RAM (procfs), GPUs (NVML), and power source (sysfs).
 //! - [`state`]: the worker's shared state and its status report.
 //! - [`service`]: the worker's `GRPCInferenceService`.
+//! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and energy counters.
 //! - [`agent`]: join, report, leave.
+//! - [`cli`]: the worker's flags, shared by `localml-worker` and `localml worker`.
 
 pub mod agent;
 pub mod cli;
@@ -34,22 +36,48 @@ use localml_serving::service::OipService;
 use tokio::net::TcpListener;
 
 use crate::config::WorkerConfig;
-use crate::model::{LoadOptions, LoadedModel};
+use crate::model::LoadedModel;
 use crate::state::{ModelTable, Worker};
+
+/// The worker's name in logs and in the inference service's metadata.
+pub const NAME: &str = "localml-worker";
+/// The version a worker reports to the scheduler and to clients.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The configuration file or flags are invalid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// ONNX Runtime cannot be found or loaded.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// The model repository cannot be scanned.
     #[error(transparent)]
     Repository(#[from] repository::RepositoryError),
+    /// `--scheduler` names no usable address (address, why).
     #[error("invalid scheduler address '{0}': {1}")]
     SchedulerAddress(String, String),
+    /// The inference listen address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    /// The `--http-listen` address cannot be bound.
+    #[error("cannot listen for metrics and health checks on {address}: {source}")]
+    HttpListen {
+        address: String,
+        source: std::io::Error,
+    },
+    /// The task loading the models at start panicked.
+    #[error("{0}")]
+    LoadTask(#[from] tokio::task::JoinError),
+    /// The gRPC server failed.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// Another I/O failure (reading a bound listener's address).
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -60,10 +88,7 @@ pub fn load_models(
     config: &WorkerConfig,
     providers: &[String],
 ) -> Result<ModelTable, WorkerError> {
-    let options = LoadOptions {
-        intra_op_threads: config.intra_op_threads,
-        throttle: config.throttle,
-    };
+    let options = config.load_options();
     let mut table = ModelTable::new();
     let sources = repository::scan(&config.models)?;
     if sources.is_empty() {
@@ -155,7 +180,7 @@ pub async fn run(
     });
     let (library, source) = runtime::locate(config.onnxruntime.as_deref())?;
     tracing::info!(library = %library.display(), ?source, "loading ONNX Runtime");
-    let env = runtime::init(&library, "localml-worker")?;
+    let env = runtime::init(&library, NAME)?;
     let providers = runtime::available_providers();
     tracing::info!(?providers, "execution providers");
     let models = {
@@ -164,8 +189,7 @@ pub async fn run(
             config::LoadMode::All => load_models(&env, &config, &providers),
             config::LoadMode::OnDemand => Ok(ModelTable::new()),
         })
-        .await
-        .map_err(|e| WorkerError::Io(std::io::Error::other(e.to_string())))??
+        .await??
     };
     let bound = listener.local_addr()?;
     let advertise = advertise_address(&config, bound);
@@ -186,10 +210,7 @@ pub async fn run(
     let available = repository::scan(&config.models)?;
     let loader = state::Loader {
         env: env.clone(),
-        options: LoadOptions {
-            intra_op_threads: config.intra_op_threads,
-            throttle: config.throttle,
-        },
+        options: config.load_options(),
     };
     if on_demand {
         tracing::info!(

@@ -11,6 +11,7 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use tokio::sync::Semaphore;
 
 use crate::repository::{ModelSource, TensorOverride};
+use crate::runtime::CPU_PROVIDER;
 
 /// Default `max_batch_size` for a model whose every tensor has a dynamic first dimension.
 pub const DEFAULT_MAX_BATCH_SIZE: u32 = 8;
@@ -26,23 +27,108 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
+/// Why a model version could not be loaded or could not answer a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The model version could not be loaded (logged; the worker goes on without it).
     #[error("model {model} version {version}: {reason}")]
     Load {
         model: String,
         version: u64,
-        reason: String,
+        #[source]
+        reason: LoadError,
     },
     /// The model's queue is full.
     #[error("model {0} has {1} requests queued on this worker; try again later")]
     QueueFull(String, u32),
-    /// ONNX Runtime rejected the inputs (e.g. an index out of range).
+    /// ONNX Runtime rejected the inputs (e.g. an index out of range). `reason` is ONNX
+    /// Runtime's message, prefixed with the input's name where it is known.
     #[error("ONNX Runtime rejected the request for model {model}: {reason}")]
     InvalidInput { model: String, reason: String },
     /// ONNX Runtime failed for another reason.
     #[error("ONNX Runtime failed running model {model}: {reason}")]
-    Run { model: String, reason: String },
+    Run {
+        model: String,
+        #[source]
+        reason: RunError,
+    },
+}
+
+/// Why a model version could not be loaded; [`ModelError::Load`] adds model and version.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `config.yaml` names a provider localml does not know.
+    #[error("unknown execution provider '{0}' in config.yaml (known: {known})", known = PROVIDER_NAMES.join(", "))]
+    UnknownProvider(String),
+    /// ONNX Runtime could not build a session (unreadable model, bad option, ...).
+    #[error(transparent)]
+    Session(#[from] ort::Error),
+    /// An input or output whose element type has no protocol datatype.
+    #[error("{what} '{name}' has element type {ty:?}, which localml cannot serve")]
+    UnsupportedType {
+        /// "input" or "output".
+        what: &'static str,
+        name: String,
+        ty: TensorElementType,
+    },
+    /// An input or output that is a sequence or map, not a tensor.
+    #[error("{what} '{name}' is a {kind}, not a tensor")]
+    NotATensor {
+        /// "input" or "output".
+        what: &'static str,
+        name: String,
+        /// ONNX Runtime's description of the value type.
+        kind: String,
+    },
+    /// `config.yaml` overrides a tensor the model does not have.
+    #[error("config names tensor '{0}', which the model does not have")]
+    UnknownTensor(String),
+    /// `config.yaml` gives dims that contradict the model's fixed dims.
+    #[error("config dims {config:?} for '{name}' do not fit the model's dims {model:?}")]
+    Dims {
+        name: String,
+        config: Vec<i64>,
+        model: Vec<i64>,
+    },
+    /// Batching needs every input and output to start with a dynamic dimension.
+    #[error("max_batch_size {0} needs a dynamic first dimension on every input and output")]
+    BatchNeedsDynamic(u32),
+}
+
+/// Why ONNX Runtime could not run a request; [`ModelError::Run`] adds the model.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The model was unloaded while the request waited for a session.
+    #[error("the model is unloading")]
+    Unloading,
+    /// The blocking task running the session panicked or was cancelled.
+    #[error("inference task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// A thread panicked while holding the session pool.
+    #[error("session pool poisoned")]
+    Poisoned,
+    /// No session was free although the semaphore granted one (a bug).
+    #[error("no free session")]
+    NoSession,
+    /// ONNX Runtime's own failure.
+    #[error(transparent)]
+    Ort(#[from] ort::Error),
+    /// The session did not return an output its signature lists.
+    #[error("output '{0}' missing from the result")]
+    MissingOutput(String),
+    /// An output could not be read back from ONNX Runtime.
+    #[error("output '{name}': {source}")]
+    Extract { name: String, source: ort::Error },
+    /// An output that is a sequence or map, not a tensor.
+    #[error("output '{name}' is a {kind}, not a tensor")]
+    OutputNotATensor {
+        name: String,
+        /// ONNX Runtime's description of the value type.
+        kind: String,
+    },
+    /// An output whose element type has no protocol datatype.
+    #[error("output '{name}' has element type {ty:?}, which localml cannot serve")]
+    UnsupportedOutput { name: String, ty: TensorElementType },
 }
 
 /// Live counters, read by status reports.
@@ -158,16 +244,15 @@ fn datatype_of(ty: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, String> {
+fn specs(outlets: &[ort::value::Outlet], what: &'static str) -> Result<Vec<TensorSpec>, LoadError> {
     outlets
         .iter()
         .map(|o| match o.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
-                let datatype = datatype_of(*ty).ok_or_else(|| {
-                    format!(
-                        "{what} '{}' has element type {ty:?}, which localml cannot serve",
-                        o.name()
-                    )
+                let datatype = datatype_of(*ty).ok_or_else(|| LoadError::UnsupportedType {
+                    what,
+                    name: o.name().to_string(),
+                    ty: *ty,
                 })?;
                 Ok(TensorSpec {
                     name: o.name().to_string(),
@@ -175,10 +260,11 @@ fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, 
                     shape: shape.iter().copied().collect(),
                 })
             }
-            other => Err(format!(
-                "{what} '{}' is a {other:?}, not a tensor",
-                o.name()
-            )),
+            other => Err(LoadError::NotATensor {
+                what,
+                name: o.name().to_string(),
+                kind: format!("{other:?}"),
+            }),
         })
         .collect()
 }
@@ -188,14 +274,12 @@ fn apply_overrides(
     specs: &mut [TensorSpec],
     overrides: &[TensorOverride],
     batching: bool,
-) -> Result<(), String> {
+) -> Result<(), LoadError> {
     for o in overrides {
-        let spec = specs.iter_mut().find(|s| s.name == o.name).ok_or_else(|| {
-            format!(
-                "config names tensor '{}', which the model does not have",
-                o.name
-            )
-        })?;
+        let spec = specs
+            .iter_mut()
+            .find(|s| s.name == o.name)
+            .ok_or_else(|| LoadError::UnknownTensor(o.name.clone()))?;
         let model_dims = if batching {
             &spec.shape[1.min(spec.shape.len())..]
         } else {
@@ -207,16 +291,26 @@ fn apply_overrides(
                 .zip(&o.dims)
                 .all(|(&m, &c)| m < 0 || m == c);
         if !compatible {
-            return Err(format!(
-                "config dims {:?} for '{}' do not fit the model's dims {:?}",
-                o.dims, o.name, model_dims
-            ));
+            return Err(LoadError::Dims {
+                name: o.name.clone(),
+                config: o.dims.clone(),
+                model: model_dims.to_vec(),
+            });
         }
         let mut shape = if batching { vec![-1] } else { Vec::new() };
         shape.extend_from_slice(&o.dims);
         spec.shape = shape;
     }
     Ok(())
+}
+
+/// Now as Unix time in milliseconds (0 before 1970: a clock set wrong is not worth failing
+/// a request over).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Resident set size of this process, from /proc (0 where it cannot be read).
@@ -239,13 +333,13 @@ fn build_session(
     source: &ModelSource,
     providers: &[String],
     options: &LoadOptions,
-) -> Result<(Session, String), String> {
+) -> Result<(Session, String), LoadError> {
     use ort::ep::ExecutionProvider;
-    let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
+    let mut builder = Session::builder(env)?;
     if let Some(n) = options.intra_op_threads {
-        builder = builder.with_intra_threads(n).map_err(|e| e.to_string())?;
+        builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
     }
-    let mut chosen = "CPUExecutionProvider".to_string();
+    let mut chosen = CPU_PROVIDER.to_string();
     for provider in providers {
         let attempt = match provider.as_str() {
             "cuda" => Some((
@@ -277,9 +371,7 @@ fn build_session(
             None => break, // "cpu": nothing to register, ONNX Runtime's default.
         }
     }
-    let session = builder
-        .commit_from_file(&source.path)
-        .map_err(|e| e.to_string())?;
+    let session = builder.commit_from_file(&source.path)?;
     Ok((session, chosen))
 }
 
@@ -300,7 +392,7 @@ impl LoadedModel {
         available: &[String],
         options: &LoadOptions,
     ) -> Result<LoadedModel, ModelError> {
-        let fail = |reason: String| ModelError::Load {
+        let fail = |reason: LoadError| ModelError::Load {
             model: source.name.clone(),
             version: source.version,
             reason,
@@ -309,10 +401,7 @@ impl LoadedModel {
         let providers: Vec<String> = match &config.execution_providers {
             Some(list) => {
                 if let Some(bad) = list.iter().find(|p| !PROVIDER_NAMES.contains(&p.as_str())) {
-                    return Err(fail(format!(
-                        "unknown execution provider '{bad}' in config.yaml (known: {})",
-                        PROVIDER_NAMES.join(", ")
-                    )));
+                    return Err(fail(LoadError::UnknownProvider(bad.clone())));
                 }
                 list.clone()
             }
@@ -360,11 +449,7 @@ impl LoadedModel {
             .chain(&outputs)
             .all(|s| s.shape.first().is_some_and(|&d| d < 0));
         let max_batch_size = match config.max_batch_size {
-            Some(n) if n > 0 && !all_batched => {
-                return Err(fail(format!(
-                    "max_batch_size {n} needs a dynamic first dimension on every input and output"
-                )))
-            }
+            Some(n) if n > 0 && !all_batched => return Err(fail(LoadError::BatchNeedsDynamic(n))),
             Some(n) => n,
             None if all_batched => DEFAULT_MAX_BATCH_SIZE,
             None => 0,
@@ -413,7 +498,7 @@ impl LoadedModel {
         let Ok(_permit) = self.permits.acquire().await else {
             return Err(ModelError::Run {
                 model: self.name.clone(),
-                reason: "the model is unloading".into(),
+                reason: RunError::Unloading,
             });
         };
         drop(queued);
@@ -425,7 +510,7 @@ impl LoadedModel {
             .unwrap_or_else(|e| {
                 Err(ModelError::Run {
                     model: self.name.clone(),
-                    reason: format!("inference task failed: {e}"),
+                    reason: RunError::Task(e),
                 })
             });
         if self.throttle > 1.0 {
@@ -445,13 +530,9 @@ impl LoadedModel {
                 self.stats.failure_ns.fetch_add(nanos, Ordering::Relaxed);
             }
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         self.stats
             .last_inference_ms
-            .store(now_ms, Ordering::Relaxed);
+            .store(unix_ms(), Ordering::Relaxed);
         result
     }
 
@@ -460,7 +541,7 @@ impl LoadedModel {
         inputs: Vec<NamedTensor>,
         requested: &[String],
     ) -> Result<Vec<NamedTensor>, ModelError> {
-        let run_error = |reason: String| ModelError::Run {
+        let run_error = |reason: RunError| ModelError::Run {
             model: self.name.clone(),
             reason,
         };
@@ -477,9 +558,9 @@ impl LoadedModel {
         let mut session = self
             .sessions
             .lock()
-            .map_err(|_| run_error("session pool poisoned".into()))?
+            .map_err(|_| run_error(RunError::Poisoned))?
             .pop()
-            .ok_or_else(|| run_error("no free session".into()))?;
+            .ok_or_else(|| run_error(RunError::NoSession))?;
         let result = (|| {
             let outputs = session.run(values).map_err(|e| {
                 if matches!(e.code(), ort::ErrorCode::InvalidArgument) {
@@ -488,7 +569,7 @@ impl LoadedModel {
                         reason: e.to_string(),
                     }
                 } else {
-                    run_error(e.to_string())
+                    run_error(RunError::Ort(e))
                 }
             })?;
             let mut out = Vec::new();
@@ -496,9 +577,9 @@ impl LoadedModel {
                 if !requested.is_empty() && !requested.contains(&spec.name) {
                     continue;
                 }
-                let value = outputs.get(&spec.name).ok_or_else(|| {
-                    run_error(format!("output '{}' missing from the result", spec.name))
-                })?;
+                let value = outputs
+                    .get(&spec.name)
+                    .ok_or_else(|| run_error(RunError::MissingOutput(spec.name.clone())))?;
                 out.push(from_value(&spec.name, value).map_err(run_error)?);
             }
             Ok(out)
@@ -542,11 +623,19 @@ fn to_value(t: NamedTensor) -> ort::Result<DynValue> {
 }
 
 /// Converts an ONNX Runtime output into tensor data.
-fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, String> {
-    let err = |e: ort::Error| format!("output '{name}': {e}");
+fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, RunError> {
+    let err = |source: ort::Error| RunError::Extract {
+        name: name.to_string(),
+        source,
+    };
     let ty = match value.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
-        other => return Err(format!("output '{name}' is a {other:?}, not a tensor")),
+        other => {
+            return Err(RunError::OutputNotATensor {
+                name: name.to_string(),
+                kind: format!("{other:?}"),
+            })
+        }
     };
     macro_rules! extract {
         ($t:ty, $variant:ident) => {{
@@ -578,9 +667,10 @@ fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, String> {
             )
         }
         other => {
-            return Err(format!(
-                "output '{name}' has element type {other:?}, which localml cannot serve"
-            ))
+            return Err(RunError::UnsupportedOutput {
+                name: name.to_string(),
+                ty: other,
+            })
         }
     };
     Ok(NamedTensor {

@@ -1,6 +1,6 @@
 //! The worker's `/metrics`, `/healthz` and `/readyz` (`--http-listen`), and energy
 //! counters where the hardware has them: RAPL (`/sys/class/powercap`) for the CPU package
-//! and `nvidia-smi`'s total energy for NVIDIA GPUs.
+//! and NVML's total energy for NVIDIA GPUs.
 
 use std::collections::HashMap;
 use std::path::Path;

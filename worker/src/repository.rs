@@ -54,10 +54,13 @@ pub struct ModelSource {
     pub config: ModelConfig,
 }
 
+/// Why the model repository cannot be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
+    /// The repository, or a model directory in it, cannot be listed.
     #[error("model repository {0} is not a readable directory: {1}")]
     Unreadable(PathBuf, std::io::Error),
+    /// A model's `config.yaml` cannot be read or parsed (serde's message names the field).
     #[error("{path}: {reason}")]
     BadConfig { path: PathBuf, reason: String },
 }

@@ -16,6 +16,9 @@ pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.32.0";
 /// cuDNN 9 build, per the wheel's dependencies (`nvidia-cuda-runtime~=13.0`).
 pub const ORT_GPU_VERSION: &str = "1.31.1";
 
+/// ONNX Runtime's name for its default provider, which every build has.
+pub const CPU_PROVIDER: &str = "CPUExecutionProvider";
+
 /// Which ONNX Runtime build to install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -189,7 +192,7 @@ pub fn available_providers() -> Vec<String> {
             out.push(name.to_string());
         }
     }
-    out.push("CPUExecutionProvider".to_string());
+    out.push(CPU_PROVIDER.to_string());
     out
 }
 

@@ -12,8 +12,9 @@ use localml_serving::service::{
 use tonic::{Request, Response, Status};
 
 use crate::model::{ModelError, NamedTensor};
-use crate::state::{signature, Worker};
-use crate::validate::{decode_request, Signature};
+use crate::runtime::CPU_PROVIDER;
+use crate::state::{signature, FindError, Worker};
+use crate::validate::{decode_request, Signature, ValidateError};
 
 /// Response parameter naming the worker that ran a request.
 pub const WORKER_PARAMETER: &str = "localml.worker";
@@ -24,12 +25,46 @@ pub struct WorkerInference {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-/// Converts a model error to a status, in one place.
-fn model_status(e: ModelError) -> Status {
-    match e {
-        ModelError::QueueFull(..) => Status::resource_exhausted(e.to_string()),
-        ModelError::InvalidInput { .. } => Status::invalid_argument(e.to_string()),
-        ModelError::Load { .. } | ModelError::Run { .. } => Status::internal(e.to_string()),
+/// Why this service could not answer a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The model or version is not loaded on this worker.
+    #[error(transparent)]
+    Find(#[from] FindError),
+    /// The request does not fit the model's signature.
+    #[error(transparent)]
+    Invalid(#[from] ValidateError),
+    /// The model could not run the request.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// The one place this service turns its errors into gRPC statuses; the message is the
+/// error's text.
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let code = match &e {
+            ServiceError::Find(_) => tonic::Code::NotFound,
+            ServiceError::Invalid(_) => tonic::Code::InvalidArgument,
+            ServiceError::Model(ModelError::QueueFull(..)) => tonic::Code::ResourceExhausted,
+            ServiceError::Model(ModelError::InvalidInput { .. }) => tonic::Code::InvalidArgument,
+            ServiceError::Model(ModelError::Load { .. } | ModelError::Run { .. }) => {
+                tonic::Code::Internal
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl Worker {
+    /// [`Worker::find`] for this service's handlers.
+    fn find_model(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<crate::model::LoadedModel>, Status> {
+        self.find(name, version)
+            .map_err(|e| ServiceError::from(e).into())
     }
 }
 
@@ -53,6 +88,13 @@ impl Worker {
     }
 
     async fn infer_once(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        self.try_infer(request).await.map_err(Status::from)
+    }
+
+    async fn try_infer(
+        &self,
+        request: ModelInferRequest,
+    ) -> Result<ModelInferResponse, ServiceError> {
         let model = self.find(&request.model_name, &request.model_version)?;
         let sig = Signature {
             model: &model.name,
@@ -60,11 +102,8 @@ impl Worker {
             outputs: &model.outputs,
             max_batch_size: model.max_batch_size,
         };
-        let decoded = decode_request(&sig, &request).map_err(Status::invalid_argument)?;
-        let outputs = model
-            .run(decoded.inputs, decoded.requested_outputs)
-            .await
-            .map_err(model_status)?;
+        let decoded = decode_request(&sig, &request)?;
+        let outputs = model.run(decoded.inputs, decoded.requested_outputs).await?;
         Ok(self.response(&request, model.version, outputs))
     }
 
@@ -128,8 +167,8 @@ impl InferenceBackend for WorkerInference {
         _: Request<ServerMetadataRequest>,
     ) -> Answer<ServerMetadataResponse> {
         Ok(Response::new(ServerMetadataResponse {
-            name: "localml-worker".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            name: crate::NAME.into(),
+            version: crate::VERSION.into(),
             extensions: oip::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
         }))
     }
@@ -139,7 +178,7 @@ impl InferenceBackend for WorkerInference {
         r: Request<ModelMetadataRequest>,
     ) -> Answer<ModelMetadataResponse> {
         let r = r.into_inner();
-        let model = self.worker.find(&r.name, &r.version)?;
+        let model = self.worker.find_model(&r.name, &r.version)?;
         let versions = self.worker.versions(&model.name);
         Ok(Response::new(oip::model_metadata(
             &model.name,
@@ -174,8 +213,8 @@ impl InferenceBackend for WorkerInference {
 
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
         let r = r.into_inner();
-        let m = self.worker.find(&r.name, &r.version)?;
-        let gpu = m.execution_provider != "CPUExecutionProvider";
+        let m = self.worker.find_model(&r.name, &r.version)?;
+        let gpu = m.execution_provider != CPU_PROVIDER;
         Ok(Response::new(oip::model_config(
             &m.name,
             m.max_batch_size,
@@ -193,7 +232,7 @@ impl InferenceBackend for WorkerInference {
         let models: Vec<_> = if r.name.is_empty() {
             self.worker.loaded()
         } else {
-            vec![self.worker.find(&r.name, &r.version)?]
+            vec![self.worker.find_model(&r.name, &r.version)?]
         };
         let model_stats = models
             .into_iter()
@@ -222,5 +261,68 @@ impl InferenceBackend for WorkerInference {
             })
             .collect();
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RunError;
+
+    #[test]
+    fn each_error_keeps_its_code_and_text() {
+        let cases: Vec<(ServiceError, tonic::Code, &str)> = vec![
+            (
+                FindError::NotLoaded {
+                    model: "m".into(),
+                    worker: "w".into(),
+                }
+                .into(),
+                tonic::Code::NotFound,
+                "model 'm' is not loaded on worker 'w'",
+            ),
+            (
+                FindError::UnknownVersion {
+                    model: "m".into(),
+                    version: "7".into(),
+                    loaded: vec!["1".into(), "2".into()],
+                }
+                .into(),
+                tonic::Code::NotFound,
+                "model 'm' has no version '7' (loaded versions: 1, 2)",
+            ),
+            (
+                ValidateError::DuplicateInput("x".into()).into(),
+                tonic::Code::InvalidArgument,
+                "input 'x' appears more than once",
+            ),
+            (
+                ModelError::QueueFull("m".into(), 64).into(),
+                tonic::Code::ResourceExhausted,
+                "model m has 64 requests queued on this worker; try again later",
+            ),
+            (
+                ModelError::InvalidInput {
+                    model: "m".into(),
+                    reason: "index out of range".into(),
+                }
+                .into(),
+                tonic::Code::InvalidArgument,
+                "ONNX Runtime rejected the request for model m: index out of range",
+            ),
+            (
+                ModelError::Run {
+                    model: "m".into(),
+                    reason: RunError::Unloading,
+                }
+                .into(),
+                tonic::Code::Internal,
+                "ONNX Runtime failed running model m: the model is unloading",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
     }
 }

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use localml_proto::localml::v1 as pb;
-use tonic::Status;
 
 use crate::config::LoadMode;
 use crate::config::WorkerConfig;
@@ -13,6 +12,25 @@ use crate::hardware::{self, GpuInfo};
 use crate::model::{LoadOptions, LoadedModel, TensorSpec};
 use crate::power::{self, PowerSource};
 use crate::repository::{self, ModelSource};
+
+/// Why a model version cannot be found on this worker (NOT_FOUND for a client).
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    /// No version of the model is loaded here.
+    #[error("model '{model}' is not loaded on worker '{worker}'")]
+    NotLoaded { model: String, worker: String },
+    /// The model has an entry but no version in it (kept for safety: unloading the last
+    /// version removes the entry under the same lock).
+    #[error("model '{0}' has no loaded version")]
+    NoVersion(String),
+    /// The version asked for is not loaded (or is not a number).
+    #[error("model '{model}' has no version '{version}' (loaded versions: {})", .loaded.join(", "))]
+    UnknownVersion {
+        model: String,
+        version: String,
+        loaded: Vec<String>,
+    },
+}
 
 /// Models by name, then version.
 pub type ModelTable = BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>;
@@ -93,32 +111,28 @@ impl Worker {
     }
 
     /// Finds a model version; an empty version means the highest loaded one.
-    pub fn find(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, Status> {
+    pub fn find(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, FindError> {
         let table = self.table();
-        let versions = table.get(name).ok_or_else(|| {
-            Status::not_found(format!(
-                "model '{name}' is not loaded on worker '{}'",
-                self.config.name
-            ))
+        let versions = table.get(name).ok_or_else(|| FindError::NotLoaded {
+            model: name.to_string(),
+            worker: self.config.name.clone(),
         })?;
         if version.is_empty() {
             return versions
                 .values()
                 .next_back()
                 .cloned()
-                .ok_or_else(|| Status::not_found(format!("model '{name}' has no loaded version")));
+                .ok_or_else(|| FindError::NoVersion(name.to_string()));
         }
         version
             .parse::<u64>()
             .ok()
             .and_then(|v| versions.get(&v))
             .cloned()
-            .ok_or_else(|| {
-                let have: Vec<String> = versions.keys().map(u64::to_string).collect();
-                Status::not_found(format!(
-                    "model '{name}' has no version '{version}' (loaded versions: {})",
-                    have.join(", ")
-                ))
+            .ok_or_else(|| FindError::UnknownVersion {
+                model: name.to_string(),
+                version: version.to_string(),
+                loaded: versions.keys().map(u64::to_string).collect(),
             })
     }
 
@@ -207,7 +221,7 @@ impl Worker {
         }
     }
 
-    /// Energy per GPU in joules since the driver loaded, where `nvidia-smi` reports it.
+    /// Energy per GPU in joules since the driver loaded, where NVML reports it.
     pub fn gpu_energy(&self) -> Vec<(u32, f64)> {
         if self.gpus.lock().map(|g| g.is_empty()).unwrap_or(true) {
             return Vec::new();
@@ -215,7 +229,7 @@ impl Worker {
         hardware::gpu_energy_joules()
     }
 
-    /// Refreshes the GPU reading (nvidia-smi is slow, so not on every report).
+    /// Refreshes the GPU reading (every few reports, see `agent::GPU_REFRESH_EVERY`).
     pub fn refresh_gpus(&self) {
         let gpus = hardware::gpus();
         if let Ok(mut g) = self.gpus.lock() {
@@ -270,7 +284,7 @@ impl Worker {
             on_demand: self.config.load == LoadMode::OnDemand,
             draining: self.draining.load(Ordering::SeqCst),
             sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
         }
     }
 }

@@ -5,9 +5,93 @@
 use std::collections::HashSet;
 
 use localml_proto::inference::ModelInferRequest;
-use localml_proto::tensor::{DataType, TensorData};
+use localml_proto::tensor::{DataType, TensorData, TensorError};
 
 use crate::model::{NamedTensor, TensorSpec};
+
+/// Why a request does not fit its model. Every variant becomes INVALID_ARGUMENT; the
+/// texts are what clients see, so they name the tensor, what was expected and what came.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValidateError {
+    /// Raw contents must cover every input or none (the protocol's rule).
+    #[error("raw_input_contents has {raw} entries but the request has {inputs} inputs; send raw data for every input or for none")]
+    RawCount { raw: usize, inputs: usize },
+    /// An input the model does not have.
+    #[error("unexpected input '{input}': model '{model}' has inputs: {expected}")]
+    UnexpectedInput {
+        input: String,
+        model: String,
+        /// The model's input names, comma separated.
+        expected: String,
+    },
+    /// The same input twice.
+    #[error("input '{0}' appears more than once")]
+    DuplicateInput(String),
+    /// A datatype name the protocol does not define.
+    #[error("input '{input}': unknown datatype '{datatype}' (expected {expected})")]
+    UnknownDatatype {
+        input: String,
+        datatype: String,
+        expected: DataType,
+    },
+    /// A datatype other than the model's.
+    #[error("input '{input}': expected datatype {expected}, got {got}")]
+    WrongDatatype {
+        input: String,
+        expected: DataType,
+        got: DataType,
+    },
+    /// A shape with a different number of dimensions than the model's.
+    #[error("input '{input}': expected rank {} (shape {expected:?}), got rank {} (shape {got:?})", .expected.len(), .got.len())]
+    Rank {
+        input: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+    /// A negative dimension, or one that differs from a fixed dimension of the model.
+    #[error("input '{input}': dimension {index} is {got_dim} but the model expects {} (model shape {expected:?}, request shape {got:?})", expected_size(*.want))]
+    Dimension {
+        input: String,
+        index: usize,
+        got_dim: i64,
+        /// The model's size for this dimension; negative: dynamic.
+        want: i64,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+    /// A batch larger than the model's `max_batch_size`.
+    #[error("input '{input}': batch size {batch} exceeds the model's max_batch_size {max}")]
+    BatchTooLarge { input: String, batch: i64, max: u32 },
+    /// Neither typed nor raw contents.
+    #[error("input '{0}' has no data: fill `contents` or `raw_input_contents`")]
+    NoData(String),
+    /// The contents do not match the shape and datatype.
+    #[error("input '{input}': {source}")]
+    Contents { input: String, source: TensorError },
+    /// A BYTES element that ONNX Runtime could not take as a string.
+    #[error("input '{input}': BYTES element {element} is not valid UTF-8 (ONNX string tensors hold UTF-8 text)")]
+    InvalidUtf8 { input: String, element: usize },
+    /// Inputs of the model the request leaves out.
+    #[error("model '{model}' needs input(s) {} that the request does not have", .missing.join(", "))]
+    MissingInputs { model: String, missing: Vec<String> },
+    /// An output the model does not have.
+    #[error("unknown requested output '{output}': model '{model}' has outputs: {expected}")]
+    UnknownOutput {
+        output: String,
+        model: String,
+        /// The model's output names, comma separated.
+        expected: String,
+    },
+}
+
+/// How [`ValidateError::Dimension`] states the model's size.
+fn expected_size(want: i64) -> String {
+    if want < 0 {
+        "a non-negative size".to_string()
+    } else {
+        want.to_string()
+    }
+}
 
 /// What a request is checked against.
 pub struct Signature<'a> {
@@ -33,35 +117,34 @@ fn names(specs: &[TensorSpec]) -> String {
 }
 
 /// Checks the shape of one input against its spec.
-fn check_shape(sig: &Signature<'_>, spec: &TensorSpec, shape: &[i64]) -> Result<(), String> {
+fn check_shape(sig: &Signature<'_>, spec: &TensorSpec, shape: &[i64]) -> Result<(), ValidateError> {
     if shape.len() != spec.shape.len() {
-        return Err(format!(
-            "input '{}': expected rank {} (shape {:?}), got rank {} (shape {:?})",
-            spec.name,
-            spec.shape.len(),
-            spec.shape,
-            shape.len(),
-            shape
-        ));
+        return Err(ValidateError::Rank {
+            input: spec.name.clone(),
+            expected: spec.shape.clone(),
+            got: shape.to_vec(),
+        });
     }
     for (i, (&want, &got)) in spec.shape.iter().zip(shape).enumerate() {
         if got < 0 || (want >= 0 && want != got) {
-            return Err(format!(
-                "input '{}': dimension {i} is {got} but the model expects {} (model shape {:?}, request shape {:?})",
-                spec.name,
-                if want < 0 { "a non-negative size".to_string() } else { want.to_string() },
-                spec.shape,
-                shape
-            ));
+            return Err(ValidateError::Dimension {
+                input: spec.name.clone(),
+                index: i,
+                got_dim: got,
+                want,
+                expected: spec.shape.clone(),
+                got: shape.to_vec(),
+            });
         }
     }
     if sig.max_batch_size > 0 {
         if let Some(&batch) = shape.first() {
             if batch > i64::from(sig.max_batch_size) {
-                return Err(format!(
-                    "input '{}': batch size {batch} exceeds the model's max_batch_size {}",
-                    spec.name, sig.max_batch_size
-                ));
+                return Err(ValidateError::BatchTooLarge {
+                    input: spec.name.clone(),
+                    batch,
+                    max: sig.max_batch_size,
+                });
             }
         }
     }
@@ -69,41 +152,43 @@ fn check_shape(sig: &Signature<'_>, spec: &TensorSpec, shape: &[i64]) -> Result<
 }
 
 /// Validates and decodes `request` for the model described by `sig`.
-pub fn decode_request(sig: &Signature<'_>, request: &ModelInferRequest) -> Result<Decoded, String> {
+pub fn decode_request(
+    sig: &Signature<'_>,
+    request: &ModelInferRequest,
+) -> Result<Decoded, ValidateError> {
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
-        return Err(format!(
-            "raw_input_contents has {} entries but the request has {} inputs; send raw data for every input or for none",
-            raw.len(),
-            request.inputs.len()
-        ));
+        return Err(ValidateError::RawCount {
+            raw: raw.len(),
+            inputs: request.inputs.len(),
+        });
     }
     let mut seen = HashSet::new();
     let mut decoded: Vec<Option<NamedTensor>> = vec![None; sig.inputs.len()];
     for (i, input) in request.inputs.iter().enumerate() {
         let Some(pos) = sig.inputs.iter().position(|s| s.name == input.name) else {
-            return Err(format!(
-                "unexpected input '{}': model '{}' has inputs: {}",
-                input.name,
-                sig.model,
-                names(sig.inputs)
-            ));
+            return Err(ValidateError::UnexpectedInput {
+                input: input.name.clone(),
+                model: sig.model.to_string(),
+                expected: names(sig.inputs),
+            });
         };
         if !seen.insert(input.name.as_str()) {
-            return Err(format!("input '{}' appears more than once", input.name));
+            return Err(ValidateError::DuplicateInput(input.name.clone()));
         }
         let spec = &sig.inputs[pos];
-        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-            format!(
-                "input '{}': unknown datatype '{}' (expected {})",
-                input.name, input.datatype, spec.datatype
-            )
-        })?;
+        let datatype =
+            DataType::parse(&input.datatype).ok_or_else(|| ValidateError::UnknownDatatype {
+                input: input.name.clone(),
+                datatype: input.datatype.clone(),
+                expected: spec.datatype,
+            })?;
         if datatype != spec.datatype {
-            return Err(format!(
-                "input '{}': expected datatype {}, got {}",
-                input.name, spec.datatype, datatype
-            ));
+            return Err(ValidateError::WrongDatatype {
+                input: input.name.clone(),
+                expected: spec.datatype,
+                got: datatype,
+            });
         }
         check_shape(sig, spec, &input.shape)?;
         let data = if let Some(bytes) = raw.get(i) {
@@ -111,21 +196,21 @@ pub fn decode_request(sig: &Signature<'_>, request: &ModelInferRequest) -> Resul
         } else if let Some(contents) = &input.contents {
             TensorData::from_contents(datatype, &input.shape, contents)
         } else {
-            return Err(format!(
-                "input '{}' has no data: fill `contents` or `raw_input_contents`",
-                input.name
-            ));
+            return Err(ValidateError::NoData(input.name.clone()));
         }
-        .map_err(|e| format!("input '{}': {e}", input.name))?;
+        .map_err(|source| ValidateError::Contents {
+            input: input.name.clone(),
+            source,
+        })?;
         if let TensorData::Bytes(elements) = &data {
             if let Some(bad) = elements
                 .iter()
                 .position(|e| std::str::from_utf8(e).is_err())
             {
-                return Err(format!(
-                    "input '{}': BYTES element {bad} is not valid UTF-8 (ONNX string tensors hold UTF-8 text)",
-                    input.name
-                ));
+                return Err(ValidateError::InvalidUtf8 {
+                    input: input.name.clone(),
+                    element: bad,
+                });
             }
         }
         decoded[pos] = Some(NamedTensor {
@@ -134,29 +219,27 @@ pub fn decode_request(sig: &Signature<'_>, request: &ModelInferRequest) -> Resul
             data,
         });
     }
-    let missing: Vec<&str> = sig
+    let missing: Vec<String> = sig
         .inputs
         .iter()
         .zip(&decoded)
         .filter(|(_, d)| d.is_none())
-        .map(|(s, _)| s.name.as_str())
+        .map(|(s, _)| s.name.clone())
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "model '{}' needs input(s) {} that the request does not have",
-            sig.model,
-            missing.join(", ")
-        ));
+        return Err(ValidateError::MissingInputs {
+            model: sig.model.to_string(),
+            missing,
+        });
     }
     let mut requested_outputs = Vec::new();
     for output in &request.outputs {
         if !sig.outputs.iter().any(|s| s.name == output.name) {
-            return Err(format!(
-                "unknown requested output '{}': model '{}' has outputs: {}",
-                output.name,
-                sig.model,
-                names(sig.outputs)
-            ));
+            return Err(ValidateError::UnknownOutput {
+                output: output.name.clone(),
+                model: sig.model.to_string(),
+                expected: names(sig.outputs),
+            });
         }
         requested_outputs.push(output.name.clone());
     }
@@ -339,7 +422,10 @@ mod tests {
             let result = decode_request(&sig, &request);
             match (expected, result) {
                 (Ok(()), Ok(d)) => assert_eq!(d.inputs.len(), 2, "{name}"),
-                (Err(want), Err(got)) => assert!(got.contains(want), "{name}: {got}"),
+                (Err(want), Err(got)) => {
+                    let got = got.to_string();
+                    assert!(got.contains(want), "{name}: {got}");
+                }
                 (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
             }
         }
