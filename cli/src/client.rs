@@ -9,8 +9,45 @@ use localml_proto::inference::{
     infer_parameter::ParameterChoice, ModelInferRequest, ModelInferResponse,
 };
 use localml_proto::localml::v1::admin_client::AdminClient;
-use localml_proto::tensor::{DataType, TensorData};
+use localml_proto::tensor::{DataType, TensorData, TensorError};
 use tonic::transport::{Channel, Endpoint};
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address is neither `host:port` nor a URL tonic accepts.
+    #[error("invalid server address '{address}'")]
+    InvalidAddress {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// Nothing accepted a connection at the address within the timeout.
+    #[error("cannot connect to {address}")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Why a response's outputs could not be decoded ([`outputs`], [`print_outputs`]).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum OutputError {
+    /// The output's datatype is not one of the Open Inference Protocol's.
+    #[error("output '{name}' has unknown datatype {datatype}")]
+    UnknownDatatype { name: String, datatype: String },
+    /// The output has neither raw contents nor typed contents.
+    #[error("output '{name}' has no data")]
+    NoData { name: String },
+    /// The output's data does not match its shape and datatype.
+    #[error("output '{name}'")]
+    Data {
+        name: String,
+        #[source]
+        source: TensorError,
+    },
+}
 
 /// A named tensor on the client side.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,20 +61,25 @@ pub struct Tensor {
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Connects to `address` (`host:port` or a URL), failing after `timeout`.
-pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, String> {
+pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, ConnectError> {
     let uri = if address.contains("://") {
         address.to_string()
     } else {
         format!("http://{address}")
     };
-    let endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|e| format!("invalid server address '{address}': {e}"))?;
+    let endpoint = Endpoint::from_shared(uri).map_err(|source| ConnectError::InvalidAddress {
+        address: address.to_string(),
+        source,
+    })?;
     endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))
+        .map_err(|source| ConnectError::Unreachable {
+            address: address.to_string(),
+            source,
+        })
 }
 
 pub fn inference_client(channel: Channel) -> GrpcInferenceServiceClient<Channel> {
@@ -70,21 +112,30 @@ pub fn request(model: &str, version: &str, inputs: &[Tensor]) -> ModelInferReque
 }
 
 /// Decodes a response's outputs, raw or typed.
-pub fn outputs(response: &ModelInferResponse) -> Result<Vec<Tensor>, String> {
+pub fn outputs(response: &ModelInferResponse) -> Result<Vec<Tensor>, OutputError> {
     response
         .outputs
         .iter()
         .enumerate()
         .map(|(i, o)| {
-            let datatype = DataType::parse(&o.datatype).ok_or_else(|| {
-                format!("output '{}' has unknown datatype {}", o.name, o.datatype)
-            })?;
+            let datatype =
+                DataType::parse(&o.datatype).ok_or_else(|| OutputError::UnknownDatatype {
+                    name: o.name.clone(),
+                    datatype: o.datatype.clone(),
+                })?;
             let data = match (response.raw_output_contents.get(i), &o.contents) {
                 (Some(raw), _) => TensorData::from_raw(datatype, &o.shape, raw),
                 (None, Some(contents)) => TensorData::from_contents(datatype, &o.shape, contents),
-                (None, None) => return Err(format!("output '{}' has no data", o.name)),
+                (None, None) => {
+                    return Err(OutputError::NoData {
+                        name: o.name.clone(),
+                    })
+                }
             }
-            .map_err(|e| format!("output '{}': {e}", o.name))?;
+            .map_err(|source| OutputError::Data {
+                name: o.name.clone(),
+                source,
+            })?;
             Ok(Tensor {
                 name: o.name.clone(),
                 shape: o.shape.clone(),
@@ -108,7 +159,7 @@ pub fn served_by(response: &ModelInferResponse) -> Option<String> {
 }
 
 /// Prints a response's outputs, `show` values each.
-pub fn print_outputs(response: &ModelInferResponse, show: usize) -> Result<(), String> {
+pub fn print_outputs(response: &ModelInferResponse, show: usize) -> Result<(), OutputError> {
     for out in outputs(response)? {
         println!(
             "  {} {} {:?} = {}",

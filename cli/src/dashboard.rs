@@ -1,12 +1,24 @@
 //! `kubectl localml top`: a live full-screen view of the cluster. Each frame comes from
-//! two readings (ListWorkers, ListModels) a second apart: rates and latency percentiles
+//! two readings (ListWorkers, ListModels) an interval apart: rates and latency percentiles
 //! are over that interval, not since start.
+//!
+//! [`View::from_readings`] computes a frame's numbers without any I/O (here); [`draw`]
+//! lays them out with ratatui widgets and [`run`] owns the terminal (alternate screen, raw
+//! mode) and hands it back on every way out (in `screen`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use localml_proto::localml::v1::{ModelInfo, PowerSource, WorkerInfo, WorkerState};
+use localml_proto::localml::v1::admin_client::AdminClient;
+use localml_proto::localml::v1::{
+    ListModelsRequest, ListWorkersRequest, ModelInfo, PowerSource, WorkerInfo, WorkerState,
+};
 use localml_serving::metrics::quantile;
+use tonic::transport::Channel;
+
+mod screen;
+
+pub use screen::{bar, draw, run, DashboardError};
 
 /// One reading of the cluster.
 #[derive(Clone, Default)]
@@ -15,14 +27,83 @@ pub struct Reading {
     pub models: Vec<ModelInfo>,
 }
 
-/// A horizontal bar: `[#####.....]`, `fraction` of `width` filled.
-pub fn bar(fraction: f64, width: usize) -> String {
-    let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
-    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+/// Takes one reading: the workers, then the models.
+pub async fn read(admin: &mut AdminClient<Channel>) -> Result<Reading, tonic::Status> {
+    Ok(Reading {
+        workers: admin
+            .list_workers(ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers,
+        models: admin
+            .list_models(ListModelsRequest {})
+            .await?
+            .into_inner()
+            .models,
+    })
 }
 
-fn gib(bytes: u64) -> String {
-    format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64)
+/// Memory in use out of a total, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub used: u64,
+    pub total: u64,
+}
+
+impl Usage {
+    /// `None` when nothing is known (a total of 0).
+    fn of(total: u64, free: u64) -> Option<Usage> {
+        (total > 0).then(|| Usage {
+            used: total.saturating_sub(free),
+            total,
+        })
+    }
+
+    pub fn fraction(&self) -> f64 {
+        self.used as f64 / self.total as f64
+    }
+}
+
+/// A worker's line of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerLine {
+    pub name: String,
+    pub state: &'static str,
+    pub ram: Option<Usage>,
+    /// Summed over the worker's GPUs; `None` without a GPU.
+    pub gpu: Option<Usage>,
+    pub power: String,
+    pub queue: u32,
+    pub in_flight: u32,
+    /// Inferences per second over the interval.
+    pub rate: f64,
+}
+
+/// A model version's line of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelLine {
+    pub name: String,
+    pub version: String,
+    /// Requests (succeeded and failed) per second over the interval.
+    pub rate: f64,
+    /// Latency percentiles over the interval, in seconds; `None` without requests.
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    /// Failed requests over the interval.
+    pub errors: u64,
+    pub workers: Vec<String>,
+}
+
+/// The numbers of one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    /// What is being watched (the scheduler's address).
+    pub title: String,
+    pub ready: usize,
+    pub workers_total: usize,
+    pub workers: Vec<WorkerLine>,
+    pub models: Vec<ModelLine>,
 }
 
 fn power(w: &WorkerInfo) -> String {
@@ -60,118 +141,96 @@ fn worker_inferences(w: &WorkerInfo) -> u64 {
         .unwrap_or(0)
 }
 
-fn ms(seconds: Option<f64>) -> String {
-    match seconds {
-        Some(s) => format!("{:.1}", s * 1e3),
-        None => "-".into(),
-    }
-}
-
-/// Renders a frame from the previous and the current reading, `elapsed` apart.
-pub fn render(previous: &Reading, current: &Reading, elapsed: Duration, title: &str) -> String {
-    let dt = elapsed.as_secs_f64().max(1e-3);
-    let mut out = Vec::new();
-    let ready = current
-        .workers
-        .iter()
-        .filter(|w| w.state == WorkerState::Ready as i32)
-        .count();
-    out.push(format!(
-        "localml top - {title} - {ready}/{} workers ready, {} model versions   (Ctrl-C quits)",
-        current.workers.len(),
-        current.models.len()
-    ));
-    out.push(String::new());
-    out.push(format!(
-        "{:<18} {:<9} {:<24} {:<24} {:<13} {:>5} {:>8} {:>7}",
-        "WORKER", "STATE", "RAM used", "GPU memory used", "POWER", "QUEUE", "INFLIGHT", "REQ/S"
-    ));
-    let before: HashMap<&str, u64> = previous
-        .workers
-        .iter()
-        .filter_map(|w| {
-            w.status
-                .as_ref()
-                .map(|s| (s.name.as_str(), worker_inferences(w)))
-        })
-        .collect();
-    for w in &current.workers {
-        let Some(s) = &w.status else { continue };
-        let ram = if s.ram_total_bytes > 0 {
-            let used = s.ram_total_bytes.saturating_sub(s.ram_free_bytes);
-            format!(
-                "{} {}",
-                bar(used as f64 / s.ram_total_bytes as f64, 10),
-                gib(used)
-            )
-        } else {
-            "-".into()
-        };
-        let (gpu_total, gpu_free) = s.gpus.iter().fold((0u64, 0u64), |(t, f), g| {
-            (t + g.memory_total_bytes, f + g.memory_free_bytes)
-        });
-        let gpu = if gpu_total > 0 {
-            let used = gpu_total.saturating_sub(gpu_free);
-            format!("{} {}", bar(used as f64 / gpu_total as f64, 10), gib(used))
-        } else {
-            "no GPU".into()
-        };
-        let queue: u32 = s.models.iter().map(|m| m.queue_depth).sum();
-        let rate = before
-            .get(s.name.as_str())
-            .map(|b| worker_inferences(w).saturating_sub(*b) as f64 / dt)
-            .unwrap_or(0.0);
-        out.push(format!(
-            "{:<18} {:<9} {:<24} {:<24} {:<13} {:>5} {:>8} {:>7.1}",
-            s.name,
-            state(w),
-            ram,
-            gpu,
-            power(w),
-            queue,
-            w.dispatched_in_flight,
-            rate
-        ));
-    }
-    out.push(String::new());
-    out.push(format!(
-        "{:<22} {:<8} {:>8} {:>9} {:>9} {:>9} {:>7}  {}",
-        "MODEL", "VERSION", "REQ/S", "p50 ms", "p90 ms", "p99 ms", "ERRORS", "WORKERS"
-    ));
-    for m in &current.models {
-        let prev = previous
+impl View {
+    /// The frame for the previous and the current reading, `elapsed` apart.
+    pub fn from_readings(
+        previous: &Reading,
+        current: &Reading,
+        elapsed: Duration,
+        title: &str,
+    ) -> View {
+        let dt = elapsed.as_secs_f64().max(1e-3);
+        let before: HashMap<&str, u64> = previous
+            .workers
+            .iter()
+            .filter_map(|w| {
+                w.status
+                    .as_ref()
+                    .map(|s| (s.name.as_str(), worker_inferences(w)))
+            })
+            .collect();
+        let workers = current
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let s = w.status.as_ref()?;
+                let (gpu_total, gpu_free) = s.gpus.iter().fold((0u64, 0u64), |(t, f), g| {
+                    (t + g.memory_total_bytes, f + g.memory_free_bytes)
+                });
+                Some(WorkerLine {
+                    name: s.name.clone(),
+                    state: state(w),
+                    ram: Usage::of(s.ram_total_bytes, s.ram_free_bytes),
+                    gpu: Usage::of(gpu_total, gpu_free),
+                    power: power(w),
+                    queue: s.models.iter().map(|m| m.queue_depth).sum(),
+                    in_flight: w.dispatched_in_flight,
+                    rate: before
+                        .get(s.name.as_str())
+                        .map(|b| worker_inferences(w).saturating_sub(*b) as f64 / dt)
+                        .unwrap_or(0.0),
+                })
+            })
+            .collect();
+        let models = current
             .models
             .iter()
-            .find(|p| p.name == m.name && p.version == m.version);
-        let delta: Vec<u64> = match prev {
-            Some(p) if p.latency_cumulative.len() == m.latency_cumulative.len() => m
-                .latency_cumulative
+            .map(|m| {
+                let prev = previous
+                    .models
+                    .iter()
+                    .find(|p| p.name == m.name && p.version == m.version);
+                let delta: Vec<u64> = match prev {
+                    Some(p) if p.latency_cumulative.len() == m.latency_cumulative.len() => m
+                        .latency_cumulative
+                        .iter()
+                        .zip(&p.latency_cumulative)
+                        .map(|(c, b)| c.saturating_sub(*b))
+                        .collect(),
+                    _ => m.latency_cumulative.clone(),
+                };
+                let ok =
+                    m.requests_ok - prev.map(|p| p.requests_ok).unwrap_or(0).min(m.requests_ok);
+                let failed = m.requests_failed
+                    - prev
+                        .map(|p| p.requests_failed)
+                        .unwrap_or(0)
+                        .min(m.requests_failed);
+                let q = |x| quantile(&m.latency_bounds_seconds, &delta, x);
+                ModelLine {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    rate: (ok + failed) as f64 / dt,
+                    p50: q(0.5),
+                    p90: q(0.9),
+                    p99: q(0.99),
+                    errors: failed,
+                    workers: m.ready_workers.clone(),
+                }
+            })
+            .collect();
+        View {
+            title: title.to_string(),
+            ready: current
+                .workers
                 .iter()
-                .zip(&p.latency_cumulative)
-                .map(|(c, b)| c.saturating_sub(*b))
-                .collect(),
-            _ => m.latency_cumulative.clone(),
-        };
-        let ok = m.requests_ok - prev.map(|p| p.requests_ok).unwrap_or(0).min(m.requests_ok);
-        let failed = m.requests_failed
-            - prev
-                .map(|p| p.requests_failed)
-                .unwrap_or(0)
-                .min(m.requests_failed);
-        let q = |x| quantile(&m.latency_bounds_seconds, &delta, x);
-        out.push(format!(
-            "{:<22} {:<8} {:>8.1} {:>9} {:>9} {:>9} {:>7}  {}",
-            m.name,
-            m.version,
-            (ok + failed) as f64 / dt,
-            ms(q(0.5)),
-            ms(q(0.9)),
-            ms(q(0.99)),
-            failed,
-            m.ready_workers.join(",")
-        ));
+                .filter(|w| w.state == WorkerState::Ready as i32)
+                .count(),
+            workers_total: current.workers.len(),
+            workers,
+            models,
+        }
     }
-    out.join("\n")
 }
 
 #[cfg(test)]
@@ -179,7 +238,7 @@ mod tests {
     use super::*;
     use localml_proto::localml::v1::{Gpu, LoadedModel, PowerStatus, WorkerStatus};
 
-    fn worker(name: &str, inferences: u64) -> WorkerInfo {
+    pub(super) fn worker(name: &str, inferences: u64) -> WorkerInfo {
         WorkerInfo {
             state: WorkerState::Ready as i32,
             dispatched_in_flight: 2,
@@ -222,48 +281,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bars_fill_by_fraction() {
-        assert_eq!(bar(0.0, 4), "[....]");
-        assert_eq!(bar(0.5, 4), "[##..]");
-        assert_eq!(bar(2.0, 4), "[####]");
+    /// 50 more requests in 2 s, all between 1 and 10 ms.
+    pub(super) fn two_readings() -> (Reading, Reading) {
+        (
+            Reading {
+                workers: vec![worker("pc1", 100)],
+                models: vec![model(100, vec![100, 100, 100, 100])],
+            },
+            Reading {
+                workers: vec![worker("pc1", 150)],
+                models: vec![model(150, vec![100, 150, 150, 150])],
+            },
+        )
     }
 
     #[test]
-    fn a_frame_shows_bars_power_rates_and_recent_percentiles() {
-        let previous = Reading {
-            workers: vec![worker("pc1", 100)],
-            models: vec![model(100, vec![100, 100, 100, 100])],
-        };
-        // 50 more requests in 2 s, all between 1 and 10 ms.
-        let current = Reading {
-            workers: vec![worker("pc1", 150)],
-            models: vec![model(150, vec![100, 150, 150, 150])],
-        };
-        let frame = render(&previous, &current, Duration::from_secs(2), "test");
-        assert!(frame.contains("1/1 workers ready"), "{frame}");
-        let row = frame
-            .lines()
-            .find(|l| l.starts_with("pc1"))
-            .expect("worker row");
-        assert!(
-            row.contains("[########..] 6.0G"),
-            "RAM 6 of 8 GiB used: {row}"
+    fn a_view_holds_usage_power_rates_and_recent_percentiles() {
+        let (previous, current) = two_readings();
+        let view = View::from_readings(&previous, &current, Duration::from_secs(2), "test");
+        assert_eq!((view.ready, view.workers_total), (1, 1));
+        let w = &view.workers[0];
+        assert_eq!(
+            w.ram,
+            Some(Usage {
+                used: 6 << 30,
+                total: 8 << 30
+            })
         );
-        assert!(
-            row.contains("[###.......] 4.0G"),
-            "GPU 4 of 16 GiB used: {row}"
+        assert_eq!(
+            w.gpu,
+            Some(Usage {
+                used: 4 << 30,
+                total: 16 << 30
+            })
         );
-        assert!(row.contains("battery 64%"), "{row}");
-        assert!(
-            row.trim_end().ends_with("25.0"),
-            "50 requests in 2 s: {row}"
-        );
-        let m = frame
-            .lines()
-            .find(|l| l.starts_with("m "))
-            .expect("model row");
+        assert_eq!(w.power, "battery 64%");
+        assert_eq!((w.queue, w.in_flight), (3, 2));
+        assert_eq!(w.rate, 25.0, "50 inferences in 2 s");
+        let m = &view.models[0];
+        assert_eq!(m.rate, 25.0, "50 requests in 2 s");
         // Recent requests are all in (1, 10] ms: p50 5.5 ms by interpolation.
-        assert!(m.contains("25.0") && m.contains("5.5"), "{m}");
+        let p50 = m.p50.expect("p50");
+        assert!((p50 - 0.0055).abs() < 1e-9, "{p50}");
+        assert_eq!(m.errors, 0);
     }
 }

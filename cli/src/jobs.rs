@@ -2,10 +2,11 @@
 //! list durable async jobs.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::localml::v1::jobs_client::JobsClient;
 use localml_proto::localml::v1::*;
@@ -14,9 +15,7 @@ use tonic::transport::Channel;
 use crate::client;
 
 pub async fn connect(server: &str) -> anyhow::Result<JobsClient<Channel>> {
-    let channel = client::connect(server, Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let channel = client::connect(server, Duration::from_secs(5)).await?;
     Ok(JobsClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
@@ -166,7 +165,7 @@ pub async fn get(server: &str, id: String, show: usize) -> anyhow::Result<()> {
         println!("  {}", job.message);
     }
     if let Some(result) = &job.result {
-        client::print_outputs(result, show).map_err(anyhow::Error::msg)?;
+        client::print_outputs(result, show)?;
     }
     Ok(())
 }
@@ -291,25 +290,98 @@ impl Progress {
         self.succeeded + self.failed + self.cancelled
     }
 
-    /// `[#########.........]  312/500 ended  (succeeded 310, failed 2, cancelled 0) running 8, pending 180`
-    pub fn line(&self, total: usize) -> String {
-        const WIDTH: usize = 30;
-        let filled = (self.done() * WIDTH)
-            .checked_div(total)
-            .unwrap_or(WIDTH)
-            .min(WIDTH);
+    /// What follows the count of ended jobs:
+    /// `(succeeded 310, failed 2, cancelled 0); running 8, pending 180`.
+    pub fn counts(&self) -> String {
         format!(
-            "[{}{}] {}/{} ended (succeeded {}, failed {}, cancelled {}); running {}, pending {}",
+            "(succeeded {}, failed {}, cancelled {}); running {}, pending {}",
+            self.succeeded, self.failed, self.cancelled, self.running, self.pending
+        )
+    }
+
+    /// `[#########.........] 312/500 ended (succeeded 310, failed 2, cancelled 0); running 8, pending 180`:
+    /// the plain form of the progress bar, for logs, pipes and the final summary.
+    pub fn line(&self, total: usize) -> String {
+        let filled = (self.done() * BAR_WIDTH)
+            .checked_div(total)
+            .unwrap_or(BAR_WIDTH)
+            .min(BAR_WIDTH);
+        format!(
+            "[{}{}] {}/{} ended {}",
             "#".repeat(filled),
-            ".".repeat(WIDTH - filled),
+            ".".repeat(BAR_WIDTH - filled),
             self.done(),
             total,
-            self.succeeded,
-            self.failed,
-            self.cancelled,
-            self.running,
-            self.pending
+            self.counts()
         )
+    }
+}
+
+/// Cells the progress bar fills, in both of its forms.
+const BAR_WIDTH: usize = 30;
+
+/// Where the progress over many jobs goes: an indicatif bar redrawn in place on a
+/// terminal; otherwise a plain [`Progress::line`] when it changed, at most one a second,
+/// so logs stay short and scripts (and the integration tests) can read them.
+enum ProgressOutput {
+    Bar(ProgressBar),
+    Lines { last: String, at: Option<Instant> },
+}
+
+/// Least time between two plain progress lines.
+const LINE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ProgressOutput {
+    fn new(terminal: bool) -> ProgressOutput {
+        if !terminal {
+            return ProgressOutput::Lines {
+                last: String::new(),
+                at: None,
+            };
+        }
+        // The same shape as `Progress::line`. The template is fixed, so it only fails to
+        // parse if someone breaks it here; the default bar is still a bar.
+        let style = ProgressStyle::with_template(&format!(
+            "[{{bar:{BAR_WIDTH}}}] {{pos}}/{{len}} ended {{msg}}"
+        ))
+        .map(|s| s.progress_chars("#."))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        ProgressOutput::Bar(ProgressBar::new(0).with_style(style))
+    }
+
+    /// A job that failed or was cancelled gets a line of its own, above the bar.
+    fn ended_badly(&self, job: &Job) {
+        let line = format!("job {} {}: {}", job.id, state_name(job.state), job.message);
+        match self {
+            ProgressOutput::Bar(bar) => bar.println(line),
+            ProgressOutput::Lines { .. } => eprintln!("{line}"),
+        }
+    }
+
+    fn show(&mut self, progress: &Progress, total: usize) {
+        match self {
+            ProgressOutput::Bar(bar) => {
+                bar.set_length(total as u64);
+                bar.set_position(progress.done() as u64);
+                bar.set_message(progress.counts());
+            }
+            ProgressOutput::Lines { last, at } => {
+                let line = progress.line(total);
+                let due = at.is_none_or(|t| t.elapsed() >= LINE_INTERVAL);
+                if line != *last && due {
+                    eprintln!("{line}");
+                    *last = line;
+                    *at = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Takes the bar off the screen before the summary is printed.
+    fn finish(&self) {
+        if let ProgressOutput::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -323,11 +395,17 @@ pub async fn watch(server: &str, ids: Vec<String>) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let terminal = std::io::stderr().is_terminal();
     let many = ids.len() != 1;
+    let mut output = ProgressOutput::new(std::io::stderr().is_terminal());
     let mut states: HashMap<String, i32> = HashMap::new();
-    let mut last_draw = Instant::now() - Duration::from_secs(1);
-    let mut last_line = String::new();
+    // Watching all jobs, the total is every job heard of so far.
+    let watched = |states: &HashMap<String, i32>| {
+        if ids.is_empty() {
+            states.len()
+        } else {
+            ids.len()
+        }
+    };
     while let Some(job) = stream.message().await.map_err(status_error)? {
         let changed = states.insert(job.id.clone(), job.state) != Some(job.state);
         if !many && changed {
@@ -340,42 +418,15 @@ pub async fn watch(server: &str, ids: Vec<String>) -> anyhow::Result<()> {
             continue;
         }
         if ended(job.state) && job.state != JobState::Succeeded as i32 && changed {
-            eprintln!(
-                "{}job {} {}: {}",
-                if terminal { "\r\x1b[K" } else { "" },
-                job.id,
-                state_name(job.state),
-                job.message
-            );
+            output.ended_badly(&job);
         }
-        let total = if ids.is_empty() {
-            states.len()
-        } else {
-            ids.len()
-        };
-        let line = Progress::of(&states).with_unseen(total).line(total);
-        let due = last_draw.elapsed() >= Duration::from_millis(if terminal { 100 } else { 1000 });
-        if line != last_line && due {
-            if terminal {
-                eprint!("\r\x1b[K{line}");
-                let _ = std::io::stderr().flush();
-            } else {
-                eprintln!("{line}");
-            }
-            last_line = line;
-            last_draw = Instant::now();
-        }
+        let total = watched(&states);
+        output.show(&Progress::of(&states).with_unseen(total), total);
     }
-    let total = if ids.is_empty() {
-        states.len()
-    } else {
-        ids.len()
-    };
+    output.finish();
+    let total = watched(&states);
     let progress = Progress::of(&states).with_unseen(total);
     if many {
-        if terminal {
-            eprint!("\r\x1b[K");
-        }
         println!("{}", progress.line(total));
     }
     if progress.failed + progress.cancelled > 0 {

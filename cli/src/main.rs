@@ -304,9 +304,7 @@ async fn build_request(
 }
 
 async fn infer(args: RequestArgs, server: String, show: usize) -> anyhow::Result<()> {
-    let channel = client::connect(&server, Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let channel = client::connect(&server, Duration::from_secs(5)).await?;
     let mut oip = client::inference_client(channel);
     let request = build_request(&mut oip, &args).await?;
     let started = Instant::now();
@@ -323,16 +321,14 @@ async fn infer(args: RequestArgs, server: String, show: usize) -> anyhow::Result
         client::served_by(&response).unwrap_or_else(|| "?".into()),
         elapsed.as_secs_f64() * 1e3
     );
-    client::print_outputs(&response, show).map_err(anyhow::Error::msg)
+    Ok(client::print_outputs(&response, show)?)
 }
 
 async fn admin(
     server: &str,
 ) -> anyhow::Result<localml_proto::localml::v1::admin_client::AdminClient<tonic::transport::Channel>>
 {
-    let channel = client::connect(server, Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let channel = client::connect(server, Duration::from_secs(5)).await?;
     Ok(client::admin_client(channel))
 }
 
@@ -503,9 +499,7 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
                 tenant,
                 count,
             };
-            let channel = client::connect(server, Duration::from_secs(5))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let channel = client::connect(server, Duration::from_secs(5)).await?;
             let mut oip = client::inference_client(channel);
             let request = build_request(&mut oip, &request).await?;
             let ids = jobs::submit(server, request, options).await?;

@@ -1,4 +1,6 @@
-//! Plain-text tables for operators.
+//! Plain-text tables for operators, drawn by comfy-table.
+
+use comfy_table::{presets, Table};
 
 use localml_proto::localml::v1::{Deployment, ModelInfo, PowerSource, WorkerInfo, WorkerState};
 
@@ -6,25 +8,26 @@ fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0 * 1024.0))
 }
 
+/// Blank columns between cells, as `kubectl get` prints them.
+const COLUMN_GAP: u16 = 2;
+
 /// Renders rows with left-aligned columns separated by two spaces.
+///
+/// comfy-table's `NOTHING` preset draws no borders and no header rule, so every line is a
+/// header or a row that `grep` and `awk` can take apart; its default one-space padding on
+/// both sides is replaced by a gap after each column but the last, so lines start at the
+/// first character of the first cell. `trim_fmt` drops the padding after the last cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_header(header.to_vec())
+        .add_rows(rows.iter().cloned());
+    let last = table.column_count().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { COLUMN_GAP }));
     }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, &w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        padded.join("  ").trim_end().to_string()
-    };
-    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
-    out.extend(rows.iter().map(|r| line(r.clone())));
-    out.join("\n")
+    table.trim_fmt()
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -205,6 +208,19 @@ mod tests {
     fn aligned_columns() {
         let out = render(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(out, "A    BB\nxxx  y");
+    }
+
+    #[test]
+    fn empty_cells_keep_their_column_and_lines_have_no_trailing_blanks() {
+        let out = render(
+            &["ID", "TENANT", "MESSAGE"],
+            &[
+                vec!["a".into(), "".into(), "".into()],
+                vec!["bb".into(), "t".into(), "late".into()],
+            ],
+        );
+        assert_eq!(out, "ID  TENANT  MESSAGE\na\nbb  t       late");
+        assert_eq!(render(&["A", "B"], &[]), "A  B", "header only");
     }
 
     #[test]

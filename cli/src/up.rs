@@ -174,9 +174,7 @@ pub async fn up(
     }
 
     let result = async {
-        let channel = client::connect(&endpoint.to_string(), Duration::from_secs(5))
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let channel = client::connect(&endpoint.to_string(), Duration::from_secs(5)).await?;
         let mut admin = client::admin_client(channel);
         let started = tokio::time::Instant::now();
         let mut last = usize::MAX;

@@ -58,7 +58,7 @@ enum Command {
         limit: usize,
     },
     /// Live dashboard (per worker RAM and GPU bars, power, queue, in-flight, rate; per model
-    /// rate and latency percentiles). Ctrl-C quits.
+    /// rate and latency percentiles). q or Ctrl-C quits.
     Top {
         /// Seconds between frames.
         #[arg(long, default_value_t = 1.0)]
@@ -181,20 +181,7 @@ fn failed(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn reading(admin: &mut AdminClient<Channel>) -> anyhow::Result<dashboard::Reading> {
-    Ok(dashboard::Reading {
-        workers: admin
-            .list_workers(ListWorkersRequest {})
-            .await
-            .map_err(failed)?
-            .into_inner()
-            .workers,
-        models: admin
-            .list_models(ListModelsRequest {})
-            .await
-            .map_err(failed)?
-            .into_inner()
-            .models,
-    })
+    dashboard::read(admin).await.map_err(failed)
 }
 
 async fn set_cordon(
@@ -276,43 +263,6 @@ async fn status(server: &str, admin: &mut AdminClient<Channel>) -> anyhow::Resul
     Ok(())
 }
 
-async fn top(
-    server: &str,
-    admin: &mut AdminClient<Channel>,
-    interval: f64,
-    frames: u32,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let interval = Duration::from_secs_f64(interval.max(0.1));
-    let mut previous = reading(admin).await?;
-    let mut at = Instant::now();
-    // Alternate screen, hidden cursor; restored on the way out.
-    print!("\x1b[?1049h\x1b[?25l");
-    let result = async {
-        let mut drawn = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            }
-            let current = reading(admin).await?;
-            let frame = dashboard::render(&previous, &current, at.elapsed(), server);
-            print!("\x1b[H\x1b[2J{frame}");
-            let _ = std::io::stdout().flush();
-            previous = current;
-            at = Instant::now();
-            drawn += 1;
-            if frames > 0 && drawn >= frames {
-                return anyhow::Ok(());
-            }
-        }
-    }
-    .await;
-    print!("\x1b[?25h\x1b[?1049l");
-    let _ = std::io::stdout().flush();
-    result
-}
-
 async fn drain(admin: &mut AdminClient<Channel>, worker: &str, timeout: u64) -> anyhow::Result<()> {
     set_cordon(admin, worker, true).await?;
     println!("worker {worker} cordoned; waiting for its requests to finish");
@@ -353,9 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             (addr, Some(forward))
         }
     };
-    let channel = client::connect(&server, Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let channel = client::connect(&server, Duration::from_secs(5)).await?;
     let mut admin = client::admin_client(channel);
     match cli.command {
         Command::Status => status(&server, &mut admin).await,
@@ -371,7 +319,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = state.as_deref().map(jobs::parse_state).transpose()?;
             jobs::list(&server, state, String::new(), limit).await
         }
-        Command::Top { interval, frames } => top(&server, &mut admin, interval, frames).await,
+        Command::Top { interval, frames } => {
+            // At most 10 frames a second; an infinite interval is refused, not a panic.
+            let interval = Duration::try_from_secs_f64(interval.max(0.1))
+                .with_context(|| format!("--interval {interval}"))?;
+            Ok(dashboard::run(&mut admin, &server, interval, frames).await?)
+        }
         Command::Cordon { worker } => {
             set_cordon(&mut admin, &worker, true).await?;
             println!("worker {worker} cordoned");
