@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use localml_proto::inference::model_infer_request::InferInputTensor;
-use localml_proto::inference::{
-    infer_parameter::ParameterChoice, ModelInferRequest, ModelInferResponse,
-};
+use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::tensor::{DataType, TensorData, TensorError};
 use tonic::transport::{Channel, Endpoint};
@@ -145,18 +143,7 @@ pub fn outputs(response: &ModelInferResponse) -> Result<Vec<Tensor>, OutputError
         .collect()
 }
 
-/// The worker that served a response (the `localml.worker` parameter).
-pub fn served_by(response: &ModelInferResponse) -> Option<String> {
-    match response
-        .parameters
-        .get("localml.worker")?
-        .parameter_choice
-        .as_ref()?
-    {
-        ParameterChoice::StringParam(s) => Some(s.clone()),
-        _ => None,
-    }
-}
+pub use localml_proto::parameters::served_by;
 
 /// Prints a response's outputs, `show` values each.
 pub fn print_outputs(response: &ModelInferResponse, show: usize) -> Result<(), OutputError> {

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::localml::v1::jobs_client::JobsClient;
 use localml_proto::localml::v1::*;
+use localml_proto::time::unix_ms;
 use tonic::transport::Channel;
 
 use crate::client;
@@ -89,7 +90,7 @@ pub async fn submit(
 ) -> anyhow::Result<Vec<String>> {
     let mut jobs = connect(server).await?;
     let deadline_unix_ms = match options.deadline {
-        Some(d) => now_ms() + d.as_millis() as u64,
+        Some(d) => unix_ms() + d.as_millis() as u64,
         None => 0,
     };
     let mut ids = Vec::new();
@@ -117,18 +118,11 @@ pub async fn submit(
     Ok(ids)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn age(since_ms: u64) -> String {
     if since_ms == 0 {
         return "-".into();
     }
-    let s = now_ms().saturating_sub(since_ms) / 1000;
+    let s = unix_ms().saturating_sub(since_ms) / 1000;
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),

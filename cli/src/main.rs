@@ -208,16 +208,6 @@ enum RuntimeCommand {
     Which,
 }
 
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn read_input(spec: &str, inputs: &[(String, DataType)]) -> anyhow::Result<Tensor> {
     let (name, path) = spec
         .split_once('=')
@@ -525,7 +515,7 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    localml_serving::process::init_tracing();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,7 @@
 use crate::inference::{
     model_metadata_response::TensorMetadata, model_version_policy, DataType as ConfigDataType,
     ModelConfig, ModelConfigResponse, ModelInput, ModelInstanceGroup, ModelMetadataResponse,
-    ModelOutput, ModelVersionPolicy,
+    ModelOutput, ModelVersionPolicy, ServerMetadataResponse,
 };
 use crate::localml::v1::{ModelSignature, TensorSpec};
 use crate::tensor::DataType;
@@ -47,6 +47,16 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
 }
 
 /// ModelMetadata: shapes include the batch dimension (-1) when the model batches.
+/// ServerMetadata for a localml process: its name and version, and the extensions
+/// localml implements.
+pub fn server_metadata(name: &str, version: &str) -> ServerMetadataResponse {
+    ServerMetadataResponse {
+        name: name.to_string(),
+        version: version.to_string(),
+        extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 pub fn model_metadata(
     name: &str,
     versions: Vec<String>,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use tokio::net::TcpListener;
+use localml_serving::process::bind;
 
 use crate::config::SchedulerConfig;
 use crate::{Listeners, SchedulerError};
@@ -56,15 +56,6 @@ impl SchedulerArgs {
     }
 }
 
-async fn bind(address: &str, what: &str) -> Result<TcpListener, SchedulerError> {
-    TcpListener::bind(address).await.map_err(|e| {
-        SchedulerError::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot listen for {what} on {address}: {e}"),
-        ))
-    })
-}
-
 /// Binds both listeners for `config`, returning them with their actual addresses.
 pub async fn bind_listeners(config: &SchedulerConfig) -> Result<Listeners, SchedulerError> {
     let http = match &config.http_listen {
@@ -78,21 +69,7 @@ pub async fn bind_listeners(config: &SchedulerConfig) -> Result<Listeners, Sched
     })
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
+pub use localml_serving::process::shutdown_signal;
 
 /// Binds, prints the addresses, and runs until a shutdown signal.
 pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {

@@ -111,12 +111,16 @@ impl Default for SchedulerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config {0}: {1}")]
     Read(String, std::io::Error),
+    /// The config file is not valid YAML for this config (the message names the key).
     #[error("invalid config {0}: {1}")]
     Parse(String, String),
+    /// A scheduling profile is wrong.
     #[error("invalid config: {0}")]
-    Profiles(String),
+    Profiles(#[from] localml_framework::profile::ProfileError),
+    /// A value out of its range (the field is named).
     #[error("invalid config: {field} {problem}")]
     Invalid {
         field: &'static str,

@@ -70,10 +70,7 @@ impl Stats {
             }
         }
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = localml_proto::time::unix_ms();
         let mut map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(model) {
             map.insert(model.to_string(), HashMap::new());

@@ -118,17 +118,8 @@ pub async fn shutdown_signal(watch_stdin: bool) {
         })
         .await;
     };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = localml_serving::process::shutdown_signal() => {}
         _ = stdin_closed => {}
     }
 }

@@ -55,13 +55,18 @@ pub enum LoadMode {
     OnDemand,
 }
 
+/// A `--load` value that is not a mode.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}': expected all or on-demand")]
+pub struct UnknownLoadMode(String);
+
 impl std::str::FromStr for LoadMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<LoadMode, String> {
+    type Err = UnknownLoadMode;
+    fn from_str(s: &str) -> Result<LoadMode, UnknownLoadMode> {
         match s {
             "all" => Ok(LoadMode::All),
             "on-demand" | "on_demand" => Ok(LoadMode::OnDemand),
-            other => Err(format!("'{other}': expected all or on-demand")),
+            other => Err(UnknownLoadMode(other.to_string())),
         }
     }
 }

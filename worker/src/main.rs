@@ -18,13 +18,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    localml_serving::process::init_tracing();
     match localml_worker::cli::run(cli.args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use localml_proto::inference::*;
 use localml_proto::oip;
 use localml_serving::service::{
-    request_timeout, serve_stream, within_deadline, InferResponseStream, InferenceBackend,
+    infer_within_deadline, serve_stream, InferResponseStream, InferenceBackend,
 };
 use tonic::{Request, Response, Status};
 
@@ -16,8 +16,7 @@ use crate::runtime::CPU_PROVIDER;
 use crate::state::{signature, FindError, Worker};
 use crate::validate::{decode_request, Signature, ValidateError};
 
-/// Response parameter naming the worker that ran a request.
-pub const WORKER_PARAMETER: &str = "localml.worker";
+use localml_proto::parameters::WORKER_PARAMETER;
 
 pub struct WorkerInference {
     pub worker: Arc<Worker>,
@@ -146,10 +145,6 @@ impl Worker {
 impl InferenceBackend for WorkerInference {
     type InferStream = InferResponseStream;
 
-    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
-        Ok(Response::new(ServerLiveResponse { live: true }))
-    }
-
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
         let ready = !self.worker.draining.load(Ordering::SeqCst);
         Ok(Response::new(ServerReadyResponse { ready }))
@@ -166,11 +161,10 @@ impl InferenceBackend for WorkerInference {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Answer<ServerMetadataResponse> {
-        Ok(Response::new(ServerMetadataResponse {
-            name: crate::NAME.into(),
-            version: crate::VERSION.into(),
-            extensions: oip::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        }))
+        Ok(Response::new(oip::server_metadata(
+            crate::NAME,
+            crate::VERSION,
+        )))
     }
 
     async fn model_metadata(
@@ -188,11 +182,8 @@ impl InferenceBackend for WorkerInference {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
-        let timeout = request_timeout(r.metadata());
-        let request = r.into_inner();
-        within_deadline(timeout, "ModelInfer", self.worker.infer(request))
-            .await
-            .map(Response::new)
+        // The worker runs the request now; the deadline only bounds the wait.
+        infer_within_deadline(r, |request, _| self.worker.infer(request)).await
     }
 
     async fn model_stream_infer(

@@ -6,9 +6,11 @@
 //!   (the Triton methods that do not apply answer UNIMPLEMENTED), the client's deadline
 //!   (`grpc-timeout`), accepted connections with TCP_NODELAY, and streaming inference.
 //! - [`http`]: the `--http-listen` endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! - [`process`]: logging setup, named listeners, graceful stop on Ctrl-C/SIGTERM.
 //! - [`metrics`]: latency histograms and the Prometheus text exposition (written by the
 //!   `prometheus` crate's encoder), and gRPC code labels.
 
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod service;

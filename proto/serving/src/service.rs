@@ -16,7 +16,10 @@ pub trait InferenceBackend: Send + Sync + 'static {
         + Send
         + 'static;
 
-    async fn server_live(&self, request: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse>;
+    /// Live as long as the process answers at all.
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
     async fn server_ready(
         &self,
         request: Request<ServerReadyRequest>,
@@ -184,6 +187,23 @@ pub fn request_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::t
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Runs one ModelInfer call within the client's deadline (`grpc-timeout`): `infer` gets
+/// the request and the deadline, to pass on to whatever it calls.
+pub async fn infer_within_deadline<F, Fut>(
+    request: Request<ModelInferRequest>,
+    infer: F,
+) -> Result<Response<ModelInferResponse>, Status>
+where
+    F: FnOnce(ModelInferRequest, Option<tokio::time::Instant>) -> Fut,
+    Fut: std::future::Future<Output = Result<ModelInferResponse, Status>>,
+{
+    let timeout = request_timeout(request.metadata());
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    within_deadline(timeout, "ModelInfer", infer(request.into_inner(), deadline))
+        .await
+        .map(Response::new)
 }
 
 /// Runs `work` within the client's deadline, answering DEADLINE_EXCEEDED when it passes.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::plugins;
+use crate::registry::PluginError;
 use crate::runtime::Profile;
 
 /// The profile used when a request names none.
@@ -106,6 +107,24 @@ pub fn builtin() -> Vec<ProfileConfig> {
     ]
 }
 
+/// What is wrong with the configured profiles; each message names the field, e.g.
+/// `profiles[0].plugins[2].args: ...`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// A negative score weight.
+    #[error("{at}.weight: must be >= 0, got {weight}")]
+    Weight { at: String, weight: i64 },
+    /// A plugin that does not exist (`.name`) or whose arguments are wrong (`.args`).
+    #[error("{at}.{}: {source}", if matches!(.source, PluginError::Unknown { .. }) { "name" } else { "args" })]
+    Plugin { at: String, source: PluginError },
+    /// Two profiles with one name.
+    #[error("profiles[{index}].name: '{name}' is defined twice")]
+    Duplicate { index: usize, name: String },
+    /// No profile named `default`, which requests without `localml.profile` use.
+    #[error("profiles: a profile named '{}' is required", DEFAULT_PROFILE)]
+    NoDefault,
+}
+
 /// Built profiles by name.
 #[derive(Clone)]
 pub struct Profiles {
@@ -114,7 +133,7 @@ pub struct Profiles {
 
 impl Profiles {
     /// Builds `configs`; errors name the field, e.g. `profiles[0].plugins[2].args: ...`.
-    pub fn build(configs: &[ProfileConfig]) -> Result<Profiles, String> {
+    pub fn build(configs: &[ProfileConfig]) -> Result<Profiles, ProfileError> {
         let registry = plugins::registry();
         let mut by_name = BTreeMap::new();
         for (i, config) in configs.iter().enumerate() {
@@ -126,15 +145,14 @@ impl Profiles {
             for (j, p) in config.plugins.iter().enumerate() {
                 let at = format!("profiles[{i}].plugins[{j}]");
                 if p.weight < 0 {
-                    return Err(format!("{at}.weight: must be >= 0, got {}", p.weight));
+                    return Err(ProfileError::Weight {
+                        at,
+                        weight: p.weight,
+                    });
                 }
-                let built = registry.build(&p.name, &p.args).map_err(|e| {
-                    if e.starts_with("unknown plugin") {
-                        format!("{at}.name: {e}")
-                    } else {
-                        format!("{at}.args: {e}")
-                    }
-                })?;
+                let built = registry
+                    .build(&p.name, &p.args)
+                    .map_err(|source| ProfileError::Plugin { at, source })?;
                 profile.pre_filters.extend(built.pre_filter);
                 profile.filters.extend(built.filter);
                 profile.post_filters.extend(built.post_filter);
@@ -147,16 +165,14 @@ impl Profiles {
                 .insert(config.name.clone(), Arc::new(profile))
                 .is_some()
             {
-                return Err(format!(
-                    "profiles[{i}].name: '{}' is defined twice",
-                    config.name
-                ));
+                return Err(ProfileError::Duplicate {
+                    index: i,
+                    name: config.name.clone(),
+                });
             }
         }
         if !by_name.contains_key(DEFAULT_PROFILE) {
-            return Err(format!(
-                "profiles: a profile named '{DEFAULT_PROFILE}' is required"
-            ));
+            return Err(ProfileError::NoDefault);
         }
         Ok(Profiles { by_name })
     }
@@ -216,7 +232,10 @@ mod tests {
             ),
         ];
         for (yaml, expected) in cases {
-            let err = Profiles::build(&parse(yaml)).err().expect("invalid");
+            let err = Profiles::build(&parse(yaml))
+                .err()
+                .expect("invalid")
+                .to_string();
             assert!(err.contains(expected), "{yaml}: {err}");
         }
     }

@@ -46,8 +46,23 @@ impl Built {
     }
 }
 
+/// Why a plugin could not be registered or built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// Two factories under one name (a programming error; the registry refuses it).
+    #[error("plugin '{0}' is registered twice")]
+    Duplicate(&'static str),
+    /// A profile names a plugin no factory provides.
+    #[error("unknown plugin '{name}' (known: {known})")]
+    Unknown { name: String, known: String },
+    /// The plugin's `args` do not parse or hold an impossible value (the message says
+    /// which key and why).
+    #[error("{0}")]
+    Args(String),
+}
+
 /// Builds a plugin from its `args` (YAML; `Null` when none are given).
-pub type Factory = fn(&serde_yaml::Value) -> Result<Built, String>;
+pub type Factory = fn(&serde_yaml::Value) -> Result<Built, PluginError>;
 
 #[derive(Default)]
 pub struct Registry {
@@ -55,24 +70,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn register(&mut self, name: &'static str, factory: Factory) -> Result<(), String> {
+    pub fn register(&mut self, name: &'static str, factory: Factory) -> Result<(), PluginError> {
         if self.factories.insert(name, factory).is_some() {
-            return Err(format!("plugin '{name}' is registered twice"));
+            return Err(PluginError::Duplicate(name));
         }
         Ok(())
     }
 
-    pub fn build(&self, name: &str, args: &serde_yaml::Value) -> Result<Built, String> {
-        let factory = self.factories.get(name).ok_or_else(|| {
-            format!(
-                "unknown plugin '{name}' (known: {})",
-                self.factories
-                    .keys()
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
+    pub fn build(&self, name: &str, args: &serde_yaml::Value) -> Result<Built, PluginError> {
+        let factory = self
+            .factories
+            .get(name)
+            .ok_or_else(|| PluginError::Unknown {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })?;
         factory(args)
     }
 
@@ -85,7 +97,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn nothing(_: &serde_yaml::Value) -> Result<Built, String> {
+    fn nothing(_: &serde_yaml::Value) -> Result<Built, PluginError> {
         Ok(Built::default())
     }
 
@@ -96,11 +108,12 @@ mod tests {
         assert!(r
             .register("A", nothing)
             .expect_err("duplicate")
+            .to_string()
             .contains("twice"));
         assert!(r
             .build("B", &serde_yaml::Value::Null)
             .err()
-            .is_some_and(|e| e.contains("known: A")));
+            .is_some_and(|e| e.to_string().contains("known: A")));
         assert!(r.build("A", &serde_yaml::Value::Null).is_ok());
     }
 }

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use localml_proto::inference::*;
 use localml_proto::oip;
 use localml_serving::service::{
-    request_timeout, serve_stream, within_deadline, InferResponseStream, InferenceBackend,
+    infer_within_deadline, serve_stream, InferResponseStream, InferenceBackend,
 };
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::dispatch::{DispatchError, Dispatcher};
@@ -38,10 +37,6 @@ impl SchedulerInference {
 impl InferenceBackend for SchedulerInference {
     type InferStream = InferResponseStream;
 
-    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
-        Ok(Response::new(ServerLiveResponse { live: true }))
-    }
-
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
         Ok(Response::new(ServerReadyResponse {
             ready: self.dispatcher.workers.any_ready(),
@@ -59,11 +54,10 @@ impl InferenceBackend for SchedulerInference {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Answer<ServerMetadataResponse> {
-        Ok(Response::new(ServerMetadataResponse {
-            name: "localml".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: oip::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        }))
+        Ok(Response::new(oip::server_metadata(
+            "localml",
+            env!("CARGO_PKG_VERSION"),
+        )))
     }
 
     async fn model_metadata(
@@ -81,16 +75,10 @@ impl InferenceBackend for SchedulerInference {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
-        let timeout = request_timeout(r.metadata());
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let request = r.into_inner();
-        within_deadline(
-            timeout,
-            "ModelInfer",
-            self.dispatcher.infer(request, deadline),
-        )
+        infer_within_deadline(r, |request, deadline| {
+            self.dispatcher.infer(request, deadline)
+        })
         .await
-        .map(Response::new)
     }
 
     async fn model_stream_infer(

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 use crate::runtime::Rejection;
 
 pub const NAME: &str = "Capacity";
@@ -62,10 +62,12 @@ impl Filter for Capacity {
     }
 }
 
-pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
     let args: Args = crate::plugins::args(value)?;
     if args.max_outstanding_per_session == 0 {
-        return Err("max_outstanding_per_session must be at least 1".into());
+        return Err(PluginError::Args(
+            "max_outstanding_per_session must be at least 1".into(),
+        ));
     }
     Ok(Built::filter(Capacity { args }))
 }

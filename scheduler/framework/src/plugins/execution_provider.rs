@@ -2,7 +2,7 @@
 //! run the model on a GPU execution provider.
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "ExecutionProvider";
 
@@ -39,7 +39,7 @@ impl Score for ExecutionProvider {
     }
 }
 
-pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(_: &serde_yaml::Value) -> Result<Built, PluginError> {
     Ok(Built::filter_and_score(ExecutionProvider))
 }
 

@@ -2,7 +2,7 @@
 //! every label it names.
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "Labels";
 
@@ -25,7 +25,7 @@ impl Filter for Labels {
     }
 }
 
-pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(_: &serde_yaml::Value) -> Result<Built, PluginError> {
     Ok(Built::filter(Labels))
 }
 

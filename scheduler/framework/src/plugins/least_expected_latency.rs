@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "LeastExpectedLatency";
 
@@ -69,13 +69,13 @@ impl Score for LeastExpectedLatency {
     }
 }
 
-pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
     let args: Args = crate::plugins::args(value)?;
     if args.default_latency_ms.is_nan() || args.default_latency_ms <= 0.0 {
-        return Err(format!(
+        return Err(PluginError::Args(format!(
             "default_latency_ms must be positive, got {}",
             args.default_latency_ms
-        ));
+        )));
     }
     Ok(Built::score(LeastExpectedLatency { args }))
 }

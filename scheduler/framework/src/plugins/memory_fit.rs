@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "MemoryFit";
 
@@ -65,13 +65,13 @@ impl Score for MemoryFit {
     }
 }
 
-pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
     let args: Args = crate::plugins::args(value)?;
     if !(0.0..100.0).contains(&args.headroom_percent) {
-        return Err(format!(
+        return Err(PluginError::Args(format!(
             "headroom_percent must be in [0, 100), got {}",
             args.headroom_percent
-        ));
+        )));
     }
     Ok(Built::filter_and_score(MemoryFit { args }))
 }
@@ -116,7 +116,7 @@ mod tests {
         let err = build(&serde_yaml::from_str("{headroom: 5}").expect("yaml"))
             .err()
             .expect("unknown key");
-        assert!(err.contains("headroom"), "{err}");
+        assert!(err.to_string().contains("headroom"), "{err}");
         assert!(build(&serde_yaml::from_str("{headroom_percent: 150}").expect("yaml")).is_err());
     }
 }

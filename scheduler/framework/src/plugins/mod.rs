@@ -12,7 +12,7 @@ pub mod power_state;
 
 use serde::de::DeserializeOwned;
 
-use crate::registry::Registry;
+use crate::registry::{PluginError, Registry};
 
 /// Every built-in plugin, registered once.
 pub fn registry() -> Registry {
@@ -35,11 +35,11 @@ pub fn registry() -> Registry {
 }
 
 /// Parses a plugin's `args` (absent: defaults), rejecting unknown keys by name.
-pub fn args<T: DeserializeOwned + Default>(value: &serde_yaml::Value) -> Result<T, String> {
+pub fn args<T: DeserializeOwned + Default>(value: &serde_yaml::Value) -> Result<T, PluginError> {
     if value.is_null() {
         return Ok(T::default());
     }
-    serde_yaml::from_value(value.clone()).map_err(|e| e.to_string())
+    serde_yaml::from_value(value.clone()).map_err(|e| PluginError::Args(e.to_string()))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! workers report their repositories (model deployments, issue #4).
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "ModelAvailable";
 
@@ -30,7 +30,7 @@ impl Filter for ModelAvailable {
     }
 }
 
-pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(_: &serde_yaml::Value) -> Result<Built, PluginError> {
     Ok(Built::filter(ModelAvailable))
 }
 

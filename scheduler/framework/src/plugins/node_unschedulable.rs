@@ -1,7 +1,7 @@
 //! NodeUnschedulable: workers that are NotReady, cordoned or draining get no new work.
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "NodeUnschedulable";
 
@@ -23,7 +23,7 @@ impl Filter for NodeUnschedulable {
     }
 }
 
-pub fn build(_: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(_: &serde_yaml::Value) -> Result<Built, PluginError> {
     Ok(Built::filter(NodeUnschedulable))
 }
 

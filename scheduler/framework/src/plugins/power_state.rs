@@ -8,7 +8,7 @@
 use serde::Deserialize;
 
 use crate::contracts::*;
-use crate::registry::Built;
+use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "PowerState";
 
@@ -142,13 +142,13 @@ impl Score for PowerState {
     }
 }
 
-pub fn build(value: &serde_yaml::Value) -> Result<Built, String> {
+pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
     let args: Args = crate::plugins::args(value)?;
     if !(0.0..=100.0).contains(&args.critical_battery_percent) {
-        return Err(format!(
+        return Err(PluginError::Args(format!(
             "critical_battery_percent must be in [0, 100], got {}",
             args.critical_battery_percent
-        ));
+        )));
     }
     Ok(Built::filter_and_score(PowerState::new(args)))
 }
@@ -352,6 +352,6 @@ mod tests {
         let parsed = build(&serde_yaml::from_str("{unusable_sources: [battery]}").expect("yaml"));
         assert!(parsed.is_ok());
         let bad = build(&serde_yaml::from_str("{unusable_sources: [solar]}").expect("yaml"));
-        assert!(bad.err().is_some_and(|e| e.contains("solar")));
+        assert!(bad.err().is_some_and(|e| e.to_string().contains("solar")));
     }
 }

@@ -1,5 +1,21 @@
 //! A model version loaded into ONNX Runtime: its signature, a pool of sessions, the
 //! execution provider it really runs on, and its live statistics.
+//!
+//! - this file: [`LoadedModel`] (load, run through the session pool) and the errors.
+//! - [`session`]: building an ONNX Runtime session: providers, threads, signature.
+//! - [`tensors`]: decoded tensors to ONNX Runtime values and back.
+//! - [`stats`]: live counters and the latency EWMA for status reports.
+
+mod session;
+mod stats;
+mod tensors;
+
+pub use session::resident_bytes;
+pub use stats::ModelStats;
+
+use session::*;
+use stats::*;
+use tensors::*;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,66 +148,6 @@ pub enum RunError {
 }
 
 /// Live counters, read by status reports.
-#[derive(Debug, Default)]
-pub struct ModelStats {
-    pub queue_depth: AtomicU32,
-    pub in_flight: AtomicU32,
-    pub inference_count: AtomicU64,
-    pub failure_count: AtomicU64,
-    /// Total time of successful inferences, in nanoseconds.
-    pub success_ns: AtomicU64,
-    /// Total time of failed inferences, in nanoseconds.
-    pub failure_ns: AtomicU64,
-    /// Unix time of the last inference, in milliseconds.
-    pub last_inference_ms: AtomicU64,
-    /// EWMA of latency in microseconds, stored as f64 bits.
-    latency_ewma_us: AtomicU64,
-}
-
-/// Weight of the newest sample in the latency EWMA.
-const EWMA_ALPHA: f64 = 0.2;
-
-impl ModelStats {
-    fn record_latency(&self, elapsed: Duration) {
-        let sample = elapsed.as_secs_f64() * 1e6;
-        let _ = self
-            .latency_ewma_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let old = f64::from_bits(bits);
-                let new = if old == 0.0 {
-                    sample
-                } else {
-                    old + EWMA_ALPHA * (sample - old)
-                };
-                Some(new.to_bits())
-            });
-    }
-
-    pub fn latency_ewma_ms(&self) -> f64 {
-        f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed)) / 1e3
-    }
-}
-
-/// Counts one request in a gauge for as long as it lives.
-struct Gauge<'a> {
-    gauge: &'a AtomicU32,
-    /// The gauge's value before this request entered.
-    value: u32,
-}
-
-impl<'a> Gauge<'a> {
-    fn enter(gauge: &'a AtomicU32) -> Gauge<'a> {
-        let value = gauge.fetch_add(1, Ordering::SeqCst);
-        Gauge { gauge, value }
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// A loaded model version.
 pub struct LoadedModel {
     pub name: String,
@@ -224,165 +180,6 @@ pub struct LoadOptions {
     pub intra_op_threads: Option<usize>,
     pub throttle: f64,
 }
-
-fn datatype_of(ty: TensorElementType) -> Option<DataType> {
-    Some(match ty {
-        TensorElementType::Bool => DataType::Bool,
-        TensorElementType::Uint8 => DataType::Uint8,
-        TensorElementType::Uint16 => DataType::Uint16,
-        TensorElementType::Uint32 => DataType::Uint32,
-        TensorElementType::Uint64 => DataType::Uint64,
-        TensorElementType::Int8 => DataType::Int8,
-        TensorElementType::Int16 => DataType::Int16,
-        TensorElementType::Int32 => DataType::Int32,
-        TensorElementType::Int64 => DataType::Int64,
-        TensorElementType::Float16 => DataType::Fp16,
-        TensorElementType::Float32 => DataType::Fp32,
-        TensorElementType::Float64 => DataType::Fp64,
-        TensorElementType::String => DataType::Bytes,
-        _ => return None,
-    })
-}
-
-fn specs(outlets: &[ort::value::Outlet], what: &'static str) -> Result<Vec<TensorSpec>, LoadError> {
-    outlets
-        .iter()
-        .map(|o| match o.dtype() {
-            ValueType::Tensor { ty, shape, .. } => {
-                let datatype = datatype_of(*ty).ok_or_else(|| LoadError::UnsupportedType {
-                    what,
-                    name: o.name().to_string(),
-                    ty: *ty,
-                })?;
-                Ok(TensorSpec {
-                    name: o.name().to_string(),
-                    datatype,
-                    shape: shape.iter().copied().collect(),
-                })
-            }
-            other => Err(LoadError::NotATensor {
-                what,
-                name: o.name().to_string(),
-                kind: format!("{other:?}"),
-            }),
-        })
-        .collect()
-}
-
-/// Applies config overrides: `dims` exclude the batch dimension when batching.
-fn apply_overrides(
-    specs: &mut [TensorSpec],
-    overrides: &[TensorOverride],
-    batching: bool,
-) -> Result<(), LoadError> {
-    for o in overrides {
-        let spec = specs
-            .iter_mut()
-            .find(|s| s.name == o.name)
-            .ok_or_else(|| LoadError::UnknownTensor(o.name.clone()))?;
-        let model_dims = if batching {
-            &spec.shape[1.min(spec.shape.len())..]
-        } else {
-            &spec.shape[..]
-        };
-        let compatible = model_dims.len() == o.dims.len()
-            && model_dims
-                .iter()
-                .zip(&o.dims)
-                .all(|(&m, &c)| m < 0 || m == c);
-        if !compatible {
-            return Err(LoadError::Dims {
-                name: o.name.clone(),
-                config: o.dims.clone(),
-                model: model_dims.to_vec(),
-            });
-        }
-        let mut shape = if batching { vec![-1] } else { Vec::new() };
-        shape.extend_from_slice(&o.dims);
-        spec.shape = shape;
-    }
-    Ok(())
-}
-
-/// Now as Unix time in milliseconds (0 before 1970: a clock set wrong is not worth failing
-/// a request over).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// Resident set size of this process, from /proc (0 where it cannot be read).
-pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}
-
-/// Creates one session, registering the preferred providers in order. Returns the session
-/// and the provider it runs on.
-fn build_session(
-    env: &ort::environment::Environment,
-    source: &ModelSource,
-    providers: &[String],
-    options: &LoadOptions,
-) -> Result<(Session, String), LoadError> {
-    use ort::ep::ExecutionProvider;
-    let mut builder = Session::builder(env)?;
-    if let Some(n) = options.intra_op_threads {
-        builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
-    }
-    let mut chosen = CPU_PROVIDER.to_string();
-    for provider in providers {
-        let attempt = match provider.as_str() {
-            "cuda" => Some((
-                "CUDAExecutionProvider",
-                ort::ep::CUDA::default().register(&mut builder),
-            )),
-            "tensorrt" => Some((
-                "TensorrtExecutionProvider",
-                ort::ep::TensorRT::default().register(&mut builder),
-            )),
-            "rocm" => Some((
-                "ROCMExecutionProvider",
-                ort::ep::ROCm::default().register(&mut builder),
-            )),
-            "openvino" => Some((
-                "OpenVINOExecutionProvider",
-                ort::ep::OpenVINO::default().register(&mut builder),
-            )),
-            _ => None,
-        };
-        match attempt {
-            Some((name, Ok(()))) => {
-                chosen = name.to_string();
-                break;
-            }
-            Some((name, Err(e))) => {
-                tracing::warn!(model = %source.name, provider = name, error = %e, "GPU execution provider failed to initialise; falling back");
-            }
-            None => break, // "cpu": nothing to register, ONNX Runtime's default.
-        }
-    }
-    let session = builder.commit_from_file(&source.path)?;
-    Ok((session, chosen))
-}
-
-/// Whether a config provider name (`cuda`) names an ONNX Runtime provider
-/// (`CUDAExecutionProvider`).
-fn provider_matches(config_name: &str, ort_name: &str) -> bool {
-    ort_name.to_ascii_lowercase().starts_with(config_name)
-}
-
-/// Provider names known to the config.
-pub const PROVIDER_NAMES: [&str; 5] = ["cuda", "tensorrt", "rocm", "openvino", "cpu"];
 
 impl LoadedModel {
     /// Loads a model version: `instances` sessions on the first provider that works.
@@ -532,7 +329,7 @@ impl LoadedModel {
         }
         self.stats
             .last_inference_ms
-            .store(unix_ms(), Ordering::Relaxed);
+            .store(localml_proto::time::unix_ms(), Ordering::Relaxed);
         result
     }
 
@@ -589,93 +386,4 @@ impl LoadedModel {
         }
         result
     }
-}
-
-fn usize_shape(shape: &[i64]) -> Vec<usize> {
-    shape.iter().map(|&d| d.max(0) as usize).collect()
-}
-
-/// Converts decoded tensor data into an ONNX Runtime value.
-fn to_value(t: NamedTensor) -> ort::Result<DynValue> {
-    let shape = usize_shape(&t.shape);
-    Ok(match t.data {
-        TensorData::Bool(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Uint8(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Uint16(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Uint32(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Uint64(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Int8(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Int16(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Int32(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Int64(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Fp16(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Fp32(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Fp64(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Bytes(v) => {
-            // Validation has checked UTF-8 already; this cannot fail.
-            let strings: Vec<String> = v
-                .into_iter()
-                .map(|b| String::from_utf8(b).unwrap_or_default())
-                .collect();
-            Tensor::from_string_array((shape, strings.as_slice()))?.into_dyn()
-        }
-    })
-}
-
-/// Converts an ONNX Runtime output into tensor data.
-fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, RunError> {
-    let err = |source: ort::Error| RunError::Extract {
-        name: name.to_string(),
-        source,
-    };
-    let ty = match value.dtype() {
-        ValueType::Tensor { ty, .. } => *ty,
-        other => {
-            return Err(RunError::OutputNotATensor {
-                name: name.to_string(),
-                kind: format!("{other:?}"),
-            })
-        }
-    };
-    macro_rules! extract {
-        ($t:ty, $variant:ident) => {{
-            let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
-            (
-                shape.iter().copied().collect::<Vec<i64>>(),
-                TensorData::$variant(data.to_vec()),
-            )
-        }};
-    }
-    let (shape, data) = match ty {
-        TensorElementType::Bool => extract!(bool, Bool),
-        TensorElementType::Uint8 => extract!(u8, Uint8),
-        TensorElementType::Uint16 => extract!(u16, Uint16),
-        TensorElementType::Uint32 => extract!(u32, Uint32),
-        TensorElementType::Uint64 => extract!(u64, Uint64),
-        TensorElementType::Int8 => extract!(i8, Int8),
-        TensorElementType::Int16 => extract!(i16, Int16),
-        TensorElementType::Int32 => extract!(i32, Int32),
-        TensorElementType::Int64 => extract!(i64, Int64),
-        TensorElementType::Float16 => extract!(half::f16, Fp16),
-        TensorElementType::Float32 => extract!(f32, Fp32),
-        TensorElementType::Float64 => extract!(f64, Fp64),
-        TensorElementType::String => {
-            let (shape, strings) = value.try_extract_strings().map_err(err)?;
-            (
-                shape.iter().copied().collect(),
-                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
-            )
-        }
-        other => {
-            return Err(RunError::UnsupportedOutput {
-                name: name.to_string(),
-                ty: other,
-            })
-        }
-    };
-    Ok(NamedTensor {
-        name: name.to_string(),
-        shape,
-        data,
-    })
 }
