@@ -41,7 +41,7 @@ async fn models_run_on_cuda_and_gpu_memory_is_reported() {
         "{:?}",
         status.execution_providers
     );
-    // nvidia-smi is read every 10 reports; wait for the first reading.
+    // GPUs are read through NVML every 10 reports; wait for the first reading.
     let reported = wait_until(SOON, || async {
         let s = scheduler.workers().await[0].status.clone().expect("status");
         s.gpus.first().is_some_and(|g| {
