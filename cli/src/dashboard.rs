@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 
 mod screen;
 
-pub use screen::{bar, draw, run, DashboardError};
+pub use screen::{bar, draw, run, text_frame, DashboardError};
 
 /// One reading of the cluster.
 #[derive(Clone, Default)]

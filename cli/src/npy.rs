@@ -46,6 +46,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<i64>, TensorData), NpyError> {
     if !bytes.starts_with(MAGIC) {
         return Err(NpyError::Magic);
     }
+    check_element_count(bytes)?;
     // Reading from a slice advances it, so what is left afterwards is what follows the data.
     let mut rest = bytes;
     let header = NpyHeader::from_reader(&mut rest).map_err(|e| match e.kind() {
@@ -105,6 +106,60 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<i64>, TensorData), NpyError> {
         )));
     }
     Ok((shape, data))
+}
+
+/// Checks the header's shape before npyz sees it: npyz multiplies the dimensions without
+/// overflow checks (a crafted header would panic a debug build and wrap in a release
+/// one), and a shape with more elements than the file has bytes cannot be right.
+fn check_element_count(bytes: &[u8]) -> Result<(), NpyError> {
+    // Magic (6 bytes), version (2), header length: 2 bytes in version 1, 4 after.
+    let (start, len): (usize, usize) = match bytes.get(6) {
+        Some(1) => match bytes.get(8..10) {
+            Some(b) => (10, usize::from(u16::from_le_bytes([b[0], b[1]]))),
+            None => return Err(NpyError::Truncated),
+        },
+        Some(2 | 3) => match bytes.get(8..12) {
+            Some(b) => (
+                12,
+                usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .map_err(|_| NpyError::Truncated)?,
+            ),
+            None => return Err(NpyError::Truncated),
+        },
+        // Another version: npyz names it.
+        _ => return Ok(()),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(len))
+        .ok_or(NpyError::Truncated)?;
+    let text = String::from_utf8_lossy(header);
+    let Some(tuple) = text
+        .find("'shape'")
+        .and_then(|at| text[at..].split_once('('))
+        .and_then(|(_, after)| after.split_once(')'))
+        .map(|(inside, _)| inside)
+    else {
+        // No shape: npyz refuses the header with its own message.
+        return Ok(());
+    };
+    let mut count: u64 = 1;
+    for dim in tuple.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let dim: u64 = dim
+            .parse()
+            .map_err(|_| NpyError::Header(format!("bad shape ({tuple})")))?;
+        count = count.checked_mul(dim).ok_or_else(|| {
+            NpyError::Header(format!(
+                "shape ({tuple}) has more elements than fit in memory"
+            ))
+        })?;
+    }
+    let data = bytes.len().saturating_sub(start.saturating_add(len)) as u64;
+    if count > data {
+        return Err(NpyError::Data(format!(
+            "shape ({tuple}) needs {count} elements, and the file has {data} bytes of data"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads every element of `file` as `T`; npyz checks that `T` matches the dtype.
@@ -302,5 +357,37 @@ mod tests {
             write(&[3], &TensorData::Fp32(vec![0.0])),
             Err(NpyError::Write(_))
         ));
+    }
+
+    #[test]
+    fn shapes_that_overflow_or_exceed_the_data_are_refused() {
+        let header = |shape: &str| {
+            let mut dict =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            while (10 + dict.len() + 1) % 64 != 0 {
+                dict.push(' ');
+            }
+            dict.push('\n');
+            let mut file = MAGIC.to_vec();
+            file.extend([1, 0]);
+            file.extend(
+                u16::try_from(dict.len())
+                    .expect("short header")
+                    .to_le_bytes(),
+            );
+            file.extend(dict.as_bytes());
+            file
+        };
+        let mut huge = header("(4294967296, 4294967296, 4294967296)");
+        huge.extend([0u8; 16]);
+        let e = parse(&huge).expect_err("overflowing shape");
+        assert!(e.to_string().contains("more elements than fit"), "{e}");
+        let mut short = header("(1000,)");
+        short.extend([0u8; 16]);
+        let e = parse(&short).expect_err("too little data");
+        assert!(e.to_string().contains("needs 1000 elements"), "{e}");
+        let mut fine = header("(4,)");
+        fine.extend(1.5f32.to_le_bytes().repeat(4));
+        assert_eq!(parse(&fine).expect("valid").0, vec![4]);
     }
 }

@@ -46,7 +46,6 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
         .collect()
 }
 
-/// ModelMetadata: shapes include the batch dimension (-1) when the model batches.
 /// ServerMetadata for a localml process: its name and version, and the extensions
 /// localml implements.
 pub fn server_metadata(name: &str, version: &str) -> ServerMetadataResponse {
@@ -57,6 +56,7 @@ pub fn server_metadata(name: &str, version: &str) -> ServerMetadataResponse {
     }
 }
 
+/// ModelMetadata: shapes include the batch dimension (-1) when the model batches.
 pub fn model_metadata(
     name: &str,
     versions: Vec<String>,

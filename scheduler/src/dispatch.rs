@@ -315,7 +315,7 @@ impl Dispatcher {
                 // report and join.
                 let _ = tokio::time::timeout(QUEUE_RECHECK, turn).await;
             }
-            let (version, snapshot, handles) = match self
+            let (version, mut snapshot, handles) = match self
                 .workers
                 .snapshot(&request.model_name, &request.model_version)
             {
@@ -329,6 +329,7 @@ impl Dispatcher {
                 }
                 Err(_) => break,
             };
+            snapshot.queued = self.queue.len();
             let (_, info) = request_info(&request, &version)?;
             let excluded: Vec<usize> = handles
                 .iter()

@@ -28,14 +28,19 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
 }
 
+/// Why the scheduler could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
+    /// The config (file or flags) is invalid; the message names the field.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// A gRPC server failed.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A listener could not be bound or read (the message names the address).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The state store could not be opened.
     #[error(transparent)]
     Store(#[from] localml_store::StoreError),
 }

@@ -602,3 +602,46 @@ impl Etcd {
         format!("etcd://{}/{prefix}", self.endpoint)
     }
 }
+
+/// Sends `total` copies of `request` from `concurrency` tasks; counts who served them.
+pub async fn served_by(
+    scheduler: &Scheduler,
+    request: &localml_proto::inference::ModelInferRequest,
+    total: usize,
+    concurrency: usize,
+) -> std::collections::HashMap<String, usize> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (mut c, next, request) = (scheduler.inference().await, next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut names = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                let response = c
+                    .model_infer(request.clone())
+                    .await
+                    .expect("served")
+                    .into_inner();
+                names.push(client::served_by(&response).expect("worker"));
+            }
+            names
+        }));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for t in tasks {
+        for name in t.await.expect("task") {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The power source `name` last reported to `scheduler` (a `PowerSource` value).
+pub async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
+    scheduler.workers().await.into_iter().find_map(|w| {
+        w.status
+            .filter(|s| s.name == name)
+            .and_then(|s| s.power)
+            .map(|p| p.source)
+    })
+}

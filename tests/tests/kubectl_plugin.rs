@@ -119,6 +119,16 @@ async fn tables_cordon_drain_and_the_live_dashboard() {
     assert!(out.contains("2 ready, 0 not ready"), "{out}");
     assert!(out.contains("3 Succeeded"), "{out}");
 
+    // `top` in a pipe (no terminal) prints plain-text frames.
+    let (ok, out, err) =
+        kubectl_localml(&["--server", s, "top", "--interval", "0.2", "--frames", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("localml top - ").count(), 2, "{out}");
+    assert!(
+        out.contains("laptop") && out.contains("RAM used") && !out.contains('\x1b'),
+        "{out}"
+    );
+
     // Cordon, uncordon, drain.
     let (ok, out, _) = kubectl_localml(&["--server", s, "cordon", "laptop"]);
     assert!(ok && out.contains("cordoned"));

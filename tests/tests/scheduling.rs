@@ -1,11 +1,9 @@
 //! The scheduling framework with real processes: heterogeneous speed, power state,
 //! cordon, label selectors, profiles and provider requests.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use localml_cli::client;
 use localml_proto::inference::{
     infer_parameter::ParameterChoice, InferParameter, ModelInferRequest,
 };
@@ -20,39 +18,6 @@ fn with_param(mut request: ModelInferRequest, key: &str, value: &str) -> ModelIn
         },
     );
     request
-}
-
-/// Sends `total` copies of `request` from `concurrency` tasks; counts who served them.
-async fn served_by(
-    scheduler: &Scheduler,
-    request: &ModelInferRequest,
-    total: usize,
-    concurrency: usize,
-) -> HashMap<String, usize> {
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (mut c, next, request) = (scheduler.inference().await, next.clone(), request.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut names = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
-                let response = c
-                    .model_infer(request.clone())
-                    .await
-                    .expect("served")
-                    .into_inner();
-                names.push(client::served_by(&response).expect("worker"));
-            }
-            names
-        }));
-    }
-    let mut counts = HashMap::new();
-    for t in tasks {
-        for name in t.await.expect("task") {
-            *counts.entry(name).or_insert(0) += 1;
-        }
-    }
-    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,15 +36,6 @@ async fn a_faster_worker_serves_clearly_more() {
         get("fast") * 2 > get("slow1") * 3 && get("fast") * 2 > get("slow2") * 3,
         "the fast worker serves clearly more: {counts:?}"
     );
-}
-
-async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
-    scheduler.workers().await.into_iter().find_map(|w| {
-        w.status
-            .filter(|s| s.name == name)
-            .and_then(|s| s.power)
-            .map(|p| p.source)
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

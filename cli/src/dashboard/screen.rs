@@ -21,10 +21,44 @@ use super::{read, Reading, Usage, View};
 pub enum DashboardError {
     /// The scheduler refused or failed a ListWorkers or ListModels call.
     #[error("{:?}: {}", .0.code(), .0.message())]
-    Server(#[from] tonic::Status),
+    Server(tonic::Status),
     /// The terminal could not be set up, drawn on or restored.
     #[error("terminal: {0}")]
-    Terminal(#[from] std::io::Error),
+    Terminal(std::io::Error),
+}
+
+// Written out rather than `#[from]`, which would also make the wrapped error the
+// `source()`, and error chains would print its text twice.
+impl From<tonic::Status> for DashboardError {
+    fn from(status: tonic::Status) -> DashboardError {
+        DashboardError::Server(status)
+    }
+}
+
+impl From<std::io::Error> for DashboardError {
+    fn from(e: std::io::Error) -> DashboardError {
+        DashboardError::Terminal(e)
+    }
+}
+
+/// The frame as plain text, one line a row, as a terminal `width` x `height` would show
+/// it (trailing blanks trimmed).
+pub fn text_frame(view: &View, width: u16, height: u16) -> String {
+    // The test backend cannot fail: its error type is uninhabited.
+    let Ok(mut terminal) =
+        ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height));
+    let Ok(_) = terminal.draw(|f| draw(f, view));
+    let buffer = terminal.backend().buffer();
+    let lines: Vec<String> = (0..height)
+        .map(|y| {
+            (0..width)
+                .map(|x| buffer[(x, y)].symbol())
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    lines.join("\n").trim_end().to_string() + "\n"
 }
 
 /// A horizontal bar: `[#####.....]`, `fraction` of `width` filled. Plain characters rather
@@ -237,11 +271,44 @@ pub async fn run(
     frames: u32,
 ) -> Result<(), DashboardError> {
     let first = read(admin).await?;
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // Piped or logged: plain-text frames, one after another.
+        return text_frames(admin, title, interval, frames, first).await;
+    }
     let mut terminal = ratatui::try_init()?;
     let result = frames_until_quit(&mut terminal, admin, title, interval, frames, first).await;
     let restored = ratatui::try_restore();
     result?;
     Ok(restored?)
+}
+
+async fn text_frames(
+    admin: &mut AdminClient<Channel>,
+    title: &str,
+    interval: Duration,
+    frames: u32,
+    mut previous: Reading,
+) -> Result<(), DashboardError> {
+    let mut at = Instant::now();
+    let mut drawn = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let current = read(admin).await?;
+        let view = View::from_readings(&previous, &current, at.elapsed(), title);
+        // Tall enough for every row: title, two headers, blank lines, workers, models.
+        let height = 6 + current.workers.len() + current.models.len();
+        let height = u16::try_from(height).unwrap_or(u16::MAX);
+        println!("{}", text_frame(&view, 150, height));
+        previous = current;
+        at = Instant::now();
+        drawn += 1;
+        if frames > 0 && drawn >= frames {
+            return Ok(());
+        }
+    }
 }
 
 async fn frames_until_quit(
@@ -307,6 +374,19 @@ mod tests {
                     .collect::<String>()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_text_frame_is_the_screen_without_trailing_blanks() {
+        let (previous, current) = two_readings();
+        let view = View::from_readings(&previous, &current, Duration::from_secs(2), "test");
+        let text = text_frame(&view, 150, 10);
+        assert!(text.starts_with("localml top - test"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "{text}");
+        assert_eq!(
+            text.lines().next(),
+            screen(&view, 150, 10)[0].trim_end().into()
+        );
     }
 
     #[test]

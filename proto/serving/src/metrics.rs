@@ -185,10 +185,14 @@ impl Exposition {
     /// empty family).
     pub fn finish(mut self) -> String {
         self.families.retain(|f| !f.get_metric().is_empty());
-        // Only empty families or names fail to encode, and neither is left here.
+        // Only empty families or names fail to encode, and neither is left here; should
+        // it happen anyway, the scrape is empty and the log says why.
         TextEncoder::new()
             .encode_to_string(&self.families)
-            .unwrap_or_default()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot encode /metrics");
+                String::new()
+            })
     }
 }
 

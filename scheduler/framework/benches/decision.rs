@@ -51,6 +51,7 @@ fn snapshot(n: usize) -> Snapshot {
             })
             .collect(),
         now_ms: 10_000,
+        queued: 0,
     }
 }
 

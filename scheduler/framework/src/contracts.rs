@@ -9,6 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 /// Highest score a Score plugin gives (kube-scheduler's MaxNodeScore).
 pub const MAX_SCORE: i64 = 100;
 
+/// Free RAM under this share of the total is the MemoryPressure condition (MemoryFit's
+/// default headroom; the scheduler's worker listing shows the same condition).
+pub const MEMORY_PRESSURE_PERCENT: f64 = 5.0;
+
+/// Latency assumed for a model no one has measured yet, in milliseconds.
+pub const DEFAULT_LATENCY_MS: f64 = 1.0;
+
 /// What a plugin's answer means for the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -193,6 +200,64 @@ impl WorkerInfo {
             .iter()
             .find(|m| m.name == request.model && m.version == request.version)
     }
+
+    /// The first `localml.selector` pair this worker's labels do not match (Labels'
+    /// rule; PowerState asks it too, to know which mains workers could take a request).
+    pub fn selector_mismatch<'r>(&self, request: &'r RequestInfo) -> Option<&'r (String, String)> {
+        request
+            .selector
+            .iter()
+            .find(|(key, value)| self.labels.get(key) != Some(value))
+    }
+
+    /// Why this worker cannot give the request the provider it asks for (ExecutionProvider's
+    /// rule), if it cannot.
+    pub fn provider_mismatch(&self, request: &RequestInfo) -> Option<&'static str> {
+        let on_gpu = self.model(request).is_some_and(|m| m.on_gpu);
+        match (request.provider, on_gpu) {
+            (ProviderChoice::Gpu, false) => {
+                Some("the model runs on CPU here; the request asks for gpu")
+            }
+            (ProviderChoice::Cpu, true) => {
+                Some("the model runs on GPU here; the request asks for cpu")
+            }
+            _ => None,
+        }
+    }
+
+    /// Free RAM in percent of the total; 100 when the worker reports none (not penalised).
+    pub fn free_ram_percent(&self) -> f64 {
+        if self.ram_total_bytes == 0 {
+            return 100.0;
+        }
+        self.ram_free_bytes as f64 * 100.0 / self.ram_total_bytes as f64
+    }
+
+    /// The latency to expect for the request's model here, in milliseconds: the
+    /// scheduler's peak-EWMA, else the worker's own EWMA, else `default_ms`.
+    pub fn latency_ms(&self, request: &RequestInfo, default_ms: f64) -> f64 {
+        if self.peak_ewma_ms > 0.0 {
+            return self.peak_ewma_ms;
+        }
+        self.model(request)
+            .map(|m| m.reported_latency_ms)
+            .filter(|l| *l > 0.0)
+            .unwrap_or(default_ms)
+    }
+
+    /// Whole waves of requests ahead of one more: the requests outstanding here (the
+    /// larger of the scheduler's count and the worker's queue + in-flight) over the
+    /// model's sessions, rounded down. Times [`Self::latency_ms`], the wait before a new
+    /// request starts.
+    pub fn waves_ahead(&self, request: &RequestInfo) -> f64 {
+        let model = self.model(request);
+        let reported = model
+            .map(|m| m.queue_depth.saturating_add(m.in_flight))
+            .unwrap_or(0);
+        let outstanding = f64::from(self.dispatched.max(reported));
+        let instances = f64::from(model.map(|m| m.instances).unwrap_or(1).max(1));
+        (outstanding / instances).floor()
+    }
 }
 
 /// What a scheduling decision is about (kube-scheduler's PodInfo).
@@ -217,6 +282,9 @@ pub struct Snapshot {
     pub workers: Vec<WorkerInfo>,
     /// Milliseconds on the scheduler's clock (simulated time in the simulator).
     pub now_ms: u64,
+    /// Requests waiting in the scheduler's queue for a free worker (they start before a
+    /// new one on the workers that can serve them).
+    pub queued: usize,
 }
 
 /// Every plugin has a unique name.

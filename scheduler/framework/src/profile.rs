@@ -65,8 +65,16 @@ fn plugin(name: &str, weight: i64) -> PluginConfig {
     }
 }
 
-/// The shipped profiles: `default` (latency first) and `energy-saver` (mains power and
-/// efficient workers first).
+/// How long a request may expect to wait for a worker off battery before a worker on
+/// battery takes it, in the shipped `default` and `energy-saver` profiles: about a
+/// tenth of a small model's latency on an office PC, so a battery PC helps under real
+/// overload and rests otherwise.
+pub const BATTERY_WAIT_BUDGET_MS: f64 = 50.0;
+
+/// The shipped profiles: `default` (latency first, battery as overflow capacity),
+/// `energy-saver` (mains power and efficient workers first, battery as overflow) and
+/// `latency` (speed first: battery workers compete on score, as before battery became
+/// overflow capacity).
 pub fn builtin() -> Vec<ProfileConfig> {
     use plugins::*;
     let filters = || {
@@ -76,34 +84,47 @@ pub fn builtin() -> Vec<ProfileConfig> {
             plugin(model_available::NAME, 1),
         ]
     };
-    let mut default = filters();
-    default.extend([
-        plugin(execution_provider::NAME, 1),
-        plugin(memory_fit::NAME, 1),
-        plugin(power_state::NAME, 3),
-        plugin(least_expected_latency::NAME, 6),
-        // Last among the filters: a worker it rejects passed all the others.
-        plugin(capacity::NAME, 1),
-    ]);
+    let power = |weight: i64, overflow: bool| {
+        let mut p = plugin(power_state::NAME, weight);
+        if overflow {
+            let mut args = serde_yaml::Mapping::new();
+            args.insert(
+                "battery_wait_budget_ms".into(),
+                BATTERY_WAIT_BUDGET_MS.into(),
+            );
+            p.args = serde_yaml::Value::Mapping(args);
+        }
+        p
+    };
+    let latency_first = |overflow: bool| {
+        let mut plugins = filters();
+        plugins.extend([
+            plugin(execution_provider::NAME, 1),
+            plugin(memory_fit::NAME, 1),
+            power(3, overflow),
+            plugin(least_expected_latency::NAME, 6),
+            // Last among the filters: a worker it rejects passed all the others.
+            plugin(capacity::NAME, 1),
+        ]);
+        plugins
+    };
     let mut energy = filters();
     energy.extend([
         plugin(execution_provider::NAME, 3),
         plugin(memory_fit::NAME, 1),
-        plugin(power_state::NAME, 4),
+        power(4, true),
         plugin(least_expected_latency::NAME, 5),
         plugin(capacity::NAME, 1),
     ]);
+    let profile = |name: &str, plugins: Vec<PluginConfig>| ProfileConfig {
+        name: name.into(),
+        plugins,
+        max_feasible_workers: DEFAULT_MAX_FEASIBLE,
+    };
     vec![
-        ProfileConfig {
-            name: DEFAULT_PROFILE.into(),
-            plugins: default,
-            max_feasible_workers: DEFAULT_MAX_FEASIBLE,
-        },
-        ProfileConfig {
-            name: "energy-saver".into(),
-            plugins: energy,
-            max_feasible_workers: DEFAULT_MAX_FEASIBLE,
-        },
+        profile(DEFAULT_PROFILE, latency_first(true)),
+        profile("energy-saver", energy),
+        profile("latency", latency_first(false)),
     ]
 }
 
@@ -201,7 +222,7 @@ mod tests {
     #[test]
     fn builtin_profiles_build() {
         let p = Profiles::build(&builtin()).expect("builtin profiles are valid");
-        assert_eq!(p.names(), vec!["default", "energy-saver"]);
+        assert_eq!(p.names(), vec!["default", "energy-saver", "latency"]);
         let default = p.get("").expect("default");
         assert_eq!(default.filters.len(), 7);
         assert_eq!(default.scores.len(), 4);

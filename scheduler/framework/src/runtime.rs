@@ -287,6 +287,7 @@ mod tests {
                 })
                 .collect(),
             now_ms: 0,
+            queued: 0,
         }
     }
 
@@ -349,6 +350,7 @@ mod tests {
         let one_odd = Snapshot {
             workers: snapshot(2).workers.split_off(1),
             now_ms: 0,
+            queued: 0,
         };
         let r = profile()
             .schedule(

@@ -208,6 +208,7 @@ pub fn run(
             })
             .collect(),
         now_ms: 0,
+        queued: 0,
     };
     let request = RequestInfo {
         model: "m".into(),
@@ -311,6 +312,7 @@ pub fn run(
                 }
                 Policy::Profile(profile) => 'cycle: {
                     snapshot.now_ms = now as u64;
+                    snapshot.queued = waiting.len();
                     for (w, s) in snapshot.workers.iter_mut().zip(&states) {
                         w.schedulable = visible(s);
                         if !w.schedulable {

@@ -57,7 +57,7 @@ fn main() {
         Policy::P2cInFlight,
         Policy::P2cPeakEwma,
     ];
-    for name in ["default", "energy-saver"] {
+    for name in ["default", "energy-saver", "latency"] {
         if let Some(p) = profiles.get(name) {
             policies.push(Policy::Profile(Arc::clone(p)));
         }

@@ -3,21 +3,19 @@
 
 use std::sync::atomic::Ordering;
 
-use localml_framework::PowerSource;
+use localml_framework::{PowerSource, MEMORY_PRESSURE_PERCENT};
 use localml_proto::localml::v1 as pb;
 use tokio::time::Instant;
 
 use super::{power_of, version_key, WorkerState, Workers};
 
-/// Free RAM under this share of the total is the MemoryPressure condition (MemoryFit's
-/// default headroom).
-const MEMORY_PRESSURE_PERCENT: u64 = 5;
-
 /// The conditions that hold for a worker's last report.
 pub(super) fn conditions(status: &pb::WorkerStatus) -> Vec<String> {
     let mut out = Vec::new();
+    // In floating point: the numbers are the worker's, and u64 products could overflow.
     if status.ram_total_bytes > 0
-        && status.ram_free_bytes * 100 < status.ram_total_bytes * MEMORY_PRESSURE_PERCENT
+        && (status.ram_free_bytes as f64) * 100.0
+            < status.ram_total_bytes as f64 * MEMORY_PRESSURE_PERCENT
     {
         out.push("MemoryPressure".to_string());
     }

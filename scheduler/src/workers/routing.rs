@@ -195,6 +195,7 @@ impl Workers {
             Snapshot {
                 workers: infos,
                 now_ms,
+                queued: 0,
             },
             handles,
         ))

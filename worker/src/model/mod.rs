@@ -147,7 +147,6 @@ pub enum RunError {
     UnsupportedOutput { name: String, ty: TensorElementType },
 }
 
-/// Live counters, read by status reports.
 /// A loaded model version.
 pub struct LoadedModel {
     pub name: String,

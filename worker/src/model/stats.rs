@@ -2,6 +2,7 @@
 
 use super::*;
 
+/// Live counters, read by status reports.
 #[derive(Debug, Default)]
 pub struct ModelStats {
     pub queue_depth: AtomicU32,

@@ -16,15 +16,9 @@ impl Plugin for ExecutionProvider {
 
 impl Filter for ExecutionProvider {
     fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
-        let on_gpu = worker.model(request).is_some_and(|m| m.on_gpu);
-        match (request.provider, on_gpu) {
-            (ProviderChoice::Gpu, false) => {
-                Status::unresolvable("the model runs on CPU here; the request asks for gpu")
-            }
-            (ProviderChoice::Cpu, true) => {
-                Status::unresolvable("the model runs on GPU here; the request asks for cpu")
-            }
-            _ => Status::success(),
+        match worker.provider_mismatch(request) {
+            Some(why) => Status::unresolvable(why),
+            None => Status::success(),
         }
     }
 }

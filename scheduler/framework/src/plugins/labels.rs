@@ -16,12 +16,12 @@ impl Plugin for Labels {
 
 impl Filter for Labels {
     fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
-        for (key, value) in &request.selector {
-            if worker.labels.get(key) != Some(value) {
-                return Status::unresolvable(format!("label {key}={value} does not match"));
+        match worker.selector_mismatch(request) {
+            Some((key, value)) => {
+                Status::unresolvable(format!("label {key}={value} does not match"))
             }
+            None => Status::success(),
         }
-        Status::success()
     }
 }
 

@@ -21,7 +21,7 @@ pub struct Args {
 impl Default for Args {
     fn default() -> Self {
         Args {
-            default_latency_ms: 1.0,
+            default_latency_ms: DEFAULT_LATENCY_MS,
         }
     }
 }
@@ -39,20 +39,9 @@ impl Plugin for LeastExpectedLatency {
 impl LeastExpectedLatency {
     /// Expected completion of one more request, in microseconds.
     pub fn expected_us(&self, request: &RequestInfo, worker: &WorkerInfo) -> f64 {
-        let model = worker.model(request);
-        let latency_ms = if worker.peak_ewma_ms > 0.0 {
-            worker.peak_ewma_ms
-        } else {
-            model
-                .map(|m| m.reported_latency_ms)
-                .filter(|l| *l > 0.0)
-                .unwrap_or(self.args.default_latency_ms)
-        };
-        let reported = model.map(|m| m.queue_depth + m.in_flight).unwrap_or(0);
-        let outstanding = f64::from(worker.dispatched.max(reported));
-        let instances = f64::from(model.map(|m| m.instances).unwrap_or(1).max(1));
+        let latency_ms = worker.latency_ms(request, self.args.default_latency_ms);
         // Waves of `instances` requests ahead of this one, plus its own.
-        ((outstanding / instances).floor() + 1.0) * latency_ms * 1000.0
+        (worker.waves_ahead(request) + 1.0) * latency_ms * 1000.0
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Args {
 impl Default for Args {
     fn default() -> Self {
         Args {
-            headroom_percent: 5.0,
+            headroom_percent: MEMORY_PRESSURE_PERCENT,
         }
     }
 }
@@ -34,16 +34,9 @@ impl Plugin for MemoryFit {
     }
 }
 
-fn free_percent(worker: &WorkerInfo) -> f64 {
-    if worker.ram_total_bytes == 0 {
-        return 100.0; // Not reported: do not penalise.
-    }
-    worker.ram_free_bytes as f64 * 100.0 / worker.ram_total_bytes as f64
-}
-
 impl Filter for MemoryFit {
     fn filter(&self, _: &CycleState, _: &RequestInfo, worker: &WorkerInfo) -> Status {
-        let free = free_percent(worker);
+        let free = worker.free_ram_percent();
         if free < self.args.headroom_percent {
             return Status::unschedulable(format!(
                 "MemoryPressure: {free:.1}% RAM free, under {}%",
@@ -61,7 +54,7 @@ impl Score for MemoryFit {
             // GPU memory in GiB, capped: a bigger card takes more.
             return ((worker.gpu_free_bytes >> 30) as i64 * 4).min(MAX_SCORE);
         }
-        free_percent(worker).round() as i64
+        worker.free_ram_percent().round() as i64
     }
 }
 

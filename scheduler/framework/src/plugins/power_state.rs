@@ -1,6 +1,9 @@
-//! PowerState: a worker on battery under the critical charge gets no new work; otherwise
-//! mains (or unknown: most desktops report no supply) scores over UPS over battery, and a
-//! battery scores by its charge. Hysteresis: a worse power source applies at once, a
+//! PowerState: a worker on battery under the critical charge gets no new work; with a
+//! `battery_wait_budget_ms`, a worker on battery is overflow capacity: it gets a request
+//! only when no worker off battery that could serve it would start it within the budget
+//! (PreFilter looks over the snapshot, Filter applies it). Otherwise mains (or unknown:
+//! most desktops report no supply) scores over UPS over battery, and a battery scores by
+//! its charge. Hysteresis: a worse power source applies at once, a
 //! better one only after it has held for `recovery_ms`, so a flapping UPS does not make
 //! traffic swing back and forth. The registry records each worker's previous source and
 //! when it changed, so the plugin keeps no state of its own.
@@ -26,6 +29,20 @@ pub struct Args {
     /// Power sources that make a worker unusable, e.g. `[battery]` for a site that never
     /// wants laptops to drain: such workers are filtered out.
     pub unusable_sources: Vec<UnusableSource>,
+    /// Battery is overflow capacity: a worker on battery gets a request only when no
+    /// worker off battery that could serve it is expected to start it within this many
+    /// milliseconds (its requests ahead times its latency). Absent: battery workers
+    /// compete on score alone (the `latency` profile).
+    pub battery_wait_budget_ms: Option<f64>,
+}
+
+/// What PreFilter found for this cycle: a worker off battery that starts the request
+/// within the wait budget, so workers on battery rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatteryRests {
+    /// A worker that would start it within the budget, and when (ms).
+    pub worker: String,
+    pub start_ms: f64,
 }
 
 /// A power source name in `unusable_sources`.
@@ -56,6 +73,7 @@ impl Default for Args {
             ups_score: 50,
             battery_score: 10,
             unusable_sources: Vec::new(),
+            battery_wait_budget_ms: None,
         }
     }
 }
@@ -95,8 +113,77 @@ impl PowerState {
     }
 }
 
+impl PowerState {
+    /// Whether `worker` (not on battery) could take `request` as far as the other shipped
+    /// filters go: schedulable, labels, provider, memory, power rules. Capacity is left
+    /// out on purpose: a busy worker counts, with the wait its queue implies.
+    fn could_serve(&self, request: &RequestInfo, worker: &WorkerInfo) -> bool {
+        worker.schedulable
+            && worker.model(request).is_some()
+            && worker.selector_mismatch(request).is_none()
+            && worker.provider_mismatch(request).is_none()
+            && worker.free_ram_percent() >= MEMORY_PRESSURE_PERCENT
+            && !self
+                .args
+                .unusable_sources
+                .iter()
+                .any(|u| u.matches(worker.power))
+            && !(request.mains_only && worker.power == PowerSource::Ups)
+    }
+}
+
+impl PreFilter for PowerState {
+    fn pre_filter(
+        &self,
+        state: &mut CycleState,
+        request: &RequestInfo,
+        snapshot: &Snapshot,
+    ) -> Status {
+        let Some(budget) = self.args.battery_wait_budget_ms else {
+            return Status::success();
+        };
+        if !snapshot
+            .workers
+            .iter()
+            .any(|w| w.power == PowerSource::Battery)
+        {
+            return Status::success();
+        }
+        let off_battery = || {
+            snapshot
+                .workers
+                .iter()
+                .filter(|w| w.power != PowerSource::Battery && self.could_serve(request, w))
+        };
+        // Requests queued in the scheduler start first, spread over these workers'
+        // sessions. (Only then is a full scan needed; otherwise the first worker within
+        // the budget settles it.)
+        let queue_waves = if snapshot.queued == 0 {
+            0.0
+        } else {
+            let sessions: u64 = off_battery()
+                .map(|w| u64::from(w.model(request).map_or(1, |m| m.instances.max(1))))
+                .sum();
+            (snapshot.queued as f64 / sessions.max(1) as f64).floor()
+        };
+        let within_budget = off_battery()
+            .map(|w| {
+                let waves = w.waves_ahead(request) + queue_waves;
+                (w, waves * w.latency_ms(request, DEFAULT_LATENCY_MS))
+            })
+            .find(|(_, start)| *start <= budget);
+        if let Some((worker, start_ms)) = within_budget {
+            state.write(BatteryRests {
+                worker: worker.name.clone(),
+                start_ms,
+            });
+        }
+        Status::success()
+    }
+}
+
 impl Filter for PowerState {
-    fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
+    fn filter(&self, state: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
         if request.mains_only && !matches!(worker.power, PowerSource::Mains | PowerSource::Unknown)
         {
             return Status::unschedulable(
@@ -115,6 +202,13 @@ impl Filter for PowerState {
             );
         }
         if worker.power == PowerSource::Battery {
+            if let Some(rests) = state.read::<BatteryRests>() {
+                return Status::unschedulable(format!(
+                    "on battery, and {} (not on battery) can start it within {:.0} ms",
+                    rests.worker,
+                    rests.start_ms.ceil()
+                ));
+            }
             if let Some(p) = worker.battery_percent {
                 if p < self.args.critical_battery_percent {
                     return Status::unschedulable(format!(
@@ -150,7 +244,20 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
             args.critical_battery_percent
         )));
     }
-    Ok(Built::filter_and_score(PowerState::new(args)))
+    if let Some(budget) = args.battery_wait_budget_ms {
+        if !budget.is_finite() || budget < 0.0 {
+            return Err(PluginError::Args(format!(
+                "battery_wait_budget_ms must be a number of milliseconds >= 0, got {budget}"
+            )));
+        }
+    }
+    let plugin = std::sync::Arc::new(PowerState::new(args));
+    Ok(Built {
+        pre_filter: Some(plugin.clone()),
+        filter: Some(plugin.clone()),
+        score: Some(plugin),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -353,5 +460,198 @@ mod tests {
         assert!(parsed.is_ok());
         let bad = build(&serde_yaml::from_str("{unusable_sources: [solar]}").expect("yaml"));
         assert!(bad.err().is_some_and(|e| e.to_string().contains("solar")));
+    }
+
+    /// A mains worker `mains` and a laptop on battery at 80 %, cycle run by PowerState's
+    /// PreFilter then Filter on the laptop: whether the laptop may take the request.
+    fn laptop_may_serve(budget: Option<f64>, request: &RequestInfo, mains: WorkerInfo) -> Status {
+        laptop_may_serve_with_queue(budget, request, mains, 0)
+    }
+
+    fn laptop_may_serve_with_queue(
+        budget: Option<f64>,
+        request: &RequestInfo,
+        mains: WorkerInfo,
+        queued: usize,
+    ) -> Status {
+        let plugin = PowerState::new(Args {
+            battery_wait_budget_ms: budget,
+            ..Args::default()
+        });
+        let mut laptop = on(PowerSource::Battery, Some(80.0));
+        laptop.index = 1;
+        laptop.name = "laptop".into();
+        let snapshot = Snapshot {
+            workers: vec![mains, laptop.clone()],
+            now_ms: 10_000,
+            queued,
+        };
+        let mut state = CycleState::default();
+        assert!(plugin
+            .pre_filter(&mut state, request, &snapshot)
+            .is_success());
+        plugin.filter(&state, request, &laptop)
+    }
+
+    fn mains_with(outstanding: u32, latency_ms: f64) -> WorkerInfo {
+        let mut w = on(PowerSource::Mains, None);
+        w.name = "desktop".into();
+        w.dispatched = outstanding;
+        w.peak_ewma_ms = latency_ms;
+        w
+    }
+
+    #[test]
+    fn battery_is_overflow_capacity() {
+        let budget = Some(50.0);
+        let cases: Vec<(&str, Option<f64>, RequestInfo, WorkerInfo, Code)> = vec![
+            (
+                "idle desktop",
+                budget,
+                request(),
+                mains_with(0, 5.0),
+                Code::Unschedulable,
+            ),
+            // 4 requests ahead of 10 ms each: starts in 40 ms, within 50.
+            (
+                "busy, within budget",
+                budget,
+                request(),
+                mains_with(4, 10.0),
+                Code::Unschedulable,
+            ),
+            // 6 ahead of 10 ms: 60 ms, over the budget: the laptop helps.
+            (
+                "overloaded",
+                budget,
+                request(),
+                mains_with(6, 10.0),
+                Code::Success,
+            ),
+            (
+                "no budget (latency profile)",
+                None,
+                request(),
+                mains_with(0, 5.0),
+                Code::Success,
+            ),
+            (
+                "desktop cordoned",
+                budget,
+                request(),
+                WorkerInfo {
+                    schedulable: false,
+                    ..mains_with(0, 5.0)
+                },
+                Code::Success,
+            ),
+            (
+                "selector only the laptop matches",
+                budget,
+                RequestInfo {
+                    selector: vec![("site".into(), "library".into())],
+                    ..request()
+                },
+                mains_with(0, 5.0),
+                Code::Success,
+            ),
+            (
+                "desktop under memory pressure",
+                budget,
+                request(),
+                WorkerInfo {
+                    ram_free_bytes: 1 << 20,
+                    ..mains_with(0, 5.0)
+                },
+                Code::Success,
+            ),
+            (
+                "desktop on a UPS with mains",
+                budget,
+                request(),
+                WorkerInfo {
+                    power: PowerSource::Ups,
+                    ..mains_with(0, 5.0)
+                },
+                Code::Unschedulable,
+            ),
+            (
+                "another laptop on battery",
+                budget,
+                request(),
+                WorkerInfo {
+                    power: PowerSource::Battery,
+                    ..mains_with(0, 5.0)
+                },
+                Code::Success,
+            ),
+        ];
+        for (name, budget, request, mains, code) in cases {
+            let status = laptop_may_serve(budget, &request, mains);
+            assert_eq!(status.code, code, "{name}: {}", status.reason);
+            if code == Code::Unschedulable {
+                assert!(
+                    status.reason.contains("desktop"),
+                    "{name}: {}",
+                    status.reason
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn requests_queued_in_the_scheduler_count_as_waiting() {
+        // 2 ahead on the desktop and 2 queued: 4 waves of 10 ms, within 50 ms.
+        let status = laptop_may_serve_with_queue(Some(50.0), &request(), mains_with(2, 10.0), 2);
+        assert_eq!(status.code, Code::Unschedulable, "{}", status.reason);
+        // 2 ahead and 4 queued: 60 ms: the laptop takes the overflow.
+        let status = laptop_may_serve_with_queue(Some(50.0), &request(), mains_with(2, 10.0), 4);
+        assert_eq!(status.code, Code::Success, "{}", status.reason);
+    }
+
+    #[test]
+    fn a_busy_desktop_makes_the_request_wait_rather_than_drain_the_laptop() {
+        // The whole default profile: the desktop is at its Capacity limit but starts the
+        // next request within the budget, so the request queues (all_busy) instead of
+        // going to the laptop.
+        let profiles =
+            crate::profile::Profiles::build(&crate::profile::builtin()).expect("profiles");
+        let profile = profiles.get("").expect("default");
+        let mut desktop = mains_with(4, 1.0);
+        desktop.index = 0;
+        let mut laptop = on(PowerSource::Battery, Some(90.0));
+        laptop.index = 1;
+        laptop.name = "laptop".into();
+        let snapshot = Snapshot {
+            workers: vec![desktop, laptop],
+            now_ms: 10_000,
+            queued: 0,
+        };
+        let rejection = profile
+            .schedule(&mut CycleState::default(), &request(), &snapshot, &[], 0)
+            .expect_err("nothing free now");
+        assert!(
+            crate::plugins::capacity::all_busy(&rejection),
+            "{}",
+            rejection.message
+        );
+        // Under the `latency` profile the laptop takes it.
+        let latency = profiles.get("latency").expect("latency profile");
+        let decision = latency
+            .schedule(&mut CycleState::default(), &request(), &snapshot, &[], 0)
+            .expect("laptop");
+        assert_eq!(decision.worker, 1);
+    }
+
+    #[test]
+    fn the_budget_must_be_a_duration() {
+        for bad in ["-1", ".nan", ".inf"] {
+            let yaml: serde_yaml::Value =
+                serde_yaml::from_str(&format!("{{battery_wait_budget_ms: {bad}}}")).expect("yaml");
+            assert!(build(&yaml).is_err(), "{bad}");
+        }
+        let ok: serde_yaml::Value =
+            serde_yaml::from_str("{battery_wait_budget_ms: 0}").expect("yaml");
+        assert!(build(&ok).is_ok());
     }
 }
