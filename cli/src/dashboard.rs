@@ -255,6 +255,7 @@ mod tests {
                     source: PowerSource::Battery as i32,
                     battery_percent: Some(64.0),
                     origin: "sysfs".into(),
+                    ..Default::default()
                 }),
                 models: vec![LoadedModel {
                     name: "m".into(),

@@ -2,7 +2,9 @@
 
 use comfy_table::{presets, Table};
 
-use localml_proto::localml::v1::{Deployment, ModelInfo, PowerSource, WorkerInfo, WorkerState};
+use localml_proto::localml::v1::{
+    Deployment, ModelInfo, PowerSource, PowerStatus, WorkerInfo, WorkerState,
+};
 
 fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0 * 1024.0))
@@ -48,6 +50,32 @@ fn power_name(source: i32) -> &'static str {
     }
 }
 
+/// The power source, and the UPS with its NUT status when the worker reads one.
+fn power_cell(power: &PowerStatus) -> String {
+    let source = power_name(power.source);
+    if power.ups.is_empty() {
+        return source.to_string();
+    }
+    let status = if power.ups_status.is_empty() {
+        "no answer"
+    } else {
+        &power.ups_status
+    };
+    format!("{source} (UPS {} {status})", power.ups)
+}
+
+/// Battery charge, and the runtime left when the UPS reports it.
+fn battery_cell(power: &PowerStatus) -> String {
+    let charge = power
+        .battery_percent
+        .map(|p| format!("{p:.0}%"))
+        .unwrap_or_else(|| "-".into());
+    match power.battery_runtime_seconds {
+        Some(s) => format!("{charge} {}m left", s / 60),
+        None => charge,
+    }
+}
+
 /// The `localml workers` table.
 pub fn workers(list: &[WorkerInfo]) -> String {
     let rows: Vec<Vec<String>> = list
@@ -87,11 +115,8 @@ pub fn workers(list: &[WorkerInfo]) -> String {
                     providers.join(",")
                 },
                 format!("{}/{}", gib(s.ram_free_bytes), gib(s.ram_total_bytes)),
-                power_name(power.source).to_string(),
-                power
-                    .battery_percent
-                    .map(|p| format!("{p:.0}%"))
-                    .unwrap_or_else(|| "-".into()),
+                power_cell(&power),
+                battery_cell(&power),
                 queue.to_string(),
                 in_flight.max(w.dispatched_in_flight).to_string(),
                 s.inference_address.clone(),
@@ -233,6 +258,7 @@ mod tests {
                     source: PowerSource::Battery as i32,
                     battery_percent: Some(42.0),
                     origin: "sysfs".into(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),
@@ -245,5 +271,33 @@ mod tests {
             row.contains("Ready") && row.contains("battery") && row.contains("42%"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn a_ups_shows_with_its_status_and_runtime() {
+        let ups = PowerStatus {
+            source: PowerSource::Battery as i32,
+            battery_percent: Some(80.0),
+            ups: "myups@10.0.0.5:3493".into(),
+            ups_status: "OB DISCHRG".into(),
+            battery_runtime_seconds: Some(1230),
+            ..Default::default()
+        };
+        assert_eq!(
+            power_cell(&ups),
+            "battery (UPS myups@10.0.0.5:3493 OB DISCHRG)"
+        );
+        assert_eq!(battery_cell(&ups), "80% 20m left");
+        let silent = PowerStatus {
+            ups_status: String::new(),
+            battery_runtime_seconds: None,
+            battery_percent: None,
+            ..ups
+        };
+        assert_eq!(
+            power_cell(&silent),
+            "battery (UPS myups@10.0.0.5:3493 no answer)"
+        );
+        assert_eq!(battery_cell(&silent), "-");
     }
 }

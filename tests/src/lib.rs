@@ -645,3 +645,120 @@ pub async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
             .map(|p| p.source)
     })
 }
+
+/// Debian's NUT for tests: the `dummy-ups` driver reading a `.dev` file the test rewrites,
+/// and `upsd` answering on a loopback port, both in a temporary directory.
+pub struct Upsd {
+    pub port: u16,
+    dir: TempDir,
+    driver: Process,
+    upsd: Process,
+}
+
+const NUT_BIN: &str = "/lib/nut";
+
+impl Upsd {
+    /// Starts a UPS named `test` on line power, full, with an hour of runtime.
+    pub fn start() -> Upsd {
+        let dir = TempDir::new("nut");
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            probe.local_addr().expect("port").port()
+        };
+        let path = dir.path();
+        std::fs::write(
+            path.join("ups.conf"),
+            format!(
+                "[test]\n  driver = dummy-ups\n  port = {}\n  pollinterval = 1\n  desc = \"localml test UPS\"\n",
+                path.join("test.dev").display()
+            ),
+        )
+        .expect("ups.conf");
+        std::fs::write(path.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n"))
+            .expect("upsd.conf");
+        std::fs::write(path.join("upsd.users"), "").expect("upsd.users");
+        std::fs::write(path.join("nut.conf"), "MODE=standalone\n").expect("nut.conf");
+        Upsd::write_dev(path, "OL", "100", "3600");
+        let spawn = |program: &str, args: &[&str], name: &str| {
+            let binary = Path::new(NUT_BIN).join(program);
+            assert!(
+                binary.is_file(),
+                "{} is missing: install Debian's nut-server (scripts/deps.sh --test does)",
+                binary.display()
+            );
+            let child = Command::new(binary)
+                .args(args)
+                .env("NUT_CONFPATH", path)
+                .env("NUT_STATEPATH", path)
+                .env("NUT_ALTPIDPATH", path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {program}: {e}"));
+            Process {
+                child,
+                name: name.to_string(),
+            }
+        };
+        // Foreground (-F, -D) so the test owns the processes; as root they need -u root.
+        let driver = spawn(
+            "dummy-ups",
+            &["-a", "test", "-u", "root", "-D"],
+            "dummy-ups",
+        );
+        // upsd refuses to start before the driver's socket exists.
+        let socket = path.join("dummy-ups-test");
+        let start = Instant::now();
+        while !socket.exists() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let server = spawn("upsd", &["-u", "root", "-F"], "upsd");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "upsd did not listen on 127.0.0.1:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Upsd {
+            port,
+            dir,
+            driver,
+            upsd: server,
+        }
+    }
+
+    fn write_dev(path: &Path, status: &str, charge: &str, runtime: &str) {
+        // Written aside and renamed, so the driver never reads half a file.
+        let next = path.join("test.dev.next");
+        std::fs::write(
+            &next,
+            format!("ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: {runtime}\n"),
+        )
+        .expect("write test.dev");
+        std::fs::rename(&next, path.join("test.dev")).expect("rename test.dev");
+    }
+
+    /// `NAME@HOST:PORT` for `--ups`.
+    pub fn target(&self) -> String {
+        format!("test@127.0.0.1:{}", self.port)
+    }
+
+    /// Changes what the UPS reports (the driver rereads the file within a second or two).
+    pub fn set(&self, status: &str, charge: &str, runtime: &str) {
+        Upsd::write_dev(self.dir.path(), status, charge, runtime);
+    }
+
+    /// Stops upsd (the driver keeps running): the UPS no longer answers.
+    pub fn stop_server(&mut self) {
+        self.upsd.kill9();
+    }
+}
+
+impl Drop for Upsd {
+    fn drop(&mut self) {
+        self.upsd.kill9();
+        self.driver.kill9();
+    }
+}

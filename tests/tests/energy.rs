@@ -1,6 +1,156 @@
-//! Energy (issue #14) with real processes: battery as overflow capacity.
+//! Energy (issue #14) with real processes: battery as overflow capacity, and a UPS read
+//! through a real NUT upsd (Debian's nut-server with the dummy-ups driver).
 
+use std::time::{Duration, Instant};
+
+use localml_proto::localml::v1::{PowerSource, PowerStatus};
 use localml_tests::*;
+
+async fn power_of(scheduler: &Scheduler, name: &str) -> Option<(PowerStatus, Vec<String>)> {
+    scheduler.workers().await.into_iter().find_map(|w| {
+        let conditions = w.conditions.clone();
+        w.status
+            .filter(|s| s.name == name)
+            .and_then(|s| s.power)
+            .map(|p| (p, conditions))
+    })
+}
+
+/// Waits until `name`'s reported power satisfies `check`; how long it took.
+async fn wait_power(
+    scheduler: &Scheduler,
+    name: &str,
+    what: &str,
+    check: impl Fn(&PowerStatus, &[String]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let ok = wait_until(SOON, || async {
+        power_of(scheduler, name)
+            .await
+            .is_some_and(|(p, c)| check(&p, &c))
+    })
+    .await;
+    assert!(
+        ok,
+        "{name}: {what}; last reported {:?}",
+        power_of(scheduler, name).await
+    );
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ups_read_through_nut_moves_work_drains_on_low_battery_and_fails_safe() {
+    let mut upsd = Upsd::start();
+    let scheduler = Scheduler::start();
+    let target = upsd.target();
+    let _on_ups = Worker::start("on-ups", &scheduler, &["--ups", &target]);
+    let _desk = Worker::start("desk", &scheduler, &[]);
+    scheduler.wait_ready(&["on-ups", "desk"]).await;
+    let request = image_request(1);
+
+    // On line: mains, with the UPS named in the report.
+    wait_power(&scheduler, "on-ups", "OL is mains", |p, _| {
+        p.source == PowerSource::Mains as i32
+            && p.ups_status == "OL"
+            && p.ups == target
+            && p.battery_runtime_seconds == Some(3600)
+    })
+    .await;
+    let before = served_by(&scheduler, &request, 100, 4).await;
+    assert!(
+        before.get("on-ups").copied().unwrap_or(0) > 10,
+        "on line the PC shares the work: {before:?}"
+    );
+
+    // The grid fails: the UPS runs on battery.
+    upsd.set("OB DISCHRG", "80", "1200");
+    let took = wait_power(&scheduler, "on-ups", "OB is battery", |p, c| {
+        p.source == PowerSource::Battery as i32
+            && p.battery_percent == Some(80.0)
+            && c.iter().any(|c| c == "OnBattery")
+    })
+    .await;
+    eprintln!("OL -> OB seen by the scheduler after {took:?} (NUT poll 1 s, UPS read every 1 s, reports every 0.5 s)");
+    let on_battery = served_by(&scheduler, &request, 100, 4).await;
+    assert!(
+        on_battery.get("on-ups").copied().unwrap_or(0) <= 10,
+        "on UPS battery the PC rests: {on_battery:?}"
+    );
+
+    // Low battery: no new work at all, even under the latency profile.
+    upsd.set("OB LB", "8", "90");
+    wait_power(&scheduler, "on-ups", "LB is reported", |p, c| {
+        p.low_battery && c.iter().any(|c| c == "LowBattery")
+    })
+    .await;
+    let mut latency_first = request.clone();
+    latency_first.parameters.insert(
+        "localml.profile".into(),
+        localml_proto::inference::InferParameter {
+            parameter_choice: Some(
+                localml_proto::inference::infer_parameter::ParameterChoice::StringParam(
+                    "latency".into(),
+                ),
+            ),
+        },
+    );
+    let low = served_by(&scheduler, &latency_first, 100, 4).await;
+    assert_eq!(
+        low.get("on-ups"),
+        None,
+        "low battery takes nothing: {low:?}"
+    );
+
+    // Mains returns.
+    upsd.set("OL CHRG", "20", "300");
+    wait_power(&scheduler, "on-ups", "OL again", |p, _| {
+        p.source == PowerSource::Mains as i32 && !p.low_battery
+    })
+    .await;
+
+    // upsd stops answering: the PC's power is not known to be safe.
+    upsd.stop_server();
+    wait_power(
+        &scheduler,
+        "on-ups",
+        "a silent upsd counts as battery",
+        |p, _| {
+            p.source == PowerSource::Battery as i32
+                && p.ups_status.is_empty()
+                && p.reason.contains("does not answer")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_low_battery_stop_leaves_the_cluster_and_exits() {
+    let upsd = Upsd::start();
+    let scheduler = Scheduler::start();
+    let mut worker = Worker::start(
+        "stopper",
+        &scheduler,
+        &["--ups", &upsd.target(), "--on-low-battery", "stop"],
+    );
+    scheduler.wait_ready(&["stopper"]).await;
+    upsd.set("OB LB", "5", "60");
+    let status = worker
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .expect("the worker stops on low battery");
+    assert!(status.success(), "a clean stop: {status:?}");
+}
+
+#[test]
+fn bad_ups_addresses_are_refused_naming_the_form() {
+    let out = std::process::Command::new(bin("localml-worker"))
+        .args(["--ups", "no-host-here", "--scheduler", "127.0.0.1:1"])
+        .output()
+        .expect("run localml-worker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected NAME@HOST[:PORT]"), "{err}");
+}
 
 /// Issue #14's case: one fast PC that lost mains power and two slower PCs on mains. The
 /// battery PC rests while the mains PCs can start requests within the default profile's

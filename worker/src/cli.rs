@@ -42,6 +42,12 @@ pub struct WorkerArgs {
     /// Root of the power_supply sysfs class [default: /sys/class/power_supply].
     #[arg(long)]
     pub power_supply_root: Option<PathBuf>,
+    /// A UPS to read through NUT's upsd: NAME@HOST[:PORT] (as upsc takes it).
+    #[arg(long, value_name = "NAME@HOST[:PORT]")]
+    pub ups: Option<String>,
+    /// When the UPS reports low battery: drain (no new work) or stop (leave and exit).
+    #[arg(long, value_enum)]
+    pub on_low_battery: Option<crate::config::LowBatteryAction>,
     /// ONNX Runtime intra-op threads per session.
     #[arg(long)]
     pub intra_op_threads: Option<usize>,
@@ -89,6 +95,12 @@ impl WorkerArgs {
         }
         if let Some(v) = self.power_supply_root {
             c.power_supply_root = v;
+        }
+        if let Some(v) = self.ups {
+            c.ups = Some(v);
+        }
+        if let Some(v) = self.on_low_battery {
+            c.on_low_battery = v;
         }
         if let Some(v) = self.intra_op_threads {
             c.intra_op_threads = Some(v);

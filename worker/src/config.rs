@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     pub power_supply_root: PathBuf,
     /// Fixed power state for a PC whose UPS or solar battery sysfs cannot see.
     pub power: Option<PowerOverride>,
+    /// A UPS to read through NUT's upsd, `NAME@HOST[:PORT]`; its state replaces sysfs.
+    pub ups: Option<String>,
+    /// What the worker does when the UPS reports low battery (LB): `drain` (no new work,
+    /// finishes what it has; the default) or `stop` (also leaves the cluster and exits).
+    pub on_low_battery: LowBatteryAction,
     /// ONNX Runtime intra-op threads per session; default: ONNX Runtime's choice.
     pub intra_op_threads: Option<usize>,
     /// Path of the ONNX Runtime shared library (see the lookup order in the README).
@@ -45,6 +50,15 @@ pub struct WorkerConfig {
     /// `all`: load every model of the repository at start; `on_demand`: load only what
     /// the scheduler's deployments assign.
     pub load: LoadMode,
+}
+
+/// `on_low_battery`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LowBatteryAction {
+    #[default]
+    Drain,
+    Stop,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -83,6 +97,8 @@ impl Default for WorkerConfig {
             labels: BTreeMap::new(),
             power_supply_root: PathBuf::from("/sys/class/power_supply"),
             power: None,
+            ups: None,
+            on_low_battery: LowBatteryAction::Drain,
             intra_op_threads: None,
             onnxruntime: None,
             throttle: 1.0,
@@ -136,6 +152,15 @@ impl WorkerConfig {
         }
         if self.name.is_empty() {
             return Err(ConfigError::Invalid("name must not be empty".into()));
+        }
+        if let Some(ups) = &self.ups {
+            ups.parse::<crate::ups::UpsTarget>()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if self.power.is_some() {
+                return Err(ConfigError::Invalid(
+                    "set either power (a fixed reading) or ups (read from upsd), not both".into(),
+                ));
+            }
         }
         if let Some(0) = self.intra_op_threads {
             return Err(ConfigError::Invalid(

@@ -8,6 +8,7 @@
 //! - [`model`]: a loaded model version: sessions, execution provider, statistics.
 //! - [`validate`]: request checks against a model's signature before ONNX Runtime runs.
 //! - [`hardware`], [`power`]: RAM (procfs), GPUs (NVML), and power source (sysfs).
+//! - [`ups`]: a UPS's state from NUT's upsd (`--ups NAME@HOST`).
 //! - [`state`]: the worker's shared state and its status report.
 //! - [`service`]: the worker's `GRPCInferenceService`.
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and energy counters.
@@ -25,6 +26,7 @@ pub mod repository;
 pub mod runtime;
 pub mod service;
 pub mod state;
+pub mod ups;
 pub mod validate;
 
 use std::future::Future;
@@ -157,6 +159,42 @@ fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
     }
 }
 
+/// Logs what changed between two UPS readings: the state at info, a new reason at warn.
+fn log_ups(target: &ups::UpsTarget, before: Option<&ups::UpsPower>, now: &ups::UpsPower) {
+    if before.is_none_or(|b| b.status != now.status || b.source != now.source) {
+        tracing::info!(ups = %target, status = %now.status, source = ?now.source, charge = ?now.battery_percent, runtime_s = ?now.runtime_seconds, "UPS state");
+    }
+    if !now.reason.is_empty() && before.is_none_or(|b| b.reason != now.reason) {
+        tracing::warn!(ups = %target, "{}", now.reason);
+    }
+}
+
+/// Reads the UPS every second while the worker lives.
+async fn poll_ups(
+    worker: std::sync::Weak<Worker>,
+    target: ups::UpsTarget,
+    on_low_battery: config::LowBatteryAction,
+    stop: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut stop = Some(stop);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let reading = ups::read(&target).await;
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        log_ups(&target, worker.ups().as_ref(), &reading);
+        let low = reading.low_battery;
+        worker.set_ups(reading);
+        if low && on_low_battery == config::LowBatteryAction::Stop {
+            if let Some(stop) = stop.take() {
+                tracing::warn!(ups = %target, "UPS battery low: stopping (on_low_battery: stop)");
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
 /// Runs a worker on `listener` until `shutdown` completes, then leaves the cluster and
 /// finishes in-flight requests.
 pub async fn run(
@@ -218,8 +256,36 @@ pub async fn run(
             "loading on demand: models load when a deployment assigns them"
         );
     }
+    let ups = match &config.ups {
+        Some(text) => Some(
+            text.parse::<ups::UpsTarget>()
+                .map_err(|e| config::ConfigError::Invalid(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let on_low_battery = config.on_low_battery;
     let worker =
         Arc::new(Worker::new(config, models, providers, advertise).with_loader(loader, available));
+    // The UPS is read before joining, so the first report already says where power comes
+    // from; then every second. `stop` on low battery ends the worker like a SIGTERM.
+    let (ups_stop, ups_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(target) = ups {
+        let reading = ups::read(&target).await;
+        log_ups(&target, None, &reading);
+        worker.set_ups(reading);
+        tokio::spawn(poll_ups(
+            Arc::downgrade(&worker),
+            target,
+            on_low_battery,
+            ups_stop,
+        ));
+    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            Ok(()) = ups_stopped => {}
+        }
+    };
     let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(agent::run_all(
         Arc::clone(&worker),

@@ -58,6 +58,9 @@ pub struct Worker {
     pub requests: crate::observe::RequestMetrics,
     sequence: AtomicU64,
     gpus: Mutex<Vec<GpuInfo>>,
+    /// The UPS's last reading, when the worker has one (`--ups`); refreshed by the UPS
+    /// poller, read by status reports.
+    ups: Mutex<Option<crate::ups::UpsPower>>,
 }
 
 impl Worker {
@@ -79,7 +82,18 @@ impl Worker {
             requests: Default::default(),
             sequence: AtomicU64::new(0),
             gpus: Mutex::new(Vec::new()),
+            ups: Mutex::new(None),
         }
+    }
+
+    /// Records the UPS's latest reading.
+    pub fn set_ups(&self, reading: crate::ups::UpsPower) {
+        *self.ups.lock().unwrap_or_else(|e| e.into_inner()) = Some(reading);
+    }
+
+    /// The UPS's latest reading, if the worker has a UPS and it was read.
+    pub fn ups(&self) -> Option<crate::ups::UpsPower> {
+        self.ups.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Lets the worker load models later (`--load on-demand`): remembers the repository
@@ -241,6 +255,7 @@ impl Worker {
     pub fn status(&self) -> pb::WorkerStatus {
         let (ram_total, ram_free) = hardware::memory();
         let reading = power::current(&self.config.power_supply_root, self.config.power.as_ref());
+        let ups = self.ups();
         let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
         pb::WorkerStatus {
             name: self.config.name.clone(),
@@ -259,15 +274,23 @@ impl Worker {
                 })
                 .collect(),
             execution_providers: self.providers.clone(),
-            power: Some(pb::PowerStatus {
-                source: match reading.source {
-                    PowerSource::Mains => pb::PowerSource::Mains,
-                    PowerSource::Battery => pb::PowerSource::Battery,
-                    PowerSource::Ups => pb::PowerSource::Ups,
-                    PowerSource::Unknown => pb::PowerSource::Unknown,
-                } as i32,
-                battery_percent: reading.battery_percent,
-                origin: reading.origin.to_string(),
+            power: Some(match (&self.config.ups, ups) {
+                (Some(target), Some(ups)) => pb::PowerStatus {
+                    source: proto_source(ups.source),
+                    battery_percent: ups.battery_percent,
+                    origin: "ups".into(),
+                    ups: target.clone(),
+                    ups_status: ups.status,
+                    battery_runtime_seconds: ups.runtime_seconds,
+                    low_battery: ups.low_battery,
+                    reason: ups.reason,
+                },
+                _ => pb::PowerStatus {
+                    source: proto_source(reading.source),
+                    battery_percent: reading.battery_percent,
+                    origin: reading.origin.to_string(),
+                    ..Default::default()
+                },
             }),
             models: self.loaded().iter().map(|m| model_report(m)).collect(),
             available: self
@@ -287,6 +310,15 @@ impl Worker {
             version: crate::VERSION.to_string(),
         }
     }
+}
+
+fn proto_source(source: PowerSource) -> i32 {
+    (match source {
+        PowerSource::Mains => pb::PowerSource::Mains,
+        PowerSource::Battery => pb::PowerSource::Battery,
+        PowerSource::Ups => pb::PowerSource::Ups,
+        PowerSource::Unknown => pb::PowerSource::Unknown,
+    }) as i32
 }
 
 fn specs(specs: &[TensorSpec]) -> Vec<pb::TensorSpec> {

@@ -36,6 +36,7 @@ fn snapshot(n: usize) -> Snapshot {
                 previous_power: PowerSource::Mains,
                 power_changed_ms: 0,
                 battery_percent: Some(rng.f32() * 100.0),
+                low_battery: false,
                 models: vec![ModelOnWorker {
                     name: "m".into(),
                     version: "1".into(),

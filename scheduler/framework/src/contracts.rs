@@ -147,6 +147,8 @@ pub struct WorkerInfo {
     pub previous_power: PowerSource,
     pub power_changed_ms: u64,
     pub battery_percent: Option<f32>,
+    /// The worker's UPS reports low battery (NUT's LB): no new work.
+    pub low_battery: bool,
     pub models: Vec<ModelOnWorker>,
     /// Requests the scheduler has sent and not yet seen answered.
     pub dispatched: u32,
@@ -188,6 +190,7 @@ impl WorkerInfo {
             previous_power: PowerSource::Mains,
             power_changed_ms: 0,
             battery_percent: None,
+            low_battery: false,
             models: vec![model],
             dispatched: 0,
             peak_ewma_ms: 0.0,

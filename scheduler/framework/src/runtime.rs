@@ -281,6 +281,7 @@ mod tests {
                     previous_power: PowerSource::Mains,
                     power_changed_ms: 0,
                     battery_percent: None,
+                    low_battery: false,
                     models: Vec::new(),
                     dispatched: 0,
                     peak_ewma_ms: 0.0,

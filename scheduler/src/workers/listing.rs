@@ -24,6 +24,9 @@ pub(super) fn conditions(status: &pb::WorkerStatus) -> Vec<String> {
         PowerSource::Ups => out.push("OnUPS".to_string()),
         _ => {}
     }
+    if status.power.as_ref().is_some_and(|p| p.low_battery) {
+        out.push("LowBattery".to_string());
+    }
     out
 }
 

@@ -169,6 +169,7 @@ impl Workers {
                     .saturating_duration_since(self.epoch)
                     .as_millis() as u64,
                 battery_percent: power.battery_percent,
+                low_battery: power.low_battery,
                 models: w
                     .status
                     .models

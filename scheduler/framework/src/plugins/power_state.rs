@@ -119,6 +119,7 @@ impl PowerState {
     /// out on purpose: a busy worker counts, with the wait its queue implies.
     fn could_serve(&self, request: &RequestInfo, worker: &WorkerInfo) -> bool {
         worker.schedulable
+            && !worker.low_battery
             && worker.model(request).is_some()
             && worker.selector_mismatch(request).is_none()
             && worker.provider_mismatch(request).is_none()
@@ -200,6 +201,9 @@ impl Filter for PowerState {
             return Status::unschedulable(
                 format!("power source {u:?} is marked unusable").to_lowercase(),
             );
+        }
+        if worker.low_battery {
+            return Status::unschedulable("its UPS reports low battery");
         }
         if worker.power == PowerSource::Battery {
             if let Some(rests) = state.read::<BatteryRests>() {
@@ -294,6 +298,15 @@ mod tests {
                     "battery critical",
                     request(),
                     on(PowerSource::Battery, Some(9.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "UPS low battery",
+                    request(),
+                    WorkerInfo {
+                        low_battery: true,
+                        ..on(PowerSource::Battery, Some(60.0))
+                    },
                     Code::Unschedulable,
                 ),
                 (
