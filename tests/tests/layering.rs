@@ -5,31 +5,26 @@
 
 use std::process::Command;
 
-/// The crates that `package` depends on for normal builds, by name.
-fn normal_dependencies(package: &str) -> Vec<String> {
+/// `cargo tree` on the workspace with `args`; its output.
+fn cargo_tree(args: &[&str]) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let output = Command::new(cargo)
-        .args([
-            "tree",
-            "--manifest-path",
-            manifest,
-            "--offline",
-            "-p",
-            package,
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
+        .args(["tree", "--manifest-path", manifest, "--offline"])
+        .args(args)
         .output()
         .expect("run cargo tree");
     assert!(
         output.status.success(),
-        "cargo tree -p {package} failed: {}",
+        "cargo tree {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The crates that `package` depends on for normal builds, by name.
+fn normal_dependencies(package: &str) -> Vec<String> {
+    let mut names: Vec<String> = cargo_tree(&["-p", package, "-e", "normal", "--prefix", "none"])
         .lines()
         .filter_map(|line| line.split_whitespace().next().map(str::to_string))
         .collect();
@@ -68,25 +63,14 @@ fn the_simulator_runs_the_framework_alone() {
 #[test]
 fn release_builds_do_not_carry_the_store_conformance_suite() {
     // The suite is a feature that only dev-dependencies enable.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    let output = Command::new(cargo)
-        .args([
-            "tree",
-            "--manifest-path",
-            manifest,
-            "--offline",
-            "-p",
-            "localml-cli",
-            "-e",
-            "normal,features",
-            "-i",
-            "localml-store",
-        ])
-        .output()
-        .expect("run cargo tree");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}");
+    let text = cargo_tree(&[
+        "-p",
+        "localml-cli",
+        "-e",
+        "normal,features",
+        "-i",
+        "localml-store",
+    ]);
     assert!(text.contains("localml-store"), "{text}");
     assert!(!text.contains("conformance"), "{text}");
 }

@@ -282,30 +282,60 @@ pub async fn run(
     Ok(restored?)
 }
 
+/// Successive readings turned into views, counted against `--frames`.
+struct Sequence<'a> {
+    title: &'a str,
+    frames: u32,
+    drawn: u32,
+    previous: Reading,
+    at: Instant,
+}
+
+impl Sequence<'_> {
+    /// The next view, from a fresh reading, with its number of rows (workers and models).
+    async fn next(
+        &mut self,
+        admin: &mut AdminClient<Channel>,
+    ) -> Result<(View, usize), DashboardError> {
+        let current = read(admin).await?;
+        let view = View::from_readings(&self.previous, &current, self.at.elapsed(), self.title);
+        let rows = current.workers.len() + current.models.len();
+        self.previous = current;
+        self.at = Instant::now();
+        self.drawn += 1;
+        Ok((view, rows))
+    }
+
+    /// Whether `--frames` were drawn.
+    fn done(&self) -> bool {
+        self.frames > 0 && self.drawn >= self.frames
+    }
+}
+
 async fn text_frames(
     admin: &mut AdminClient<Channel>,
     title: &str,
     interval: Duration,
     frames: u32,
-    mut previous: Reading,
+    previous: Reading,
 ) -> Result<(), DashboardError> {
-    let mut at = Instant::now();
-    let mut drawn = 0;
+    let mut sequence = Sequence {
+        title,
+        frames,
+        drawn: 0,
+        previous,
+        at: Instant::now(),
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        let current = read(admin).await?;
-        let view = View::from_readings(&previous, &current, at.elapsed(), title);
+        let (view, rows) = sequence.next(admin).await?;
         // Tall enough for every row: title, two headers, blank lines, workers, models.
-        let height = 6 + current.workers.len() + current.models.len();
-        let height = u16::try_from(height).unwrap_or(u16::MAX);
+        let height = u16::try_from(6 + rows).unwrap_or(u16::MAX);
         println!("{}", text_frame(&view, 150, height));
-        previous = current;
-        at = Instant::now();
-        drawn += 1;
-        if frames > 0 && drawn >= frames {
+        if sequence.done() {
             return Ok(());
         }
     }
@@ -317,9 +347,15 @@ async fn frames_until_quit(
     title: &str,
     interval: Duration,
     frames: u32,
-    mut previous: Reading,
+    previous: Reading,
 ) -> Result<(), DashboardError> {
-    let mut at = Instant::now();
+    let mut sequence = Sequence {
+        title,
+        frames,
+        drawn: 0,
+        previous,
+        at: Instant::now(),
+    };
     let mut keys = keyboard();
     let mut tick = tokio::time::interval(interval);
     // A slow reading delays the next frame rather than bunching frames up after it.
@@ -327,7 +363,6 @@ async fn frames_until_quit(
     // The first tick is immediate; a frame needs a second reading an interval later.
     tick.tick().await;
     let mut view: Option<View> = None;
-    let mut drawn = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -342,14 +377,10 @@ async fn frames_until_quit(
                 }
             },
         }
-        let current = read(admin).await?;
-        let next = View::from_readings(&previous, &current, at.elapsed(), title);
+        let (next, _) = sequence.next(admin).await?;
         terminal.draw(|f| draw(f, &next))?;
         view = Some(next);
-        previous = current;
-        at = Instant::now();
-        drawn += 1;
-        if frames > 0 && drawn >= frames {
+        if sequence.done() {
             return Ok(());
         }
     }
