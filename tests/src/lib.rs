@@ -762,3 +762,22 @@ impl Drop for Upsd {
         self.driver.kill9();
     }
 }
+
+/// `request` with the string parameter `key` set to `value`.
+pub fn with_param(
+    mut request: localml_proto::inference::ModelInferRequest,
+    key: &str,
+    value: &str,
+) -> localml_proto::inference::ModelInferRequest {
+    request.parameters.insert(
+        key.into(),
+        localml_proto::inference::InferParameter {
+            parameter_choice: Some(
+                localml_proto::inference::infer_parameter::ParameterChoice::StringParam(
+                    value.into(),
+                ),
+            ),
+        },
+    );
+    request
+}

@@ -83,17 +83,7 @@ async fn a_ups_read_through_nut_moves_work_drains_on_low_battery_and_fails_safe(
         p.low_battery && c.iter().any(|c| c == "LowBattery")
     })
     .await;
-    let mut latency_first = request.clone();
-    latency_first.parameters.insert(
-        "localml.profile".into(),
-        localml_proto::inference::InferParameter {
-            parameter_choice: Some(
-                localml_proto::inference::infer_parameter::ParameterChoice::StringParam(
-                    "latency".into(),
-                ),
-            ),
-        },
-    );
+    let latency_first = with_param(request.clone(), "localml.profile", "latency");
     let low = served_by(&scheduler, &latency_first, 100, 4).await;
     assert_eq!(
         low.get("on-ups"),
@@ -208,4 +198,34 @@ async fn battery_is_overflow_capacity_under_the_default_profile() {
         laptop * 10 > 300 * 3,
         "more than 30% on battery under overload: {heavy:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_battery_with_minutes_left_takes_no_new_work() {
+    let sysfs = TempDir::new("sysfs-runtime");
+    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "0")]);
+    write_power_supply(
+        sysfs.path(),
+        "BAT0",
+        &[
+            ("type", "Battery"),
+            ("capacity", "70"),
+            ("status", "Discharging"),
+            // 3 minutes: under PowerState's min_runtime_minutes (5).
+            ("time_to_empty_now", "180"),
+        ],
+    );
+    let scheduler = Scheduler::start();
+    let root = sysfs.path().to_string_lossy().to_string();
+    let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
+    let _desk = Worker::start("desk", &scheduler, &[]);
+    scheduler.wait_ready(&["laptop", "desk"]).await;
+    wait_power(&scheduler, "laptop", "runtime reported", |p, _| {
+        p.battery_runtime_seconds == Some(180)
+    })
+    .await;
+    // Even speed-first, the laptop takes nothing while it has minutes left.
+    let request = with_param(image_request(1), "localml.profile", "latency");
+    let served = served_by(&scheduler, &request, 60, 4).await;
+    assert_eq!(served.get("laptop"), None, "{served:?}");
 }

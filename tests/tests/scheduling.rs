@@ -4,21 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use localml_proto::inference::{
-    infer_parameter::ParameterChoice, InferParameter, ModelInferRequest,
-};
+use localml_proto::inference::ModelInferRequest;
 use localml_tests::*;
 use tonic::Code;
-
-fn with_param(mut request: ModelInferRequest, key: &str, value: &str) -> ModelInferRequest {
-    request.parameters.insert(
-        key.into(),
-        InferParameter {
-            parameter_choice: Some(ParameterChoice::StringParam(value.into())),
-        },
-    );
-    request
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faster_worker_serves_clearly_more() {

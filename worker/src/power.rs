@@ -21,6 +21,9 @@ pub struct PowerReading {
     pub source: PowerSource,
     /// Charge of the battery (or UPS) in percent, when one reports it.
     pub battery_percent: Option<f32>,
+    /// On battery: the time left, when the battery says (`time_to_empty_now`, or its
+    /// energy over its power draw).
+    pub runtime_seconds: Option<u32>,
     /// "sysfs", "config" or "none".
     pub origin: &'static str,
 }
@@ -53,6 +56,7 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
     let mut mains_online = false;
     let mut mains_seen = false;
     let mut batteries = Vec::new();
+    let mut runtimes: Vec<u32> = Vec::new();
     let mut ups: Option<(bool, Option<f32>)> = None;
     for dir in &entries {
         let kind = read(dir, "type").unwrap_or_default();
@@ -63,7 +67,8 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
                 mains_online |= read(dir, "online").as_deref() == Some("1");
             }
             "Battery" if read(dir, "scope").as_deref() != Some("Device") => {
-                batteries.push(capacity)
+                batteries.push(capacity);
+                runtimes.extend(runtime_left(dir));
             }
             "UPS" => {
                 let discharging = read(dir, "status").as_deref() == Some("Discharging");
@@ -76,6 +81,7 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
     let reading = |source, battery_percent| PowerReading {
         source,
         battery_percent,
+        runtime_seconds: None,
         origin: "sysfs",
     };
     if let Some((true, charge)) = ups {
@@ -88,7 +94,12 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
         );
     }
     if !batteries.is_empty() {
-        return reading(PowerSource::Battery, battery_percent);
+        // Several batteries drain together in most laptops: the largest estimate is the
+        // time the PC runs (each estimate covers its own battery only).
+        return PowerReading {
+            runtime_seconds: runtimes.iter().copied().max(),
+            ..reading(PowerSource::Battery, battery_percent)
+        };
     }
     if ups.is_some() || mains_seen {
         // A UPS on line power, or a mains entry that is offline with no battery: the PC
@@ -98,8 +109,27 @@ pub fn read_sysfs(root: &Path) -> PowerReading {
     PowerReading {
         source: PowerSource::Unknown,
         battery_percent: None,
+        runtime_seconds: None,
         origin: "none",
     }
+}
+
+/// Seconds a discharging battery has left: the kernel's `time_to_empty_now`, else
+/// `energy_now / power_now` (µWh / µW) or `charge_now / current_now` (µAh / µA).
+/// None when it is not discharging or says nothing usable.
+fn runtime_left(dir: &Path) -> Option<u32> {
+    if read(dir, "status").as_deref() != Some("Discharging") {
+        return None;
+    }
+    let number = |file: &str| read(dir, file).and_then(|v| v.parse::<f64>().ok());
+    let seconds = number("time_to_empty_now").or_else(|| {
+        let (amount, rate) = match (number("energy_now"), number("power_now")) {
+            (Some(e), Some(p)) => (e, p),
+            _ => (number("charge_now")?, number("current_now")?),
+        };
+        (rate > 0.0).then(|| amount / rate * 3600.0)
+    })?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| seconds.min(f64::from(u32::MAX)) as u32)
 }
 
 /// The reading a worker reports: the override when configured, else sysfs.
@@ -108,6 +138,7 @@ pub fn current(root: &Path, override_: Option<&PowerOverride>) -> PowerReading {
         Some(o) => PowerReading {
             source: o.source,
             battery_percent: o.battery_percent,
+            runtime_seconds: None,
             origin: "config",
         },
         None => read_sysfs(root),
@@ -239,5 +270,70 @@ mod tests {
             read_sysfs(Path::new("/nonexistent")).source,
             PowerSource::Unknown
         );
+    }
+
+    #[test]
+    fn a_discharging_battery_says_how_long_it_has() {
+        type Files<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(&str, Files, Option<u32>); 5] = [
+            (
+                "time_to_empty",
+                &[
+                    ("type", "Battery"),
+                    ("status", "Discharging"),
+                    ("time_to_empty_now", "1800"),
+                ],
+                Some(1800),
+            ),
+            (
+                // 20 Wh at 10 W: two hours.
+                "energy over power",
+                &[
+                    ("type", "Battery"),
+                    ("status", "Discharging"),
+                    ("energy_now", "20000000"),
+                    ("power_now", "10000000"),
+                ],
+                Some(7200),
+            ),
+            (
+                "charge over current",
+                &[
+                    ("type", "Battery"),
+                    ("status", "Discharging"),
+                    ("charge_now", "1000000"),
+                    ("current_now", "4000000"),
+                ],
+                Some(900),
+            ),
+            (
+                "no draw",
+                &[
+                    ("type", "Battery"),
+                    ("status", "Discharging"),
+                    ("energy_now", "20000000"),
+                    ("power_now", "0"),
+                ],
+                None,
+            ),
+            (
+                "charging",
+                &[
+                    ("type", "Battery"),
+                    ("status", "Charging"),
+                    ("time_to_empty_now", "1800"),
+                ],
+                None,
+            ),
+        ];
+        for (name, files, expected) in cases {
+            let root = tree(
+                &format!("runtime-{}", name.replace(' ', "-")),
+                &[("BAT0", files)],
+            );
+            let reading = read_sysfs(&root);
+            assert_eq!(reading.runtime_seconds, expected, "{name}");
+            let _ = std::fs::remove_dir_all(&root);
+        }
     }
 }

@@ -288,6 +288,7 @@ impl Worker {
                 _ => pb::PowerStatus {
                     source: proto_source(reading.source),
                     battery_percent: reading.battery_percent,
+                    battery_runtime_seconds: reading.runtime_seconds,
                     origin: reading.origin.to_string(),
                     ..Default::default()
                 },

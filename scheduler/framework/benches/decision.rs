@@ -37,6 +37,7 @@ fn snapshot(n: usize) -> Snapshot {
                 power_changed_ms: 0,
                 battery_percent: Some(rng.f32() * 100.0),
                 low_battery: false,
+                battery_runtime_s: None,
                 models: vec![ModelOnWorker {
                     name: "m".into(),
                     version: "1".into(),

@@ -149,6 +149,8 @@ pub struct WorkerInfo {
     pub battery_percent: Option<f32>,
     /// The worker's UPS reports low battery (NUT's LB): no new work.
     pub low_battery: bool,
+    /// Seconds of battery left, when the battery or UPS says.
+    pub battery_runtime_s: Option<u32>,
     pub models: Vec<ModelOnWorker>,
     /// Requests the scheduler has sent and not yet seen answered.
     pub dispatched: u32,
@@ -191,6 +193,7 @@ impl WorkerInfo {
             power_changed_ms: 0,
             battery_percent: None,
             low_battery: false,
+            battery_runtime_s: None,
             models: vec![model],
             dispatched: 0,
             peak_ewma_ms: 0.0,

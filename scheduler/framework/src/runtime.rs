@@ -282,6 +282,7 @@ mod tests {
                     power_changed_ms: 0,
                     battery_percent: None,
                     low_battery: false,
+                    battery_runtime_s: None,
                     models: Vec::new(),
                     dispatched: 0,
                     peak_ewma_ms: 0.0,

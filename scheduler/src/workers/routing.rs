@@ -170,6 +170,7 @@ impl Workers {
                     .as_millis() as u64,
                 battery_percent: power.battery_percent,
                 low_battery: power.low_battery,
+                battery_runtime_s: power.battery_runtime_seconds,
                 models: w
                     .status
                     .models

@@ -20,6 +20,9 @@ pub const NAME: &str = "PowerState";
 pub struct Args {
     /// Battery charge under which a worker on battery is filtered out.
     pub critical_battery_percent: f32,
+    /// A worker on battery with less time left than this (when its battery or UPS says)
+    /// is filtered out: it finishes what it has.
+    pub min_runtime_minutes: f64,
     /// How long a better power source must hold before the worker scores as such.
     pub recovery_ms: u64,
     /// Score of a worker running on a UPS (mains and unknown: 100).
@@ -69,6 +72,7 @@ impl Default for Args {
     fn default() -> Self {
         Args {
             critical_battery_percent: 15.0,
+            min_runtime_minutes: 5.0,
             recovery_ms: 2_000,
             ups_score: 50,
             battery_score: 10,
@@ -213,6 +217,15 @@ impl Filter for PowerState {
                     rests.start_ms.ceil()
                 ));
             }
+            if let Some(left) = worker.battery_runtime_s {
+                if f64::from(left) < self.args.min_runtime_minutes * 60.0 {
+                    return Status::unschedulable(format!(
+                        "on battery with {} min left, under the minimum {} min",
+                        left / 60,
+                        self.args.min_runtime_minutes
+                    ));
+                }
+            }
             if let Some(p) = worker.battery_percent {
                 if p < self.args.critical_battery_percent {
                     return Status::unschedulable(format!(
@@ -246,6 +259,12 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
         return Err(PluginError::Args(format!(
             "critical_battery_percent must be in [0, 100], got {}",
             args.critical_battery_percent
+        )));
+    }
+    if !(args.min_runtime_minutes.is_finite() && args.min_runtime_minutes >= 0.0) {
+        return Err(PluginError::Args(format!(
+            "min_runtime_minutes must be a number of minutes >= 0, got {}",
+            args.min_runtime_minutes
         )));
     }
     if let Some(budget) = args.battery_wait_budget_ms {
@@ -308,6 +327,33 @@ mod tests {
                         ..on(PowerSource::Battery, Some(60.0))
                     },
                     Code::Unschedulable,
+                ),
+                (
+                    "battery with 3 min left",
+                    request(),
+                    WorkerInfo {
+                        battery_runtime_s: Some(180),
+                        ..on(PowerSource::Battery, Some(60.0))
+                    },
+                    Code::Unschedulable,
+                ),
+                (
+                    "battery with an hour left",
+                    request(),
+                    WorkerInfo {
+                        battery_runtime_s: Some(3600),
+                        ..on(PowerSource::Battery, Some(60.0))
+                    },
+                    Code::Success,
+                ),
+                (
+                    "mains, UPS runtime short (not on battery)",
+                    request(),
+                    WorkerInfo {
+                        battery_runtime_s: Some(60),
+                        ..on(PowerSource::Mains, Some(60.0))
+                    },
+                    Code::Success,
                 ),
                 (
                     "battery unknown charge",
