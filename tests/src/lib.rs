@@ -493,6 +493,23 @@ pub fn image_request(batch: i64) -> localml_proto::inference::ModelInferRequest 
 
 /// Writes files of a fake sysfs power supply `name` under `root`, each atomically (write
 /// then rename), as a reader of sysfs never sees half a value.
+/// A fake sysfs power_supply tree of a laptop: AC online or not, and BAT0 at `capacity`
+/// percent, charging on mains and discharging on battery, with `extra` files.
+pub fn laptop_sysfs(tag: &str, on_mains: bool, capacity: &str, extra: &[(&str, &str)]) -> TempDir {
+    let sysfs = TempDir::new(tag);
+    let online = if on_mains { "1" } else { "0" };
+    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", online)]);
+    let status = if on_mains { "Charging" } else { "Discharging" };
+    let mut files = vec![
+        ("type", "Battery"),
+        ("capacity", capacity),
+        ("status", status),
+    ];
+    files.extend_from_slice(extra);
+    write_power_supply(sysfs.path(), "BAT0", &files);
+    sysfs
+}
+
 pub fn write_power_supply(root: &Path, name: &str, files: &[(&str, &str)]) {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");

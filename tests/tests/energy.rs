@@ -150,17 +150,7 @@ fn bad_ups_addresses_are_refused_naming_the_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn battery_is_overflow_capacity_under_the_default_profile() {
     use localml_proto::localml::v1::PowerSource;
-    let sysfs = TempDir::new("sysfs-overflow");
-    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "0")]);
-    write_power_supply(
-        sysfs.path(),
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("capacity", "80"),
-            ("status", "Discharging"),
-        ],
-    );
+    let sysfs = laptop_sysfs("sysfs-overflow", false, "80", &[]);
     let scheduler = Scheduler::start();
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
@@ -202,18 +192,12 @@ async fn battery_is_overflow_capacity_under_the_default_profile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_battery_with_minutes_left_takes_no_new_work() {
-    let sysfs = TempDir::new("sysfs-runtime");
-    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "0")]);
-    write_power_supply(
-        sysfs.path(),
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("capacity", "70"),
-            ("status", "Discharging"),
-            // 3 minutes: under PowerState's min_runtime_minutes (5).
-            ("time_to_empty_now", "180"),
-        ],
+    // 3 minutes: under PowerState's min_runtime_minutes (5).
+    let sysfs = laptop_sysfs(
+        "sysfs-runtime",
+        false,
+        "70",
+        &[("time_to_empty_now", "180")],
     );
     let scheduler = Scheduler::start();
     let root = sysfs.path().to_string_lossy().to_string();

@@ -179,17 +179,7 @@ async fn job_state(client: &mut JobsClient<Channel>, id: &str) -> Job {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mains_only_jobs_wait_for_mains_power() {
-    let sysfs = TempDir::new("sysfs-jobs");
-    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "0")]);
-    write_power_supply(
-        sysfs.path(),
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("capacity", "80"),
-            ("status", "Discharging"),
-        ],
-    );
+    let sysfs = laptop_sysfs("sysfs-jobs", false, "80", &[]);
     let scheduler = Scheduler::start_with(JOBS_CONFIG);
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);

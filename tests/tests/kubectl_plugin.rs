@@ -61,17 +61,7 @@ fn without_server_it_port_forwards_through_the_kube_context_and_says_why_it_cann
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_cordon_drain_and_the_live_dashboard() {
-    let sysfs = TempDir::new("sysfs-plugin");
-    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "0")]);
-    write_power_supply(
-        sysfs.path(),
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("capacity", "60"),
-            ("status", "Discharging"),
-        ],
-    );
+    let sysfs = laptop_sysfs("sysfs-plugin", false, "60", &[]);
     let scheduler = Scheduler::start();
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);

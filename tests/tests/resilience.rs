@@ -146,17 +146,7 @@ fn workers_row(scheduler: &Scheduler, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn battery_switch_shows_up_in_localml_workers() {
-    let sysfs = TempDir::new("sysfs");
-    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
-    write_power_supply(
-        sysfs.path(),
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("capacity", "87"),
-            ("status", "Charging"),
-        ],
-    );
+    let sysfs = laptop_sysfs("sysfs", true, "87", &[]);
     let scheduler = Scheduler::start();
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);

@@ -29,17 +29,7 @@ async fn a_faster_worker_serves_clearly_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_battery_stops_receiving_new_work_and_gets_it_back_on_mains() {
     use localml_proto::localml::v1::PowerSource;
-    let sysfs = TempDir::new("sysfs-sched");
-    write_power_supply(sysfs.path(), "AC", &[("type", "Mains"), ("online", "1")]);
-    write_power_supply(
-        sysfs.path(),
-        "BAT0",
-        &[
-            ("type", "Battery"),
-            ("capacity", "70"),
-            ("status", "Charging"),
-        ],
-    );
+    let sysfs = laptop_sysfs("sysfs-sched", true, "70", &[]);
     let scheduler = Scheduler::start();
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);

@@ -291,7 +291,17 @@ struct Sequence<'a> {
     at: Instant,
 }
 
-impl Sequence<'_> {
+impl<'a> Sequence<'a> {
+    fn new(title: &'a str, frames: u32, first: Reading) -> Sequence<'a> {
+        Sequence {
+            title,
+            frames,
+            drawn: 0,
+            previous: first,
+            at: Instant::now(),
+        }
+    }
+
     /// The next view, from a fresh reading, with its number of rows (workers and models).
     async fn next(
         &mut self,
@@ -319,13 +329,7 @@ async fn text_frames(
     frames: u32,
     previous: Reading,
 ) -> Result<(), DashboardError> {
-    let mut sequence = Sequence {
-        title,
-        frames,
-        drawn: 0,
-        previous,
-        at: Instant::now(),
-    };
+    let mut sequence = Sequence::new(title, frames, previous);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -349,13 +353,7 @@ async fn frames_until_quit(
     frames: u32,
     previous: Reading,
 ) -> Result<(), DashboardError> {
-    let mut sequence = Sequence {
-        title,
-        frames,
-        drawn: 0,
-        previous,
-        at: Instant::now(),
-    };
+    let mut sequence = Sequence::new(title, frames, previous);
     let mut keys = keyboard();
     let mut tick = tokio::time::interval(interval);
     // A slow reading delays the next frame rather than bunching frames up after it.
