@@ -78,6 +78,8 @@ pub struct SubmitOptions {
     pub deadline: Option<Duration>,
     pub idempotency_key: String,
     pub power: PowerPolicy,
+    /// Run only on mains with the worker's battery or UPS at least this full.
+    pub min_battery: Option<f32>,
     pub tenant: String,
     pub count: u32,
 }
@@ -108,6 +110,7 @@ pub async fn submit(
                 idempotency_key: key,
                 power_policy: options.power as i32,
                 tenant: options.tenant.clone(),
+                min_battery_percent: options.min_battery,
             })
             .await
             .map_err(status_error)?
@@ -152,6 +155,9 @@ pub async fn get(server: &str, id: String, show: usize) -> anyhow::Result<()> {
         job.power_policy(),
         job.attempts
     );
+    if let Some(min) = job.min_battery_percent {
+        println!("  runs on mains with the battery or UPS at {min}% or more");
+    }
     if !job.worker.is_empty() {
         println!("  worker {}", job.worker);
     }

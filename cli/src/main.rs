@@ -163,6 +163,10 @@ enum JobsCommand {
         /// any, prefer_mains, or mains_only (wait for a worker on mains power).
         #[arg(long, default_value = "any")]
         power: String,
+        /// Deferrable work: run only on a worker on mains whose battery or UPS is charged
+        /// to at least this many percent (e.g. 80: an overnight batch lets the UPS recover).
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        min_battery: Option<f32>,
         #[arg(long, default_value = "")]
         tenant: String,
         /// Submit this many copies.
@@ -468,6 +472,14 @@ async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// A percentage from 0 to 100, for clap.
+fn parse_percent(text: &str) -> Result<f32, String> {
+    match text.trim().trim_end_matches('%').parse::<f32>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{text}' is not a percentage from 0 to 100")),
+    }
+}
+
 async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
     use localml_cli::jobs;
     match command {
@@ -477,6 +489,7 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
             deadline,
             idempotency_key,
             power,
+            min_battery,
             tenant,
             count,
             watch,
@@ -486,6 +499,7 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
                 deadline: deadline.as_deref().map(jobs::parse_duration).transpose()?,
                 idempotency_key,
                 power: jobs::parse_power(&power)?,
+                min_battery,
                 tenant,
                 count,
             };

@@ -11,6 +11,8 @@ pub const SELECTOR_PARAMETER: &str = "localml.selector";
 pub const PRIORITY_PARAMETER: &str = "localml.priority";
 pub const TENANT_PARAMETER: &str = "localml.tenant";
 pub const POWER_PARAMETER: &str = "localml.power";
+/// Only a worker on mains whose battery or UPS is charged to at least this many percent.
+pub const MIN_BATTERY_PARAMETER: &str = "localml.min_battery";
 /// Response parameter naming the worker that served a request (set by workers).
 pub const WORKER_PARAMETER: &str = "localml.worker";
 

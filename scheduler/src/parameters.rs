@@ -23,6 +23,9 @@ pub enum ParameterError {
     /// `localml.priority` is neither an integer nor a string.
     #[error("parameter '{}' must be an integer", PRIORITY_PARAMETER)]
     PriorityType,
+    /// `localml.min_battery` is not a percentage.
+    #[error("parameter '{name}' is '{0}'; expected a percentage from 0 to 100", name = MIN_BATTERY_PARAMETER)]
+    MinBattery(String),
     /// `localml.power` is not any, prefer_mains or mains_only.
     #[error("parameter '{name}' is '{0}'; expected any, prefer_mains or mains_only", name = POWER_PARAMETER)]
     Power(String),
@@ -84,6 +87,25 @@ pub fn request_info(
         Some("mains_only") => true,
         Some(other) => return Err(ParameterError::Power(other.to_string())),
     };
+    let min_battery_percent = match request
+        .parameters
+        .get(MIN_BATTERY_PARAMETER)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => None,
+        Some(choice) => {
+            let (text, value) = match choice {
+                ParameterChoice::DoubleParam(v) => (v.to_string(), Some(*v)),
+                ParameterChoice::Int64Param(v) => (v.to_string(), Some(*v as f64)),
+                ParameterChoice::StringParam(s) => (s.clone(), s.trim().parse::<f64>().ok()),
+                other => (format!("{other:?}"), None),
+            };
+            match value {
+                Some(v) if (0.0..=100.0).contains(&v) => Some(v as f32),
+                _ => return Err(ParameterError::MinBattery(text)),
+            }
+        }
+    };
     Ok((
         profile,
         RequestInfo {
@@ -94,6 +116,56 @@ pub fn request_info(
             priority,
             tenant,
             mains_only,
+            min_battery_percent,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use localml_proto::inference::infer_parameter::ParameterChoice;
+    use localml_proto::inference::InferParameter;
+
+    use super::*;
+
+    fn with(choice: ParameterChoice) -> ModelInferRequest {
+        let mut request = ModelInferRequest::default();
+        request.parameters.insert(
+            MIN_BATTERY_PARAMETER.into(),
+            InferParameter {
+                parameter_choice: Some(choice),
+            },
+        );
+        request
+    }
+
+    #[test]
+    fn min_battery_is_a_percentage() {
+        let ok = |choice| {
+            request_info(&with(choice), "1")
+                .expect("valid")
+                .1
+                .min_battery_percent
+        };
+        assert_eq!(ok(ParameterChoice::StringParam("80".into())), Some(80.0));
+        assert_eq!(ok(ParameterChoice::DoubleParam(12.5)), Some(12.5));
+        assert_eq!(ok(ParameterChoice::Int64Param(100)), Some(100.0));
+        for bad in [
+            ParameterChoice::StringParam("full".into()),
+            ParameterChoice::DoubleParam(150.0),
+            ParameterChoice::DoubleParam(f64::NAN),
+            ParameterChoice::Int64Param(-1),
+            ParameterChoice::BoolParam(true),
+        ] {
+            let e = request_info(&with(bad), "1").expect_err("invalid");
+            assert!(e.to_string().contains("localml.min_battery"), "{e}");
+        }
+        assert_eq!(
+            request_info(&ModelInferRequest::default(), "1")
+                .expect("none")
+                .1
+                .min_battery_percent,
+            None
+        );
+    }
 }

@@ -491,8 +491,6 @@ pub fn image_request(batch: i64) -> localml_proto::inference::ModelInferRequest 
     )
 }
 
-/// Writes files of a fake sysfs power supply `name` under `root`, each atomically (write
-/// then rename), as a reader of sysfs never sees half a value.
 /// A fake sysfs power_supply tree of a laptop: AC online or not, and BAT0 at `capacity`
 /// percent, charging on mains and discharging on battery, with `extra` files.
 pub fn laptop_sysfs(tag: &str, on_mains: bool, capacity: &str, extra: &[(&str, &str)]) -> TempDir {
@@ -510,6 +508,8 @@ pub fn laptop_sysfs(tag: &str, on_mains: bool, capacity: &str, extra: &[(&str, &
     sysfs
 }
 
+/// Writes files of a fake sysfs power supply `name` under `root`, each atomically (write
+/// then rename), as a reader of sysfs never sees half a value.
 pub fn write_power_supply(root: &Path, name: &str, files: &[(&str, &str)]) {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -667,6 +667,9 @@ pub async fn reported_power(scheduler: &Scheduler, name: &str) -> Option<i32> {
 /// and `upsd` answering on a loopback port, both in a temporary directory.
 pub struct Upsd {
     pub port: u16,
+    /// When the `.dev` file was last written: dummy-ups notices a change by its mtime,
+    /// which has whole-second resolution.
+    written: std::sync::Mutex<Instant>,
     dir: TempDir,
     driver: Process,
     upsd: Process,
@@ -726,20 +729,44 @@ impl Upsd {
         // upsd refuses to start before the driver's socket exists.
         let socket = path.join("dummy-ups-test");
         let start = Instant::now();
-        while !socket.exists() && start.elapsed() < Duration::from_secs(20) {
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "dummy-ups did not start (no socket {})",
+                socket.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let server = spawn("upsd", &["-u", "root", "-F"], "upsd");
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Our upsd answers VER with its name (the port was free when probed, but another
+        // process could have taken it since).
+        let answers = || -> Option<String> {
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream.write_all(b"VER\n").ok()?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).ok()?;
+            Some(line)
+        };
+        loop {
+            match answers() {
+                Some(line) if line.contains("upsd") => break,
+                Some(other) if !other.is_empty() => {
+                    panic!("127.0.0.1:{port} is not our upsd: {other}")
+                }
+                _ => {}
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "upsd did not listen on 127.0.0.1:{port}"
+                "upsd did not answer on 127.0.0.1:{port}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         Upsd {
             port,
+            written: std::sync::Mutex::new(Instant::now()),
             dir,
             driver,
             upsd: server,
@@ -764,7 +791,14 @@ impl Upsd {
 
     /// Changes what the UPS reports (the driver rereads the file within a second or two).
     pub fn set(&self, status: &str, charge: &str, runtime: &str) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        // A new mtime second, or the driver would not see the change.
+        let since = written.elapsed();
+        if since < Duration::from_millis(1100) {
+            std::thread::sleep(Duration::from_millis(1100) - since);
+        }
         Upsd::write_dev(self.dir.path(), status, charge, runtime);
+        *written = Instant::now();
     }
 
     /// Stops upsd (the driver keeps running): the UPS no longer answers.

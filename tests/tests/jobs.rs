@@ -442,3 +442,60 @@ async fn a_job_that_keeps_failing_on_workers_gives_up_after_max_attempts() {
         "waiting for the worker to report again is not an attempt"
     );
 }
+
+/// `localml jobs submit --min-battery 80`: deferrable work waits, saying why, while the
+/// only worker is on mains with its battery at 40 %, and runs once it is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_battery_jobs_wait_until_the_battery_is_charged() {
+    let sysfs = laptop_sysfs("sysfs-min-battery", true, "40", &[]);
+    let scheduler = Scheduler::start_with(JOBS_CONFIG);
+    let root = sysfs.path().to_string_lossy().to_string();
+    let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
+    scheduler.wait_ready(&["laptop"]).await;
+    let localml = |args: &[&str]| {
+        let out = std::process::Command::new(bin("localml"))
+            .args(args)
+            .args(["--server", &scheduler.addr])
+            .output()
+            .expect("run localml");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = localml(&[
+        "jobs",
+        "submit",
+        "--model",
+        "image_classifier",
+        "--min-battery",
+        "180",
+    ]);
+    assert!(!ok && err.contains("not a percentage"), "{err}");
+    let (ok, out, err) = localml(&[
+        "jobs",
+        "submit",
+        "--model",
+        "image_classifier",
+        "--min-battery",
+        "80",
+    ]);
+    assert!(ok, "{err}");
+    let id = out.trim().to_string();
+    let waits = wait_until(SOON, || async {
+        let (_, out, _) = localml(&["jobs", "get", &id]);
+        out.contains("Pending") && out.contains("waits for 80%")
+    })
+    .await;
+    let (_, shown, _) = localml(&["jobs", "get", &id]);
+    assert!(waits, "waits, saying why: {shown}");
+    assert!(shown.contains("at 80% or more"), "{shown}");
+    // Charged: the job runs.
+    write_power_supply(sysfs.path(), "BAT0", &[("capacity", "90")]);
+    let ran = wait_until(SOON, || async {
+        localml(&["jobs", "get", &id]).1.contains("Succeeded")
+    })
+    .await;
+    assert!(ran, "{}", localml(&["jobs", "get", &id]).1);
+}

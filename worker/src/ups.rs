@@ -108,7 +108,7 @@ impl UpsPower {
             runtime_seconds: None,
             status: String::new(),
             low_battery: false,
-            reason: format!("UPS {target} does not answer ({why}); counted as on battery"),
+            reason: format!("UPS {target} cannot be read ({why}); counted as on battery"),
         }
     }
 }
@@ -117,10 +117,17 @@ impl UpsPower {
 /// OB on battery, LB low battery, ...); `charge` and `runtime` are the raw values, absent
 /// when the UPS does not report them. Values out of range are dropped with a reason.
 pub fn interpret(status: &str, charge: Option<&str>, runtime: Option<&str>) -> UpsPower {
+    // What upsd sends is shown to operators and sent in every report: bounded, printable.
+    let status = printable(status);
+    let (charge, runtime) = (charge.map(printable), runtime.map(printable));
+    let (charge, runtime) = (charge.as_deref(), runtime.as_deref());
     let flags: Vec<&str> = status.split_whitespace().collect();
     let has = |flag: &str| flags.contains(&flag);
     let mut reasons = Vec::new();
-    let source = if has("OB") || has("LB") {
+    // NUT's own rule (upsmon): critical is on battery with low battery, or a forced
+    // shutdown; LB while on line is not.
+    let critical = (has("OB") && has("LB")) || has("FSD");
+    let source = if has("OB") || has("FSD") {
         PowerSource::Battery
     } else if has("OL") {
         PowerSource::Mains
@@ -149,17 +156,33 @@ pub fn interpret(status: &str, charge: Option<&str>, runtime: Option<&str>) -> U
         battery_percent,
         runtime_seconds,
         status: status.trim().to_string(),
-        low_battery: has("LB"),
+        low_battery: critical,
         reason: reasons.join("; "),
     }
 }
 
+/// At most this many characters of any value upsd sends are kept.
+const MAX_VALUE_CHARS: usize = 64;
+
+/// `text` without control characters, at most [`MAX_VALUE_CHARS`] long.
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_VALUE_CHARS)
+        .collect()
+}
+
 /// Asks upsd once, within [`READ_TIMEOUT`].
 pub async fn read(target: &UpsTarget) -> UpsPower {
-    match tokio::time::timeout(READ_TIMEOUT, ask(target)).await {
-        Ok(Ok(power)) => power,
-        Ok(Err(why)) => UpsPower::unreachable(target, &why),
-        Err(_) => UpsPower::unreachable(target, "no answer within 2 s"),
+    use futures::FutureExt;
+    // rups panics on some malformed answers (a variable named differently from the one
+    // asked for, with a value it cannot parse); a upsd must not take the worker down.
+    let asked = std::panic::AssertUnwindSafe(tokio::time::timeout(READ_TIMEOUT, ask(target)));
+    match asked.catch_unwind().await {
+        Ok(Ok(Ok(power))) => power,
+        Ok(Ok(Err(why))) => UpsPower::unreachable(target, &why),
+        Ok(Err(_)) => UpsPower::unreachable(target, "no answer within 2 s"),
+        Err(_) => UpsPower::unreachable(target, "an answer the NUT client cannot read"),
     }
 }
 
@@ -239,6 +262,10 @@ mod tests {
         assert_eq!(on_battery.runtime_seconds, None);
         let low = interpret("OB LB", Some("9"), Some("120"));
         assert!(low.low_battery && low.source == PowerSource::Battery);
+        // LB on line is not critical (NUT's rule); a forced shutdown is.
+        let on_line_low = interpret("OL LB", Some("9"), None);
+        assert!(!on_line_low.low_battery && on_line_low.source == PowerSource::Mains);
+        assert!(interpret("FSD OL", None, None).low_battery);
     }
 
     #[test]
@@ -253,6 +280,8 @@ mod tests {
         ] {
             assert!(odd.reason.contains(part), "{}", odd.reason);
         }
+        let long = interpret(&format!("OB\u{1b}[31m{}", "X".repeat(10_000)), None, None);
+        assert!(long.status.chars().count() <= 64 && !long.status.contains('\u{1b}'));
         let empty = interpret("", Some("NaN"), Some("inf"));
         assert_eq!(empty.source, PowerSource::Battery);
         assert_eq!((empty.battery_percent, empty.runtime_seconds), (None, None));
@@ -271,6 +300,6 @@ mod tests {
         };
         let power = read(&target).await;
         assert_eq!(power.source, PowerSource::Battery);
-        assert!(power.reason.contains("does not answer"), "{}", power.reason);
+        assert!(power.reason.contains("cannot be read"), "{}", power.reason);
     }
 }

@@ -85,6 +85,13 @@ impl CycleState {
         self.values.insert(TypeId::of::<T>(), Box::new(value));
     }
 
+    pub fn remove<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        self.values
+            .remove(&TypeId::of::<T>())
+            .and_then(|v| v.downcast().ok())
+            .map(|v| *v)
+    }
+
     pub fn read<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.values
             .get(&TypeId::of::<T>())
@@ -280,6 +287,10 @@ pub struct RequestInfo {
     /// `localml.power=mains_only`: only workers on mains power (or with no power supply
     /// reported) may run it; PowerState filters the others.
     pub mains_only: bool,
+    /// `localml.min_battery`: only a worker on mains whose own battery or UPS is charged
+    /// to at least this many percent (one without a battery qualifies); PowerState
+    /// filters the others.
+    pub min_battery_percent: Option<f32>,
 }
 
 /// Cluster state a cycle decides on; never changes during the cycle.
@@ -313,11 +324,14 @@ pub trait Filter: Plugin {
     fn filter(&self, state: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status;
 }
 
-/// Runs when no worker passed Filter; may explain or prepare for a retry.
+/// Runs when no worker passed Filter. Answering Success means "I changed the cycle's
+/// state; filter the workers once more" (kube-scheduler's PostFilter makes room by
+/// preemption; PowerState drops its battery preference when it alone stands between the
+/// request and a worker); anything else leaves the rejection as it is.
 pub trait PostFilter: Plugin {
     fn post_filter(
         &self,
-        state: &CycleState,
+        state: &mut CycleState,
         request: &RequestInfo,
         rejected: &[(usize, Status)],
     ) -> Status;

@@ -49,7 +49,8 @@ pub struct ProfileConfig {
 }
 
 /// Enough choices for good placement, few enough for a decision in about a microsecond on
-/// any cluster size. In `localml-sim` (1,000 workers, 95% load) 16 gave a p99 within 6% of
+/// any cluster size (PowerState's battery PreFilter adds a scan of the snapshot while a
+/// worker is on battery; docs/benchmarks.md). In `localml-sim` (1,000 workers, 95% load) 16 gave a p99 within 6% of
 /// 32's (112.5 vs 106.1 ms); see docs/benchmarks.md.
 pub const DEFAULT_MAX_FEASIBLE: usize = 16;
 

@@ -82,42 +82,29 @@ impl Profile {
         } else {
             self.max_feasible
         };
-        let total = snapshot.workers.len();
-        let mut feasible: Vec<&WorkerInfo> = Vec::with_capacity(total.min(limit));
-        let mut rejected: Vec<(usize, Status)> = Vec::new();
-        let start = if total == 0 { 0 } else { tie_breaker % total };
-        'workers: for k in 0..total {
-            if feasible.len() >= limit {
-                break;
-            }
-            let worker = &snapshot.workers[(start + k) % total];
-            if excluded.contains(&worker.index) {
-                rejected.push((
-                    worker.index,
-                    with_plugin(
-                        Status::unschedulable("already tried for this request"),
-                        EXCLUDED,
-                    ),
-                ));
-                continue;
-            }
-            for f in &self.filters {
-                if skipped.contains(&f.name()) {
-                    continue;
-                }
-                let status = f.filter(state, request, worker);
-                if !status.is_success() {
-                    rejected.push((worker.index, with_plugin(status, f.name())));
-                    continue 'workers;
-                }
-            }
-            feasible.push(worker);
-        }
+        let filter_all = |state: &CycleState| {
+            self.filter_all(
+                state,
+                request,
+                snapshot,
+                excluded,
+                &skipped,
+                tie_breaker,
+                limit,
+            )
+        };
+        let (mut feasible, mut rejected) = filter_all(state);
         if feasible.is_empty() {
+            let mut again = false;
             for p in &self.post_filters {
-                let _ = p.post_filter(state, request, &rejected);
+                again |= p.post_filter(state, request, &rejected).is_success();
             }
-            return Err(rejection(snapshot.workers.len(), &rejected));
+            if again {
+                (feasible, rejected) = filter_all(state);
+            }
+            if feasible.is_empty() {
+                return Err(rejection(snapshot.workers.len(), &rejected));
+            }
         }
         for p in &self.pre_scores {
             if skipped.contains(&p.name()) {
@@ -179,6 +166,53 @@ impl Profile {
             score: totals[best],
             permit,
         })
+    }
+
+    /// The Filter phase: the feasible workers (at most `limit`, scanning from a rotating
+    /// offset) and why the others were rejected.
+    #[allow(clippy::too_many_arguments)]
+    fn filter_all<'s>(
+        &self,
+        state: &CycleState,
+        request: &RequestInfo,
+        snapshot: &'s Snapshot,
+        excluded: &[usize],
+        skipped: &[&'static str],
+        tie_breaker: usize,
+        limit: usize,
+    ) -> (Vec<&'s WorkerInfo>, Vec<(usize, Status)>) {
+        let total = snapshot.workers.len();
+        let mut feasible: Vec<&WorkerInfo> = Vec::with_capacity(total.min(limit));
+        let mut rejected: Vec<(usize, Status)> = Vec::new();
+        let start = if total == 0 { 0 } else { tie_breaker % total };
+        'workers: for k in 0..total {
+            if feasible.len() >= limit {
+                break;
+            }
+            let worker = &snapshot.workers[(start + k) % total];
+            if excluded.contains(&worker.index) {
+                rejected.push((
+                    worker.index,
+                    with_plugin(
+                        Status::unschedulable("already tried for this request"),
+                        EXCLUDED,
+                    ),
+                ));
+                continue;
+            }
+            for f in &self.filters {
+                if skipped.contains(&f.name()) {
+                    continue;
+                }
+                let status = f.filter(state, request, worker);
+                if !status.is_success() {
+                    rejected.push((worker.index, with_plugin(status, f.name())));
+                    continue 'workers;
+                }
+            }
+            feasible.push(worker);
+        }
+        (feasible, rejected)
     }
 
     /// Undoes Reserve after a failed bind, in reverse order.

@@ -22,7 +22,9 @@ use super::{decode_job, is_terminal, job_key, INPUTS, JOBS, RESULTS};
 use crate::config::JobsConfig;
 use crate::dispatch::Dispatcher;
 use crate::leader::Leadership;
-use crate::parameters::{POWER_PARAMETER, PRIORITY_PARAMETER, TENANT_PARAMETER};
+use crate::parameters::{
+    MIN_BATTERY_PARAMETER, POWER_PARAMETER, PRIORITY_PARAMETER, TENANT_PARAMETER,
+};
 
 /// What running a job came to.
 pub(super) enum Outcome {
@@ -293,6 +295,13 @@ impl Runner {
                 &mut request,
                 POWER_PARAMETER,
                 ParameterChoice::StringParam("mains_only".into()),
+            );
+        }
+        if let Some(min) = job.min_battery_percent {
+            set_parameter(
+                &mut request,
+                MIN_BATTERY_PARAMETER,
+                ParameterChoice::DoubleParam(f64::from(min)),
             );
         }
         let deadline = (job.deadline_unix_ms != 0).then(|| {

@@ -32,6 +32,9 @@ pub enum JobsError {
     /// A power policy that is not one of the enum's values.
     #[error("power_policy {0} is not one of ANY, PREFER_MAINS, MAINS_ONLY")]
     PowerPolicy(i32),
+    /// A `min_battery_percent` that is not a percentage.
+    #[error("min_battery_percent {0} is not a percentage from 0 to 100")]
+    MinBattery(f32),
     /// A deadline that has already passed.
     #[error("deadline_unix_ms {0} is in the past")]
     DeadlinePassed(u64),
@@ -76,6 +79,7 @@ impl From<JobsError> for Status {
             | JobsError::NoModel
             | JobsError::PowerPolicy(_)
             | JobsError::DeadlinePassed(_)
+            | JobsError::MinBattery(_)
             | JobsError::Parameter(_) => Status::invalid_argument(message),
             JobsError::Dispatch(e) => e.into(),
             JobsError::TooLarge { .. } => Status::resource_exhausted(message),
@@ -116,6 +120,11 @@ impl JobsService {
         if PowerPolicy::try_from(r.power_policy).is_err() {
             return Err(JobsError::PowerPolicy(r.power_policy));
         }
+        if let Some(min) = r.min_battery_percent {
+            if !(0.0..=100.0).contains(&min) {
+                return Err(JobsError::MinBattery(min));
+            }
+        }
         if r.deadline_unix_ms != 0 && r.deadline_unix_ms <= unix_ms() {
             return Err(JobsError::DeadlinePassed(r.deadline_unix_ms));
         }
@@ -150,6 +159,7 @@ impl JobsService {
             power_policy: r.power_policy,
             deadline_unix_ms: r.deadline_unix_ms,
             idempotency_key: r.idempotency_key.clone(),
+            min_battery_percent: r.min_battery_percent,
             created_unix_ms: created,
             ..Default::default()
         };

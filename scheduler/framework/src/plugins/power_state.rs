@@ -39,6 +39,9 @@ pub struct Args {
     pub battery_wait_budget_ms: Option<f64>,
 }
 
+/// The start of the reason a worker on stored power is turned away.
+const RESTS: &str = "on battery, resting";
+
 /// What PreFilter found for this cycle: a worker off battery that starts the request
 /// within the wait budget, so workers on battery rest.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +85,12 @@ impl Default for Args {
     }
 }
 
+/// Running on stored energy: a battery, or a UPS that lost mains (what sysfs and the
+/// `ups` override report as `Ups`). Such workers are overflow capacity.
+fn on_stored_power(source: PowerSource) -> bool {
+    matches!(source, PowerSource::Battery | PowerSource::Ups)
+}
+
 fn rank(source: PowerSource) -> u8 {
     match source {
         PowerSource::Mains | PowerSource::Unknown => 2,
@@ -117,6 +126,26 @@ impl PowerState {
     }
 }
 
+/// Why `worker` cannot run a request that needs mains and `min` percent of charge
+/// (`localml.min_battery`), if it cannot.
+fn below_min_battery(worker: &WorkerInfo, min: f32) -> Option<String> {
+    if !matches!(worker.power, PowerSource::Mains | PowerSource::Unknown) {
+        return Some(
+            format!(
+                "on {:?} power; the request waits for mains and {min}% charge",
+                worker.power
+            )
+            .to_lowercase(),
+        );
+    }
+    match worker.battery_percent {
+        Some(p) if p < min => Some(format!(
+            "on mains, battery at {p:.0}%; the request waits for {min}%"
+        )),
+        _ => None,
+    }
+}
+
 impl PowerState {
     /// Whether `worker` (not on battery) could take `request` as far as the other shipped
     /// filters go: schedulable, labels, provider, memory, power rules. Capacity is left
@@ -134,6 +163,9 @@ impl PowerState {
                 .iter()
                 .any(|u| u.matches(worker.power))
             && !(request.mains_only && worker.power == PowerSource::Ups)
+            && request
+                .min_battery_percent
+                .is_none_or(|min| below_min_battery(worker, min).is_none())
     }
 }
 
@@ -147,18 +179,18 @@ impl PreFilter for PowerState {
         let Some(budget) = self.args.battery_wait_budget_ms else {
             return Status::success();
         };
-        if !snapshot
-            .workers
-            .iter()
-            .any(|w| w.power == PowerSource::Battery)
-        {
+        // Hysteresis as in scoring: a worker that just came back to mains still counts as
+        // on stored power until the better source has held for `recovery_ms`.
+        let now = snapshot.now_ms;
+        let stored = |w: &WorkerInfo| on_stored_power(self.effective(w, now));
+        if !snapshot.workers.iter().any(stored) {
             return Status::success();
         }
         let off_battery = || {
             snapshot
                 .workers
                 .iter()
-                .filter(|w| w.power != PowerSource::Battery && self.could_serve(request, w))
+                .filter(|w| !stored(w) && self.could_serve(request, w))
         };
         // Requests queued in the scheduler start first, spread over these workers'
         // sessions. (Only then is a full scan needed; otherwise the first worker within
@@ -187,6 +219,31 @@ impl PreFilter for PowerState {
     }
 }
 
+impl PostFilter for PowerState {
+    /// Nothing fits: when workers were turned away only to rest their batteries and no
+    /// worker is merely busy (Capacity: the request will wait for it), the preference
+    /// gives way, so it never refuses a request that only a battery worker can take (the
+    /// workers expected to start it were rejected by another filter, or already tried).
+    fn post_filter(
+        &self,
+        state: &mut CycleState,
+        _: &RequestInfo,
+        rejected: &[(usize, Status)],
+    ) -> Status {
+        let rested = rejected
+            .iter()
+            .any(|(_, s)| s.plugin == NAME && s.reason.starts_with(RESTS));
+        let busy = rejected
+            .iter()
+            .any(|(_, s)| s.plugin == crate::plugins::capacity::NAME);
+        if rested && !busy && state.remove::<BatteryRests>().is_some() {
+            Status::success()
+        } else {
+            Status::new(Code::Skip, "")
+        }
+    }
+}
+
 impl Filter for PowerState {
     fn filter(&self, state: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
         if request.mains_only && !matches!(worker.power, PowerSource::Mains | PowerSource::Unknown)
@@ -195,6 +252,11 @@ impl Filter for PowerState {
                 format!("on {:?} power; the request needs mains power", worker.power)
                     .to_lowercase(),
             );
+        }
+        if let Some(min) = request.min_battery_percent {
+            if let Some(why) = below_min_battery(worker, min) {
+                return Status::unschedulable(why);
+            }
         }
         if let Some(u) = self
             .args
@@ -209,14 +271,16 @@ impl Filter for PowerState {
         if worker.low_battery {
             return Status::unschedulable("its UPS reports low battery");
         }
-        if worker.power == PowerSource::Battery {
+        if on_stored_power(self.effective(worker, state.now_ms)) {
             if let Some(rests) = state.read::<BatteryRests>() {
                 return Status::unschedulable(format!(
-                    "on battery, and {} (not on battery) can start it within {:.0} ms",
+                    "{RESTS}: {} (not on battery) can start it within {:.0} ms",
                     rests.worker,
                     rests.start_ms.ceil()
                 ));
             }
+        }
+        if worker.power == PowerSource::Battery {
             if let Some(left) = worker.battery_runtime_s {
                 if f64::from(left) < self.args.min_runtime_minutes * 60.0 {
                     return Status::unschedulable(format!(
@@ -278,6 +342,7 @@ pub fn build(value: &serde_yaml::Value) -> Result<Built, PluginError> {
     Ok(Built {
         pre_filter: Some(plugin.clone()),
         filter: Some(plugin.clone()),
+        post_filter: Some(plugin.clone()),
         score: Some(plugin),
         ..Default::default()
     })
@@ -389,6 +454,50 @@ mod tests {
                     "mains_only on a full battery",
                     mains_only(),
                     on(PowerSource::Battery, Some(100.0)),
+                    Code::Unschedulable,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn min_battery_waits_for_mains_and_charge() {
+        let plugin = PowerState::new(Args::default());
+        let needs = |min: f32| RequestInfo {
+            min_battery_percent: Some(min),
+            ..request()
+        };
+        check_filter(
+            &plugin,
+            vec![
+                (
+                    "charged on mains",
+                    needs(80.0),
+                    on(PowerSource::Mains, Some(90.0)),
+                    Code::Success,
+                ),
+                (
+                    "recharging",
+                    needs(80.0),
+                    on(PowerSource::Mains, Some(40.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "no battery at all",
+                    needs(80.0),
+                    on(PowerSource::Unknown, None),
+                    Code::Success,
+                ),
+                (
+                    "on battery",
+                    needs(10.0),
+                    on(PowerSource::Battery, Some(100.0)),
+                    Code::Unschedulable,
+                ),
+                (
+                    "on a UPS",
+                    needs(10.0),
+                    on(PowerSource::Ups, Some(100.0)),
                     Code::Unschedulable,
                 ),
             ],
@@ -625,14 +734,27 @@ mod tests {
                 Code::Success,
             ),
             (
-                "desktop on a UPS with mains",
+                // A UPS that lost mains is stored power too: it does not count.
+                "desktop running on its UPS",
                 budget,
                 request(),
                 WorkerInfo {
                     power: PowerSource::Ups,
                     ..mains_with(0, 5.0)
                 },
-                Code::Unschedulable,
+                Code::Success,
+            ),
+            (
+                // Back on mains 1 s ago, under the 2 s recovery: still counted as battery.
+                "desktop just back on mains",
+                budget,
+                request(),
+                WorkerInfo {
+                    previous_power: PowerSource::Battery,
+                    power_changed_ms: 9_000,
+                    ..mains_with(0, 5.0)
+                },
+                Code::Success,
             ),
             (
                 "another laptop on battery",
@@ -700,6 +822,32 @@ mod tests {
             .schedule(&mut CycleState::default(), &request(), &snapshot, &[], 0)
             .expect("laptop");
         assert_eq!(decision.worker, 1);
+    }
+
+    #[test]
+    fn the_preference_gives_way_when_only_the_laptop_can_serve() {
+        // The desktop would start it at once but was already tried for this request (it
+        // failed): the laptop takes it rather than the request being refused.
+        let profiles =
+            crate::profile::Profiles::build(&crate::profile::builtin()).expect("profiles");
+        let profile = profiles.get("").expect("default");
+        let mut laptop = on(PowerSource::Battery, Some(90.0));
+        laptop.index = 1;
+        laptop.name = "laptop".into();
+        let snapshot = Snapshot {
+            workers: vec![mains_with(0, 1.0), laptop],
+            now_ms: 10_000,
+            queued: 0,
+        };
+        let decision = profile
+            .schedule(&mut CycleState::default(), &request(), &snapshot, &[0], 0)
+            .expect("the laptop serves");
+        assert_eq!(decision.worker, 1);
+        // Not tried yet: the desktop takes it, the laptop rests.
+        let decision = profile
+            .schedule(&mut CycleState::default(), &request(), &snapshot, &[], 0)
+            .expect("the desktop serves");
+        assert_eq!(decision.worker, 0);
     }
 
     #[test]
