@@ -46,9 +46,10 @@ const RESTS: &str = "on battery, resting";
 /// within the wait budget, so workers on battery rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatteryRests {
-    /// A worker that would start it within the budget, and when (ms).
-    pub worker: String,
-    pub start_ms: f64,
+    /// Why workers on stored power are turned away this cycle, naming a worker that
+    /// would start the request within the budget and when (written once per cycle, not
+    /// once per rejected worker).
+    pub reason: String,
 }
 
 /// A power source name in `unusable_sources`.
@@ -211,8 +212,11 @@ impl PreFilter for PowerState {
             .find(|(_, start)| *start <= budget);
         if let Some((worker, start_ms)) = within_budget {
             state.write(BatteryRests {
-                worker: worker.name.clone(),
-                start_ms,
+                reason: format!(
+                    "{RESTS}: {} (not on battery) can start it within {:.0} ms",
+                    worker.name,
+                    start_ms.ceil()
+                ),
             });
         }
         Status::success()
@@ -273,11 +277,7 @@ impl Filter for PowerState {
         }
         if on_stored_power(self.effective(worker, state.now_ms)) {
             if let Some(rests) = state.read::<BatteryRests>() {
-                return Status::unschedulable(format!(
-                    "{RESTS}: {} (not on battery) can start it within {:.0} ms",
-                    rests.worker,
-                    rests.start_ms.ceil()
-                ));
+                return Status::unschedulable(rests.reason.clone());
             }
         }
         if worker.power == PowerSource::Battery {
