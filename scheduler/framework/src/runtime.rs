@@ -303,23 +303,11 @@ mod tests {
         Snapshot {
             workers: (0..n)
                 .map(|index| WorkerInfo {
-                    index,
-                    name: format!("w{index}"),
-                    schedulable: true,
-                    unschedulable_reason: String::new(),
-                    labels: Default::default(),
+                    // No model and no RAM figures: the test plugins look at neither.
+                    models: Vec::new(),
                     ram_total_bytes: 0,
                     ram_free_bytes: 0,
-                    gpu_free_bytes: 0,
-                    power: PowerSource::Mains,
-                    previous_power: PowerSource::Mains,
-                    power_changed_ms: 0,
-                    battery_percent: None,
-                    low_battery: false,
-                    battery_runtime_s: None,
-                    models: Vec::new(),
-                    dispatched: 0,
-                    peak_ewma_ms: 0.0,
+                    ..WorkerInfo::new(index, format!("w{index}"), ModelOnWorker::new("m", "1"))
                 })
                 .collect(),
             now_ms: 0,
