@@ -97,35 +97,28 @@ pub fn builtin() -> Vec<ProfileConfig> {
         }
         p
     };
-    let latency_first = |overflow: bool| {
+    // The shipped profiles differ only in weights and in whether battery is overflow.
+    let weighted = |provider: i64, power_weight: i64, latency: i64, overflow: bool| {
         let mut plugins = filters();
         plugins.extend([
-            plugin(execution_provider::NAME, 1),
+            plugin(execution_provider::NAME, provider),
             plugin(memory_fit::NAME, 1),
-            power(3, overflow),
-            plugin(least_expected_latency::NAME, 6),
+            power(power_weight, overflow),
+            plugin(least_expected_latency::NAME, latency),
             // Last among the filters: a worker it rejects passed all the others.
             plugin(capacity::NAME, 1),
         ]);
         plugins
     };
-    let mut energy = filters();
-    energy.extend([
-        plugin(execution_provider::NAME, 3),
-        plugin(memory_fit::NAME, 1),
-        power(4, true),
-        plugin(least_expected_latency::NAME, 5),
-        plugin(capacity::NAME, 1),
-    ]);
     let profile = |name: &str, plugins: Vec<PluginConfig>| ProfileConfig {
         name: name.into(),
         plugins,
         max_feasible_workers: DEFAULT_MAX_FEASIBLE,
     };
     vec![
-        profile(DEFAULT_PROFILE, latency_first(true)),
-        profile("energy-saver", energy),
-        profile("latency", latency_first(false)),
+        profile(DEFAULT_PROFILE, weighted(1, 3, 6, true)),
+        profile("energy-saver", weighted(3, 4, 5, true)),
+        profile("latency", weighted(1, 3, 6, false)),
     ]
 }
 
