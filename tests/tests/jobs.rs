@@ -499,3 +499,26 @@ async fn min_battery_jobs_wait_until_the_battery_is_charged() {
     .await;
     assert!(ran, "{}", localml(&["jobs", "get", &id]).1);
 }
+
+/// The server checks `min_battery_percent` itself (clients other than the CLI send it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_battery_outside_0_to_100_is_refused_by_the_server() {
+    let scheduler = Scheduler::start_with(JOBS_CONFIG);
+    let examples = expected_examples();
+    let mut client = jobs_client(&scheduler).await;
+    for bad in [150.0, -1.0, f32::NAN] {
+        let status = client
+            .submit(SubmitJobRequest {
+                min_battery_percent: Some(bad),
+                ..submit_request(&examples[0], String::new())
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+        assert!(
+            status.message().contains("min_battery_percent"),
+            "{bad}: {}",
+            status.message()
+        );
+    }
+}
