@@ -47,6 +47,7 @@ fn snapshot(n: usize) -> Snapshot {
                     in_flight: rng.u32(..2),
                     instances: 2,
                     reported_latency_ms: 1.0 + rng.f64() * 9.0,
+                    joules_per_inference: 0.5 + rng.f64(),
                 }],
                 dispatched: rng.u32(..8),
                 peak_ewma_ms: 1.0 + rng.f64() * 20.0,

@@ -131,6 +131,9 @@ pub struct ModelOnWorker {
     pub instances: u32,
     /// Latency the worker reports (EWMA), in milliseconds; 0 when unknown.
     pub reported_latency_ms: f64,
+    /// Energy one inference of this model costs on this worker, in joules, as the worker
+    /// measures it (RAPL, NVML) or estimates it (configured watts); 0 when unknown.
+    pub joules_per_inference: f64,
 }
 
 /// One worker in a snapshot (kube-scheduler's NodeInfo).
@@ -178,6 +181,7 @@ impl ModelOnWorker {
             in_flight: 0,
             instances: 1,
             reported_latency_ms: 0.0,
+            joules_per_inference: 0.0,
         }
     }
 }

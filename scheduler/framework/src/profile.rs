@@ -73,7 +73,8 @@ fn plugin(name: &str, weight: i64) -> PluginConfig {
 pub const BATTERY_WAIT_BUDGET_MS: f64 = 50.0;
 
 /// The shipped profiles: `default` (latency first, battery as overflow capacity),
-/// `energy-saver` (mains power and efficient workers first, battery as overflow) and
+/// `energy-saver` (mains power first, then the fewest joules per inference among the
+/// workers that start the request within the wait budget; battery as overflow) and
 /// `latency` (speed first: battery workers compete on score, as before battery became
 /// overflow capacity).
 pub fn builtin() -> Vec<ProfileConfig> {
@@ -97,17 +98,21 @@ pub fn builtin() -> Vec<ProfileConfig> {
         }
         p
     };
-    // The shipped profiles differ only in weights and in whether battery is overflow.
-    let weighted = |provider: i64, power_weight: i64, latency: i64, overflow: bool| {
+    // The shipped profiles differ only in weights, in whether battery is overflow, and
+    // in whether energy per inference scores (weight 0: LeastEnergy is left out).
+    let weighted = |provider: i64, power_weight: i64, latency: i64, energy: i64, overflow: bool| {
         let mut plugins = filters();
         plugins.extend([
             plugin(execution_provider::NAME, provider),
             plugin(memory_fit::NAME, 1),
             power(power_weight, overflow),
             plugin(least_expected_latency::NAME, latency),
-            // Last among the filters: a worker it rejects passed all the others.
-            plugin(capacity::NAME, 1),
         ]);
+        if energy > 0 {
+            plugins.push(plugin(least_energy::NAME, energy));
+        }
+        // Last among the filters: a worker it rejects passed all the others.
+        plugins.push(plugin(capacity::NAME, 1));
         plugins
     };
     let profile = |name: &str, plugins: Vec<PluginConfig>| ProfileConfig {
@@ -116,9 +121,9 @@ pub fn builtin() -> Vec<ProfileConfig> {
         max_feasible_workers: DEFAULT_MAX_FEASIBLE,
     };
     vec![
-        profile(DEFAULT_PROFILE, weighted(1, 3, 6, true)),
-        profile("energy-saver", weighted(3, 4, 5, true)),
-        profile("latency", weighted(1, 3, 6, false)),
+        profile(DEFAULT_PROFILE, weighted(1, 3, 6, 0, true)),
+        profile("energy-saver", weighted(3, 4, 5, 5, true)),
+        profile("latency", weighted(1, 3, 6, 0, false)),
     ]
 }
 
@@ -220,6 +225,27 @@ mod tests {
         let default = p.get("").expect("default");
         assert_eq!(default.filters.len(), 7);
         assert_eq!(default.scores.len(), 4);
+        let scores = |name: &str| -> Vec<(&'static str, i64)> {
+            p.get(name)
+                .expect(name)
+                .scores
+                .iter()
+                .map(|(s, w)| (s.name(), *w))
+                .collect()
+        };
+        assert!(
+            scores("energy-saver").contains(&(plugins::least_energy::NAME, 5)),
+            "energy-saver scores joules per inference: {:?}",
+            scores("energy-saver")
+        );
+        for name in ["default", "latency"] {
+            assert!(
+                scores(name)
+                    .iter()
+                    .all(|(n, _)| *n != plugins::least_energy::NAME),
+                "{name} leaves energy out"
+            );
+        }
     }
 
     #[test]

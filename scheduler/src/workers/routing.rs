@@ -185,6 +185,14 @@ impl Workers {
                         in_flight: m.in_flight,
                         instances: m.instances,
                         reported_latency_ms: m.latency_ewma_ms,
+                        // A worker's figure is only a hint: anything odd counts as unknown.
+                        joules_per_inference: if m.joules_per_inference.is_finite()
+                            && m.joules_per_inference > 0.0
+                        {
+                            m.joules_per_inference
+                        } else {
+                            0.0
+                        },
                     })
                     .collect(),
                 dispatched: w.dispatched.load(Ordering::Relaxed),

@@ -4,6 +4,7 @@
 pub mod capacity;
 pub mod execution_provider;
 pub mod labels;
+pub mod least_energy;
 pub mod least_expected_latency;
 pub mod memory_fit;
 pub mod model_available;
@@ -17,7 +18,7 @@ use crate::registry::{PluginError, Registry};
 /// Every built-in plugin, registered once.
 pub fn registry() -> Registry {
     let mut r = Registry::default();
-    let all: [(&'static str, crate::registry::Factory); 8] = [
+    let all: [(&'static str, crate::registry::Factory); 9] = [
         (capacity::NAME, capacity::build),
         (node_unschedulable::NAME, node_unschedulable::build),
         (labels::NAME, labels::build),
@@ -26,6 +27,7 @@ pub fn registry() -> Registry {
         (execution_provider::NAME, execution_provider::build),
         (power_state::NAME, power_state::build),
         (least_expected_latency::NAME, least_expected_latency::build),
+        (least_energy::NAME, least_energy::build),
     ];
     for (name, factory) in all {
         // Names are distinct constants; a duplicate is a programming error caught by tests.
@@ -81,6 +83,6 @@ mod tests {
     #[test]
     fn every_plugin_is_registered_once() {
         let names = super::registry().names();
-        assert_eq!(names.len(), 8, "{names:?}");
+        assert_eq!(names.len(), 9, "{names:?}");
     }
 }
