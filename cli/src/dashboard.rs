@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::localml::v1::{
-    ListModelsRequest, ListWorkersRequest, ModelInfo, PowerSource, WorkerInfo, WorkerState,
+    ListModelsRequest, ListWorkersRequest, ModelInfo, WorkerInfo, WorkerState,
 };
 use localml_serving::metrics::quantile;
 use tonic::transport::Channel;
@@ -72,7 +72,10 @@ pub struct WorkerLine {
     pub ram: Option<Usage>,
     /// Summed over the worker's GPUs; `None` without a GPU.
     pub gpu: Option<Usage>,
+    /// Source, UPS and its state, battery charge and runtime.
     pub power: String,
+    /// Power draw and joules per inference (see `table::energy_cell`).
+    pub energy: String,
     pub queue: u32,
     pub in_flight: u32,
     /// Inferences per second over the interval.
@@ -112,15 +115,9 @@ fn power(w: &WorkerInfo) -> String {
         .as_ref()
         .and_then(|s| s.power.clone())
         .unwrap_or_default();
-    let source = match PowerSource::try_from(p.source) {
-        Ok(PowerSource::Mains) => "mains",
-        Ok(PowerSource::Battery) => "battery",
-        Ok(PowerSource::Ups) => "ups",
-        _ => "-",
-    };
-    match p.battery_percent {
-        Some(pct) => format!("{source} {pct:.0}%"),
-        None => source.to_string(),
+    match crate::table::battery_cell(&p).as_str() {
+        "-" => crate::table::power_cell(&p),
+        battery => format!("{} {battery}", crate::table::power_cell(&p)),
     }
 }
 
@@ -173,6 +170,7 @@ impl View {
                     ram: Usage::of(s.ram_total_bytes, s.ram_free_bytes),
                     gpu: Usage::of(gpu_total, gpu_free),
                     power: power(w),
+                    energy: crate::table::energy_cell(s),
                     queue: s.models.iter().map(|m| m.queue_depth).sum(),
                     in_flight: w.dispatched_in_flight,
                     rate: before
@@ -236,7 +234,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use localml_proto::localml::v1::{Gpu, LoadedModel, PowerStatus, WorkerStatus};
+    use localml_proto::localml::v1::{Gpu, LoadedModel, PowerSource, PowerStatus, WorkerStatus};
 
     pub(super) fn worker(name: &str, inferences: u64) -> WorkerInfo {
         WorkerInfo {
@@ -255,6 +253,10 @@ mod tests {
                     source: PowerSource::Battery as i32,
                     battery_percent: Some(64.0),
                     origin: "sysfs".into(),
+                    ups: "ups1@10.0.0.5".into(),
+                    ups_status: "OB DISCHRG".into(),
+                    battery_runtime_seconds: Some(1230),
+                    power_watts: Some(31.5),
                     ..Default::default()
                 }),
                 models: vec![LoadedModel {
@@ -262,6 +264,7 @@ mod tests {
                     version: "1".into(),
                     inference_count: inferences,
                     queue_depth: 3,
+                    joules_per_inference: 0.125,
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -316,7 +319,11 @@ mod tests {
                 total: 16 << 30
             })
         );
-        assert_eq!(w.power, "battery 64%");
+        assert_eq!(
+            w.power,
+            "battery (UPS ups1@10.0.0.5 OB DISCHRG) 64% 20m left"
+        );
+        assert_eq!(w.energy, "31.5 W 0.1250 J/inf");
         assert_eq!((w.queue, w.in_flight), (3, 2));
         assert_eq!(w.rate, 25.0, "50 inferences in 2 s");
         let m = &view.models[0];

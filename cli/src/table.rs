@@ -3,7 +3,7 @@
 use comfy_table::{presets, Table};
 
 use localml_proto::localml::v1::{
-    Deployment, ModelInfo, PowerSource, PowerStatus, WorkerInfo, WorkerState,
+    Deployment, ModelInfo, PowerSource, PowerStatus, WorkerInfo, WorkerState, WorkerStatus,
 };
 
 fn gib(bytes: u64) -> String {
@@ -51,7 +51,7 @@ fn power_name(source: i32) -> &'static str {
 }
 
 /// The power source, and the UPS with its NUT status when the worker reads one.
-fn power_cell(power: &PowerStatus) -> String {
+pub(crate) fn power_cell(power: &PowerStatus) -> String {
     let source = power_name(power.source);
     if power.ups.is_empty() {
         return source.to_string();
@@ -65,7 +65,7 @@ fn power_cell(power: &PowerStatus) -> String {
 }
 
 /// Battery charge, and the runtime left when the UPS reports it.
-fn battery_cell(power: &PowerStatus) -> String {
+pub(crate) fn battery_cell(power: &PowerStatus) -> String {
     let charge = power
         .battery_percent
         .map(|p| format!("{p:.0}%"))
@@ -73,6 +73,34 @@ fn battery_cell(power: &PowerStatus) -> String {
     match power.battery_runtime_seconds {
         Some(s) => format!("{charge} {}m left", s / 60),
         None => charge,
+    }
+}
+
+/// Joules per inference of a worker: its models' figures averaged, weighted by their
+/// inferences; `None` until one is measured.
+fn joules_per_inference(status: &WorkerStatus) -> Option<f64> {
+    let (joules, count) = status
+        .models
+        .iter()
+        .filter(|m| m.joules_per_inference.is_finite() && m.joules_per_inference > 0.0)
+        .fold((0.0, 0u64), |(j, n), m| {
+            let weight = m.inference_count.max(1);
+            (j + m.joules_per_inference * weight as f64, n + weight)
+        });
+    (count > 0).then(|| joules / count as f64)
+}
+
+/// The power draw and joules per inference, `~` marking an estimate from configured
+/// watts: `~38.0 W 0.0120 J/inf`; `-` when the worker measures nothing.
+pub(crate) fn energy_cell(status: &WorkerStatus) -> String {
+    let power = status.power.clone().unwrap_or_default();
+    let Some(watts) = power.power_watts.filter(|w| w.is_finite()) else {
+        return "-".into();
+    };
+    let mark = if power.energy_estimated { "~" } else { "" };
+    match joules_per_inference(status) {
+        Some(j) => format!("{mark}{watts:.1} W {j:.4} J/inf"),
+        None => format!("{mark}{watts:.1} W"),
     }
 }
 
@@ -117,6 +145,7 @@ pub fn workers(list: &[WorkerInfo]) -> String {
                 format!("{}/{}", gib(s.ram_free_bytes), gib(s.ram_total_bytes)),
                 power_cell(&power),
                 battery_cell(&power),
+                energy_cell(&s),
                 queue.to_string(),
                 in_flight.max(w.dispatched_in_flight).to_string(),
                 s.inference_address.clone(),
@@ -136,6 +165,7 @@ pub fn workers(list: &[WorkerInfo]) -> String {
             "RAM GiB (free/total)",
             "POWER",
             "BATTERY",
+            "ENERGY",
             "QUEUE",
             "IN-FLIGHT",
             "ADDRESS",
@@ -227,7 +257,7 @@ pub fn deployments(list: &[Deployment]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use localml_proto::localml::v1::{PowerStatus, WorkerStatus};
+    use localml_proto::localml::v1::LoadedModel;
 
     #[test]
     fn aligned_columns() {
@@ -271,6 +301,44 @@ mod tests {
             row.contains("Ready") && row.contains("battery") && row.contains("42%"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn energy_shows_watts_and_joules_per_inference() {
+        let mut status = WorkerStatus {
+            power: Some(PowerStatus {
+                power_watts: Some(38.04),
+                ..Default::default()
+            }),
+            models: vec![
+                LoadedModel {
+                    joules_per_inference: 0.01,
+                    inference_count: 3,
+                    ..Default::default()
+                },
+                LoadedModel {
+                    joules_per_inference: 0.05,
+                    inference_count: 1,
+                    ..Default::default()
+                },
+                LoadedModel::default(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(energy_cell(&status), "38.0 W 0.0200 J/inf");
+        status.power = Some(PowerStatus {
+            power_watts: Some(12.0),
+            energy_estimated: true,
+            ..Default::default()
+        });
+        status.models.clear();
+        assert_eq!(
+            energy_cell(&status),
+            "~12.0 W",
+            "estimate, nothing served yet"
+        );
+        status.power = Some(PowerStatus::default());
+        assert_eq!(energy_cell(&status), "-", "no counter, no watts");
     }
 
     #[test]

@@ -224,3 +224,203 @@ async fn a_battery_with_minutes_left_takes_no_new_work() {
     let served = served_by(&scheduler, &request, 60, 4).await;
     assert_eq!(served.get("laptop"), None, "{served:?}");
 }
+
+/// A model's joules per inference as `name` last reported it, and whether its power
+/// figure is an estimate.
+async fn joules_of(scheduler: &Scheduler, name: &str) -> Option<(f64, bool)> {
+    scheduler.workers().await.into_iter().find_map(|w| {
+        let s = w.status.filter(|s| s.name == name)?;
+        let estimated = s.power.as_ref().is_some_and(|p| p.energy_estimated);
+        s.power.as_ref().and_then(|p| p.power_watts)?;
+        s.models
+            .iter()
+            .find(|m| m.name == "image_classifier")
+            .map(|m| (m.joules_per_inference, estimated))
+    })
+}
+
+/// `localml workers` against `scheduler`.
+fn workers_table(scheduler: &Scheduler) -> String {
+    let out = std::process::Command::new(bin("localml"))
+        .args(["workers", "--server", &scheduler.addr])
+        .output()
+        .expect("run localml workers");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energy_saver_sends_work_to_the_pc_with_the_fewest_joules_per_inference() {
+    let scheduler = Scheduler::start();
+    // Same speed, same CPU time per inference; the hungry PC draws 36 times more above
+    // idle when busy (180 W against 5 W), so its inferences cost about 36 times more.
+    let _frugal = Worker::start("frugal", &scheduler, &["--power-watts", "5,10"]);
+    let hungry = Worker::start(
+        "hungry",
+        &scheduler,
+        &["--power-watts", "20,200", "--http-listen", "127.0.0.1:0"],
+    );
+    scheduler.wait_ready(&["frugal", "hungry"]).await;
+    let request = image_request(1);
+
+    // Both serve until each has measured its energy per inference (2 s windows).
+    let (s, r) = (&scheduler, &request);
+    let measured = wait_until(SOON, || async move {
+        served_by(s, r, 20, 2).await;
+        let f = joules_of(s, "frugal").await;
+        let h = joules_of(s, "hungry").await;
+        f.is_some_and(|(j, _)| j > 0.0) && h.is_some_and(|(j, _)| j > 0.0)
+    })
+    .await;
+    let frugal_j = joules_of(&scheduler, "frugal").await;
+    let hungry_j = joules_of(&scheduler, "hungry").await;
+    assert!(measured, "frugal {frugal_j:?}, hungry {hungry_j:?}");
+    let (frugal_j, frugal_estimated) = frugal_j.expect("measured");
+    let (hungry_j, _) = hungry_j.expect("measured");
+    assert!(
+        frugal_estimated,
+        "configured watts, no RAPL here: an estimate"
+    );
+    assert!(
+        hungry_j > frugal_j,
+        "hungry {hungry_j} J/inference vs frugal {frugal_j}"
+    );
+    println!("measured: frugal {frugal_j:.6} J/inference, hungry {hungry_j:.6} J/inference");
+
+    let counts = served_by(
+        &scheduler,
+        &with_param(request.clone(), "localml.profile", "energy-saver"),
+        100,
+        1,
+    )
+    .await;
+    let frugal = counts.get("frugal").copied().unwrap_or(0);
+    println!("energy-saver, 100 requests at 1 in flight: {counts:?}");
+    assert!(
+        frugal >= 90,
+        "energy-saver prefers the frugal PC while it starts requests within the budget: {counts:?}"
+    );
+
+    // Operators see it: `localml workers` and the worker's /metrics.
+    let table = workers_table(&scheduler);
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        table.lines().next().unwrap_or_default().contains("ENERGY"),
+        "{table}"
+    );
+    for name in ["frugal", "hungry"] {
+        assert!(
+            line(name).contains(" W ") && line(name).contains("J/inf") && line(name).contains('~'),
+            "{name}: watts and joules per inference, marked as an estimate: {table}"
+        );
+    }
+    let http = hungry.http_addr.as_deref().expect("http");
+    let (code, metrics) = http_get(http, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for family in [
+        "localml_worker_joules_per_inference{model=\"image_classifier\"",
+        "localml_worker_model_energy_joules_total{model=\"image_classifier\"",
+        "localml_worker_power_watts{estimated=\"true\"}",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+}
+
+/// Writes a fake RAPL package whose counter reads `microjoules`.
+fn fake_rapl(root: &std::path::Path, microjoules: u64) {
+    let dir = root.join("intel-rapl:0");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("name"), "package-0\n").expect("name");
+    std::fs::write(dir.join("max_energy_range_uj"), "262143328850\n").expect("range");
+    // Written whole, then renamed: the worker never reads half a number.
+    let tmp = dir.join("energy_uj.tmp");
+    std::fs::write(&tmp, format!("{microjoules}\n")).expect("energy");
+    std::fs::rename(&tmp, dir.join("energy_uj")).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapl_counter_is_measured_not_estimated() {
+    // A fake powercap tree whose package draws 40 W; with an idle floor of 0 W
+    // (`--power-watts 0,1`, whose busy figure RAPL makes unused), every joule drawn
+    // counts, in the worker process's share of the busy CPU time.
+    let powercap = TempDir::new("powercap");
+    fake_rapl(powercap.path(), 0);
+    let root = powercap.path().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let meter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                fake_rapl(&root, (start.elapsed().as_secs_f64() * 40e6) as u64);
+            }
+        })
+    };
+    let scheduler = Scheduler::start();
+    let powercap_root = powercap.path().to_string_lossy().into_owned();
+    let _metered = Worker::start(
+        "metered",
+        &scheduler,
+        &["--powercap-root", &powercap_root, "--power-watts", "0,1"],
+    );
+    scheduler.wait_ready(&["metered"]).await;
+    let request = image_request(1);
+    let (s, r) = (&scheduler, &request);
+    let measured = wait_until(SOON, || async move {
+        served_by(s, r, 20, 2).await;
+        joules_of(s, "metered").await.is_some_and(|(j, _)| j > 0.0)
+    })
+    .await;
+    let reading = joules_of(&scheduler, "metered").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = meter.join();
+    assert!(measured, "{reading:?}");
+    let (joules, estimated) = reading.expect("measured");
+    assert!(!estimated, "a RAPL counter is a measurement");
+    let watts = scheduler
+        .workers()
+        .await
+        .into_iter()
+        .find_map(|w| w.status.and_then(|s| s.power).and_then(|p| p.power_watts));
+    assert!(
+        watts.is_some_and(|w| (30.0..=50.0).contains(&w)),
+        "the fake package draws 40 W: {watts:?}"
+    );
+    println!("fake RAPL at 40 W: {joules:.6} J/inference");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_rapl_counter_where_the_machine_has_one() {
+    let readable = std::fs::read_to_string("/sys/class/powercap/intel-rapl:0/energy_uj").is_ok();
+    if !readable {
+        println!(
+            "skipped: this machine exposes no readable RAPL counter (/sys/class/powercap/intel-rapl:0/energy_uj); docs/energy.md says how to grant read access"
+        );
+        return;
+    }
+    let scheduler = Scheduler::start();
+    let _w = Worker::start("rapl", &scheduler, &[]);
+    scheduler.wait_ready(&["rapl"]).await;
+    let request = image_request(1);
+    let (s, r) = (&scheduler, &request);
+    let measured = wait_until(SOON, || async move {
+        served_by(s, r, 50, 2).await;
+        joules_of(s, "rapl").await.is_some()
+    })
+    .await;
+    let reading = joules_of(&scheduler, "rapl").await;
+    assert!(measured, "{reading:?}");
+    assert!(!reading.expect("measured").1, "RAPL is a measurement");
+    println!("real RAPL: {reading:?}");
+}

@@ -42,6 +42,13 @@ pub struct WorkerArgs {
     /// Root of the power_supply sysfs class [default: /sys/class/power_supply].
     #[arg(long)]
     pub power_supply_root: Option<PathBuf>,
+    /// Root of the powercap sysfs class (RAPL energy counters) [default: /sys/class/powercap].
+    #[arg(long)]
+    pub powercap_root: Option<PathBuf>,
+    /// The PC's draw in watts at rest and under full load, IDLE,BUSY (e.g. 12,45): an
+    /// energy estimate where no counter is readable.
+    #[arg(long, value_name = "IDLE,BUSY")]
+    pub power_watts: Option<String>,
     /// A UPS to read through NUT's upsd: NAME@HOST[:PORT] (as upsc takes it).
     #[arg(long, value_name = "NAME@HOST[:PORT]")]
     pub ups: Option<String>,
@@ -95,6 +102,12 @@ impl WorkerArgs {
         }
         if let Some(v) = self.power_supply_root {
             c.power_supply_root = v;
+        }
+        if let Some(v) = self.powercap_root {
+            c.powercap_root = v;
+        }
+        if let Some(v) = self.power_watts {
+            c.power_watts = Some(parse_power_watts(&v)?);
         }
         if let Some(v) = self.ups {
             c.ups = Some(v);
@@ -167,4 +180,19 @@ pub async fn run(args: WorkerArgs) -> Result<(), WorkerError> {
         config.name
     );
     crate::run(config, listener, http, shutdown_signal(watch_stdin)).await
+}
+
+/// Parses `--power-watts IDLE,BUSY`.
+fn parse_power_watts(text: &str) -> Result<crate::energy::PowerWatts, WorkerError> {
+    let invalid = || {
+        crate::config::ConfigError::Invalid(format!(
+            "--power-watts '{text}': expected IDLE,BUSY in watts, e.g. 12,45"
+        ))
+    };
+    let (idle, busy) = text.split_once(',').ok_or_else(invalid)?;
+    let watts = crate::energy::PowerWatts {
+        idle: idle.trim().parse().map_err(|_| invalid())?,
+        busy: busy.trim().parse().map_err(|_| invalid())?,
+    };
+    Ok(watts)
 }

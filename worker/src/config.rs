@@ -34,6 +34,12 @@ pub struct WorkerConfig {
     pub power_supply_root: PathBuf,
     /// Fixed power state for a PC whose UPS or solar battery sysfs cannot see.
     pub power: Option<PowerOverride>,
+    /// Root of the powercap class in sysfs, where RAPL energy counters live (tests point
+    /// it at a fake tree).
+    pub powercap_root: PathBuf,
+    /// The PC's draw at rest and under full load (`{idle: 12, busy: 45}`), for an energy
+    /// estimate where no counter is readable; its idle figure is also RAPL's idle floor.
+    pub power_watts: Option<crate::energy::PowerWatts>,
     /// A UPS to read through NUT's upsd, `NAME@HOST[:PORT]`; its state replaces sysfs.
     pub ups: Option<String>,
     /// What the worker does when the UPS reports low battery (LB): `drain` (no new work,
@@ -97,6 +103,8 @@ impl Default for WorkerConfig {
             labels: BTreeMap::new(),
             power_supply_root: PathBuf::from("/sys/class/power_supply"),
             power: None,
+            powercap_root: PathBuf::from("/sys/class/powercap"),
+            power_watts: None,
             ups: None,
             on_low_battery: LowBatteryAction::Drain,
             intra_op_threads: None,
@@ -161,6 +169,9 @@ impl WorkerConfig {
                     "set either power (a fixed reading) or ups (read from upsd), not both".into(),
                 ));
             }
+        }
+        if let Some(problem) = self.power_watts.as_ref().and_then(|p| p.problem()) {
+            return Err(ConfigError::Invalid(problem));
         }
         if let Some(0) = self.intra_op_threads {
             return Err(ConfigError::Invalid(
@@ -244,5 +255,36 @@ mod tests {
         };
         assert!(cfg.validate().is_err());
         assert!(WorkerConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn power_watts_parse_and_are_checked() {
+        let cfg: WorkerConfig = serde_yaml::from_str(
+            "power_watts: {idle: 12, busy: 45}
+",
+        )
+        .expect("parses");
+        assert_eq!(
+            cfg.power_watts,
+            Some(crate::energy::PowerWatts {
+                idle: 12.0,
+                busy: 45.0
+            })
+        );
+        assert!(cfg.validate().is_ok());
+        let cfg: WorkerConfig = serde_yaml::from_str(
+            "power_watts: {idle: 50, busy: 45}
+",
+        )
+        .expect("parses");
+        let err = cfg.validate().expect_err("busy under idle").to_string();
+        assert!(err.contains("power_watts"), "{err}");
+        let err = serde_yaml::from_str::<WorkerConfig>(
+            "power_watts: {idle: 5}
+",
+        )
+        .expect_err("busy missing")
+        .to_string();
+        assert!(err.contains("busy"), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`validate`]: request checks against a model's signature before ONNX Runtime runs.
 //! - [`hardware`], [`power`]: RAM (procfs), GPUs (NVML), and power source (sysfs).
 //! - [`ups`]: a UPS's state from NUT's upsd (`--ups NAME@HOST`).
+//! - [`energy`]: joules per inference from RAPL, NVML or configured watts.
 //! - [`state`]: the worker's shared state and its status report.
 //! - [`service`]: the worker's `GRPCInferenceService`.
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and energy counters.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod energy;
 pub mod hardware;
 pub mod model;
 pub mod observe;
@@ -169,6 +171,18 @@ fn log_ups(target: &ups::UpsTarget, before: Option<&ups::UpsPower>, now: &ups::U
     }
 }
 
+/// Closes an energy window every [`energy::WINDOW`] while the worker lives (counters are
+/// read off the async runtime's threads: NVML and sysfs reads block).
+async fn meter_energy(worker: std::sync::Weak<Worker>) {
+    loop {
+        let Some(w) = worker.upgrade() else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || w.sample_energy()).await;
+        tokio::time::sleep(energy::WINDOW).await;
+    }
+}
+
 /// Reads the UPS every second while the worker lives.
 async fn poll_ups(
     worker: std::sync::Weak<Worker>,
@@ -210,7 +224,7 @@ pub async fn run(
     let http = http.map(|listener| {
         let probe = Arc::new(observe::WorkerProbe {
             worker: Arc::clone(&probe_worker),
-            powercap_root: "/sys/class/powercap".into(),
+            powercap_root: config.powercap_root.clone(),
         });
         tokio::spawn(localml_serving::http::serve(listener, probe, async move {
             let _ = http_stopped.await;
@@ -268,6 +282,7 @@ pub async fn run(
         Arc::new(Worker::new(config, models, providers, advertise).with_loader(loader, available));
     // The UPS is read before joining, so the first report already says where power comes
     // from; then every second. `stop` on low battery ends the worker like a SIGTERM.
+    tokio::spawn(meter_energy(Arc::downgrade(&worker)));
     let (ups_stop, ups_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(target) = ups {
         let reading = ups::read(&target).await;

@@ -128,32 +128,58 @@ impl localml_serving::http::Probe for WorkerProbe {
         }
         let per_model =
             |e: &mut Exposition,
-             name: &str,
+             (name, kind): (&str, Kind),
              help: &str,
              f: &dyn Fn(&localml_proto::localml::v1::LoadedModel) -> f64| {
-                e.family(name, Kind::Gauge, help);
+                e.family(name, kind, help);
                 for m in &status.models {
                     e.sample(&[("model", &m.name), ("version", &m.version)], f(m));
                 }
             };
         per_model(
             &mut e,
-            "localml_worker_queue_depth",
+            ("localml_worker_queue_depth", Kind::Gauge),
             "Requests waiting for a session.",
             &|m| f64::from(m.queue_depth),
         );
         per_model(
             &mut e,
-            "localml_worker_in_flight_requests",
+            ("localml_worker_in_flight_requests", Kind::Gauge),
             "Requests running in ONNX Runtime.",
             &|m| f64::from(m.in_flight),
         );
         per_model(
             &mut e,
-            "localml_worker_model_memory_bytes",
+            ("localml_worker_model_memory_bytes", Kind::Gauge),
             "Memory the model took when loaded.",
             &|m| m.memory_bytes as f64,
         );
+        let power = status.power.clone().unwrap_or_default();
+        if let Some(watts) = power.power_watts {
+            per_model(
+                &mut e,
+                ("localml_worker_joules_per_inference", Kind::Gauge),
+                "Energy one inference costs on this PC (above its idle draw; 0 until measured).",
+                &|m| m.joules_per_inference,
+            );
+            per_model(
+                &mut e,
+                ("localml_worker_model_energy_joules_total", Kind::Counter),
+                "Energy attributed to the model version since it loaded (docs/energy.md).",
+                &|m| m.energy_joules,
+            );
+            let estimated = if power.energy_estimated {
+                "true"
+            } else {
+                "false"
+            };
+            e.family(
+                "localml_worker_power_watts",
+                Kind::Gauge,
+                "This PC's draw over the last energy window; estimated=true: from power_watts.",
+            )
+            .sample(&[("estimated", estimated)], watts);
+        }
         e.family(
             "localml_worker_memory_total_bytes",
             Kind::Gauge,
@@ -185,7 +211,6 @@ impl localml_serving::http::Probe for WorkerProbe {
         for g in &status.gpus {
             e.sample(&[("gpu", &g.index.to_string())], g.memory_free_bytes as f64);
         }
-        let power = status.power.clone().unwrap_or_default();
         let source = match localml_proto::localml::v1::PowerSource::try_from(power.source) {
             Ok(localml_proto::localml::v1::PowerSource::Mains) => "mains",
             Ok(localml_proto::localml::v1::PowerSource::Battery) => "battery",

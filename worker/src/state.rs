@@ -61,6 +61,8 @@ pub struct Worker {
     /// The UPS's last reading, when the worker has one (`--ups`); refreshed by the UPS
     /// poller, read by status reports.
     ups: Mutex<Option<crate::ups::UpsPower>>,
+    /// Power draw and joules per inference, from energy windows.
+    pub energy: crate::energy::EnergyMeter,
 }
 
 impl Worker {
@@ -71,7 +73,6 @@ impl Worker {
         advertise: String,
     ) -> Worker {
         Worker {
-            config,
             models: RwLock::new(models),
             available: RwLock::new(Vec::new()),
             loader: None,
@@ -82,8 +83,36 @@ impl Worker {
             requests: Default::default(),
             sequence: AtomicU64::new(0),
             gpus: Mutex::new(Vec::new()),
+            energy: crate::energy::EnergyMeter::new(
+                config.powercap_root.clone(),
+                config.power_watts,
+                hardware::cpu_cores(),
+            ),
             ups: Mutex::new(None),
+            config,
         }
+    }
+
+    /// Closes an energy window: reads the counters and attributes the energy to models.
+    pub fn sample_energy(&self) {
+        let counters: Vec<crate::energy::ModelCounters> = self
+            .loaded()
+            .iter()
+            .map(|m| crate::energy::ModelCounters {
+                name: m.name.clone(),
+                version: m.version,
+                busy_ns: m
+                    .stats
+                    .success_ns
+                    .load(Ordering::Relaxed)
+                    .saturating_add(m.stats.failure_ns.load(Ordering::Relaxed)),
+                inferences: m.stats.inference_count.load(Ordering::Relaxed),
+                on_gpu: m.execution_provider != "CPUExecutionProvider",
+            })
+            .collect();
+        let gpu = self.gpu_energy();
+        let gpu_joules = (!gpu.is_empty()).then(|| gpu.iter().map(|(_, j)| j).sum());
+        self.energy.sample(&counters, gpu_joules);
     }
 
     /// Records the UPS's latest reading.
@@ -257,6 +286,7 @@ impl Worker {
         let reading = power::current(&self.config.power_supply_root, self.config.power.as_ref());
         let ups = self.ups();
         let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
+        let (power_watts, energy_estimated) = self.energy.power();
         pb::WorkerStatus {
             name: self.config.name.clone(),
             inference_address: self.advertise.clone(),
@@ -284,16 +314,24 @@ impl Worker {
                     battery_runtime_seconds: ups.runtime_seconds,
                     low_battery: ups.low_battery,
                     reason: ups.reason,
+                    power_watts,
+                    energy_estimated,
                 },
                 _ => pb::PowerStatus {
                     source: proto_source(reading.source),
                     battery_percent: reading.battery_percent,
                     battery_runtime_seconds: reading.runtime_seconds,
                     origin: reading.origin.to_string(),
+                    power_watts,
+                    energy_estimated,
                     ..Default::default()
                 },
             }),
-            models: self.loaded().iter().map(|m| model_report(m)).collect(),
+            models: self
+                .loaded()
+                .iter()
+                .map(|m| model_report(m, self.energy.model(&m.name, m.version)))
+                .collect(),
             available: self
                 .available
                 .read()
@@ -341,7 +379,7 @@ pub fn signature(m: &LoadedModel) -> pb::ModelSignature {
     }
 }
 
-fn model_report(m: &LoadedModel) -> pb::LoadedModel {
+fn model_report(m: &LoadedModel, energy: crate::energy::ModelEnergy) -> pb::LoadedModel {
     let s = &m.stats;
     pb::LoadedModel {
         name: m.name.clone(),
@@ -356,5 +394,7 @@ fn model_report(m: &LoadedModel) -> pb::LoadedModel {
         max_batch_size: m.max_batch_size,
         instances: m.instances,
         failure_count: s.failure_count.load(Ordering::Relaxed),
+        joules_per_inference: energy.joules_per_inference,
+        energy_joules: energy.joules,
     }
 }

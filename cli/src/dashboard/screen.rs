@@ -146,6 +146,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
                 Cell::from(usage(w.ram, "-")),
                 Cell::from(usage(w.gpu, "no GPU")),
                 Cell::from(w.power.clone()),
+                Cell::from(w.energy.clone()),
                 number(w.queue.to_string()),
                 number(w.in_flight.to_string()),
                 number(format!("{:.1}", w.rate)),
@@ -156,7 +157,8 @@ pub fn draw(frame: &mut Frame, view: &View) {
             Constraint::Length(9),
             Constraint::Length(24),
             Constraint::Length(24),
-            Constraint::Length(13),
+            width(13, "POWER", view.workers.iter().map(|w| w.power.as_str())),
+            width(8, "ENERGY", view.workers.iter().map(|w| w.energy.as_str())),
             Constraint::Length(5),
             Constraint::Length(8),
             Constraint::Length(7),
@@ -169,11 +171,12 @@ pub fn draw(frame: &mut Frame, view: &View) {
             "RAM used",
             "GPU memory used",
             "POWER",
+            "ENERGY",
             "QUEUE",
             "INFLIGHT",
             "REQ/S",
         ],
-        5..8,
+        6..9,
     ))
     .column_spacing(1);
     frame.render_widget(workers, workers_area);
@@ -414,7 +417,7 @@ mod tests {
         assert!(text.lines().all(|l| l == l.trim_end()), "{text}");
         assert_eq!(
             text.lines().next(),
-            screen(&view, 150, 10)[0].trim_end().into()
+            screen(&view, 220, 10)[0].trim_end().into()
         );
     }
 
@@ -429,7 +432,7 @@ mod tests {
     fn a_frame_shows_bars_power_rates_and_recent_percentiles() {
         let (previous, current) = two_readings();
         let view = View::from_readings(&previous, &current, Duration::from_secs(2), "test");
-        let lines = screen(&view, 150, 10);
+        let lines = screen(&view, 220, 10);
         let frame = lines.join("\n");
         assert!(
             lines[0].starts_with("localml top - test - 1/1 workers ready, 1 model versions"),
@@ -451,7 +454,11 @@ mod tests {
             row.contains("[###.......] 4.0G"),
             "GPU 4 of 16 GiB used: {row}"
         );
-        assert!(row.contains("battery 64%"), "{row}");
+        assert!(
+            row.contains("battery (UPS ups1@10.0.0.5 OB DISCHRG) 64% 20m left"),
+            "{row}"
+        );
+        assert!(row.contains("31.5 W 0.1250 J/inf"), "{row}");
         assert!(
             row.trim_end().ends_with("25.0"),
             "50 requests in 2 s: {row}"
@@ -480,7 +487,7 @@ mod tests {
         previous.workers = vec![worker(name, 0)];
         current.workers = vec![worker(name, 10)];
         let view = View::from_readings(&previous, &current, Duration::from_secs(1), "t");
-        let lines = screen(&view, 150, 10);
+        let lines = screen(&view, 220, 10);
         assert!(
             lines
                 .iter()

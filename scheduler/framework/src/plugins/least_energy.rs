@@ -1,9 +1,11 @@
 //! LeastEnergy: among the workers that would start the request within a wait budget, the
-//! one whose inferences of the model cost the fewest joules scores 100, the others in
-//! proportion (half as efficient, half the score). A worker that would make the request
-//! wait longer than the budget scores 0: energy never buys a long queue. A worker that has
-//! not measured its energy yet scores 50, neither preferred nor avoided. The figures are
-//! the workers' own (RAPL, NVML, or configured watts; docs/energy.md).
+//! one whose inferences of the model cost the fewest joules scores most. Scores are in
+//! proportion to the most efficient worker scored, whether or not it is within the budget
+//! (half as efficient, half the score), so an idle but wasteful PC does not win merely
+//! because the efficient ones are busy. A worker that would make the request wait longer
+//! than the budget scores 0: energy never buys a long queue. A worker that has not
+//! measured its energy yet scores 50 within the budget, neither preferred nor avoided. The
+//! figures are the workers' own (RAPL, NVML, or configured watts; docs/energy.md).
 
 use serde::Deserialize;
 
@@ -12,12 +14,12 @@ use crate::registry::{Built, PluginError};
 
 pub const NAME: &str = "LeastEnergy";
 
-/// Score of a worker with no energy figure for the model.
+/// Score of a worker within the budget with no energy figure for the model.
 const UNKNOWN_SCORE: i64 = MAX_SCORE / 2;
-/// Raw score of a worker over the wait budget (normalised to 0).
-const OVER_BUDGET: i64 = -1;
-/// Raw score of a worker with no energy figure (normalised to [`UNKNOWN_SCORE`]).
-const UNKNOWN: i64 = -2;
+/// Raw score of a worker within the budget with no energy figure.
+const UNKNOWN: i64 = 0;
+/// Raw score of a worker over the budget with no energy figure (normalised to 0).
+const OVER_BUDGET_UNKNOWN: i64 = i64::MIN;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -49,27 +51,37 @@ impl Plugin for LeastEnergy {
 }
 
 impl Score for LeastEnergy {
-    /// Microjoules per inference (at least 1), or one of the markers above.
+    /// Microjoules per inference (at least 1), negative when the worker is over the wait
+    /// budget, or one of the markers above.
     fn score(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> i64 {
         let wait_ms =
             worker.waves_ahead(request) * worker.latency_ms(request, self.args.default_latency_ms);
-        if wait_ms > self.args.wait_budget_ms {
-            return OVER_BUDGET;
-        }
+        let within = wait_ms <= self.args.wait_budget_ms;
         match worker.model(request).map(|m| m.joules_per_inference) {
-            Some(j) if j.is_finite() && j > 0.0 => (j * 1e6).ceil().clamp(1.0, 1e15) as i64,
-            _ => UNKNOWN,
+            Some(j) if j.is_finite() && j > 0.0 => {
+                let uj = (j * 1e6).ceil().clamp(1.0, 1e15) as i64;
+                if within {
+                    uj
+                } else {
+                    -uj
+                }
+            }
+            _ if within => UNKNOWN,
+            _ => OVER_BUDGET_UNKNOWN,
         }
     }
 
     fn normalize(&self, _: &CycleState, scores: &mut [i64]) {
-        let best = scores.iter().copied().filter(|s| *s > 0).min();
+        let best = scores
+            .iter()
+            .filter(|s| **s != UNKNOWN && **s != OVER_BUDGET_UNKNOWN)
+            .map(|s| s.abs())
+            .min();
         for s in scores {
             *s = match (*s, best) {
-                (OVER_BUDGET, _) => 0,
                 (UNKNOWN, _) => UNKNOWN_SCORE,
-                (own, Some(best)) => best * MAX_SCORE / own.max(1),
-                (_, None) => UNKNOWN_SCORE,
+                (own, Some(best)) if own > 0 => best * MAX_SCORE / own,
+                _ => 0,
             };
         }
     }
@@ -128,8 +140,13 @@ mod tests {
                 vec![100, 50, 25],
             ),
             (
-                "over the 50 ms budget: 0 however cheap",
+                "over the 50 ms budget: 0 however cheap, and still the yardstick",
                 vec![with(0.5, 30.0, 2), with(2.0, 5.0, 3)],
+                vec![0, 25],
+            ),
+            (
+                "over the budget without a figure: 0",
+                vec![with(0.0, 30.0, 2), with(2.0, 5.0, 3)],
                 vec![0, 100],
             ),
             (
