@@ -10,10 +10,25 @@
 //! scheduler's dispatcher does: a failed dispatch marks the worker unreachable and the
 //! cycle runs again without it (up to 3 attempts).
 //!
+//! Energy: each worker draws idle watts while up and busy watts while it serves; a
+//! laptop on battery drains it, and reports its falling charge at once (no heartbeat
+//! delay), so PowerState sees a battery under its critical level. Each worker reports the
+//! model's joules per inference (busy minus idle watts x mean service time), which
+//! LeastEnergy scores. The run ends with its last event; a failed worker draws nothing
+//! after it fails.
+//!
 //! # Layout
-//! - this file: the simulated fleet ([`SimWorker`], [`heterogeneous`], [`identical`]),
-//!   the baseline policies ([`Policy`]) and the event loop ([`run`]) with its [`Report`].
+//! - `energy`: watts, batteries and the [`energy::Meter`] that adds up a worker's joules.
+//! - `fleet`: the simulated workers ([`SimWorker`]), the PC classes and their watts, the
+//!   fleets ([`heterogeneous`], [`identical`]).
+//! - this file: the baseline policies ([`Policy`]) and the event loop ([`run`]) with its
+//!   [`Report`].
 //! - `main.rs`: the `localml-sim` binary, the tables in docs/benchmarks.md.
+
+pub mod energy;
+pub mod fleet;
+
+pub use fleet::{heterogeneous, identical, SimWorker};
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -24,16 +39,7 @@ use localml_framework::{
     CycleState, ModelOnWorker, PowerSource, RequestInfo, Snapshot, WorkerInfo,
 };
 
-/// A simulated worker.
-#[derive(Debug, Clone)]
-pub struct SimWorker {
-    /// Relative speed (1.0 = `service_ms` per request).
-    pub speed: f64,
-    /// (time ms, source, battery percent) changes during the run.
-    pub power_changes: Vec<(f64, PowerSource, Option<f32>)>,
-    /// Time at which the worker fails, if it does.
-    pub fails_at: Option<f64>,
-}
+use crate::energy::Meter;
 
 /// The balancing policies compared.
 #[derive(Clone)]
@@ -76,7 +82,18 @@ pub struct Report {
     pub share_mains: f64,
     pub share_ups: f64,
     pub share_battery: f64,
+    /// Energy all workers drew, idle and busy, from the start to the last event, in joules.
+    pub total_j: f64,
+    /// The part of it above idle: the inferences' marginal energy.
+    pub above_idle_j: f64,
+    /// Energy drawn from batteries.
+    pub battery_j: f64,
+    /// Workers whose battery ended the run under [`CRITICAL_PERCENT`].
+    pub batteries_under_critical: usize,
 }
+
+/// The shipped profiles' `critical_battery_percent`.
+pub const CRITICAL_PERCENT: f32 = 15.0;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Event {
@@ -118,7 +135,7 @@ struct State {
     power: PowerSource,
     previous_power: PowerSource,
     power_changed_ms: u64,
-    battery: Option<f32>,
+    meter: Meter,
     ewma: PeakEwma,
 }
 
@@ -176,7 +193,7 @@ pub fn run(
     };
     let mut states: Vec<State> = workers
         .iter()
-        .map(|_| State {
+        .map(|w| State {
             queue: VecDeque::new(),
             serving: None,
             alive: true,
@@ -184,12 +201,12 @@ pub fn run(
             power: PowerSource::Mains,
             previous_power: PowerSource::Mains,
             power_changed_ms: 0,
-            battery: None,
+            meter: Meter::new(w.watts, w.battery),
             ewma: PeakEwma::default(),
         })
         .collect();
     for (i, w) in workers.iter().enumerate() {
-        for (k, (at, _, _)) in w.power_changes.iter().enumerate() {
+        for (k, (at, _)) in w.power_changes.iter().enumerate() {
             push(&mut events, *at, Event::Power(i, k));
         }
         if let Some(at) = w.fails_at {
@@ -203,8 +220,16 @@ pub fn run(
         workers: workers
             .iter()
             .enumerate()
-            .map(|(index, _)| {
-                WorkerInfo::new(index, format!("sim-{index}"), ModelOnWorker::new("m", "1"))
+            .map(|(index, w)| {
+                let mean_ms = service_ms / w.speed;
+                let model = ModelOnWorker {
+                    // What the worker's own latency EWMA converges to.
+                    reported_latency_ms: mean_ms,
+                    // What the worker reports from its watts: the model's figure.
+                    joules_per_inference: w.watts.joules_per_inference(mean_ms),
+                    ..ModelOnWorker::new("m", "1")
+                };
+                WorkerInfo::new(index, format!("sim-{index}"), model)
             })
             .collect(),
         now_ms: 0,
@@ -223,7 +248,9 @@ pub fn run(
     let mut rotation = 0usize;
     // Requests waiting for a worker (localml's queue; baselines never wait).
     let mut waiting: VecDeque<f64> = VecDeque::new();
+    let mut end_ms = 0.0f64;
     while let Some(Scheduled { at: now, event, .. }) = events.pop() {
+        end_ms = now;
         match event {
             Event::Arrival => {
                 arrived += 1;
@@ -250,18 +277,22 @@ pub fn run(
                     s.serving = Some(next);
                     let done = now + exp_sample(&mut rng, service_ms / workers[i].speed);
                     push(&mut events, done, Event::Completion(i));
+                } else {
+                    s.meter.set_busy(now, false);
                 }
             }
             Event::Power(i, k) => {
-                let (_, source, battery) = workers[i].power_changes[k];
-                states[i].previous_power = states[i].power;
-                states[i].power_changed_ms = now as u64;
-                states[i].power = source;
-                states[i].battery = battery;
+                let (_, source) = workers[i].power_changes[k];
+                let s = &mut states[i];
+                s.previous_power = s.power;
+                s.power_changed_ms = now as u64;
+                s.power = source;
+                s.meter.set_on_battery(now, source == PowerSource::Battery);
             }
             Event::Failure(i) => {
                 let s = &mut states[i];
                 s.alive = false;
+                s.meter.switch_off(now);
                 s.detected_dead_at = Some(now + GRACE_MS);
                 failed += s.queue.len() + usize::from(s.serving.is_some());
                 s.queue.clear();
@@ -321,16 +352,12 @@ pub fn run(
                         w.power = s.power;
                         w.previous_power = s.previous_power;
                         w.power_changed_ms = s.power_changed_ms;
-                        w.battery_percent = s.battery;
+                        w.battery_percent = s.meter.battery_percent(now);
                         w.dispatched = s.outstanding() as u32;
                         w.peak_ewma_ms = s
                             .ewma
                             .fresh_estimate(now as u64, localml_framework::estimator::STALE_MS)
                             .unwrap_or(0.0);
-                        if let Some(m) = w.models.first_mut() {
-                            // What the worker's own latency EWMA converges to.
-                            m.reported_latency_ms = service_ms / workers[w.index].speed;
-                        }
                     }
                     // As the dispatcher does: a worker that fails the dispatch is marked
                     // unreachable at once and the cycle runs again without it.
@@ -378,6 +405,7 @@ pub fn run(
             }
             if s.serving.is_none() {
                 s.serving = Some(arrival);
+                s.meter.set_busy(now, true);
                 let done = now + exp_sample(&mut rng, service_ms / workers[i].speed);
                 push(&mut events, done, Event::Completion(i));
             } else {
@@ -386,6 +414,9 @@ pub fn run(
         }
     }
     latencies.sort_by(f64::total_cmp);
+    for s in &mut states {
+        s.meter.settle(end_ms);
+    }
     let dispatched = by_power.iter().sum::<usize>().max(1) as f64;
     Report {
         completed: latencies.len(),
@@ -397,38 +428,18 @@ pub fn run(
         share_mains: by_power[0] as f64 / dispatched,
         share_ups: by_power[1] as f64 / dispatched,
         share_battery: by_power[2] as f64 / dispatched,
+        total_j: states.iter().map(|s| s.meter.total_j).sum(),
+        above_idle_j: states.iter().map(|s| s.meter.above_idle_j).sum(),
+        battery_j: states.iter().map(|s| s.meter.battery_j).sum(),
+        batteries_under_critical: states
+            .iter()
+            .filter(|s| {
+                s.meter
+                    .battery_percent(end_ms)
+                    .is_some_and(|p| p < CRITICAL_PERCENT)
+            })
+            .count(),
     }
-}
-
-/// `n` identical workers.
-pub fn identical(n: usize) -> Vec<SimWorker> {
-    (0..n)
-        .map(|_| SimWorker {
-            speed: 1.0,
-            power_changes: Vec::new(),
-            fails_at: None,
-        })
-        .collect()
-}
-
-/// `n` workers with speeds from 0.25x to 4x; a quarter of them go on battery for the
-/// middle of the run (from 30% to 70% of `duration_ms`), one fails at 50%.
-pub fn heterogeneous(n: usize, duration_ms: f64) -> Vec<SimWorker> {
-    const SPEEDS: [f64; 5] = [0.25, 0.5, 1.0, 2.0, 4.0];
-    (0..n)
-        .map(|i| SimWorker {
-            speed: SPEEDS[i % SPEEDS.len()],
-            power_changes: if i % 4 == 1 {
-                vec![
-                    (duration_ms * 0.3, PowerSource::Battery, Some(60.0)),
-                    (duration_ms * 0.7, PowerSource::Mains, None),
-                ]
-            } else {
-                Vec::new()
-            },
-            fails_at: (i == n / 2).then_some(duration_ms * 0.5),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -464,6 +475,94 @@ mod tests {
             r.share_battery > 0.05 && r.share_battery < 0.2,
             "{}",
             r.share_battery
+        );
+    }
+
+    fn profile(name: &str) -> Policy {
+        use localml_framework::profile::{builtin, Profiles};
+        let profiles = Profiles::build(&builtin()).expect("the shipped profiles build");
+        Policy::Profile(std::sync::Arc::clone(
+            profiles.get(name).expect("a shipped profile"),
+        ))
+    }
+
+    fn worker(speed: f64, idle: f64, busy: f64) -> SimWorker {
+        SimWorker {
+            speed,
+            watts: energy::Watts { idle, busy },
+            battery: None,
+            power_changes: Vec::new(),
+            fails_at: None,
+        }
+    }
+
+    #[test]
+    fn the_run_adds_up_idle_and_inference_energy() {
+        // Four 1x desktops (30 W idle, 120 W busy, 10 ms): 0.9 J an inference.
+        let r = run(&identical(4), 10.0, 0.5, 20_000, &Policy::RoundRobin, 5);
+        assert_eq!(r.completed, 20_000);
+        let per_inference = r.above_idle_j / r.completed as f64;
+        assert!((per_inference - 0.9).abs() < 0.03, "{per_inference} J");
+        // The rest is idle draw: 4 x 30 W over the run (20,000 requests at 0.2 a ms:
+        // about 100 s).
+        let idle_s = (r.total_j - r.above_idle_j) / (4.0 * 30.0);
+        assert!((idle_s - 100.0).abs() < 3.0, "{idle_s} s");
+        assert_eq!((r.battery_j, r.batteries_under_critical), (0.0, 0));
+    }
+
+    #[test]
+    fn energy_saver_spends_fewer_joules_than_default_where_efficiency_differs() {
+        // Four fast, hungry workers (2x, 0.6 J an inference) and four frugal ones (1x,
+        // 0.1 J): default goes for speed, energy-saver for joules within its wait budget.
+        let mut fleet: Vec<SimWorker> = (0..4).map(|_| worker(2.0, 50.0, 170.0)).collect();
+        fleet.extend((0..4).map(|_| worker(1.0, 10.0, 20.0)));
+        let default = run(&fleet, 10.0, 0.3, 20_000, &profile("default"), 9);
+        let saver = run(&fleet, 10.0, 0.3, 20_000, &profile("energy-saver"), 9);
+        assert!(
+            saver.above_idle_j < 0.8 * default.above_idle_j,
+            "energy-saver {:.0} J above idle, default {:.0} J",
+            saver.above_idle_j,
+            default.above_idle_j
+        );
+        assert!(saver.total_j < default.total_j);
+    }
+
+    #[test]
+    fn a_draining_battery_goes_under_critical_and_power_state_turns_it_away() {
+        // A fast laptop on battery from the start next to a slow desktop, with the
+        // `latency` profile (battery competes on score). 20,000 requests at 30% of 5
+        // requests a ms take about 133 s; the laptop busy about a third of it draws some
+        // 1.3 kJ.
+        let laptop = |charge_j: f64| SimWorker {
+            battery: Some(energy::Battery {
+                capacity_j: 10_000.0,
+                charge_j,
+            }),
+            power_changes: vec![(0.0, PowerSource::Battery)],
+            ..worker(4.0, 5.0, 30.0)
+        };
+        let desktop = worker(1.0, 30.0, 120.0);
+        let latency = profile("latency");
+        // From 60 % it ends well above 15 %.
+        let full = run(
+            &[laptop(6_000.0), desktop.clone()],
+            10.0,
+            0.3,
+            20_000,
+            &latency,
+            2,
+        );
+        assert_eq!(full.batteries_under_critical, 0);
+        assert!(full.share_battery > 0.7, "{}", full.share_battery);
+        assert!(full.battery_j > 500.0, "{}", full.battery_j);
+        // From 20 % it crosses 15 % (500 J) early and PowerState filters it from then on.
+        let low = run(&[laptop(2_000.0), desktop], 10.0, 0.3, 20_000, &latency, 2);
+        assert_eq!(low.batteries_under_critical, 1);
+        assert!(
+            low.share_battery < 0.5 * full.share_battery,
+            "{} against {}",
+            low.share_battery,
+            full.share_battery
         );
     }
 }

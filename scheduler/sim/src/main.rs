@@ -63,16 +63,28 @@ fn main() {
         }
     }
 
-    println!("heterogeneous fleets: speeds 0.25x-4x, a quarter on battery from 30% to 70% of the run, one failure at 50%;");
+    println!("heterogeneous fleets: speeds 0.25x-4x, half the laptops on battery from 30% to 70% of the run, one failure at 50%;");
     println!(
         "service time {SERVICE_MS} ms at 1x, {requests} Poisson arrivals per row, latencies in ms"
     );
+    println!("watts (idle/busy) and joules per inference by class:");
+    for c in sim::fleet::CLASSES {
+        println!(
+            "  {:.2}x {}: {:.0}/{:.0} W, {:.3} J",
+            c.speed,
+            c.name,
+            c.watts.idle,
+            c.watts.busy,
+            c.watts.joules_per_inference(SERVICE_MS / c.speed)
+        );
+    }
     println!();
-    println!("| workers | load | policy | p50 | p99 | p99.9 | failed | on battery |");
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("| workers | load | policy | p50 | p99 | p99.9 | failed | on battery | total kJ | above idle kJ | battery kJ | batteries < 15% |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut verdicts = Vec::new();
+    let mut energy = Vec::new();
     for &n in &sizes {
-        for load in [0.5, 0.8, 0.95] {
+        for load in [0.3, 0.5, 0.8, 0.95] {
             let capacity_per_ms = sim::heterogeneous(n, 1.0)
                 .iter()
                 .map(|w: &SimWorker| w.speed)
@@ -81,18 +93,23 @@ fn main() {
             let duration = requests as f64 / (capacity_per_ms * load);
             let fleet = sim::heterogeneous(n, duration);
             let mut p99 = std::collections::HashMap::new();
+            let mut reports = std::collections::HashMap::new();
             for policy in &policies {
                 let started = std::time::Instant::now();
                 let r = sim::run(&fleet, SERVICE_MS, load, requests, policy, seed);
                 println!(
-                    "| {n} | {:.0}% | {} | {:.1} | {:.1} | {:.1} | {} | {:.1}% |",
+                    "| {n} | {:.0}% | {} | {:.1} | {:.1} | {:.1} | {} | {:.1}% | {:.1} | {:.1} | {:.2} | {} |",
                     load * 100.0,
                     policy.name(),
                     r.p50_ms,
                     r.p99_ms,
                     r.p999_ms,
                     r.failed,
-                    r.share_battery * 100.0
+                    r.share_battery * 100.0,
+                    r.total_j / 1000.0,
+                    r.above_idle_j / 1000.0,
+                    r.battery_j / 1000.0,
+                    r.batteries_under_critical
                 );
                 eprintln!(
                     "  ({} took {:.1}s)",
@@ -100,6 +117,20 @@ fn main() {
                     started.elapsed().as_secs_f64()
                 );
                 p99.insert(policy.name(), r.p99_ms);
+                reports.insert(policy.name(), r);
+            }
+            if let (Some(saver), Some(default)) = (
+                reports.get("localml energy-saver"),
+                reports.get("localml default"),
+            ) {
+                energy.push(format!(
+                    "{n} workers, {:.0}% load: energy-saver / default: total J {:.3}x, above idle {:.3}x, battery J {:.3}x, p99 {:.3}x",
+                    load * 100.0,
+                    saver.total_j / default.total_j,
+                    saver.above_idle_j / default.above_idle_j,
+                    saver.battery_j / default.battery_j,
+                    saver.p99_ms / default.p99_ms
+                ));
             }
             if load == 0.95 {
                 let default = p99["localml default"];
@@ -114,5 +145,9 @@ fn main() {
     println!();
     for v in verdicts {
         println!("{v}");
+    }
+    println!();
+    for e in energy {
+        println!("{e}");
     }
 }
