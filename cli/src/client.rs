@@ -8,7 +8,10 @@ use localml_proto::inference::model_infer_request::InferInputTensor;
 use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::tensor::{DataType, TensorData, TensorError};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 /// Why [`connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,9 @@ pub enum ConnectError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The API key holds characters a header cannot carry (the key is not repeated).
+    #[error("invalid API key: it must be printable ASCII (check --key, LOCALML_KEY or the credentials file)")]
+    InvalidKey,
     /// Nothing accepted a connection at the address within the timeout.
     #[error("cannot connect to {address}")]
     Unreachable {
@@ -58,8 +64,53 @@ pub struct Tensor {
 /// Largest message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Connects to `address` (`host:port` or a URL), failing after `timeout`.
-pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, ConnectError> {
+/// A connection to the scheduler that sends the caller's API key, if any, with every
+/// call (`authorization: Bearer KEY`).
+pub type Connection = InterceptedService<Channel, KeyHeader>;
+
+/// Adds `authorization: Bearer KEY` to each call; no header without a key.
+#[derive(Clone, Default)]
+pub struct KeyHeader(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for KeyHeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The key this process sends when it connects with [`connect`] (set once by the CLI).
+static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the API key [`connect`] sends (first call wins).
+pub fn set_key(key: Option<String>) {
+    let _ = KEY.set(key);
+}
+
+/// Connects to `address` (`host:port` or a URL), failing after `timeout`, sending the key
+/// given to [`set_key`], if any.
+pub async fn connect(address: &str, timeout: Duration) -> Result<Connection, ConnectError> {
+    let key = KEY.get().cloned().flatten();
+    connect_with_key(address, timeout, key.as_deref()).await
+}
+
+/// Connects to `address`, sending `key` with every call.
+pub async fn connect_with_key(
+    address: &str,
+    timeout: Duration,
+    key: Option<&str>,
+) -> Result<Connection, ConnectError> {
+    let header = match key {
+        Some(k) => Some(
+            MetadataValue::try_from(format!("Bearer {}", k.trim()))
+                .map_err(|_| ConnectError::InvalidKey)?,
+        ),
+        None => None,
+    };
     let uri = if address.contains("://") {
         address.to_string()
     } else {
@@ -69,7 +120,7 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, Connec
         address: address.to_string(),
         source,
     })?;
-    endpoint
+    let channel = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .connect()
@@ -77,16 +128,17 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, Connec
         .map_err(|source| ConnectError::Unreachable {
             address: address.to_string(),
             source,
-        })
+        })?;
+    Ok(InterceptedService::new(channel, KeyHeader(header)))
 }
 
-pub fn inference_client(channel: Channel) -> GrpcInferenceServiceClient<Channel> {
+pub fn inference_client(channel: Connection) -> GrpcInferenceServiceClient<Connection> {
     GrpcInferenceServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-pub fn admin_client(channel: Channel) -> AdminClient<Channel> {
+pub fn admin_client(channel: Connection) -> AdminClient<Connection> {
     AdminClient::new(channel)
 }
 

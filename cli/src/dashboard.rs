@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::client::Connection;
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::localml::v1::{
     ListModelsRequest, ListWorkersRequest, ModelInfo, WorkerInfo, WorkerState,
 };
 use localml_serving::metrics::quantile;
-use tonic::transport::Channel;
 
 mod screen;
 
@@ -28,7 +28,7 @@ pub struct Reading {
 }
 
 /// Takes one reading: the workers, then the models.
-pub async fn read(admin: &mut AdminClient<Channel>) -> Result<Reading, tonic::Status> {
+pub async fn read(admin: &mut AdminClient<Connection>) -> Result<Reading, tonic::Status> {
     Ok(Reading {
         workers: admin
             .list_workers(ListWorkersRequest {})

@@ -5,17 +5,17 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use crate::client::Connection;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::localml::v1::jobs_client::JobsClient;
 use localml_proto::localml::v1::*;
 use localml_proto::time::unix_ms;
-use tonic::transport::Channel;
 
 use crate::client;
 
-pub async fn connect(server: &str) -> anyhow::Result<JobsClient<Channel>> {
+pub async fn connect(server: &str) -> anyhow::Result<JobsClient<Connection>> {
     let channel = client::connect(server, Duration::from_secs(5)).await?;
     Ok(JobsClient::new(channel)
         .max_decoding_message_size(usize::MAX)

@@ -5,6 +5,7 @@
 //! - [`client`]: connect, build requests from tensors, decode responses.
 //! - [`dashboard`]: `kubectl localml top`.
 //! - [`jobs`]: the `localml jobs` commands.
+//! - [`keys`]: which API key the CLI sends; the `localml keys` commands.
 //! - [`json`], [`npy`]: input tensors from JSON and NumPy files.
 //! - [`table`]: the `localml workers` and `localml models` tables.
 //! - [`up`]: the all-in-one local cluster.
@@ -13,6 +14,7 @@ pub mod client;
 pub mod dashboard;
 pub mod jobs;
 pub mod json;
+pub mod keys;
 pub mod npy;
 pub mod table;
 pub mod up;

@@ -20,6 +20,10 @@ use localml_proto::tensor::DataType;
     about = "localml: pool a community network's PCs into one inference cluster"
 )]
 struct Cli {
+    /// API key sent to the scheduler (else the credentials file, else, for a scheduler on
+    /// this PC, its first admin key; docs/security.md).
+    #[arg(long, env = "LOCALML_KEY", global = true, hide_env_values = true)]
+    key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +96,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SERVER, global = true)]
         server: String,
     },
+    /// API keys for clients and operators: create, list, revoke (admin scope).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
+        server: String,
+    },
     /// ONNX Runtime shared library management.
     Runtime {
         #[command(subcommand)]
@@ -118,6 +129,33 @@ struct RequestArgs {
     /// localml.provider=gpu, localml.selector=site=library.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (once; the scheduler keeps only a hash).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// infer, jobs or admin; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// The tenant its requests and jobs belong to [default: the key's name].
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Models it may use, comma-separated [default: all].
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Lifetime, e.g. 30d, 24h [default: never expires].
+        #[arg(long, value_parser = localml_cli::keys::parse_duration)]
+        expires: Option<Duration>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the keys (never their secrets).
+    List,
+    /// Revoke a key: every scheduler replica refuses it from then on.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -242,7 +280,7 @@ fn read_input(spec: &str, inputs: &[(String, DataType)]) -> anyhow::Result<Tenso
 /// and `--param` pairs, reading the model's inputs from the server.
 async fn build_request(
     oip: &mut localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
-        tonic::transport::Channel,
+        localml_cli::client::Connection,
     >,
     args: &RequestArgs,
 ) -> anyhow::Result<localml_proto::inference::ModelInferRequest> {
@@ -320,8 +358,9 @@ async fn infer(args: RequestArgs, server: String, show: usize) -> anyhow::Result
 
 async fn admin(
     server: &str,
-) -> anyhow::Result<localml_proto::localml::v1::admin_client::AdminClient<tonic::transport::Channel>>
-{
+) -> anyhow::Result<
+    localml_proto::localml::v1::admin_client::AdminClient<localml_cli::client::Connection>,
+> {
     let channel = client::connect(server, Duration::from_secs(5)).await?;
     Ok(client::admin_client(channel))
 }
@@ -342,7 +381,25 @@ async fn cordon(server: &str, worker: String, cordoned: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// The scheduler address a command talks to, if it talks to one.
+fn server_of(command: &Command) -> Option<&str> {
+    match command {
+        Command::Infer { server, .. }
+        | Command::Workers { server }
+        | Command::Cordon { server, .. }
+        | Command::Uncordon { server, .. }
+        | Command::Models { server }
+        | Command::Deployments { server, .. }
+        | Command::Jobs { server, .. }
+        | Command::Keys { server, .. } => Some(server),
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(server) = server_of(&cli.command) {
+        client::set_key(localml_cli::keys::discover(cli.key.clone(), server)?);
+    }
     match cli.command {
         Command::Up {
             models,
@@ -388,6 +445,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs { command, server } => jobs(command, &server).await,
+        Command::Keys { command, server } => match command {
+            KeysCommand::Create {
+                name,
+                scopes,
+                tenant,
+                models,
+                expires,
+                description,
+            } => {
+                let new = localml_cli::keys::NewKey {
+                    name,
+                    scopes,
+                    tenant,
+                    models,
+                    expires,
+                    description,
+                };
+                localml_cli::keys::create(&server, new).await
+            }
+            KeysCommand::List => localml_cli::keys::list(&server).await,
+            KeysCommand::Revoke { name } => localml_cli::keys::revoke(&server, name).await,
+        },
         Command::Deployments { command, server } => deployments(command, &server).await,
         Command::Runtime { command } => match command {
             RuntimeCommand::Install { gpu } => {

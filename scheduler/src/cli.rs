@@ -25,9 +25,17 @@ pub struct SchedulerArgs {
     /// `etcd://host:port[,host:port...][/prefix]` [default: embedded].
     #[arg(long)]
     pub store: Option<String>,
-    /// Data directory for the embedded store [default: ~/.local/state/localml].
+    /// Data directory for the embedded store and the first admin key
+    /// [default: ~/.local/state/localml].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// API keys: auto (required on a listener reachable from the LAN, open on loopback)
+    /// or required (on every listener) [default: auto].
+    #[arg(long, value_enum)]
+    pub auth: Option<crate::auth::AuthMode>,
+    /// Serve a client listener reachable from the LAN without API keys.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl SchedulerArgs {
@@ -50,6 +58,12 @@ impl SchedulerArgs {
         }
         if let Some(v) = self.data_dir {
             c.data_dir = v;
+        }
+        if let Some(v) = self.auth {
+            c.auth = v;
+        }
+        if self.insecure {
+            c.insecure = true;
         }
         c.validate()?;
         Ok(c)

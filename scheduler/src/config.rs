@@ -45,6 +45,11 @@ pub struct SchedulerConfig {
     pub leader_lease_ms: u64,
     /// Durable async jobs.
     pub jobs: JobsConfig,
+    /// `auto`: API keys required on a client listener reachable from the LAN, open on
+    /// loopback; `required`: keys on every listener (docs/security.md).
+    pub auth: crate::auth::AuthMode,
+    /// Serve a client listener reachable from the LAN without keys (a warning at start).
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -105,6 +110,8 @@ impl Default for SchedulerConfig {
             data_dir: default_data_dir(),
             leader_lease_ms: 3_000,
             jobs: JobsConfig::default(),
+            auth: crate::auth::AuthMode::Auto,
+            insecure: false,
         }
     }
 }

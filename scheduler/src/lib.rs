@@ -16,10 +16,12 @@
 //! - [`deployments`]: model deployments: specs, the leader's controller, assignments.
 //! - [`services`]: the gRPC services (inference, jobs, cluster, admin); each maps its
 //!   errors to `tonic::Status` in one place.
+//! - [`auth`]: API keys with scopes on the client port.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED for oversized messages.
 //! - [`stats`]: per-model counters for ModelStatistics and `/metrics`.
 //! - [`observe`]: `/metrics` (Prometheus), `/healthz`, `/readyz`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod deployments;

@@ -43,6 +43,9 @@ pub enum SchedulerError {
     /// The state store could not be opened.
     #[error(transparent)]
     Store(#[from] localml_store::StoreError),
+    /// The API keys could not be read, or the first admin key not written.
+    #[error(transparent)]
+    Keys(#[from] crate::auth::keys::BootstrapError),
 }
 
 /// Runs the scheduler until `shutdown` completes; then both servers stop accepting and
@@ -56,6 +59,25 @@ pub async fn run(
     let address = localml_store::StoreAddress::parse(&config.store, &config.data_dir)?;
     let state = address.open().await?;
     tracing::info!(store = %address, "cluster state");
+    // API keys: the first admin key, then every key known before the port serves.
+    crate::auth::keys::ensure_admin_key(state.as_ref(), &config.data_dir).await?;
+    let ring = Arc::new(crate::auth::keys::KeyRing::default());
+    ring.load(state.as_ref())
+        .await
+        .map_err(crate::auth::keys::BootstrapError::from)?;
+    let loopback = listeners.clients.local_addr()?.ip().is_loopback();
+    let keys_required =
+        config.auth == crate::auth::AuthMode::Required || (!loopback && !config.insecure);
+    if !loopback && config.insecure {
+        tracing::warn!(listen = %config.listen, "--insecure: the client port is reachable from the LAN without API keys; anyone on the network can run inference, read jobs and change the cluster");
+    }
+    tracing::info!(keys_required, "client port authentication");
+    let auth = crate::auth::layer::AuthLayer {
+        state: Arc::new(crate::auth::layer::AuthState::new(
+            Arc::clone(&ring),
+            keys_required,
+        )),
+    };
     let workers = Arc::new(Workers::new(config.max_message_bytes));
     let stats = Arc::new(stats::Stats::default());
     let profiles = localml_framework::profile::Profiles::build(&config.profiles)
@@ -146,6 +168,12 @@ pub async fn run(
         workers: Arc::clone(&workers),
         store: Arc::clone(&state),
     });
+    let keys_followed = tokio::spawn(Arc::clone(&ring).follow(Arc::clone(&state), stopped.clone()));
+    let keys_api = localml_proto::localml::v1::keys_server::KeysServer::new(
+        crate::services::keys::KeysService {
+            store: Arc::clone(&state),
+        },
+    );
     let cordons = tokio::spawn(cordons::follow_cordons(
         Arc::clone(&state),
         Arc::clone(&workers),
@@ -172,16 +200,17 @@ pub async fn run(
 
     let clients = tonic::transport::Server::builder()
         .layer(size_limit::SizeLimitLayer)
+        .layer(auth)
         .add_service(inference)
         .add_service(jobs_api)
-        .add_service(admin.clone())
+        .add_service(admin)
+        .add_service(keys_api)
         .serve_with_incoming_shutdown(
             localml_serving::service::incoming(listeners.clients),
             wait(stopped.clone()),
         );
     let cluster_server = tonic::transport::Server::builder()
         .add_service(cluster_api)
-        .add_service(admin)
         .serve_with_incoming_shutdown(
             localml_serving::service::incoming(listeners.cluster),
             wait(stopped.clone()),
@@ -210,7 +239,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _, _, _, _, _, _) = tokio::join!(
+    let (a, b, _, _, _, _, _, _, _) = tokio::join!(
         clients,
         cluster_server,
         lifecycle,
@@ -218,7 +247,8 @@ pub async fn run(
         cordons,
         followed,
         assigned,
-        store_check
+        store_check,
+        keys_followed
     );
     if let Some(http) = http {
         let _ = http.await;

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use localml_cli::client::Connection;
 use localml_cli::client::{self, Tensor};
 use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::localml::v1::{ListWorkersRequest, WorkerInfo, WorkerState};
 use localml_proto::tensor::{DataType, TensorData};
-use tonic::transport::Channel;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 pub const SOON: Duration = Duration::from_secs(30);
@@ -102,14 +102,28 @@ impl Drop for Process {
     }
 }
 
+/// Where a test process's log goes: the test's stderr, or a file (at debug level).
+static LOG_FILE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
 /// Spawns `command` and reads its first stdout line, which names its addresses.
 fn spawn_and_read_line(mut command: Command, name: &str) -> (Process, String) {
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .stdin(Stdio::null());
-    if std::env::var_os("RUST_LOG").is_none() {
-        command.env("RUST_LOG", "warn");
+    command.stdout(Stdio::piped()).stdin(Stdio::null());
+    let log = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .expect("open the log file");
+            command.stderr(file).env("RUST_LOG", "debug");
+        }
+        None => {
+            command.stderr(Stdio::inherit());
+            if std::env::var_os("RUST_LOG").is_none() {
+                command.env("RUST_LOG", "warn");
+            }
+        }
     }
     let mut child = command
         .spawn()
@@ -172,9 +186,17 @@ impl Scheduler {
     pub fn start_full(yaml: &str, extra: &[&str]) -> Scheduler {
         let dir = TempDir::new("scheduler");
         std::fs::write(dir.path().join("scheduler.yaml"), yaml).expect("write config");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // `--listen ADDR` in `extra` replaces the loopback default.
+        let mut listen = "127.0.0.1:0".to_string();
+        if let Some(i) = extra.iter().position(|a| a == "--listen") {
+            if i + 1 < extra.len() {
+                listen = extra.remove(i + 1);
+                extra.remove(i);
+            }
+        }
         let (process, addr, cluster_addr, http_addr) =
-            Scheduler::spawn(&dir, &extra, "127.0.0.1:0", "127.0.0.1:0");
+            Scheduler::spawn(&dir, &extra, &listen, "127.0.0.1:0");
         Scheduler {
             process,
             addr,
@@ -228,12 +250,34 @@ impl Scheduler {
         }
     }
 
-    pub async fn inference(&self) -> GrpcInferenceServiceClient<Channel> {
+    /// The first admin key the scheduler wrote into its data directory (it writes it
+    /// right after printing its addresses).
+    pub fn admin_key(&self) -> String {
+        let path = self.dir.path().join("state/admin.key");
+        let start = Instant::now();
+        loop {
+            match std::fs::read_to_string(&path) {
+                Ok(text) if text.ends_with('\n') => return text.trim().to_string(),
+                _ if start.elapsed() < SOON => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("read {}: {other:?}", path.display()),
+            }
+        }
+    }
+
+    /// The scheduler's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub async fn inference(&self) -> GrpcInferenceServiceClient<Connection> {
         inference_client(&self.addr).await
     }
 
-    pub async fn admin(&self) -> AdminClient<Channel> {
-        let channel = client::connect(&self.addr, Duration::from_secs(10))
+    /// An Admin client with the scheduler's first admin key (so it works whether or not
+    /// the scheduler requires keys).
+    pub async fn admin(&self) -> AdminClient<Connection> {
+        let key = self.admin_key();
+        let channel = client::connect_with_key(&self.addr, Duration::from_secs(10), Some(&key))
             .await
             .expect("connect");
         client::admin_client(channel)
@@ -336,7 +380,7 @@ impl Worker {
     }
 }
 
-pub async fn inference_client(addr: &str) -> GrpcInferenceServiceClient<Channel> {
+pub async fn inference_client(addr: &str) -> GrpcInferenceServiceClient<Connection> {
     let channel = client::connect(addr, Duration::from_secs(10))
         .await
         .expect("connect");
@@ -357,6 +401,12 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// Sends the log of every process this test binary starts from now on to `path`, at
+/// debug level (the secrets tests grep it); `None` goes back to the test's stderr.
+pub fn log_processes_to(path: Option<PathBuf>) {
+    *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = path;
 }
 
 /// A temporary directory removed on drop.

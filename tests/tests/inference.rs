@@ -12,7 +12,7 @@ use tonic::Code;
 
 async fn infer(
     client: &mut grpc_inference_service_client::GrpcInferenceServiceClient<
-        tonic::transport::Channel,
+        localml_cli::client::Connection,
     >,
     request: ModelInferRequest,
 ) -> Result<ModelInferResponse, tonic::Status> {

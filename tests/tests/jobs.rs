@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use localml_cli::client;
+use localml_cli::client::Connection;
 use localml_proto::localml::v1::jobs_client::JobsClient;
 use localml_proto::localml::v1::*;
 use localml_tests::*;
-use tonic::transport::Channel;
 
 /// Fast leader handover and retries for tests.
 const JOBS_CONFIG: &str = "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\njobs:\n  retry_ms: 200\n";
 
-async fn jobs_client(scheduler: &Scheduler) -> JobsClient<Channel> {
+async fn jobs_client(scheduler: &Scheduler) -> JobsClient<Connection> {
     let channel = client::connect(&scheduler.addr, Duration::from_secs(10))
         .await
         .expect("connect");
@@ -169,7 +169,7 @@ async fn jobs_survive_scheduler_crashes_with_etcd() {
     jobs_survive_two_crashes(&["--store", &store]).await;
 }
 
-async fn job_state(client: &mut JobsClient<Channel>, id: &str) -> Job {
+async fn job_state(client: &mut JobsClient<Connection>, id: &str) -> Job {
     client
         .get(GetJobRequest { id: id.to_string() })
         .await

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use localml_cli::client::Connection;
 use localml_cli::{client, dashboard, jobs, table};
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::localml::v1::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(
@@ -180,12 +180,12 @@ fn failed(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
-async fn reading(admin: &mut AdminClient<Channel>) -> anyhow::Result<dashboard::Reading> {
+async fn reading(admin: &mut AdminClient<Connection>) -> anyhow::Result<dashboard::Reading> {
     dashboard::read(admin).await.map_err(failed)
 }
 
 async fn set_cordon(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<Connection>,
     worker: &str,
     cordoned: bool,
 ) -> anyhow::Result<()> {
@@ -199,7 +199,7 @@ async fn set_cordon(
     Ok(())
 }
 
-async fn status(server: &str, admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+async fn status(server: &str, admin: &mut AdminClient<Connection>) -> anyhow::Result<()> {
     let r = reading(admin).await?;
     let count = |state: WorkerState| r.workers.iter().filter(|w| w.state == state as i32).count();
     println!("scheduler    {server}");
@@ -263,7 +263,11 @@ async fn status(server: &str, admin: &mut AdminClient<Channel>) -> anyhow::Resul
     Ok(())
 }
 
-async fn drain(admin: &mut AdminClient<Channel>, worker: &str, timeout: u64) -> anyhow::Result<()> {
+async fn drain(
+    admin: &mut AdminClient<Connection>,
+    worker: &str,
+    timeout: u64,
+) -> anyhow::Result<()> {
     set_cordon(admin, worker, true).await?;
     println!("worker {worker} cordoned; waiting for its requests to finish");
     let end = Instant::now() + Duration::from_secs(timeout);

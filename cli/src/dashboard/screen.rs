@@ -4,6 +4,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::client::Connection;
 use localml_proto::localml::v1::admin_client::AdminClient;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -12,7 +13,6 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 use ratatui::{DefaultTerminal, Frame};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use super::{read, Reading, Usage, View};
 
@@ -268,7 +268,7 @@ fn keyboard() -> mpsc::UnboundedReceiver<Input> {
 /// `frames` is not 0, after that many frames. The terminal is restored on every way out;
 /// ratatui's panic hook restores it on a panic too.
 pub async fn run(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<Connection>,
     title: &str,
     interval: Duration,
     frames: u32,
@@ -308,7 +308,7 @@ impl<'a> Sequence<'a> {
     /// The next view, from a fresh reading, with its number of rows (workers and models).
     async fn next(
         &mut self,
-        admin: &mut AdminClient<Channel>,
+        admin: &mut AdminClient<Connection>,
     ) -> Result<(View, usize), DashboardError> {
         let current = read(admin).await?;
         let view = View::from_readings(&self.previous, &current, self.at.elapsed(), self.title);
@@ -326,7 +326,7 @@ impl<'a> Sequence<'a> {
 }
 
 async fn text_frames(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<Connection>,
     title: &str,
     interval: Duration,
     frames: u32,
@@ -350,7 +350,7 @@ async fn text_frames(
 
 async fn frames_until_quit(
     terminal: &mut DefaultTerminal,
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<Connection>,
     title: &str,
     interval: Duration,
     frames: u32,

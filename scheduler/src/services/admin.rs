@@ -1,6 +1,6 @@
 //! `localml.v1.Admin`: what operators (the CLI, the kubectl plugin) see and change:
-//! workers, models with their request statistics, cordons, deployments. Served on both
-//! scheduler ports.
+//! workers, models with their request statistics, cordons, deployments. Served on the
+//! client port only, behind the admin scope (docs/security.md).
 
 use std::sync::Arc;
 

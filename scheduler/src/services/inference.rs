@@ -11,8 +11,45 @@ use localml_serving::service::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth::{principal, Principal};
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::size_limit::size_limit_status;
+
+/// PERMISSION_DENIED unless the caller's key (if any) may use `model`.
+fn allow(caller: Option<&Principal>, model: &str) -> Result<(), Status> {
+    caller.map_or(Ok(()), |p| p.check_model(model))
+}
+
+/// Binds an inference request to the caller's key: its model must be allowed, and its
+/// tenant (`localml.tenant`) is the key's; naming another tenant is PERMISSION_DENIED.
+fn bind(caller: Option<&Principal>, request: &mut ModelInferRequest) -> Result<(), Status> {
+    let Some(p) = caller else {
+        return Ok(());
+    };
+    p.check_model(&request.model_name)?;
+    use localml_proto::parameters::TENANT_PARAMETER;
+    let asked = match request
+        .parameters
+        .get(TENANT_PARAMETER)
+        .and_then(|v| v.parameter_choice.as_ref())
+    {
+        None => String::new(),
+        Some(infer_parameter::ParameterChoice::StringParam(s)) => s.clone(),
+        Some(_) => {
+            return Err(Status::invalid_argument(format!(
+                "parameter '{TENANT_PARAMETER}' must be a string"
+            )))
+        }
+    };
+    let tenant = p.tenant_for(&asked)?;
+    request.parameters.insert(
+        TENANT_PARAMETER.to_string(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(tenant)),
+        },
+    );
+    Ok(())
+}
 
 pub struct SchedulerInference {
     pub dispatcher: Arc<Dispatcher>,
@@ -44,6 +81,7 @@ impl InferenceBackend for SchedulerInference {
     }
 
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
+        allow(principal(&r), &r.get_ref().name)?;
         let r = r.into_inner();
         Ok(Response::new(ModelReadyResponse {
             ready: self.dispatcher.workers.model_ready(&r.name, &r.version),
@@ -64,6 +102,7 @@ impl InferenceBackend for SchedulerInference {
         &self,
         r: Request<ModelMetadataRequest>,
     ) -> Answer<ModelMetadataResponse> {
+        allow(principal(&r), &r.get_ref().name)?;
         let r = r.into_inner();
         let (model, versions) = self.model(&r.name, &r.version)?;
         let signature = model.signature.unwrap_or_default();
@@ -74,7 +113,9 @@ impl InferenceBackend for SchedulerInference {
         )))
     }
 
-    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+    async fn model_infer(&self, mut r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        let caller = principal(&r).cloned();
+        bind(caller.as_ref(), r.get_mut())?;
         infer_within_deadline(r, |request, deadline| {
             self.dispatcher.infer(request, deadline)
         })
@@ -86,9 +127,14 @@ impl InferenceBackend for SchedulerInference {
         r: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::InferStream> {
         let dispatcher = Arc::clone(&self.dispatcher);
-        let infer = move |request| {
+        let caller = principal(&r).cloned();
+        let infer = move |mut request: ModelInferRequest| {
             let dispatcher = Arc::clone(&dispatcher);
-            async move { dispatcher.infer(request, None).await }
+            let bound = bind(caller.as_ref(), &mut request);
+            async move {
+                bound?;
+                dispatcher.infer(request, None).await
+            }
         };
         Ok(Response::new(serve_stream(
             r.into_inner(),
@@ -98,6 +144,7 @@ impl InferenceBackend for SchedulerInference {
     }
 
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
+        allow(principal(&r), &r.get_ref().name)?;
         let r = r.into_inner();
         let (model, _) = self.model(&r.name, &r.version)?;
         let signature = model.signature.unwrap_or_default();
@@ -115,12 +162,15 @@ impl InferenceBackend for SchedulerInference {
         &self,
         r: Request<ModelStatisticsRequest>,
     ) -> Answer<ModelStatisticsResponse> {
+        let caller = principal(&r).cloned();
         let r = r.into_inner();
         if !r.name.is_empty() {
+            allow(caller.as_ref(), &r.name)?;
             self.model(&r.name, &r.version)?;
         }
-        Ok(Response::new(ModelStatisticsResponse {
-            model_stats: self.dispatcher.stats.snapshot(&r.name),
-        }))
+        let mut model_stats = self.dispatcher.stats.snapshot(&r.name);
+        // Every model's statistics: only those the key may use.
+        model_stats.retain(|s| allow(caller.as_ref(), &s.name).is_ok());
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 }

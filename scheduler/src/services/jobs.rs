@@ -222,15 +222,20 @@ impl JobsService {
         Ok(job)
     }
 
-    async fn watch(&self, ids: Vec<String>) -> Result<JobStream, JobsError> {
+    async fn watch(
+        &self,
+        ids: Vec<String>,
+        tenant: Option<String>,
+    ) -> Result<JobStream, JobsError> {
         let ids: HashSet<String> = ids.into_iter().collect();
         for id in &ids {
-            load(self.store.as_ref(), id).await?;
+            let (job, _) = load(self.store.as_ref(), id).await?;
+            own(&job, tenant.as_deref())?;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {
-            if let Err(e) = follow(store.as_ref(), &ids, &tx).await {
+            if let Err(e) = follow(store.as_ref(), &ids, tenant.as_deref(), &tx).await {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
@@ -282,38 +287,74 @@ impl JobsService {
     }
 }
 
+/// The only tenant a caller may see: its key's, unless the key has the admin scope or
+/// the listener is open and no key was sent (`None`: every tenant).
+fn tenant_of<T>(r: &Request<T>) -> Option<String> {
+    crate::auth::principal(r)
+        .filter(|p| !p.has(crate::auth::Scope::Admin))
+        .map(|p| p.tenant.clone())
+}
+
+/// A job of another tenant is answered as missing: its existence is not the caller's
+/// business.
+fn own(job: &Job, tenant: Option<&str>) -> Result<(), JobsError> {
+    match tenant {
+        Some(t) if job.tenant != t => Err(JobsError::NotFound(job.id.clone())),
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl Jobs for JobsService {
     async fn submit(&self, r: Request<SubmitJobRequest>) -> Answer<Job> {
-        Ok(Response::new(
-            JobsService::submit(self, r.into_inner()).await?,
-        ))
+        let caller = crate::auth::principal(&r).cloned();
+        let mut r = r.into_inner();
+        if let Some(p) = caller {
+            if let Some(request) = &r.request {
+                p.check_model(&request.model_name)?;
+            }
+            r.tenant = p.tenant_for(&r.tenant)?;
+        }
+        Ok(Response::new(JobsService::submit(self, r).await?))
     }
 
     async fn get(&self, r: Request<GetJobRequest>) -> Answer<Job> {
-        Ok(Response::new(
-            JobsService::get(self, r.into_inner().id).await?,
-        ))
+        let tenant = tenant_of(&r);
+        let job = JobsService::get(self, r.into_inner().id).await?;
+        own(&job, tenant.as_deref())?;
+        Ok(Response::new(job))
     }
 
     type WatchStream = JobStream;
 
     async fn watch(&self, r: Request<WatchJobsRequest>) -> Answer<JobStream> {
+        let tenant = tenant_of(&r);
         Ok(Response::new(
-            JobsService::watch(self, r.into_inner().ids).await?,
+            JobsService::watch(self, r.into_inner().ids, tenant).await?,
         ))
     }
 
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Answer<Job> {
-        Ok(Response::new(
-            JobsService::cancel(self, r.into_inner().id).await?,
-        ))
+        let tenant = tenant_of(&r);
+        let id = r.into_inner().id;
+        if tenant.is_some() {
+            let (job, _) = load(self.store.as_ref(), &id).await?;
+            own(&job, tenant.as_deref())?;
+        }
+        Ok(Response::new(JobsService::cancel(self, id).await?))
     }
 
     async fn list(&self, r: Request<ListJobsRequest>) -> Answer<ListJobsResponse> {
-        Ok(Response::new(
-            JobsService::list(self, r.into_inner()).await?,
-        ))
+        let caller = crate::auth::principal(&r).cloned();
+        let tenant = tenant_of(&r);
+        let mut r = r.into_inner();
+        if let (Some(p), Some(t)) = (caller, tenant) {
+            if !r.tenant.is_empty() && r.tenant != t {
+                p.tenant_for(&r.tenant)?;
+            }
+            r.tenant = t;
+        }
+        Ok(Response::new(JobsService::list(self, r).await?))
     }
 }
 
@@ -321,9 +362,12 @@ impl Jobs for JobsService {
 async fn follow(
     store: &dyn Store,
     ids: &HashSet<String>,
+    tenant: Option<&str>,
     tx: &tokio::sync::mpsc::Sender<Result<Job, Status>>,
 ) -> Result<(), JobsError> {
-    let wanted = |id: &str| ids.is_empty() || ids.contains(id);
+    let wanted = |job: &Job| {
+        (ids.is_empty() || ids.contains(&job.id)) && tenant.is_none_or(|t| job.tenant == t)
+    };
     let mut ended: HashSet<String> = HashSet::new();
     // Sends a job; false when the client went away or every watched job has ended.
     let deliver = async |job: Job, ended: &mut HashSet<String>| -> bool {
@@ -334,7 +378,7 @@ async fn follow(
     };
     loop {
         let (kvs, revision) = store.list(JOBS).await?;
-        for job in kvs.iter().filter_map(decode_job).filter(|j| wanted(&j.id)) {
+        for job in kvs.iter().filter_map(decode_job).filter(|j| wanted(j)) {
             if !deliver(job, &mut ended).await {
                 return Ok(());
             }
@@ -357,7 +401,7 @@ async fn follow(
             };
             for event in batch {
                 let Event::Put(kv) = event else { continue };
-                let Some(job) = decode_job(&kv).filter(|j| wanted(&j.id)) else {
+                let Some(job) = decode_job(&kv).filter(|j| wanted(j)) else {
                     continue;
                 };
                 if !deliver(job, &mut ended).await {

@@ -1,0 +1,248 @@
+//! API keys on the client side: which key the CLI sends (`--key`, `LOCALML_KEY`, the
+//! credentials file, or the scheduler's first admin key on this PC), and the
+//! `localml keys` commands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use localml_proto::localml::v1::keys_client::KeysClient;
+use localml_proto::localml::v1::{ApiKey, CreateKeyRequest, ListKeysRequest, RevokeKeyRequest};
+
+use crate::client::{self, Connection};
+
+/// Why the key to use could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("invalid credentials file {0}: {1} (expected e.g. 'key: lmk_...')")]
+    Parse(PathBuf, String),
+}
+
+/// `~/.config/localml/credentials.yaml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    key: Option<String>,
+    /// Reserved for the server address and CA (docs/security.md); read but not used yet.
+    #[allow(dead_code)]
+    server: Option<String>,
+    #[allow(dead_code)]
+    ca: Option<String>,
+}
+
+/// `$XDG_CONFIG_HOME/localml/credentials.yaml`, else `~/.config/localml/credentials.yaml`.
+pub fn credentials_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("localml/credentials.yaml"))
+}
+
+/// Whether `server` (host:port or URL) names this PC.
+fn is_local(server: &str) -> bool {
+    let rest = server.split("://").last().unwrap_or(server);
+    let host = rest
+        .rsplit_once(':')
+        .map_or(rest, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The key to send to `server`: `flag` (`--key` or `LOCALML_KEY`), else the credentials
+/// file's, else — only for a server on this PC — the scheduler's first admin key
+/// (`<data dir>/admin.key`, readable by the scheduler's user), else none. The admin key is
+/// never sent to another host.
+pub fn discover(flag: Option<String>, server: &str) -> Result<Option<String>, CredentialsError> {
+    if let Some(key) = flag.filter(|k| !k.trim().is_empty()) {
+        return Ok(Some(key.trim().to_string()));
+    }
+    if let Some(path) = credentials_path().filter(|p| p.exists()) {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| CredentialsError::Read(path.clone(), e))?;
+        let credentials: Credentials = serde_yaml::from_str(&text)
+            .map_err(|e| CredentialsError::Parse(path.clone(), e.to_string()))?;
+        if let Some(key) = credentials.key.filter(|k| !k.trim().is_empty()) {
+            return Ok(Some(key.trim().to_string()));
+        }
+    }
+    if is_local(server) {
+        let admin = localml_scheduler::config::default_data_dir()
+            .join(localml_scheduler::auth::keys::ADMIN_KEY_FILE);
+        if let Ok(text) = std::fs::read_to_string(admin) {
+            return Ok(Some(text.trim().to_string()).filter(|k| !k.is_empty()));
+        }
+    }
+    Ok(None)
+}
+
+async fn keys_client(server: &str) -> anyhow::Result<KeysClient<Connection>> {
+    Ok(KeysClient::new(
+        client::connect(server, Duration::from_secs(5)).await?,
+    ))
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", s.code(), s.message())
+}
+
+/// What `localml keys create` asks for.
+pub struct NewKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+    pub models: Vec<String>,
+    pub expires: Option<Duration>,
+    pub description: Option<String>,
+}
+
+/// Creates a key and prints it once (stdout: only the key, so scripts can capture it).
+pub async fn create(server: &str, new: NewKey) -> anyhow::Result<()> {
+    let response = keys_client(server)
+        .await?
+        .create_key(CreateKeyRequest {
+            name: new.name,
+            scopes: new.scopes,
+            tenant: new.tenant.unwrap_or_default(),
+            models: new.models,
+            expires_in_seconds: new.expires.map_or(0, |d| d.as_secs().max(1)),
+            description: new.description.unwrap_or_default(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if let Some(info) = &response.info {
+        eprintln!(
+            "key '{}' created: scopes {}, tenant {}{}; it is shown once, keep it safe",
+            info.name,
+            info.scopes.join(","),
+            info.tenant,
+            expiry(info)
+        );
+    }
+    println!("{}", response.key);
+    Ok(())
+}
+
+fn expiry(info: &ApiKey) -> String {
+    if info.expires_unix_ms == 0 {
+        String::new()
+    } else {
+        let left = info
+            .expires_unix_ms
+            .saturating_sub(localml_proto::time::unix_ms())
+            / 1000;
+        format!(
+            ", expires in {}",
+            humantime::format_duration(Duration::from_secs(left))
+        )
+    }
+}
+
+/// `localml keys list`.
+pub async fn list(server: &str) -> anyhow::Result<()> {
+    let keys = keys_client(server)
+        .await?
+        .list_keys(ListKeysRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .keys;
+    let now = localml_proto::time::unix_ms();
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let state = if k.revoked {
+                "revoked"
+            } else if k.expires_unix_ms != 0 && now >= k.expires_unix_ms {
+                "expired"
+            } else {
+                "active"
+            };
+            vec![
+                k.name.clone(),
+                format!("{}.…", k.id),
+                k.scopes.join(","),
+                k.tenant.clone(),
+                if k.models.is_empty() {
+                    "*".into()
+                } else {
+                    k.models.join(",")
+                },
+                state.into(),
+                k.description.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        crate::table::render(
+            &[
+                "NAME",
+                "ID",
+                "SCOPES",
+                "TENANT",
+                "MODELS",
+                "STATE",
+                "DESCRIPTION"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `localml keys revoke NAME`.
+pub async fn revoke(server: &str, name: String) -> anyhow::Result<()> {
+    let info = keys_client(server)
+        .await?
+        .revoke_key(RevokeKeyRequest { name })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("key '{}' revoked", info.name);
+    Ok(())
+}
+
+/// Parses `--expires 30d` (humantime: `90m`, `24h`, `1week`, ...).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("'{text}': {e} (e.g. 30d, 24h, 90m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_servers_get_the_admin_key() {
+        for local in [
+            "127.0.0.1:8001",
+            "localhost:8001",
+            "[::1]:8001",
+            "http://127.0.0.1:8001",
+        ] {
+            assert!(is_local(local), "{local}");
+        }
+        for remote in ["10.0.0.5:8001", "pc3.lan:8001", "http://192.168.1.2:8001"] {
+            assert!(!is_local(remote), "{remote}");
+        }
+    }
+
+    #[test]
+    fn a_flag_wins_and_durations_parse() {
+        assert_eq!(
+            discover(Some(" lmk_x.y ".into()), "10.0.0.5:8001").expect("flag"),
+            Some("lmk_x.y".into())
+        );
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("soon").expect_err("bad").contains("soon"));
+    }
+}

@@ -1,0 +1,375 @@
+//! API keys with scopes on the client port (issue #10), with real processes: the first
+//! admin key, keys created with the CLI, scopes, models, tenants, revocation across two
+//! replicas on etcd, the defaults for listeners reachable from the LAN, Triton's Python
+//! client with `headers=`, and no secret in any log.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use localml_cli::client::{self, Connection};
+use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use localml_proto::inference::{ModelMetadataRequest, ServerLiveRequest};
+use localml_proto::localml::v1::admin_client::AdminClient;
+use localml_proto::localml::v1::jobs_client::JobsClient;
+use localml_proto::localml::v1::*;
+use localml_tests::*;
+use tonic::Code;
+
+async fn connect(scheduler_addr: &str, key: Option<&str>) -> Connection {
+    client::connect_with_key(scheduler_addr, Duration::from_secs(10), key)
+        .await
+        .expect("connect")
+}
+
+/// Runs `localml` with `args` against `server` with `key`; (success, stdout, stderr).
+fn localml(server: &str, key: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("localml"))
+        .args(args)
+        .args(["--server", server])
+        .env("LOCALML_KEY", key)
+        .output()
+        .expect("run localml");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates a key with the CLI, as an operator does; returns the printed key.
+fn create_key(scheduler: &Scheduler, admin: &str, args: &[&str]) -> String {
+    let mut all = vec!["keys", "create"];
+    all.extend_from_slice(args);
+    let (ok, key, err) = localml(&scheduler.addr, admin, &all);
+    assert!(ok && key.starts_with("lmk_"), "keys create {args:?}: {err}");
+    key
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {
+    let status = result.expect_err("refused");
+    (status.code(), status.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_scopes_models_and_tenants_with_auth_required() {
+    let log = TempDir::new("keys-log");
+    let log_file = log.path().join("processes.log");
+    log_processes_to(Some(log_file.clone()));
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
+    let _w = Worker::start("w", &scheduler, &[]);
+    log_processes_to(None);
+    let admin_key = scheduler.admin_key();
+    let mode = std::fs::metadata(scheduler.data_dir().join("admin.key"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("admin.key");
+    assert_eq!(mode, 0o600, "the admin key file is private");
+
+    // No key: health answers, everything else is UNAUTHENTICATED, naming the fix.
+    let mut open = GrpcInferenceServiceClient::new(connect(&scheduler.addr, None).await);
+    assert!(open.server_live(ServerLiveRequest {}).await.is_ok());
+    let (code, message) = code_of(
+        open.model_metadata(ModelMetadataRequest {
+            name: "image_classifier".into(),
+            version: String::new(),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(message.contains("authorization: Bearer"), "{message}");
+    let mut no_key_admin = AdminClient::new(connect(&scheduler.addr, None).await);
+    assert_eq!(
+        code_of(no_key_admin.list_workers(ListWorkersRequest {}).await).0,
+        Code::Unauthenticated
+    );
+    // Malformed and unknown keys say so, and only so.
+    let mut bad = AdminClient::new(connect(&scheduler.addr, Some("lmk_123")).await);
+    let (code, message) = code_of(bad.list_workers(ListWorkersRequest {}).await);
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(message.contains("malformed"), "{message}");
+    let forged = format!("lmk_{}.{}", "0".repeat(16), "1".repeat(64));
+    let mut bad = AdminClient::new(connect(&scheduler.addr, Some(&forged)).await);
+    let (_, message) = code_of(bad.list_workers(ListWorkersRequest {}).await);
+    assert!(message.contains("unknown"), "{message}");
+
+    // The admin key from the data directory works; the CLI finds it through LOCALML_KEY.
+    scheduler.wait_ready(&["w"]).await;
+    let (ok, table, err) = localml(&scheduler.addr, &admin_key, &["workers"]);
+    assert!(ok && table.contains('w'), "{err}");
+
+    // An infer key runs inference but cannot cordon.
+    let infer = create_key(
+        &scheduler,
+        &admin_key,
+        &["--name", "app", "--scope", "infer"],
+    );
+    let mut app = client::inference_client(connect(&scheduler.addr, Some(&infer)).await);
+    app.model_infer(image_request(1))
+        .await
+        .expect("infer key infers");
+    let (ok, _, err) = localml(&scheduler.addr, &infer, &["cordon", "w"]);
+    assert!(!ok, "an infer key cordoned a worker");
+    assert!(err.contains("'admin' scope"), "{err}");
+
+    // A key limited to one model cannot use another.
+    let text_only = create_key(
+        &scheduler,
+        &admin_key,
+        &[
+            "--name",
+            "texts",
+            "--scope",
+            "infer",
+            "--models",
+            "text_classifier",
+        ],
+    );
+    let mut texts = client::inference_client(connect(&scheduler.addr, Some(&text_only)).await);
+    let (code, message) = code_of(texts.model_infer(image_request(1)).await);
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(message.contains("image_classifier"), "{message}");
+
+    // Tenants: a jobs key sees only its own tenant's jobs.
+    let school = create_key(
+        &scheduler,
+        &admin_key,
+        &["--name", "school", "--scope", "jobs"],
+    );
+    let clinic = create_key(
+        &scheduler,
+        &admin_key,
+        &["--name", "clinic", "--scope", "jobs"],
+    );
+    let mut a = JobsClient::new(connect(&scheduler.addr, Some(&school)).await);
+    let mut b = JobsClient::new(connect(&scheduler.addr, Some(&clinic)).await);
+    let job = a
+        .submit(SubmitJobRequest {
+            request: Some(image_request(1)),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(job.tenant, "school", "the tenant comes from the key");
+    let (code, _) = code_of(
+        a.submit(SubmitJobRequest {
+            request: Some(image_request(1)),
+            tenant: "clinic".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(code, Code::PermissionDenied, "naming another tenant");
+    assert_eq!(
+        code_of(b.get(GetJobRequest { id: job.id.clone() }).await).0,
+        Code::NotFound,
+        "clinic cannot read school's job"
+    );
+    assert_eq!(
+        code_of(b.cancel(CancelJobRequest { id: job.id.clone() }).await).0,
+        Code::NotFound,
+        "clinic cannot cancel school's job"
+    );
+    let listed = b
+        .list(ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        listed.jobs.is_empty(),
+        "clinic lists none: {:?}",
+        listed.jobs
+    );
+    assert_eq!(
+        code_of(
+            b.list(ListJobsRequest {
+                tenant: "school".into(),
+                ..Default::default()
+            })
+            .await
+        )
+        .0,
+        Code::PermissionDenied
+    );
+    let own = a
+        .get(GetJobRequest { id: job.id.clone() })
+        .await
+        .expect("own job")
+        .into_inner();
+    assert_eq!(own.id, job.id);
+
+    // Revoked and expired keys are refused with the reason.
+    let (ok, listing, err) = localml(&scheduler.addr, &admin_key, &["keys", "list"]);
+    assert!(
+        ok && listing.contains("school") && listing.contains("active"),
+        "{err}"
+    );
+    let (ok, _, err) = localml(&scheduler.addr, &admin_key, &["keys", "revoke", "app"]);
+    assert!(ok, "{err}");
+    let revoked = wait_until(SOON, || {
+        let mut app = app.clone();
+        async move {
+            app.model_infer(image_request(1))
+                .await
+                .err()
+                .is_some_and(|s| {
+                    s.code() == Code::Unauthenticated && s.message().contains("revoked")
+                })
+        }
+    })
+    .await;
+    assert!(revoked, "a revoked key stops working");
+    let short = create_key(
+        &scheduler,
+        &admin_key,
+        &["--name", "short", "--scope", "infer", "--expires", "1s"],
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut expired = client::inference_client(connect(&scheduler.addr, Some(&short)).await);
+    let (code, message) = code_of(expired.model_infer(image_request(1)).await);
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(message.contains("expired"), "{message}");
+
+    // No secret in any log: the scheduler and worker logs (debug level) of this whole
+    // run, and the CLI's output, hold none of the keys created. A planted line proves
+    // the search finds a key when one is there.
+    let logged = std::fs::read_to_string(&log_file).expect("log");
+    assert!(
+        logged.contains("API key created"),
+        "the log was captured at debug level"
+    );
+    let secrets = [&admin_key, &infer, &text_only, &school, &clinic, &short];
+    let secret_part = |key: &str| key.split('.').nth(1).unwrap_or_default().to_string();
+    let leaks = |text: &str| -> Vec<String> {
+        secrets
+            .iter()
+            .filter(|k| text.contains(&secret_part(k)))
+            .map(|k| k.split('.').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let planted = format!("{logged}\nplanted: {}\n", secrets[2]);
+    assert_eq!(leaks(&planted).len(), 1, "the search finds a planted key");
+    assert!(
+        leaks(&logged).is_empty(),
+        "keys in the log: {:?}",
+        leaks(&logged)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_working_on_every_replica() {
+    let etcd = Etcd::start();
+    let store = etcd.store_address("keys");
+    let one = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--store", &store, "--auth", "required"],
+    );
+    let two = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--store", &store, "--auth", "required"],
+    );
+    let admin = one.admin_key();
+    let key = create_key(&one, &admin, &["--name", "reader", "--scope", "admin"]);
+    // The key created through replica one works on replica two.
+    let mut on_two = AdminClient::new(connect(&two.addr, Some(&key)).await);
+    let works = wait_until(SOON, || {
+        let mut c = on_two.clone();
+        async move { c.list_workers(ListWorkersRequest {}).await.is_ok() }
+    })
+    .await;
+    assert!(works, "a key reaches every replica");
+    let (ok, _, err) = localml(&one.addr, &admin, &["keys", "revoke", "reader"]);
+    assert!(ok, "{err}");
+    let start = Instant::now();
+    let refused = wait_until(SOON, || {
+        let mut c = on_two.clone();
+        async move {
+            c.list_workers(ListWorkersRequest {})
+                .await
+                .err()
+                .is_some_and(|s| s.message().contains("revoked"))
+        }
+    })
+    .await;
+    println!(
+        "revoked on replica one, refused on replica two after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        refused,
+        "replica two refuses the revoked key without a restart"
+    );
+    // Replica two's own admin key is its own; both work.
+    let second_admin = two.admin_key();
+    assert_ne!(second_admin, admin);
+    let mut c = AdminClient::new(connect(&two.addr, Some(&second_admin)).await);
+    on_two = AdminClient::new(connect(&two.addr, Some(&admin)).await);
+    assert!(c.list_workers(ListWorkersRequest {}).await.is_ok());
+    assert!(on_two.list_workers(ListWorkersRequest {}).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_reachable_from_the_lan_requires_keys_unless_insecure() {
+    // 0.0.0.0: reachable from the LAN; keys are required though nobody said so.
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--listen", "0.0.0.0:0"]);
+    let port = scheduler.addr.rsplit(':').next().expect("port");
+    let addr = format!("127.0.0.1:{port}");
+    let mut no_key = AdminClient::new(connect(&addr, None).await);
+    assert_eq!(
+        code_of(no_key.list_workers(ListWorkersRequest {}).await).0,
+        Code::Unauthenticated
+    );
+    let mut with_key = AdminClient::new(connect(&addr, Some(&scheduler.admin_key())).await);
+    assert!(with_key.list_workers(ListWorkersRequest {}).await.is_ok());
+
+    // --insecure: the operator's explicit choice; open.
+    let insecure = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--listen", "0.0.0.0:0", "--insecure"],
+    );
+    let port = insecure.addr.rsplit(':').next().expect("port");
+    let mut open = AdminClient::new(connect(&format!("127.0.0.1:{port}"), None).await);
+    assert!(open.list_workers(ListWorkersRequest {}).await.is_ok());
+
+    // Loopback without --auth required stays open (what `localml up` relies on).
+    let local = Scheduler::start();
+    let mut open = AdminClient::new(connect(&local.addr, None).await);
+    assert!(open.list_workers(ListWorkersRequest {}).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_python_client_sends_the_key_in_headers() {
+    let probe = Command::new("python3")
+        .args(["-c", "import tritonclient.grpc, numpy"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_none(),
+            "tritonclient is not installed but LOCALML_REQUIRE_PYTHON_CLIENT is set (scripts/test.sh installs it)"
+        );
+        eprintln!("skipped: python3 -m pip install 'tritonclient[grpc]' numpy to run this test");
+        return;
+    }
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let key = create_key(
+        &scheduler,
+        &scheduler.admin_key(),
+        &["--name", "triton", "--scope", "infer"],
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/tritonclient_check.py"))
+        .arg(&scheduler.addr)
+        .arg(repo_root().join("examples/expected"))
+        .env("LOCALML_KEY", &key)
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient with headers= failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("examples OK"), "{stdout}");
+}
