@@ -36,6 +36,9 @@ pub struct SchedulerArgs {
     /// Serve a client listener reachable from the LAN without API keys.
     #[arg(long)]
     pub insecure: bool,
+    /// Import the admin key in FILE (e.g. a Kubernetes Secret) as `admin@file`.
+    #[arg(long, value_name = "FILE")]
+    pub admin_key_file: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
@@ -64,6 +67,9 @@ impl SchedulerArgs {
         }
         if self.insecure {
             c.insecure = true;
+        }
+        if let Some(v) = self.admin_key_file {
+            c.admin_key_file = Some(v);
         }
         c.validate()?;
         Ok(c)

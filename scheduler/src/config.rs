@@ -50,6 +50,9 @@ pub struct SchedulerConfig {
     pub auth: crate::auth::AuthMode,
     /// Serve a client listener reachable from the LAN without keys (a warning at start).
     pub insecure: bool,
+    /// A file holding an admin key made elsewhere (the Helm chart's Secret), imported at
+    /// start as `admin@file`.
+    pub admin_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -112,6 +115,7 @@ impl Default for SchedulerConfig {
             jobs: JobsConfig::default(),
             auth: crate::auth::AuthMode::Auto,
             insecure: false,
+            admin_key_file: None,
         }
     }
 }

@@ -61,6 +61,9 @@ pub async fn run(
     tracing::info!(store = %address, "cluster state");
     // API keys: the first admin key, then every key known before the port serves.
     crate::auth::keys::ensure_admin_key(state.as_ref(), &config.data_dir).await?;
+    if let Some(file) = &config.admin_key_file {
+        crate::auth::keys::import_admin_key(state.as_ref(), file).await?;
+    }
     let ring = Arc::new(crate::auth::keys::KeyRing::default());
     ring.load(state.as_ref())
         .await

@@ -130,6 +130,35 @@ fn value_sets_render_what_they_ask_for() {
             && default.contains("--power-supply-root=/host/sys/class/power_supply")
     );
     assert!(default.contains("--scheduler=localml-scheduler-headless.localml.svc:8002"));
+    // The first admin key: a Secret in the scheduler's key format, imported by the
+    // scheduler, the only API credential until an operator makes more.
+    assert!(
+        default.contains("name: localml-admin-key")
+            && default.contains("--admin-key-file=/etc/localml-admin/key")
+            && default.contains("secretName: localml-admin-key"),
+        "{default}"
+    );
+    let encoded = default
+        .split("name: localml-admin-key")
+        .nth(1)
+        .and_then(|rest| rest.split("key: \"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the admin key Secret's data");
+    let decoded = Command::new("sh")
+        .args(["-c", &format!("printf %s '{encoded}' | base64 -d")])
+        .output()
+        .expect("base64");
+    let key = String::from_utf8_lossy(&decoded.stdout).into_owned();
+    let (id, secret) = key
+        .strip_prefix("lmk_")
+        .and_then(|k| k.split_once('.'))
+        .unwrap_or_else(|| panic!("not a key: {key}"));
+    assert!(
+        id.len() == 16
+            && secret.len() == 64
+            && id.chars().chain(secret.chars()).all(|c| c.is_ascii_hexdigit()),
+        "the chart's key has the scheduler's format: {key}"
+    );
 
     let (_, gpu, _) = template("gpu", &[]);
     assert_eq!(kinds(&gpu).iter().filter(|k| *k == "DaemonSet").count(), 2);

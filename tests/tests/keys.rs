@@ -11,6 +11,7 @@ use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServic
 use localml_proto::inference::{ModelMetadataRequest, ServerLiveRequest};
 use localml_proto::localml::v1::admin_client::AdminClient;
 use localml_proto::localml::v1::jobs_client::JobsClient;
+use localml_proto::localml::v1::keys_client::KeysClient;
 use localml_proto::localml::v1::*;
 use localml_tests::*;
 use tonic::Code;
@@ -372,4 +373,47 @@ async fn triton_python_client_sends_the_key_in_headers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("examples OK"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_file_is_imported_and_a_bad_one_stops_the_start() {
+    // As the Helm chart's Secret: a key in the scheduler's format, made elsewhere.
+    let dir = TempDir::new("admin-key-file");
+    let file = dir.path().join("key");
+    let key = format!("lmk_{}.{}", "0123456789abcdef", "fedcba9876543210".repeat(4));
+    std::fs::write(&file, format!("{key}\n")).expect("write");
+    let path = file.to_string_lossy().into_owned();
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--auth", "required", "--admin-key-file", &path],
+    );
+    let mut admin = AdminClient::new(connect(&scheduler.addr, Some(&key)).await);
+    assert!(admin.list_workers(ListWorkersRequest {}).await.is_ok());
+    let mut keys = KeysClient::new(connect(&scheduler.addr, Some(&key)).await);
+    let listed = keys
+        .list_keys(ListKeysRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.keys.iter().any(|k| k.name == "admin@file"), "{listed:?}");
+
+    // A file that holds no key: the scheduler does not start, and says which file
+    // without repeating what is in it.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "hunter2-not-a-key\n").expect("write");
+    let out = Command::new(bin("localml-scheduler"))
+        .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("state"))
+        .arg("--admin-key-file")
+        .arg(&bad)
+        .output()
+        .expect("run the scheduler");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not hold an API key") && stderr.contains("bad"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the file's content is not echoed: {stderr}");
 }

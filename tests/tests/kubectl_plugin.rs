@@ -196,12 +196,14 @@ async fn tables_cordon_drain_and_the_live_dashboard() {
     assert!(after.contains("desktop"), "still drawing:\n{after}");
 }
 
-/// Without `--server`, the plugin runs `kubectl port-forward` to the release's Service and
-/// talks through it. No Kubernetes cluster here: a stand-in `kubectl` records its
-/// arguments and prints kubectl's forwarding line for the real scheduler's port.
+/// Without `--server`, the plugin reads the chart's admin key Secret and runs `kubectl
+/// port-forward` to the release's Service, and talks through it with that key. No
+/// Kubernetes cluster here: a stand-in `kubectl` records its arguments, answers the
+/// Secret with the real scheduler's admin key (the scheduler requires keys), and prints
+/// kubectl's forwarding line for the real scheduler's port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
-    let scheduler = Scheduler::start();
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
     let _w = Worker::start("w1", &scheduler, &[]);
     scheduler.wait_ready(&["w1"]).await;
     let dir = TempDir::new("fake-kubectl");
@@ -210,8 +212,9 @@ async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
     std::fs::write(
         &fake,
         format!(
-            "#!/bin/sh\necho \"$@\" > {}\necho 'Forwarding from [::1]:1 -> 8001'\necho 'Forwarding from {} -> 8001'\nexec sleep 60\n",
+            "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *\"get secret\"*) echo '{}'; exit 0;; esac\necho 'Forwarding from [::1]:1 -> 8001'\necho 'Forwarding from {} -> 8001'\nexec sleep 60\n",
             log.display(),
+            scheduler.admin_key(),
             scheduler.addr
         ),
     )
@@ -241,8 +244,12 @@ async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
         String::from_utf8_lossy(&out.stderr)
     );
     let args = std::fs::read_to_string(&log).expect("kubectl was run");
+    let calls: Vec<&str> = args.lines().collect();
     assert_eq!(
-        args.trim(),
-        "--context lan port-forward -n school svc/library-localml :8001"
+        calls,
+        [
+            "--context lan port-forward -n school svc/library-localml :8001",
+            "--context lan get secret -n school library-localml-admin-key -o go-template={{.data.key | base64decode}}",
+        ]
     );
 }

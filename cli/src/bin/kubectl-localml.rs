@@ -2,7 +2,9 @@
 //! (`kubectl localml ...` once the binary is on PATH).
 //!
 //! It reaches the scheduler with `--server ADDR`, or through the current kube context:
-//! `kubectl port-forward` to the chart's Service (`-n NAMESPACE`, `--release NAME`).
+//! `kubectl port-forward` to the chart's Service (`-n NAMESPACE`, `--release NAME`). Its
+//! API key is `--key`/`LOCALML_KEY`, else (through the kube context) the chart's admin key
+//! Secret, else what `localml` would send (docs/security.md).
 
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +36,9 @@ struct Cli {
     /// kubeconfig context [default: the current one].
     #[arg(long, global = true)]
     context: Option<String>,
+    /// API key [default: the chart's admin key Secret, read through the kube context].
+    #[arg(long, global = true, env = "LOCALML_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// The Service's client port (the chart's scheduler.ports.grpc).
     #[arg(long, global = true, default_value_t = 8001)]
     port: u16,
@@ -94,6 +99,26 @@ fn service_name(release: &str) -> String {
         .collect::<String>()
         .trim_end_matches('-')
         .to_string()
+}
+
+/// The chart's admin key, read from its Secret through the kube context; `None` when
+/// kubectl cannot read it (no permission to read Secrets, or a release without one).
+async fn chart_admin_key(cli: &Cli) -> Option<String> {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut command = tokio::process::Command::new(&kubectl);
+    if let Some(context) = &cli.context {
+        command.args(["--context", context]);
+    }
+    let secret = format!("{}-admin-key", service_name(&cli.release));
+    let out = command
+        .args(["get", "secret", "-n", &cli.namespace, &secret])
+        .args(["-o", "go-template={{.data.key | base64decode}}"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && key.starts_with("lmk_")).then_some(key)
 }
 
 /// A `kubectl port-forward` kept running while the command works (killed on drop).
@@ -307,6 +332,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             (addr, Some(forward))
         }
     };
+    let key = match (&cli.key, &cli.server) {
+        (Some(k), _) => Some(k.clone()),
+        (None, None) => chart_admin_key(&cli).await,
+        (None, Some(s)) => localml_cli::keys::discover(None, s)?,
+    };
+    client::set_key(key);
     let channel = client::connect(&server, Duration::from_secs(5)).await?;
     let mut admin = client::admin_client(channel);
     match cli.command {

@@ -283,8 +283,11 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 pub enum BootstrapError {
     #[error(transparent)]
     Key(#[from] KeyStoreError),
-    #[error("cannot write the admin key to {0}: {1}")]
+    #[error("cannot write or read the admin key file {0}: {1}")]
     Write(std::path::PathBuf, std::io::Error),
+    /// The `--admin-key-file` does not hold a key (its content is not repeated).
+    #[error("{0} does not hold an API key (expected one line: lmk_<16 hex>.<64 hex>)")]
+    Malformed(std::path::PathBuf),
 }
 
 fn hostname() -> String {
@@ -356,6 +359,43 @@ pub async fn ensure_admin_key(
     write().map_err(|e| BootstrapError::Write(path.clone(), e))?;
     tracing::info!(key = %record.name, file = %path.display(), "first admin key written (mode 0600)");
     Ok(Some(path))
+}
+
+/// Imports the admin key an operator or the Helm chart made (`--admin-key-file`): its
+/// hash is stored under the name `admin@file` with scopes admin, jobs and infer, replacing
+/// an older import, so the file (e.g. a Kubernetes Secret) stays the one source of truth.
+pub async fn import_admin_key(
+    store: &dyn Store,
+    path: &std::path::Path,
+) -> Result<(), BootstrapError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BootstrapError::Write(path.to_path_buf(), e))?;
+    let (id, secret) = parse(text.trim()).map_err(|_| BootstrapError::Malformed(path.to_path_buf()))?;
+    let name = "admin@file";
+    let record = KeyRecord {
+        name: name.into(),
+        id: id.to_string(),
+        secret_sha256: sha256_hex(secret),
+        scopes: vec![Scope::Infer, Scope::Jobs, Scope::Admin],
+        tenant: "admin".into(),
+        models: Vec::new(),
+        created_unix_ms: localml_proto::time::unix_ms(),
+        expires_unix_ms: 0,
+        revoked: false,
+        description: format!("imported from {}", path.display()),
+    };
+    let key = store_key(name);
+    if let Some(kv) = store.get(&key).await.map_err(KeyStoreError::from)? {
+        let old: Option<KeyRecord> = serde_json::from_slice(&kv.value).ok();
+        if old.is_some_and(|o| o.id == record.id && o.secret_sha256 == record.secret_sha256 && !o.revoked) {
+            return Ok(());
+        }
+    }
+    let value = serde_json::to_vec(&record)
+        .map_err(|e| KeyStoreError::Corrupt(name.into(), e.to_string()))?;
+    store.put(&key, value).await.map_err(KeyStoreError::from)?;
+    tracing::info!(key = name, file = %path.display(), "admin key imported");
+    Ok(())
 }
 
 #[cfg(test)]
