@@ -1,6 +1,7 @@
 //! End-to-end latency and throughput benchmark for the FP32 example model at batch 1:
-//! in-process ONNX Runtime (the baseline), client -> worker, and client -> scheduler ->
-//! worker, each at concurrency 1 and 32, in one run, with ratios.
+//! in-process ONNX Runtime (the baseline), client -> worker, client -> scheduler ->
+//! worker, and the same through a scheduler that requires API keys (the key checked on
+//! every call), each at concurrency 1 and 32, in one run, with ratios.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/localml-bench`
 //! Options: `--seconds N` per measurement (default 3), `--model NAME` (default
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use localml_cli::client::{self, Tensor};
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::tensor::TensorData;
-use localml_tests::{Scheduler, Worker};
+use localml_tests::{Scheduler, Worker, TEST_SCHEDULER_CONFIG};
 use localml_worker::model::{LoadOptions, LoadedModel, NamedTensor};
 
 struct Measurement {
@@ -136,11 +137,18 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let scheduler = Scheduler::start();
-    let worker = Worker::start_with_models("bench-worker", &scheduler, &models, &[]);
+    // A second scheduler that requires API keys; the worker reports to both, so the two
+    // paths differ only in the key check.
+    let keyed = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
+    let both = format!("{},{}", scheduler.cluster_addr, keyed.cluster_addr);
+    let worker = Worker::start_reporting_to("bench-worker", &both, &models, &[]);
     scheduler.wait_ready(&["bench-worker"]).await;
+    keyed.wait_ready(&["bench-worker"]).await;
+    let key = keyed.admin_key();
     let request: ModelInferRequest = client::request(&model_name, "", &[Tensor { ..input }]);
 
     let mut results = Vec::new();
+    let mut keyed_results = Vec::new();
     for concurrency in [1usize, 32] {
         let (m, n) = (Arc::clone(&model), named.clone());
         let in_process = measure(concurrency, duration, move || {
@@ -166,20 +174,40 @@ async fn main() -> anyhow::Result<()> {
                 .await,
             );
         }
+        let c = client::inference_client(
+            client::connect_with_key(&keyed.addr, Duration::from_secs(10), Some(&key)).await?,
+        );
+        let r = request.clone();
+        let with_key = measure(concurrency, duration, move || {
+            let (mut c, r) = (c.clone(), r.clone());
+            async move {
+                c.model_infer(r).await.expect("inference with a key");
+            }
+        })
+        .await;
         let via_scheduler = clients.pop().expect("scheduler");
         let direct = clients.pop().expect("worker");
         results.push((concurrency, in_process, direct, via_scheduler));
+        keyed_results.push(with_key);
     }
 
     println!();
     println!("| path                         | conc | p50 ms    | p99 ms    | req/s      |");
     println!("|------------------------------|-----:|----------:|----------:|-----------:|");
-    for (c, a, b, s) in &results {
+    for ((c, a, b, s), k) in results.iter().zip(&keyed_results) {
         println!("{}", row("in-process ONNX Runtime", *c, a));
         println!("{}", row("client -> worker", *c, b));
         println!("{}", row("client -> scheduler -> worker", *c, s));
+        println!("{}", row("  ... with an API key", *c, k));
     }
     println!();
+    for ((c, _, _, s), k) in results.iter().zip(&keyed_results) {
+        println!(
+            "concurrency {c:>2}: API key checked / open: p50 {:.2}x, throughput {:.2}x",
+            k.percentile(0.5).as_secs_f64() / s.percentile(0.5).as_secs_f64(),
+            k.throughput() / s.throughput()
+        );
+    }
     for (c, a, b, s) in &results {
         let p50 = |m: &Measurement| m.percentile(0.5).as_secs_f64();
         println!(
