@@ -156,7 +156,10 @@ fn value_sets_render_what_they_ask_for() {
     assert!(
         id.len() == 16
             && secret.len() == 64
-            && id.chars().chain(secret.chars()).all(|c| c.is_ascii_hexdigit()),
+            && id
+                .chars()
+                .chain(secret.chars())
+                .all(|c| c.is_ascii_hexdigit()),
         "the chart's key has the scheduler's format: {key}"
     );
 

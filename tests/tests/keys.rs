@@ -380,7 +380,11 @@ async fn an_admin_key_file_is_imported_and_a_bad_one_stops_the_start() {
     // As the Helm chart's Secret: a key in the scheduler's format, made elsewhere.
     let dir = TempDir::new("admin-key-file");
     let file = dir.path().join("key");
-    let key = format!("lmk_{}.{}", "0123456789abcdef", "fedcba9876543210".repeat(4));
+    let key = format!(
+        "lmk_{}.{}",
+        "0123456789abcdef",
+        "fedcba9876543210".repeat(4)
+    );
     std::fs::write(&file, format!("{key}\n")).expect("write");
     let path = file.to_string_lossy().into_owned();
     let scheduler = Scheduler::start_full(
@@ -395,7 +399,10 @@ async fn an_admin_key_file_is_imported_and_a_bad_one_stops_the_start() {
         .await
         .expect("list")
         .into_inner();
-    assert!(listed.keys.iter().any(|k| k.name == "admin@file"), "{listed:?}");
+    assert!(
+        listed.keys.iter().any(|k| k.name == "admin@file"),
+        "{listed:?}"
+    );
 
     // A file that holds no key: the scheduler does not start, and says which file
     // without repeating what is in it.
@@ -415,5 +422,8 @@ async fn an_admin_key_file_is_imported_and_a_bad_one_stops_the_start() {
         stderr.contains("does not hold an API key") && stderr.contains("bad"),
         "{stderr}"
     );
-    assert!(!stderr.contains("hunter2"), "the file's content is not echoed: {stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the file's content is not echoed: {stderr}"
+    );
 }

@@ -368,9 +368,10 @@ pub async fn import_admin_key(
     store: &dyn Store,
     path: &std::path::Path,
 ) -> Result<(), BootstrapError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BootstrapError::Write(path.to_path_buf(), e))?;
-    let (id, secret) = parse(text.trim()).map_err(|_| BootstrapError::Malformed(path.to_path_buf()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| BootstrapError::Write(path.to_path_buf(), e))?;
+    let (id, secret) =
+        parse(text.trim()).map_err(|_| BootstrapError::Malformed(path.to_path_buf()))?;
     let name = "admin@file";
     let record = KeyRecord {
         name: name.into(),
@@ -387,7 +388,9 @@ pub async fn import_admin_key(
     let key = store_key(name);
     if let Some(kv) = store.get(&key).await.map_err(KeyStoreError::from)? {
         let old: Option<KeyRecord> = serde_json::from_slice(&kv.value).ok();
-        if old.is_some_and(|o| o.id == record.id && o.secret_sha256 == record.secret_sha256 && !o.revoked) {
+        if old.is_some_and(|o| {
+            o.id == record.id && o.secret_sha256 == record.secret_sha256 && !o.revoked
+        }) {
             return Ok(());
         }
     }
