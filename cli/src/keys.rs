@@ -95,12 +95,23 @@ fn status(s: tonic::Status) -> anyhow::Error {
 }
 
 /// What `localml keys create` asks for.
+#[derive(Debug, clap::Args)]
 pub struct NewKey {
+    #[arg(long)]
     pub name: String,
+    /// infer, jobs or admin; repeat for several.
+    #[arg(long = "scope", required = true)]
     pub scopes: Vec<String>,
+    /// The tenant its requests and jobs belong to [default: the key's name].
+    #[arg(long)]
     pub tenant: Option<String>,
+    /// Models it may use, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Lifetime, e.g. 30d, 24h [default: never expires].
+    #[arg(long, value_parser = parse_duration)]
     pub expires: Option<Duration>,
+    #[arg(long)]
     pub description: Option<String>,
 }
 

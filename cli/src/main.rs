@@ -134,24 +134,7 @@ struct RequestArgs {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key and print it (once; the scheduler keeps only a hash).
-    Create {
-        #[arg(long)]
-        name: String,
-        /// infer, jobs or admin; repeat for several.
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        /// The tenant its requests and jobs belong to [default: the key's name].
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Models it may use, comma-separated [default: all].
-        #[arg(long, value_delimiter = ',')]
-        models: Vec<String>,
-        /// Lifetime, e.g. 30d, 24h [default: never expires].
-        #[arg(long, value_parser = localml_cli::keys::parse_duration)]
-        expires: Option<Duration>,
-        #[arg(long)]
-        description: Option<String>,
-    },
+    Create(localml_cli::keys::NewKey),
     /// List the keys (never their secrets).
     List,
     /// Revoke a key: every scheduler replica refuses it from then on.
@@ -446,24 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Jobs { command, server } => jobs(command, &server).await,
         Command::Keys { command, server } => match command {
-            KeysCommand::Create {
-                name,
-                scopes,
-                tenant,
-                models,
-                expires,
-                description,
-            } => {
-                let new = localml_cli::keys::NewKey {
-                    name,
-                    scopes,
-                    tenant,
-                    models,
-                    expires,
-                    description,
-                };
-                localml_cli::keys::create(&server, new).await
-            }
+            KeysCommand::Create(new) => localml_cli::keys::create(&server, new).await,
             KeysCommand::List => localml_cli::keys::list(&server).await,
             KeysCommand::Revoke { name } => localml_cli::keys::revoke(&server, name).await,
         },

@@ -403,6 +403,37 @@ where
     false
 }
 
+/// The `localml workers` table of `scheduler`, as an operator sees it.
+pub fn localml_workers(scheduler: &Scheduler) -> String {
+    let out = Command::new(bin("localml"))
+        .args(["workers", "--server", &scheduler.addr])
+        .output()
+        .expect("run localml workers");
+    assert!(
+        out.status.success(),
+        "localml workers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether Triton's Python client can run here; fails instead when
+/// `LOCALML_REQUIRE_PYTHON_CLIENT` is set (CI installs it: scripts/test.sh).
+pub fn tritonclient_available() -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", "import tritonclient.grpc, numpy"])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_none(),
+        "tritonclient is not installed but LOCALML_REQUIRE_PYTHON_CLIENT is set (scripts/test.sh installs it)"
+    );
+    eprintln!("skipped: python3 -m pip install 'tritonclient[grpc]' numpy to run this test");
+    false
+}
+
 /// Sends the log of every process this test binary starts from now on to `path`, at
 /// debug level (the secrets tests grep it); `None` goes back to the test's stderr.
 pub fn log_processes_to(path: Option<PathBuf>) {

@@ -239,20 +239,6 @@ async fn joules_of(scheduler: &Scheduler, name: &str) -> Option<(f64, bool)> {
     })
 }
 
-/// `localml workers` against `scheduler`.
-fn workers_table(scheduler: &Scheduler) -> String {
-    let out = std::process::Command::new(bin("localml"))
-        .args(["workers", "--server", &scheduler.addr])
-        .output()
-        .expect("run localml workers");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn energy_saver_sends_work_to_the_pc_with_the_fewest_joules_per_inference() {
     let scheduler = Scheduler::start();
@@ -306,7 +292,7 @@ async fn energy_saver_sends_work_to_the_pc_with_the_fewest_joules_per_inference(
     );
 
     // Operators see it: `localml workers` and the worker's /metrics.
-    let table = workers_table(&scheduler);
+    let table = localml_workers(&scheduler);
     let line = |name: &str| {
         table
             .lines()

@@ -339,15 +339,7 @@ async fn a_listener_reachable_from_the_lan_requires_keys_unless_insecure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_python_client_sends_the_key_in_headers() {
-    let probe = Command::new("python3")
-        .args(["-c", "import tritonclient.grpc, numpy"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_none(),
-            "tritonclient is not installed but LOCALML_REQUIRE_PYTHON_CLIENT is set (scripts/test.sh installs it)"
-        );
-        eprintln!("skipped: python3 -m pip install 'tritonclient[grpc]' numpy to run this test");
+    if !tritonclient_available() {
         return;
     }
     let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);

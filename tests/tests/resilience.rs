@@ -128,16 +128,7 @@ async fn paused_worker_becomes_not_ready_and_recovers() {
 
 /// The `localml workers` table row of `name`.
 fn workers_row(scheduler: &Scheduler, name: &str) -> String {
-    let out = std::process::Command::new(bin("localml"))
-        .args(["workers", "--server", &scheduler.addr])
-        .output()
-        .expect("run localml workers");
-    assert!(
-        out.status.success(),
-        "localml workers failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    localml_workers(scheduler)
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_default()

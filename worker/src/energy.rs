@@ -412,6 +412,17 @@ impl EnergyMeter {
 mod tests {
     use super::*;
 
+    /// One CPU model's cumulative counters.
+    fn counters(busy_ns: u64, inferences: u64) -> Vec<ModelCounters> {
+        vec![ModelCounters {
+            name: "m".into(),
+            version: 1,
+            busy_ns,
+            inferences,
+            on_gpu: false,
+        }]
+    }
+
     fn burn_cpu(time: std::time::Duration) {
         let started = Instant::now();
         let mut x = 0u64;
@@ -533,15 +544,6 @@ mod tests {
             }),
             2,
         );
-        let counters = |busy_ns, inferences| {
-            vec![ModelCounters {
-                name: "m".into(),
-                version: 1,
-                busy_ns,
-                inferences,
-                on_gpu: false,
-            }]
-        };
         meter.sample(&counters(0, 0), None);
         assert_eq!(meter.power().0, None, "one reading is no window");
         burn_cpu(std::time::Duration::from_millis(100));
@@ -568,15 +570,6 @@ mod tests {
             }),
             1,
         );
-        let counters = |busy_ns, inferences| {
-            vec![ModelCounters {
-                name: "m".into(),
-                version: 1,
-                busy_ns,
-                inferences,
-                on_gpu: false,
-            }]
-        };
         meter.sample(&counters(0, 0), None);
         // Burn some CPU in this process so the estimate has utilisation to go on.
         burn_cpu(std::time::Duration::from_millis(100));

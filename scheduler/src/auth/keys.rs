@@ -298,6 +298,23 @@ fn hostname() -> String {
         .unwrap_or_else(|| "scheduler".into())
 }
 
+/// An admin key's record (scopes admin, jobs, infer; tenant `admin`; never expires),
+/// without id and hash.
+fn admin_record(name: String, description: String) -> KeyRecord {
+    KeyRecord {
+        name,
+        id: String::new(),
+        secret_sha256: String::new(),
+        scopes: vec![Scope::Infer, Scope::Jobs, Scope::Admin],
+        tenant: "admin".into(),
+        models: Vec::new(),
+        created_unix_ms: localml_proto::time::unix_ms(),
+        expires_unix_ms: 0,
+        revoked: false,
+        description,
+    }
+}
+
 /// At first start, as k3s writes its kubeconfig: creates an admin key (scopes admin,
 /// jobs, infer) and writes it to `<data_dir>/admin.key` (mode 0600), so `localml` on this
 /// PC works at once. Nothing happens when the file exists. Returns the file written.
@@ -317,18 +334,10 @@ pub async fn ensure_admin_key(
         } else {
             format!("{base}-{n}")
         };
-        let record = KeyRecord {
+        let record = admin_record(
             name,
-            id: String::new(),
-            secret_sha256: String::new(),
-            scopes: vec![Scope::Infer, Scope::Jobs, Scope::Admin],
-            tenant: "admin".into(),
-            models: Vec::new(),
-            created_unix_ms: localml_proto::time::unix_ms(),
-            expires_unix_ms: 0,
-            revoked: false,
-            description: format!("written to {} at first start", path.display()),
-        };
+            format!("written to {} at first start", path.display()),
+        );
         match create(store, record).await {
             Ok(made) => {
                 created = Some(made);
@@ -374,16 +383,9 @@ pub async fn import_admin_key(
         parse(text.trim()).map_err(|_| BootstrapError::Malformed(path.to_path_buf()))?;
     let name = "admin@file";
     let record = KeyRecord {
-        name: name.into(),
         id: id.to_string(),
         secret_sha256: sha256_hex(secret),
-        scopes: vec![Scope::Infer, Scope::Jobs, Scope::Admin],
-        tenant: "admin".into(),
-        models: Vec::new(),
-        created_unix_ms: localml_proto::time::unix_ms(),
-        expires_unix_ms: 0,
-        revoked: false,
-        description: format!("imported from {}", path.display()),
+        ..admin_record(name.into(), format!("imported from {}", path.display()))
     };
     let key = store_key(name);
     if let Some(kv) = store.get(&key).await.map_err(KeyStoreError::from)? {
