@@ -434,6 +434,29 @@ pub fn tritonclient_available() -> bool {
     false
 }
 
+/// Runs tests/python/tritonclient_check.py (Triton's unmodified Python client) against
+/// `addr`, with `key` in `headers=` when given; panics with its output when it fails.
+pub async fn check_with_tritonclient(addr: &str, key: Option<&str>) {
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .arg(repo_root().join("tests/python/tritonclient_check.py"))
+        .arg(addr)
+        .arg(repo_root().join("examples/expected"))
+        .env_remove("LOCALML_KEY");
+    if let Some(key) = key {
+        command.env("LOCALML_KEY", key);
+    }
+    let out = command.output().await.expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient check (key: {}) failed:\n{stdout}\n{}",
+        key.is_some(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("examples OK"), "{stdout}");
+}
+
 /// Sends the log of every process this test binary starts from now on to `path`, at
 /// debug level (the secrets tests grep it); `None` goes back to the test's stderr.
 pub fn log_processes_to(path: Option<PathBuf>) {

@@ -173,20 +173,7 @@ async fn triton_python_client_works() {
     let _a = Worker::start("a", &scheduler, &[]);
     let _b = Worker::start("b", &scheduler, &[]);
     scheduler.wait_ready(&["a", "b"]).await;
-    let out = tokio::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/tritonclient_check.py"))
-        .arg(&scheduler.addr)
-        .arg(repo_root().join("examples/expected"))
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tritonclient check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("examples OK"), "{stdout}");
+    check_with_tritonclient(&scheduler.addr, None).await;
 }
 
 #[test]

@@ -350,21 +350,7 @@ async fn triton_python_client_sends_the_key_in_headers() {
         &scheduler.admin_key(),
         &["--name", "triton", "--scope", "infer"],
     );
-    let out = tokio::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/tritonclient_check.py"))
-        .arg(&scheduler.addr)
-        .arg(repo_root().join("examples/expected"))
-        .env("LOCALML_KEY", &key)
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tritonclient with headers= failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("examples OK"), "{stdout}");
+    check_with_tritonclient(&scheduler.addr, Some(&key)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
