@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "inference/grpc_service.proto",
         "localml/v1/cluster.proto",
         "localml/v1/jobs.proto",
+        "localml/v1/trust.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -7,6 +7,7 @@
 //! - [`jobs`]: the `localml jobs` commands.
 //! - [`json`], [`npy`]: input tensors from JSON and NumPy files.
 //! - [`table`]: the `localml workers` and `localml models` tables.
+//! - [`trust`]: join tokens, operator certificates, worker removal; TLS to workers.
 //! - [`up`]: the all-in-one local cluster.
 
 pub mod client;
@@ -15,4 +16,5 @@ pub mod jobs;
 pub mod json;
 pub mod npy;
 pub mod table;
+pub mod trust;
 pub mod up;

@@ -28,6 +28,11 @@ pub struct SchedulerArgs {
     /// Data directory for the embedded store [default: ~/.local/state/localml].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Another name or address workers reach the cluster port by (repeatable); the
+    /// cluster certificate already covers the listen address, loopback, localhost and
+    /// the host name.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
 }
 
 impl SchedulerArgs {
@@ -51,6 +56,7 @@ impl SchedulerArgs {
         if let Some(v) = self.data_dir {
             c.data_dir = v;
         }
+        c.tls_sans.extend(self.tls_san);
         c.validate()?;
         Ok(c)
     }

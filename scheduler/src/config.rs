@@ -45,6 +45,9 @@ pub struct SchedulerConfig {
     pub leader_lease_ms: u64,
     /// Durable async jobs.
     pub jobs: JobsConfig,
+    /// More names and addresses for the cluster listener's certificate (`--tls-san`),
+    /// besides its listen address, loopback, `localhost` and the host name.
+    pub tls_sans: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -105,6 +108,7 @@ impl Default for SchedulerConfig {
             data_dir: default_data_dir(),
             leader_lease_ms: 3_000,
             jobs: JobsConfig::default(),
+            tls_sans: Vec::new(),
         }
     }
 }

@@ -201,6 +201,7 @@ impl Scheduler {
         let (process, line) = spawn_and_read_line(command, "scheduler");
         let addr = address_after(&line, "listening on ");
         let cluster_addr = address_after(&line, "and ");
+        remember_scheduler(&cluster_addr, &addr);
         let http_addr = line
             .contains("http://")
             .then(|| address_after(&line, "http://"));
@@ -278,11 +279,109 @@ impl Scheduler {
     }
 }
 
+/// Client address of the scheduler serving each cluster address started by this test
+/// process, so workers started with only a cluster address get a join token.
+fn schedulers() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static MAP: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
+fn remember_scheduler(cluster: &str, client: &str) {
+    schedulers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cluster.to_string(), client.to_string());
+}
+
+/// The client address of the scheduler whose cluster address is `cluster`.
+pub fn client_address_of(cluster: &str) -> Option<String> {
+    schedulers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(cluster)
+        .cloned()
+}
+
+/// Runs `localml ARGS` and returns its standard output; panics when it fails.
+pub fn localml(args: &[&str]) -> String {
+    let out = Command::new(bin("localml"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run localml");
+    assert!(
+        out.status.success(),
+        "localml {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A join token from the scheduler at `client` (created once per scheduler and test
+/// process, never expiring).
+pub fn join_token(client: &str) -> String {
+    static TOKENS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, String>>,
+    > = std::sync::OnceLock::new();
+    let tokens = TOKENS.get_or_init(Default::default);
+    let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+    tokens
+        .entry(client.to_string())
+        .or_insert_with(|| {
+            localml(&["token", "create", "--ttl", "0", "--server", client])
+                .trim()
+                .to_string()
+        })
+        .clone()
+}
+
+/// An operator certificate (`localml certs issue`) from the scheduler at `client`, for
+/// calling workers directly; issued once per scheduler and test process.
+pub fn operator_certificate(client: &str) -> localml_cli::trust::CertFiles {
+    static DIRS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        std::sync::OnceLock::new();
+    let dirs = DIRS.get_or_init(Default::default);
+    let mut dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = dirs
+        .entry(client.to_string())
+        .or_insert_with(|| {
+            let dir = scratch_dir(&format!("operator-{}", client.replace([':', '.'], "-")));
+            let out = dir.to_string_lossy().into_owned();
+            localml(&[
+                "certs",
+                "issue",
+                "--name",
+                "test-operator",
+                "--out",
+                &out,
+                "--server",
+                client,
+            ]);
+            dir
+        })
+        .clone();
+    localml_cli::trust::CertFiles::in_dir(&dir, "test-operator")
+}
+
+/// A directory under this test process's scratch directory (kept for the process's life,
+/// so a worker restarted under the same name finds its certificate).
+fn scratch_dir(name: &str) -> PathBuf {
+    static ROOT: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| TempDir::new("scratch"));
+    let dir = root.path().join(name);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 pub struct Worker {
     pub process: Process,
     pub addr: String,
     /// `/metrics` and health address, when started with `--http-listen`.
     pub http_addr: Option<String>,
+    pub name: String,
+    /// Client address of the scheduler it joined, when the harness knows it.
+    pub scheduler: Option<String>,
 }
 
 impl Worker {
@@ -310,6 +409,22 @@ impl Worker {
         extra: &[&str],
     ) -> Worker {
         let mut command = Command::new(bin("localml-worker"));
+        // Workers join as an operator would set them up: a token from the scheduler (in
+        // the environment, as systemd passes it), a data directory per name.
+        let first = schedulers.split(',').next().unwrap_or_default().trim();
+        let scheduler = client_address_of(first);
+        if !extra.contains(&"--data-dir") {
+            let tag = format!("worker-{name}-{}", schedulers.replace([':', '.', ','], "-"));
+            command.arg("--data-dir").arg(scratch_dir(&tag));
+        }
+        if !extra
+            .iter()
+            .any(|a| *a == "--token" || *a == "--token-file")
+        {
+            if let Some(client) = &scheduler {
+                command.env("LOCALML_TOKEN", join_token(client));
+            }
+        }
         command
             .args([
                 "--name",
@@ -332,7 +447,23 @@ impl Worker {
             process,
             addr,
             http_addr,
+            name: name.to_string(),
+            scheduler,
         }
+    }
+
+    /// An inference client for this worker's own port, with an operator certificate
+    /// from its scheduler (the port accepts no one else).
+    pub async fn inference(&self) -> GrpcInferenceServiceClient<Channel> {
+        let scheduler = self
+            .scheduler
+            .as_deref()
+            .expect("the worker's scheduler was started by this harness");
+        let files = operator_certificate(scheduler);
+        let channel = localml_cli::trust::connect_worker(&self.addr, &self.name, &files)
+            .await
+            .expect("connect to the worker with an operator certificate");
+        client::inference_client(channel)
     }
 }
 

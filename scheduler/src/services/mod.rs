@@ -6,8 +6,10 @@
 //! - [`jobs`]: `localml.v1.Jobs`, durable async jobs; any replica answers.
 //! - [`cluster`]: `localml.v1.Cluster`, workers join, report and leave.
 //! - [`admin`]: `localml.v1.Admin`, operators' views, cordons and deployments.
+//! - [`trust`]: `localml.v1.Trust`, join tokens, operator certificates, worker removal.
 
 pub mod admin;
 pub mod cluster;
 pub mod inference;
 pub mod jobs;
+pub mod trust;
