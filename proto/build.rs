@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "localml/v1/cluster.proto",
         "localml/v1/jobs.proto",
         "localml/v1/keys.proto",
+        "localml/v1/trust.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -8,6 +8,7 @@
 //! - [`keys`]: which API key the CLI sends; the `localml keys` commands.
 //! - [`json`], [`npy`]: input tensors from JSON and NumPy files.
 //! - [`table`]: the `localml workers` and `localml models` tables.
+//! - [`trust`]: join tokens, operator certificates, worker removal; TLS to workers.
 //! - [`up`]: the all-in-one local cluster.
 
 pub mod client;
@@ -17,4 +18,5 @@ pub mod json;
 pub mod keys;
 pub mod npy;
 pub mod table;
+pub mod trust;
 pub mod up;

@@ -62,7 +62,23 @@ enum Command {
     },
     /// Show the workers: state, provider, RAM, power, queue, in-flight, models.
     Workers {
-        #[arg(long, default_value = DEFAULT_SERVER)]
+        #[command(subcommand)]
+        command: Option<WorkersCommand>,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
+        server: String,
+    },
+    /// Join tokens for workers (k3s-style: K10<ca-hash>::<id>.<secret>).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
+        server: String,
+    },
+    /// Certificates from the cluster CA for operators' tools.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
         server: String,
     },
     /// Cordon a worker: it gets no new work (like `kubectl cordon`).
@@ -112,6 +128,41 @@ enum Command {
     Scheduler(localml_scheduler::cli::SchedulerArgs),
     /// Run a worker (same flags as localml-worker).
     Worker(localml_worker::cli::WorkerArgs),
+}
+
+#[derive(Subcommand)]
+enum WorkersCommand {
+    /// Revoke a worker's certificate and forget it; it needs a new join token to return.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it (once: the scheduler keeps only its hash).
+    Create {
+        /// How long the token lets workers join: 24h, 30m, 7d; 0 for ever.
+        #[arg(long, default_value = "24h", value_parser = localml_cli::trust::parse_ttl)]
+        ttl: std::time::Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (id, expiry, description).
+    List,
+    /// Revoke a join token by id: it no longer lets workers join.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a client certificate and key (NAME.pem, NAME.key, ca.pem) for tools that
+    /// call workers directly (perf_analyzer, benchmarks).
+    Issue {
+        #[arg(long)]
+        name: String,
+        /// Directory for the files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 /// What to run: shared by `infer` and `jobs submit`.
@@ -368,7 +419,9 @@ async fn cordon(server: &str, worker: String, cordoned: bool) -> anyhow::Result<
 fn server_of(command: &Command) -> Option<&str> {
     match command {
         Command::Infer { server, .. }
-        | Command::Workers { server }
+        | Command::Workers { server, .. }
+        | Command::Token { server, .. }
+        | Command::Certs { server, .. }
         | Command::Cordon { server, .. }
         | Command::Uncordon { server, .. }
         | Command::Models { server }
@@ -407,7 +460,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => infer(request, server, show).await,
         Command::Cordon { worker, server } => cordon(&server, worker, true).await,
         Command::Uncordon { worker, server } => cordon(&server, worker, false).await,
-        Command::Workers { server } => {
+        Command::Workers {
+            command: Some(WorkersCommand::Remove { name }),
+            server,
+        } => {
+            localml_cli::trust::remove_worker(&server, &name).await?;
+            println!("worker {name} removed; its certificate is revoked");
+            Ok(())
+        }
+        Command::Token { command, server } => match command {
+            TokenCommand::Create { ttl, description } => {
+                println!(
+                    "{}",
+                    localml_cli::trust::create_token(&server, ttl, &description).await?
+                );
+                Ok(())
+            }
+            TokenCommand::List => {
+                let tokens = localml_cli::trust::list_tokens(&server).await?;
+                print!("{}", localml_cli::trust::token_table(&tokens));
+                Ok(())
+            }
+            TokenCommand::Revoke { id } => {
+                localml_cli::trust::revoke_token(&server, &id).await?;
+                println!("token {id} revoked");
+                Ok(())
+            }
+        },
+        Command::Certs {
+            command: CertsCommand::Issue { name, out },
+            server,
+        } => {
+            let files = localml_cli::trust::issue_certificate(&server, &name, &out).await?;
+            println!(
+                "wrote {}, {} and {}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            );
+            Ok(())
+        }
+        Command::Workers {
+            command: None,
+            server,
+        } => {
             let list = admin(&server)
                 .await?
                 .list_workers(ListWorkersRequest {})

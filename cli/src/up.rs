@@ -53,16 +53,27 @@ struct WorkerProcess {
     http: tokio::sync::oneshot::Receiver<String>,
 }
 
+/// How a worker of `localml up` joins: a token, and its data directory.
+struct Join<'a> {
+    token: &'a str,
+    data_dir: &'a std::path::Path,
+}
+
 async fn spawn_worker(
     name: &str,
     scheduler: &str,
     options: &UpOptions,
     library: &std::path::Path,
     threads: usize,
+    join: &Join<'_>,
 ) -> anyhow::Result<WorkerProcess> {
     let exe = std::env::current_exe().context("cannot find the localml executable")?;
     let mut child = Command::new(exe)
+        // The token goes through the environment, not argv (which `ps` shows).
+        .env("LOCALML_TOKEN", join.token)
         .arg("worker")
+        .arg("--data-dir")
+        .arg(join.data_dir.join("workers").join(name))
         .args([
             "--scheduler",
             scheduler,
@@ -159,6 +170,19 @@ pub async fn up(
         .map(|n| n.get())
         .unwrap_or(1);
     let threads = (cores / options.workers as usize).max(1);
+    // A short-lived join token for our own workers (k3s's server does the same for its
+    // agent); later starts reuse their certificates.
+    let token = crate::trust::create_token(
+        &endpoint.to_string(),
+        Duration::from_secs(3600),
+        "localml up",
+    )
+    .await
+    .context("cannot create a join token for the local workers")?;
+    let join = Join {
+        token: &token,
+        data_dir: &data_dir,
+    };
     let mut workers = Vec::new();
     for i in 1..=options.workers {
         workers.push(
@@ -168,6 +192,7 @@ pub async fn up(
                 &options,
                 &library,
                 threads,
+                &join,
             )
             .await?,
         );

@@ -39,6 +39,11 @@ pub struct SchedulerArgs {
     /// Import the admin key in FILE (e.g. a Kubernetes Secret) as `admin@file`.
     #[arg(long, value_name = "FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// Another name or address workers reach the cluster port by (repeatable); the
+    /// cluster certificate already covers the listen address, loopback, localhost and
+    /// the host name.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
 }
 
 impl SchedulerArgs {
@@ -71,6 +76,7 @@ impl SchedulerArgs {
         if let Some(v) = self.admin_key_file {
             c.admin_key_file = Some(v);
         }
+        c.tls_sans.extend(self.tls_san);
         c.validate()?;
         Ok(c)
     }

@@ -53,6 +53,9 @@ pub struct SchedulerConfig {
     /// A file holding an admin key made elsewhere (the Helm chart's Secret), imported at
     /// start as `admin@file`.
     pub admin_key_file: Option<std::path::PathBuf>,
+    /// More names and addresses for the cluster listener's certificate (`--tls-san`),
+    /// besides its listen address, loopback, `localhost` and the host name.
+    pub tls_sans: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -116,6 +119,7 @@ impl Default for SchedulerConfig {
             auth: crate::auth::AuthMode::Auto,
             insecure: false,
             admin_key_file: None,
+            tls_sans: Vec::new(),
         }
     }
 }

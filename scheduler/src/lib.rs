@@ -35,6 +35,7 @@ pub mod server;
 pub mod services;
 pub mod size_limit;
 pub mod stats;
+pub mod trust;
 pub mod workers;
 
 pub use server::{run, Listeners, SchedulerError};

@@ -9,11 +9,12 @@ use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use localml_proto::localml::v1::admin_server::AdminServer;
 use localml_proto::localml::v1::cluster_server::ClusterServer;
 use localml_proto::localml::v1::jobs_server::JobsServer;
+use localml_proto::localml::v1::trust_server::TrustServer;
 use localml_serving::service::OipService;
 use tokio::net::TcpListener;
 
 use crate::config::SchedulerConfig;
-use crate::services::{admin, cluster, inference, jobs as jobs_api};
+use crate::services::{admin, cluster, inference, jobs as jobs_api, trust as trust_api};
 use crate::workers::Workers;
 use crate::workers::{cordons, registrations};
 use crate::{config, deployments, dispatch, jobs, leader, observe, size_limit, stats};
@@ -46,6 +47,9 @@ pub enum SchedulerError {
     /// The API keys could not be read, or the first admin key not written.
     #[error(transparent)]
     Keys(#[from] crate::auth::keys::BootstrapError),
+    /// The cluster CA could not be read, created or used.
+    #[error("cluster CA: {0}")]
+    Trust(#[from] crate::trust::TrustStateError),
 }
 
 /// Runs the scheduler until `shutdown` completes; then both servers stop accepting and
@@ -81,7 +85,11 @@ pub async fn run(
             keys_required,
         )),
     };
-    let workers = Arc::new(Workers::new(config.max_message_bytes));
+    let hosts = crate::trust::listener_hosts(listeners.cluster.local_addr()?, &config.tls_sans);
+    let trust =
+        Arc::new(crate::trust::ClusterTrust::load_or_create(Arc::clone(&state), &hosts).await?);
+    tracing::info!(ca_sha256 = %trust.ca.hash(), "cluster CA");
+    let workers = Arc::new(Workers::new(config.max_message_bytes).with_tls(trust.dial()));
     let stats = Arc::new(stats::Stats::default());
     let profiles = localml_framework::profile::Profiles::build(&config.profiles)
         .map_err(config::ConfigError::Profiles)?;
@@ -194,9 +202,16 @@ pub async fn run(
     let assignments = Arc::new(deployments::Assignments::default());
     let assigned =
         tokio::spawn(Arc::clone(&assignments).follow(Arc::clone(&state), stopped.clone()));
+    let revocations = tokio::spawn(Arc::clone(&trust).follow_revocations(stopped.clone()));
+    let trust_api = TrustServer::new(trust_api::TrustService {
+        trust: Arc::clone(&trust),
+        workers: Arc::clone(&workers),
+        store: Arc::clone(&state),
+    });
     let cluster_api = ClusterServer::new(cluster::ClusterService {
         assignments,
         registrations,
+        trust: Arc::clone(&trust),
         workers: Arc::clone(&workers),
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
     });
@@ -208,11 +223,13 @@ pub async fn run(
         .add_service(jobs_api)
         .add_service(admin)
         .add_service(keys_api)
+        .add_service(trust_api)
         .serve_with_incoming_shutdown(
             localml_serving::service::incoming(listeners.clients),
             wait(stopped.clone()),
         );
     let cluster_server = tonic::transport::Server::builder()
+        .tls_config(trust.cluster_tls())?
         .add_service(cluster_api)
         .serve_with_incoming_shutdown(
             localml_serving::service::incoming(listeners.cluster),
@@ -242,7 +259,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
-    let (a, b, _, _, _, _, _, _, _) = tokio::join!(
+    let (a, b, _, _, _, _, _, _, _, _) = tokio::join!(
         clients,
         cluster_server,
         lifecycle,
@@ -251,7 +268,8 @@ pub async fn run(
         followed,
         assigned,
         store_check,
-        keys_followed
+        keys_followed,
+        revocations
     );
     if let Some(http) = http {
         let _ = http.await;

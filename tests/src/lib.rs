@@ -111,12 +111,19 @@ fn spawn_and_read_line(mut command: Command, name: &str) -> (Process, String) {
     let log = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match log {
         Some(path) => {
-            let file = std::fs::OpenOptions::new()
+            // Another test may have set the file and removed its directory since.
+            match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .expect("open the log file");
-            command.stderr(file).env("RUST_LOG", "debug");
+            {
+                Ok(file) => {
+                    command.stderr(file).env("RUST_LOG", "debug");
+                }
+                Err(_) => {
+                    command.stderr(Stdio::inherit());
+                }
+            }
         }
         None => {
             command.stderr(Stdio::inherit());
@@ -197,6 +204,10 @@ impl Scheduler {
         }
         let (process, addr, cluster_addr, http_addr) =
             Scheduler::spawn(&dir, &extra, &listen, "127.0.0.1:0");
+        admin_keys()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.clone(), dir.path().join("state/admin.key"));
         Scheduler {
             process,
             addr,
@@ -223,6 +234,7 @@ impl Scheduler {
         let (process, line) = spawn_and_read_line(command, "scheduler");
         let addr = address_after(&line, "listening on ");
         let cluster_addr = address_after(&line, "and ");
+        remember_scheduler(&cluster_addr, &addr);
         let http_addr = line
             .contains("http://")
             .then(|| address_after(&line, "http://"));
@@ -253,15 +265,7 @@ impl Scheduler {
     /// The first admin key the scheduler wrote into its data directory (it writes it
     /// right after printing its addresses).
     pub fn admin_key(&self) -> String {
-        let path = self.dir.path().join("state/admin.key");
-        let start = Instant::now();
-        loop {
-            match std::fs::read_to_string(&path) {
-                Ok(text) if text.ends_with('\n') => return text.trim().to_string(),
-                _ if start.elapsed() < SOON => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("read {}: {other:?}", path.display()),
-            }
-        }
+        read_admin_key(&self.dir.path().join("state/admin.key"))
     }
 
     /// The scheduler's data directory.
@@ -322,11 +326,144 @@ impl Scheduler {
     }
 }
 
+/// Client address of the scheduler serving each cluster address started by this test
+/// process, so workers started with only a cluster address get a join token.
+fn schedulers() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static MAP: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
+fn remember_scheduler(cluster: &str, client: &str) {
+    schedulers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cluster.to_string(), client.to_string());
+}
+
+/// The client address of the scheduler whose cluster address is `cluster`.
+pub fn client_address_of(cluster: &str) -> Option<String> {
+    schedulers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(cluster)
+        .cloned()
+}
+
+/// Runs `localml ARGS` and returns its standard output; panics when it fails.
+/// The first admin key file of each scheduler this test process started, by client
+/// address: the harness's own `localml` calls use it, so they work whether or not the
+/// scheduler requires API keys.
+fn admin_keys() -> &'static std::sync::Mutex<std::collections::HashMap<String, PathBuf>> {
+    static KEYS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default)
+}
+
+/// Reads an admin key file, waiting for the scheduler to write it.
+fn read_admin_key(path: &Path) -> String {
+    let start = Instant::now();
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(text) if text.ends_with('\n') => return text.trim().to_string(),
+            _ if start.elapsed() < SOON => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("read {}: {other:?}", path.display()),
+        }
+    }
+}
+
+/// Runs `localml` with `args` (which name `--server`); with the admin key of the
+/// scheduler at `server` when this process started it.
+pub fn localml(args: &[&str]) -> String {
+    let server = args
+        .iter()
+        .position(|a| *a == "--server")
+        .and_then(|i| args.get(i + 1));
+    let key_file = server.and_then(|s| {
+        admin_keys()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(*s)
+            .cloned()
+    });
+    let mut command = Command::new(bin("localml"));
+    command.args(args).env("RUST_LOG", "off");
+    if let Some(file) = key_file {
+        command.env("LOCALML_KEY", read_admin_key(&file));
+    }
+    let out = command.output().expect("run localml");
+    assert!(
+        out.status.success(),
+        "localml {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A join token from the scheduler at `client` (created once per scheduler and test
+/// process, never expiring).
+pub fn join_token(client: &str) -> String {
+    static TOKENS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, String>>,
+    > = std::sync::OnceLock::new();
+    let tokens = TOKENS.get_or_init(Default::default);
+    let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+    tokens
+        .entry(client.to_string())
+        .or_insert_with(|| {
+            localml(&["token", "create", "--ttl", "0", "--server", client])
+                .trim()
+                .to_string()
+        })
+        .clone()
+}
+
+/// An operator certificate (`localml certs issue`) from the scheduler at `client`, for
+/// calling workers directly; issued once per scheduler and test process.
+pub fn operator_certificate(client: &str) -> localml_cli::trust::CertFiles {
+    static DIRS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        std::sync::OnceLock::new();
+    let dirs = DIRS.get_or_init(Default::default);
+    let mut dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = dirs
+        .entry(client.to_string())
+        .or_insert_with(|| {
+            let dir = scratch_dir(&format!("operator-{}", client.replace([':', '.'], "-")));
+            let out = dir.to_string_lossy().into_owned();
+            localml(&[
+                "certs",
+                "issue",
+                "--name",
+                "test-operator",
+                "--out",
+                &out,
+                "--server",
+                client,
+            ]);
+            dir
+        })
+        .clone();
+    localml_cli::trust::CertFiles::in_dir(&dir, "test-operator")
+}
+
+/// A directory under this test process's scratch directory (kept for the process's life,
+/// so a worker restarted under the same name finds its certificate).
+fn scratch_dir(name: &str) -> PathBuf {
+    static ROOT: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| TempDir::new("scratch"));
+    let dir = root.path().join(name);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 pub struct Worker {
     pub process: Process,
     pub addr: String,
     /// `/metrics` and health address, when started with `--http-listen`.
     pub http_addr: Option<String>,
+    pub name: String,
+    /// Client address of the scheduler it joined, when the harness knows it.
+    pub scheduler: Option<String>,
 }
 
 impl Worker {
@@ -354,6 +491,22 @@ impl Worker {
         extra: &[&str],
     ) -> Worker {
         let mut command = Command::new(bin("localml-worker"));
+        // Workers join as an operator would set them up: a token from the scheduler (in
+        // the environment, as systemd passes it), a data directory per name.
+        let first = schedulers.split(',').next().unwrap_or_default().trim();
+        let scheduler = client_address_of(first);
+        if !extra.contains(&"--data-dir") {
+            let tag = format!("worker-{name}-{}", schedulers.replace([':', '.', ','], "-"));
+            command.arg("--data-dir").arg(scratch_dir(&tag));
+        }
+        if !extra
+            .iter()
+            .any(|a| *a == "--token" || *a == "--token-file")
+        {
+            if let Some(client) = &scheduler {
+                command.env("LOCALML_TOKEN", join_token(client));
+            }
+        }
         command
             .args([
                 "--name",
@@ -376,7 +529,23 @@ impl Worker {
             process,
             addr,
             http_addr,
+            name: name.to_string(),
+            scheduler,
         }
+    }
+
+    /// An inference client for this worker's own port, with an operator certificate
+    /// from its scheduler (the port accepts no one else).
+    pub async fn inference(&self) -> GrpcInferenceServiceClient<Connection> {
+        let scheduler = self
+            .scheduler
+            .as_deref()
+            .expect("the worker's scheduler was started by this harness");
+        let files = operator_certificate(scheduler);
+        let channel = localml_cli::trust::connect_worker(&self.addr, &self.name, &files)
+            .await
+            .expect("connect to the worker with an operator certificate");
+        client::inference_client(channel)
     }
 }
 

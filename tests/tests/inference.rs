@@ -26,7 +26,7 @@ async fn every_example_model_matches_onnxruntime_python_through_scheduler_and_wo
     let _w2 = Worker::start("w2", &scheduler, &[]);
     scheduler.wait_ready(&["w1", "w2"]).await;
     let mut via_scheduler = scheduler.inference().await;
-    let mut direct = inference_client(&w1.addr).await;
+    let mut direct = w1.inference().await;
     let examples = expected_examples();
     assert!(examples.len() >= 5, "expected files missing");
     let mut served_by = std::collections::HashSet::new();

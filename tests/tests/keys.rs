@@ -238,7 +238,11 @@ async fn keys_scopes_models_and_tenants_with_auth_required() {
         logged.contains("API key created"),
         "the log was captured at debug level"
     );
-    let secrets = [&admin_key, &infer, &text_only, &school, &clinic, &short];
+    // The worker's join token (the harness made it with `localml token create`) too.
+    let token = join_token(&scheduler.addr);
+    let secrets = [
+        &admin_key, &infer, &text_only, &school, &clinic, &short, &token,
+    ];
     let secret_part = |key: &str| key.split('.').nth(1).unwrap_or_default().to_string();
     let leaks = |text: &str| -> Vec<String> {
         secrets
@@ -253,6 +257,10 @@ async fn keys_scopes_models_and_tenants_with_auth_required() {
         leaks(&logged).is_empty(),
         "keys in the log: {:?}",
         leaks(&logged)
+    );
+    assert!(
+        !logged.contains("PRIVATE KEY"),
+        "a private key (the CA's, a worker's) in the log"
     );
 }
 

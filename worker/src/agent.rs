@@ -8,7 +8,7 @@ use std::time::Duration;
 use localml_proto::localml::v1::cluster_client::ClusterClient;
 use localml_proto::localml::v1::{JoinRequest, LeaveRequest, StatusReport};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::state::Worker;
 
@@ -19,14 +19,21 @@ const GPU_REFRESH_EVERY: u64 = 10;
 /// Report interval used until the scheduler says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// A lazily connected channel to the scheduler's cluster address.
-pub fn scheduler_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
+/// A lazily connected channel to the scheduler's cluster address, over mutual TLS with
+/// the worker's certificate (`tls`), or plaintext only where a caller checks an address.
+pub fn scheduler_channel(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let host = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))
+        .unwrap_or(address);
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{host}"))?.tls_config(tls.clone())?,
+        None => Endpoint::from_shared(format!("http://{host}"))?,
     };
-    Ok(Endpoint::from_shared(uri)?
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect_lazy())
@@ -76,7 +83,12 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 /// [`scheduler_addresses`]) until `shutdown` turns true; each replica keeps the worker's
 /// state, so losing one loses nothing. Names are resolved again every few seconds: new
 /// replicas get an agent, replaced ones lose theirs.
-pub async fn run_all(worker: Arc<Worker>, schedulers: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_all(
+    worker: Arc<Worker>,
+    schedulers: String,
+    tls: ClientTlsConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut agents: std::collections::HashMap<
         String,
         (tokio::task::JoinHandle<()>, watch::Sender<bool>),
@@ -87,7 +99,7 @@ pub async fn run_all(worker: Arc<Worker>, schedulers: String, mut shutdown: watc
             if agents.contains_key(address) {
                 continue;
             }
-            let channel = match scheduler_channel(address) {
+            let channel = match scheduler_channel(address, Some(&tls)) {
                 Ok(channel) => channel,
                 Err(e) => {
                     tracing::warn!(scheduler = %address, error = %e, "invalid scheduler address");
@@ -151,6 +163,7 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
             None => client
                 .join(JoinRequest {
                     status: Some(status),
+                    csr_pem: String::new(),
                 })
                 .await
                 .map(|r| {

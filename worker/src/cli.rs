@@ -64,6 +64,16 @@ pub struct WorkerArgs {
     /// Testing/demo aid: behave like a PC F times slower (F >= 1).
     #[arg(long, value_name = "F")]
     pub throttle: Option<f64>,
+    /// Join token from `localml token create` (K10...), needed for the first join only;
+    /// afterwards the worker uses its certificate from --data-dir.
+    #[arg(long, env = "LOCALML_TOKEN", hide_env_values = true)]
+    pub token: Option<localml_trust::Secret>,
+    /// File holding the join token (instead of --token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Where the worker keeps its certificate and key [default: /var/lib/localml-worker].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Exit when standard input closes (used by `localml up` so no worker outlives it).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
@@ -123,6 +133,15 @@ impl WorkerArgs {
         }
         if let Some(v) = self.throttle {
             c.throttle = v;
+        }
+        if let Some(v) = self.token {
+            c.token = Some(v);
+        }
+        if let Some(v) = self.token_file {
+            c.token_file = Some(v);
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
         }
         c.validate()?;
         Ok(c)

@@ -12,6 +12,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8101";
 /// Default scheduler cluster address (the scheduler's `--cluster-listen`).
 pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:8002";
 
+/// Default data directory (certificate and key).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/localml-worker";
+
 /// Everything a worker needs to start. Every key of the YAML file is optional.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +59,14 @@ pub struct WorkerConfig {
     /// `all`: load every model of the repository at start; `on_demand`: load only what
     /// the scheduler's deployments assign.
     pub load: LoadMode,
+    /// Where the worker keeps its certificate, key and the cluster CA (mode 0600).
+    pub data_dir: PathBuf,
+    /// A file holding the join token (a Kubernetes Secret, a systemd credential).
+    pub token_file: Option<PathBuf>,
+    /// The join token itself (`--token`, `LOCALML_TOKEN`); never read from YAML, so a
+    /// config file holds no secret. Needed only until the worker has its certificate.
+    #[serde(skip)]
+    pub token: Option<localml_trust::Secret>,
 }
 
 /// `on_low_battery`.
@@ -112,6 +123,9 @@ impl Default for WorkerConfig {
             throttle: 1.0,
             max_message_bytes: 64 * 1024 * 1024,
             load: LoadMode::All,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            token_file: None,
+            token: None,
         }
     }
 }
@@ -148,6 +162,21 @@ impl WorkerConfig {
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
         serde_yaml::from_str(&text)
             .map_err(|e| ConfigError::Parse(path.to_path_buf(), e.to_string()))
+    }
+
+    /// The join token: `--token`/`LOCALML_TOKEN`, else the `token_file`'s content.
+    pub fn join_token(&self) -> Result<Option<localml_trust::Secret>, ConfigError> {
+        if let Some(t) = self.token.as_ref().filter(|t| !t.expose().is_empty()) {
+            return Ok(Some(t.clone()));
+        }
+        match &self.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read(path.clone(), e))?;
+                Ok(Some(localml_trust::Secret::new(text.trim())))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Checks values that parse but make no sense.

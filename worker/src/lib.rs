@@ -14,11 +14,13 @@
 //! - [`service`]: the worker's `GRPCInferenceService`.
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and energy counters.
 //! - [`agent`]: join, report, leave.
+//! - [`credentials`]: the join token, the worker's certificate and key (mutual TLS).
 //! - [`cli`]: the worker's flags, shared by `localml-worker` and `localml worker`.
 
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod energy;
 pub mod hardware;
 pub mod model;
@@ -84,6 +86,9 @@ pub enum WorkerError {
     /// Another I/O failure (reading a bound listener's address).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The worker could not get or read its certificate (no token, wrong CA, refused).
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialError),
 }
 
 /// Loads every model version of the repository; a model that fails is logged and skipped.
@@ -253,9 +258,11 @@ pub async fn run(
         ));
     }
     for a in &addresses {
-        agent::scheduler_channel(a)
+        agent::scheduler_channel(a, None)
             .map_err(|e| WorkerError::SchedulerAddress(a.clone(), e.to_string()))?;
     }
+    let token = config.join_token()?;
+    let data_dir = config.data_dir.clone();
     let schedulers = config.scheduler.clone();
     let max_message = config.max_message_bytes;
     let on_demand = config.load == config::LoadMode::OnDemand;
@@ -301,10 +308,22 @@ pub async fn run(
             Ok(()) = ups_stopped => {}
         }
     };
+    // The certificate first: the inference port serves TLS with it, and the agents
+    // present it.
+    tokio::pin!(shutdown);
+    let status = worker.status();
+    let credentials = tokio::select! {
+        c = credentials::obtain(&data_dir, token.as_ref(), &addresses, &status) => c?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped before joining the cluster");
+            return Ok(());
+        }
+    };
     let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(agent::run_all(
         Arc::clone(&worker),
         schedulers,
+        credentials.cluster_tls(),
         agent_shutdown,
     ));
     let service = GrpcInferenceServiceServer::new(OipService(Arc::new(service::WorkerInference {
@@ -320,6 +339,7 @@ pub async fn run(
         let _ = agent.await;
     };
     tonic::transport::Server::builder()
+        .tls_config(credentials.server_tls())?
         .add_service(service)
         .serve_with_incoming_shutdown(localml_serving::service::incoming(listener), drain)
         .await?;

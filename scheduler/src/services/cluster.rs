@@ -1,14 +1,22 @@
 //! `localml.v1.Cluster`: workers join, report their status (renewing their lease) and
-//! leave. Served on the cluster port only.
+//! leave. Served on the cluster port only, over TLS.
+//!
+//! Who calls is decided here: a first join presents a join token (metadata
+//! `authorization: Bearer K10...`) and a certificate signing request, and gets a
+//! certificate for its name; every other call presents that certificate (mutual TLS),
+//! and the certificate's name is the worker's identity. Fetching the CA needs nothing.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use localml_proto::localml::v1::cluster_server::Cluster;
 use localml_proto::localml::v1::*;
+use localml_trust::ca::{Holder, Role};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::deployments::Assignments;
+use crate::trust::{ClusterTrust, TokenRejected};
 use crate::workers::registrations::Registrations;
 use crate::workers::Workers;
 
@@ -27,16 +35,42 @@ pub enum ClusterError {
     /// A leave for a worker id this scheduler does not know.
     #[error("unknown worker id '{0}'")]
     UnknownWorker(String),
+    /// Neither a worker certificate nor a join token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The join token was refused.
+    #[error("join token refused: {0}")]
+    Token(TokenRejected),
+    /// The worker's certificate names another worker than the call.
+    #[error("this certificate belongs to worker '{holder}', not '{named}'")]
+    NotYours { holder: String, named: String },
+    /// A first join under the name of a worker that is connected.
+    #[error("a worker named '{0}' is connected; a worker joins under its own name only")]
+    NameTaken(String),
+    /// A first join without a certificate signing request, or an unusable one.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store or the CA failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<ClusterError> for Status {
     fn from(e: ClusterError) -> Status {
         let message = e.to_string();
         match e {
-            ClusterError::MissingStatus | ClusterError::EmptyName | ClusterError::NoAddress(_) => {
-                Status::invalid_argument(message)
-            }
+            ClusterError::MissingStatus
+            | ClusterError::EmptyName
+            | ClusterError::NoAddress(_)
+            | ClusterError::BadRequest(_) => Status::invalid_argument(message),
             ClusterError::UnknownWorker(_) => Status::not_found(message),
+            ClusterError::Unauthenticated(_) => Status::unauthenticated(message),
+            ClusterError::Token(TokenRejected::Store(_)) | ClusterError::Internal(_) => {
+                Status::unavailable(message)
+            }
+            ClusterError::Token(_) => Status::unauthenticated(message),
+            ClusterError::NotYours { .. } => Status::permission_denied(message),
+            ClusterError::NameTaken(_) => Status::already_exists(message),
         }
     }
 }
@@ -45,6 +79,7 @@ pub struct ClusterService {
     pub workers: Arc<Workers>,
     pub assignments: Arc<Assignments>,
     pub registrations: Arc<Registrations>,
+    pub trust: Arc<ClusterTrust>,
     pub report_interval_ms: u32,
 }
 
@@ -59,21 +94,144 @@ fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, ClusterE
     Ok(status)
 }
 
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn join(&self, r: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let status = require_status(r.into_inner().status)?;
+/// The worker certificate the caller presented (TLS verified it against the CA), if any.
+pub fn worker_certificate<T>(
+    r: &Request<T>,
+    trust: &ClusterTrust,
+) -> Result<Option<Holder>, ClusterError> {
+    let Some(der) = r.peer_certs().and_then(|certs| certs.first().cloned()) else {
+        return Ok(None);
+    };
+    let holder = localml_trust::ca::holder(&der)
+        .map_err(|e| ClusterError::Unauthenticated(e.to_string()))?;
+    if holder.role != Some(Role::Worker) {
+        return Err(ClusterError::Unauthenticated(format!(
+            "certificate '{}' is not a worker's",
+            holder.name
+        )));
+    }
+    if trust.is_revoked(&holder) {
+        return Err(ClusterError::Unauthenticated(format!(
+            "the certificate of worker '{}' was revoked (localml workers remove)",
+            holder.name
+        )));
+    }
+    Ok(Some(holder))
+}
+
+fn require_certificate<T>(r: &Request<T>, trust: &ClusterTrust) -> Result<Holder, ClusterError> {
+    worker_certificate(r, trust)?.ok_or_else(|| {
+        ClusterError::Unauthenticated(
+            "this call needs the worker's certificate (mutual TLS); join with a token first".into(),
+        )
+    })
+}
+
+fn bearer<T>(r: &Request<T>) -> Option<String> {
+    let value = r.metadata().get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
+fn same_worker(holder: &Holder, named: &str) -> Result<(), ClusterError> {
+    if holder.name == named {
+        Ok(())
+    } else {
+        Err(ClusterError::NotYours {
+            holder: holder.name.clone(),
+            named: named.to_string(),
+        })
+    }
+}
+
+impl ClusterService {
+    fn sign(&self, csr: &str, name: &str) -> Result<String, ClusterError> {
+        self.trust
+            .ca
+            .sign_worker(csr, name, SystemTime::now())
+            .map_err(|e| ClusterError::BadRequest(e.to_string()))
+    }
+
+    async fn join_inner(&self, r: Request<JoinRequest>) -> Result<JoinResponse, ClusterError> {
+        let holder = worker_certificate(&r, &self.trust)?;
+        let token = bearer(&r);
+        let JoinRequest { status, csr_pem } = r.into_inner();
+        let status = require_status(status)?;
+        let certificate_pem = match holder {
+            // A rejoin or a renewal: the certificate says who it is.
+            Some(holder) => {
+                same_worker(&holder, &status.name)?;
+                if csr_pem.is_empty() {
+                    String::new()
+                } else {
+                    tracing::info!(worker = %status.name, "worker certificate renewed");
+                    self.sign(&csr_pem, &status.name)?
+                }
+            }
+            None => {
+                let token = token.ok_or_else(|| {
+                    ClusterError::Unauthenticated(
+                        "a first join needs a join token (--token); later calls need the worker's certificate".into(),
+                    )
+                })?;
+                self.trust
+                    .check_token(&token)
+                    .await
+                    .map_err(ClusterError::Token)?;
+                if csr_pem.is_empty() {
+                    return Err(ClusterError::BadRequest(
+                        "a join with a token must carry a certificate signing request".into(),
+                    ));
+                }
+                localml_trust::ca::validate_name(&status.name)
+                    .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+                if self.workers.is_live(&status.name) {
+                    return Err(ClusterError::NameTaken(status.name));
+                }
+                let certificate = self.sign(&csr_pem, &status.name)?;
+                tracing::info!(worker = %status.name, "worker joined with a token; certificate issued");
+                certificate
+            }
+        };
         let worker_id = self.workers.join(status.clone(), Instant::now());
         self.registrations.record(&status, true);
-        Ok(Response::new(JoinResponse {
+        Ok(JoinResponse {
             worker_id,
             report_interval_ms: self.report_interval_ms,
+            certificate_pem,
+            server_time_unix_ms: localml_proto::time::unix_ms() as i64,
+        })
+    }
+
+    /// The caller's certificate must name the worker `id` is registered for.
+    fn owns(&self, holder: &Holder, id: &str) -> Result<(), ClusterError> {
+        match self.workers.name_of(id) {
+            Some(name) => same_worker(holder, &name),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn get_ca(&self, _: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
+        Ok(Response::new(GetCaResponse {
+            ca_pem: self.trust.ca.cert_pem().to_string(),
         }))
     }
 
+    async fn join(&self, r: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Ok(Response::new(self.join_inner(r).await?))
+    }
+
     async fn report_status(&self, r: Request<StatusReport>) -> Result<Response<ReportAck>, Status> {
+        let holder = require_certificate(&r, &self.trust)?;
         let r = r.into_inner();
         let status = require_status(r.status)?;
+        same_worker(&holder, &status.name)?;
+        self.owns(&holder, &r.worker_id)?;
         let changed = self.workers.power_or_models_changed(&r.worker_id, &status);
         self.registrations.record(&status, changed);
         let (load, unload) = self.assignments.instructions(&status);
@@ -86,7 +244,9 @@ impl Cluster for ClusterService {
     }
 
     async fn leave(&self, r: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        let holder = require_certificate(&r, &self.trust)?;
         let id = r.into_inner().worker_id;
+        self.owns(&holder, &id)?;
         if self.workers.leave(&id) {
             Ok(Response::new(LeaveResponse {}))
         } else {

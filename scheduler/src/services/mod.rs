@@ -7,9 +7,11 @@
 //! - [`cluster`]: `localml.v1.Cluster`, workers join, report and leave.
 //! - [`admin`]: `localml.v1.Admin`, operators' views, cordons and deployments.
 //! - [`keys`]: `localml.v1.Keys`, API keys for clients and operators.
+//! - [`trust`]: `localml.v1.Trust`, join tokens, operator certificates, worker removal.
 
 pub mod admin;
 pub mod cluster;
 pub mod inference;
 pub mod jobs;
 pub mod keys;
+pub mod trust;

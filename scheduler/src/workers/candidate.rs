@@ -54,8 +54,17 @@ pub(super) fn connect(
     status: &pb::WorkerStatus,
     dispatched: &Arc<AtomicU32>,
     max_message_bytes: usize,
+    dial: Option<&crate::trust::WorkerDial>,
 ) -> Option<Arc<Candidate>> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", status.inference_address)).ok()?;
+    // Only the address in the worker's registration, and only a server whose certificate
+    // from the cluster CA names this worker.
+    let endpoint = match dial {
+        Some(dial) => Endpoint::from_shared(format!("https://{}", status.inference_address))
+            .ok()?
+            .tls_config(dial.for_worker(&status.name))
+            .ok()?,
+        None => Endpoint::from_shared(format!("http://{}", status.inference_address)).ok()?,
+    };
     let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)

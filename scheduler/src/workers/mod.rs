@@ -17,7 +17,7 @@ pub mod registrations;
 pub mod routing;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -78,8 +78,9 @@ fn power_of(status: &pb::WorkerStatus) -> PowerSource {
 
 pub struct Workers {
     workers: RwLock<HashMap<String, WorkerEntry>>,
-    next_id: AtomicU64,
     max_message_bytes: usize,
+    /// TLS for channels to workers (None: plaintext, in unit tests).
+    dial: Option<crate::trust::WorkerDial>,
     /// Origin of the snapshot clock.
     epoch: Instant,
     /// Names of cordoned workers (from the store, shared by every replica); kept for
@@ -95,11 +96,53 @@ impl Workers {
     pub fn new(max_message_bytes: usize) -> Workers {
         Workers {
             workers: RwLock::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
             max_message_bytes,
+            dial: None,
             epoch: Instant::now(),
             cordons: Default::default(),
         }
+    }
+
+    /// Dials workers over mutual TLS with `dial`.
+    pub fn with_tls(mut self, dial: crate::trust::WorkerDial) -> Workers {
+        self.dial = Some(dial);
+        self
+    }
+
+    fn connect(
+        &self,
+        id: &str,
+        status: &pb::WorkerStatus,
+        dispatched: &Arc<AtomicU32>,
+    ) -> Option<Arc<Candidate>> {
+        candidate::connect(
+            id,
+            status,
+            dispatched,
+            self.max_message_bytes,
+            self.dial.as_ref(),
+        )
+    }
+
+    /// Whether a worker named `name` is connected: it reports (Ready or Draining), here or
+    /// through another replica.
+    pub fn is_live(&self, name: &str) -> bool {
+        self.read()
+            .values()
+            .any(|w| w.status.name == name && w.state != WorkerState::NotReady)
+    }
+
+    /// The name the worker `id` registered under.
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.read().get(id).map(|w| w.status.name.clone())
+    }
+
+    /// Forgets the worker `name` (it was removed by an operator); true when it was known.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut workers = self.write();
+        let before = workers.len();
+        workers.retain(|_, w| w.status.name != name);
+        before != workers.len()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, WorkerEntry>> {
@@ -122,9 +165,13 @@ impl Workers {
     /// Adds an entry; a `remote` one (from the store) never replaces a worker that reports
     /// here, checked under the same lock as the insert.
     fn insert(&self, status: pb::WorkerStatus, now: Instant, remote: bool) -> String {
-        let id = format!("w{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        // Random, so an id says nothing about other workers' ids.
+        let id = format!(
+            "w-{}",
+            localml_trust::random_hex(8).unwrap_or_else(|_| format!("{:016x}", fastrand::u64(..)))
+        );
         let dispatched = Arc::new(AtomicU32::new(0));
-        let handle = candidate::connect(&id, &status, &dispatched, self.max_message_bytes);
+        let handle = self.connect(&id, &status, &dispatched);
         let (state, reason) = match (&handle, status.draining) {
             (None, _) => (
                 WorkerState::NotReady,
@@ -207,12 +254,7 @@ impl Workers {
                     if w.status.inference_address != status.inference_address
                         || w.status.name != status.name =>
                 {
-                    Some(candidate::connect(
-                        id,
-                        &status,
-                        &w.dispatched,
-                        self.max_message_bytes,
-                    ))
+                    Some(self.connect(id, &status, &w.dispatched))
                 }
                 Some(_) => None,
             }

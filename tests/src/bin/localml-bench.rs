@@ -161,8 +161,9 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         let mut clients = Vec::new();
-        for addr in [&worker.addr, &scheduler.addr] {
-            let c = localml_tests::inference_client(addr).await;
+        // The worker's port takes only clients with a certificate from the cluster CA.
+        let direct_client = worker.inference().await;
+        for c in [direct_client, scheduler.inference().await] {
             let r = request.clone();
             clients.push(
                 measure(concurrency, duration, move || {

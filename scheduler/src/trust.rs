@@ -1,0 +1,374 @@
+//! The cluster's trust state in the store: the CA (created once, by the first replica),
+//! join tokens (hashes only) and revoked workers; and the TLS settings derived from them
+//! (the cluster listener's, and the channels that dial workers). The certificate and
+//! token logic itself is `localml-trust`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use localml_proto::localml::v1::{JoinTokenInfo, RevokedWorker, StoredCa, StoredToken};
+use localml_store::{Event, Store, StoreError, Txn};
+use localml_trust::ca::{ClusterCa, Holder, Issued};
+use localml_trust::token::JoinToken;
+use localml_trust::TrustError;
+use prost::Message;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+pub const CA_KEY: &str = "trust/ca";
+pub const TOKENS: &str = "trust/tokens/";
+pub const REVOKED: &str = "trust/revoked/";
+
+/// Why the trust state cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustStateError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Creating or reading certificates failed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// A record in the store does not decode (the key is named).
+    #[error("corrupt record {0} in the store")]
+    Corrupt(String),
+}
+
+/// Why a join token is refused. The reasons never say which part of a secret was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRejected {
+    #[error(transparent)]
+    Malformed(TrustError),
+    /// The token pins another CA (it was created for another cluster, or before the CA
+    /// was rotated).
+    #[error("the join token is for another cluster CA")]
+    OtherCa,
+    #[error("unknown join token")]
+    Unknown,
+    #[error("the join token expired")]
+    Expired,
+    #[error(transparent)]
+    Store(#[from] TrustStateError),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The CA, this replica's certificate, and the revoked workers (followed from the store).
+pub struct ClusterTrust {
+    pub ca: ClusterCa,
+    /// This replica's certificate: served on the cluster port, presented to workers.
+    pub identity: Issued,
+    store: Arc<dyn Store>,
+    revoked: Mutex<HashMap<String, i64>>,
+}
+
+impl ClusterTrust {
+    /// Reads the CA from the store, creating it when there is none (a transaction that
+    /// writes only if the key is absent, so concurrent replicas agree on the first), and
+    /// issues this replica's certificate for `hosts`.
+    pub async fn load_or_create(
+        store: Arc<dyn Store>,
+        hosts: &[String],
+    ) -> Result<ClusterTrust, TrustStateError> {
+        let ca = match read_ca(store.as_ref()).await? {
+            Some(ca) => ca,
+            None => {
+                let ca = ClusterCa::generate(SystemTime::now())?;
+                let record = StoredCa {
+                    cert_pem: ca.cert_pem().to_string(),
+                    key_pem: ca.key_pem().to_string(),
+                };
+                let txn = Txn::new()
+                    .when(CA_KEY, 0)
+                    .put(CA_KEY, record.encode_to_vec(), 0);
+                match store.commit(txn).await? {
+                    Some(_) => {
+                        tracing::info!(ca_sha256 = %ca.hash(), "created the cluster CA");
+                        ca
+                    }
+                    // Another replica wrote one first: use it.
+                    None => read_ca(store.as_ref())
+                        .await?
+                        .ok_or_else(|| TrustStateError::Corrupt(CA_KEY.into()))?,
+                }
+            }
+        };
+        let identity = ca.issue_scheduler(&crate::leader::identity(), hosts, SystemTime::now())?;
+        Ok(ClusterTrust {
+            ca,
+            identity,
+            store,
+            revoked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// TLS for the cluster listener: the replica's certificate; client certificates from
+    /// the CA are asked for but optional at the TLS level (a first join has none), and
+    /// the services decide what needs one.
+    pub fn cluster_tls(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                &self.identity.cert_pem,
+                &self.identity.key_pem,
+            ))
+            .client_ca_root(Certificate::from_pem(self.ca.cert_pem()))
+            .client_auth_optional(true)
+    }
+
+    /// What dialing workers needs: the CA, this replica's client certificate.
+    pub fn dial(&self) -> WorkerDial {
+        WorkerDial {
+            ca: Certificate::from_pem(self.ca.cert_pem()),
+            identity: Identity::from_pem(&self.identity.cert_pem, &self.identity.key_pem),
+        }
+    }
+
+    /// Creates a join token valid for `ttl` (none: forever); returns its text once.
+    pub async fn create_token(
+        &self,
+        ttl: Option<Duration>,
+        description: &str,
+    ) -> Result<(String, JoinTokenInfo), TrustStateError> {
+        let token = JoinToken::generate(&self.ca.hash())?;
+        let created = now_ms();
+        let info = JoinTokenInfo {
+            id: token.id.clone(),
+            description: description.to_string(),
+            created_unix_ms: created,
+            expires_unix_ms: ttl.map_or(0, |t| created.saturating_add(t.as_millis() as i64)),
+        };
+        let record = StoredToken {
+            info: Some(info.clone()),
+            secret_sha256: token.secret_hash(),
+        };
+        self.store
+            .put(&format!("{TOKENS}{}", token.id), record.encode_to_vec())
+            .await?;
+        tracing::info!(token_id = %token.id, "join token created");
+        Ok((token.reveal(), info))
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<JoinTokenInfo>, TrustStateError> {
+        let (kvs, _) = self.store.list(TOKENS).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| StoredToken::decode(kv.value.as_slice()).ok())
+            .filter_map(|t| t.info)
+            .collect())
+    }
+
+    /// False when there is no such token.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, TrustStateError> {
+        let key = format!("{TOKENS}{}", localml_store::escape_segment(id));
+        if self.store.get(&key).await?.is_none() {
+            return Ok(false);
+        }
+        self.store.delete(&key).await?;
+        tracing::info!(token_id = id, "join token revoked");
+        Ok(true)
+    }
+
+    /// Checks a join token from a worker's metadata.
+    pub async fn check_token(&self, text: &str) -> Result<(), TokenRejected> {
+        let token = JoinToken::parse(text).map_err(TokenRejected::Malformed)?;
+        if token.ca_hash != self.ca.hash() {
+            return Err(TokenRejected::OtherCa);
+        }
+        let key = format!("{TOKENS}{}", token.id);
+        let record = self
+            .store
+            .get(&key)
+            .await
+            .map_err(TrustStateError::from)?
+            .ok_or(TokenRejected::Unknown)?;
+        let stored = StoredToken::decode(record.value.as_slice())
+            .map_err(|_| TrustStateError::Corrupt(key))?;
+        if !localml_trust::constant_time_eq(
+            stored.secret_sha256.as_bytes(),
+            token.secret_hash().as_bytes(),
+        ) {
+            return Err(TokenRejected::Unknown);
+        }
+        let expires = stored.info.map_or(0, |i| i.expires_unix_ms);
+        if expires != 0 && expires < now_ms() {
+            return Err(TokenRejected::Expired);
+        }
+        Ok(())
+    }
+
+    /// Refuses the worker `name`'s certificates issued until now, on every replica.
+    pub async fn revoke_worker(&self, name: &str) -> Result<(), TrustStateError> {
+        let record = RevokedWorker {
+            name: name.to_string(),
+            revoked_unix_ms: now_ms(),
+        };
+        let key = format!("{REVOKED}{}", localml_store::escape_segment(name));
+        self.store.put(&key, record.encode_to_vec()).await?;
+        self.apply_revoked(&record);
+        tracing::info!(worker = name, "worker certificates revoked");
+        Ok(())
+    }
+
+    fn apply_revoked(&self, record: &RevokedWorker) {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.insert(record.name.clone(), record.revoked_unix_ms);
+    }
+
+    /// Whether `holder`'s certificate was issued before its name was revoked.
+    pub fn is_revoked(&self, holder: &Holder) -> bool {
+        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(at) = revoked.get(&holder.name) else {
+            return false;
+        };
+        let issued = holder
+            .issued_at()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        issued <= *at
+    }
+
+    /// Follows `trust/revoked/` until `stop`, so a removal on one replica holds on all.
+    pub async fn follow_revocations(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        let store = Arc::clone(&self.store);
+        let apply = |kv: &localml_store::KeyValue| {
+            if let Ok(record) = RevokedWorker::decode(kv.value.as_slice()) {
+                self.apply_revoked(&record);
+            }
+        };
+        localml_store::follow(
+            store,
+            REVOKED,
+            stop,
+            |kvs| kvs.iter().for_each(apply),
+            |event| {
+                if let Event::Put(kv) = event {
+                    apply(&kv)
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// TLS for channels to workers: the CA that signed them, and this replica's identity.
+#[derive(Clone)]
+pub struct WorkerDial {
+    ca: Certificate,
+    identity: Identity,
+}
+
+impl WorkerDial {
+    /// Client TLS for the worker `name`: its certificate must name it.
+    pub fn for_worker(&self, name: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+            .domain_name(name)
+    }
+}
+
+async fn read_ca(store: &dyn Store) -> Result<Option<ClusterCa>, TrustStateError> {
+    let Some(kv) = store.get(CA_KEY).await? else {
+        return Ok(None);
+    };
+    let record = StoredCa::decode(kv.value.as_slice())
+        .map_err(|_| TrustStateError::Corrupt(CA_KEY.into()))?;
+    Ok(Some(ClusterCa::from_pem(
+        &record.cert_pem,
+        &record.key_pem,
+    )?))
+}
+
+/// The names and addresses the cluster listener's certificate is valid for: the listen
+/// address (unless a wildcard), loopback, `localhost`, this PC's host name, and
+/// `--tls-san` entries.
+pub fn listener_hosts(bound: std::net::SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if !bound.ip().is_unspecified() {
+        hosts.push(bound.ip().to_string());
+    }
+    hosts.extend(["127.0.0.1", "::1", "localhost"].map(String::from));
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name = name.trim();
+        if localml_trust::ca::validate_name(name).is_ok() {
+            hosts.push(name.to_string());
+        }
+    }
+    hosts.extend(extra.iter().cloned());
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Arc<dyn Store> {
+        let dir = std::env::temp_dir().join(format!(
+            "localml-trust-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        Arc::new(localml_store::embedded::EmbeddedStore::open(&dir).expect("store"))
+    }
+
+    #[tokio::test]
+    async fn replicas_share_the_first_ca_and_tokens_check_out() {
+        let store = store();
+        let hosts = ["127.0.0.1".to_string()];
+        let a = ClusterTrust::load_or_create(Arc::clone(&store), &hosts)
+            .await
+            .expect("a");
+        let b = ClusterTrust::load_or_create(Arc::clone(&store), &hosts)
+            .await
+            .expect("b");
+        assert_eq!(a.ca.hash(), b.ca.hash());
+        let (text, info) = a.create_token(None, "test").await.expect("token");
+        b.check_token(&text)
+            .await
+            .expect("valid on the other replica");
+        assert!(!store
+            .get(&format!("{TOKENS}{}", info.id))
+            .await
+            .expect("get")
+            .expect("stored")
+            .value
+            .windows(8)
+            .any(|w| text.contains(std::str::from_utf8(w).unwrap_or("\0"))));
+        let wrong_secret = format!("{}0", &text[..text.len() - 1]);
+        let wrong_secret = if wrong_secret == text {
+            format!("{}1", &text[..text.len() - 1])
+        } else {
+            wrong_secret
+        };
+        assert!(matches!(
+            b.check_token(&wrong_secret).await,
+            Err(TokenRejected::Unknown)
+        ));
+        let other_ca = text.replacen(&a.ca.hash()[..4], "ffff", 1);
+        if other_ca != text {
+            assert!(matches!(
+                b.check_token(&other_ca).await,
+                Err(TokenRejected::OtherCa)
+            ));
+        }
+        assert!(b.revoke_token(&info.id).await.expect("revoke"));
+        assert!(matches!(
+            a.check_token(&text).await,
+            Err(TokenRejected::Unknown)
+        ));
+        let (expired, _) = a
+            .create_token(Some(Duration::ZERO), "")
+            .await
+            .expect("token");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(matches!(
+            a.check_token(&expired).await,
+            Err(TokenRejected::Expired)
+        ));
+    }
+}

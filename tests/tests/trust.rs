@@ -1,0 +1,437 @@
+//! The trust boundary between workers and the scheduler (issue #10), with real processes:
+//! join tokens that pin the cluster CA, mutual TLS with certificates that name workers,
+//! and a worker inference port that only takes clients with a certificate from the CA.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use localml_proto::inference::ServerLiveRequest;
+use localml_proto::localml::v1::cluster_client::ClusterClient;
+use localml_proto::localml::v1::{JoinRequest, LeaveRequest, StatusReport, WorkerStatus};
+use localml_tests::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A channel to the scheduler's cluster port, over TLS verified by the CA, presenting
+/// `identity` (cert, key) when given.
+async fn cluster_channel(scheduler: &Scheduler, identity: Option<(String, String)>) -> Channel {
+    let ca = std::fs::read_to_string(operator_certificate(&scheduler.addr).ca).expect("ca.pem");
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{}", scheduler.cluster_addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect over TLS")
+}
+
+fn status(name: &str) -> WorkerStatus {
+    WorkerStatus {
+        name: name.into(),
+        inference_address: "127.0.0.1:9".into(),
+        ..Default::default()
+    }
+}
+
+/// The certificate and key a worker keeps in `dir`.
+fn worker_identity(dir: &Path) -> (String, String) {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("credential file");
+    (read("worker.pem"), read("worker.key"))
+}
+
+/// Runs a worker that is expected to stop by itself; returns its exit code and stderr.
+fn run_worker_until_exit(
+    scheduler: &Scheduler,
+    name: &str,
+    data_dir: &Path,
+    token: Option<&str>,
+) -> (Option<i32>, String) {
+    let mut command = Command::new(bin("localml-worker"));
+    command
+        .args(["--name", name, "--listen", "127.0.0.1:0", "--scheduler"])
+        .arg(&scheduler.cluster_addr)
+        .args(["--intra-op-threads", "1", "--models"])
+        .arg(models_dir())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .env_remove("LOCALML_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("LOCALML_TOKEN", token);
+    }
+    let mut child = command.spawn().expect("start worker");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let start = Instant::now();
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if start.elapsed() > SOON {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("worker {name} did not stop by itself within {SOON:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, reader.join().expect("stderr reader"))
+}
+
+#[tokio::test]
+async fn a_worker_without_a_token_or_certificate_cannot_join_or_report() {
+    let scheduler = Scheduler::start();
+    let dir = TempDir::new("no-token");
+    let (code, stderr) = run_worker_until_exit(&scheduler, "intruder", dir.path(), None);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("no join token"), "{stderr}");
+
+    let mut cluster = ClusterClient::new(cluster_channel(&scheduler, None).await);
+    let join = cluster
+        .join(JoinRequest {
+            status: Some(status("intruder")),
+            csr_pem: String::new(),
+        })
+        .await
+        .expect_err("no credential");
+    assert_eq!(join.code(), tonic::Code::Unauthenticated, "{join:?}");
+    let report = cluster
+        .report_status(StatusReport {
+            worker_id: "w-0000000000000000".into(),
+            status: Some(status("intruder")),
+        })
+        .await
+        .expect_err("no certificate");
+    assert_eq!(report.code(), tonic::Code::Unauthenticated, "{report:?}");
+    let leave = cluster
+        .leave(LeaveRequest {
+            worker_id: "w-0000000000000000".into(),
+        })
+        .await
+        .expect_err("no certificate");
+    assert_eq!(leave.code(), tonic::Code::Unauthenticated, "{leave:?}");
+
+    // A malformed token is refused with the reason, without echoing it.
+    let secret_looking = "K10nothex::abcdef.0123456789abcdef0123456789abcdef";
+    let mut request = tonic::Request::new(JoinRequest {
+        status: Some(status("intruder")),
+        csr_pem: "garbage".into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {secret_looking}").parse().expect("ascii"),
+    );
+    let refused = cluster.join(request).await.expect_err("malformed");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("malformed"), "{refused:?}");
+    assert!(
+        !refused.message().contains("0123456789abcdef"),
+        "{refused:?}"
+    );
+
+    // A valid token with a garbage CSR: INVALID_ARGUMENT, not a panic.
+    let mut request = tonic::Request::new(JoinRequest {
+        status: Some(status("intruder")),
+        csr_pem:
+            "-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n"
+                .into(),
+    });
+    let token = join_token(&scheduler.addr);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    let refused = cluster.join(request).await.expect_err("garbage csr");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    // Plaintext is not spoken on the cluster port.
+    let plain = Endpoint::from_shared(format!("http://{}", scheduler.cluster_addr))
+        .expect("uri")
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let answer = ClusterClient::new(channel)
+            .join(JoinRequest {
+                status: Some(status("intruder")),
+                csr_pem: String::new(),
+            })
+            .await;
+        assert!(answer.is_err(), "plaintext join answered: {answer:?}");
+    }
+    assert!(scheduler.worker_state("intruder").await.is_none());
+}
+
+#[tokio::test]
+async fn a_token_for_another_ca_is_refused_naming_both_hashes() {
+    let scheduler = Scheduler::start();
+    let token = join_token(&scheduler.addr);
+    let served = localml_trust::sha256_hex(
+        &std::fs::read(operator_certificate(&scheduler.addr).ca).expect("ca.pem"),
+    );
+    assert!(token.contains(&served), "the token pins the served CA");
+    let pinned = "0".repeat(64);
+    let wrong = token.replace(&served, &pinned);
+    let dir = TempDir::new("wrong-ca");
+    let (code, stderr) = run_worker_until_exit(&scheduler, "pc-wrong", dir.path(), Some(&wrong));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&served) && stderr.contains(&pinned),
+        "names both hashes: {stderr}"
+    );
+    let secret = token.rsplit('.').next().expect("secret");
+    assert!(
+        !stderr.contains(secret),
+        "the secret is never logged: {stderr}"
+    );
+    assert!(!dir.path().join("worker.key").exists());
+    assert!(scheduler.worker_state("pc-wrong").await.is_none());
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_take_a_live_workers_name_or_act_for_another() {
+    let scheduler = Scheduler::start();
+    let dir = TempDir::new("pc-a");
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let first = Worker::start("pc-a", &scheduler, &["--data-dir", &data_dir]);
+    let _other = Worker::start("pc-b", &scheduler, &[]);
+    scheduler.wait_ready(&["pc-a", "pc-b"]).await;
+
+    // A token join under the live name: ALREADY_EXISTS.
+    let request = localml_trust::ca::certificate_request("pc-a").expect("csr");
+    let mut join = tonic::Request::new(JoinRequest {
+        status: Some(status("pc-a")),
+        csr_pem: request.cert_pem,
+    });
+    let token = join_token(&scheduler.addr);
+    join.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    let mut anonymous = ClusterClient::new(cluster_channel(&scheduler, None).await);
+    let taken = anonymous.join(join).await.expect_err("name taken");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+
+    // A second process with a token and the same name does not replace the first.
+    let _impostor = Worker::start("pc-a", &scheduler, &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let listed = scheduler.workers().await;
+    let pc_a: Vec<_> = listed
+        .iter()
+        .filter(|w| w.status.as_ref().is_some_and(|s| s.name == "pc-a"))
+        .collect();
+    assert_eq!(pc_a.len(), 1, "{listed:?}");
+    assert_eq!(
+        pc_a[0].status.as_ref().map(|s| s.inference_address.clone()),
+        Some(first.addr.clone())
+    );
+
+    // pc-a's certificate cannot report, join or leave as pc-b.
+    let mut as_a =
+        ClusterClient::new(cluster_channel(&scheduler, Some(worker_identity(dir.path()))).await);
+    let b_id = listed
+        .iter()
+        .find(|w| w.status.as_ref().is_some_and(|s| s.name == "pc-b"))
+        .map(|w| w.id.clone())
+        .expect("pc-b listed");
+    assert!(
+        !b_id.starts_with("w1") && b_id.len() > 8,
+        "random id: {b_id}"
+    );
+    let report = as_a
+        .report_status(StatusReport {
+            worker_id: b_id.clone(),
+            status: Some(status("pc-b")),
+        })
+        .await
+        .expect_err("not pc-a's");
+    assert_eq!(report.code(), tonic::Code::PermissionDenied, "{report:?}");
+    let report = as_a
+        .report_status(StatusReport {
+            worker_id: b_id.clone(),
+            status: Some(status("pc-a")),
+        })
+        .await
+        .expect_err("pc-b's id");
+    assert_eq!(report.code(), tonic::Code::PermissionDenied, "{report:?}");
+    let leave = as_a
+        .leave(LeaveRequest { worker_id: b_id })
+        .await
+        .expect_err("not pc-a's");
+    assert_eq!(leave.code(), tonic::Code::PermissionDenied, "{leave:?}");
+    let join = as_a
+        .join(JoinRequest {
+            status: Some(status("pc-b")),
+            csr_pem: String::new(),
+        })
+        .await
+        .expect_err("not pc-a's name");
+    assert_eq!(join.code(), tonic::Code::PermissionDenied, "{join:?}");
+    scheduler.wait_ready(&["pc-a", "pc-b"]).await;
+}
+
+#[tokio::test]
+async fn a_restarted_worker_rejoins_with_its_certificate_without_a_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let scheduler = Scheduler::start();
+    let dir = TempDir::new("restart");
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let mut worker = Worker::start("pc-r", &scheduler, &["--data-dir", &data_dir]);
+    scheduler.wait_ready(&["pc-r"]).await;
+    for file in ["worker.key", "worker.pem", "ca.pem"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .expect("credential file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    worker.process.kill9();
+    // No token this time: the certificate is the credential.
+    let again = Worker::start(
+        "pc-r",
+        &scheduler,
+        &["--data-dir", &data_dir, "--token", ""],
+    );
+    let ok = wait_until(SOON, || async {
+        scheduler.workers().await.iter().any(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| s.name == "pc-r" && s.inference_address == again.addr)
+                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
+        })
+    })
+    .await;
+    assert!(ok, "{:?}", scheduler.workers().await);
+    let mut client = scheduler.inference().await;
+    client
+        .model_infer(image_request(1))
+        .await
+        .expect("served by the restarted worker");
+}
+
+#[tokio::test]
+async fn a_workers_inference_port_takes_only_clients_with_a_cluster_certificate() {
+    let scheduler = Scheduler::start();
+    let worker = Worker::start("pc-i", &scheduler, &[]);
+    scheduler.wait_ready(&["pc-i"]).await;
+    // Plaintext: refused.
+    if let Ok(channel) = Endpoint::from_shared(format!("http://{}", worker.addr))
+        .expect("uri")
+        .connect()
+        .await
+    {
+        let answer = client_live(channel).await;
+        assert!(answer.is_err(), "plaintext answered");
+    }
+    // TLS that trusts the CA but presents no certificate: refused.
+    let ca = std::fs::read_to_string(operator_certificate(&scheduler.addr).ca).expect("ca.pem");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("pc-i");
+    let anonymous = Endpoint::from_shared(format!("https://{}", worker.addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls");
+    let refused = match anonymous.connect().await {
+        Ok(channel) => client_live(channel).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate was served");
+    // A certificate from another CA: refused.
+    let other = localml_trust::ca::ClusterCa::generate(std::time::SystemTime::now()).expect("ca");
+    let stranger = other
+        .issue_operator("stranger", std::time::SystemTime::now())
+        .expect("cert");
+    let ca = std::fs::read_to_string(operator_certificate(&scheduler.addr).ca).expect("ca.pem");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(stranger.cert_pem, stranger.key_pem))
+        .domain_name("pc-i");
+    let foreign = Endpoint::from_shared(format!("https://{}", worker.addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls");
+    let refused = match foreign.connect().await {
+        Ok(channel) => client_live(channel).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client with another CA's certificate was served");
+    // An operator certificate from `localml certs issue`: served.
+    let mut operator = worker.inference().await;
+    operator
+        .server_live(ServerLiveRequest {})
+        .await
+        .expect("operator certificate accepted");
+}
+
+async fn client_live(channel: Channel) -> Result<(), tonic::Status> {
+    localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+        channel,
+    )
+    .server_live(ServerLiveRequest {})
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn revoked_tokens_and_removed_workers_are_refused() {
+    let scheduler = Scheduler::start();
+    let token = localml(&[
+        "token",
+        "create",
+        "--ttl",
+        "1h",
+        "--description",
+        "to revoke",
+        "--server",
+        &scheduler.addr,
+    ])
+    .trim()
+    .to_string();
+    let parsed = localml_trust::token::JoinToken::parse(&token).expect("token format");
+    let list = localml(&["token", "list", "--server", &scheduler.addr]);
+    assert!(
+        list.contains(&parsed.id) && list.contains("to revoke"),
+        "{list}"
+    );
+    let secret = token.rsplit('.').next().expect("secret");
+    assert!(!list.contains(secret), "{list}");
+    localml(&["token", "revoke", &parsed.id, "--server", &scheduler.addr]);
+    assert!(!localml(&["token", "list", "--server", &scheduler.addr]).contains(&parsed.id));
+
+    let dir = TempDir::new("revoked-token");
+    let (code, stderr) = run_worker_until_exit(&scheduler, "pc-late", dir.path(), Some(&token));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("unknown join token"), "{stderr}");
+    assert!(
+        !stderr.contains(secret),
+        "the secret is never logged: {stderr}"
+    );
+
+    // `localml workers remove`: the worker's certificate is refused from then on.
+    let _gone = Worker::start("pc-gone", &scheduler, &[]);
+    scheduler.wait_ready(&["pc-gone"]).await;
+    localml(&["workers", "remove", "pc-gone", "--server", &scheduler.addr]);
+    let refused = wait_until(SOON, || async {
+        scheduler.worker_state("pc-gone").await.is_none()
+    })
+    .await;
+    assert!(refused, "{:?}", scheduler.workers().await);
+    // It keeps trying with its revoked certificate and stays out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        scheduler.worker_state("pc-gone").await.is_none(),
+        "{:?}",
+        scheduler.workers().await
+    );
+}
