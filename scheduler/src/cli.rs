@@ -44,6 +44,15 @@ pub struct SchedulerArgs {
     /// the host name.
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
+    /// A cluster CA made elsewhere (e.g. the Helm chart's Secret): certificate, PEM.
+    #[arg(long, value_name = "FILE", requires = "ca_key_file")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// The CA's private key, PEM (PKCS#8).
+    #[arg(long, value_name = "FILE", requires = "ca_cert_file")]
+    pub ca_key_file: Option<PathBuf>,
+    /// Import the join token in FILE (it must pin the cluster CA).
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
@@ -77,6 +86,15 @@ impl SchedulerArgs {
             c.admin_key_file = Some(v);
         }
         c.tls_sans.extend(self.tls_san);
+        if let Some(v) = self.ca_cert_file {
+            c.ca_cert_file = Some(v);
+        }
+        if let Some(v) = self.ca_key_file {
+            c.ca_key_file = Some(v);
+        }
+        if let Some(v) = self.join_token_file {
+            c.join_token_file = Some(v);
+        }
         c.validate()?;
         Ok(c)
     }

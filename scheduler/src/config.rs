@@ -56,6 +56,12 @@ pub struct SchedulerConfig {
     /// More names and addresses for the cluster listener's certificate (`--tls-san`),
     /// besides its listen address, loopback, `localhost` and the host name.
     pub tls_sans: Vec<String>,
+    /// A cluster CA made elsewhere (the Helm chart's Secret): its certificate and key,
+    /// PEM; installed in the store at start.
+    pub ca_cert_file: Option<std::path::PathBuf>,
+    pub ca_key_file: Option<std::path::PathBuf>,
+    /// A join token made elsewhere (the Helm chart's Secret), imported at start.
+    pub join_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -120,6 +126,9 @@ impl Default for SchedulerConfig {
             insecure: false,
             admin_key_file: None,
             tls_sans: Vec::new(),
+            ca_cert_file: None,
+            ca_key_file: None,
+            join_token_file: None,
         }
     }
 }
@@ -167,6 +176,12 @@ impl SchedulerConfig {
             return invalid(
                 "worker_grace_period_ms",
                 "must be longer than report_interval_ms",
+            );
+        }
+        if self.ca_cert_file.is_some() != self.ca_key_file.is_some() {
+            return invalid(
+                "ca_cert_file",
+                "and ca_key_file go together: give both or neither",
             );
         }
         if self.dispatch_attempts == 0 {

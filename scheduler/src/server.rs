@@ -86,8 +86,15 @@ pub async fn run(
         )),
     };
     let hosts = crate::trust::listener_hosts(listeners.cluster.local_addr()?, &config.tls_sans);
+    let ca_files = config
+        .ca_cert_file
+        .as_deref()
+        .zip(config.ca_key_file.as_deref());
     let trust =
-        Arc::new(crate::trust::ClusterTrust::load_or_create(Arc::clone(&state), &hosts).await?);
+        Arc::new(crate::trust::ClusterTrust::load(Arc::clone(&state), &hosts, ca_files).await?);
+    if let Some(file) = &config.join_token_file {
+        trust.import_token(file).await?;
+    }
     tracing::info!(ca_sha256 = %trust.ca.hash(), "cluster CA");
     let workers = Arc::new(Workers::new(config.max_message_bytes).with_tls(trust.dial()));
     let stats = Arc::new(stats::Stats::default());

@@ -31,6 +31,10 @@ pub enum TrustStateError {
     /// A record in the store does not decode (the key is named).
     #[error("corrupt record {0} in the store")]
     Corrupt(String),
+    /// A CA or token file (`--ca-cert-file`, `--join-token-file`) cannot be used; the
+    /// message names the file, never its secret content.
+    #[error("{0}")]
+    File(String),
 }
 
 /// Why a join token is refused. The reasons never say which part of a secret was wrong.
@@ -74,6 +78,40 @@ impl ClusterTrust {
         store: Arc<dyn Store>,
         hosts: &[String],
     ) -> Result<ClusterTrust, TrustStateError> {
+        ClusterTrust::load(store, hosts, None).await
+    }
+
+    /// As [`ClusterTrust::load_or_create`], with a CA made elsewhere (the Helm chart's
+    /// Secret: `--ca-cert-file`, `--ca-key-file`), which replaces the stored one when it
+    /// differs: the files are the source of truth.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        hosts: &[String],
+        files: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ClusterTrust, TrustStateError> {
+        if let Some((cert, key)) = files {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", p.display())))
+            };
+            let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+            let ca = ClusterCa::from_pem(&cert_pem, &key_pem).map_err(|e| {
+                TrustStateError::File(format!(
+                    "the CA in {} and {} cannot be used: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            let stored = read_ca(store.as_ref()).await?;
+            if stored.as_ref().map(|s| s.hash()) != Some(ca.hash()) {
+                let record = StoredCa {
+                    cert_pem: cert_pem.clone(),
+                    key_pem: key_pem.clone(),
+                };
+                store.put(CA_KEY, record.encode_to_vec()).await?;
+                tracing::info!(ca_sha256 = %ca.hash(), file = %cert.display(), "cluster CA installed from files");
+            }
+        }
         let ca = match read_ca(store.as_ref()).await? {
             Some(ca) => ca,
             None => {
@@ -196,6 +234,45 @@ impl ClusterTrust {
         let expires = stored.info.map_or(0, |i| i.expires_unix_ms);
         if expires != 0 && expires < now_ms() {
             return Err(TokenRejected::Expired);
+        }
+        Ok(())
+    }
+
+    /// Imports a join token made elsewhere (the Helm chart's Secret, `--join-token-file`):
+    /// it must pin this cluster's CA; its secret's hash is stored (never expiring) unless
+    /// the token is already known.
+    pub async fn import_token(&self, path: &std::path::Path) -> Result<(), TrustStateError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", path.display())))?;
+        let token = JoinToken::parse(&text).map_err(|e| {
+            TrustStateError::File(format!(
+                "{} does not hold a join token: {e}",
+                path.display()
+            ))
+        })?;
+        if token.ca_hash != self.ca.hash() {
+            return Err(TrustStateError::File(format!(
+                "the join token in {} pins CA {} but the cluster CA is {}",
+                path.display(),
+                token.ca_hash,
+                self.ca.hash()
+            )));
+        }
+        let key = format!("{TOKENS}{}", token.id);
+        let record = StoredToken {
+            info: Some(JoinTokenInfo {
+                id: token.id.clone(),
+                description: format!("imported from {}", path.display()),
+                created_unix_ms: now_ms(),
+                expires_unix_ms: 0,
+            }),
+            secret_sha256: token.secret_hash(),
+        };
+        let txn = Txn::new()
+            .when(&key, 0)
+            .put(&key, record.encode_to_vec(), 0);
+        if self.store.commit(txn).await?.is_some() {
+            tracing::info!(token_id = %token.id, file = %path.display(), "join token imported");
         }
         Ok(())
     }

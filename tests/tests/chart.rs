@@ -64,6 +64,107 @@ fn template(set: &str, extra: &[&str]) -> (bool, String, String) {
     run_helm(&args)
 }
 
+/// The decoded value of `field` in the rendered Secret `name`.
+fn secret_data(rendered: &str, name: &str, field: &str) -> String {
+    let encoded = rendered
+        .split(&format!("name: {name}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split(&format!("\n  {field}: \"")).nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no {field} in the Secret {name}"));
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(encoded.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64 -d");
+    String::from_utf8_lossy(&decoded.stdout).into_owned()
+}
+
+/// The chart's generated secrets work with the real binaries: a scheduler started with
+/// the chart's CA (an Ed25519 key made by Helm's genCAWithKey), join token and admin key,
+/// as the chart's pod starts it, and a worker that joins with the chart's token, serve
+/// inference to a client using the chart's admin key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_ca_token_and_admin_key_run_a_real_cluster() {
+    let (ok, rendered, err) = template("default", &[]);
+    assert!(ok, "{err}");
+    let dir = TempDir::new("chart-secrets");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    };
+    let cert = write("tls.crt", secret_data(&rendered, "localml-ca", "tls.crt"));
+    let key = write("tls.key", secret_data(&rendered, "localml-ca", "tls.key"));
+    let token = secret_data(&rendered, "localml-join-token", "token");
+    let token_file = write("token", token.clone());
+    let admin = secret_data(&rendered, "localml-admin-key", "key");
+    let admin_file = write("admin", admin.clone());
+    assert!(
+        token.starts_with("K10"),
+        "a k3s-style token: {}",
+        &token[..3]
+    );
+    let scheduler = localml_tests::Scheduler::start_full(
+        localml_tests::TEST_SCHEDULER_CONFIG,
+        &[
+            "--auth",
+            "required",
+            "--ca-cert-file",
+            &cert,
+            "--ca-key-file",
+            &key,
+            "--join-token-file",
+            &token_file,
+            "--admin-key-file",
+            &admin_file,
+        ],
+    );
+    let _worker = localml_tests::Worker::start("node-1-cpu", &scheduler, &["--token", &token]);
+    scheduler.wait_ready(&["node-1-cpu"]).await;
+    let channel = localml_cli::client::connect_with_key(
+        &scheduler.addr,
+        std::time::Duration::from_secs(10),
+        Some(&admin),
+    )
+    .await
+    .expect("connect");
+    let response = localml_cli::client::inference_client(channel)
+        .model_infer(localml_tests::image_request(1))
+        .await
+        .expect("inference through the chart's credentials")
+        .into_inner();
+    assert_eq!(
+        localml_cli::client::served_by(&response).as_deref(),
+        Some("node-1-cpu")
+    );
+
+    // The token without its CA: the scheduler makes its own CA, and refuses to start
+    // with a token that pins another one, naming both hashes and not the secret.
+    let out = Command::new(localml_tests::bin("localml-scheduler"))
+        .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("other-state"))
+        .args(["--join-token-file", &token_file])
+        .output()
+        .expect("run the scheduler");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let secret = token.rsplit('.').next().unwrap_or_default();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("pins CA"), "{stderr}");
+    assert!(!stderr.contains(secret), "the token's secret is not echoed");
+}
+
 fn validate(rendered: &str, set: &str) {
     let dir = TempDir::new("chart");
     let file = dir.path().join(format!("{set}.yaml"));
@@ -138,17 +239,7 @@ fn value_sets_render_what_they_ask_for() {
             && default.contains("secretName: localml-admin-key"),
         "{default}"
     );
-    let encoded = default
-        .split("name: localml-admin-key")
-        .nth(1)
-        .and_then(|rest| rest.split("key: \"").nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .expect("the admin key Secret's data");
-    let decoded = Command::new("sh")
-        .args(["-c", &format!("printf %s '{encoded}' | base64 -d")])
-        .output()
-        .expect("base64");
-    let key = String::from_utf8_lossy(&decoded.stdout).into_owned();
+    let key = secret_data(&default, "localml-admin-key", "key");
     let (id, secret) = key
         .strip_prefix("lmk_")
         .and_then(|k| k.split_once('.'))
