@@ -80,7 +80,11 @@ async fn a_ups_read_through_nut_moves_work_drains_on_low_battery_and_fails_safe(
     })
     .await;
     eprintln!("OL -> OB seen by the scheduler after {took:?} (NUT poll 1 s, UPS read every 1 s, reports every 0.5 s)");
-    let on_battery = served_by(&scheduler, &request, 100, 4).await;
+    // Two in flight: well within the one desk's two sessions, so the desk starts every
+    // request within the 50 ms budget even when the whole suite loads this machine (at
+    // four in flight on a loaded debug build, its wait could exceed the budget, and the
+    // battery PC rightly helped).
+    let on_battery = served_by(&scheduler, &request, 100, 2).await;
     assert!(
         on_battery.get("on-ups").copied().unwrap_or(0) <= 10,
         "on UPS battery the PC rests: {on_battery:?}"
