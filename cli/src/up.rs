@@ -170,6 +170,18 @@ pub async fn up(
         .map(|n| n.get())
         .unwrap_or(1);
     let threads = (cores / options.workers as usize).max(1);
+    // The scheduler's own admin key, for the calls `up` makes itself (needed when it
+    // listens beyond loopback, where keys are required); it is written at start.
+    let admin_key = data_dir.join(localml_scheduler::auth::keys::ADMIN_KEY_FILE);
+    let started = std::time::Instant::now();
+    while !admin_key.exists() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::client::set_key(
+        std::fs::read_to_string(&admin_key)
+            .ok()
+            .map(|k| k.trim().to_string()),
+    );
     // A short-lived join token for our own workers (k3s's server does the same for its
     // agent); later starts reuse their certificates.
     let token = crate::trust::create_token(

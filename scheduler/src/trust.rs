@@ -68,6 +68,9 @@ pub struct ClusterTrust {
     pub identity: Issued,
     store: Arc<dyn Store>,
     revoked: Mutex<HashMap<String, i64>>,
+    /// Names and addresses the cluster certificate is valid for (lowercase): no worker
+    /// may take one, or its certificate could pass for the scheduler's.
+    reserved: Vec<String>,
 }
 
 impl ClusterTrust {
@@ -141,6 +144,7 @@ impl ClusterTrust {
             identity,
             store,
             revoked: Mutex::new(HashMap::new()),
+            reserved: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         })
     }
 
@@ -277,6 +281,23 @@ impl ClusterTrust {
         Ok(())
     }
 
+    /// Why `name` may not be a worker's name, if it may not: a name or address the
+    /// scheduler's certificate is valid for (a worker certificate with it could pose as
+    /// the scheduler to other workers), or anything that reads as an IP address.
+    pub fn reserved_name(&self, name: &str) -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        let ip_like = lower.parse::<std::net::IpAddr>().is_ok()
+            || lower
+                .split('.')
+                .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if ip_like || lower == "localhost" || self.reserved.contains(&lower) {
+            return Some(format!(
+                "worker name '{name}' is reserved: it is an address or a name of the scheduler"
+            ));
+        }
+        None
+    }
+
     /// Refuses the worker `name`'s certificates issued until now, on every replica.
     pub async fn revoke_worker(&self, name: &str) -> Result<(), TrustStateError> {
         let record = RevokedWorker {
@@ -404,6 +425,13 @@ mod tests {
             .await
             .expect("b");
         assert_eq!(a.ca.hash(), b.ca.hash());
+        // Names a worker certificate could pose as the scheduler with.
+        for reserved in ["127.0.0.1", "LOCALHOST", "10.0.0.5", "192.168.1"] {
+            assert!(a.reserved_name(reserved).is_some(), "{reserved}");
+        }
+        for free in ["pc-3", "lab-pc.local", "node1-cpu"] {
+            assert_eq!(a.reserved_name(free), None, "{free}");
+        }
         let (text, info) = a.create_token(None, "test").await.expect("token");
         b.check_token(&text)
             .await

@@ -340,31 +340,40 @@ fn fake_rapl(root: &std::path::Path, microjoules: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapl_counter_is_measured_not_estimated() {
-    // A fake powercap tree whose package draws 40 W; with an idle floor of 0 W
-    // (`--power-watts 0,1`, whose busy figure RAPL makes unused), every joule drawn
-    // counts, in the worker process's share of the busy CPU time.
+    // A fake powercap tree whose package draws 5 W while the worker idles and 40 W while
+    // it serves: the worker learns the 5 W floor from its idle windows and charges what
+    // lies above it, in its process's share of the busy CPU time.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let powercap = TempDir::new("powercap");
     fake_rapl(powercap.path(), 0);
     let root = powercap.path().to_path_buf();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let draw = std::sync::Arc::new(AtomicU64::new(5));
     let meter = {
-        let stop = stop.clone();
+        let (stop, draw) = (stop.clone(), draw.clone());
         std::thread::spawn(move || {
-            let start = Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut joules = 0.0;
+            let mut last = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
-                fake_rapl(&root, (start.elapsed().as_secs_f64() * 40e6) as u64);
+                joules += last.elapsed().as_secs_f64() * draw.load(Ordering::SeqCst) as f64;
+                last = Instant::now();
+                fake_rapl(&root, (joules * 1e6) as u64);
             }
         })
     };
     let scheduler = Scheduler::start();
     let powercap_root = powercap.path().to_string_lossy().into_owned();
-    let _metered = Worker::start(
-        "metered",
-        &scheduler,
-        &["--powercap-root", &powercap_root, "--power-watts", "0,1"],
-    );
+    let _metered = Worker::start("metered", &scheduler, &["--powercap-root", &powercap_root]);
     scheduler.wait_ready(&["metered"]).await;
+    // Two energy windows (2 s each) without inference: the idle floor.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(
+        joules_of(&scheduler, "metered").await.map(|(j, _)| j),
+        Some(0.0),
+        "nothing served, nothing charged"
+    );
+    draw.store(40, Ordering::SeqCst);
     let request = image_request(1);
     let (s, r) = (&scheduler, &request);
     let measured = wait_until(SOON, || async move {
@@ -373,21 +382,21 @@ async fn a_rapl_counter_is_measured_not_estimated() {
     })
     .await;
     let reading = joules_of(&scheduler, "metered").await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = meter.join();
-    assert!(measured, "{reading:?}");
-    let (joules, estimated) = reading.expect("measured");
-    assert!(!estimated, "a RAPL counter is a measurement");
     let watts = scheduler
         .workers()
         .await
         .into_iter()
         .find_map(|w| w.status.and_then(|s| s.power).and_then(|p| p.power_watts));
+    stop.store(true, Ordering::SeqCst);
+    let _ = meter.join();
+    assert!(measured, "{reading:?}");
+    let (joules, estimated) = reading.expect("measured");
+    assert!(!estimated, "a RAPL counter is a measurement");
     assert!(
-        watts.is_some_and(|w| (30.0..=50.0).contains(&w)),
-        "the fake package draws 40 W: {watts:?}"
+        watts.is_some_and(|w| w > 5.5 && w <= 50.0),
+        "the fake package draws 40 W while serving: {watts:?}"
     );
-    println!("fake RAPL at 40 W: {joules:.6} J/inference");
+    println!("fake RAPL, 5 W idle and 40 W serving: {joules:.6} J/inference");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,14 @@ async fn a_restarted_worker_rejoins_with_its_certificate_without_a_token() {
     let data_dir = dir.path().to_string_lossy().into_owned();
     let mut worker = Worker::start("pc-r", &scheduler, &["--data-dir", &data_dir]);
     scheduler.wait_ready(&["pc-r"]).await;
+    // The worker may be Ready a moment before its files are on disk.
+    let saved = wait_until(SOON, || async {
+        ["worker.key", "worker.pem", "ca.pem"]
+            .iter()
+            .all(|f| dir.path().join(f).exists())
+    })
+    .await;
+    assert!(saved, "the worker keeps its credentials in --data-dir");
     for file in ["worker.key", "worker.pem", "ca.pem"] {
         let mode = std::fs::metadata(dir.path().join(file))
             .expect("credential file")
@@ -366,6 +374,30 @@ async fn a_workers_inference_port_takes_only_clients_with_a_cluster_certificate(
         Err(_) => true,
     };
     assert!(refused, "a client with another CA's certificate was served");
+    // Another worker's certificate from this CA (any join-token holder can get one):
+    // refused, so nobody bypasses the scheduler's key, model and tenant checks.
+    let dir = TempDir::new("peer");
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let _peer = Worker::start("pc-peer", &scheduler, &["--data-dir", &data_dir]);
+    scheduler.wait_ready(&["pc-peer"]).await;
+    let saved = wait_until(SOON, || async { dir.path().join("worker.key").exists() }).await;
+    assert!(saved, "the peer keeps its certificate");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("credential");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("worker.pem"), read("worker.key")))
+        .domain_name("pc-i");
+    let channel = Endpoint::from_shared(format!("https://{}", worker.addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("TLS admits a certificate from the CA");
+    let refused = client_live(channel)
+        .await
+        .expect_err("a worker called a worker");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     // An operator certificate from `localml certs issue`: served.
     let mut operator = worker.inference().await;
     operator

@@ -41,7 +41,7 @@ pub struct WorkerConfig {
     /// it at a fake tree).
     pub powercap_root: PathBuf,
     /// The PC's draw at rest and under full load (`{idle: 12, busy: 45}`), for an energy
-    /// estimate where no counter is readable; its idle figure is also RAPL's idle floor.
+    /// estimate where no counter is readable (docs/energy.md).
     pub power_watts: Option<crate::energy::PowerWatts>,
     /// A UPS to read through NUT's upsd, `NAME@HOST[:PORT]`; its state replaces sysfs.
     pub ups: Option<String>,

@@ -6,8 +6,8 @@
 //!
 //! The attribution is an estimate: ONNX Runtime's threads, the gRPC stack and other
 //! processes share the CPU. Only the worker process's share of the machine's busy CPU time
-//! counts towards inference (clock_gettime and /proc/stat), and the idle floor (the configured idle watts, or
-//! the lowest draw seen since start) is left out, so a PC that is on anyway is not charged
+//! counts towards inference (clock_gettime and /proc/stat), and the idle floor (the lowest
+//! draw seen in a window without inference) is left out, so a PC that is on anyway is not charged
 //! its idle draw per inference. docs/energy.md says the same for operators.
 
 use std::collections::HashMap;
@@ -25,8 +25,8 @@ const EWMA_ALPHA: f64 = 0.3;
 const USER_HZ: f64 = 100.0;
 
 /// `power_watts: {idle: 12, busy: 45}`: the PC's draw at rest and under full CPU load,
-/// from its specification or a plug-in meter. Used where no energy counter is readable,
-/// and its idle figure as the RAPL idle floor when set.
+/// from its specification or a plug-in meter. Used where no energy counter is readable
+/// (not as RAPL's or NVML's idle floor, which is learned from windows without inference).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PowerWatts {
@@ -151,9 +151,16 @@ pub struct ModelWork {
     pub on_gpu: bool,
 }
 
+/// The largest draw a window may show, in watts; more means a counter was reset or the
+/// PC resumed from suspend, and the window is dropped.
+const MAX_WATTS: f64 = 5_000.0;
+
 /// The energy of one window, before attribution.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct WindowEnergy {
+    /// False while an idle floor is unknown (no idle window seen yet) or the process's
+    /// CPU share is: the draw is known, the energy per inference not yet.
+    pub attributable: bool,
     pub seconds: f64,
     /// Energy drawn above idle by the CPU, attributable to this process.
     pub cpu_joules: f64,
@@ -286,9 +293,6 @@ impl EnergyMeter {
         if seconds <= 0.0 {
             return;
         }
-        let Some(energy) = self.window(&mut state, &last, seconds) else {
-            return;
-        };
         let work: Vec<ModelWork> = models
             .iter()
             .map(|m| {
@@ -304,6 +308,13 @@ impl EnergyMeter {
                 }
             })
             .collect();
+        let busy = work.iter().any(|w| w.busy_s > 0.0 || w.inferences > 0);
+        let Some(energy) = self.window(&mut state, &last, seconds, busy) else {
+            return;
+        };
+        if !energy.attributable {
+            return;
+        }
         let joules = attribute(&energy, &work);
         let present: std::collections::HashSet<(String, u64)> =
             models.iter().map(|m| (m.name.clone(), m.version)).collect();
@@ -323,8 +334,17 @@ impl EnergyMeter {
     }
 
     /// The window's energy above idle, from counters where they are readable, else from
-    /// the configured watts; `None` when the worker has neither.
-    fn window(&self, state: &mut MeterState, last: &Reading, seconds: f64) -> Option<WindowEnergy> {
+    /// the configured watts; `None` when the worker has neither, or the counters make no
+    /// sense (a draw over [`MAX_WATTS`]: a counter reset, a resume from suspend).
+    /// `busy`: inference ran in the window; only idle windows teach the idle floor, so a
+    /// worker busy from its start does not learn its busy draw as idle.
+    fn window(
+        &self,
+        state: &mut MeterState,
+        last: &Reading,
+        seconds: f64,
+        busy: bool,
+    ) -> Option<WindowEnergy> {
         let now = state.last.as_ref()?;
         let rapl = rapl_delta(&last.rapl, &now.rapl);
         let gpu = match (last.gpu_joules, now.gpu_joules) {
@@ -332,38 +352,59 @@ impl EnergyMeter {
             _ => None,
         };
         // This process's share of the machine's busy CPU time, and its CPU seconds.
+        // This process's share of the machine's busy CPU time (unknown without /proc/stat).
         let (share, own_seconds) = match (last.cpu, now.cpu) {
             (Some((p0, s0)), Some((p1, s1))) => {
                 let own = (p1 - p0).max(0.0);
-                let busy = (s1 - s0).max(0.0);
-                let share = if busy > 0.0 {
-                    (own / busy).min(1.0)
+                let machine = (s1 - s0).max(0.0);
+                let share = if machine > 0.0 {
+                    Some((own / machine).min(1.0))
                 } else {
-                    0.0
+                    Some(0.0)
                 };
                 (share, own)
             }
-            _ => (1.0, 0.0),
+            _ => (None, 0.0),
         };
-        let above = |joules: f64, floor: &mut Option<f64>, configured: Option<f64>| {
+        let sane = |joules: f64| joules / seconds <= MAX_WATTS;
+        if !rapl.is_none_or(sane) || !gpu.is_none_or(sane) {
+            tracing::debug!(
+                ?rapl,
+                ?gpu,
+                seconds,
+                "energy window dropped: an implausible draw"
+            );
+            return None;
+        }
+        // Energy above the learned idle floor, `None` until an idle window was seen.
+        let above = |joules: f64, floor: &mut Option<f64>| {
             let watts = joules / seconds;
-            let lowest = floor.map_or(watts, |f| f.min(watts));
-            *floor = Some(lowest);
-            (joules - configured.unwrap_or(lowest) * seconds).max(0.0)
+            if !busy {
+                *floor = Some(floor.map_or(watts, |f| f.min(watts)));
+            }
+            floor.map(|f| (joules - f * seconds).max(0.0))
         };
-        let idle = self.configured.map(|p| p.idle);
         let mut energy = WindowEnergy {
             seconds,
+            attributable: true,
             ..Default::default()
         };
         let mut watts = 0.0;
         if let Some(j) = gpu {
-            energy.gpu_joules = above(j, &mut state.gpu_floor, None);
+            match above(j, &mut state.gpu_floor) {
+                Some(e) => energy.gpu_joules = e,
+                None => energy.attributable = false,
+            }
             watts += j / seconds;
         }
         match (rapl, self.configured) {
             (Some(j), _) => {
-                energy.cpu_joules = above(j, &mut state.cpu_floor, idle) * share;
+                // The configured watts are the whole PC's at the wall, not the CPU
+                // package's: RAPL's floor is learned from its own idle windows.
+                match (above(j, &mut state.cpu_floor), share) {
+                    (Some(e), Some(share)) => energy.cpu_joules = e * share,
+                    _ => energy.attributable = false,
+                }
                 watts += j / seconds;
             }
             (None, Some(p)) => {
@@ -492,6 +533,7 @@ mod tests {
     #[test]
     fn energy_follows_busy_time() {
         let energy = WindowEnergy {
+            attributable: true,
             seconds: 2.0,
             cpu_joules: 30.0,
             gpu_joules: 100.0,
@@ -532,23 +574,31 @@ mod tests {
     }
 
     #[test]
-    fn a_meter_attributes_rapl_energy_above_the_configured_idle() {
+    fn a_meter_attributes_rapl_energy_above_the_idle_floor_it_learned() {
         let root = std::env::temp_dir().join(format!("localml-meter-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        fake_package(&root, "intel-rapl:0", "package-0", 0, 1 << 40);
+        let counter = |uj: u64| fake_package(&root, "intel-rapl:0", "package-0", uj, 1 << 40);
+        counter(0);
+        // Configured wall watts do not set RAPL's floor: only idle windows do.
         let meter = EnergyMeter::new(
             root.clone(),
             Some(PowerWatts {
-                idle: 0.0,
-                busy: 1.0,
+                idle: 500.0,
+                busy: 900.0,
             }),
             2,
         );
         meter.sample(&counters(0, 0), None);
         assert_eq!(meter.power().0, None, "one reading is no window");
+        // An idle window: about 1 J in 0.1 s, the floor.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        counter(1_000_000);
+        meter.sample(&counters(0, 0), None);
+        assert!(meter.power().0.is_some_and(|w| w > 0.0));
+        assert_eq!(meter.model("m", 1), ModelEnergy::default());
+        // A busy window: 50 J more; what lies above the floor is attributed.
         burn_cpu(std::time::Duration::from_millis(100));
-        // 50 J drawn in the window, idle floor 0 W; this test process is a busy one.
-        fake_package(&root, "intel-rapl:0", "package-0", 50_000_000, 1 << 40);
+        counter(51_000_000);
         meter.sample(&counters(1_000_000, 10), None);
         let (watts, estimated) = meter.power();
         assert!(watts.expect("a window closed") > 0.0);
@@ -557,6 +607,33 @@ mod tests {
         assert!(m.joules > 0.0 && m.joules <= 50.0, "{m:?}");
         assert_eq!(m.joules_per_inference, m.joules / 10.0);
         assert_eq!(meter.model("other", 1), ModelEnergy::default());
+        // A counter that leaps (a reset read as a wrap, a resume): the window is dropped.
+        counter(u64::from(u32::MAX) * 1000);
+        meter.sample(&counters(2_000_000, 20), None);
+        assert_eq!(
+            meter.model("m", 1),
+            m,
+            "an implausible window changes nothing"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_worker_busy_from_its_start_reports_no_energy_until_it_idles() {
+        let root = std::env::temp_dir().join(format!("localml-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        fake_package(&root, "intel-rapl:0", "package-0", 0, 1 << 40);
+        let meter = EnergyMeter::new(root.clone(), None, 2);
+        meter.sample(&counters(0, 0), None);
+        burn_cpu(std::time::Duration::from_millis(50));
+        fake_package(&root, "intel-rapl:0", "package-0", 5_000_000, 1 << 40);
+        meter.sample(&counters(1_000_000, 5), None);
+        assert!(meter.power().0.is_some(), "its draw is known");
+        assert_eq!(
+            meter.model("m", 1),
+            ModelEnergy::default(),
+            "but not its idle floor, so not the energy its inferences add"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 

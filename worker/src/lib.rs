@@ -166,6 +166,22 @@ fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
     }
 }
 
+/// Admits a call on the inference port only from a scheduler's or an operator's
+/// certificate (PERMISSION_DENIED otherwise, UNAUTHENTICATED without one).
+fn caller_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    use localml_trust::ca::Role;
+    let certs = request.peer_certs();
+    let first = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+        tonic::Status::unauthenticated("a client certificate from the cluster CA is required")
+    })?;
+    match localml_trust::ca::holder(first.as_ref()).map(|h| h.role) {
+        Ok(Some(Role::Scheduler | Role::Operator)) => Ok(request),
+        _ => Err(tonic::Status::permission_denied(
+            "only scheduler replicas and operator certificates may call a worker's inference port",
+        )),
+    }
+}
+
 /// Logs what changed between two UPS readings: the state at info, a new reason at warn.
 fn log_ups(target: &ups::UpsTarget, before: Option<&ups::UpsPower>, now: &ups::UpsPower) {
     if before.is_none_or(|b| b.status != now.status || b.source != now.source) {
@@ -331,6 +347,10 @@ pub async fn run(
     })))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    // TLS admits any certificate from the cluster CA; only scheduler replicas and
+    // operators' tools may call: another worker's certificate (any token holder can get
+    // one) may not bypass the scheduler's key, model and tenant checks.
+    let service = tonic::service::interceptor::InterceptedService::new(service, caller_role);
     let _ = probe_worker.set(Arc::clone(&worker));
     let drain = async move {
         shutdown.await;

@@ -3,8 +3,9 @@
 //!
 //! It reaches the scheduler with `--server ADDR`, or through the current kube context:
 //! `kubectl port-forward` to the chart's Service (`-n NAMESPACE`, `--release NAME`). Its
-//! API key is `--key`/`LOCALML_KEY`, else (through the kube context) the chart's admin key
-//! Secret, else what `localml` would send (docs/security.md).
+//! API key is `--key`/`LOCALML_KEY`; else, through the kube context, the chart's admin key
+//! Secret (never this PC's own admin key, which must not reach a cluster through a
+//! port-forward); else, with `--server`, what `localml` would send (docs/security.md).
 
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};

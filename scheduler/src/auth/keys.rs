@@ -121,7 +121,10 @@ impl KeyRing {
         let (id, secret) = parse(text)?;
         let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
         let record = by_id.get(id).ok_or(KeyError::Unknown)?;
-        if record.secret_sha256 != sha256_hex(secret) {
+        if !localml_trust::constant_time_eq(
+            record.secret_sha256.as_bytes(),
+            sha256_hex(secret).as_bytes(),
+        ) {
             return Err(KeyError::Unknown);
         }
         if record.revoked {
@@ -355,10 +358,11 @@ pub async fn ensure_admin_key(
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::create_dir_all(data_dir)?;
         let tmp = data_dir.join(format!("{ADMIN_KEY_FILE}.tmp"));
+        // A new file (never one that exists, nor through a link someone planted).
+        let _ = std::fs::remove_file(&tmp);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(format!("{text}\n").as_bytes())?;
@@ -390,9 +394,13 @@ pub async fn import_admin_key(
     let key = store_key(name);
     if let Some(kv) = store.get(&key).await.map_err(KeyStoreError::from)? {
         let old: Option<KeyRecord> = serde_json::from_slice(&kv.value).ok();
-        if old.is_some_and(|o| {
-            o.id == record.id && o.secret_sha256 == record.secret_sha256 && !o.revoked
-        }) {
+        if let Some(old) =
+            old.filter(|o| o.id == record.id && o.secret_sha256 == record.secret_sha256)
+        {
+            if old.revoked {
+                // A revocation outlives restarts: the file must change to bring a key back.
+                tracing::warn!(key = name, file = %path.display(), "the admin key in this file was revoked; it stays revoked (put a new key in the file to rotate it)");
+            }
             return Ok(());
         }
     }

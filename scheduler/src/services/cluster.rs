@@ -187,6 +187,9 @@ impl ClusterService {
                 }
                 localml_trust::ca::validate_name(&status.name)
                     .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+                if let Some(why) = self.trust.reserved_name(&status.name) {
+                    return Err(ClusterError::BadRequest(why));
+                }
                 if self.workers.is_live(&status.name) {
                     return Err(ClusterError::NameTaken(status.name));
                 }

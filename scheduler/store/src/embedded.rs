@@ -122,13 +122,29 @@ fn decode(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
 
 impl EmbeddedStore {
     /// Opens (creating) `dir/state.redb`. Fails when another process has it open.
+    /// The directory is made private to the scheduler's user (0700) and the file 0600:
+    /// the store holds the cluster CA's key and the API keys' hashes.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let private = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot make {} private (mode {mode:o}): {e}",
+                    path.display()
+                ))
+            })
+        };
+        private(dir, 0o700)?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
@@ -137,6 +153,7 @@ impl EmbeddedStore {
             )),
             e => StoreError::Unavailable(format!("cannot open {}: {e}", path.display())),
         })?;
+        private(&path, 0o600)?;
         let (revision, next_lease, leases, lease_keys) = {
             let txn = db.begin_write().map_err(failed)?;
             let out = {

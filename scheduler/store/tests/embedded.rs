@@ -256,3 +256,19 @@ async fn followers_resume_after_a_disconnect_and_relist_only_after_compaction() 
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+#[test]
+fn the_store_is_private_to_the_schedulers_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("private").join("state");
+    let _store = EmbeddedStore::open(&dir).expect("open");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    // It holds the cluster CA's key and the API keys' hashes.
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    assert_eq!(
+        mode(&dir.join(localml_store::embedded::FILE_NAME)),
+        0o600,
+        "the store file"
+    );
+}
