@@ -136,12 +136,37 @@ async fn main() -> anyhow::Result<()> {
         model.version, input.shape, model.instances
     );
 
-    let scheduler = Scheduler::start();
-    // A second scheduler that requires API keys; the worker reports to both, so the two
-    // paths differ only in the key check.
-    let keyed = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
+    // Two schedulers, the second requiring API keys; the worker reports to both, so the
+    // two paths differ only in the key check. They share one cluster CA and join token
+    // (as replicas do), made here and given to both as files.
+    let trust_dir = localml_tests::TempDir::new("bench-trust");
+    let ca = localml_trust::ca::ClusterCa::generate(std::time::SystemTime::now())?;
+    let token = localml_trust::token::JoinToken::generate(&ca.hash())?.reveal();
+    let file = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = trust_dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let (cert, key_file, token_file) = (
+        file("ca.pem", ca.cert_pem())?,
+        file("ca.key", ca.key_pem())?,
+        file("token", &token)?,
+    );
+    let shared = [
+        "--ca-cert-file",
+        cert.as_str(),
+        "--ca-key-file",
+        key_file.as_str(),
+        "--join-token-file",
+        token_file.as_str(),
+    ];
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &shared);
+    let mut keyed_flags = shared.to_vec();
+    keyed_flags.extend(["--auth", "required"]);
+    let keyed = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &keyed_flags);
     let both = format!("{},{}", scheduler.cluster_addr, keyed.cluster_addr);
-    let worker = Worker::start_reporting_to("bench-worker", &both, &models, &[]);
+    let worker =
+        Worker::start_reporting_to("bench-worker", &both, &models, &["--token", &token]);
     scheduler.wait_ready(&["bench-worker"]).await;
     keyed.wait_ready(&["bench-worker"]).await;
     let key = keyed.admin_key();
