@@ -165,8 +165,7 @@ async fn main() -> anyhow::Result<()> {
     keyed_flags.extend(["--auth", "required"]);
     let keyed = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &keyed_flags);
     let both = format!("{},{}", scheduler.cluster_addr, keyed.cluster_addr);
-    let worker =
-        Worker::start_reporting_to("bench-worker", &both, &models, &["--token", &token]);
+    let worker = Worker::start_reporting_to("bench-worker", &both, &models, &["--token", &token]);
     scheduler.wait_ready(&["bench-worker"]).await;
     keyed.wait_ready(&["bench-worker"]).await;
     let key = keyed.admin_key();
