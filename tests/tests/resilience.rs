@@ -194,6 +194,10 @@ async fn a_leaving_worker_finishes_in_flight_work_and_gets_no_new_work() {
         .expect("example");
     let request = client::request(&ex.model, "", &ex.inputs);
     let mut c = scheduler.inference().await;
+    // One request first, so the scheduler's mutual-TLS connection to the worker exists:
+    // a first request's handshake could otherwise race the worker's shutdown, which is
+    // not what this test is about (a request already running there).
+    c.model_infer(request.clone()).await.expect("warm-up");
     let in_flight = {
         let (mut c, request) = (c.clone(), request.clone());
         tokio::spawn(async move { c.model_infer(request).await })
