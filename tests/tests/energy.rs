@@ -329,9 +329,12 @@ async fn energy_saver_sends_work_to_the_pc_with_the_fewest_joules_per_inference(
 /// Writes a fake RAPL package whose counter reads `microjoules`.
 fn fake_rapl(root: &std::path::Path, microjoules: u64) {
     let dir = root.join("intel-rapl:0");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("name"), "package-0\n").expect("name");
-    std::fs::write(dir.join("max_energy_range_uj"), "262143328850\n").expect("range");
+    if !dir.join("name").exists() {
+        // Written once: rewriting them while the worker reads could show it an empty name.
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("max_energy_range_uj"), "262143328850\n").expect("range");
+        std::fs::write(dir.join("name"), "package-0\n").expect("name");
+    }
     // Written whole, then renamed: the worker never reads half a number.
     let tmp = dir.join("energy_uj.tmp");
     std::fs::write(&tmp, format!("{microjoules}\n")).expect("energy");
@@ -366,8 +369,13 @@ async fn a_rapl_counter_is_measured_not_estimated() {
     let powercap_root = powercap.path().to_string_lossy().into_owned();
     let _metered = Worker::start("metered", &scheduler, &["--powercap-root", &powercap_root]);
     scheduler.wait_ready(&["metered"]).await;
-    // Two energy windows (2 s each) without inference: the idle floor.
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // Energy windows (2 s each) without inference: the idle floor. The draw is reported
+    // once the first window closes.
+    let reported = wait_until(SOON, || async {
+        joules_of(&scheduler, "metered").await.is_some()
+    })
+    .await;
+    assert!(reported, "the worker reports its draw");
     assert_eq!(
         joules_of(&scheduler, "metered").await.map(|(j, _)| j),
         Some(0.0),
