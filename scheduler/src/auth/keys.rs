@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock};
 
 use localml_store::{escape_segment, Store, Txn};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::Scope;
 
@@ -57,18 +56,9 @@ pub enum KeyError {
     Expired(String),
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn random_hex(n: usize) -> Result<String, getrandom::Error> {
-    let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes)?;
-    Ok(hex(&bytes))
-}
-
+/// The hex SHA-256 of a key's secret (the trust crate's, shared with join tokens).
 fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
+    localml_trust::sha256_hex(text.as_bytes())
 }
 
 /// A new key's text and its id, and the hash to store.
@@ -79,9 +69,9 @@ pub struct NewKey {
 }
 
 /// Generates a key from the operating system's random source.
-pub fn generate() -> Result<NewKey, getrandom::Error> {
-    let id = random_hex(ID_BYTES)?;
-    let secret = random_hex(SECRET_BYTES)?;
+pub fn generate() -> Result<NewKey, localml_trust::TrustError> {
+    let id = localml_trust::random_hex(ID_BYTES)?;
+    let secret = localml_trust::random_hex(SECRET_BYTES)?;
     Ok(NewKey {
         text: format!("{KEY_PREFIX}{id}.{secret}"),
         secret_sha256: sha256_hex(&secret),
