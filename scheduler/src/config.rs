@@ -93,6 +93,14 @@ impl Default for JobsConfig {
     }
 }
 
+/// This PC's host name, when the kernel says one.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 /// The default data directory: `$XDG_STATE_HOME/localml` or `~/.local/state/localml`
 /// (`./localml-data` when neither is set).
 pub fn default_data_dir() -> std::path::PathBuf {

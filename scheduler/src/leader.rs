@@ -132,9 +132,7 @@ async fn try_lead(
 
 /// A name for this replica: host, process and a random part.
 pub fn identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "scheduler".into());
+    let host = crate::config::host_name().unwrap_or_else(|| "scheduler".into());
     format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 

@@ -391,10 +391,9 @@ pub fn listener_hosts(bound: std::net::SocketAddr, extra: &[String]) -> Vec<Stri
         hosts.push(bound.ip().to_string());
     }
     hosts.extend(["127.0.0.1", "::1", "localhost"].map(String::from));
-    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let name = name.trim();
-        if localml_trust::ca::validate_name(name).is_ok() {
-            hosts.push(name.to_string());
+    if let Some(name) = crate::config::host_name() {
+        if localml_trust::ca::validate_name(&name).is_ok() {
+            hosts.push(name);
         }
     }
     hosts.extend(extra.iter().cloned());

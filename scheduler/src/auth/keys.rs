@@ -284,9 +284,7 @@ pub enum BootstrapError {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
+    crate::config::host_name()
         .filter(|h| valid_name(&format!("admin@{h}")))
         .unwrap_or_else(|| "scheduler".into())
 }
