@@ -26,6 +26,9 @@ pub enum ConnectError {
     /// The API key holds characters a header cannot carry (the key is not repeated).
     #[error("invalid API key: it must be printable ASCII (check --key, LOCALML_KEY or the credentials file)")]
     InvalidKey,
+    /// An `https://` address, but no CA to verify the scheduler with.
+    #[error("{address} serves TLS: the CLI needs the cluster CA to verify it; get it with `localml ca --server {address} > ca.pem` (compare the sha256 it prints with the scheduler's), then pass --ca ca.pem, set LOCALML_CA, or put `ca: /path/to/ca.pem` in the credentials file")]
+    NoCa { address: String },
     /// Nothing accepted a connection at the address within the timeout.
     #[error("cannot connect to {address}")]
     Unreachable {
@@ -91,18 +94,40 @@ pub fn set_key(key: Option<String>) {
     let _ = KEY.set(key);
 }
 
-/// Connects to `address` (`host:port` or a URL), failing after `timeout`, sending the key
-/// given to [`set_key`], if any.
+/// The cluster CA (PEM) that verifies an `https://` scheduler (set once by the CLI).
+static CA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the CA [`connect`] and [`connect_with_key`] verify `https://` addresses with
+/// (first call wins).
+pub fn set_ca(pem: Option<String>) {
+    let _ = CA.set(pem);
+}
+
+/// Connects to `address` (`host:port` or a URL; `https://` for TLS), failing after
+/// `timeout`, sending the key given to [`set_key`], if any.
 pub async fn connect(address: &str, timeout: Duration) -> Result<Connection, ConnectError> {
     let key = KEY.get().cloned().flatten();
     connect_with_key(address, timeout, key.as_deref()).await
 }
 
-/// Connects to `address`, sending `key` with every call.
+/// Connects to `address`, sending `key` with every call; an `https://` address is
+/// verified with the CA given to [`set_ca`].
 pub async fn connect_with_key(
     address: &str,
     timeout: Duration,
     key: Option<&str>,
+) -> Result<Connection, ConnectError> {
+    let ca = CA.get().cloned().flatten();
+    connect_with(address, timeout, key, ca.as_deref()).await
+}
+
+/// Connects to `address`, sending `key` with every call; an `https://` address is
+/// verified with `ca_pem` (the cluster CA, or the CA of the operator's certificate).
+pub async fn connect_with(
+    address: &str,
+    timeout: Duration,
+    key: Option<&str>,
+    ca_pem: Option<&str>,
 ) -> Result<Connection, ConnectError> {
     let header = match key {
         Some(k) => Some(
@@ -116,10 +141,22 @@ pub async fn connect_with_key(
     } else {
         format!("http://{address}")
     };
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| ConnectError::InvalidAddress {
+    let invalid = |source| ConnectError::InvalidAddress {
         address: address.to_string(),
         source,
-    })?;
+    };
+    let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(invalid)?;
+    if uri.starts_with("https://") {
+        let ca = ca_pem.ok_or_else(|| ConnectError::NoCa {
+            address: address.to_string(),
+        })?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .map_err(invalid)?;
+    }
     let channel = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)

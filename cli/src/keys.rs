@@ -24,11 +24,54 @@ pub enum CredentialsError {
 #[serde(deny_unknown_fields)]
 struct Credentials {
     key: Option<String>,
-    /// Reserved for the server address and CA (docs/security.md); read but not used yet.
+    /// Reserved for the server address (docs/security.md); read but not used yet.
     #[allow(dead_code)]
     server: Option<String>,
-    #[allow(dead_code)]
+    /// The cluster CA for `https://` schedulers: a PEM file's path, or the PEM itself.
     ca: Option<String>,
+}
+
+fn read_credentials() -> Result<Option<(PathBuf, Credentials)>, CredentialsError> {
+    let Some(path) = credentials_path().filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| CredentialsError::Read(path.clone(), e))?;
+    let credentials: Credentials = serde_yaml::from_str(&text)
+        .map_err(|e| CredentialsError::Parse(path.clone(), e.to_string()))?;
+    Ok(Some((path, credentials)))
+}
+
+/// The CA (PEM) that verifies an `https://` scheduler: `flag` (`--ca FILE` or
+/// `LOCALML_CA`), else the credentials file's `ca` (a path, or the PEM inline), else —
+/// for a scheduler on this PC — the `ca.pem` it writes into its data directory.
+pub fn discover_ca(
+    flag: Option<PathBuf>,
+    server: &str,
+) -> Result<Option<String>, CredentialsError> {
+    let read =
+        |path: PathBuf| std::fs::read_to_string(&path).map_err(|e| CredentialsError::Read(path, e));
+    if let Some(path) = flag.filter(|p| !p.as_os_str().is_empty()) {
+        return read(path).map(Some);
+    }
+    if let Some((file, credentials)) = read_credentials()? {
+        if let Some(ca) = credentials.ca.filter(|c| !c.trim().is_empty()) {
+            if ca.trim_start().starts_with("-----BEGIN") {
+                return Ok(Some(ca));
+            }
+            // A relative path is relative to the credentials file.
+            let path = file.parent().map_or(PathBuf::from(&ca), |d| d.join(&ca));
+            return read(path).map(Some);
+        }
+    }
+    if is_local(server) {
+        let local =
+            localml_scheduler::config::default_data_dir().join(localml_scheduler::trust::CA_FILE);
+        if let Ok(pem) = std::fs::read_to_string(local) {
+            return Ok(Some(pem));
+        }
+    }
+    Ok(None)
 }
 
 /// `$XDG_CONFIG_HOME/localml/credentials.yaml`, else `~/.config/localml/credentials.yaml`.
@@ -65,11 +108,7 @@ pub fn discover(flag: Option<String>, server: &str) -> Result<Option<String>, Cr
     if let Some(key) = flag.filter(|k| !k.trim().is_empty()) {
         return Ok(Some(key.trim().to_string()));
     }
-    if let Some(path) = credentials_path().filter(|p| p.exists()) {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| CredentialsError::Read(path.clone(), e))?;
-        let credentials: Credentials = serde_yaml::from_str(&text)
-            .map_err(|e| CredentialsError::Parse(path.clone(), e.to_string()))?;
+    if let Some((_, credentials)) = read_credentials()? {
         if let Some(key) = credentials.key.filter(|k| !k.trim().is_empty()) {
             return Ok(Some(key.trim().to_string()));
         }

@@ -24,6 +24,11 @@ struct Cli {
     /// this PC, its first admin key; docs/security.md).
     #[arg(long, env = "LOCALML_KEY", global = true, hide_env_values = true)]
     key: Option<String>,
+    /// The cluster CA (PEM file) that verifies an `https://` scheduler (else the
+    /// credentials file's `ca`, else, for a scheduler on this PC, its data directory's
+    /// ca.pem). `localml ca` prints it.
+    #[arg(long, env = "LOCALML_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +78,18 @@ enum Command {
         command: TokenCommand,
         #[arg(long, default_value = DEFAULT_SERVER, global = true)]
         server: String,
+    },
+    /// Print the cluster CA's certificate (PEM) for clients that verify the scheduler's
+    /// TLS (e.g. Triton's client: ssl=True, root_certificates=FILE); its sha256 goes to
+    /// stderr.
+    Ca {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// The CA's sha256 as the scheduler's operator sees it (`localml ca` on that PC,
+        /// or the hash in a join token K10<sha256>::...): required to trust a CA fetched
+        /// over https:// without one.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// Certificates from the cluster CA for operators' tools.
     Certs {
@@ -427,7 +444,8 @@ fn server_of(command: &Command) -> Option<&str> {
         | Command::Models { server }
         | Command::Deployments { server, .. }
         | Command::Jobs { server, .. }
-        | Command::Keys { server, .. } => Some(server),
+        | Command::Keys { server, .. }
+        | Command::Ca { server, .. } => Some(server),
         _ => None,
     }
 }
@@ -435,6 +453,9 @@ fn server_of(command: &Command) -> Option<&str> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(server) = server_of(&cli.command) {
         client::set_key(localml_cli::keys::discover(cli.key.clone(), server)?);
+        if server.starts_with("https://") {
+            client::set_ca(localml_cli::keys::discover_ca(cli.ca.clone(), server)?);
+        }
     }
     match cli.command {
         Command::Up {
@@ -466,6 +487,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             localml_cli::trust::remove_worker(&server, &name).await?;
             println!("worker {name} removed; its certificate is revoked");
+            Ok(())
+        }
+        Command::Ca { server, sha256 } => {
+            let (pem, trusted) = localml_cli::trust::fetch_ca(&server, sha256.as_deref()).await?;
+            print!("{pem}");
+            let hash = localml_trust::sha256_hex(pem.as_bytes());
+            eprintln!("sha256 {hash}");
+            if !trusted {
+                eprintln!("not verified: fetched over TLS without a CA; compare this sha256 with `localml ca` on the scheduler's PC (or the hash in a join token, K10<sha256>::...), or pass --sha256");
+            }
             Ok(())
         }
         Command::Token { command, server } => match command {
@@ -671,10 +702,23 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     localml_serving::process::init_tracing();
+    let plain = server_of(&cli.command).is_some_and(|s| !s.starts_with("https://"));
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("localml: {e:#}");
+            // A TLS listener answers a plaintext HTTP/2 connection with an alert the client
+            // reads as a bad frame, or closes it.
+            let text = format!("{e:#}");
+            let tls_answer = [
+                "connection closed",
+                "broken pipe",
+                "connection reset",
+                "FRAME_SIZE_ERROR",
+            ];
+            if plain && tls_answer.iter().any(|m| text.contains(m)) {
+                eprintln!("hint: a scheduler reachable from the LAN serves TLS: use --server https://HOST:PORT (docs/security.md)");
+            }
             ExitCode::FAILURE
         }
     }

@@ -35,6 +35,54 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// The cluster CA's certificate as `server` serves it (`localml ca`), and whether it was
+/// fetched over a connection already verified (plain on loopback, or TLS with a CA the
+/// CLI had). Over `https://` without a CA, the certificate is fetched unverified and
+/// `expect` (a sha256) must match, else the caller is told to compare the hash.
+pub async fn fetch_ca(server: &str, expect: Option<&str>) -> anyhow::Result<(String, bool)> {
+    use localml_proto::localml::v1::GetCaRequest;
+    let unverified = server.starts_with("https://");
+    let pem = match client::connect(server, Duration::from_secs(10)).await {
+        Ok(channel) => {
+            let ca = TrustClient::new(channel).get_ca(GetCaRequest {}).await;
+            return finish(ca.map_err(status)?.into_inner().ca_pem, expect, true);
+        }
+        Err(client::ConnectError::NoCa { .. }) if unverified => {
+            let endpoint = Endpoint::from_shared(server.to_string())
+                .with_context(|| format!("invalid server address '{server}'"))?
+                .connect_timeout(Duration::from_secs(10));
+            let channel = localml_worker::credentials::unverified_endpoint(endpoint)?
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {server}"))?;
+            TrustClient::new(channel)
+                .get_ca(GetCaRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .ca_pem
+        }
+        Err(e) => return Err(e.into()),
+    };
+    finish(pem, expect, false)
+}
+
+fn finish(pem: String, expect: Option<&str>, verified: bool) -> anyhow::Result<(String, bool)> {
+    let hash = localml_trust::sha256_hex(pem.as_bytes());
+    match expect {
+        Some(want) if !want.trim().eq_ignore_ascii_case(&hash) => bail!(
+            "the CA served has sha256 {hash}, but --sha256 says {}: not trusting it (wrong server, or someone in between)",
+            want.trim()
+        ),
+        Some(_) => Ok((pem, true)),
+        None => Ok((pem, verified)),
+    }
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", s.code(), s.message())
+}
+
 async fn trust(server: &str) -> anyhow::Result<TrustClient<client::Connection>> {
     Ok(TrustClient::new(
         client::connect(server, Duration::from_secs(10)).await?,

@@ -33,15 +33,25 @@ pub struct SchedulerArgs {
     /// or required (on every listener) [default: auto].
     #[arg(long, value_enum)]
     pub auth: Option<crate::auth::AuthMode>,
-    /// Serve a client listener reachable from the LAN without API keys.
+    /// Serve a client listener reachable from the LAN without API keys and without TLS.
     #[arg(long)]
     pub insecure: bool,
+    /// TLS on the client port: auto (on a listener reachable from the LAN, unless
+    /// --insecure), required (on every listener) or off [default: auto].
+    #[arg(long, value_enum)]
+    pub client_tls: Option<crate::auth::ClientTls>,
+    /// The client port's certificate, PEM, if not one from the cluster CA.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file, PEM.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
     /// Import the admin key in FILE (e.g. a Kubernetes Secret) as `admin@file`.
     #[arg(long, value_name = "FILE")]
     pub admin_key_file: Option<PathBuf>,
-    /// Another name or address workers reach the cluster port by (repeatable); the
-    /// cluster certificate already covers the listen address, loopback, localhost and
-    /// the host name.
+    /// Another name or address clients and workers reach the scheduler by (repeatable);
+    /// its certificate already covers the listen addresses, loopback, localhost and the
+    /// host name.
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
     /// A cluster CA made elsewhere (e.g. the Helm chart's Secret): certificate, PEM.
@@ -81,6 +91,15 @@ impl SchedulerArgs {
         }
         if self.insecure {
             c.insecure = true;
+        }
+        if let Some(v) = self.client_tls {
+            c.client_tls = v;
+        }
+        if let Some(v) = self.tls_cert_file {
+            c.tls_cert_file = Some(v);
+        }
+        if let Some(v) = self.tls_key_file {
+            c.tls_key_file = Some(v);
         }
         if let Some(v) = self.admin_key_file {
             c.admin_key_file = Some(v);

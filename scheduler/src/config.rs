@@ -48,13 +48,23 @@ pub struct SchedulerConfig {
     /// `auto`: API keys required on a client listener reachable from the LAN, open on
     /// loopback; `required`: keys on every listener (docs/security.md).
     pub auth: crate::auth::AuthMode,
-    /// Serve a client listener reachable from the LAN without keys (a warning at start).
+    /// Serve a client listener reachable from the LAN without keys and without TLS (a
+    /// warning at start and in /readyz).
     pub insecure: bool,
+    /// `auto`: TLS on a client listener reachable from the LAN, plain on loopback;
+    /// `required`: TLS on every listener; `off`: never (needs `insecure` on the LAN).
+    pub client_tls: crate::auth::ClientTls,
+    /// The client port's certificate and key (PEM) when the operator supplies one;
+    /// otherwise the cluster CA issues it for the listen address, loopback, the host name
+    /// and `tls_sans`.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// A file holding an admin key made elsewhere (the Helm chart's Secret), imported at
     /// start as `admin@file`.
     pub admin_key_file: Option<std::path::PathBuf>,
-    /// More names and addresses for the cluster listener's certificate (`--tls-san`),
-    /// besides its listen address, loopback, `localhost` and the host name.
+    /// More names and addresses for the scheduler's certificate (`--tls-san`), served on
+    /// the cluster port and the client port, besides their listen addresses, loopback,
+    /// `localhost` and the host name.
     pub tls_sans: Vec<String>,
     /// A cluster CA made elsewhere (the Helm chart's Secret): its certificate and key,
     /// PEM; installed in the store at start.
@@ -132,6 +142,9 @@ impl Default for SchedulerConfig {
             jobs: JobsConfig::default(),
             auth: crate::auth::AuthMode::Auto,
             insecure: false,
+            client_tls: crate::auth::ClientTls::Auto,
+            tls_cert_file: None,
+            tls_key_file: None,
             admin_key_file: None,
             tls_sans: Vec::new(),
             ca_cert_file: None,
@@ -190,6 +203,12 @@ impl SchedulerConfig {
             return invalid(
                 "ca_cert_file",
                 "and ca_key_file go together: give both or neither",
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid(
+                "tls_cert_file",
+                "and tls_key_file go together: give both or neither",
             );
         }
         if self.dispatch_attempts == 0 {

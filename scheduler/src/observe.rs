@@ -15,6 +15,8 @@ pub struct SchedulerProbe {
     /// The store answered the last check.
     pub store_ok: Arc<AtomicBool>,
     pub backend: &'static str,
+    /// Shown on `/readyz` while ready too (an insecure client listener).
+    pub warnings: Vec<String>,
 }
 
 fn state_label(state: i32) -> &'static str {
@@ -39,6 +41,10 @@ impl localml_serving::http::Probe for SchedulerProbe {
     fn not_ready(&self) -> Option<String> {
         (!self.store_ok.load(Ordering::Relaxed))
             .then(|| format!("the {} state store does not answer", self.backend))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     fn metrics(&self) -> String {

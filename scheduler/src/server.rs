@@ -72,20 +72,46 @@ pub async fn run(
     ring.load(state.as_ref())
         .await
         .map_err(crate::auth::keys::BootstrapError::from)?;
-    let loopback = listeners.clients.local_addr()?.ip().is_loopback();
+    let client_addr = listeners.clients.local_addr()?;
+    let loopback = client_addr.ip().is_loopback();
     let keys_required =
         config.auth == crate::auth::AuthMode::Required || (!loopback && !config.insecure);
-    if !loopback && config.insecure {
-        tracing::warn!(listen = %config.listen, "--insecure: the client port is reachable from the LAN without API keys; anyone on the network can run inference, read jobs and change the cluster");
+    let client_tls = match config.client_tls {
+        crate::auth::ClientTls::Required => true,
+        crate::auth::ClientTls::Off => false,
+        crate::auth::ClientTls::Auto => !loopback && !config.insecure,
+    };
+    if !loopback && !client_tls && !config.insecure {
+        return Err(config::ConfigError::Invalid {
+            field: "client_tls",
+            problem: format!("is off, but the client listener {client_addr} is reachable from the LAN: keys would cross it in clear text; serve TLS, listen on loopback, or pass --insecure"),
+        }
+        .into());
     }
-    tracing::info!(keys_required, "client port authentication");
+    let mut warnings = Vec::new();
+    if !loopback && config.insecure {
+        let warning = format!("--insecure: the client port {client_addr} is reachable from the LAN{}{}; anyone on the network can read what clients send{}",
+            if keys_required { "" } else { " without API keys" },
+            if client_tls { "" } else { " without TLS" },
+            if keys_required { "" } else { ", run inference, read jobs and change the cluster" });
+        tracing::warn!(listen = %config.listen, "{warning}");
+        warnings.push(warning);
+    }
+    tracing::info!(
+        keys_required,
+        tls = client_tls,
+        "client port authentication"
+    );
     let auth = crate::auth::layer::AuthLayer {
         state: Arc::new(crate::auth::layer::AuthState::new(
             Arc::clone(&ring),
             keys_required,
         )),
     };
-    let hosts = crate::trust::listener_hosts(listeners.cluster.local_addr()?, &config.tls_sans);
+    let hosts = crate::trust::listener_hosts(
+        &[listeners.cluster.local_addr()?, client_addr],
+        &config.tls_sans,
+    );
     let ca_files = config
         .ca_cert_file
         .as_deref()
@@ -96,6 +122,14 @@ pub async fn run(
         trust.import_token(file).await?;
     }
     tracing::info!(ca_sha256 = %trust.ca.hash(), "cluster CA");
+    crate::trust::write_ca_file(&config.data_dir, trust.ca.cert_pem());
+    let client_tls = match client_tls {
+        false => None,
+        true => Some(match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => crate::trust::operator_tls(cert, key)?,
+            _ => trust.client_tls(),
+        }),
+    };
     let workers = Arc::new(Workers::new(config.max_message_bytes).with_tls(trust.dial()));
     let stats = Arc::new(stats::Stats::default());
     let profiles = localml_framework::profile::Profiles::build(&config.profiles)
@@ -223,7 +257,11 @@ pub async fn run(
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
     });
 
-    let clients = tonic::transport::Server::builder()
+    let mut clients = tonic::transport::Server::builder();
+    if let Some(tls) = client_tls {
+        clients = clients.tls_config(tls)?;
+    }
+    let clients = clients
         .layer(size_limit::SizeLimitLayer)
         .layer(auth)
         .add_service(inference)
@@ -254,6 +292,7 @@ pub async fn run(
             leading: Arc::clone(&is_leader),
             store_ok,
             backend: state.backend(),
+            warnings,
         });
         tokio::spawn(localml_serving::http::serve(
             listener,

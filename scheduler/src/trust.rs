@@ -161,6 +161,15 @@ impl ClusterTrust {
             .client_auth_optional(true)
     }
 
+    /// TLS for the client port: this replica's certificate from the cluster CA; clients
+    /// present keys, not certificates.
+    pub fn client_tls(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(Identity::from_pem(
+            &self.identity.cert_pem,
+            &self.identity.key_pem,
+        ))
+    }
+
     /// What dialing workers needs: the CA, this replica's client certificate.
     pub fn dial(&self) -> WorkerDial {
         WorkerDial {
@@ -370,6 +379,52 @@ impl WorkerDial {
     }
 }
 
+/// TLS for the client port with a certificate the operator supplies
+/// (`--tls-cert-file`, `--tls-key-file`), checked at start so a wrong file fails there.
+pub fn operator_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ServerTlsConfig, TrustStateError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", p.display())))
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(TrustStateError::File(format!(
+            "{} holds no PEM certificate",
+            cert.display()
+        )));
+    }
+    if !key_pem.contains("PRIVATE KEY-----") {
+        return Err(TrustStateError::File(format!(
+            "{} holds no PEM private key",
+            key.display()
+        )));
+    }
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+}
+
+/// The file in the data directory with the cluster CA's certificate (public), so the
+/// `localml` CLI on this PC verifies the client port's TLS without `--ca`.
+pub const CA_FILE: &str = "ca.pem";
+
+/// Writes [`CA_FILE`] (mode 0644) when it differs; a warning only when it cannot (the
+/// data directory may be read-only with an etcd store).
+pub fn write_ca_file(data_dir: &std::path::Path, pem: &str) {
+    let path = data_dir.join(CA_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == pem) {
+        return;
+    }
+    let tmp = data_dir.join(format!(".{CA_FILE}.tmp"));
+    let written = std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&tmp, pem))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the cluster CA's certificate for local clients");
+    }
+}
+
 async fn read_ca(store: &dyn Store) -> Result<Option<ClusterCa>, TrustStateError> {
     let Some(kv) = store.get(CA_KEY).await? else {
         return Ok(None);
@@ -382,14 +437,30 @@ async fn read_ca(store: &dyn Store) -> Result<Option<ClusterCa>, TrustStateError
     )?))
 }
 
-/// The names and addresses the cluster listener's certificate is valid for: the listen
-/// address (unless a wildcard), loopback, `localhost`, this PC's host name, and
-/// `--tls-san` entries.
-pub fn listener_hosts(bound: std::net::SocketAddr, extra: &[String]) -> Vec<String> {
-    let mut hosts = Vec::new();
-    if !bound.ip().is_unspecified() {
-        hosts.push(bound.ip().to_string());
+/// The names and addresses the scheduler's certificate is valid for: the listen
+/// addresses (for a wildcard such as `0.0.0.0`, the addresses of this PC's interfaces
+/// of that family, link-local ones aside), loopback, `localhost`, this PC's host name,
+/// and `--tls-san` entries.
+pub fn listener_hosts(bound: &[std::net::SocketAddr], extra: &[String]) -> Vec<String> {
+    let mut ips = Vec::new();
+    for address in bound {
+        if address.ip().is_unspecified() {
+            let interfaces = if_addrs::get_if_addrs().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list this PC's addresses for the scheduler's certificate; add them with --tls-san");
+                Vec::new()
+            });
+            ips.extend(
+                interfaces
+                    .iter()
+                    .filter(|i| !i.is_loopback() && !i.is_link_local())
+                    .map(|i| i.ip())
+                    .filter(|ip| ip.is_ipv4() == address.is_ipv4() || address.is_ipv6()),
+            );
+        } else {
+            ips.push(address.ip());
+        }
     }
+    let mut hosts: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
     hosts.extend(["127.0.0.1", "::1", "localhost"].map(String::from));
     if let Some(name) = crate::config::host_name() {
         if localml_trust::ca::validate_name(&name).is_ok() {
@@ -397,6 +468,8 @@ pub fn listener_hosts(bound: std::net::SocketAddr, extra: &[String]) -> Vec<Stri
         }
     }
     hosts.extend(extra.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.to_ascii_lowercase()));
     hosts
 }
 

@@ -4,7 +4,9 @@ Usage: python3 tests/python/tritonclient_check.py HOST:PORT EXPECTED_DIR
 
 With LOCALML_KEY set, every call carries `headers={"authorization": "Bearer KEY"}`, as a
 client of a scheduler that requires API keys does (docs/security.md); the check then also
-makes sure a call without the header is refused with UNAUTHENTICATED.
+makes sure a call without the header is refused with UNAUTHENTICATED. With LOCALML_CA set
+(a PEM file, from `localml ca`), the client connects with `ssl=True,
+root_certificates=LOCALML_CA`, as a client of a scheduler reachable from the LAN does.
 
 Checks readiness, metadata, config and inference (sync, async, streaming) for every
 stored example, against outputs computed by onnxruntime's Python API. Exits non-zero on
@@ -51,7 +53,11 @@ def main():
     url, expected_dir = sys.argv[1], sys.argv[2]
     key = os.environ.get("LOCALML_KEY")
     h = {"authorization": f"Bearer {key}"} if key else None
-    client = grpcclient.InferenceServerClient(url=url)
+    ca = os.environ.get("LOCALML_CA")
+    if ca:
+        client = grpcclient.InferenceServerClient(url=url, ssl=True, root_certificates=ca)
+    else:
+        client = grpcclient.InferenceServerClient(url=url)
     assert client.is_server_live(), "server not live"
     assert client.is_server_ready(), "server not ready"
     if key:

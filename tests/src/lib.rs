@@ -234,7 +234,12 @@ impl Scheduler {
         let (process, line) = spawn_and_read_line(command, "scheduler");
         let addr = address_after(&line, "listening on ");
         let cluster_addr = address_after(&line, "and ");
-        remember_scheduler(&cluster_addr, &addr);
+        let client_url = if serves_tls(extra) {
+            format!("https://{addr}")
+        } else {
+            addr.clone()
+        };
+        remember_scheduler(&cluster_addr, &client_url);
         let http_addr = line
             .contains("http://")
             .then(|| address_after(&line, "http://"));
@@ -281,10 +286,26 @@ impl Scheduler {
     /// the scheduler requires keys).
     pub async fn admin(&self) -> AdminClient<Connection> {
         let key = self.admin_key();
-        let channel = client::connect_with_key(&self.addr, Duration::from_secs(10), Some(&key))
-            .await
-            .expect("connect");
+        let ca = serves_tls(&self.extra).then(|| read_ca_pem(&self.data_dir()));
+        let channel = client::connect_with(
+            &self.client_url(),
+            Duration::from_secs(10),
+            Some(&key),
+            ca.as_deref(),
+        )
+        .await
+        .expect("connect");
         client::admin_client(channel)
+    }
+
+    /// The client address as the CLI takes it: `https://ADDR` when the scheduler was
+    /// started with `--client-tls required`.
+    pub fn client_url(&self) -> String {
+        if serves_tls(&self.extra) {
+            format!("https://{}", self.addr)
+        } else {
+            self.addr.clone()
+        }
     }
 
     pub async fn workers(&self) -> Vec<WorkerInfo> {
@@ -334,6 +355,13 @@ fn schedulers() -> &'static std::sync::Mutex<std::collections::HashMap<String, S
     MAP.get_or_init(Default::default)
 }
 
+/// Whether a scheduler started with `extra` serves TLS on its loopback client port.
+fn serves_tls(extra: &[String]) -> bool {
+    extra
+        .windows(2)
+        .any(|w| w[0] == "--client-tls" && w[1] == "required")
+}
+
 fn remember_scheduler(cluster: &str, client: &str) {
     schedulers()
         .lock()
@@ -362,14 +390,29 @@ fn admin_keys() -> &'static std::sync::Mutex<std::collections::HashMap<String, P
 
 /// Reads an admin key file, waiting for the scheduler to write it.
 fn read_admin_key(path: &Path) -> String {
+    read_when(path, |text| text.ends_with('\n'))
+        .trim()
+        .to_string()
+}
+
+/// Reads `path` once `complete` holds for its text, waiting (bounded) for the process
+/// that writes it.
+fn read_when(path: &Path, complete: fn(&str) -> bool) -> String {
     let start = Instant::now();
     loop {
         match std::fs::read_to_string(path) {
-            Ok(text) if text.ends_with('\n') => return text.trim().to_string(),
+            Ok(text) if complete(&text) => return text,
             _ if start.elapsed() < SOON => std::thread::sleep(Duration::from_millis(50)),
             other => panic!("read {}: {other:?}", path.display()),
         }
     }
+}
+
+/// The cluster CA's certificate the scheduler writes into `data_dir` at start.
+pub fn read_ca_pem(data_dir: &Path) -> String {
+    read_when(&data_dir.join("ca.pem"), |text| {
+        text.contains("-----END CERTIFICATE-----")
+    })
 }
 
 /// Runs `localml` with `args` (which name `--server`); with the admin key of the
@@ -383,13 +426,21 @@ pub fn localml(args: &[&str]) -> String {
         admin_keys()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(*s)
+            .get(s.trim_start_matches("https://"))
             .cloned()
     });
     let mut command = Command::new(bin("localml"));
     command.args(args).env("RUST_LOG", "off");
     if let Some(file) = key_file {
         command.env("LOCALML_KEY", read_admin_key(&file));
+        // The CA the scheduler writes next to its admin key, for `https://` addresses.
+        if let Some(dir) = file
+            .parent()
+            .filter(|_| server.is_some_and(|s| s.starts_with("https://")))
+        {
+            read_ca_pem(dir);
+            command.env("LOCALML_CA", dir.join("ca.pem"));
+        }
     }
     let out = command.output().expect("run localml");
     assert!(
@@ -606,14 +657,24 @@ pub fn tritonclient_available() -> bool {
 /// Runs tests/python/tritonclient_check.py (Triton's unmodified Python client) against
 /// `addr`, with `key` in `headers=` when given; panics with its output when it fails.
 pub async fn check_with_tritonclient(addr: &str, key: Option<&str>) {
+    check_with_tritonclient_tls(addr, key, None).await
+}
+
+/// As [`check_with_tritonclient`], over TLS verified with the CA in `ca` (PEM) when given
+/// (`ssl=True, root_certificates=...`).
+pub async fn check_with_tritonclient_tls(addr: &str, key: Option<&str>, ca: Option<&Path>) {
     let mut command = tokio::process::Command::new("python3");
     command
         .arg(repo_root().join("tests/python/tritonclient_check.py"))
         .arg(addr)
         .arg(repo_root().join("examples/expected"))
-        .env_remove("LOCALML_KEY");
+        .env_remove("LOCALML_KEY")
+        .env_remove("LOCALML_CA");
     if let Some(key) = key {
         command.env("LOCALML_KEY", key);
+    }
+    if let Some(ca) = ca {
+        command.env("LOCALML_CA", ca);
     }
     let out = command.output().await.expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -93,11 +93,26 @@ fn secret_data(rendered: &str, name: &str, field: &str) -> String {
 /// The chart's generated secrets work with the real binaries: a scheduler started with
 /// the chart's CA (an Ed25519 key made by Helm's genCAWithKey), join token and admin key,
 /// as the chart's pod starts it, and a worker that joins with the chart's token, serve
-/// inference to a client using the chart's admin key.
+/// inference to a client using the chart's admin key over TLS verified by the chart's CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_ca_token_and_admin_key_run_a_real_cluster() {
-    let (ok, rendered, err) = template("default", &[]);
+    let (ok, rendered, err) = template(
+        "default",
+        &[
+            "--set",
+            "scheduler.tls.extraSans={192.168.1.10,ml.school.lan}",
+        ],
+    );
     assert!(ok, "{err}");
+    // The client port's certificate covers the Service's names and the operator's.
+    for san in [
+        "--tls-san=localml.localml.svc",
+        "--tls-san=localml.localml.svc.cluster.local",
+        "--tls-san=192.168.1.10",
+        "--tls-san=ml.school.lan",
+    ] {
+        assert!(rendered.contains(san), "{san} in:\n{rendered}");
+    }
     let dir = TempDir::new("chart-secrets");
     let write = |name: &str, text: String| {
         let path = dir.path().join(name);
@@ -120,6 +135,9 @@ async fn the_charts_ca_token_and_admin_key_run_a_real_cluster() {
         &[
             "--auth",
             "required",
+            // The chart's pods listen on the pod network, so they serve TLS.
+            "--client-tls",
+            "required",
             "--ca-cert-file",
             &cert,
             "--ca-key-file",
@@ -132,10 +150,12 @@ async fn the_charts_ca_token_and_admin_key_run_a_real_cluster() {
     );
     let _worker = localml_tests::Worker::start("node-1-cpu", &scheduler, &["--token", &token]);
     scheduler.wait_ready(&["node-1-cpu"]).await;
-    let channel = localml_cli::client::connect_with_key(
-        &scheduler.addr,
+    let chart_ca = std::fs::read_to_string(&cert).expect("read the chart's CA");
+    let channel = localml_cli::client::connect_with(
+        &format!("https://{}", scheduler.addr),
         std::time::Duration::from_secs(10),
         Some(&admin),
+        Some(&chart_ca),
     )
     .await
     .expect("connect");

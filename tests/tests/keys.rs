@@ -316,33 +316,218 @@ async fn a_revoked_key_stops_working_on_every_replica() {
     assert!(on_two.list_workers(ListWorkersRequest {}).await.is_ok());
 }
 
+/// An address of this PC other than loopback, as another PC on the LAN reaches it.
+fn lan_address() -> std::net::IpAddr {
+    if_addrs::get_if_addrs()
+        .expect("list this PC's addresses")
+        .into_iter()
+        .find(|i| !i.is_loopback() && !i.is_link_local() && i.ip().is_ipv4())
+        .map(|i| i.ip())
+        .expect("this PC has no IPv4 address but loopback")
+}
+
+fn port_of(addr: &str) -> &str {
+    addr.rsplit(':').next().expect("port")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_reachable_from_the_lan_requires_keys_unless_insecure() {
-    // 0.0.0.0: reachable from the LAN; keys are required though nobody said so.
+async fn a_listener_reachable_from_the_lan_requires_tls_and_keys_unless_insecure() {
+    // 0.0.0.0: reachable from the LAN; TLS and keys are required though nobody said so.
     let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--listen", "0.0.0.0:0"]);
-    let port = scheduler.addr.rsplit(':').next().expect("port");
-    let addr = format!("127.0.0.1:{port}");
-    let mut no_key = AdminClient::new(connect(&addr, None).await);
+    let ca = read_ca_pem(&scheduler.data_dir());
+    // The certificate names this PC's LAN address though the listener is a wildcard, so
+    // a client on the LAN verifies it without --tls-san.
+    let lan = format!("https://{}:{}", lan_address(), port_of(&scheduler.addr));
+    let connect_tls = |key: Option<String>| {
+        let (lan, ca) = (lan.clone(), ca.clone());
+        async move {
+            client::connect_with(&lan, Duration::from_secs(10), key.as_deref(), Some(&ca))
+                .await
+                .expect("connect over TLS")
+        }
+    };
+    let mut no_key = AdminClient::new(connect_tls(None).await);
     assert_eq!(
         code_of(no_key.list_workers(ListWorkersRequest {}).await).0,
         Code::Unauthenticated
     );
-    let mut with_key = AdminClient::new(connect(&addr, Some(&scheduler.admin_key())).await);
+    let mut with_key = AdminClient::new(connect_tls(Some(scheduler.admin_key())).await);
     assert!(with_key.list_workers(ListWorkersRequest {}).await.is_ok());
+    // Plain HTTP/2 to the TLS port gets nothing, key or not; the CLI says to use https.
+    let plain = format!("{}:{}", lan_address(), port_of(&scheduler.addr));
+    let mut in_clear = AdminClient::new(connect(&plain, Some(&scheduler.admin_key())).await);
+    assert!(in_clear.list_workers(ListWorkersRequest {}).await.is_err());
+    let (ok, _, err) = localml(&plain, &scheduler.admin_key(), &["workers"]);
+    assert!(!ok && err.contains("use --server https://"), "{err}");
 
-    // --insecure: the operator's explicit choice; open.
+    // TLS off on a LAN listener needs --insecure: the scheduler does not start.
+    let dir = TempDir::new("tls-off");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(bin("localml-scheduler"))
+            .args(["--listen", "0.0.0.0:0", "--cluster-listen", "127.0.0.1:0"])
+            .args(["--client-tls", "off", "--data-dir"])
+            .arg(dir.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the scheduler stops at once")
+    .expect("run the scheduler");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("client_tls") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+
+    // --insecure: the operator's explicit choice; open and in clear, with a warning on
+    // /readyz.
     let insecure = Scheduler::start_full(
         TEST_SCHEDULER_CONFIG,
-        &["--listen", "0.0.0.0:0", "--insecure"],
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
     );
-    let port = insecure.addr.rsplit(':').next().expect("port");
-    let mut open = AdminClient::new(connect(&format!("127.0.0.1:{port}"), None).await);
+    let mut open =
+        AdminClient::new(connect(&format!("127.0.0.1:{}", port_of(&insecure.addr)), None).await);
     assert!(open.list_workers(ListWorkersRequest {}).await.is_ok());
+    let http = insecure.http_addr.clone().expect("http listener");
+    let (code, body) = http_get(&http, "/readyz").expect("readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("warning: --insecure") && body.contains("without TLS"),
+        "{body}"
+    );
 
     // Loopback without --auth required stays open (what `localml up` relies on).
     let local = Scheduler::start();
     let mut open = AdminClient::new(connect(&local.addr, None).await);
     assert!(open.list_workers(ListWorkersRequest {}).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_serves_tls_from_the_cluster_ca() {
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--auth", "required", "--client-tls", "required"],
+    );
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let https = format!("https://{}", scheduler.addr);
+    let admin = scheduler.admin_key();
+    let ca = read_ca_pem(&scheduler.data_dir());
+    let ca_file = scheduler.data_dir().join("ca.pem");
+    let ca_hash = localml_trust::sha256_hex(ca.as_bytes());
+    let home = TempDir::new("tls-home");
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin("localml"))
+            .args(args)
+            .env_remove("LOCALML_KEY")
+            .env_remove("LOCALML_CA")
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .envs(env.iter().copied())
+            .output()
+            .expect("run localml");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // `localml ca` from another PC: no key, no CA yet; the PEM it prints is the CA the
+    // join token pins, and its sha256 goes to stderr with the advice to compare it.
+    let (ok, pem, err) = cli(&["ca", "--server", &https], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(pem, ca);
+    assert!(
+        err.contains(&ca_hash) && err.contains("not verified"),
+        "{err}"
+    );
+    assert!(join_token(&https).starts_with(&format!("K10{ca_hash}::")));
+    // With the hash from the operator: verified; with another: refused, naming both.
+    let (ok, pem, err) = cli(&["ca", "--server", &https, "--sha256", &ca_hash], &[]);
+    assert!(ok && pem == ca && !err.contains("not verified"), "{err}");
+    let wrong = "ab".repeat(32);
+    let (ok, _, err) = cli(&["ca", "--server", &https, "--sha256", &wrong], &[]);
+    assert!(
+        !ok && err.contains(&wrong) && err.contains(&ca_hash),
+        "{err}"
+    );
+
+    // The CLI over https: without the CA it says how to get it; with --ca, LOCALML_CA or
+    // the credentials file's `ca` it works.
+    let (ok, _, err) = cli(&["workers", "--server", &https], &[("LOCALML_KEY", &admin)]);
+    assert!(!ok && err.contains("localml ca --server"), "{err}");
+    let ca_path = ca_file.to_string_lossy().into_owned();
+    let (ok, out, err) = cli(
+        &["--ca", &ca_path, "workers", "--server", &https],
+        &[("LOCALML_KEY", &admin)],
+    );
+    assert!(ok && out.contains('w'), "{err}");
+    std::fs::create_dir_all(home.path().join("config/localml")).expect("mkdir");
+    std::fs::copy(&ca_file, home.path().join("config/localml/ca.pem")).expect("copy");
+    std::fs::write(
+        home.path().join("config/localml/credentials.yaml"),
+        format!("key: {admin}\nca: ca.pem\n"),
+    )
+    .expect("write credentials");
+    let (ok, _, err) = cli(&["workers", "--server", &https], &[]);
+    assert!(ok, "credentials file with a relative ca: {err}");
+
+    // Inference from Rust over TLS, with an infer key.
+    let (ok, key, err) = cli(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "tls-client",
+            "--scope",
+            "infer",
+            "--server",
+            &https,
+        ],
+        &[("LOCALML_KEY", &admin), ("LOCALML_CA", &ca_path)],
+    );
+    assert!(ok, "{err}");
+    let key = key.trim().to_string();
+    let channel = client::connect_with(&https, Duration::from_secs(10), Some(&key), Some(&ca))
+        .await
+        .expect("connect over TLS");
+    let mut inference = GrpcInferenceServiceClient::new(channel);
+    let metadata = inference
+        .model_metadata(ModelMetadataRequest {
+            name: "image_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("metadata over TLS");
+    assert_eq!(metadata.into_inner().name, "image_classifier");
+    // A CA that did not sign the scheduler's certificate fails the handshake.
+    let other =
+        localml_trust::ca::ClusterCa::generate(std::time::SystemTime::now()).expect("another CA");
+    let stranger = client::connect_with(
+        &https,
+        Duration::from_secs(10),
+        Some(&key),
+        Some(other.cert_pem()),
+    )
+    .await;
+    if let Ok(channel) = stranger {
+        let mut c = GrpcInferenceServiceClient::new(channel);
+        assert!(c.server_live(ServerLiveRequest {}).await.is_err());
+    }
+
+    // Triton's Python client with ssl=True, root_certificates=ca.pem and headers=.
+    if tritonclient_available() {
+        check_with_tritonclient_tls(&scheduler.addr, Some(&key), Some(&ca_file)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

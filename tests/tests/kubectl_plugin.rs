@@ -196,14 +196,18 @@ async fn tables_cordon_drain_and_the_live_dashboard() {
     assert!(after.contains("desktop"), "still drawing:\n{after}");
 }
 
-/// Without `--server`, the plugin reads the chart's admin key Secret and runs `kubectl
-/// port-forward` to the release's Service, and talks through it with that key. No
-/// Kubernetes cluster here: a stand-in `kubectl` records its arguments, answers the
-/// Secret with the real scheduler's admin key (the scheduler requires keys), and prints
-/// kubectl's forwarding line for the real scheduler's port.
+/// Without `--server`, the plugin reads the chart's admin key and CA Secrets, runs
+/// `kubectl port-forward` to the release's Service, and talks through it over TLS
+/// verified by that CA, with that key. No Kubernetes cluster here: a stand-in `kubectl`
+/// records its arguments, answers the Secrets with the real scheduler's admin key and CA
+/// (the scheduler requires keys and TLS, as the chart's does), and prints kubectl's
+/// forwarding line for the real scheduler's port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
-    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--auth", "required", "--client-tls", "required"],
+    );
     let _w = Worker::start("w1", &scheduler, &[]);
     scheduler.wait_ready(&["w1"]).await;
     let dir = TempDir::new("fake-kubectl");
@@ -212,9 +216,13 @@ async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
     std::fs::write(
         &fake,
         format!(
-            "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *\"get secret\"*) echo '{}'; exit 0;; esac\necho 'Forwarding from [::1]:1 -> 8001'\necho 'Forwarding from {} -> 8001'\nexec sleep 60\n",
+            "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *\"admin-key\"*) echo '{}'; exit 0;; *\"localml-ca\"*) cat {}; exit 0;; esac\necho 'Forwarding from [::1]:1 -> 8001'\necho 'Forwarding from {} -> 8001'\nexec sleep 60\n",
             log.display(),
             scheduler.admin_key(),
+            {
+                read_ca_pem(&scheduler.data_dir());
+                scheduler.data_dir().join("ca.pem").display().to_string()
+            },
             scheduler.addr
         ),
     )
@@ -249,7 +257,8 @@ async fn through_the_kube_context_it_port_forwards_to_the_charts_service() {
         calls,
         [
             "--context lan port-forward -n school svc/library-localml :8001",
-            "--context lan get secret -n school library-localml-admin-key -o go-template={{.data.key | base64decode}}",
+            "--context lan get secret -n school library-localml-ca -o go-template={{index .data \"tls.crt\" | base64decode}}",
+            "--context lan get secret -n school library-localml-admin-key -o go-template={{index .data \"key\" | base64decode}}",
         ]
     );
 }

@@ -172,12 +172,7 @@ fn classify(address: &str, status: tonic::Status) -> Attempt {
 /// secret is sent; the caller compares the hash with the token's), like k3s's
 /// `GET /cacerts`.
 async fn fetch_ca(address: &str) -> Result<String, Attempt> {
-    let endpoint = endpoint(address)
-        .map_err(Attempt::Fail)?
-        .tls_config_with_verifier(
-            ClientTlsConfig::new(),
-            Arc::new(unverified::AnyServer::new()),
-        )
+    let endpoint = unverified_endpoint(endpoint(address).map_err(Attempt::Fail)?)
         .map_err(|e| Attempt::Retry(e.to_string()))?;
     let channel = endpoint
         .connect()
@@ -188,6 +183,16 @@ async fn fetch_ca(address: &str) -> Result<String, Attempt> {
         .await
         .map_err(|s| classify(address, s))?;
     Ok(response.into_inner().ca_pem)
+}
+
+/// TLS to `endpoint` without verifying the server: only for fetching the cluster CA's
+/// certificate (public), whose sha256 the caller compares with one it trusts (the join
+/// token's, or the one `localml ca --sha256` is given).
+pub fn unverified_endpoint(endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+    endpoint.tls_config_with_verifier(
+        ClientTlsConfig::new(),
+        Arc::new(unverified::AnyServer::new()),
+    )
 }
 
 fn warn_on_skew(server_time_unix_ms: i64) {

@@ -40,6 +40,10 @@ struct Cli {
     /// API key [default: the chart's admin key Secret, read through the kube context].
     #[arg(long, global = true, env = "LOCALML_KEY", hide_env_values = true)]
     key: Option<String>,
+    /// Cluster CA (PEM file) for an `https://` --server [default: the chart's CA Secret,
+    /// read through the kube context].
+    #[arg(long, global = true, env = "LOCALML_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// The Service's client port (the chart's scheduler.ports.grpc).
     #[arg(long, global = true, default_value_t = 8001)]
     port: u16,
@@ -102,24 +106,50 @@ fn service_name(release: &str) -> String {
         .to_string()
 }
 
-/// The chart's admin key, read from its Secret through the kube context; `None` when
-/// kubectl cannot read it (no permission to read Secrets, or a release without one).
-async fn chart_admin_key(cli: &Cli) -> Option<String> {
+/// A field of one of the chart's Secrets (`<release>-localml-<suffix>`), read through the
+/// kube context; `None` when kubectl cannot read it (no permission to read Secrets, or a
+/// release without it).
+async fn chart_secret(cli: &Cli, suffix: &str, field: &str) -> Option<String> {
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let mut command = tokio::process::Command::new(&kubectl);
     if let Some(context) = &cli.context {
         command.args(["--context", context]);
     }
-    let secret = format!("{}-admin-key", service_name(&cli.release));
+    let secret = format!("{}-{suffix}", service_name(&cli.release));
+    let template = format!("go-template={{{{index .data \"{field}\" | base64decode}}}}");
     let out = command
-        .args(["get", "secret", "-n", &cli.namespace, &secret])
-        .args(["-o", "go-template={{.data.key | base64decode}}"])
+        .args([
+            "get",
+            "secret",
+            "-n",
+            &cli.namespace,
+            &secret,
+            "-o",
+            &template,
+        ])
         .stdin(Stdio::null())
         .output()
         .await
         .ok()?;
-    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && key.starts_with("lmk_")).then_some(key)
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The chart's admin key, from its Secret.
+async fn chart_admin_key(cli: &Cli) -> Option<String> {
+    let key = chart_secret(cli, "admin-key", "key")
+        .await?
+        .trim()
+        .to_string();
+    key.starts_with("lmk_").then_some(key)
+}
+
+/// The chart's cluster CA certificate (it verifies the scheduler's TLS), from its Secret.
+async fn chart_ca(cli: &Cli) -> Option<String> {
+    chart_secret(cli, "ca", "tls.crt")
+        .await
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
 }
 
 /// A `kubectl port-forward` kept running while the command works (killed on drop).
@@ -326,11 +356,24 @@ async fn drain(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Through the kube context the scheduler serves TLS (its pods listen on the pod
+    // network) with the chart's CA; with --server, as `localml` does.
     let (server, _forward) = match &cli.server {
-        Some(s) => (s.clone(), None),
+        Some(s) => {
+            if s.starts_with("https://") {
+                client::set_ca(localml_cli::keys::discover_ca(cli.ca.clone(), s)?);
+            }
+            (s.clone(), None)
+        }
         None => {
             let (addr, forward) = port_forward(&cli).await?;
-            (addr, Some(forward))
+            match chart_ca(&cli).await {
+                Some(ca) => {
+                    client::set_ca(Some(ca));
+                    (format!("https://{addr}"), Some(forward))
+                }
+                None => (addr, Some(forward)),
+            }
         }
     };
     let key = match (&cli.key, &cli.server) {

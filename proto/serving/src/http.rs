@@ -14,6 +14,11 @@ pub trait Probe: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// Why the process cannot do its job now; `None` when it is ready.
     fn not_ready(&self) -> Option<String>;
+    /// What the operator should know even when ready (e.g. an insecure listener); each
+    /// is a `warning:` line of `/readyz`.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
@@ -40,11 +45,16 @@ pub async fn serve(
     let ready = move || {
         let probe = Arc::clone(&probe);
         async move {
+            let warnings: String = probe
+                .warnings()
+                .iter()
+                .map(|w| format!("warning: {w}\n"))
+                .collect();
             match probe.not_ready() {
-                None => (StatusCode::OK, "ready\n".to_string()).into_response(),
+                None => (StatusCode::OK, format!("ready\n{warnings}")).into_response(),
                 Some(why) => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
+                    format!("not ready: {why}\n{warnings}"),
                 )
                     .into_response(),
             }

@@ -35,9 +35,25 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         },
         "grpc.health.v1.Health" => None,
         "localml.v1.Jobs" => Some(Scope::Jobs),
+        // The cluster CA's certificate is public: clients fetch it to verify TLS.
+        "localml.v1.Trust" if method == "GetCa" => None,
         // Admin, Keys, Trust and anything added later: admin until said otherwise.
         _ => Some(Scope::Admin),
     }
+}
+
+/// The caller's address, over plain TCP or TLS.
+fn remote_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
+        .map(|a| a.ip())
 }
 
 /// Failures counted per address within this window.
@@ -186,11 +202,7 @@ where
                 Box::pin(self.inner.call(request))
             }
             Err(status) => {
-                let ip = request
-                    .extensions()
-                    .get::<tonic::transport::server::TcpConnectInfo>()
-                    .and_then(|info| info.remote_addr())
-                    .map(|a| a.ip());
+                let ip = remote_ip(request.extensions());
                 let delay = if status.code() == tonic::Code::Unauthenticated {
                     self.state.failed(ip)
                 } else {

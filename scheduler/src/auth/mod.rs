@@ -49,6 +49,20 @@ impl std::str::FromStr for Scope {
     }
 }
 
+/// Whether the client port serves TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientTls {
+    /// TLS on a listener reachable from the LAN (unless `--insecure`); plain on loopback
+    /// (the default).
+    #[default]
+    Auto,
+    /// TLS on every listener, loopback included.
+    Required,
+    /// Never TLS; on a listener reachable from the LAN only with `--insecure`.
+    Off,
+}
+
 /// Whether the client port demands keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

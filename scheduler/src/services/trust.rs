@@ -1,5 +1,6 @@
 //! `localml.v1.Trust`: join tokens, operator certificates and worker removal. Served on
-//! the client port; the client port's key check puts it in the admin scope.
+//! the client port; the client port's key check puts it in the admin scope, except
+//! `GetCa` (the CA's certificate is public).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -44,6 +45,12 @@ pub struct TrustService {
 
 #[tonic::async_trait]
 impl Trust for TrustService {
+    async fn get_ca(&self, _: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
+        Ok(Response::new(GetCaResponse {
+            ca_pem: self.trust.ca.cert_pem().to_string(),
+        }))
+    }
+
     async fn create_token(
         &self,
         r: Request<CreateTokenRequest>,

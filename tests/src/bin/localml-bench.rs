@@ -1,7 +1,8 @@
 //! End-to-end latency and throughput benchmark for the FP32 example model at batch 1:
 //! in-process ONNX Runtime (the baseline), client -> worker, client -> scheduler ->
-//! worker, and the same through a scheduler that requires API keys (the key checked on
-//! every call), each at concurrency 1 and 32, in one run, with ratios.
+//! worker, and the same through a scheduler that requires API keys and TLS on its
+//! client port (as one reachable from the LAN does: TLS from the cluster CA, the key
+//! checked on every call), each at concurrency 1 and 32, in one run, with ratios.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/localml-bench`
 //! Options: `--seconds N` per measurement (default 3), `--model NAME` (default
@@ -136,8 +137,8 @@ async fn main() -> anyhow::Result<()> {
         model.version, input.shape, model.instances
     );
 
-    // Two schedulers, the second requiring API keys; the worker reports to both, so the
-    // two paths differ only in the key check. They share one cluster CA and join token
+    // Two schedulers, the second requiring API keys and TLS; the worker reports to both,
+    // so the two paths differ only in the client port's TLS and key check. They share one cluster CA and join token
     // (as replicas do), made here and given to both as files.
     let trust_dir = localml_tests::TempDir::new("bench-trust");
     let ca = localml_trust::ca::ClusterCa::generate(std::time::SystemTime::now())?;
@@ -162,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &shared);
     let mut keyed_flags = shared.to_vec();
-    keyed_flags.extend(["--auth", "required"]);
+    keyed_flags.extend(["--auth", "required", "--client-tls", "required"]);
     let keyed = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &keyed_flags);
     let both = format!("{},{}", scheduler.cluster_addr, keyed.cluster_addr);
     let worker = Worker::start_reporting_to("bench-worker", &both, &models, &["--token", &token]);
@@ -200,13 +201,21 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         let c = client::inference_client(
-            client::connect_with_key(&keyed.addr, Duration::from_secs(10), Some(&key)).await?,
+            client::connect_with(
+                &format!("https://{}", keyed.addr),
+                Duration::from_secs(10),
+                Some(&key),
+                Some(ca.cert_pem()),
+            )
+            .await?,
         );
         let r = request.clone();
         let with_key = measure(concurrency, duration, move || {
             let (mut c, r) = (c.clone(), r.clone());
             async move {
-                c.model_infer(r).await.expect("inference with a key");
+                c.model_infer(r)
+                    .await
+                    .expect("inference over TLS with a key");
             }
         })
         .await;
@@ -223,12 +232,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", row("in-process ONNX Runtime", *c, a));
         println!("{}", row("client -> worker", *c, b));
         println!("{}", row("client -> scheduler -> worker", *c, s));
-        println!("{}", row("  ... with an API key", *c, k));
+        println!("{}", row("  ... over TLS with a key", *c, k));
     }
     println!();
     for ((c, _, _, s), k) in results.iter().zip(&keyed_results) {
         println!(
-            "concurrency {c:>2}: API key checked / open: p50 {:.2}x, throughput {:.2}x",
+            "concurrency {c:>2}: TLS + API key / open: p50 {:.2}x, throughput {:.2}x",
             k.percentile(0.5).as_secs_f64() / s.percentile(0.5).as_secs_f64(),
             k.throughput() / s.throughput()
         );
