@@ -72,6 +72,9 @@ pub struct SchedulerConfig {
     pub ca_key_file: Option<std::path::PathBuf>,
     /// A join token made elsewhere (the Helm chart's Secret), imported at start.
     pub join_token_file: Option<std::path::PathBuf>,
+    /// How long workers' certificates are valid, in seconds (default a year, as k3s);
+    /// workers renew theirs two thirds into it, online.
+    pub worker_certificate_validity_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -143,6 +146,7 @@ impl Default for SchedulerConfig {
             auth: crate::auth::AuthMode::Auto,
             insecure: false,
             client_tls: crate::auth::ClientTls::Auto,
+            worker_certificate_validity_s: localml_trust::ca::LEAF_VALIDITY.as_secs(),
             tls_cert_file: None,
             tls_key_file: None,
             admin_key_file: None,
@@ -210,6 +214,9 @@ impl SchedulerConfig {
                 "tls_cert_file",
                 "and tls_key_file go together: give both or neither",
             );
+        }
+        if self.worker_certificate_validity_s < 10 {
+            return invalid("worker_certificate_validity_s", "must be at least 10");
         }
         if self.dispatch_attempts == 0 {
             return invalid("dispatch_attempts", "must be at least 1");

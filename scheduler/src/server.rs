@@ -255,6 +255,7 @@ pub async fn run(
         trust: Arc::clone(&trust),
         workers: Arc::clone(&workers),
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
+        certificate_validity: std::time::Duration::from_secs(config.worker_certificate_validity_s),
     });
 
     let mut clients = tonic::transport::Server::builder();

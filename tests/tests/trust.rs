@@ -327,6 +327,69 @@ async fn a_restarted_worker_rejoins_with_its_certificate_without_a_token() {
         .expect("served by the restarted worker");
 }
 
+/// Certificates valid for 15 s: the worker renews its certificate online two thirds into
+/// it (a new key too), keeps reporting, and its inference port serves the new one: after
+/// the first certificate expired, new TLS connections to the worker and inference
+/// through the scheduler still work, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_renews_its_certificate_online_before_it_expires() {
+    use std::os::unix::fs::PermissionsExt;
+    let scheduler = Scheduler::start_with(&format!(
+        "{TEST_SCHEDULER_CONFIG}worker_certificate_validity_s: 15\n"
+    ));
+    let dir = TempDir::new("renew");
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let worker = Worker::start("pc-renew", &scheduler, &["--data-dir", &data_dir]);
+    scheduler.wait_ready(&["pc-renew"]).await;
+    let read = |file: &str| std::fs::read_to_string(dir.path().join(file)).unwrap_or_default();
+    assert!(
+        wait_until(SOON, || async { !read("worker.pem").is_empty() }).await,
+        "the worker saves its certificate"
+    );
+    let (first_cert, first_key) = (read("worker.pem"), read("worker.key"));
+    let first = localml_trust::ca::holder_pem(&first_cert).expect("certificate");
+    let validity = first
+        .not_after
+        .duration_since(first.issued_at())
+        .expect("not_after after issue");
+    assert!(validity <= Duration::from_secs(16), "{validity:?}");
+
+    // Renewed around 10 s after issue: a new certificate and a new key, still 0600.
+    let renewed = wait_until(Duration::from_secs(40), || async {
+        localml_trust::ca::holder_pem(&read("worker.pem"))
+            .is_ok_and(|h| h.name == "pc-renew" && h.not_after > first.not_after)
+    })
+    .await;
+    assert!(renewed, "no renewed certificate in {data_dir}");
+    assert_ne!(read("worker.key"), first_key, "a new key with the new certificate");
+    for file in ["worker.key", "worker.pem"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .expect("credential file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+
+    // Past the first certificate's end (plus a margin for whole seconds).
+    let expired = first.not_after + Duration::from_secs(2);
+    if let Ok(left) = expired.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    // A new TLS connection to the worker: it must present the renewed certificate.
+    let mut direct = worker.inference().await;
+    direct
+        .model_infer(image_request(1))
+        .await
+        .expect("a new connection to the worker after the first certificate expired");
+    // Still Ready (its reports use the new certificate), and serving through the scheduler.
+    scheduler.wait_ready(&["pc-renew"]).await;
+    let mut client = scheduler.inference().await;
+    client
+        .model_infer(image_request(1))
+        .await
+        .expect("inference through the scheduler after the renewal");
+}
+
 #[tokio::test]
 async fn a_workers_inference_port_takes_only_clients_with_a_cluster_certificate() {
     let scheduler = Scheduler::start();

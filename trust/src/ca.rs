@@ -113,6 +113,7 @@ fn leaf_params(
     role: Role,
     sans: Vec<SanType>,
     now: SystemTime,
+    validity: Duration,
 ) -> Result<CertificateParams, TrustError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -130,7 +131,7 @@ fn leaf_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    window(&mut params, now, LEAF_VALIDITY);
+    window(&mut params, now, validity);
     serial(&mut params)?;
     Ok(params)
 }
@@ -239,7 +240,7 @@ impl ClusterCa {
         now: SystemTime,
     ) -> Result<Issued, TrustError> {
         let key = KeyPair::generate().map_err(cert_error)?;
-        let params = leaf_params(name, role, sans, now)?;
+        let params = leaf_params(name, role, sans, now, LEAF_VALIDITY)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(cert_error)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -247,20 +248,22 @@ impl ClusterCa {
         })
     }
 
-    /// Signs a worker's certificate signing request for the worker `name`. Only the
-    /// request's public key is used (what it asks for is ignored): the certificate names
-    /// `name`, as a worker, and nothing else.
+    /// Signs a worker's certificate signing request for the worker `name`, valid for
+    /// `validity` from `now` (and backdated). Only the request's public key is used (what
+    /// it asks for is ignored): the certificate names `name`, as a worker, and nothing
+    /// else.
     pub fn sign_worker(
         &self,
         csr_pem: &str,
         name: &str,
         now: SystemTime,
+        validity: Duration,
     ) -> Result<String, TrustError> {
         validate_name(name)?;
         let request = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| TrustError::Csr(e.to_string()))?;
         let signed = CertificateSigningRequestParams {
-            params: leaf_params(name, Role::Worker, vec![dns(name)?], now)?,
+            params: leaf_params(name, Role::Worker, vec![dns(name)?], now, validity)?,
             public_key: request.public_key,
         };
         Ok(signed.signed_by(&self.issuer).map_err(cert_error)?.pem())
@@ -300,16 +303,17 @@ impl Holder {
         self.not_before + BACKDATE
     }
 
+    /// When to renew: once two thirds of the validity from issue (not counting the
+    /// backdating) have passed, as k3s does.
+    pub fn renewal_due(&self) -> SystemTime {
+        let issued = self.issued_at();
+        let total = self.not_after.duration_since(issued).unwrap_or_default();
+        issued + total * 2 / 3
+    }
+
     /// Whether less than a third of the validity is left at `now` (renew then).
     pub fn needs_renewal(&self, now: SystemTime) -> bool {
-        let total = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        match self.not_after.duration_since(now) {
-            Ok(left) => left < total / 3,
-            Err(_) => true,
-        }
+        now >= self.renewal_due()
     }
 }
 
@@ -372,7 +376,7 @@ mod tests {
         assert_eq!(again.hash(), ca.hash());
         let request = certificate_request("pc-3").expect("csr");
         let cert = again
-            .sign_worker(&request.cert_pem, "pc-3", now())
+            .sign_worker(&request.cert_pem, "pc-3", now(), LEAF_VALIDITY)
             .expect("signed");
         let h = holder_pem(&cert).expect("holder");
         assert_eq!(h.name, "pc-3");
@@ -386,11 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn short_lived_certificates_are_renewed_after_two_thirds_not_counting_the_backdating() {
+        let ca = ClusterCa::generate(now()).expect("ca");
+        let request = certificate_request("pc-3").expect("csr");
+        let issued = now();
+        let cert = ca
+            .sign_worker(&request.cert_pem, "pc-3", issued, Duration::from_secs(30))
+            .expect("signed");
+        let h = holder_pem(&cert).expect("holder");
+        // Whole seconds in the certificate.
+        assert!(!h.needs_renewal(issued + Duration::from_secs(18)));
+        assert!(h.needs_renewal(issued + Duration::from_secs(21)));
+        assert!(h.needs_renewal(issued + Duration::from_secs(3600)));
+    }
+
+    #[test]
     fn the_worker_name_comes_from_the_scheduler_not_the_request() {
         let ca = ClusterCa::generate(now()).expect("ca");
         let request = certificate_request("someone-else").expect("csr");
         let cert = ca
-            .sign_worker(&request.cert_pem, "pc-3", now())
+            .sign_worker(&request.cert_pem, "pc-3", now(), LEAF_VALIDITY)
             .expect("signed");
         assert_eq!(holder_pem(&cert).expect("holder").name, "pc-3");
     }
@@ -399,7 +418,7 @@ mod tests {
     fn garbage_requests_and_names_are_errors() {
         let ca = ClusterCa::generate(now()).expect("ca");
         let err = ca
-            .sign_worker("not a csr", "pc-3", now())
+            .sign_worker("not a csr", "pc-3", now(), LEAF_VALIDITY)
             .expect_err("garbage");
         assert!(matches!(err, TrustError::Csr(_)), "{err}");
         let request = certificate_request("pc-3").expect("csr");
@@ -413,10 +432,14 @@ mod tests {
         };
         body.replace_range(40..41, c);
         let broken = lines.join("\n");
-        assert!(ca.sign_worker(&broken, "pc-3", now()).is_err());
+        assert!(ca
+            .sign_worker(&broken, "pc-3", now(), LEAF_VALIDITY)
+            .is_err());
         for bad in ["", "a b", "-x", "x_y", &"a".repeat(300)] {
             assert!(validate_name(bad).is_err(), "{bad}");
-            assert!(ca.sign_worker(&request.cert_pem, bad, now()).is_err());
+            assert!(ca
+                .sign_worker(&request.cert_pem, bad, now(), LEAF_VALIDITY)
+                .is_err());
         }
         assert!(validate_name("w1").is_ok());
         assert!(validate_name("pc-3.lan").is_ok());

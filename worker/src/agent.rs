@@ -10,6 +10,8 @@ use localml_proto::localml::v1::{JoinRequest, LeaveRequest, StatusReport};
 use tokio::sync::watch;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::credentials::Credentials;
+
 use crate::state::Worker;
 
 /// Refresh GPU memory every this many reports. The interval dates from when a reading
@@ -86,7 +88,7 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 pub async fn run_all(
     worker: Arc<Worker>,
     schedulers: String,
-    tls: ClientTlsConfig,
+    credentials: watch::Receiver<Credentials>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut agents: std::collections::HashMap<
@@ -99,18 +101,16 @@ pub async fn run_all(
             if agents.contains_key(address) {
                 continue;
             }
-            let channel = match scheduler_channel(address, Some(&tls)) {
-                Ok(channel) => channel,
-                Err(e) => {
-                    tracing::warn!(scheduler = %address, error = %e, "invalid scheduler address");
-                    continue;
-                }
-            };
+            let tls = credentials.borrow().cluster_tls();
+            if let Err(e) = scheduler_channel(address, Some(&tls)) {
+                tracing::warn!(scheduler = %address, error = %e, "invalid scheduler address");
+                continue;
+            }
             let (stop, stopped) = watch::channel(false);
             let worker = Arc::clone(&worker);
             let span = tracing::info_span!("agent", scheduler = %address);
             let handle = tokio::spawn(tracing::Instrument::instrument(
-                run(worker, channel, stopped),
+                run(worker, address.clone(), credentials.clone(), stopped),
                 span,
             ));
             agents.insert(address.clone(), (handle, stop));
@@ -142,9 +142,20 @@ pub async fn run_all(
     }
 }
 
-/// Runs until `shutdown` turns true, then leaves the cluster.
-pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Receiver<bool>) {
-    let mut client = ClusterClient::new(channel);
+/// Reports to the scheduler at `address` until `shutdown` turns true, then leaves the
+/// cluster. A renewed certificate (on `credentials`) is used from the next report on.
+pub async fn run(
+    worker: Arc<Worker>,
+    address: String,
+    mut credentials: watch::Receiver<Credentials>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let connect = |credentials: &Credentials| {
+        scheduler_channel(&address, Some(&credentials.cluster_tls())).map(ClusterClient::new)
+    };
+    let Ok(mut client) = connect(&credentials.borrow_and_update()) else {
+        return; // run_all checked the address
+    };
     let mut id: Option<String> = None;
     let mut interval = DEFAULT_INTERVAL;
     let mut reports: u64 = 0;
@@ -158,6 +169,12 @@ pub async fn run(worker: Arc<Worker>, channel: Channel, mut shutdown: watch::Rec
             let _ = tokio::task::spawn_blocking(move || w.refresh_gpus()).await;
         }
         reports += 1;
+        if credentials.has_changed().unwrap_or(false) {
+            if let Ok(renewed) = connect(&credentials.borrow_and_update()) {
+                tracing::debug!("reporting with the renewed certificate");
+                client = renewed;
+            }
+        }
         let status = worker.status();
         let outcome = match &id {
             None => client

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use localml_proto::localml::v1::cluster_client::ClusterClient;
-use localml_proto::localml::v1::{GetCaRequest, JoinRequest, WorkerStatus};
+use localml_proto::localml::v1::{
+    GetCaRequest, JoinRequest, RenewCertificateRequest, WorkerStatus,
+};
 use localml_trust::token::JoinToken;
 use localml_trust::TrustError;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
@@ -22,6 +24,8 @@ const KEY_FILE: &str = "worker.key";
 const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(300);
 /// Pause between attempts while the scheduler cannot be reached or the name is taken.
 const RETRY: Duration = Duration::from_secs(1);
+/// Pause before trying a failed renewal again.
+const RENEWAL_RETRY: Duration = Duration::from_secs(60);
 
 /// Why the worker has no credentials. Messages never contain the token or a key.
 #[derive(Debug, thiserror::Error)]
@@ -258,32 +262,111 @@ async fn join_with_token(
 }
 
 /// Renews the certificate with the current one (mutual TLS) and a new key.
-async fn renew(
-    address: &str,
-    current: &Credentials,
-    status: &WorkerStatus,
-) -> Result<Credentials, String> {
-    let request =
-        localml_trust::ca::certificate_request(&status.name).map_err(|e| e.to_string())?;
+async fn renew(address: &str, current: &Credentials, name: &str) -> Result<Credentials, String> {
+    let request = localml_trust::ca::certificate_request(name).map_err(|e| e.to_string())?;
     let endpoint = endpoint(address)
         .map_err(|e| e.to_string())?
         .tls_config(current.cluster_tls())
         .map_err(|e| e.to_string())?;
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let response = ClusterClient::new(channel)
-        .join(JoinRequest {
-            status: Some(status.clone()),
+        .renew_certificate(RenewCertificateRequest {
             csr_pem: request.cert_pem,
         })
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
     warn_on_skew(response.server_time_unix_ms);
-    Ok(Credentials {
+    let renewed = Credentials {
         ca_pem: current.ca_pem.clone(),
         cert_pem: response.certificate_pem,
         key_pem: request.key_pem,
-    })
+    };
+    // What the scheduler sent must be a certificate for this worker.
+    match localml_trust::ca::holder_pem(&renewed.cert_pem) {
+        Ok(holder) if holder.name == name => Ok(renewed),
+        Ok(holder) => Err(format!(
+            "the scheduler sent a certificate for '{}'",
+            holder.name
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Renews with the first of `addresses` that answers; writes the new files.
+async fn renew_any(
+    dir: &Path,
+    addresses: &[String],
+    current: &Credentials,
+    name: &str,
+) -> Option<Credentials> {
+    for address in addresses {
+        match renew(address, current, name).await {
+            Ok(renewed) => match renewed.write(dir) {
+                Ok(()) => {
+                    tracing::info!(scheduler = %address, "worker certificate renewed");
+                    return Some(renewed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the renewed worker certificate");
+                    return None;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(scheduler = %address, error = %e, "cannot renew the worker certificate")
+            }
+        }
+    }
+    None
+}
+
+/// Longest sleep before looking at the clock again (a PC's clock may jump, e.g. when a
+/// time server becomes reachable).
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Renews the worker's certificate two thirds into its validity, for as long as the
+/// worker runs, and publishes each new one on `updates` (the agents and the inference
+/// port switch to it). A failed renewal is retried every few minutes until it works.
+pub async fn keep_renewed(
+    dir: PathBuf,
+    addresses: Vec<String>,
+    name: String,
+    updates: tokio::sync::watch::Sender<Credentials>,
+) {
+    loop {
+        let current = updates.borrow().clone();
+        let due = match localml_trust::ca::holder_pem(&current.cert_pem) {
+            Ok(holder) => holder.renewal_due(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the worker certificate; not renewing it");
+                return;
+            }
+        };
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(RENEWAL_CHECK);
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => continue,
+                _ = updates.closed() => return,
+            }
+        }
+        match renew_any(&dir, &addresses, &current, &name).await {
+            Some(renewed) => {
+                if updates.send(renewed).is_err() {
+                    return;
+                }
+            }
+            None => {
+                // Until the old certificate expires the worker keeps working with it.
+                tokio::select! {
+                    _ = tokio::time::sleep(RENEWAL_RETRY) => {}
+                    _ = updates.closed() => return,
+                }
+            }
+        }
+    }
 }
 
 /// The worker's credentials: from `dir` (renewed when due), else obtained with `token`
@@ -297,19 +380,17 @@ pub async fn obtain(
 ) -> Result<Credentials, CredentialError> {
     if let Some(current) = Credentials::read(dir) {
         match localml_trust::ca::holder_pem(&current.cert_pem) {
+            Ok(holder)
+                if holder.name == status.name
+                    && holder.not_after <= SystemTime::now()
+                    && token.is_some() =>
+            {
+                tracing::warn!("the worker certificate in the data directory expired (the worker was off too long to renew it); joining with the token");
+            }
             Ok(holder) if holder.name == status.name => {
                 if holder.needs_renewal(SystemTime::now()) {
-                    for address in addresses {
-                        match renew(address, &current, status).await {
-                            Ok(renewed) => {
-                                renewed.write(dir)?;
-                                tracing::info!("worker certificate renewed");
-                                return Ok(renewed);
-                            }
-                            Err(e) => {
-                                tracing::warn!(scheduler = %address, error = %e, "cannot renew the worker certificate")
-                            }
-                        }
+                    if let Some(renewed) = renew_any(dir, addresses, &current, &status.name).await {
+                        return Ok(renewed);
                     }
                 }
                 return Ok(current);

@@ -335,11 +335,20 @@ pub async fn run(
             return Ok(());
         }
     };
+    // The certificate is renewed two thirds into its validity, online: the agents and
+    // the inference port take the new one.
+    let (renewed, mut credentials) = tokio::sync::watch::channel(credentials);
+    let renewal = tokio::spawn(credentials::keep_renewed(
+        data_dir.clone(),
+        addresses.clone(),
+        status.name.clone(),
+        renewed,
+    ));
     let (stop_agent, agent_shutdown) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(agent::run_all(
         Arc::clone(&worker),
         schedulers,
-        credentials.cluster_tls(),
+        credentials.clone(),
         agent_shutdown,
     ));
     let service = GrpcInferenceServiceServer::new(OipService(Arc::new(service::WorkerInference {
@@ -358,11 +367,46 @@ pub async fn run(
         let _ = stop_agent.send(true);
         let _ = agent.await;
     };
-    tonic::transport::Server::builder()
-        .tls_config(credentials.server_tls())?
-        .add_service(service)
-        .serve_with_incoming_shutdown(localml_serving::service::incoming(listener), drain)
-        .await?;
+    tokio::pin!(drain);
+    // One server per certificate on the same listener: when a renewed one arrives, the
+    // old server stops accepting and finishes its connections (clients reconnect, and
+    // verify the new certificate) while the new one accepts.
+    let listener = Arc::new(listener);
+    let mut retired = Vec::new();
+    let mut renewals = true;
+    loop {
+        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(credentials.borrow_and_update().server_tls())?
+                .add_service(service.clone())
+                .serve_with_incoming_shutdown(
+                    localml_serving::service::incoming_shared(Arc::clone(&listener)),
+                    async {
+                        let _ = server_stopped.await;
+                    },
+                ),
+        );
+        let renewed = tokio::select! {
+            changed = credentials.changed(), if renewals => changed.is_ok(),
+            _ = &mut drain => {
+                let _ = stop_server.send(());
+                for old in retired {
+                    let _ = old.await;
+                }
+                server.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+                break;
+            }
+        };
+        if renewed {
+            tracing::info!("the inference port serves the renewed certificate");
+        } else {
+            renewals = false; // the renewal task ended; keep serving
+        }
+        let _ = stop_server.send(());
+        retired.push(server);
+    }
+    renewal.abort();
     let _ = http_stop.send(());
     if let Some(http) = http {
         let _ = http.await;

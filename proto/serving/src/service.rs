@@ -238,6 +238,20 @@ pub fn incoming(
     })
 }
 
+/// As [`incoming`], for a listener several servers take turns on (a worker's inference
+/// port, served anew with each renewed certificate).
+pub fn incoming_shared(
+    listener: std::sync::Arc<tokio::net::TcpListener>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.and_then(|(stream, _)| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        });
+        Some((accepted, listener))
+    })
+}
+
 /// The response stream of `ModelStreamInfer`.
 pub type InferResponseStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>,

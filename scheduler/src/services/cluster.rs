@@ -81,6 +81,8 @@ pub struct ClusterService {
     pub registrations: Arc<Registrations>,
     pub trust: Arc<ClusterTrust>,
     pub report_interval_ms: u32,
+    /// How long the workers' certificates it signs are valid.
+    pub certificate_validity: std::time::Duration,
 }
 
 fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, ClusterError> {
@@ -150,7 +152,7 @@ impl ClusterService {
     fn sign(&self, csr: &str, name: &str) -> Result<String, ClusterError> {
         self.trust
             .ca
-            .sign_worker(csr, name, SystemTime::now())
+            .sign_worker(csr, name, SystemTime::now(), self.certificate_validity)
             .map_err(|e| ClusterError::BadRequest(e.to_string()))
     }
 
@@ -227,6 +229,19 @@ impl Cluster for ClusterService {
 
     async fn join(&self, r: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         Ok(Response::new(self.join_inner(r).await?))
+    }
+
+    async fn renew_certificate(
+        &self,
+        r: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateResponse>, Status> {
+        let holder = require_certificate(&r, &self.trust)?;
+        let certificate_pem = self.sign(&r.into_inner().csr_pem, &holder.name)?;
+        tracing::info!(worker = %holder.name, "worker certificate renewed");
+        Ok(Response::new(RenewCertificateResponse {
+            certificate_pem,
+            server_time_unix_ms: localml_proto::time::unix_ms() as i64,
+        }))
     }
 
     async fn report_status(&self, r: Request<StatusReport>) -> Result<Response<ReportAck>, Status> {
