@@ -316,6 +316,83 @@ async fn a_revoked_key_stops_working_on_every_replica() {
     assert!(on_two.list_workers(ListWorkersRequest {}).await.is_ok());
 }
 
+/// A ModelStreamInfer stream and a Jobs Watch opened with a key end with
+/// UNAUTHENTICATED when the key is revoked, instead of serving on until the client hangs
+/// up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_when_their_key_is_revoked() {
+    use futures::StreamExt;
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "required"]);
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let admin = scheduler.admin_key();
+    let key = create_key(
+        &scheduler,
+        &admin,
+        &["--name", "streamer", "--scope", "infer", "--scope", "jobs"],
+    );
+    let mut inference = GrpcInferenceServiceClient::new(connect(&scheduler.addr, Some(&key)).await);
+    let (requests, outbound) = futures::channel::mpsc::unbounded();
+    requests.unbounded_send(image_request(1)).expect("send");
+    let mut answers = inference
+        .model_stream_infer(outbound)
+        .await
+        .expect("stream opened")
+        .into_inner();
+    let first = tokio::time::timeout(SOON, answers.next())
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(first, Some(Ok(ref a)) if a.error_message.is_empty()),
+        "{first:?}"
+    );
+    let mut jobs = JobsClient::new(connect(&scheduler.addr, Some(&key)).await);
+    let mut watch = jobs
+        .watch(WatchJobsRequest { ids: vec![] })
+        .await
+        .expect("watch opened")
+        .into_inner();
+
+    let (ok, _, err) = localml(&scheduler.addr, &admin, &["keys", "revoke", "streamer"]);
+    assert!(ok, "{err}");
+    let started = Instant::now();
+    // The request stream stays open (the sender is alive): only the revocation ends it.
+    let ended = tokio::time::timeout(SOON, async {
+        loop {
+            match answers.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the inference stream ended after the revocation");
+    let status = ended
+        .expect("an error, not a silent end")
+        .expect_err("an error");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    let ended = tokio::time::timeout(SOON, async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch ended after the revocation");
+    let status = ended
+        .expect("an error, not a silent end")
+        .expect_err("an error");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    eprintln!(
+        "streams ended {:?} after `localml keys revoke` returned",
+        started.elapsed()
+    );
+    drop(requests);
+}
+
 /// An address of this PC other than loopback, as another PC on the LAN reaches it.
 fn lan_address() -> std::net::IpAddr {
     if_addrs::get_if_addrs()

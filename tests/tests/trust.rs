@@ -361,7 +361,11 @@ async fn a_worker_renews_its_certificate_online_before_it_expires() {
     })
     .await;
     assert!(renewed, "no renewed certificate in {data_dir}");
-    assert_ne!(read("worker.key"), first_key, "a new key with the new certificate");
+    assert_ne!(
+        read("worker.key"),
+        first_key,
+        "a new key with the new certificate"
+    );
     for file in ["worker.key", "worker.pem"] {
         let mode = std::fs::metadata(dir.path().join(file))
             .expect("credential file")

@@ -100,12 +100,45 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// The keys by id, as every replica sees them.
-#[derive(Default)]
 pub struct KeyRing {
     by_id: RwLock<HashMap<String, KeyRecord>>,
+    /// Bumped on every change, so open streams look at their key again.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for KeyRing {
+    fn default() -> KeyRing {
+        KeyRing {
+            by_id: RwLock::default(),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl KeyRing {
+    /// Whether the key with `id` is still valid at `now_ms` (a stream opened with it is
+    /// ended when not).
+    pub fn still_valid(&self, id: &str, now_ms: u64) -> Result<(), KeyError> {
+        let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        let record = by_id.get(id).ok_or(KeyError::Unknown)?;
+        if record.revoked {
+            return Err(KeyError::Revoked(record.name.clone()));
+        }
+        if record.expires_unix_ms != 0 && now_ms >= record.expires_unix_ms {
+            return Err(KeyError::Expired(record.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Changes to the ring (the value means nothing; wait for `changed`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Checks a presented key at `now_ms`: the record it belongs to, or why not.
     pub fn check(&self, text: &str, now_ms: u64) -> Result<KeyRecord, KeyError> {
         let (id, secret) = parse(text)?;
@@ -141,12 +174,16 @@ impl KeyRing {
     fn replace(&self, records: Vec<KeyRecord>) {
         *self.by_id.write().unwrap_or_else(|e| e.into_inner()) =
             records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        self.changed();
     }
 
     fn upsert(&self, record: KeyRecord) {
-        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        by_id.retain(|_, r| r.name != record.name);
-        by_id.insert(record.id.clone(), record);
+        {
+            let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+            by_id.retain(|_, r| r.name != record.name);
+            by_id.insert(record.id.clone(), record);
+        }
+        self.changed();
     }
 
     fn remove_name(&self, name: &str) {
@@ -154,6 +191,7 @@ impl KeyRing {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, r| r.name != name);
+        self.changed();
     }
 
     /// Keeps the ring equal to the store's `keys/` (every replica runs this).

@@ -146,6 +146,7 @@ impl AuthState {
             )));
         }
         Ok(Some(Principal {
+            key_id: record.id,
             key: record.name,
             scopes: record.scopes,
             tenant: record.tenant,
@@ -197,6 +198,10 @@ where
         {
             Ok(principal) => {
                 if let Some(p) = principal {
+                    request.extensions_mut().insert(super::KeyWatch {
+                        ring: Arc::clone(&self.state.ring),
+                        id: p.key_id.clone(),
+                    });
                     request.extensions_mut().insert(p);
                 }
                 Box::pin(self.inner.call(request))

@@ -77,6 +77,9 @@ pub enum AuthMode {
 /// The caller of a request that presented a valid key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The key's id (the public part of `lmk_<id>.<secret>`).
+    pub key_id: String,
+    /// The key's name.
     pub key: String,
     pub scopes: Vec<Scope>,
     pub tenant: String,
@@ -123,12 +126,76 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Option<&Principal> {
     request.extensions().get::<Principal>()
 }
 
+/// The key a request presented, as the ring knows it: a stream opened with it ends when
+/// the key is revoked or expires ([`end_when_invalid`]).
+#[derive(Clone)]
+pub struct KeyWatch {
+    pub ring: std::sync::Arc<keys::KeyRing>,
+    pub id: String,
+}
+
+impl KeyWatch {
+    /// Resolves, with the status to end a stream with, once the key is no longer valid
+    /// (revoked on any replica, deleted, or expired).
+    pub async fn invalidated(self) -> Status {
+        let mut changes = self.ring.subscribe();
+        loop {
+            let now = localml_proto::time::unix_ms();
+            if let Err(e) = self.ring.still_valid(&self.id, now) {
+                return Status::unauthenticated(e.to_string());
+            }
+            // Expiry is a time, not a change: look again at least every minute.
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    return std::future::pending().await;
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            }
+        }
+    }
+}
+
+pub fn key_watch<T>(request: &tonic::Request<T>) -> Option<KeyWatch> {
+    request.extensions().get::<KeyWatch>().cloned()
+}
+
+/// `stream`, ended with UNAUTHENTICATED (the reason) as soon as the key it was opened
+/// with (`watch`; none on an open listener) is revoked or expires, rather than serving
+/// on until the client hangs up.
+pub fn end_when_invalid<T: Send + 'static>(
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>,
+    watch: Option<KeyWatch>,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>> {
+    use futures::StreamExt;
+    let Some(watch) = watch else {
+        return stream;
+    };
+    let stop = Box::pin(watch.invalidated());
+    Box::pin(futures::stream::unfold(
+        (stream, stop, false),
+        |(mut stream, mut stop, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                status = &mut stop => {
+                    tracing::info!(reason = status.message(), "stream ended: its API key is no longer valid");
+                    Some((Err(status), (stream, stop, true)))
+                }
+                item = stream.next() => item.map(|i| (i, (stream, stop, false))),
+            }
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(scopes: Vec<Scope>, models: &[&str]) -> Principal {
         Principal {
+            key_id: "0123456789abcdef".into(),
             key: "app".into(),
             scopes,
             tenant: "school".into(),

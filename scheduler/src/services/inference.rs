@@ -128,6 +128,7 @@ impl InferenceBackend for SchedulerInference {
     ) -> Answer<Self::InferStream> {
         let dispatcher = Arc::clone(&self.dispatcher);
         let caller = principal(&r).cloned();
+        let key = crate::auth::key_watch(&r);
         let infer = move |mut request: ModelInferRequest| {
             let dispatcher = Arc::clone(&dispatcher);
             let bound = bind(caller.as_ref(), &mut request);
@@ -136,10 +137,10 @@ impl InferenceBackend for SchedulerInference {
                 dispatcher.infer(request, None).await
             }
         };
-        Ok(Response::new(serve_stream(
-            r.into_inner(),
-            infer,
-            size_limit_status,
+        // A stream open when its key is revoked ends then, not when the client hangs up.
+        Ok(Response::new(crate::auth::end_when_invalid(
+            serve_stream(r.into_inner(), infer, size_limit_status),
+            key,
         )))
     }
 

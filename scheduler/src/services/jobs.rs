@@ -329,9 +329,10 @@ impl Jobs for JobsService {
 
     async fn watch(&self, r: Request<WatchJobsRequest>) -> Answer<JobStream> {
         let tenant = tenant_of(&r);
-        Ok(Response::new(
-            JobsService::watch(self, r.into_inner().ids, tenant).await?,
-        ))
+        let key = crate::auth::key_watch(&r);
+        let stream = JobsService::watch(self, r.into_inner().ids, tenant).await?;
+        // A watch open when its key is revoked ends then.
+        Ok(Response::new(crate::auth::end_when_invalid(stream, key)))
     }
 
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Answer<Job> {
