@@ -289,6 +289,9 @@ pub async fn restore(path: &Path, address: &StoreAddress, force: bool) -> anyhow
         "restored {} records into {address}{replaced}",
         restored.records
     );
+    if restored.replaced > 0 {
+        set_aside_admin_key(address)?;
+    }
     println!("next:");
     match address {
         StoreAddress::Embedded(dir) => println!(
@@ -301,5 +304,29 @@ pub async fn restore(path: &Path, address: &StoreAddress, force: bool) -> anyhow
     }
     println!("  2. workers keep their certificates (the cluster CA is the same) and rejoin by themselves; if the scheduler's address changed, give them the new one (--scheduler HOST:PORT)");
     println!("  3. admin.key is not in the backup: the scheduler writes a new admin key into its data directory at first start; the API keys and join tokens in the backup keep working");
+    Ok(())
+}
+
+/// After a forced restore, an `admin.key` written by the replaced state may name a key
+/// that is gone, and the scheduler writes a new one only when the file is absent: the file
+/// is renamed `admin.key.before-restore`.
+fn set_aside_admin_key(address: &StoreAddress) -> anyhow::Result<()> {
+    use localml_scheduler::auth::keys::ADMIN_KEY_FILE;
+    let StoreAddress::Embedded(dir) = address else {
+        println!("note: {ADMIN_KEY_FILE} files the schedulers wrote before may name keys the restore deleted: remove them, and each scheduler writes a new one at start");
+        return Ok(());
+    };
+    let file = dir.join(ADMIN_KEY_FILE);
+    if !file.exists() {
+        return Ok(());
+    }
+    let aside = dir.join(format!("{ADMIN_KEY_FILE}.before-restore"));
+    std::fs::rename(&file, &aside)
+        .with_context(|| format!("cannot rename {} to {}", file.display(), aside.display()))?;
+    println!(
+        "{} named a key of the replaced state: renamed to {}",
+        file.display(),
+        aside.display()
+    );
     Ok(())
 }

@@ -307,6 +307,10 @@ async fn backups_need_admin_and_bad_restores_write_nothing() {
         None,
     );
     assert!(ok && out.contains("replacing"), "{err}");
+    assert!(
+        !data.join("admin.key").exists() && data.join("admin.key.before-restore").exists(),
+        "the replaced state's admin key file is set aside, so a new one is written: {out}"
+    );
 
     // A stopped scheduler's data directory can be backed up offline: it holds the same.
     let offline = dir.path().join("offline.backup");
