@@ -5,6 +5,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "inference/grpc_service.proto",
+        "localml/v1/backup.proto",
         "localml/v1/cluster.proto",
         "localml/v1/jobs.proto",
         "localml/v1/keys.proto",

@@ -2,6 +2,7 @@
 //! and the benchmark.
 //!
 //! # Layout
+//! - [`backup`]: `localml backup` and `localml restore`.
 //! - [`client`]: connect, build requests from tensors, decode responses.
 //! - [`dashboard`]: `kubectl localml top`.
 //! - [`jobs`]: the `localml jobs` commands.
@@ -11,6 +12,7 @@
 //! - [`trust`]: join tokens, operator certificates, worker removal; TLS to workers.
 //! - [`up`]: the all-in-one local cluster.
 
+pub mod backup;
 pub mod client;
 pub mod dashboard;
 pub mod jobs;

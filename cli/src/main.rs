@@ -136,6 +136,40 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SERVER, global = true)]
         server: String,
     },
+    /// Save the cluster state into FILE: the CA with its private key, API keys, join
+    /// tokens, jobs, deployments (docs/security.md). Keep the file like a password.
+    Backup {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+        /// The running scheduler to back up (admin scope).
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Read a stopped scheduler's data directory instead of asking a running one.
+        #[arg(long, conflicts_with = "server")]
+        data_dir: Option<PathBuf>,
+        /// Read this store instead of asking a running scheduler: embedded:DIR or
+        /// etcd://host:port[,host:port...][/prefix].
+        #[arg(long, conflicts_with = "server")]
+        store: Option<String>,
+    },
+    /// Restore a backup into a stopped scheduler's data directory or store (checked whole
+    /// first; a store that holds state is refused unless --force).
+    Restore {
+        file: PathBuf,
+        /// The data directory of the scheduler that will use the state
+        /// [default: ~/.local/state/localml].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// `embedded` (a file in the data directory), `embedded:DIR`, or
+        /// etcd://host:port[,host:port...][/prefix].
+        #[arg(long, default_value = "embedded")]
+        store: String,
+        /// Replace the state the store holds (it is deleted first).
+        #[arg(long)]
+        force: bool,
+    },
     /// ONNX Runtime shared library management.
     Runtime {
         #[command(subcommand)]
@@ -446,6 +480,12 @@ fn server_of(command: &Command) -> Option<&str> {
         | Command::Jobs { server, .. }
         | Command::Keys { server, .. }
         | Command::Ca { server, .. } => Some(server),
+        Command::Backup {
+            server,
+            data_dir: None,
+            store: None,
+            ..
+        } => Some(server),
         _ => None,
     }
 }
@@ -561,6 +601,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::Revoke { name } => localml_cli::keys::revoke(&server, name).await,
         },
         Command::Deployments { command, server } => deployments(command, &server).await,
+        Command::Backup {
+            file,
+            force,
+            server,
+            data_dir,
+            store,
+        } => {
+            use localml_cli::backup::{backup, Source};
+            let source = if data_dir.is_some() || store.is_some() {
+                Source::Store(store_address(store.as_deref(), data_dir)?)
+            } else {
+                Source::Server(server)
+            };
+            backup(source, &file, force).await
+        }
+        Command::Restore {
+            file,
+            data_dir,
+            store,
+            force,
+        } => {
+            let address = store_address(Some(&store), data_dir)?;
+            localml_cli::backup::restore(&file, &address, force).await
+        }
         Command::Runtime { command } => match command {
             RuntimeCommand::Install { gpu } => {
                 let flavor = if gpu {
@@ -584,6 +648,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => Ok(localml_scheduler::cli::run(args).await?),
         Command::Worker(args) => Ok(localml_worker::cli::run(args).await?),
     }
+}
+
+/// The store `--store` and `--data-dir` name, as the scheduler reads them.
+fn store_address(
+    store: Option<&str>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<localml_store::StoreAddress> {
+    let data_dir = data_dir.unwrap_or_else(localml_scheduler::config::default_data_dir);
+    Ok(localml_store::StoreAddress::parse(
+        store.unwrap_or("embedded"),
+        &data_dir,
+    )?)
 }
 
 async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Result<()> {

@@ -17,11 +17,14 @@
 //! - [`services`]: the gRPC services (inference, jobs, cluster, admin); each maps its
 //!   errors to `tonic::Status` in one place.
 //! - [`auth`]: API keys with scopes on the client port.
+//! - [`backup`]: backups of the cluster state: the file format, the chunks the Backup
+//!   service streams, and restoring into a stopped scheduler's store.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED for oversized messages.
 //! - [`stats`]: per-model counters for ModelStatistics and `/metrics`.
 //! - [`observe`]: `/metrics` (Prometheus), `/healthz`, `/readyz`.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod deployments;

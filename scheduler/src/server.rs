@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use localml_proto::localml::v1::admin_server::AdminServer;
+use localml_proto::localml::v1::backup_server::BackupServer;
 use localml_proto::localml::v1::cluster_server::ClusterServer;
 use localml_proto::localml::v1::jobs_server::JobsServer;
 use localml_proto::localml::v1::trust_server::TrustServer;
@@ -244,6 +245,11 @@ pub async fn run(
     let assigned =
         tokio::spawn(Arc::clone(&assignments).follow(Arc::clone(&state), stopped.clone()));
     let revocations = tokio::spawn(Arc::clone(&trust).follow_revocations(stopped.clone()));
+    let backup_api = BackupServer::new(crate::services::backup::BackupService {
+        store: Arc::clone(&state),
+        chunk_bytes: crate::backup::CHUNK_BYTES.min(config.max_message_bytes / 2),
+    })
+    .max_encoding_message_size(config.max_message_bytes);
     let trust_api = TrustServer::new(trust_api::TrustService {
         trust: Arc::clone(&trust),
         workers: Arc::clone(&workers),
@@ -270,6 +276,7 @@ pub async fn run(
         .add_service(admin)
         .add_service(keys_api)
         .add_service(trust_api)
+        .add_service(backup_api)
         .serve_with_incoming_shutdown(
             localml_serving::service::incoming(listeners.clients),
             wait(stopped.clone()),

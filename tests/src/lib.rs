@@ -191,7 +191,14 @@ impl Scheduler {
     /// Starts a scheduler with `yaml` and extra flags (e.g. `--store etcd://...`); its
     /// embedded state lives in a temporary directory kept across [`Scheduler::restart`].
     pub fn start_full(yaml: &str, extra: &[&str]) -> Scheduler {
+        Scheduler::start_prepared(yaml, extra, |_| {})
+    }
+
+    /// As [`Scheduler::start_full`], after `prepare` was given the (not yet created) data
+    /// directory, e.g. to restore a backup into it.
+    pub fn start_prepared(yaml: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Scheduler {
         let dir = TempDir::new("scheduler");
+        prepare(&dir.path().join("state"));
         std::fs::write(dir.path().join("scheduler.yaml"), yaml).expect("write config");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // `--listen ADDR` in `extra` replaces the loopback default.

@@ -7,7 +7,8 @@
 //! - [`ca`]: the cluster CA: create it, reload it, issue server and client certificates,
 //!   sign a worker's certificate signing request; read a certificate's identity back.
 //! - [`token`]: join tokens `K10<ca-hash>::<id>.<secret>`: format, parse, hash.
-//! - [`random_hex`], [`sha256_hex`], [`constant_time_eq`]: the primitives both use.
+//! - [`random_hex`], [`sha256_hex`], [`constant_time_eq`]: the primitives both use;
+//!   [`Sha256Stream`] for files hashed as they are written or read (backups).
 
 pub mod ca;
 pub mod token;
@@ -17,6 +18,21 @@ use sha2::Digest;
 /// Lowercase hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&sha2::Sha256::digest(bytes))
+}
+
+/// sha256 over data that arrives in pieces (a file written or read as a stream).
+#[derive(Clone, Default)]
+pub struct Sha256Stream(sha2::Sha256);
+
+impl Sha256Stream {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Lowercase hex sha256 of everything given so far.
+    pub fn hex(&self) -> String {
+        hex(&self.0.clone().finalize())
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -90,5 +106,23 @@ impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Secret, Self::Err> {
         Ok(Secret(s.trim().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_hash_equals_the_hash_of_the_whole() {
+        let mut stream = Sha256Stream::default();
+        stream.update(b"localml-");
+        assert_eq!(
+            stream.hex(),
+            sha256_hex(b"localml-"),
+            "hex() can be read midway"
+        );
+        stream.update(b"backup");
+        assert_eq!(stream.hex(), sha256_hex(b"localml-backup"));
     }
 }

@@ -37,7 +37,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         "localml.v1.Jobs" => Some(Scope::Jobs),
         // The cluster CA's certificate is public: clients fetch it to verify TLS.
         "localml.v1.Trust" if method == "GetCa" => None,
-        // Admin, Keys, Trust and anything added later: admin until said otherwise.
+        // Admin, Keys, Trust, Backup and anything added later: admin until said otherwise.
         _ => Some(Scope::Admin),
     }
 }
@@ -248,6 +248,8 @@ mod tests {
             ("/localml.v1.Jobs/Submit", Some(Scope::Jobs)),
             ("/localml.v1.Admin/SetCordon", Some(Scope::Admin)),
             ("/localml.v1.Keys/CreateKey", Some(Scope::Admin)),
+            // A backup holds the cluster CA's private key and every key's hash.
+            ("/localml.v1.Backup/Backup", Some(Scope::Admin)),
             ("/something.New/Call", Some(Scope::Admin)),
             ("garbage", Some(Scope::Admin)),
         ];

@@ -8,8 +8,10 @@
 //! - [`admin`]: `localml.v1.Admin`, operators' views, cordons and deployments.
 //! - [`keys`]: `localml.v1.Keys`, API keys for clients and operators.
 //! - [`trust`]: `localml.v1.Trust`, join tokens, operator certificates, worker removal.
+//! - [`backup`]: `localml.v1.Backup`, the cluster state for `localml backup`.
 
 pub mod admin;
+pub mod backup;
 pub mod cluster;
 pub mod inference;
 pub mod jobs;

@@ -147,10 +147,9 @@ impl EmbeddedStore {
         private(dir, 0o700)?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
-                "{} is in use by another scheduler; give each scheduler its own --data-dir",
-                path.display()
-            )),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
             e => StoreError::Unavailable(format!("cannot open {}: {e}", path.display())),
         })?;
         private(&path, 0o600)?;

@@ -136,6 +136,10 @@ pub enum StoreError {
     LeaseNotFound(LeaseId),
     #[error("invalid store address '{0}': {1}")]
     Address(String, String),
+    /// The embedded store's file (named) is open in another process: a scheduler runs on
+    /// this data directory.
+    #[error("{0} is in use by another scheduler; give each scheduler its own --data-dir")]
+    InUse(String),
 }
 
 /// Batches of events in revision order; ends with `Err(Compacted)` when the history the

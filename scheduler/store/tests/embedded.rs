@@ -88,8 +88,10 @@ async fn a_second_opener_is_refused_with_a_clear_message() {
     let _first = EmbeddedStore::open(&dir).expect("open");
     let error = match EmbeddedStore::open(&dir) {
         Ok(_) => panic!("opened twice"),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
+    assert!(matches!(error, StoreError::InUse(_)), "{error}");
+    let error = error.to_string();
     assert!(error.contains("in use by another scheduler"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
