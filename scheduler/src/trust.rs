@@ -18,6 +18,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub const CA_KEY: &str = "trust/ca";
 pub const TOKENS: &str = "trust/tokens/";
 pub const REVOKED: &str = "trust/revoked/";
+/// Worker names a certificate was issued for with a join token (first use binds the
+/// name, as k3s's node password does), until `localml workers remove`.
+pub const NAMES: &str = "trust/names/";
 
 /// Why the trust state cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -307,7 +310,19 @@ impl ClusterTrust {
         None
     }
 
-    /// Refuses the worker `name`'s certificates issued until now, on every replica.
+    /// Binds `name` to the worker joining with a token now, unless a worker joined under
+    /// it before and was not removed (then false): a token lets a new PC join, not take
+    /// the name, and so the work, of one that is off.
+    pub async fn claim_name(&self, name: &str) -> Result<bool, TrustStateError> {
+        let key = format!("{NAMES}{}", localml_store::escape_segment(name));
+        let txn = Txn::new()
+            .when(&key, 0)
+            .put(&key, now_ms().to_string().into_bytes(), 0);
+        Ok(self.store.commit(txn).await?.is_some())
+    }
+
+    /// Refuses the worker `name`'s certificates issued until now, on every replica, and
+    /// frees the name for a new worker.
     pub async fn revoke_worker(&self, name: &str) -> Result<(), TrustStateError> {
         let record = RevokedWorker {
             name: name.to_string(),
@@ -315,6 +330,9 @@ impl ClusterTrust {
         };
         let key = format!("{REVOKED}{}", localml_store::escape_segment(name));
         self.store.put(&key, record.encode_to_vec()).await?;
+        self.store
+            .delete(&format!("{NAMES}{}", localml_store::escape_segment(name)))
+            .await?;
         self.apply_revoked(&record);
         tracing::info!(worker = name, "worker certificates revoked");
         Ok(())
@@ -323,6 +341,23 @@ impl ClusterTrust {
     fn apply_revoked(&self, record: &RevokedWorker) {
         let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.insert(record.name.clone(), record.revoked_unix_ms);
+    }
+
+    /// When to date a new certificate for `name` issued now: now, or just after the
+    /// name's last revocation when that was under a second ago. Certificates carry whole
+    /// seconds, so one issued in the same second as `localml workers remove` would read
+    /// as issued before it, and be refused.
+    pub fn issue_time(&self, name: &str) -> SystemTime {
+        let now = SystemTime::now();
+        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        match revoked.get(name) {
+            Some(&at) => {
+                let after = SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(at).unwrap_or(0) + 1000);
+                now.max(after)
+            }
+            None => now,
+        }
     }
 
     /// Whether `holder`'s certificate was issued before its name was revoked.

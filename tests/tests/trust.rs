@@ -482,6 +482,74 @@ async fn client_live(channel: Channel) -> Result<(), tonic::Status> {
     .map(|_| ())
 }
 
+/// First use binds a worker name: once a worker joined as pc-f with a token, another
+/// PC with a token cannot take the name while pc-f is off (it would get pc-f's work)
+/// until an operator runs `localml workers remove pc-f`; then it joins by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_cannot_take_the_name_of_a_worker_that_is_off_until_it_is_removed() {
+    let scheduler = Scheduler::start();
+    let mut first = Worker::start("pc-f", &scheduler, &[]);
+    scheduler.wait_ready(&["pc-f"]).await;
+    first.process.kill9();
+    let gone = wait_until(SOON, || async {
+        scheduler.worker_state("pc-f").await != Some(localml_proto::localml::v1::WorkerState::Ready)
+    })
+    .await;
+    assert!(gone, "{:?}", scheduler.workers().await);
+
+    // A token join under pc-f's name (no longer live): ALREADY_EXISTS, saying why.
+    let token = join_token(&scheduler.addr);
+    let join_as_f = || {
+        let request = localml_trust::ca::certificate_request("pc-f").expect("csr");
+        let mut join = tonic::Request::new(JoinRequest {
+            status: Some(status("pc-f")),
+            csr_pem: request.cert_pem,
+        });
+        join.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+        join
+    };
+    let mut anonymous = ClusterClient::new(cluster_channel(&scheduler, None).await);
+    let refused = anonymous.join(join_as_f()).await.expect_err("name bound");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused.message().contains("localml workers remove pc-f"),
+        "{refused:?}"
+    );
+
+    // A new PC with a token waits (it retries) and joins once the name is freed.
+    let dir = TempDir::new("pc-f-new");
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let second = Worker::start("pc-f", &scheduler, &["--data-dir", &data_dir]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !dir.path().join("worker.pem").exists(),
+        "no certificate for a bound name"
+    );
+    localml(&["workers", "remove", "pc-f", "--server", &scheduler.addr]);
+    let joined = wait_until(SOON, || async {
+        scheduler.workers().await.iter().any(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| s.name == "pc-f" && s.inference_address == second.addr)
+                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
+        })
+    })
+    .await;
+    assert!(joined, "{:?}", scheduler.workers().await);
+    // Its certificate, issued within a second of the removal, is not taken for one of
+    // the removed worker's: it keeps reporting past the grace period.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        scheduler.worker_state("pc-f").await,
+        Some(localml_proto::localml::v1::WorkerState::Ready),
+        "{:?}",
+        scheduler.workers().await
+    );
+}
+
 #[tokio::test]
 async fn revoked_tokens_and_removed_workers_are_refused() {
     let scheduler = Scheduler::start();

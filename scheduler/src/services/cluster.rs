@@ -7,7 +7,6 @@
 //! and the certificate's name is the worker's identity. Fetching the CA needs nothing.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use localml_proto::localml::v1::cluster_server::Cluster;
 use localml_proto::localml::v1::*;
@@ -47,6 +46,10 @@ pub enum ClusterError {
     /// A first join under the name of a worker that is connected.
     #[error("a worker named '{0}' is connected; a worker joins under its own name only")]
     NameTaken(String),
+    /// A token join under the name of a worker that joined before (with its own
+    /// certificate) and was not removed.
+    #[error("worker name '{0}' belongs to a worker that joined before: it rejoins with its certificate; to give the name to this PC, run `localml workers remove {0}` first, or pick another --name")]
+    NameClaimed(String),
     /// A first join without a certificate signing request, or an unusable one.
     #[error("{0}")]
     BadRequest(String),
@@ -70,7 +73,9 @@ impl From<ClusterError> for Status {
             }
             ClusterError::Token(_) => Status::unauthenticated(message),
             ClusterError::NotYours { .. } => Status::permission_denied(message),
-            ClusterError::NameTaken(_) => Status::already_exists(message),
+            ClusterError::NameTaken(_) | ClusterError::NameClaimed(_) => {
+                Status::already_exists(message)
+            }
         }
     }
 }
@@ -152,7 +157,12 @@ impl ClusterService {
     fn sign(&self, csr: &str, name: &str) -> Result<String, ClusterError> {
         self.trust
             .ca
-            .sign_worker(csr, name, SystemTime::now(), self.certificate_validity)
+            .sign_worker(
+                csr,
+                name,
+                self.trust.issue_time(name),
+                self.certificate_validity,
+            )
             .map_err(|e| ClusterError::BadRequest(e.to_string()))
     }
 
@@ -196,6 +206,14 @@ impl ClusterService {
                     return Err(ClusterError::NameTaken(status.name));
                 }
                 let certificate = self.sign(&csr_pem, &status.name)?;
+                let claimed = self
+                    .trust
+                    .claim_name(&status.name)
+                    .await
+                    .map_err(|e| ClusterError::Internal(e.to_string()))?;
+                if !claimed {
+                    return Err(ClusterError::NameClaimed(status.name));
+                }
                 tracing::info!(worker = %status.name, "worker joined with a token; certificate issued");
                 certificate
             }
