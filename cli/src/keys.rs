@@ -24,8 +24,7 @@ pub enum CredentialsError {
 #[serde(deny_unknown_fields)]
 struct Credentials {
     key: Option<String>,
-    /// Reserved for the server address (docs/security.md); read but not used yet.
-    #[allow(dead_code)]
+    /// The scheduler to talk to when a command's `--server` is not given.
     server: Option<String>,
     /// The cluster CA for `https://` schedulers: a PEM file's path, or the PEM itself.
     ca: Option<String>,
@@ -40,6 +39,14 @@ fn read_credentials() -> Result<Option<(PathBuf, Credentials)>, CredentialsError
     let credentials: Credentials = serde_yaml::from_str(&text)
         .map_err(|e| CredentialsError::Parse(path.clone(), e.to_string()))?;
     Ok(Some((path, credentials)))
+}
+
+/// The credentials file's `server`, for commands whose `--server` was not given.
+pub fn credentials_server() -> Result<Option<String>, CredentialsError> {
+    Ok(read_credentials()?
+        .and_then(|(_, c)| c.server)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty()))
 }
 
 /// The CA (PEM) that verifies an `https://` scheduler: `flag` (`--ca FILE` or

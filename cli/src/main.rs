@@ -467,7 +467,7 @@ async fn cordon(server: &str, worker: String, cordoned: bool) -> anyhow::Result<
 }
 
 /// The scheduler address a command talks to, if it talks to one.
-fn server_of(command: &Command) -> Option<&str> {
+fn server_of(command: &mut Command) -> Option<&mut String> {
     match command {
         Command::Infer { server, .. }
         | Command::Workers { server, .. }
@@ -490,11 +490,27 @@ fn server_of(command: &Command) -> Option<&str> {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(server) = server_of(&cli.command) {
-        client::set_key(localml_cli::keys::discover(cli.key.clone(), server)?);
+/// Whether the command's `--server` was left at its default (then the credentials file's
+/// `server` applies).
+fn server_defaulted(matches: &clap::ArgMatches) -> bool {
+    let mut m = matches;
+    loop {
+        if m.try_contains_id("server").unwrap_or(false) {
+            return m.value_source("server") == Some(clap::parser::ValueSource::DefaultValue);
+        }
+        match m.subcommand() {
+            Some((_, sub)) => m = sub,
+            None => return false,
+        }
+    }
+}
+
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if let Some(server) = server_of(&mut cli.command) {
+        let server = server.clone();
+        client::set_key(localml_cli::keys::discover(cli.key.clone(), &server)?);
         if server.starts_with("https://") {
-            client::set_ca(localml_cli::keys::discover_ca(cli.ca.clone(), server)?);
+            client::set_ca(localml_cli::keys::discover_ca(cli.ca.clone(), &server)?);
         }
     }
     match cli.command {
@@ -776,9 +792,25 @@ async fn jobs(command: JobsCommand, server: &str) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     localml_serving::process::init_tracing();
-    let plain = server_of(&cli.command).is_some_and(|s| !s.starts_with("https://"));
+    if server_defaulted(&matches) {
+        match localml_cli::keys::credentials_server() {
+            Ok(Some(saved)) => {
+                if let Some(server) = server_of(&mut cli.command) {
+                    *server = saved;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("localml: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let plain = server_of(&mut cli.command).is_some_and(|s| !s.starts_with("https://"));
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -209,6 +209,11 @@ impl Scheduler {
                 extra.remove(i);
             }
         }
+        // Keys are required unless a test says otherwise (`--auth auto`, `--insecure`): every
+        // test's requests pass the key check, as a LAN deployment's do.
+        if !extra.iter().any(|a| a == "--auth" || a == "--insecure") {
+            extra.extend(["--auth".to_string(), "required".to_string()]);
+        }
         let (process, addr, cluster_addr, http_addr) =
             Scheduler::spawn(&dir, &extra, &listen, "127.0.0.1:0");
         admin_keys()
@@ -285,8 +290,14 @@ impl Scheduler {
         self.dir.path().join("state")
     }
 
+    /// An inference client with the scheduler's first admin key.
     pub async fn inference(&self) -> GrpcInferenceServiceClient<Connection> {
         inference_client(&self.addr).await
+    }
+
+    /// A scheduler whose loopback client port is open (no key needed), as `localml up`'s.
+    pub fn start_open() -> Scheduler {
+        Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "auto"])
     }
 
     /// An Admin client with the scheduler's first admin key (so it works whether or not
@@ -607,11 +618,25 @@ impl Worker {
     }
 }
 
+/// An inference client for the scheduler at `addr`, with its first admin key when this
+/// process started it.
 pub async fn inference_client(addr: &str) -> GrpcInferenceServiceClient<Connection> {
-    let channel = client::connect(addr, Duration::from_secs(10))
+    let key = admin_key_of(addr);
+    let channel = client::connect_with_key(addr, Duration::from_secs(10), key.as_deref())
         .await
         .expect("connect");
     client::inference_client(channel)
+}
+
+/// The first admin key of the scheduler at `addr` (client address), if this process
+/// started it.
+pub fn admin_key_of(addr: &str) -> Option<String> {
+    admin_keys()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(addr.trim_start_matches("https://"))
+        .cloned()
+        .map(|file| read_admin_key(&file))
 }
 
 /// Polls `condition` until it holds or `timeout` passes; true if it held.
@@ -634,6 +659,7 @@ where
 pub fn localml_workers(scheduler: &Scheduler) -> String {
     let out = Command::new(bin("localml"))
         .args(["workers", "--server", &scheduler.addr])
+        .env("LOCALML_KEY", scheduler.admin_key())
         .output()
         .expect("run localml workers");
     assert!(

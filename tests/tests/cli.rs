@@ -169,7 +169,8 @@ async fn triton_python_client_works() {
     if !tritonclient_available() {
         return;
     }
-    let scheduler = Scheduler::start();
+    // Unmodified: no key, as on `localml up`'s open loopback listener.
+    let scheduler = Scheduler::start_open();
     let _a = Worker::start("a", &scheduler, &[]);
     let _b = Worker::start("b", &scheduler, &[]);
     scheduler.wait_ready(&["a", "b"]).await;

@@ -184,6 +184,7 @@ async fn the_cli_applies_lists_and_deletes_deployments() {
             .arg("deployments")
             .args(args)
             .args(["--server", &scheduler.addr])
+            .env("LOCALML_KEY", scheduler.admin_key())
             .env("RUST_LOG", "warn")
             .output()
             .expect("run localml deployments");

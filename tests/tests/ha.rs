@@ -97,9 +97,14 @@ async fn the_other_replica_takes_over_when_the_leader_dies() {
 
     // Jobs submitted through the survivor, run by the leader.
     let example = &expected_examples()[0];
-    let channel = client::connect(&replicas[survivor].addr, Duration::from_secs(10))
-        .await
-        .expect("connect");
+    let key = replicas[survivor].admin_key();
+    let channel = client::connect_with_key(
+        &replicas[survivor].addr,
+        Duration::from_secs(10),
+        Some(&key),
+    )
+    .await
+    .expect("connect");
     let mut jobs = JobsClient::new(channel);
     let mut ids = Vec::new();
     for i in 0..60 {

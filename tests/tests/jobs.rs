@@ -15,7 +15,8 @@ use localml_tests::*;
 const JOBS_CONFIG: &str = "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\njobs:\n  retry_ms: 200\n";
 
 async fn jobs_client(scheduler: &Scheduler) -> JobsClient<Connection> {
-    let channel = client::connect(&scheduler.addr, Duration::from_secs(10))
+    let key = scheduler.admin_key();
+    let channel = client::connect_with_key(&scheduler.addr, Duration::from_secs(10), Some(&key))
         .await
         .expect("connect");
     JobsClient::new(channel).max_decoding_message_size(64 << 20)
@@ -341,6 +342,7 @@ async fn the_cli_submits_watches_gets_and_lists_jobs() {
             .arg("jobs")
             .args(args)
             .args(["--server", &scheduler.addr])
+            .env("LOCALML_KEY", scheduler.admin_key())
             .env("RUST_LOG", "warn")
             .output()
             .expect("run localml jobs");
@@ -456,6 +458,7 @@ async fn min_battery_jobs_wait_until_the_battery_is_charged() {
         let out = std::process::Command::new(bin("localml"))
             .args(args)
             .args(["--server", &scheduler.addr])
+            .env("LOCALML_KEY", scheduler.admin_key())
             .output()
             .expect("run localml");
         (

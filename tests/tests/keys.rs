@@ -482,7 +482,7 @@ async fn a_listener_reachable_from_the_lan_requires_tls_and_keys_unless_insecure
     );
 
     // Loopback without --auth required stays open (what `localml up` relies on).
-    let local = Scheduler::start();
+    let local = Scheduler::start_open();
     let mut open = AdminClient::new(connect(&local.addr, None).await);
     assert!(open.list_workers(ListWorkersRequest {}).await.is_ok());
 }
@@ -552,11 +552,19 @@ async fn the_client_port_serves_tls_from_the_cluster_ca() {
     std::fs::copy(&ca_file, home.path().join("config/localml/ca.pem")).expect("copy");
     std::fs::write(
         home.path().join("config/localml/credentials.yaml"),
-        format!("key: {admin}\nca: ca.pem\n"),
+        format!("server: {https}\nkey: {admin}\nca: ca.pem\n"),
     )
     .expect("write credentials");
     let (ok, _, err) = cli(&["workers", "--server", &https], &[]);
     assert!(ok, "credentials file with a relative ca: {err}");
+    // Its `server` is the default for commands without --server.
+    let (ok, out, err) = cli(&["workers"], &[]);
+    assert!(ok && out.contains('w'), "credentials file's server: {err}");
+    let (ok, _, err) = cli(&["workers", "--server", "127.0.0.1:1"], &[]);
+    assert!(
+        !ok && err.contains("127.0.0.1:1"),
+        "--server still wins: {err}"
+    );
 
     // Inference from Rust over TLS, with an infer key.
     let (ok, key, err) = cli(

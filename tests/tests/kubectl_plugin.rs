@@ -62,7 +62,9 @@ fn without_server_it_port_forwards_through_the_kube_context_and_says_why_it_cann
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_cordon_drain_and_the_live_dashboard() {
     let sysfs = laptop_sysfs("sysfs-plugin", false, "60", &[]);
-    let scheduler = Scheduler::start();
+    // An open loopback listener (as `localml up`'s): the plugin's key handling is tested
+    // through the kube context below.
+    let scheduler = Scheduler::start_open();
     let root = sysfs.path().to_string_lossy().to_string();
     let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
     let _desktop = Worker::start("desktop", &scheduler, &[]);

@@ -88,6 +88,7 @@ async fn a_cordoned_worker_gets_nothing_new() {
         let out = Command::new(bin("localml"))
             .args(args)
             .args(["--server", &scheduler.addr])
+            .env("LOCALML_KEY", scheduler.admin_key())
             .output()
             .expect("run");
         assert!(

@@ -161,7 +161,9 @@ async fn main() -> anyhow::Result<()> {
         "--join-token-file",
         token_file.as_str(),
     ];
-    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &shared);
+    let mut open_flags = shared.to_vec();
+    open_flags.extend(["--auth", "auto"]);
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &open_flags);
     let mut keyed_flags = shared.to_vec();
     keyed_flags.extend(["--auth", "required", "--client-tls", "required"]);
     let keyed = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &keyed_flags);
@@ -188,7 +190,11 @@ async fn main() -> anyhow::Result<()> {
         let mut clients = Vec::new();
         // The worker's port takes only clients with a certificate from the cluster CA.
         let direct_client = worker.inference().await;
-        for c in [direct_client, scheduler.inference().await] {
+        // The open path sends no key (one that is sent is always checked).
+        let open_client = client::inference_client(
+            client::connect_with_key(&scheduler.addr, Duration::from_secs(10), None).await?,
+        );
+        for c in [direct_client, open_client] {
             let r = request.clone();
             clients.push(
                 measure(concurrency, duration, move || {

@@ -63,7 +63,8 @@ async fn synchronous(scheduler: &Scheduler, n: usize, concurrency: usize) -> Dur
 }
 
 async fn jobs(scheduler: &Scheduler, n: usize) -> Duration {
-    let channel = client::connect(&scheduler.addr, Duration::from_secs(10))
+    let key = scheduler.admin_key();
+    let channel = client::connect_with_key(&scheduler.addr, Duration::from_secs(10), Some(&key))
         .await
         .expect("connect");
     let mut jobs = JobsClient::new(channel);
