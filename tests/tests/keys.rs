@@ -316,6 +316,24 @@ async fn a_revoked_key_stops_working_on_every_replica() {
     assert!(on_two.list_workers(ListWorkersRequest {}).await.is_ok());
 }
 
+/// The error that ends `stream` (bounded wait), skipping the answers before it.
+async fn error_ending<T: std::fmt::Debug>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    use futures::StreamExt;
+    let ended = tokio::time::timeout(SOON, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended");
+    ended
+        .expect("an error, not a silent end")
+        .expect_err("an error")
+}
+
 /// A ModelStreamInfer stream and a Jobs Watch opened with a key end with
 /// UNAUTHENTICATED when the key is revoked, instead of serving on until the client hangs
 /// up.
@@ -357,34 +375,10 @@ async fn open_streams_end_when_their_key_is_revoked() {
     assert!(ok, "{err}");
     let started = Instant::now();
     // The request stream stays open (the sender is alive): only the revocation ends it.
-    let ended = tokio::time::timeout(SOON, async {
-        loop {
-            match answers.next().await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the inference stream ended after the revocation");
-    let status = ended
-        .expect("an error, not a silent end")
-        .expect_err("an error");
+    let status = error_ending(&mut answers).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("revoked"), "{status:?}");
-    let ended = tokio::time::timeout(SOON, async {
-        loop {
-            match watch.next().await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the watch ended after the revocation");
-    let status = ended
-        .expect("an error, not a silent end")
-        .expect_err("an error");
+    let status = error_ending(&mut watch).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     eprintln!(
         "streams ended {:?} after `localml keys revoke` returned",
