@@ -261,14 +261,23 @@ impl Drop for PendingFile {
 /// `address` (a stopped scheduler's), refusing one that holds state unless `force`.
 pub async fn restore(path: &Path, address: &StoreAddress, force: bool) -> anyhow::Result<()> {
     let (info, contents) = restore::verify(path)?;
-    let when = std::time::UNIX_EPOCH + Duration::from_millis(info.created_unix_ms);
+    // RFC 3339 has four-digit years; a file may claim any time.
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+    let when = if info.created_unix_ms < YEAR_10000_MS {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(info.created_unix_ms),
+        )
+        .to_string()
+    } else {
+        format!("at unix time {} ms", info.created_unix_ms)
+    };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or_default();
     println!(
         "{}: a whole backup of {} records, {}, taken {} from revision {} of an {} store",
         path.display(),
         contents.records,
         human_bytes(size),
-        humantime::format_rfc3339_seconds(when),
+        when,
         info.revision,
         info.backend
     );

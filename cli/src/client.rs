@@ -26,6 +26,9 @@ pub enum ConnectError {
     /// The API key holds characters a header cannot carry (the key is not repeated).
     #[error("invalid API key: it must be printable ASCII (check --key, LOCALML_KEY or the credentials file)")]
     InvalidKey,
+    /// A key for a plain (not `https://`) address on another host.
+    #[error("not sending an API key in clear text to {address}: use --server https://{address} (a scheduler reachable from the LAN serves TLS); for one started with --insecure, send no key")]
+    KeyInClear { address: String },
     /// An `https://` address, but no CA to verify the scheduler with.
     #[error("{address} serves TLS: the CLI needs the cluster CA to verify it; get it with `localml ca --server {address} > ca.pem` (compare the sha256 it prints with the scheduler's), then pass --ca ca.pem, set LOCALML_CA, or put `ca: /path/to/ca.pem` in the credentials file")]
     NoCa { address: String },
@@ -121,6 +124,19 @@ pub async fn connect_with_key(
     connect_with(address, timeout, key, ca.as_deref()).await
 }
 
+/// Whether `server` (host:port or URL) names this PC.
+pub fn is_local(server: &str) -> bool {
+    let rest = server.split("://").last().unwrap_or(server);
+    let host = rest
+        .rsplit_once(':')
+        .map_or(rest, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Connects to `address`, sending `key` with every call; an `https://` address is
 /// verified with `ca_pem` (the cluster CA, or the CA of the operator's certificate).
 pub async fn connect_with(
@@ -146,6 +162,12 @@ pub async fn connect_with(
         source,
     };
     let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(invalid)?;
+    // A key would cross the LAN in clear text (before any answer could say TLS is needed).
+    if key.is_some() && !uri.starts_with("https://") && !is_local(address) {
+        return Err(ConnectError::KeyInClear {
+            address: address.to_string(),
+        });
+    }
     if uri.starts_with("https://") {
         let ca = ca_pem.ok_or_else(|| ConnectError::NoCa {
             address: address.to_string(),

@@ -71,7 +71,7 @@ pub fn discover_ca(
             return read(path).map(Some);
         }
     }
-    if is_local(server) {
+    if client::is_local(server) {
         let local =
             localml_scheduler::config::default_data_dir().join(localml_scheduler::trust::CA_FILE);
         if let Ok(pem) = std::fs::read_to_string(local) {
@@ -94,19 +94,6 @@ pub fn credentials_path() -> Option<PathBuf> {
     Some(base.join("localml/credentials.yaml"))
 }
 
-/// Whether `server` (host:port or URL) names this PC.
-fn is_local(server: &str) -> bool {
-    let rest = server.split("://").last().unwrap_or(server);
-    let host = rest
-        .rsplit_once(':')
-        .map_or(rest, |(h, _)| h)
-        .trim_matches(['[', ']']);
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// The key to send to `server`: `flag` (`--key` or `LOCALML_KEY`), else the credentials
 /// file's, else — only for a server on this PC — the scheduler's first admin key
 /// (`<data dir>/admin.key`, readable by the scheduler's user), else none. The admin key is
@@ -120,7 +107,7 @@ pub fn discover(flag: Option<String>, server: &str) -> Result<Option<String>, Cr
             return Ok(Some(key.trim().to_string()));
         }
     }
-    if is_local(server) {
+    if client::is_local(server) {
         let admin = localml_scheduler::config::default_data_dir()
             .join(localml_scheduler::auth::keys::ADMIN_KEY_FILE);
         if let Ok(text) = std::fs::read_to_string(admin) {
@@ -286,10 +273,10 @@ mod tests {
             "[::1]:8001",
             "http://127.0.0.1:8001",
         ] {
-            assert!(is_local(local), "{local}");
+            assert!(client::is_local(local), "{local}");
         }
         for remote in ["10.0.0.5:8001", "pc3.lan:8001", "http://192.168.1.2:8001"] {
-            assert!(!is_local(remote), "{remote}");
+            assert!(!client::is_local(remote), "{remote}");
         }
     }
 

@@ -75,6 +75,11 @@ pub struct SchedulerConfig {
     /// How long workers' certificates are valid, in seconds (default a year, as k3s);
     /// workers renew theirs two thirds into it, online.
     pub worker_certificate_validity_s: u64,
+    /// Bind each worker name to the key of the worker that first joined under it, as
+    /// k3s's node password does: a token join under a bound name with another key is
+    /// refused until `localml workers remove NAME`. Off for workers that lose their data
+    /// directory whenever they restart (the Helm chart's pods).
+    pub bind_worker_names: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -147,6 +152,7 @@ impl Default for SchedulerConfig {
             insecure: false,
             client_tls: crate::auth::ClientTls::Auto,
             worker_certificate_validity_s: localml_trust::ca::LEAF_VALIDITY.as_secs(),
+            bind_worker_names: true,
             tls_cert_file: None,
             tls_key_file: None,
             admin_key_file: None,
@@ -215,8 +221,11 @@ impl SchedulerConfig {
                 "and tls_key_file go together: give both or neither",
             );
         }
-        if self.worker_certificate_validity_s < 10 {
-            return invalid("worker_certificate_validity_s", "must be at least 10");
+        if !(10..=10 * 365 * 24 * 3600).contains(&self.worker_certificate_validity_s) {
+            return invalid(
+                "worker_certificate_validity_s",
+                "must be from 10 s to 10 years (315360000)",
+            );
         }
         if self.dispatch_attempts == 0 {
             return invalid("dispatch_attempts", "must be at least 1");

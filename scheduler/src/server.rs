@@ -262,6 +262,7 @@ pub async fn run(
         workers: Arc::clone(&workers),
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
         certificate_validity: std::time::Duration::from_secs(config.worker_certificate_validity_s),
+        bind_names: config.bind_worker_names,
     });
 
     let mut clients = tonic::transport::Server::builder();

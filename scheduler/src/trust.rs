@@ -310,15 +310,29 @@ impl ClusterTrust {
         None
     }
 
-    /// Binds `name` to the worker joining with a token now, unless a worker joined under
-    /// it before and was not removed (then false): a token lets a new PC join, not take
-    /// the name, and so the work, of one that is off.
-    pub async fn claim_name(&self, name: &str) -> Result<bool, TrustStateError> {
+    /// Binds `name` to the key (`key_sha256`, of the CSR's public key) of the worker
+    /// joining with a token now. False when a worker with another key joined under the
+    /// name before and was not removed: a token lets a new PC join, not take the name, and
+    /// so the work, of one that is off. The same key may claim again (a join whose answer
+    /// was lost, a worker whose certificate ran out while it was off).
+    pub async fn claim_name(&self, name: &str, key_sha256: &str) -> Result<bool, TrustStateError> {
         let key = format!("{NAMES}{}", localml_store::escape_segment(name));
         let txn = Txn::new()
             .when(&key, 0)
-            .put(&key, now_ms().to_string().into_bytes(), 0);
-        Ok(self.store.commit(txn).await?.is_some())
+            .put(&key, key_sha256.as_bytes().to_vec(), 0);
+        if self.store.commit(txn).await?.is_some() {
+            return Ok(true);
+        }
+        let bound = self.store.get(&key).await?;
+        Ok(bound.is_some_and(|kv| kv.value == key_sha256.as_bytes()))
+    }
+
+    /// Moves `name`'s binding to a renewed certificate's key (the caller proved it holds
+    /// the name with its current certificate).
+    pub async fn rebind_name(&self, name: &str, key_sha256: &str) -> Result<(), TrustStateError> {
+        let key = format!("{NAMES}{}", localml_store::escape_segment(name));
+        self.store.put(&key, key_sha256.as_bytes().to_vec()).await?;
+        Ok(())
     }
 
     /// Refuses the worker `name`'s certificates issued until now, on every replica, and
@@ -346,18 +360,23 @@ impl ClusterTrust {
     /// When to date a new certificate for `name` issued now: now, or just after the
     /// name's last revocation when that was under a second ago. Certificates carry whole
     /// seconds, so one issued in the same second as `localml workers remove` would read
-    /// as issued before it, and be refused.
-    pub fn issue_time(&self, name: &str) -> SystemTime {
+    /// as issued before it, and be refused. The revocation is read from the store, not
+    /// this replica's copy, which may not have it yet.
+    pub async fn issue_time(&self, name: &str) -> Result<SystemTime, TrustStateError> {
         let now = SystemTime::now();
-        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        match revoked.get(name) {
-            Some(&at) => {
-                let after = SystemTime::UNIX_EPOCH
-                    + Duration::from_millis(u64::try_from(at).unwrap_or(0) + 1000);
-                now.max(after)
-            }
-            None => now,
-        }
+        let key = format!("{REVOKED}{}", localml_store::escape_segment(name));
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(now);
+        };
+        let record = RevokedWorker::decode(kv.value.as_slice())
+            .map_err(|_| TrustStateError::Corrupt(key))?;
+        let after = u64::try_from(record.revoked_unix_ms)
+            .ok()
+            .and_then(|ms| {
+                SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms.saturating_add(1000)))
+            })
+            .unwrap_or(now);
+        Ok(now.max(after))
     }
 
     /// Whether `holder`'s certificate was issued before its name was revoked.

@@ -350,6 +350,28 @@ async fn error_statuses_are_precise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_and_no_ready_worker() {
     let scheduler = Scheduler::start();
+    // Absurd but well-formed deadlines (`grpc-timeout` allows 8 digits and hours) are
+    // capped at a day, not an overflow that panics the request's task (#11).
+    {
+        let _w = Worker::start("quick", &scheduler, &[]);
+        scheduler.wait_ready(&["quick"]).await;
+        let mut c = scheduler.inference().await;
+        for timeout in ["99999999H", "99999999S", "18446744073709551615S"] {
+            let mut request = tonic::Request::new(image_request(1));
+            request
+                .metadata_mut()
+                .insert("grpc-timeout", timeout.parse().expect("ascii"));
+            c.model_infer(request)
+                .await
+                .unwrap_or_else(|s| panic!("grpc-timeout {timeout}: {s:?}"));
+        }
+    }
+    let gone = wait_until(SOON, || async {
+        scheduler.worker_state("quick").await
+            != Some(localml_proto::localml::v1::WorkerState::Ready)
+    })
+    .await;
+    assert!(gone, "{:?}", scheduler.workers().await);
     // A worker 5000x slower: one inference takes seconds.
     let mut slow = Worker::start("slow", &scheduler, &["--throttle", "5000"]);
     scheduler.wait_ready(&["slow"]).await;

@@ -278,6 +278,15 @@ async fn bad_submits_get_precise_errors_and_oversized_results_fail_clearly() {
             "in the past",
         ),
         (
+            // Once a panic in the runner, retried forever (#11).
+            SubmitJobRequest {
+                deadline_unix_ms: u64::MAX,
+                ..submit_request(image, String::new())
+            },
+            tonic::Code::InvalidArgument,
+            "more than a year ahead",
+        ),
+        (
             {
                 let mut r = submit_request(image, String::new());
                 r.request.as_mut().expect("request").model_name = "no_such_model".into();

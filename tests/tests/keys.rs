@@ -424,12 +424,21 @@ async fn a_listener_reachable_from_the_lan_requires_tls_and_keys_unless_insecure
     );
     let mut with_key = AdminClient::new(connect_tls(Some(scheduler.admin_key())).await);
     assert!(with_key.list_workers(ListWorkersRequest {}).await.is_ok());
-    // Plain HTTP/2 to the TLS port gets nothing, key or not; the CLI says to use https.
+    // Plain HTTP/2 to the TLS port gets nothing; and no key is sent in clear text to
+    // another host at all: the client refuses before connecting, and says to use https.
     let plain = format!("{}:{}", lan_address(), port_of(&scheduler.addr));
-    let mut in_clear = AdminClient::new(connect(&plain, Some(&scheduler.admin_key())).await);
+    let mut in_clear = AdminClient::new(connect(&plain, None).await);
     assert!(in_clear.list_workers(ListWorkersRequest {}).await.is_err());
+    let refused = client::connect_with_key(&plain, Duration::from_secs(10), Some("lmk_x.y")).await;
+    assert!(
+        matches!(refused, Err(client::ConnectError::KeyInClear { .. })),
+        "a key for a plain LAN address"
+    );
     let (ok, _, err) = localml(&plain, &scheduler.admin_key(), &["workers"]);
-    assert!(!ok && err.contains("use --server https://"), "{err}");
+    assert!(
+        !ok && err.contains("not sending an API key in clear text") && err.contains("https://"),
+        "{err}"
+    );
 
     // TLS off on a LAN listener needs --insecure: the scheduler does not start.
     let dir = TempDir::new("tls-off");

@@ -550,6 +550,53 @@ async fn a_token_cannot_take_the_name_of_a_worker_that_is_off_until_it_is_remove
     );
 }
 
+/// Names are bound to keys, not to certificates: a worker that was off past its
+/// certificate's end joins again with its token and the key it kept, and gets its name
+/// back without an operator. Names are lowercase (TLS compares names without case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_off_past_its_certificate_rejoins_with_its_token_and_key() {
+    let scheduler = Scheduler::start_with(&format!(
+        "{TEST_SCHEDULER_CONFIG}worker_certificate_validity_s: 12\n"
+    ));
+    let dir = TempDir::new("expired");
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let mut worker = Worker::start("pc-x", &scheduler, &["--data-dir", &data_dir]);
+    scheduler.wait_ready(&["pc-x"]).await;
+    assert!(
+        wait_until(SOON, || async { dir.path().join("worker.pem").exists() }).await,
+        "certificate saved"
+    );
+    worker.process.kill9();
+    let (cert, key) = worker_identity(dir.path());
+    let holder = localml_trust::ca::holder_pem(&cert).expect("certificate");
+    let expired = holder.not_after + Duration::from_secs(1);
+    if let Ok(left) = expired.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    // The harness gives it the join token again, as systemd's environment file does.
+    let again = Worker::start("pc-x", &scheduler, &["--data-dir", &data_dir]);
+    let back = wait_until(SOON, || async {
+        scheduler.workers().await.iter().any(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| s.name == "pc-x" && s.inference_address == again.addr)
+                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
+        })
+    })
+    .await;
+    assert!(back, "{:?}", scheduler.workers().await);
+    let (new_cert, new_key) = worker_identity(dir.path());
+    assert_ne!(new_cert, cert, "a new certificate");
+    assert_eq!(new_key, key, "for the key the name is bound to");
+
+    // An upper-case name is refused with the reason, before any certificate is issued.
+    let upper = TempDir::new("upper");
+    let token = join_token(&scheduler.addr);
+    let (code, stderr) = run_worker_until_exit(&scheduler, "PC-X", upper.path(), Some(&token));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("lowercase"), "{stderr}");
+}
+
 #[tokio::test]
 async fn revoked_tokens_and_removed_workers_are_refused() {
     let scheduler = Scheduler::start();

@@ -92,13 +92,15 @@ fn serial(params: &mut CertificateParams) -> Result<(), TrustError> {
     Ok(())
 }
 
-/// Whether `name` may be a worker's or operator's certificate name: a DNS name (letters,
-/// digits, '-', '.'), as Kubernetes node names are.
+/// Whether `name` may be a worker's or operator's certificate name: a lowercase DNS name
+/// (letters, digits, '-', '.'), as Kubernetes node names are. Lowercase only: TLS compares
+/// names without case, so `PC-1` and `pc-1` must not be two workers.
 pub fn validate_name(name: &str) -> Result<(), TrustError> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -273,8 +275,20 @@ impl ClusterCa {
 /// A new key pair and a certificate signing request for `name` (the worker's side):
 /// the key never leaves the worker.
 pub fn certificate_request(name: &str) -> Result<Issued, TrustError> {
+    certificate_request_with_key(name, None)
+}
+
+/// As [`certificate_request`], for the key in `key_pem` when given (a worker that joins
+/// again with the key its name is bound to).
+pub fn certificate_request_with_key(
+    name: &str,
+    key_pem: Option<&str>,
+) -> Result<Issued, TrustError> {
     validate_name(name)?;
-    let key = KeyPair::generate().map_err(cert_error)?;
+    let key = match key_pem {
+        Some(pem) => KeyPair::from_pem(pem).map_err(cert_error)?,
+        None => KeyPair::generate().map_err(cert_error)?,
+    };
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -284,6 +298,15 @@ pub fn certificate_request(name: &str) -> Result<Issued, TrustError> {
         cert_pem: csr.pem().map_err(cert_error)?,
         key_pem: key.serialize_pem(),
     })
+}
+
+/// The sha256 (hex) of the public key a certificate signing request is for; the request's
+/// signature is checked, so whoever sent it holds the key.
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String, TrustError> {
+    let request = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| TrustError::Csr(e.to_string()))?;
+    use rcgen::PublicKeyData;
+    Ok(crate::sha256_hex(request.public_key.der_bytes()))
 }
 
 /// What a certificate says about its holder.
@@ -435,7 +458,7 @@ mod tests {
         assert!(ca
             .sign_worker(&broken, "pc-3", now(), LEAF_VALIDITY)
             .is_err());
-        for bad in ["", "a b", "-x", "x_y", &"a".repeat(300)] {
+        for bad in ["", "a b", "-x", "x_y", "PC-3", &"a".repeat(300)] {
             assert!(validate_name(bad).is_err(), "{bad}");
             assert!(ca
                 .sign_worker(&request.cert_pem, bad, now(), LEAF_VALIDITY)

@@ -73,7 +73,7 @@ pub enum TrustError {
     #[error("invalid certificate signing request: {0}")]
     Csr(String),
     /// A worker or operator name that cannot be a certificate's DNS name.
-    #[error("invalid name '{0}': use letters, digits, '-' and '.' (at most 253 characters, like a Kubernetes node name)")]
+    #[error("invalid name '{0}': use lowercase letters, digits, '-' and '.' (at most 253 characters, like a Kubernetes node name)")]
     Name(String),
     /// A join token that does not parse; the reason never quotes the token.
     #[error("malformed join token: {0}")]

@@ -228,9 +228,10 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError>
         .collect()
 }
 
+/// The host name, lowercase (worker names are, as Kubernetes node names).
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
+        .map(|s| s.trim().to_ascii_lowercase())
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "worker".into())

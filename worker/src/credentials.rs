@@ -220,6 +220,7 @@ async fn join_with_token(
     token: &JoinToken,
     token_text: &str,
     status: &WorkerStatus,
+    request: &localml_trust::ca::Issued,
 ) -> Result<Credentials, Attempt> {
     let ca_pem = fetch_ca(address).await?;
     let served = localml_trust::sha256_hex(ca_pem.as_bytes());
@@ -230,8 +231,6 @@ async fn join_with_token(
             pinned: token.ca_hash.clone(),
         }));
     }
-    let request = localml_trust::ca::certificate_request(&status.name)
-        .map_err(|e| Attempt::Fail(CredentialError::Trust(e)))?;
     let endpoint = endpoint(address)
         .map_err(Attempt::Fail)?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
@@ -242,7 +241,7 @@ async fn join_with_token(
         .map_err(|e| Attempt::Retry(format!("cannot connect over TLS: {e}")))?;
     let mut join = tonic::Request::new(JoinRequest {
         status: Some(status.clone()),
-        csr_pem: request.cert_pem,
+        csr_pem: request.cert_pem.clone(),
     });
     let bearer = format!("Bearer {token_text}")
         .parse()
@@ -257,7 +256,7 @@ async fn join_with_token(
     Ok(Credentials {
         ca_pem,
         cert_pem: response.certificate_pem,
-        key_pem: request.key_pem,
+        key_pem: request.key_pem.clone(),
     })
 }
 
@@ -354,8 +353,16 @@ pub async fn keep_renewed(
         }
         match renew_any(&dir, &addresses, &current, &name).await {
             Some(renewed) => {
+                let due_again = localml_trust::ca::holder_pem(&renewed.cert_pem)
+                    .is_ok_and(|h| h.needs_renewal(SystemTime::now()));
                 if updates.send(renewed).is_err() {
                     return;
+                }
+                if due_again {
+                    // This PC's clock runs ahead of the scheduler's by more than a third
+                    // of the validity: renew once a minute, not in a loop.
+                    tracing::warn!("the renewed certificate is already due for renewal: this PC's clock is ahead of the scheduler's; set the clock");
+                    tokio::time::sleep(RENEWAL_RETRY).await;
                 }
             }
             None => {
@@ -378,6 +385,10 @@ pub async fn obtain(
     addresses: &[String],
     status: &WorkerStatus,
 ) -> Result<Credentials, CredentialError> {
+    // The key a token join asks a certificate for: the one already here when its
+    // certificate ran out (the scheduler binds names to keys), else a new one; the same
+    // for every attempt, so a join whose answer was lost can be made again.
+    let mut key_pem = None;
     if let Some(current) = Credentials::read(dir) {
         match localml_trust::ca::holder_pem(&current.cert_pem) {
             Ok(holder)
@@ -385,7 +396,8 @@ pub async fn obtain(
                     && holder.not_after <= SystemTime::now()
                     && token.is_some() =>
             {
-                tracing::warn!("the worker certificate in the data directory expired (the worker was off too long to renew it); joining with the token");
+                tracing::warn!("the worker certificate in the data directory expired (the worker was off too long to renew it); joining with the token and the same key");
+                key_pem = Some(current.key_pem.clone());
             }
             Ok(holder) if holder.name == status.name => {
                 if holder.needs_renewal(SystemTime::now()) {
@@ -407,10 +419,12 @@ pub async fn obtain(
     let token = token.ok_or_else(|| CredentialError::NoToken(dir.to_path_buf()))?;
     let text = token.expose();
     let parsed = JoinToken::parse(text).map_err(CredentialError::Token)?;
+    let request = localml_trust::ca::certificate_request_with_key(&status.name, key_pem.as_deref())
+        .map_err(CredentialError::Trust)?;
     let mut attempts: u64 = 0;
     loop {
         for address in addresses {
-            match join_with_token(address, &parsed, text, status).await {
+            match join_with_token(address, &parsed, text, status, &request).await {
                 Ok(credentials) => {
                     credentials.write(dir)?;
                     tracing::info!(scheduler = %address, ca_sha256 = %parsed.ca_hash, "joined with the token; certificate saved");

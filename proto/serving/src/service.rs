@@ -172,13 +172,18 @@ impl<B: InferenceBackend> GrpcInferenceService for OipService<B> {
     }
 }
 
-/// The client's deadline from the `grpc-timeout` header, if any.
+/// The longest client deadline honoured (a day); a longer `grpc-timeout` is cut to it, so
+/// no deadline overflows the clock (`999999999H` is a valid header).
+pub const MAX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The client's deadline from the `grpc-timeout` header, if any, at most
+/// [`MAX_REQUEST_TIMEOUT`].
 pub fn request_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     use std::time::Duration;
-    Some(match unit {
+    let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -186,7 +191,8 @@ pub fn request_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::t
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
-    })
+    };
+    Some(timeout.min(MAX_REQUEST_TIMEOUT))
 }
 
 /// Runs one ModelInfer call within the client's deadline (`grpc-timeout`): `infer` gets
@@ -272,7 +278,14 @@ where
     use tokio_stream::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        while let Some(next) = requests.next().await {
+        loop {
+            // Once the response side is gone (the client hung up, or the call was ended,
+            // e.g. its key revoked), requests still arriving are not run.
+            let next = tokio::select! {
+                next = requests.next() => next,
+                _ = tx.closed() => break,
+            };
+            let Some(next) = next else { break };
             let request = match next {
                 Ok(request) => request,
                 Err(status) => {

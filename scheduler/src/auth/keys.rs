@@ -118,7 +118,8 @@ impl Default for KeyRing {
 impl KeyRing {
     /// Whether the key with `id` is still valid at `now_ms` (a stream opened with it is
     /// ended when not).
-    pub fn still_valid(&self, id: &str, now_ms: u64) -> Result<(), KeyError> {
+    /// Returns when the key expires (0: never).
+    pub fn still_valid(&self, id: &str, now_ms: u64) -> Result<u64, KeyError> {
         let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
         let record = by_id.get(id).ok_or(KeyError::Unknown)?;
         if record.revoked {
@@ -127,7 +128,7 @@ impl KeyRing {
         if record.expires_unix_ms != 0 && now_ms >= record.expires_unix_ms {
             return Err(KeyError::Expired(record.name.clone()));
         }
-        Ok(())
+        Ok(record.expires_unix_ms)
     }
 
     /// Changes to the ring (the value means nothing; wait for `changed`).

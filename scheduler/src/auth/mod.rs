@@ -141,15 +141,22 @@ impl KeyWatch {
         let mut changes = self.ring.subscribe();
         loop {
             let now = localml_proto::time::unix_ms();
-            if let Err(e) = self.ring.still_valid(&self.id, now) {
-                return Status::unauthenticated(e.to_string());
-            }
-            // Expiry is a time, not a change: look again at least every minute.
+            let expires = match self.ring.still_valid(&self.id, now) {
+                Ok(expires) => expires,
+                Err(e) => return Status::unauthenticated(e.to_string()),
+            };
+            // Expiry is a time, not a change: wake at it (and at least hourly, should the
+            // clock jump).
+            let hour = std::time::Duration::from_secs(3600);
+            let until_expiry = match expires {
+                0 => hour,
+                at => std::time::Duration::from_millis(at.saturating_sub(now)).min(hour),
+            };
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() {
                     return std::future::pending().await;
                 },
-                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = tokio::time::sleep(until_expiry) => {}
             }
         }
     }

@@ -304,10 +304,15 @@ impl Runner {
                 ParameterChoice::DoubleParam(f64::from(min)),
             );
         }
-        let deadline = (job.deadline_unix_ms != 0).then(|| {
-            tokio::time::Instant::now()
-                + Duration::from_millis(job.deadline_unix_ms.saturating_sub(unix_ms()))
-        });
+        // A deadline too far ahead for the clock to represent is no deadline (stored jobs
+        // predate the bound Submit checks).
+        let deadline = (job.deadline_unix_ms != 0)
+            .then(|| {
+                tokio::time::Instant::now().checked_add(Duration::from_millis(
+                    job.deadline_unix_ms.saturating_sub(unix_ms()),
+                ))
+            })
+            .flatten();
         let mut tried = 0;
         let result = self
             .dispatcher

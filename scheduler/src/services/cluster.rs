@@ -88,6 +88,9 @@ pub struct ClusterService {
     pub report_interval_ms: u32,
     /// How long the workers' certificates it signs are valid.
     pub certificate_validity: std::time::Duration,
+    /// Bind each worker name to the key of the worker that first joined under it
+    /// (`bind_worker_names`).
+    pub bind_names: bool,
 }
 
 fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, ClusterError> {
@@ -154,15 +157,15 @@ fn same_worker(holder: &Holder, named: &str) -> Result<(), ClusterError> {
 }
 
 impl ClusterService {
-    fn sign(&self, csr: &str, name: &str) -> Result<String, ClusterError> {
+    async fn sign(&self, csr: &str, name: &str) -> Result<String, ClusterError> {
+        let issued = self
+            .trust
+            .issue_time(name)
+            .await
+            .map_err(|e| ClusterError::Internal(e.to_string()))?;
         self.trust
             .ca
-            .sign_worker(
-                csr,
-                name,
-                self.trust.issue_time(name),
-                self.certificate_validity,
-            )
+            .sign_worker(csr, name, issued, self.certificate_validity)
             .map_err(|e| ClusterError::BadRequest(e.to_string()))
     }
 
@@ -179,7 +182,7 @@ impl ClusterService {
                     String::new()
                 } else {
                     tracing::info!(worker = %status.name, "worker certificate renewed");
-                    self.sign(&csr_pem, &status.name)?
+                    self.sign(&csr_pem, &status.name).await?
                 }
             }
             None => {
@@ -205,14 +208,18 @@ impl ClusterService {
                 if self.workers.is_live(&status.name) {
                     return Err(ClusterError::NameTaken(status.name));
                 }
-                let certificate = self.sign(&csr_pem, &status.name)?;
-                let claimed = self
-                    .trust
-                    .claim_name(&status.name)
-                    .await
-                    .map_err(|e| ClusterError::Internal(e.to_string()))?;
-                if !claimed {
-                    return Err(ClusterError::NameClaimed(status.name));
+                let certificate = self.sign(&csr_pem, &status.name).await?;
+                if self.bind_names {
+                    let key = localml_trust::ca::csr_key_sha256(&csr_pem)
+                        .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+                    let claimed = self
+                        .trust
+                        .claim_name(&status.name, &key)
+                        .await
+                        .map_err(|e| ClusterError::Internal(e.to_string()))?;
+                    if !claimed {
+                        return Err(ClusterError::NameClaimed(status.name));
+                    }
                 }
                 tracing::info!(worker = %status.name, "worker joined with a token; certificate issued");
                 certificate
@@ -254,7 +261,16 @@ impl Cluster for ClusterService {
         r: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
         let holder = require_certificate(&r, &self.trust)?;
-        let certificate_pem = self.sign(&r.into_inner().csr_pem, &holder.name)?;
+        let csr_pem = r.into_inner().csr_pem;
+        let certificate_pem = self.sign(&csr_pem, &holder.name).await?;
+        if self.bind_names {
+            let key = localml_trust::ca::csr_key_sha256(&csr_pem)
+                .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+            self.trust
+                .rebind_name(&holder.name, &key)
+                .await
+                .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        }
         tracing::info!(worker = %holder.name, "worker certificate renewed");
         Ok(Response::new(RenewCertificateResponse {
             certificate_pem,

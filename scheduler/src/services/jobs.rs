@@ -20,6 +20,9 @@ use crate::jobs::{decode_job, is_terminal, job_key, IDEMPOTENCY, INPUTS, JOBS, R
 use crate::parameters::{request_info, ParameterError};
 use crate::workers::Lookup;
 
+/// How far ahead a job's deadline may be (a year): further is refused at Submit, so no
+/// deadline overflows the clock later.
+pub const MAX_JOB_DEADLINE_MS: u64 = 365 * 24 * 3600 * 1000;
 /// Why a jobs call failed, as the client is told.
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
@@ -38,6 +41,9 @@ pub enum JobsError {
     /// A deadline that has already passed.
     #[error("deadline_unix_ms {0} is in the past")]
     DeadlinePassed(u64),
+    /// A deadline further ahead than [`MAX_JOB_DEADLINE_MS`].
+    #[error("deadline_unix_ms {0} is more than a year ahead (0 means no deadline)")]
+    DeadlineTooFar(u64),
     /// A malformed scheduling parameter in the request.
     #[error(transparent)]
     Parameter(#[from] ParameterError),
@@ -79,6 +85,7 @@ impl From<JobsError> for Status {
             | JobsError::NoModel
             | JobsError::PowerPolicy(_)
             | JobsError::DeadlinePassed(_)
+            | JobsError::DeadlineTooFar(_)
             | JobsError::MinBattery(_)
             | JobsError::Parameter(_) => Status::invalid_argument(message),
             JobsError::Dispatch(e) => e.into(),
@@ -127,6 +134,9 @@ impl JobsService {
         }
         if r.deadline_unix_ms != 0 && r.deadline_unix_ms <= unix_ms() {
             return Err(JobsError::DeadlinePassed(r.deadline_unix_ms));
+        }
+        if r.deadline_unix_ms > unix_ms().saturating_add(MAX_JOB_DEADLINE_MS) {
+            return Err(JobsError::DeadlineTooFar(r.deadline_unix_ms));
         }
         // The scheduling parameters are checked now rather than when the job runs.
         request_info(&request, "")?;
