@@ -199,6 +199,10 @@ impl Drop for TenantInFlight<'_> {
     }
 }
 
+/// An error this close to the client's deadline is taken as the deadline's (timers and
+/// the channel's own timeout do not fire at the same instant).
+const DEADLINE_SLACK: Duration = Duration::from_millis(2);
+
 /// Whether a failure is the worker's (retry elsewhere) rather than the request's.
 fn worker_failed(status: &Status) -> bool {
     matches!(
@@ -390,6 +394,16 @@ impl Dispatcher {
                     let ms = sent.elapsed().as_secs_f64() * 1e3;
                     chosen.observe_latency(&info.model, &version, ms, self.workers.now_ms());
                     return Ok(response.into_inner());
+                }
+                // The client's deadline passed while the worker worked (the channel then
+                // answers CANCELLED "Timeout expired"): the client's doing, not the
+                // worker's; the worker is not marked, nor is the request tried elsewhere.
+                Err(status) if deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d) => {
+                    tracing::debug!(worker = %chosen.name, code = ?status.code(), "the client's deadline passed on the worker");
+                    return Err(DispatchError::Request(Status::deadline_exceeded(format!(
+                        "the request did not finish within the client's deadline on worker {}",
+                        chosen.name
+                    ))));
                 }
                 Err(status) if worker_failed(&status) => {
                     tracing::warn!(worker = %chosen.name, code = ?status.code(), message = status.message(), "dispatch failed; trying another worker");

@@ -240,3 +240,48 @@ async fn a_leaving_worker_finishes_in_flight_work_and_gets_no_new_work() {
         assert_eq!(client::served_by(&response).as_deref(), Some("stays"));
     }
 }
+
+/// A burst of requests whose deadlines pass while a healthy worker works them is the
+/// clients' doing: they get DEADLINE_EXCEEDED, the worker is not marked unreachable, and
+/// the normal requests after the burst are all served (#11: they all got UNAVAILABLE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_client_deadlines_do_not_take_a_healthy_worker_out() {
+    let scheduler = Scheduler::start();
+    // Ten times as slow (sleeping): each request takes longer than the burst's deadlines.
+    let _w = Worker::start("only", &scheduler, &["--throttle", "10"]);
+    scheduler.wait_ready(&["only"]).await;
+    let c = scheduler.inference().await;
+    let burst: Vec<_> = (0..40)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut request = tonic::Request::new(image_request(1));
+                request.set_timeout(Duration::from_millis(2 + i % 5));
+                c.model_infer(request).await.map(|_| ())
+            })
+        })
+        .collect();
+    for task in burst {
+        // The scheduler answers DEADLINE_EXCEEDED; the client's own channel may give up
+        // first and say CANCELLED "Timeout expired".
+        if let Err(status) = task.await.expect("task") {
+            assert!(
+                matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ),
+                "{status:?}"
+            );
+        }
+    }
+    for _ in 0..20 {
+        let mut c = c.clone();
+        c.model_infer(image_request(1))
+            .await
+            .expect("a normal request after the burst");
+    }
+    assert_eq!(
+        scheduler.worker_state("only").await,
+        Some(WorkerState::Ready)
+    );
+}
