@@ -75,6 +75,12 @@ pub struct SchedulerConfig {
     /// How long workers' certificates are valid, in seconds (default a year, as k3s);
     /// workers renew theirs two thirds into it, online.
     pub worker_certificate_validity_s: u64,
+    /// HTTP/2 keepalive on the scheduler's connections to workers, in milliseconds: a ping
+    /// every `worker_keepalive_ms`, and a connection whose ping goes unanswered for
+    /// `worker_keepalive_timeout_ms` is dropped, its calls tried on another worker. 0 turns
+    /// it off.
+    pub worker_keepalive_ms: u64,
+    pub worker_keepalive_timeout_ms: u64,
     /// Bind each worker name to the key of the worker that first joined under it, as
     /// k3s's node password does: a token join under a bound name with another key is
     /// refused until `localml workers remove NAME`. Off for workers that lose their data
@@ -153,6 +159,8 @@ impl Default for SchedulerConfig {
             client_tls: crate::auth::ClientTls::Auto,
             worker_certificate_validity_s: localml_trust::ca::LEAF_VALIDITY.as_secs(),
             bind_worker_names: true,
+            worker_keepalive_ms: 1000,
+            worker_keepalive_timeout_ms: 2000,
             tls_cert_file: None,
             tls_key_file: None,
             admin_key_file: None,

@@ -131,7 +131,14 @@ pub async fn run(
             _ => trust.client_tls(),
         }),
     };
-    let workers = Arc::new(Workers::new(config.max_message_bytes).with_tls(trust.dial()));
+    let mut workers = Workers::new(config.max_message_bytes).with_tls(trust.dial());
+    if config.worker_keepalive_ms > 0 {
+        workers = workers.with_keepalive(
+            std::time::Duration::from_millis(config.worker_keepalive_ms),
+            std::time::Duration::from_millis(config.worker_keepalive_timeout_ms.max(1)),
+        );
+    }
+    let workers = Arc::new(workers);
     let stats = Arc::new(stats::Stats::default());
     let profiles = localml_framework::profile::Profiles::build(&config.profiles)
         .map_err(config::ConfigError::Profiles)?;

@@ -285,3 +285,68 @@ async fn short_client_deadlines_do_not_take_a_healthy_worker_out() {
         Some(WorkerState::Ready)
     );
 }
+
+/// A worker frozen (SIGSTOP, as a PC that loses power or its network looks from outside)
+/// while it serves: the requests in flight on it are not left hanging. The scheduler's
+/// HTTP/2 keepalive (a ping a second, two seconds to answer) ends the frozen connection,
+/// and those requests are served by the other worker, without any client deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
+    let scheduler = Scheduler::start();
+    // Slowed (sleeping) so that requests are in flight on both when one freezes.
+    let frozen = Worker::start("frozen", &scheduler, &["--throttle", "20"]);
+    let _alive = Worker::start("alive", &scheduler, &["--throttle", "20"]);
+    scheduler.wait_ready(&["frozen", "alive"]).await;
+    let c = scheduler.inference().await;
+    let started = std::time::Instant::now();
+    // Eight clients, each sending requests one after another for a few seconds.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while started.elapsed() < Duration::from_secs(3) {
+                    let sent = std::time::Instant::now();
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        c.model_infer(image_request(1)),
+                    )
+                    .await;
+                    answers.push((answer, sent.elapsed()));
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    frozen.process.signal("STOP");
+    let mut served_by = std::collections::HashMap::<String, usize>::new();
+    let mut worst = Duration::ZERO;
+    for task in clients {
+        for (answer, took) in task.await.expect("task") {
+            let response = answer
+                .expect("not left hanging")
+                .expect("served despite the frozen worker")
+                .into_inner();
+            *served_by
+                .entry(client::served_by(&response).unwrap_or_default())
+                .or_default() += 1;
+            worst = worst.max(took);
+        }
+    }
+    eprintln!(
+        "served by {served_by:?}; worst request {worst:?}, all in {:?}",
+        started.elapsed()
+    );
+    // Some requests were on the frozen worker when it froze: they waited for the
+    // keepalive to give up on it, then were served by the other.
+    assert!(
+        worst > Duration::from_secs(1),
+        "nothing was in flight on the frozen worker"
+    );
+    frozen.process.signal("CONT");
+    assert!(
+        served_by.get("alive").copied().unwrap_or(0) > 0,
+        "{served_by:?}"
+    );
+}

@@ -55,6 +55,7 @@ pub(super) fn connect(
     dispatched: &Arc<AtomicU32>,
     max_message_bytes: usize,
     dial: Option<&crate::trust::WorkerDial>,
+    keepalive: Option<(Duration, Duration)>,
 ) -> Option<Arc<Candidate>> {
     // Only the address in the worker's registration, and only a server whose certificate
     // from the cluster CA names this worker.
@@ -65,10 +66,16 @@ pub(super) fn connect(
             .ok()?,
         None => Endpoint::from_shared(format!("http://{}", status.inference_address)).ok()?,
     };
-    let channel = endpoint
+    let mut endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
+        .tcp_nodelay(true);
+    if let Some((interval, timeout)) = keepalive {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
+    }
+    let channel = endpoint.connect_lazy();
     let client = GrpcInferenceServiceClient::new(channel)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);

@@ -81,6 +81,9 @@ pub struct Workers {
     max_message_bytes: usize,
     /// TLS for channels to workers (None: plaintext, in unit tests).
     dial: Option<crate::trust::WorkerDial>,
+    /// HTTP/2 keepalive on channels to workers: ping interval and how long a ping may go
+    /// unanswered (None: off).
+    keepalive: Option<(std::time::Duration, std::time::Duration)>,
     /// Origin of the snapshot clock.
     epoch: Instant,
     /// Names of cordoned workers (from the store, shared by every replica); kept for
@@ -98,9 +101,23 @@ impl Workers {
             workers: RwLock::new(HashMap::new()),
             max_message_bytes,
             dial: None,
+            keepalive: None,
             epoch: Instant::now(),
             cordons: Default::default(),
         }
+    }
+
+    /// Pings each worker's connection every `interval`; a ping unanswered for `timeout`
+    /// ends the connection and fails the calls on it (a PC switched off, frozen or cut off
+    /// is noticed in seconds, not after TCP's retransmissions), so they are tried on
+    /// another worker.
+    pub fn with_keepalive(
+        mut self,
+        interval: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Workers {
+        self.keepalive = Some((interval, timeout));
+        self
     }
 
     /// Dials workers over mutual TLS with `dial`.
@@ -121,6 +138,7 @@ impl Workers {
             dispatched,
             self.max_message_bytes,
             self.dial.as_ref(),
+            self.keepalive,
         )
     }
 
