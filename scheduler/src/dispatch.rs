@@ -267,13 +267,20 @@ impl Dispatcher {
         let started = Instant::now();
         let model = request.model_name.clone();
         let version = request.model_version.clone();
-        let result = self
-            .infer_with_retries(request, deadline, tried)
-            .await
-            .map_err(Status::from);
+        let result = self.infer_with_retries(request, deadline, tried).await;
+        // Names a client invents are not kept one by one (memory and metric series would
+        // grow with every name sent): an unknown model counts under one label, and an
+        // unknown version is left out of the per-version statistics.
+        let seen = match &result {
+            Err(DispatchError::UnknownModel(_)) => crate::stats::Seen::UnknownModel,
+            Err(DispatchError::UnknownVersion { .. }) => crate::stats::Seen::UnknownVersion,
+            _ => crate::stats::Seen::Known,
+        };
+        let result = result.map_err(Status::from);
         self.stats.record(
             &model,
             &version,
+            seen,
             localml_serving::metrics::result_code(&result),
             started.elapsed(),
         );

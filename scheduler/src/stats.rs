@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use localml_proto::inference::{InferStatistics, ModelStatistics, StatisticDuration};
 
+/// The model label of requests for models the cluster does not have.
+pub const UNKNOWN_MODEL: &str = "<unknown>";
+
+/// Whether a request named a model and version the cluster has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Known,
+    UnknownModel,
+    UnknownVersion,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     success: u64,
@@ -53,8 +64,23 @@ impl Stats {
         out
     }
 
-    pub fn record(&self, model: &str, version: &str, code: tonic::Code, elapsed: Duration) {
+    /// Counts one request to `model`/`version`. Requests for a model the cluster does not
+    /// have count under the model label [`UNKNOWN_MODEL`] in the metric series only, and
+    /// those for an unknown version only in the model's series: the per-version statistics
+    /// hold what exists, whatever names clients send.
+    pub fn record(
+        &self,
+        model: &str,
+        version: &str,
+        seen: Seen,
+        code: tonic::Code,
+        elapsed: Duration,
+    ) {
         let ok = code == tonic::Code::Ok;
+        let model = match seen {
+            Seen::UnknownModel => UNKNOWN_MODEL,
+            _ => model,
+        };
         {
             let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
             if !series.contains_key(model) {
@@ -68,6 +94,9 @@ impl Stats {
                     s.latency.observe(elapsed.as_secs_f64());
                 }
             }
+        }
+        if seen != Seen::Known {
+            return;
         }
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let now_ms = localml_proto::time::unix_ms();
@@ -134,9 +163,27 @@ mod tests {
     #[test]
     fn counts_success_and_failure() {
         let s = Stats::default();
-        s.record("m", "", tonic::Code::Ok, Duration::from_millis(2));
-        s.record("m", "", tonic::Code::NotFound, Duration::from_millis(1));
-        s.record("n", "1", tonic::Code::Ok, Duration::from_millis(1));
+        s.record(
+            "m",
+            "",
+            Seen::Known,
+            tonic::Code::Ok,
+            Duration::from_millis(2),
+        );
+        s.record(
+            "m",
+            "",
+            Seen::Known,
+            tonic::Code::NotFound,
+            Duration::from_millis(1),
+        );
+        s.record(
+            "n",
+            "1",
+            Seen::Known,
+            tonic::Code::Ok,
+            Duration::from_millis(1),
+        );
         let series = s.series();
         assert_eq!(series[0].0, "m");
         assert_eq!(series[0].1.get("OK"), Some(&1));
