@@ -350,3 +350,43 @@ async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
         "{served_by:?}"
     );
 }
+
+/// Requests whose deadlines pass while the worker runs them give their session back only
+/// when the run ends: the requests right after them wait for a free session instead of
+/// failing with "no free session" (#11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_keep_their_session_until_the_run_ends() {
+    let scheduler = Scheduler::start();
+    // Slowed (the session is held while sleeping): each run takes tens of milliseconds.
+    let worker = Worker::start("w", &scheduler, &["--throttle", "30"]);
+    scheduler.wait_ready(&["w"]).await;
+    let direct = worker.inference().await;
+    for _ in 0..3 {
+        let burst: Vec<_> = (0..12)
+            .map(|_| {
+                let mut c = direct.clone();
+                tokio::spawn(async move {
+                    // The largest batch, so the run itself outlasts the deadline.
+                    let mut request = tonic::Request::new(image_request(8));
+                    request.set_timeout(Duration::from_millis(3));
+                    let _ = c.model_infer(request).await;
+                })
+            })
+            .collect();
+        for task in burst {
+            task.await.expect("task");
+        }
+        // At once: the runs the burst started are still going.
+        let followers: Vec<_> = (0..4)
+            .map(|_| {
+                let mut c = direct.clone();
+                tokio::spawn(async move { c.model_infer(image_request(1)).await })
+            })
+            .collect();
+        for task in followers {
+            task.await
+                .expect("task")
+                .expect("served once a session is free, not refused");
+        }
+    }
+}

@@ -161,7 +161,7 @@ pub struct LoadedModel {
     pub stats: ModelStats,
     /// Makes this worker behave like a PC `throttle` times slower (testing aid).
     throttle: f64,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     sessions: Mutex<Vec<Session>>,
 }
 
@@ -275,7 +275,7 @@ impl LoadedModel {
             instances,
             stats: ModelStats::default(),
             throttle: options.throttle.max(1.0),
-            permits: Semaphore::new(instances as usize),
+            permits: Arc::new(Semaphore::new(instances as usize)),
             sessions: Mutex::new(sessions),
         })
     }
@@ -291,28 +291,30 @@ impl LoadedModel {
         if queued.value >= self.max_queue && self.permits.available_permits() == 0 {
             return Err(ModelError::QueueFull(self.name.clone(), queued.value));
         }
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             return Err(ModelError::Run {
                 model: self.name.clone(),
                 reason: RunError::Unloading,
             });
         };
         drop(queued);
-        let _running = Gauge::enter(&self.stats.in_flight);
         let started = Instant::now();
         let model = Arc::clone(self);
-        let result = tokio::task::spawn_blocking(move || model.run_blocking(inputs, &requested))
-            .await
-            .unwrap_or_else(|e| {
-                Err(ModelError::Run {
-                    model: self.name.clone(),
-                    reason: RunError::Task(e),
-                })
-            });
-        if self.throttle > 1.0 {
-            // Hold the session slot longer, as a slower PC would.
-            tokio::time::sleep(started.elapsed().mul_f64(self.throttle - 1.0)).await;
-        }
+        // The session slot and the in-flight count belong to the blocking run, not to this
+        // future: a caller that gives up (deadline, disconnect) drops the future, but the
+        // run goes on until it ends, and so must the slot it holds.
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _running = Gauge::enter(&model.stats.in_flight);
+            model.run_blocking(inputs, &requested)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ModelError::Run {
+                model: self.name.clone(),
+                reason: RunError::Task(e),
+            })
+        });
         let elapsed = started.elapsed();
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         match &result {
@@ -357,6 +359,7 @@ impl LoadedModel {
             .map_err(|_| run_error(RunError::Poisoned))?
             .pop()
             .ok_or_else(|| run_error(RunError::NoSession))?;
+        let ran = Instant::now();
         let result = (|| {
             let outputs = session.run(values).map_err(|e| {
                 if matches!(e.code(), ort::ErrorCode::InvalidArgument) {
@@ -380,6 +383,10 @@ impl LoadedModel {
             }
             Ok(out)
         })();
+        if self.throttle > 1.0 {
+            // Hold the session longer, as a slower PC would.
+            std::thread::sleep(ran.elapsed().mul_f64(self.throttle - 1.0));
+        }
         if let Ok(mut pool) = self.sessions.lock() {
             pool.push(session);
         }
