@@ -30,6 +30,19 @@ async fn cluster_channel(scheduler: &Scheduler, identity: Option<(String, String
         .expect("connect over TLS")
 }
 
+/// Whether the worker `name` becomes Ready at `addr` (bounded wait).
+async fn ready_at(scheduler: &Scheduler, name: &str, addr: &str) -> bool {
+    wait_until(SOON, || async {
+        scheduler.workers().await.iter().any(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| s.name == name && s.inference_address == addr)
+                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
+        })
+    })
+    .await
+}
+
 fn status(name: &str) -> WorkerStatus {
     WorkerStatus {
         name: name.into(),
@@ -310,15 +323,7 @@ async fn a_restarted_worker_rejoins_with_its_certificate_without_a_token() {
         &scheduler,
         &["--data-dir", &data_dir, "--token", ""],
     );
-    let ok = wait_until(SOON, || async {
-        scheduler.workers().await.iter().any(|w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.name == "pc-r" && s.inference_address == again.addr)
-                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
-        })
-    })
-    .await;
+    let ok = ready_at(&scheduler, "pc-r", &again.addr).await;
     assert!(ok, "{:?}", scheduler.workers().await);
     let mut client = scheduler.inference().await;
     client
@@ -529,15 +534,7 @@ async fn a_token_cannot_take_the_name_of_a_worker_that_is_off_until_it_is_remove
         "no certificate for a bound name"
     );
     localml(&["workers", "remove", "pc-f", "--server", &scheduler.addr]);
-    let joined = wait_until(SOON, || async {
-        scheduler.workers().await.iter().any(|w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.name == "pc-f" && s.inference_address == second.addr)
-                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
-        })
-    })
-    .await;
+    let joined = ready_at(&scheduler, "pc-f", &second.addr).await;
     assert!(joined, "{:?}", scheduler.workers().await);
     // Its certificate, issued within a second of the removal, is not taken for one of
     // the removed worker's: it keeps reporting past the grace period.
@@ -575,15 +572,7 @@ async fn a_worker_off_past_its_certificate_rejoins_with_its_token_and_key() {
     }
     // The harness gives it the join token again, as systemd's environment file does.
     let again = Worker::start("pc-x", &scheduler, &["--data-dir", &data_dir]);
-    let back = wait_until(SOON, || async {
-        scheduler.workers().await.iter().any(|w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.name == "pc-x" && s.inference_address == again.addr)
-                && w.state == localml_proto::localml::v1::WorkerState::Ready as i32
-        })
-    })
-    .await;
+    let back = ready_at(&scheduler, "pc-x", &again.addr).await;
     assert!(back, "{:?}", scheduler.workers().await);
     let (new_cert, new_key) = worker_identity(dir.path());
     assert_ne!(new_cert, cert, "a new certificate");

@@ -306,7 +306,7 @@ impl LoadedModel {
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _running = Gauge::enter(&model.stats.in_flight);
-            model.run_blocking(inputs, &requested)
+            model.run_blocking(inputs, &requested, started)
         })
         .await
         .unwrap_or_else(|e| {
@@ -334,10 +334,13 @@ impl LoadedModel {
         result
     }
 
+    /// Runs on a free session; `started` is when the request got its slot (a throttled
+    /// worker holds the session that much longer, times the throttle).
     fn run_blocking(
         &self,
         inputs: Vec<NamedTensor>,
         requested: &[String],
+        started: Instant,
     ) -> Result<Vec<NamedTensor>, ModelError> {
         let run_error = |reason: RunError| ModelError::Run {
             model: self.name.clone(),
@@ -359,7 +362,6 @@ impl LoadedModel {
             .map_err(|_| run_error(RunError::Poisoned))?
             .pop()
             .ok_or_else(|| run_error(RunError::NoSession))?;
-        let ran = Instant::now();
         let result = (|| {
             let outputs = session.run(values).map_err(|e| {
                 if matches!(e.code(), ort::ErrorCode::InvalidArgument) {
@@ -385,7 +387,7 @@ impl LoadedModel {
         })();
         if self.throttle > 1.0 {
             // Hold the session longer, as a slower PC would.
-            std::thread::sleep(ran.elapsed().mul_f64(self.throttle - 1.0));
+            std::thread::sleep(started.elapsed().mul_f64(self.throttle - 1.0));
         }
         if let Ok(mut pool) = self.sessions.lock() {
             pool.push(session);
