@@ -101,7 +101,63 @@ fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, ClusterE
     if status.inference_address.is_empty() {
         return Err(ClusterError::NoAddress(status.name));
     }
+    if let Some(why) = absurd(&status) {
+        tracing::warn!(worker = %status.name, reason = %why, "status report refused");
+        return Err(ClusterError::BadRequest(format!(
+            "worker '{}' reported {why}",
+            status.name
+        )));
+    }
     Ok(status)
+}
+
+/// Most models, GPUs, sessions or requests one report may claim; more is a broken or
+/// hostile worker, not a PC.
+const MAX_REPORTED: usize = 10_000;
+
+/// Why a worker's report cannot be true, if it cannot: it would only mislead scheduling
+/// (free memory above the total, a battery over 100 %, a million requests queued).
+fn absurd(status: &WorkerStatus) -> Option<String> {
+    if status.ram_free_bytes > status.ram_total_bytes {
+        return Some(format!(
+            "ram_free_bytes {} above ram_total_bytes {}",
+            status.ram_free_bytes, status.ram_total_bytes
+        ));
+    }
+    if status.gpus.len() > MAX_REPORTED || status.models.len() > MAX_REPORTED {
+        return Some(format!(
+            "{} GPUs and {} models",
+            status.gpus.len(),
+            status.models.len()
+        ));
+    }
+    if let Some(gpu) = status
+        .gpus
+        .iter()
+        .find(|g| g.memory_free_bytes > g.memory_total_bytes)
+    {
+        return Some(format!(
+            "GPU {} with memory_free_bytes {} above memory_total_bytes {}",
+            gpu.index, gpu.memory_free_bytes, gpu.memory_total_bytes
+        ));
+    }
+    if let Some(percent) = status.power.as_ref().and_then(|p| p.battery_percent) {
+        if !(0.0..=100.0).contains(&percent) {
+            return Some(format!("battery_percent {percent}"));
+        }
+    }
+    let most = u32::try_from(MAX_REPORTED).unwrap_or(u32::MAX);
+    if let Some(m) = status
+        .models
+        .iter()
+        .find(|m| m.queue_depth > most || m.in_flight > most || m.instances > most)
+    {
+        return Some(format!(
+            "model {} with queue_depth {}, in_flight {}, instances {}",
+            m.name, m.queue_depth, m.in_flight, m.instances
+        ));
+    }
+    None
 }
 
 /// The worker certificate the caller presented (TLS verified it against the CA), if any.
@@ -303,6 +359,70 @@ impl Cluster for ClusterService {
             Ok(Response::new(LeaveResponse {}))
         } else {
             Err(ClusterError::UnknownWorker(id).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> WorkerStatus {
+        WorkerStatus {
+            name: "pc-1".into(),
+            inference_address: "10.0.0.5:8101".into(),
+            ram_total_bytes: 8 << 30,
+            ram_free_bytes: 2 << 30,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn absurd_reports_are_refused_naming_the_field() {
+        assert!(require_status(Some(status())).is_ok());
+        type Spoil = fn(&mut WorkerStatus);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (|s| s.ram_free_bytes = u64::MAX, "ram_free_bytes"),
+            (
+                |s| {
+                    s.gpus.push(Gpu {
+                        memory_total_bytes: 1,
+                        memory_free_bytes: 2,
+                        ..Default::default()
+                    })
+                },
+                "memory_free_bytes",
+            ),
+            (
+                |s| {
+                    s.power = Some(PowerStatus {
+                        battery_percent: Some(250.0),
+                        ..Default::default()
+                    })
+                },
+                "battery_percent",
+            ),
+            (
+                |s| {
+                    s.models.push(LoadedModel {
+                        name: "m".into(),
+                        queue_depth: u32::MAX,
+                        ..Default::default()
+                    })
+                },
+                "queue_depth",
+            ),
+            (
+                |s| s.models = vec![LoadedModel::default(); MAX_REPORTED + 1],
+                "models",
+            ),
+        ];
+        for (spoil, field) in cases {
+            let mut s = status();
+            spoil(&mut s);
+            let status = Status::from(require_status(Some(s)).expect_err(field));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}");
+            assert!(status.message().contains(field), "{}", status.message());
         }
     }
 }

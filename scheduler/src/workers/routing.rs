@@ -161,7 +161,11 @@ impl Workers {
                     .collect(),
                 ram_total_bytes: w.status.ram_total_bytes,
                 ram_free_bytes: w.status.ram_free_bytes,
-                gpu_free_bytes: w.status.gpus.iter().map(|g| g.memory_free_bytes).sum(),
+                gpu_free_bytes: w
+                    .status
+                    .gpus
+                    .iter()
+                    .fold(0u64, |sum, g| sum.saturating_add(g.memory_free_bytes)),
                 power: power_of(&w.status),
                 previous_power: w.previous_power,
                 power_changed_ms: w

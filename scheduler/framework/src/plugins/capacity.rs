@@ -52,7 +52,9 @@ impl Filter for Capacity {
     fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
         let model = worker.model(request);
         let sessions = model.map(|m| m.instances).unwrap_or(1).max(1);
-        let reported = model.map(|m| m.queue_depth + m.in_flight).unwrap_or(0);
+        let reported = model
+            .map(|m| m.queue_depth.saturating_add(m.in_flight))
+            .unwrap_or(0);
         let outstanding = worker.dispatched.max(reported);
         if outstanding >= sessions.saturating_mul(self.args.max_outstanding_per_session) {
             Status::unschedulable(AT_LIMIT)
@@ -104,6 +106,16 @@ mod tests {
                     Code::Unschedulable,
                 ),
                 ("two sessions", request(), with(3, 0, 2), Code::Success),
+                (
+                    "absurd reported numbers saturate, no overflow",
+                    request(),
+                    {
+                        let mut w = with(0, u32::MAX, 1);
+                        w.models[0].in_flight = u32::MAX;
+                        w
+                    },
+                    Code::Unschedulable,
+                ),
             ],
         );
     }

@@ -53,7 +53,7 @@ impl Score for LeastExpectedLatency {
     fn normalize(&self, _: &CycleState, scores: &mut [i64]) {
         let best = scores.iter().copied().min().unwrap_or(1).max(1);
         for s in scores {
-            *s = best * MAX_SCORE / (*s).max(1);
+            *s = best.saturating_mul(MAX_SCORE) / (*s).max(1);
         }
     }
 }
