@@ -181,6 +181,18 @@ impl Profiles {
                 profile.reserves.extend(built.reserve);
                 profile.permits.extend(built.permit);
             }
+            // Liveness, NotReady, cordons and draining hold whatever a profile lists: a
+            // profile that leaves NodeUnschedulable out still gets it, first.
+            if !profile
+                .filters
+                .iter()
+                .any(|f| f.name() == plugins::node_unschedulable::NAME)
+            {
+                profile.filters.insert(
+                    0,
+                    std::sync::Arc::new(plugins::node_unschedulable::NodeUnschedulable),
+                );
+            }
             if by_name
                 .insert(config.name.clone(), Arc::new(profile))
                 .is_some()
@@ -216,6 +228,28 @@ mod tests {
 
     fn parse(yaml: &str) -> Vec<ProfileConfig> {
         serde_yaml::from_str(yaml).expect("yaml")
+    }
+
+    #[test]
+    fn every_profile_keeps_notready_and_cordoned_workers_out_whatever_it_lists() {
+        let p = Profiles::build(&parse(
+            "- name: default\n  plugins:\n    - {name: LeastExpectedLatency, weight: 1}\n",
+        ))
+        .expect("valid");
+        let names: Vec<&str> = p
+            .get("")
+            .expect("default")
+            .filters
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        assert_eq!(names, ["NodeUnschedulable"]);
+        // Listed once, it is not added twice.
+        let p = Profiles::build(&parse(
+            "- name: default\n  plugins:\n    - {name: NodeUnschedulable}\n",
+        ))
+        .expect("valid");
+        assert_eq!(p.get("").expect("default").filters.len(), 1);
     }
 
     #[test]
