@@ -33,6 +33,10 @@ pub struct SchedulerConfig {
     /// Requests that may wait in the scheduler's queue for a free worker; more get
     /// RESOURCE_EXHAUSTED at once.
     pub max_queued_requests: usize,
+    /// Bytes of request payloads the scheduler holds at once, queued or in flight to
+    /// workers (default 512 MiB; at least `max_message_bytes`); a request beyond it gets
+    /// RESOURCE_EXHAUSTED at once, so memory stays bounded whatever clients send.
+    pub max_queued_bytes: usize,
     /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
     pub profiles: Vec<localml_framework::profile::ProfileConfig>,
     /// Where cluster state lives: `embedded` (a file in `data_dir`), `embedded:DIR`, or
@@ -149,6 +153,7 @@ impl Default for SchedulerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             dispatch_attempts: 3,
             max_queued_requests: 1024,
+            max_queued_bytes: 512 * 1024 * 1024,
             profiles: localml_framework::profile::builtin(),
             store: "embedded".into(),
             data_dir: default_data_dir(),
@@ -233,6 +238,12 @@ impl SchedulerConfig {
             return invalid(
                 "worker_certificate_validity_s",
                 "must be from 10 s to 10 years (315360000)",
+            );
+        }
+        if self.max_queued_bytes < self.max_message_bytes {
+            return invalid(
+                "max_queued_bytes",
+                "must be at least max_message_bytes (one request of the largest size)",
             );
         }
         if self.dispatch_attempts == 0 {

@@ -36,6 +36,9 @@ pub enum DispatchError {
         "the scheduler's queue is full ({0} requests wait for a free worker); try again later"
     )]
     QueueFull(usize),
+    /// The requests held (queued or in flight) fill the byte budget.
+    #[error("the scheduler holds {held} bytes of requests, its budget is {max} (max_queued_bytes); try again later")]
+    BytesFull { held: usize, max: usize },
     /// No worker has the model loaded.
     #[error("unknown model '{0}': no worker has it loaded")]
     UnknownModel(String),
@@ -139,7 +142,9 @@ impl From<DispatchError> for Status {
             DispatchError::Parameter(_) | DispatchError::UnknownProfile { .. } => {
                 Status::invalid_argument(message)
             }
-            DispatchError::QueueFull(_) => Status::resource_exhausted(message),
+            DispatchError::QueueFull(_) | DispatchError::BytesFull { .. } => {
+                Status::resource_exhausted(message)
+            }
             DispatchError::UnknownModel(_) | DispatchError::UnknownVersion { .. } => {
                 Status::not_found(message)
             }
@@ -162,6 +167,18 @@ pub struct Dispatcher {
     attempts: u32,
     rotation: AtomicUsize,
     queue: AdmissionQueue,
+    /// Bytes of the requests held now (queued or in flight), and their ceiling.
+    held_bytes: Arc<AtomicUsize>,
+    max_held_bytes: usize,
+}
+
+/// Releases a request's bytes from [`Dispatcher::held_bytes`] however it ends.
+struct HeldBytes(Arc<AtomicUsize>, usize);
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
 }
 
 /// Decrements a worker's dispatched count however the request ends.
@@ -236,6 +253,7 @@ impl Dispatcher {
         profiles: Profiles,
         attempts: u32,
         max_queued: usize,
+        max_queued_bytes: usize,
     ) -> Dispatcher {
         Dispatcher {
             workers,
@@ -244,7 +262,22 @@ impl Dispatcher {
             attempts,
             rotation: AtomicUsize::new(0),
             queue: AdmissionQueue::new(max_queued, Box::new(PrioritySort)),
+            held_bytes: Arc::new(AtomicUsize::new(0)),
+            max_held_bytes: max_queued_bytes,
         }
+    }
+
+    /// Takes `bytes` of the byte budget for one request, or says why not.
+    fn hold(&self, bytes: usize) -> Result<HeldBytes, DispatchError> {
+        let before = self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let held = HeldBytes(Arc::clone(&self.held_bytes), bytes);
+        if before.saturating_add(bytes) > self.max_held_bytes {
+            return Err(DispatchError::BytesFull {
+                held: before,
+                max: self.max_held_bytes,
+            });
+        }
+        Ok(held)
     }
 
     /// Routes one request; `deadline` is the client's.
@@ -267,7 +300,10 @@ impl Dispatcher {
         let started = Instant::now();
         let model = request.model_name.clone();
         let version = request.model_version.clone();
-        let result = self.infer_with_retries(request, deadline, tried).await;
+        let result = match self.hold(prost::Message::encoded_len(&request)) {
+            Ok(_held) => self.infer_with_retries(request, deadline, tried).await,
+            Err(full) => Err(full),
+        };
         // Names a client invents are not kept one by one (memory and metric series would
         // grow with every name sent): an unknown model counts under one label, and an
         // unknown version is left out of the per-version statistics.

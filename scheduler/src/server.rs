@@ -148,6 +148,7 @@ pub async fn run(
         profiles,
         config.dispatch_attempts,
         config.max_queued_requests,
+        config.max_queued_bytes,
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -327,3 +327,36 @@ async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_qu
         status.message()
     );
 }
+
+/// Request payloads held by the scheduler (queued or in flight) are bounded in bytes, not
+/// only in count: beyond `max_queued_bytes` a request gets RESOURCE_EXHAUSTED at once,
+/// naming the budget, and once the held ones are served new ones are taken again (#11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_request_bytes_are_bounded() {
+    // One image request is about 12 KiB: about five fit in 64 KiB.
+    let scheduler = Scheduler::start_with(&format!(
+        "{TEST_SCHEDULER_CONFIG}max_message_bytes: 65536\nmax_queued_bytes: 65536\n"
+    ));
+    let _slow = Worker::start("slow", &scheduler, &["--throttle", "300"]);
+    scheduler.wait_ready(&["slow"]).await;
+    let (_, tasks) = flood(&scheduler, &image_request(1), 20).await;
+    let (mut exhausted, mut served) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => served += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+                assert!(s.message().contains("max_queued_bytes"), "{}", s.message());
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(
+        exhausted > 0 && served > 0,
+        "served {served}, refused {exhausted}"
+    );
+    let mut c = scheduler.inference().await;
+    c.model_infer(image_request(1))
+        .await
+        .expect("taken again once the held requests are served");
+}
