@@ -143,7 +143,13 @@ impl From<DispatchError> for Status {
                 Status::invalid_argument(message)
             }
             DispatchError::QueueFull(_) | DispatchError::BytesFull { .. } => {
-                Status::resource_exhausted(message)
+                // gRPC's retry hint: a client (or its retry policy) waits this long.
+                let mut status = Status::resource_exhausted(message);
+                status.metadata_mut().insert(
+                    "grpc-retry-pushback-ms",
+                    tonic::metadata::MetadataValue::from(RETRY_PUSHBACK_MS),
+                );
+                status
             }
             DispatchError::UnknownModel(_) | DispatchError::UnknownVersion { .. } => {
                 Status::not_found(message)
@@ -189,6 +195,9 @@ impl Drop for InFlight {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// The retry hint sent with RESOURCE_EXHAUSTED (`grpc-retry-pushback-ms`).
+const RETRY_PUSHBACK_MS: u32 = 200;
 
 /// How often a queued request looks again without being woken.
 const QUEUE_RECHECK: Duration = Duration::from_millis(100);

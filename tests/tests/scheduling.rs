@@ -347,6 +347,13 @@ async fn held_request_bytes_are_bounded() {
             Err(s) => {
                 assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
                 assert!(s.message().contains("max_queued_bytes"), "{}", s.message());
+                assert_eq!(
+                    s.metadata()
+                        .get("grpc-retry-pushback-ms")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("200"),
+                    "a retry hint"
+                );
                 exhausted += 1;
             }
         }
