@@ -109,8 +109,13 @@ impl AdmissionQueue {
     pub fn finished(&self, tenant: &str) {
         {
             let mut inner = self.lock();
+            // A tenant with nothing in flight is forgotten: the map holds only tenants
+            // with requests now, however many names clients have used.
             if let Some(n) = inner.in_flight.get_mut(tenant) {
                 *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.in_flight.remove(tenant);
+                }
             }
         }
         self.wake_next();
@@ -148,6 +153,24 @@ mod tests {
 
     fn queue(capacity: usize) -> AdmissionQueue {
         AdmissionQueue::new(capacity, Box::new(localml_framework::PrioritySort))
+    }
+
+    #[test]
+    fn tenants_with_nothing_in_flight_are_forgotten() {
+        let q = queue(4);
+        for i in 0..1000 {
+            let tenant = format!("invented-{i}");
+            q.started(&tenant);
+            q.started(&tenant);
+            q.finished(&tenant);
+            q.finished(&tenant);
+        }
+        q.started("busy");
+        assert_eq!(
+            q.lock().in_flight.len(),
+            1,
+            "only the tenant with a request now"
+        );
     }
 
     /// Wakes one at a time and returns the order of the waiters' sequence numbers.
