@@ -154,7 +154,10 @@ fn absurd(status: &WorkerStatus) -> Option<String> {
     {
         return Some(format!(
             "model {} with queue_depth {}, in_flight {}, instances {}",
-            m.name, m.queue_depth, m.in_flight, m.instances
+            m.name.chars().take(80).collect::<String>(),
+            m.queue_depth,
+            m.in_flight,
+            m.instances
         ));
     }
     None
