@@ -96,11 +96,7 @@ impl ClusterTrust {
         files: Option<(&std::path::Path, &std::path::Path)>,
     ) -> Result<ClusterTrust, TrustStateError> {
         if let Some((cert, key)) = files {
-            let read = |p: &std::path::Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", p.display())))
-            };
-            let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+            let (cert_pem, key_pem) = (read_file(cert)?, read_file(key)?);
             let ca = ClusterCa::from_pem(&cert_pem, &key_pem).map_err(|e| {
                 TrustStateError::File(format!(
                     "the CA in {} and {} cannot be used: {e}",
@@ -258,8 +254,7 @@ impl ClusterTrust {
     /// it must pin this cluster's CA; its secret's hash is stored (never expiring) unless
     /// the token is already known.
     pub async fn import_token(&self, path: &std::path::Path) -> Result<(), TrustStateError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", path.display())))?;
+        let text = read_file(path)?;
         let token = JoinToken::parse(&text).map_err(|e| {
             TrustStateError::File(format!(
                 "{} does not hold a join token: {e}",
@@ -433,17 +428,19 @@ impl WorkerDial {
     }
 }
 
+/// A file the operator named (a CA, a token, a certificate); the error names the file.
+fn read_file(path: &std::path::Path) -> Result<String, TrustStateError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", path.display())))
+}
+
 /// TLS for the client port with a certificate the operator supplies
 /// (`--tls-cert-file`, `--tls-key-file`), checked at start so a wrong file fails there.
 pub fn operator_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<ServerTlsConfig, TrustStateError> {
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", p.display())))
-    };
-    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let (cert_pem, key_pem) = (read_file(cert)?, read_file(key)?);
     if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(TrustStateError::File(format!(
             "{} holds no PEM certificate",
