@@ -380,6 +380,22 @@ async fn open_streams_end_when_their_key_is_revoked() {
     assert!(status.message().contains("revoked"), "{status:?}");
     let status = error_ending(&mut watch).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A key that expires: its open watch ends at the expiry, with nothing revoked.
+    let short = create_key(
+        &scheduler,
+        &admin,
+        &["--name", "short", "--scope", "jobs", "--expires", "3s"],
+    );
+    let mut jobs = JobsClient::new(connect(&scheduler.addr, Some(&short)).await);
+    let mut watch = jobs
+        .watch(WatchJobsRequest { ids: vec![] })
+        .await
+        .expect("watch opened")
+        .into_inner();
+    let status = error_ending(&mut watch).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
     eprintln!(
         "streams ended {:?} after `localml keys revoke` returned",
         started.elapsed()
@@ -439,6 +455,10 @@ async fn a_listener_reachable_from_the_lan_requires_tls_and_keys_unless_insecure
         !ok && err.contains("not sending an API key in clear text") && err.contains("https://"),
         "{err}"
     );
+    // Without a key the plain connection is tried; the TLS port answers it with nothing
+    // a client can read, and the CLI hints to use https.
+    let (ok, _, err) = localml(&plain, "", &["workers"]);
+    assert!(!ok && err.contains("use --server https://"), "{err}");
 
     // TLS off on a LAN listener needs --insecure: the scheduler does not start.
     let dir = TempDir::new("tls-off");
