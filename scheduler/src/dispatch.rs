@@ -225,6 +225,14 @@ impl Drop for TenantInFlight<'_> {
     }
 }
 
+/// What became of one request on its way: the workers it was sent to, the version chosen,
+/// and when it left for the last worker tried.
+struct Trace {
+    tried: usize,
+    version: String,
+    sent: Option<Instant>,
+}
+
 /// An error this close to the client's deadline is taken as the deadline's (timers and
 /// the channel's own timeout do not fire at the same instant).
 const DEADLINE_SLACK: Duration = Duration::from_millis(2);
@@ -308,11 +316,23 @@ impl Dispatcher {
     ) -> Result<ModelInferResponse, Status> {
         let started = Instant::now();
         let model = request.model_name.clone();
-        let version = request.model_version.clone();
+        let mut trace = Trace {
+            tried: 0,
+            version: request.model_version.clone(),
+            sent: None,
+        };
         let result = match self.hold(prost::Message::encoded_len(&request)) {
-            Ok(_held) => self.infer_with_retries(request, deadline, tried).await,
+            Ok(_held) => self.infer_with_retries(request, deadline, &mut trace).await,
             Err(full) => Err(full),
         };
+        *tried = trace.tried;
+        // Counted under the version that served (or was chosen to), as Triton does; a
+        // request refused before routing counts under the version it would have had.
+        if trace.version.is_empty() {
+            if let Some((m, _)) = self.workers.model(&model, "") {
+                trace.version = m.version;
+            }
+        }
         // Names a client invents are not kept one by one (memory and metric series would
         // grow with every name sent): an unknown model counts under one label, and an
         // unknown version is left out of the per-version statistics.
@@ -322,12 +342,18 @@ impl Dispatcher {
             _ => crate::stats::Seen::Known,
         };
         let result = result.map_err(Status::from);
+        let now = Instant::now();
         self.stats.record(
             &model,
-            &version,
+            &trace.version,
             seen,
             localml_serving::metrics::result_code(&result),
-            started.elapsed(),
+            crate::stats::Times {
+                total: now - started,
+                // Until the request left for the worker that answered (all of it when
+                // none did).
+                queued: trace.sent.unwrap_or(now) - started,
+            },
         );
         result
     }
@@ -338,7 +364,7 @@ impl Dispatcher {
         &self,
         request: ModelInferRequest,
         deadline: Option<Instant>,
-        tried_count: &mut usize,
+        trace: &mut Trace,
     ) -> Result<ModelInferResponse, DispatchError> {
         let (profile_name, _) = request_info(&request, "")?;
         let profile =
@@ -386,6 +412,7 @@ impl Dispatcher {
                 Err(_) => break,
             };
             snapshot.queued = self.queue.len();
+            trace.version.clone_from(&version);
             let (_, info) = request_info(&request, &version)?;
             let excluded: Vec<usize> = handles
                 .iter()
@@ -425,7 +452,7 @@ impl Dispatcher {
             let chosen = &handles[decision.worker];
             tracing::debug!(worker = %chosen.name, score = decision.score, profile = %profile.name, "scheduled");
             tried.push(chosen.id.clone());
-            *tried_count = tried.len();
+            trace.tried = tried.len();
             attempts += 1;
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));
@@ -441,6 +468,7 @@ impl Dispatcher {
             }
             let mut client = chosen.client.clone();
             let sent = Instant::now();
+            trace.sent = Some(sent);
             match client.model_infer(forwarded).await {
                 Ok(response) => {
                     let ms = sent.elapsed().as_secs_f64() * 1e3;

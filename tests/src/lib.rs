@@ -585,10 +585,13 @@ impl Worker {
                 "--scheduler",
                 schedulers,
             ])
-            .args(["--intra-op-threads", "1"])
             .arg("--models")
             .arg(models)
             .args(extra);
+        // One intra-op thread unless the test says otherwise: tests run side by side.
+        if !extra.contains(&"--intra-op-threads") {
+            command.args(["--intra-op-threads", "1"]);
+        }
         let (process, line) = spawn_and_read_line(command, name);
         let addr = address_after(&line, "listening on ");
         let http_addr = line

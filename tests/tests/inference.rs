@@ -146,6 +146,21 @@ async fn metadata_config_stream_and_statistics() {
         .into_inner()
         .versions;
     assert_eq!(versions, vec!["1", "2"]);
+    // Before any request, every version has an entry with zero counts (as in Triton).
+    let before = c
+        .model_statistics(ModelStatisticsRequest {
+            name: "text_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("statistics")
+        .into_inner()
+        .model_stats;
+    let listed: Vec<(&str, u64)> = before
+        .iter()
+        .map(|s| (s.version.as_str(), s.inference_count))
+        .collect();
+    assert_eq!(listed, [("1", 0), ("2", 0)], "{before:?}");
 
     // A stream of requests with ids; one bad request in the middle gets an error message
     // without ending the stream.
@@ -208,6 +223,20 @@ async fn metadata_config_stream_and_statistics() {
         })
         .sum();
     assert_eq!(success, 4);
+    // Counted under the version that served, as Triton does (perf_analyzer looks it up).
+    let versions: Vec<&str> = stats
+        .model_stats
+        .iter()
+        .map(|s| s.version.as_str())
+        .collect();
+    assert_eq!(versions, ["1"], "{stats:?}");
+    // Triton's split of the time: each success has a queue and a compute duration
+    // (perf_analyzer finds the version that served by the queue count that grew).
+    let split = stats.model_stats[0]
+        .inference_stats
+        .as_ref()
+        .map(|s| (s.queue.map(|d| d.count), s.compute_infer.map(|d| d.count)));
+    assert_eq!(split, Some((Some(4), Some(4))), "{stats:?}");
 
     let unimplemented = c
         .repository_index(RepositoryIndexRequest::default())

@@ -55,9 +55,15 @@ pub struct WorkerArgs {
     /// When the UPS reports low battery: drain (no new work) or stop (leave and exit).
     #[arg(long, value_enum)]
     pub on_low_battery: Option<crate::config::LowBatteryAction>,
-    /// ONNX Runtime intra-op threads per session.
+    /// Threads of the ONNX Runtime pool all sessions share [default: one per core].
     #[arg(long)]
     pub intra_op_threads: Option<usize>,
+    /// ONNX Runtime inter-op threads (parallel branches of a graph) [default: 1].
+    #[arg(long)]
+    pub inter_op_threads: Option<usize>,
+    /// Let ONNX Runtime's idle threads spin (a dedicated server; off by default).
+    #[arg(long)]
+    pub thread_spinning: bool,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, localml's cache, system paths).
     #[arg(long)]
     pub onnxruntime: Option<PathBuf>,
@@ -127,6 +133,12 @@ impl WorkerArgs {
         }
         if let Some(v) = self.intra_op_threads {
             c.intra_op_threads = Some(v);
+        }
+        if let Some(v) = self.inter_op_threads {
+            c.inter_op_threads = Some(v);
+        }
+        if self.thread_spinning {
+            c.thread_spinning = true;
         }
         if let Some(v) = self.onnxruntime {
             c.onnxruntime = Some(v);

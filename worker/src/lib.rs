@@ -253,7 +253,14 @@ pub async fn run(
     });
     let (library, source) = runtime::locate(config.onnxruntime.as_deref())?;
     tracing::info!(library = %library.display(), ?source, "loading ONNX Runtime");
-    let env = runtime::init(&library, NAME)?;
+    let threading = config.threading();
+    let env = runtime::init(&library, NAME, &threading)?;
+    tracing::info!(
+        intra_op_threads = threading.intra_op,
+        inter_op_threads = threading.inter_op,
+        spinning = threading.spinning,
+        "ONNX Runtime threads: one pool shared by every model"
+    );
     let providers = runtime::available_providers();
     tracing::info!(?providers, "execution providers");
     let models = {

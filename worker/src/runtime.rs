@@ -162,16 +162,58 @@ fn system_library() -> Option<PathBuf> {
     })
 }
 
-/// Loads the library and creates the process-wide ONNX Runtime environment.
-pub fn init(path: &Path, name: &str) -> Result<ort::environment::Environment, RuntimeError> {
+/// How ONNX Runtime's threads work in a worker: one pool shared by every session of the
+/// process (not one per session, so loading more models or instances adds no threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threading {
+    /// Threads that split one operator's work (the calling thread among them).
+    pub intra_op: usize,
+    /// Threads that run independent operators side by side (models whose graph has
+    /// parallel branches, with parallel execution; 1 otherwise).
+    pub inter_op: usize,
+    /// Whether idle pool threads spin waiting for work: a little lower latency for a core
+    /// burnt while waiting. Off unless the PC is a dedicated server.
+    pub spinning: bool,
+}
+
+impl Threading {
+    /// The settings for this PC: `intra_op` threads, or one per core the process may use;
+    /// `inter_op` threads, or 1.
+    pub fn for_this_pc(
+        intra_op: Option<usize>,
+        inter_op: Option<usize>,
+        spinning: bool,
+    ) -> Threading {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Threading {
+            intra_op: intra_op.unwrap_or(cores).max(1),
+            inter_op: inter_op.unwrap_or(1).max(1),
+            spinning,
+        }
+    }
+}
+
+/// Loads the library and creates the process-wide ONNX Runtime environment, with the
+/// global thread pool every session of the process shares.
+pub fn init(
+    path: &Path,
+    name: &str,
+    threading: &Threading,
+) -> Result<ort::environment::Environment, RuntimeError> {
     let load_error = |reason: String| RuntimeError::Load {
         path: path.to_path_buf(),
         reason,
     };
     let builder = ort::init_from(path).map_err(|e| load_error(e.to_string()))?;
+    let pool = ort::environment::GlobalThreadPoolOptions::default()
+        .with_intra_threads(threading.intra_op)
+        .and_then(|p| p.with_inter_threads(threading.inter_op))
+        .and_then(|p| p.with_spin_control(threading.spinning))
+        .map_err(|e| load_error(format!("thread pool: {e}")))?;
     builder
         .with_name(name)
         .with_telemetry(false)
+        .with_global_thread_pool(pool)
         .build()
         .map_err(|e| load_error(e.to_string()))
 }

@@ -220,8 +220,14 @@ impl InferenceBackend for WorkerInference {
         r: Request<ModelStatisticsRequest>,
     ) -> Answer<ModelStatisticsResponse> {
         let r = r.into_inner();
+        // As Triton: every loaded version of the model unless the request names one.
         let models: Vec<_> = if r.name.is_empty() {
             self.worker.loaded()
+        } else if r.version.is_empty() {
+            self.worker.find_model(&r.name, "")?;
+            let mut all = self.worker.loaded();
+            all.retain(|m| m.name == r.name);
+            all
         } else {
             vec![self.worker.find_model(&r.name, &r.version)?]
         };
@@ -230,6 +236,11 @@ impl InferenceBackend for WorkerInference {
             .map(|m| {
                 let s = &m.stats;
                 let count = s.inference_count.load(Ordering::Relaxed);
+                let run_ns = s.success_ns.load(Ordering::Relaxed);
+                let queue_ns = s.queue_ns.load(Ordering::Relaxed);
+                let input_ns = s.input_ns.load(Ordering::Relaxed);
+                let output_ns = s.output_ns.load(Ordering::Relaxed);
+                let infer_ns = run_ns.saturating_sub(input_ns.saturating_add(output_ns));
                 ModelStatistics {
                     name: m.name.clone(),
                     version: m.version.to_string(),
@@ -237,13 +248,33 @@ impl InferenceBackend for WorkerInference {
                     inference_count: count,
                     execution_count: count,
                     inference_stats: Some(InferStatistics {
+                        // As Triton: a request's whole time, split into waiting for
+                        // a free session (queue), making ONNX Runtime's inputs
+                        // (compute_input), running (compute_infer) and making the
+                        // response's outputs (compute_output).
                         success: Some(StatisticDuration {
                             count,
-                            ns: s.success_ns.load(Ordering::Relaxed),
+                            ns: run_ns.saturating_add(queue_ns),
                         }),
                         fail: Some(StatisticDuration {
                             count: s.failure_count.load(Ordering::Relaxed),
                             ns: s.failure_ns.load(Ordering::Relaxed),
+                        }),
+                        queue: Some(StatisticDuration {
+                            count,
+                            ns: queue_ns,
+                        }),
+                        compute_input: Some(StatisticDuration {
+                            count,
+                            ns: input_ns,
+                        }),
+                        compute_infer: Some(StatisticDuration {
+                            count,
+                            ns: infer_ns,
+                        }),
+                        compute_output: Some(StatisticDuration {
+                            count,
+                            ns: output_ns,
                         }),
                         ..Default::default()
                     }),

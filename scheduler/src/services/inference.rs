@@ -169,7 +169,17 @@ impl InferenceBackend for SchedulerInference {
             allow(caller.as_ref(), &r.name)?;
             self.model(&r.name, &r.version)?;
         }
-        let mut model_stats = self.dispatcher.stats.snapshot(&r.name);
+        let existing: Vec<(String, String)> = self
+            .dispatcher
+            .workers
+            .models()
+            .into_iter()
+            .map(|m| (m.name, m.version))
+            .collect();
+        let mut model_stats = self
+            .dispatcher
+            .stats
+            .snapshot(&r.name, &r.version, &existing);
         // Every model's statistics: only those the key may use.
         model_stats.retain(|s| allow(caller.as_ref(), &s.name).is_ok());
         Ok(Response::new(ModelStatisticsResponse { model_stats }))

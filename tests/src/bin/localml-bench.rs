@@ -21,6 +21,23 @@ use localml_worker::model::{LoadOptions, LoadedModel, NamedTensor};
 struct Measurement {
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time (user + system) of each process watched, over the measurement.
+    cpu: Vec<Duration>,
+}
+
+/// CPU time (user + system) a process has used, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
 impl Measurement {
@@ -34,10 +51,29 @@ impl Measurement {
     fn throughput(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// CPU microseconds per request of the `i`th process watched.
+    fn cpu_us(&self, i: usize) -> f64 {
+        self.cpu[i].as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
+    }
 }
 
 /// Runs `call` from `concurrency` tasks for `duration` after a short warm-up.
 async fn measure<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Measurement
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    measure_cpu(concurrency, duration, &[], call).await
+}
+
+/// [`measure`], also taking the CPU time the processes `pids` use while it runs.
+async fn measure_cpu<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    pids: &[u32],
+    call: F,
+) -> Measurement
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -68,11 +104,19 @@ where
             Measurement {
                 latencies: all,
                 elapsed: started.elapsed(),
+                cpu: Vec::new(),
             }
         }
     };
     run(duration / 5).await; // warm-up
-    run(duration).await
+    let before: Vec<Duration> = pids.iter().map(|&p| cpu_time(p)).collect();
+    let mut m = run(duration).await;
+    m.cpu = pids
+        .iter()
+        .zip(before)
+        .map(|(&p, b)| cpu_time(p).saturating_sub(b))
+        .collect();
+    m
 }
 
 fn row(name: &str, concurrency: usize, m: &Measurement) -> String {
@@ -105,16 +149,15 @@ async fn main() -> anyhow::Result<()> {
 
     // In-process baseline: the worker's own model code, with its config (2 instances).
     let library = localml_cli::up::ensure_runtime(None)?;
-    let env = localml_worker::runtime::init(&library, "localml-bench")?;
+    // The same threads as the harness's workers (--intra-op-threads 1).
+    let threading = localml_worker::runtime::Threading::for_this_pc(Some(1), Some(1), false);
+    let env = localml_worker::runtime::init(&library, "localml-bench", &threading)?;
     let sources = localml_worker::repository::scan(&models)?;
     let source = sources
         .into_iter()
         .rfind(|s| s.name == model_name)
         .ok_or_else(|| anyhow::anyhow!("model {model_name} not in {}", models.display()))?;
-    let options = LoadOptions {
-        intra_op_threads: Some(1),
-        throttle: 1.0,
-    };
+    let options = LoadOptions { throttle: 1.0 };
     let model = Arc::new(LoadedModel::load(
         &env,
         &source,
@@ -178,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     let mut keyed_results = Vec::new();
     for concurrency in [1usize, 32] {
         let (m, n) = (Arc::clone(&model), named.clone());
-        let in_process = measure(concurrency, duration, move || {
+        let in_process = measure_cpu(concurrency, duration, &[std::process::id()], move || {
             let (m, n) = (Arc::clone(&m), n.clone());
             async move {
                 m.run(vec![n], Vec::new())
@@ -194,10 +237,14 @@ async fn main() -> anyhow::Result<()> {
         let open_client = client::inference_client(
             client::connect_with_key(&scheduler.addr, Duration::from_secs(10), None).await?,
         );
-        for c in [direct_client, open_client] {
+        let (worker_pid, scheduler_pid) = (worker.process.pid(), scheduler.process.pid());
+        for (c, pids) in [
+            (direct_client, vec![worker_pid]),
+            (open_client, vec![worker_pid, scheduler_pid]),
+        ] {
             let r = request.clone();
             clients.push(
-                measure(concurrency, duration, move || {
+                measure_cpu(concurrency, duration, &pids, move || {
                     let (mut c, r) = (c.clone(), r.clone());
                     async move {
                         c.model_infer(r).await.expect("inference");
@@ -258,6 +305,19 @@ async fn main() -> anyhow::Result<()> {
             b.throughput() / a.throughput()
         );
     }
+    println!();
+    println!("CPU per request, from /proc (user + system):");
+    for (c, a, b, s) in &results {
+        let worker_own = b.cpu_us(0) - a.cpu_us(0);
+        println!(
+            "concurrency {c:>2}: in-process {:.0} us; worker {:.0} us direct, {:.0} us through the scheduler; scheduler {:.0} us; worker's own overhead (worker - in-process) {worker_own:.0} us",
+            a.cpu_us(0),
+            b.cpu_us(0),
+            s.cpu_us(0),
+            s.cpu_us(1),
+        );
+    }
+    spinning(&models, &model_name, &token, &scheduler, &request, duration).await?;
     let (_, _, b1, s1) = &results[0];
     let (_, _, b32, s32) = &results[1];
     let p50_ratio = s1.percentile(0.5).as_secs_f64() / b1.percentile(0.5).as_secs_f64();
@@ -271,5 +331,72 @@ async fn main() -> anyhow::Result<()> {
         "target 2: scheduler throughput >= 0.7x worker throughput at concurrency 32: {tput_ratio:.2}x {}",
         if tput_ratio >= 0.7 { "MET" } else { "NOT MET" }
     );
+    Ok(())
+}
+
+/// ONNX Runtime's threads spinning or not (#12): two workers with the default threads
+/// (one per core, in the shared pool), one started with `--thread-spinning`, driven
+/// directly at concurrency 1 and 8; CPU per inference, p50 and throughput, with ratios.
+async fn spinning(
+    models: &std::path::Path,
+    model_name: &str,
+    token: &str,
+    scheduler: &Scheduler,
+    request: &ModelInferRequest,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.to_string();
+    let flags = ["--token", token, "--intra-op-threads", threads.as_str()];
+    let quiet = Worker::start_reporting_to("bench-quiet", &scheduler.cluster_addr, models, &flags);
+    let mut spin_flags = flags.to_vec();
+    spin_flags.push("--thread-spinning");
+    let spinning = Worker::start_reporting_to(
+        "bench-spinning",
+        &scheduler.cluster_addr,
+        models,
+        &spin_flags,
+    );
+    scheduler
+        .wait_ready(&["bench-quiet", "bench-spinning"])
+        .await;
+    println!();
+    println!(
+        "ONNX Runtime threads: {model_name}, {cores} intra-op threads in the shared pool, straight to the worker"
+    );
+    println!("| spinning | conc | p50 ms    | req/s      | worker CPU us/inference |");
+    println!("|----------|-----:|----------:|-----------:|------------------------:|");
+    for concurrency in [1usize, 8] {
+        let mut pair = Vec::new();
+        for worker in [&quiet, &spinning] {
+            let c = worker.inference().await;
+            let r = request.clone();
+            let m = measure_cpu(concurrency, duration, &[worker.process.pid()], move || {
+                let (mut c, r) = (c.clone(), r.clone());
+                async move {
+                    c.model_infer(r).await.expect("inference");
+                }
+            })
+            .await;
+            println!(
+                "| {:<8} | {concurrency:>4} | {:>9.3} | {:>10.0} | {:>23.0} |",
+                if std::ptr::eq(worker, &spinning) {
+                    "on"
+                } else {
+                    "off"
+                },
+                m.percentile(0.5).as_secs_f64() * 1e3,
+                m.throughput(),
+                m.cpu_us(0)
+            );
+            pair.push(m);
+        }
+        println!(
+            "concurrency {concurrency}: spinning off / on: CPU per inference {:.2}x, p50 {:.2}x, throughput {:.2}x",
+            pair[0].cpu_us(0) / pair[1].cpu_us(0),
+            pair[0].percentile(0.5).as_secs_f64() / pair[1].percentile(0.5).as_secs_f64(),
+            pair[0].throughput() / pair[1].throughput()
+        );
+    }
     Ok(())
 }

@@ -176,7 +176,6 @@ pub struct NamedTensor {
 /// Load-time settings that come from the worker rather than the model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    pub intra_op_threads: Option<usize>,
     pub throttle: f64,
 }
 
@@ -228,8 +227,7 @@ impl LoadedModel {
         let mut sessions = Vec::new();
         let mut provider = String::new();
         for _ in 0..instances {
-            let (session, chosen) =
-                build_session(env, source, &providers, options).map_err(&fail)?;
+            let (session, chosen) = build_session(env, source, &providers).map_err(&fail)?;
             provider = chosen;
             sessions.push(session);
         }
@@ -287,6 +285,7 @@ impl LoadedModel {
         requested: Vec<String>,
     ) -> Result<Vec<NamedTensor>, ModelError> {
         // Guards keep the counters right even when the caller gives up (deadline, disconnect).
+        let entered = Instant::now();
         let queued = Gauge::enter(&self.stats.queue_depth);
         if queued.value >= self.max_queue && self.permits.available_permits() == 0 {
             return Err(ModelError::QueueFull(self.name.clone(), queued.value));
@@ -319,8 +318,10 @@ impl LoadedModel {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         match &result {
             Ok(_) => {
+                let waited = u64::try_from((started - entered).as_nanos()).unwrap_or(u64::MAX);
                 self.stats.inference_count.fetch_add(1, Ordering::Relaxed);
                 self.stats.success_ns.fetch_add(nanos, Ordering::Relaxed);
+                self.stats.queue_ns.fetch_add(waited, Ordering::Relaxed);
                 self.stats.record_latency(elapsed);
             }
             Err(_) => {
@@ -346,6 +347,7 @@ impl LoadedModel {
             model: self.name.clone(),
             reason,
         };
+        let converting = Instant::now();
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for input in inputs {
             let name = input.name.clone();
@@ -362,6 +364,7 @@ impl LoadedModel {
             .map_err(|_| run_error(RunError::Poisoned))?
             .pop()
             .ok_or_else(|| run_error(RunError::NoSession))?;
+        let input_time = converting.elapsed();
         let result = (|| {
             let outputs = session.run(values).map_err(|e| {
                 if matches!(e.code(), ort::ErrorCode::InvalidArgument) {
@@ -373,6 +376,7 @@ impl LoadedModel {
                     run_error(RunError::Ort(e))
                 }
             })?;
+            let converting = Instant::now();
             let mut out = Vec::new();
             for spec in &self.outputs {
                 if !requested.is_empty() && !requested.contains(&spec.name) {
@@ -383,6 +387,13 @@ impl LoadedModel {
                     .ok_or_else(|| run_error(RunError::MissingOutput(spec.name.clone())))?;
                 out.push(from_value(&spec.name, value).map_err(run_error)?);
             }
+            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            self.stats
+                .input_ns
+                .fetch_add(nanos(input_time), Ordering::Relaxed);
+            self.stats
+                .output_ns
+                .fetch_add(nanos(converting.elapsed()), Ordering::Relaxed);
             Ok(out)
         })();
         if self.throttle > 1.0 {

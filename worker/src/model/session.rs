@@ -104,13 +104,10 @@ pub(super) fn build_session(
     env: &ort::environment::Environment,
     source: &ModelSource,
     providers: &[String],
-    options: &LoadOptions,
 ) -> Result<(Session, String), LoadError> {
     use ort::ep::ExecutionProvider;
+    // Threads come from the environment's global pool (runtime::Threading).
     let mut builder = Session::builder(env)?;
-    if let Some(n) = options.intra_op_threads {
-        builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
-    }
     let mut chosen = CPU_PROVIDER.to_string();
     for provider in providers {
         let attempt = match provider.as_str() {

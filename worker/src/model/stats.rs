@@ -9,8 +9,14 @@ pub struct ModelStats {
     pub in_flight: AtomicU32,
     pub inference_count: AtomicU64,
     pub failure_count: AtomicU64,
-    /// Total time of successful inferences, in nanoseconds.
+    /// Total time of successful inferences, in nanoseconds, from when a session was free.
     pub success_ns: AtomicU64,
+    /// Total time successful inferences waited for a free session, in nanoseconds.
+    pub queue_ns: AtomicU64,
+    /// Of `success_ns`, the time spent making ONNX Runtime's inputs from the request's
+    /// tensors, and the request's outputs from ONNX Runtime's, in nanoseconds.
+    pub input_ns: AtomicU64,
+    pub output_ns: AtomicU64,
     /// Total time of failed inferences, in nanoseconds.
     pub failure_ns: AtomicU64,
     /// Unix time of the last inference, in milliseconds.

@@ -1,0 +1,156 @@
+//! Triton's own benchmark tool drives localml (#12): perf_analyzer, unmodified, runs
+//! against the scheduler (with a key) and against a worker (with an operator certificate)
+//! for a few seconds and reports a throughput. It needs the statistics Triton gives: the
+//! version that served, with an entry for every version before the first request.
+//!
+//! scripts/deps.sh --test extracts perf_analyzer into target/tools/perf_analyzer; the
+//! tests fail when it is missing under scripts/test.sh (LOCALML_REQUIRE_PYTHON_CLIENT)
+//! or `CI`, and skip with a message elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use localml_tests::*;
+
+/// perf_analyzer's directory, with `bin/perf_analyzer` and `lib/libcudart.so.12`.
+fn perf_analyzer_dir() -> Option<PathBuf> {
+    let dir = repo_root().join("target/tools/perf_analyzer");
+    if dir.join("bin/perf_analyzer").is_file() {
+        return Some(dir);
+    }
+    let required = std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_some()
+        || std::env::var_os("CI").is_some();
+    assert!(
+        !required,
+        "perf_analyzer is missing from {} (scripts/deps.sh --test installs it)",
+        dir.display()
+    );
+    eprintln!("skipped: scripts/deps.sh --test installs perf_analyzer");
+    None
+}
+
+/// Runs perf_analyzer for image_classifier against `url` with `args`, and returns the
+/// throughput it reports (inferences per second); panics with its output on failure.
+/// With `hosts`, perf_analyzer sees that file as /etc/hosts (a mount namespace of its
+/// own: `unshare`, as root).
+fn throughput(dir: &std::path::Path, url: &str, args: &[&str], hosts: Option<&Path>) -> f64 {
+    let binary = dir.join("bin/perf_analyzer");
+    let mut command = match hosts {
+        Some(hosts) => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+                .arg(hosts)
+                .arg(&binary);
+            c
+        }
+        None => Command::new(&binary),
+    };
+    let out = command
+        .env("LD_LIBRARY_PATH", dir.join("lib"))
+        .args(["-m", "image_classifier", "-u", url, "-i", "grpc", "-b", "1"])
+        .args(["--concurrency-range", "2"])
+        // A few seconds at most: count windows of 100 requests, any spread taken as
+        // stable (a shared CI machine is noisy; the figure is not what is tested).
+        .args(["--measurement-mode", "count_windows"])
+        .args([
+            "--measurement-request-count",
+            "100",
+            "-s",
+            "1000",
+            "-r",
+            "5",
+        ])
+        .args(args)
+        .output()
+        .expect("run perf_analyzer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "perf_analyzer failed against {url}:\n{stdout}\n{stderr}"
+    );
+    // "Concurrency: 2, throughput: 812.5 infer/sec, latency 2431 usec"
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Concurrency: 2, throughput: "))
+        .unwrap_or_else(|| panic!("no throughput line in:\n{stdout}"));
+    line.split("throughput: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_analyzer_reports_a_throughput_through_the_scheduler_and_from_a_worker() {
+    let Some(dir) = perf_analyzer_dir() else {
+        return;
+    };
+    let scheduler = Scheduler::start();
+    let worker = Worker::start("perf-worker", &scheduler, &[]);
+    scheduler.wait_ready(&["perf-worker"]).await;
+
+    // gRPC metadata keys are lowercase.
+    let header = format!("authorization:Bearer {}", scheduler.admin_key());
+    let through_scheduler = throughput(&dir, &scheduler.addr, &["-H", &header], None);
+    assert!(through_scheduler > 0.0, "{through_scheduler}");
+
+    // The worker's certificate names it, and perf_analyzer has no option for the TLS
+    // server name: it calls the worker by name, resolved by a hosts file of its own, as
+    // a LAN's DNS would resolve a PC's name.
+    let scratch = TempDir::new("perf-analyzer");
+    let hosts = scratch.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 perf-worker\n").expect("write hosts");
+    let files = operator_certificate(&scheduler.addr);
+    let port = worker.addr.rsplit(':').next().expect("worker port");
+    let direct = throughput(
+        &dir,
+        &format!("perf-worker:{port}"),
+        &[
+            "--ssl-grpc-use-ssl",
+            "true",
+            "--ssl-grpc-root-certifications-file",
+            &files.ca.to_string_lossy(),
+            "--ssl-grpc-private-key-file",
+            &files.key.to_string_lossy(),
+            "--ssl-grpc-certificate-chain-file",
+            &files.cert.to_string_lossy(),
+        ],
+        Some(&hosts),
+    );
+    assert!(direct > 0.0, "{direct}");
+    eprintln!("perf_analyzer: {through_scheduler:.0} infer/s through the scheduler, {direct:.0} from the worker");
+}
+
+/// Threads in a process, from /proc.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_shares_one_onnx_runtime_thread_pool() {
+    // Two workers load the same models (several sessions: image_classifier has two
+    // instances, text_classifier two versions), one with 1 intra-op thread, one with 5.
+    // With one pool per session the second would have 4 more threads per session; with
+    // the pool shared it has 4 more in all.
+    let scheduler = Scheduler::start();
+    let one = Worker::start("one-thread", &scheduler, &["--intra-op-threads", "1"]);
+    let five = Worker::start("five-threads", &scheduler, &["--intra-op-threads", "5"]);
+    scheduler.wait_ready(&["one-thread", "five-threads"]).await;
+    let sessions: u32 = scheduler
+        .workers()
+        .await
+        .iter()
+        .find(|w| w.status.as_ref().is_some_and(|s| s.name == "one-thread"))
+        .and_then(|w| w.status.as_ref())
+        .map(|s| s.models.iter().map(|m| m.instances).sum())
+        .expect("the worker's status");
+    assert!(sessions >= 4, "the example models make {sessions} sessions");
+    let extra = threads(five.process.pid()) as i64 - threads(one.process.pid()) as i64;
+    eprintln!("{sessions} sessions; the 5-thread worker has {extra} more threads");
+    assert!(
+        (2..=6).contains(&extra),
+        "5 intra-op threads shared by {sessions} sessions should add about 4 threads, not {extra}"
+    );
+}
