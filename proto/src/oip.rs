@@ -3,9 +3,10 @@
 //! loaded model), so both report a model identically.
 
 use crate::inference::{
-    model_metadata_response::TensorMetadata, model_version_policy, DataType as ConfigDataType,
-    ModelConfig, ModelConfigResponse, ModelInput, ModelInstanceGroup, ModelMetadataResponse,
-    ModelOutput, ModelVersionPolicy, ServerMetadataResponse,
+    model_config, model_metadata_response::TensorMetadata, model_version_policy,
+    DataType as ConfigDataType, ModelConfig, ModelConfigResponse, ModelDynamicBatching, ModelInput,
+    ModelInstanceGroup, ModelMetadataResponse, ModelOutput, ModelVersionPolicy,
+    ServerMetadataResponse,
 };
 use crate::localml::v1::{ModelSignature, TensorSpec};
 use crate::tensor::DataType;
@@ -88,6 +89,7 @@ pub fn model_config(
     instances: u32,
     gpu: bool,
     signature: &ModelSignature,
+    dynamic_batching: Option<&crate::localml::v1::DynamicBatching>,
 ) -> ModelConfigResponse {
     let input = signature
         .inputs
@@ -129,6 +131,17 @@ pub fn model_config(
                 ..Default::default()
             }],
             default_model_filename: "model.onnx".to_string(),
+            scheduling_choice: dynamic_batching.map(|b| {
+                model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+                    preferred_batch_size: b
+                        .preferred_batch_size
+                        .iter()
+                        .map(|&n| i32::try_from(n).unwrap_or(i32::MAX))
+                        .collect(),
+                    max_queue_delay_microseconds: b.max_queue_delay_microseconds,
+                    ..Default::default()
+                })
+            }),
             ..Default::default()
         }),
     }
@@ -155,7 +168,11 @@ mod tests {
 
     #[test]
     fn config_drops_batch_dim_only_when_batching() {
-        let batched = model_config("m", 8, 2, false, &sig())
+        let batching = crate::localml::v1::DynamicBatching {
+            max_queue_delay_microseconds: 500,
+            preferred_batch_size: vec![4, 8],
+        };
+        let batched = model_config("m", 8, 2, false, &sig(), Some(&batching))
             .config
             .expect("config");
         assert_eq!(batched.max_batch_size, 8);
@@ -163,10 +180,19 @@ mod tests {
         assert_eq!(batched.output[0].dims, vec![10]);
         assert_eq!(batched.input[0].data_type, ConfigDataType::TypeFp32 as i32);
         assert_eq!(batched.platform, "onnxruntime_onnx");
-        let unbatched = model_config("m", 0, 1, false, &sig())
+        // Triton's dynamic_batching, as perf_analyzer and Triton's clients read it.
+        match batched.scheduling_choice {
+            Some(model_config::SchedulingChoice::DynamicBatching(b)) => {
+                assert_eq!(b.max_queue_delay_microseconds, 500);
+                assert_eq!(b.preferred_batch_size, vec![4, 8]);
+            }
+            other => panic!("no dynamic_batching: {other:?}"),
+        }
+        let unbatched = model_config("m", 0, 1, false, &sig(), None)
             .config
             .expect("config");
         assert_eq!(unbatched.input[0].dims, vec![-1, 3, 32, 32]);
+        assert_eq!(unbatched.scheduling_choice, None);
     }
 
     #[test]

@@ -154,3 +154,181 @@ async fn every_session_shares_one_onnx_runtime_thread_pool() {
         "5 intra-op threads shared by {sessions} sessions should add about 4 threads, not {extra}"
     );
 }
+
+/// A model repository with `tensor_stats` (outputs that can be checked exactly: sum, max,
+/// argmax, doubled) batching dynamically: one session, so concurrent requests queue, and
+/// a delay long enough on a loaded machine for them to meet.
+fn batching_repository(dir: &Path) -> PathBuf {
+    let repo = dir.join("models");
+    let model = repo.join("tensor_stats");
+    std::fs::create_dir_all(model.join("1")).expect("model dir");
+    std::fs::copy(
+        models_dir().join("tensor_stats/1/model.onnx"),
+        model.join("1/model.onnx"),
+    )
+    .expect("copy model");
+    std::fs::write(
+        model.join("config.yaml"),
+        "max_batch_size: 8\ninstances: 1\n\
+         dynamic_batching:\n  max_queue_delay_microseconds: 200000\n  preferred_batch_size: [8]\n",
+    )
+    .expect("write config");
+    repo
+}
+
+/// What tensor_stats answers for `rows` rows of 8 values, computed here.
+fn expected_stats(values: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>, Vec<i64>, Vec<f64>) {
+    let mut sum = Vec::new();
+    let mut max = Vec::new();
+    let mut argmax = Vec::new();
+    for row in values.chunks(8).take(rows) {
+        sum.push(row.iter().sum());
+        let (i, m) =
+            row.iter().enumerate().fold(
+                (0, f32::MIN),
+                |(bi, bm), (i, &v)| if v > bm { (i, v) } else { (bi, bm) },
+            );
+        max.push(m);
+        argmax.push(i as i64);
+    }
+    let doubled = values.iter().map(|&v| f64::from(v) * 2.0).collect();
+    (sum, max, argmax, doubled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
+    use localml_cli::client::{self, Tensor};
+    use localml_proto::inference::{ModelConfigRequest, ModelStatisticsRequest};
+    use localml_proto::tensor::TensorData;
+
+    let dir = TempDir::new("batching");
+    let repo = batching_repository(dir.path());
+    let scheduler = Scheduler::start();
+    let worker = Worker::start_with_models("batcher", &scheduler, &repo, &[]);
+    scheduler.wait_ready(&["batcher"]).await;
+
+    // The Triton-style config says how the model batches, through the scheduler too.
+    let config = scheduler
+        .inference()
+        .await
+        .model_config(ModelConfigRequest {
+            name: "tensor_stats".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("config")
+        .into_inner()
+        .config
+        .expect("config body");
+    let batching = match config.scheduling_choice {
+        Some(localml_proto::inference::model_config::SchedulingChoice::DynamicBatching(b)) => b,
+        other => panic!("no dynamic_batching in the config: {other:?}"),
+    };
+    assert_eq!(batching.max_queue_delay_microseconds, 200_000);
+    assert_eq!(batching.preferred_batch_size, vec![8]);
+
+    // 24 concurrent requests of 1 to 3 rows with distinct values; every third asks only
+    // for argmax (it cannot join the others' batches), one is malformed (INT32 values).
+    let c = worker.inference().await;
+    let mut tasks = Vec::new();
+    for i in 0..25usize {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let rows = 1 + i % 3;
+            let values: Vec<f32> = (0..rows * 8)
+                .map(|k| ((i * 31 + k * 7) % 97) as f32 - 40.0 + i as f32 / 8.0)
+                .collect();
+            let data = if i == 24 {
+                TensorData::Int32(vec![1; rows * 8])
+            } else {
+                TensorData::Fp32(values.clone())
+            };
+            let mut request = client::request(
+                "tensor_stats",
+                "",
+                &[Tensor {
+                    name: "values".into(),
+                    shape: vec![rows as i64, 8],
+                    data,
+                }],
+            );
+            let only_argmax = i % 3 == 2;
+            if only_argmax {
+                request.outputs.push(
+                    localml_proto::inference::model_infer_request::InferRequestedOutputTensor {
+                        name: "argmax".into(),
+                        ..Default::default()
+                    },
+                );
+            }
+            (i, rows, values, only_argmax, c.model_infer(request).await)
+        }));
+    }
+    let mut served = 0;
+    for task in tasks {
+        let (i, rows, values, only_argmax, answer) = task.await.expect("task");
+        if i == 24 {
+            let status = answer.expect_err("a malformed request fails");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            continue;
+        }
+        let response = answer
+            .unwrap_or_else(|s| panic!("request {i}: {s:?}"))
+            .into_inner();
+        let outputs = client::outputs(&response).expect("decode");
+        let (sum, max, argmax, doubled) = expected_stats(&values, rows);
+        let get = |name: &str| {
+            outputs
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap_or_else(|| panic!("request {i}: no output {name}"))
+        };
+        assert_eq!(get("argmax").data, TensorData::Int64(argmax), "request {i}");
+        assert_eq!(get("argmax").shape, vec![rows as i64], "request {i}");
+        if only_argmax {
+            assert_eq!(outputs.len(), 1, "request {i} asked for argmax only");
+        } else {
+            assert_eq!(get("max").data, TensorData::Fp32(max), "request {i}");
+            assert_eq!(
+                get("doubled").data,
+                TensorData::Fp64(doubled),
+                "request {i}"
+            );
+            assert_eq!(get("doubled").shape, vec![rows as i64, 8], "request {i}");
+            match &get("sum").data {
+                TensorData::Fp32(got) => {
+                    assert_eq!(got.len(), sum.len(), "request {i}");
+                    for (g, e) in got.iter().zip(&sum) {
+                        assert!(
+                            (g - e).abs() < 1e-3,
+                            "request {i}: sum {got:?}, expected {sum:?}"
+                        );
+                    }
+                }
+                other => panic!("request {i}: sum is {other:?}"),
+            }
+        }
+        served += 1;
+    }
+    assert_eq!(served, 24);
+
+    // Fewer runs than requests: requests were joined.
+    let stats = worker
+        .inference()
+        .await
+        .model_statistics(ModelStatisticsRequest {
+            name: "tensor_stats".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("statistics")
+        .into_inner()
+        .model_stats;
+    let (inferences, executions) = (stats[0].inference_count, stats[0].execution_count);
+    eprintln!("{inferences} requests in {executions} runs");
+    assert_eq!(inferences, 24, "{stats:?}");
+    assert!(
+        executions < inferences,
+        "no request was batched: {executions} runs for {inferences} requests"
+    );
+}

@@ -43,6 +43,47 @@ pub struct ModelConfig {
     pub max_queue: Option<u32>,
     pub inputs: Option<Vec<TensorOverride>>,
     pub outputs: Option<Vec<TensorOverride>>,
+    /// Join concurrent requests into one run, as Triton's `dynamic_batching`.
+    pub dynamic_batching: Option<DynamicBatching>,
+}
+
+/// `dynamic_batching` in config.yaml, with Triton's names. Needs `max_batch_size > 0`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicBatching {
+    /// How long the oldest request may wait for others to join its batch, in
+    /// microseconds (default 0: only requests already waiting join; at most 1 s).
+    pub max_queue_delay_microseconds: Option<u64>,
+    /// Batch sizes sent as soon as they are reached (each at most `max_batch_size`).
+    pub preferred_batch_size: Option<Vec<u32>>,
+}
+
+impl DynamicBatching {
+    /// The checked policy for a model whose largest batch is `max_batch_size`.
+    pub fn policy(&self, max_batch_size: u32) -> Result<crate::model::BatchPolicy, String> {
+        if max_batch_size == 0 {
+            return Err("needs a batch dimension (max_batch_size > 0)".into());
+        }
+        let delay =
+            std::time::Duration::from_micros(self.max_queue_delay_microseconds.unwrap_or(0));
+        if delay > crate::model::MAX_QUEUE_DELAY {
+            return Err(format!(
+                "max_queue_delay_microseconds {} is over the limit of {}",
+                delay.as_micros(),
+                crate::model::MAX_QUEUE_DELAY.as_micros()
+            ));
+        }
+        let preferred = self.preferred_batch_size.clone().unwrap_or_default();
+        if let Some(bad) = preferred.iter().find(|&&n| n == 0 || n > max_batch_size) {
+            return Err(format!(
+                "preferred_batch_size {bad} is not between 1 and max_batch_size {max_batch_size}"
+            ));
+        }
+        Ok(crate::model::BatchPolicy {
+            max_queue_delay: delay,
+            preferred: preferred.into_iter().map(|n| n as usize).collect(),
+        })
+    }
 }
 
 /// A model version found on disk.
@@ -173,6 +214,41 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(&repo).ok();
+    }
+
+    #[test]
+    fn dynamic_batching_is_checked_against_the_batch_size() {
+        let parse = |yaml: &str| -> DynamicBatching {
+            let c: ModelConfig = serde_yaml::from_str(yaml).expect("parse");
+            c.dynamic_batching.expect("dynamic_batching")
+        };
+        let ok = parse(
+            "dynamic_batching: {max_queue_delay_microseconds: 500, preferred_batch_size: [4, 8]}",
+        )
+        .policy(8)
+        .expect("valid");
+        assert_eq!(ok.max_queue_delay, std::time::Duration::from_micros(500));
+        assert_eq!(ok.preferred, vec![4, 8]);
+        let cases = [
+            ("dynamic_batching: {}", 0, "needs a batch dimension"),
+            (
+                "dynamic_batching: {preferred_batch_size: [16]}",
+                8,
+                "preferred_batch_size 16 is not between 1 and max_batch_size 8",
+            ),
+            (
+                "dynamic_batching: {max_queue_delay_microseconds: 5000000}",
+                8,
+                "max_queue_delay_microseconds 5000000 is over the limit of 1000000",
+            ),
+        ];
+        for (yaml, max, message) in cases {
+            let err = parse(yaml).policy(max).expect_err(yaml);
+            assert!(err.contains(message), "{yaml}: {err}");
+        }
+        let unknown = serde_yaml::from_str::<ModelConfig>("dynamic_batching: {max_delay: 1}")
+            .expect_err("unknown key");
+        assert!(unknown.to_string().contains("max_delay"), "{unknown}");
     }
 
     #[test]

@@ -212,6 +212,7 @@ impl InferenceBackend for WorkerInference {
             m.instances,
             gpu,
             &signature(&m),
+            crate::state::dynamic_batching(&m).as_ref(),
         )))
     }
 
@@ -246,7 +247,7 @@ impl InferenceBackend for WorkerInference {
                     version: m.version.to_string(),
                     last_inference: s.last_inference_ms.load(Ordering::Relaxed),
                     inference_count: count,
-                    execution_count: count,
+                    execution_count: s.execution_count.load(Ordering::Relaxed),
                     inference_stats: Some(InferStatistics {
                         // As Triton: a request's whole time, split into waiting for
                         // a free session (queue), making ONNX Runtime's inputs

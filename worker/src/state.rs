@@ -396,5 +396,20 @@ fn model_report(m: &LoadedModel, energy: crate::energy::ModelEnergy) -> pb::Load
         failure_count: s.failure_count.load(Ordering::Relaxed),
         joules_per_inference: energy.joules_per_inference,
         energy_joules: energy.joules,
+        dynamic_batching: dynamic_batching(m),
+        execution_count: s.execution_count.load(Ordering::Relaxed),
     }
+}
+
+/// The model's dynamic batching, as reported (Triton's names).
+pub fn dynamic_batching(m: &LoadedModel) -> Option<pb::DynamicBatching> {
+    m.batching.as_ref().map(|b| pb::DynamicBatching {
+        max_queue_delay_microseconds: u64::try_from(b.max_queue_delay.as_micros())
+            .unwrap_or(u64::MAX),
+        preferred_batch_size: b
+            .preferred
+            .iter()
+            .map(|&n| u32::try_from(n).unwrap_or(u32::MAX))
+            .collect(),
+    })
 }

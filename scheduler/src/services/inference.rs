@@ -156,6 +156,7 @@ impl InferenceBackend for SchedulerInference {
             model.instances,
             gpu,
             &signature,
+            model.dynamic_batching.as_ref(),
         )))
     }
 

@@ -8,6 +8,11 @@
 //! Options: `--seconds N` per measurement (default 3), `--model NAME` (default
 //! image_classifier), `--models DIR` (default examples/models; `scripts/bench-models.sh`
 //! makes a repository of full-size models from the onnx wheel).
+//!
+//! `--batching --models DIR` (a repository from `scripts/bench-models.sh DIR`) measures
+//! dynamic batching instead: Triton's perf_analyzer at concurrency 32 through the
+//! scheduler, each model without and with `dynamic_batching`, next to the in-process gain
+//! of batch 8 over batch 1 (the bound).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,6 +151,9 @@ async fn main() -> anyhow::Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(localml_tests::models_dir);
     let duration = Duration::from_secs_f64(seconds);
+    if args.iter().any(|a| a == "--batching") {
+        return batching(&models).await;
+    }
 
     // In-process baseline: the worker's own model code, with its config (2 instances).
     let library = localml_cli::up::ensure_runtime(None)?;
@@ -396,6 +404,120 @@ async fn spinning(
             pair[0].cpu_us(0) / pair[1].cpu_us(0),
             pair[0].percentile(0.5).as_secs_f64() / pair[1].percentile(0.5).as_secs_f64(),
             pair[0].throughput() / pair[1].throughput()
+        );
+    }
+    Ok(())
+}
+
+/// One perf_analyzer run: throughput (inferences per second) and p95 latency.
+struct PerfResult {
+    throughput: f64,
+    p95_us: f64,
+}
+
+/// Runs perf_analyzer (scripts/deps.sh --test puts it in target/tools) against the
+/// open scheduler at `addr` for `model` at concurrency 32.
+fn perf_analyzer(addr: &str, model: &str) -> anyhow::Result<PerfResult> {
+    let dir = localml_tests::repo_root().join("target/tools/perf_analyzer");
+    let out = std::process::Command::new(dir.join("bin/perf_analyzer"))
+        .env("LD_LIBRARY_PATH", dir.join("lib"))
+        .args(["-m", model, "-u", addr, "-i", "grpc", "-b", "1"])
+        .args([
+            "--concurrency-range",
+            "32",
+            "--measurement-mode",
+            "count_windows",
+        ])
+        .args(["--measurement-request-count", "3000", "-s", "20", "-r", "6"])
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("run perf_analyzer (scripts/deps.sh --test installs it): {e}")
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "perf_analyzer failed for {model}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number_after = |marker: &str| -> anyhow::Result<f64> {
+        stdout
+            .lines()
+            .find_map(|l| l.split(marker).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.trim_end_matches(',').parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no '{marker}' in perf_analyzer's output:\n{stdout}"))
+    };
+    Ok(PerfResult {
+        throughput: number_after("throughput: ")?,
+        p95_us: number_after("p95 latency: ")?,
+    })
+}
+
+/// Dynamic batching on vs off (#12), with the in-process bound.
+async fn batching(models: &std::path::Path) -> anyhow::Result<()> {
+    let library = localml_cli::up::ensure_runtime(None)?;
+    let threading = localml_worker::runtime::Threading::for_this_pc(Some(1), Some(1), false);
+    let env = localml_worker::runtime::init(&library, "localml-bench", &threading)?;
+    let sources = localml_worker::repository::scan(models)?;
+    let scheduler = Scheduler::start_open();
+    let _worker = Worker::start_with_models("bench-batching", &scheduler, models, &[]);
+    scheduler.wait_ready(&["bench-batching"]).await;
+    println!("dynamic batching: perf_analyzer -i grpc -b 1 --concurrency-range 32 through the scheduler; one worker, one session, 1 intra-op thread");
+    println!();
+    println!("| model            | batching | infer/s    | p95 ms    | in-process us/sample batch 1 -> 8 |");
+    println!("|------------------|----------|-----------:|----------:|-----------------------------------|");
+    for model in ["dense", "image_classifier"] {
+        // The bound: one session running batch 1 and batch 8 back to back, per sample.
+        let source = sources.iter().find(|s| s.name == model).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{model} is not in {} (scripts/bench-models.sh)",
+                models.display()
+            )
+        })?;
+        let loaded = Arc::new(LoadedModel::load(
+            &env,
+            source,
+            &["CPUExecutionProvider".into()],
+            &LoadOptions { throttle: 1.0 },
+        )?);
+        let spec = loaded.inputs[0].clone();
+        let mut per_sample = Vec::new();
+        for batch in [1i64, 8] {
+            let mut shape = spec.shape.clone();
+            shape[0] = batch;
+            let t = client::random_tensor(&spec.name, spec.datatype, &shape);
+            let input = NamedTensor {
+                name: t.name,
+                shape: t.shape,
+                data: t.data,
+            };
+            let runs = 400 / batch as usize;
+            let started = Instant::now();
+            for _ in 0..runs {
+                loaded.run(vec![input.clone()], Vec::new()).await?;
+            }
+            per_sample.push(started.elapsed().as_secs_f64() * 1e6 / (runs as f64 * batch as f64));
+        }
+        let off = perf_analyzer(&scheduler.addr, model)?;
+        let on = perf_analyzer(&scheduler.addr, &format!("{model}_batched"))?;
+        println!(
+            "| {model:<16} | off      | {:>10.0} | {:>9.2} | {:>6.0} -> {:<6.0} ({:.2}x)           |",
+            off.throughput,
+            off.p95_us / 1e3,
+            per_sample[0],
+            per_sample[1],
+            per_sample[0] / per_sample[1]
+        );
+        println!(
+            "| {model:<16} | on       | {:>10.0} | {:>9.2} |                                   |",
+            on.throughput,
+            on.p95_us / 1e3
+        );
+        println!(
+            "{model}: batching on / off: throughput {:.2}x, p95 {:.2}x (in-process bound {:.2}x)",
+            on.throughput / off.throughput,
+            on.p95_us / off.p95_us,
+            per_sample[0] / per_sample[1]
         );
     }
     Ok(())

@@ -5,10 +5,14 @@
 //! - [`session`]: building an ONNX Runtime session: providers, threads, signature.
 //! - [`tensors`]: decoded tensors to ONNX Runtime values and back.
 //! - [`stats`]: live counters and the latency EWMA for status reports.
+//! - [`batch`]: dynamic batching (Triton's `dynamic_batching`).
 
+mod batch;
 mod session;
 mod stats;
 mod tensors;
+
+pub use batch::{BatchPolicy, MAX_QUEUE_DELAY};
 
 pub use session::resident_bytes;
 pub use stats::ModelStats;
@@ -109,6 +113,9 @@ pub enum LoadError {
     /// Batching needs every input and output to start with a dynamic dimension.
     #[error("max_batch_size {0} needs a dynamic first dimension on every input and output")]
     BatchNeedsDynamic(u32),
+    /// `dynamic_batching` that cannot work with this model (see the reason).
+    #[error("dynamic_batching: {0}")]
+    DynamicBatching(String),
 }
 
 /// Why ONNX Runtime could not run a request; [`ModelError::Run`] adds the model.
@@ -145,6 +152,12 @@ pub enum RunError {
     /// An output whose element type has no protocol datatype.
     #[error("output '{name}' has element type {ty:?}, which localml cannot serve")]
     UnsupportedOutput { name: String, ty: TensorElementType },
+    /// A batch's outputs could not be split back into its requests.
+    #[error("batched run: {0}")]
+    BatchSplit(String),
+    /// The batch this request ran in failed (ONNX Runtime's message).
+    #[error("batched run failed: {0}")]
+    Batch(String),
 }
 
 /// A loaded model version.
@@ -159,10 +172,14 @@ pub struct LoadedModel {
     pub memory_bytes: u64,
     pub instances: u32,
     pub stats: ModelStats,
+    /// Dynamic batching, when the model's config asks for it.
+    pub batching: Option<BatchPolicy>,
     /// Makes this worker behave like a PC `throttle` times slower (testing aid).
     throttle: f64,
     permits: Arc<Semaphore>,
     sessions: Mutex<Vec<Session>>,
+    /// The queue of the task forming batches, started with the first batched request.
+    batcher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Pending>>,
 }
 
 /// A tensor ready to run: name, shape, data.
@@ -248,17 +265,23 @@ impl LoadedModel {
             None if all_batched => DEFAULT_MAX_BATCH_SIZE,
             None => 0,
         };
-        let batching = max_batch_size > 0;
+        let batching = source
+            .config
+            .dynamic_batching
+            .as_ref()
+            .map(|b| b.policy(max_batch_size))
+            .transpose()
+            .map_err(|reason| fail(LoadError::DynamicBatching(reason)))?;
         apply_overrides(
             &mut inputs,
             config.inputs.as_deref().unwrap_or_default(),
-            batching,
+            max_batch_size > 0,
         )
         .map_err(&fail)?;
         apply_overrides(
             &mut outputs,
             config.outputs.as_deref().unwrap_or_default(),
-            batching,
+            max_batch_size > 0,
         )
         .map_err(&fail)?;
         Ok(LoadedModel {
@@ -272,14 +295,58 @@ impl LoadedModel {
             memory_bytes,
             instances,
             stats: ModelStats::default(),
+            batching,
             throttle: options.throttle.max(1.0),
             permits: Arc::new(Semaphore::new(instances as usize)),
             sessions: Mutex::new(sessions),
+            batcher: std::sync::OnceLock::new(),
         })
     }
 
-    /// Runs validated inputs and returns the requested outputs (all when `requested` is empty).
+    /// Runs validated inputs and returns the requested outputs (all when `requested` is
+    /// empty): in a batch with other requests when the model batches dynamically.
     pub async fn run(
+        self: &Arc<Self>,
+        inputs: Vec<NamedTensor>,
+        requested: Vec<String>,
+    ) -> Result<Vec<NamedTensor>, ModelError> {
+        let Some(policy) = &self.batching else {
+            return self.run_alone(inputs, requested).await;
+        };
+        let (pending, answer) = match batch::Pending::new(inputs, requested) {
+            Ok(queued) => queued,
+            Err((inputs, requested)) => return self.run_alone(inputs, requested).await,
+        };
+        let unloading = || ModelError::Run {
+            model: self.name.clone(),
+            reason: RunError::Unloading,
+        };
+        let before = self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max_queue {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(ModelError::QueueFull(self.name.clone(), before));
+        }
+        let queue = self.batcher.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(batch::form_batches(
+                Arc::downgrade(self),
+                rx,
+                Arc::clone(&self.permits),
+                policy.clone(),
+                self.max_batch_size as usize,
+            ));
+            tx
+        });
+        if queue.send(pending).is_err() {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(unloading());
+        }
+        // A caller that gives up drops `answer`; the batcher then drops the request.
+        answer.await.unwrap_or_else(|_| Err(unloading()))
+    }
+
+    /// Runs one request on its own session.
+    async fn run_alone(
         self: &Arc<Self>,
         inputs: Vec<NamedTensor>,
         requested: Vec<String>,
@@ -314,25 +381,31 @@ impl LoadedModel {
                 reason: RunError::Task(e),
             })
         });
-        let elapsed = started.elapsed();
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        match &result {
-            Ok(_) => {
-                let waited = u64::try_from((started - entered).as_nanos()).unwrap_or(u64::MAX);
-                self.stats.inference_count.fetch_add(1, Ordering::Relaxed);
-                self.stats.success_ns.fetch_add(nanos, Ordering::Relaxed);
-                self.stats.queue_ns.fetch_add(waited, Ordering::Relaxed);
-                self.stats.record_latency(elapsed);
-            }
-            Err(_) => {
-                self.stats.failure_count.fetch_add(1, Ordering::Relaxed);
-                self.stats.failure_ns.fetch_add(nanos, Ordering::Relaxed);
-            }
+        self.record(result.is_ok(), started - entered, started.elapsed());
+        result
+    }
+
+    /// Counts one request that waited `waited` for a session and then ran `ran`.
+    fn record(&self, ok: bool, waited: Duration, ran: Duration) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if ok {
+            self.stats.inference_count.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .success_ns
+                .fetch_add(nanos(ran), Ordering::Relaxed);
+            self.stats
+                .queue_ns
+                .fetch_add(nanos(waited), Ordering::Relaxed);
+            self.stats.record_latency(ran);
+        } else {
+            self.stats.failure_count.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .failure_ns
+                .fetch_add(nanos(ran), Ordering::Relaxed);
         }
         self.stats
             .last_inference_ms
             .store(localml_proto::time::unix_ms(), Ordering::Relaxed);
-        result
     }
 
     /// Runs on a free session; `started` is when the request got its slot (a throttled
@@ -365,6 +438,7 @@ impl LoadedModel {
             .pop()
             .ok_or_else(|| run_error(RunError::NoSession))?;
         let input_time = converting.elapsed();
+        self.stats.execution_count.fetch_add(1, Ordering::Relaxed);
         let result = (|| {
             let outputs = session.run(values).map_err(|e| {
                 if matches!(e.code(), ort::ErrorCode::InvalidArgument) {

@@ -7,7 +7,10 @@ use super::*;
 pub struct ModelStats {
     pub queue_depth: AtomicU32,
     pub in_flight: AtomicU32,
+    /// Successful requests.
     pub inference_count: AtomicU64,
+    /// ONNX Runtime runs: fewer than requests when requests are batched.
+    pub execution_count: AtomicU64,
     pub failure_count: AtomicU64,
     /// Total time of successful inferences, in nanoseconds, from when a session was free.
     pub success_ns: AtomicU64,
