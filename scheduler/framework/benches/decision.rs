@@ -46,6 +46,7 @@ fn snapshot(n: usize) -> Snapshot {
                     queue_depth: rng.u32(..4),
                     in_flight: rng.u32(..2),
                     instances: 2,
+                    batch: 1,
                     reported_latency_ms: 1.0 + rng.f64() * 9.0,
                     joules_per_inference: 0.5 + rng.f64(),
                 }],

@@ -129,6 +129,9 @@ pub struct ModelOnWorker {
     pub in_flight: u32,
     /// Sessions that run at once.
     pub instances: u32,
+    /// Requests one session runs at once: its `max_batch_size` when the worker batches
+    /// requests dynamically, else 1.
+    pub batch: u32,
     /// Latency the worker reports (EWMA), in milliseconds; 0 when unknown.
     pub reported_latency_ms: f64,
     /// Energy one inference of this model costs on this worker, in joules, as the worker
@@ -180,6 +183,7 @@ impl ModelOnWorker {
             queue_depth: 0,
             in_flight: 0,
             instances: 1,
+            batch: 1,
             reported_latency_ms: 0.0,
             joules_per_inference: 0.0,
         }

@@ -188,6 +188,11 @@ impl Workers {
                         queue_depth: m.queue_depth,
                         in_flight: m.in_flight,
                         instances: m.instances,
+                        batch: if m.dynamic_batching.is_some() {
+                            m.max_batch_size.max(1)
+                        } else {
+                            1
+                        },
                         reported_latency_ms: m.latency_ewma_ms,
                         // A worker's figure is only a hint: anything odd counts as unknown.
                         joules_per_inference: if m.joules_per_inference.is_finite()

@@ -166,6 +166,7 @@ pub(super) async fn form_batches(
                 waiting.push_back(next);
             }
         }
+        tracing::trace!(model = %loaded.name, requests = batch.len(), rows, "batch formed");
         tokio::spawn(execute(loaded, batch, permit));
     }
 }

@@ -1,5 +1,7 @@
 //! Capacity: a worker that already has `max_outstanding_per_session` requests per ONNX
-//! Runtime session outstanding is at its concurrency limit. When every feasible worker
+//! Runtime session outstanding (times the session's batch, when the worker joins
+//! requests into batches dynamically: it needs that many to fill them) is at its
+//! concurrency limit. When every feasible worker
 //! is, the request waits in the scheduler's queue (ordered by priority, fair between
 //! tenants) instead of piling up in one worker's FIFO queue.
 
@@ -52,11 +54,15 @@ impl Filter for Capacity {
     fn filter(&self, _: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status {
         let model = worker.model(request);
         let sessions = model.map(|m| m.instances).unwrap_or(1).max(1);
+        let batch = model.map(|m| m.batch).unwrap_or(1).max(1);
         let reported = model
             .map(|m| m.queue_depth.saturating_add(m.in_flight))
             .unwrap_or(0);
         let outstanding = worker.dispatched.max(reported);
-        if outstanding >= sessions.saturating_mul(self.args.max_outstanding_per_session) {
+        let limit = sessions
+            .saturating_mul(batch)
+            .saturating_mul(self.args.max_outstanding_per_session);
+        if outstanding >= limit {
             Status::unschedulable(AT_LIMIT)
         } else {
             Status::success()
@@ -93,6 +99,11 @@ mod tests {
             w.models[0].instances = sessions;
             w
         };
+        let batching = |dispatched: u32, batch: u32| {
+            let mut w = with(dispatched, 0, 1);
+            w.models[0].batch = batch;
+            w
+        };
         check_filter(
             &plugin,
             vec![
@@ -106,6 +117,18 @@ mod tests {
                     Code::Unschedulable,
                 ),
                 ("two sessions", request(), with(3, 0, 2), Code::Success),
+                (
+                    "a batching session takes its batch times as many",
+                    request(),
+                    batching(15, 8),
+                    Code::Success,
+                ),
+                (
+                    "a batching session at its limit",
+                    request(),
+                    batching(16, 8),
+                    Code::Unschedulable,
+                ),
                 (
                     "absurd reported numbers saturate, no overflow",
                     request(),
