@@ -332,3 +332,70 @@ async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
         "no request was batched: {executions} runs for {inferences} requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_elements_carry_any_bytes_nul_included() {
+    use localml_cli::client::{self, Tensor};
+    use localml_proto::inference::ModelMetadataRequest;
+    use localml_proto::tensor::{DataType, TensorData};
+
+    let scheduler = Scheduler::start();
+    let _worker = Worker::start("bytes", &scheduler, &[]);
+    scheduler.wait_ready(&["bytes"]).await;
+    let mut c = scheduler.inference().await;
+    // The identity model for every datatype: random values for the others, and BYTES
+    // elements that C strings and UTF-8 could not hold.
+    let metadata = c
+        .model_metadata(ModelMetadataRequest {
+            name: "datatypes".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("metadata")
+        .into_inner();
+    let blob: Vec<u8> = (0..=255u8).collect();
+    let elements: Vec<Vec<u8>> = vec![
+        b"\0".to_vec(),
+        b"a\0b".to_vec(),
+        blob.clone(),
+        Vec::new(),
+        vec![0xff, 0xfe, 0x00, 0x80],
+        "caf\u{e9}".as_bytes().to_vec(),
+        b"trailing\0".to_vec(),
+        blob.iter().rev().copied().collect(),
+    ];
+    let inputs: Vec<Tensor> = metadata
+        .inputs
+        .iter()
+        .map(|input| {
+            let datatype = DataType::parse(&input.datatype).expect("datatype");
+            if datatype == DataType::Bytes {
+                Tensor {
+                    name: input.name.clone(),
+                    shape: vec![2, 4],
+                    data: TensorData::Bytes(elements.clone()),
+                }
+            } else {
+                client::random_tensor(&input.name, datatype, &[2, 4])
+            }
+        })
+        .collect();
+    assert!(
+        inputs
+            .iter()
+            .any(|t| matches!(t.data, TensorData::Bytes(_))),
+        "the datatypes model has a BYTES input"
+    );
+    let response = c
+        .model_infer(client::request("datatypes", "", &inputs))
+        .await
+        .expect("BYTES with NUL and non-UTF-8 bytes are served")
+        .into_inner();
+    let outputs = client::outputs(&response).expect("decode");
+    let bytes_out = outputs
+        .iter()
+        .find(|t| matches!(t.data, TensorData::Bytes(_)))
+        .expect("a BYTES output");
+    assert_eq!(bytes_out.data, TensorData::Bytes(elements), "byte for byte");
+    assert_eq!(bytes_out.shape, vec![2, 4]);
+}

@@ -68,9 +68,6 @@ pub enum ValidateError {
     /// The contents do not match the shape and datatype.
     #[error("input '{input}': {source}")]
     Contents { input: String, source: TensorError },
-    /// A BYTES element that ONNX Runtime could not take as a string.
-    #[error("input '{input}': BYTES element {element} is not valid UTF-8 (ONNX string tensors hold UTF-8 text)")]
-    InvalidUtf8 { input: String, element: usize },
     /// Inputs of the model the request leaves out.
     #[error("model '{model}' needs input(s) {} that the request does not have", .missing.join(", "))]
     MissingInputs { model: String, missing: Vec<String> },
@@ -202,17 +199,6 @@ pub fn decode_request(
             input: input.name.clone(),
             source,
         })?;
-        if let TensorData::Bytes(elements) = &data {
-            if let Some(bad) = elements
-                .iter()
-                .position(|e| std::str::from_utf8(e).is_err())
-            {
-                return Err(ValidateError::InvalidUtf8 {
-                    input: input.name.clone(),
-                    element: bad,
-                });
-            }
-        }
         decoded[pos] = Some(NamedTensor {
             name: input.name.clone(),
             shape: input.shape.clone(),
@@ -408,9 +394,10 @@ mod tests {
                 Err("has no data"),
             ),
             (
-                "invalid utf8",
-                req(vec![good_x(), strings(vec![&[0xff, 0xfe]])]),
-                Err("not valid UTF-8"),
+                // BYTES are byte strings, not text: any bytes go through.
+                "bytes that are not UTF-8",
+                req(vec![good_x(), strings(vec![&[0xff, 0x00, 0xfe]])]),
+                Ok(()),
             ),
             (
                 "unknown output",

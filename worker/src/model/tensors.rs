@@ -22,14 +22,8 @@ pub(super) fn to_value(t: NamedTensor) -> ort::Result<DynValue> {
         TensorData::Fp16(v) => Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::Fp32(v) => Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::Fp64(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Bytes(v) => {
-            // Validation has checked UTF-8 already; this cannot fail.
-            let strings: Vec<String> = v
-                .into_iter()
-                .map(|b| String::from_utf8(b).unwrap_or_default())
-                .collect();
-            Tensor::from_string_array((shape, strings.as_slice()))?.into_dyn()
-        }
+        // Any bytes, NUL included (Triton's BYTES are byte strings, not text).
+        TensorData::Bytes(v) => localml_ort_bytes::bytes_tensor(&shape, &v)?,
     })
 }
 
@@ -71,11 +65,12 @@ pub(super) fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, Ru
         TensorElementType::Float32 => extract!(f32, Fp32),
         TensorElementType::Float64 => extract!(f64, Fp64),
         TensorElementType::String => {
-            let (shape, strings) = value.try_extract_strings().map_err(err)?;
-            (
-                shape.iter().copied().collect(),
-                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
-            )
+            let shape = match value.dtype() {
+                ValueType::Tensor { shape, .. } => shape.iter().copied().collect(),
+                _ => Vec::new(),
+            };
+            let elements = localml_ort_bytes::tensor_bytes(value).map_err(err)?;
+            (shape, TensorData::Bytes(elements))
         }
         other => {
             return Err(RunError::UnsupportedOutput {
