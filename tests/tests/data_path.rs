@@ -158,21 +158,25 @@ async fn every_session_shares_one_onnx_runtime_thread_pool() {
 /// A model repository with `tensor_stats` (outputs that can be checked exactly: sum, max,
 /// argmax, doubled) batching dynamically: one session, so concurrent requests queue, and
 /// a delay long enough on a loaded machine for them to meet.
+/// text_classifier likewise (token ids outside its vocabulary make ONNX Runtime reject a
+/// request when it runs, not when it is validated).
 fn batching_repository(dir: &Path) -> PathBuf {
     let repo = dir.join("models");
-    let model = repo.join("tensor_stats");
-    std::fs::create_dir_all(model.join("1")).expect("model dir");
-    std::fs::copy(
-        models_dir().join("tensor_stats/1/model.onnx"),
-        model.join("1/model.onnx"),
-    )
-    .expect("copy model");
-    std::fs::write(
-        model.join("config.yaml"),
-        "max_batch_size: 8\ninstances: 1\n\
-         dynamic_batching:\n  max_queue_delay_microseconds: 200000\n  preferred_batch_size: [8]\n",
-    )
-    .expect("write config");
+    for name in ["tensor_stats", "text_classifier"] {
+        let model = repo.join(name);
+        std::fs::create_dir_all(model.join("1")).expect("model dir");
+        std::fs::copy(
+            models_dir().join(name).join("1/model.onnx"),
+            model.join("1/model.onnx"),
+        )
+        .expect("copy model");
+        std::fs::write(
+            model.join("config.yaml"),
+            "max_batch_size: 8\ninstances: 1\n\
+             dynamic_batching:\n  max_queue_delay_microseconds: 200000\n  preferred_batch_size: [8]\n",
+        )
+        .expect("write config");
+    }
     repo
 }
 
@@ -398,4 +402,53 @@ async fn bytes_elements_carry_any_bytes_nul_included() {
         .expect("a BYTES output");
     assert_eq!(bytes_out.data, TensorData::Bytes(elements), "byte for byte");
     assert_eq!(bytes_out.shape, vec![2, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_onnx_runtime_rejects_fails_alone_in_a_batch_and_on_its_own() {
+    use localml_cli::client::{self, Tensor};
+    use localml_proto::tensor::TensorData;
+
+    let dir = TempDir::new("batch-reject");
+    let repo = batching_repository(dir.path());
+    let scheduler = Scheduler::start();
+    let worker = Worker::start_with_models("rejects", &scheduler, &repo, &[]);
+    scheduler.wait_ready(&["rejects"]).await;
+    let c = worker.inference().await;
+    let request = |token: i64| {
+        client::request(
+            "text_classifier",
+            "",
+            &[Tensor {
+                name: "token_ids".into(),
+                shape: vec![1, 16],
+                data: TensorData::Int64(vec![token; 16]),
+            }],
+        )
+    };
+    // Seven requests meet in a batch; the fourth has ids outside the vocabulary.
+    let mut tasks = Vec::new();
+    for i in 0..7i64 {
+        let mut c = c.clone();
+        let r = request(if i == 3 { 5000 } else { i + 1 });
+        tasks.push(tokio::spawn(async move { (i, c.model_infer(r).await) }));
+    }
+    for task in tasks {
+        let (i, answer) = task.await.expect("task");
+        match answer {
+            Ok(_) if i != 3 => {}
+            Err(status) if i == 3 => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    // Alone in its batch, the same request gets the same status (not INTERNAL, which the
+    // scheduler would take for the worker's failure and retry elsewhere).
+    let alone = c
+        .clone()
+        .model_infer(request(5000))
+        .await
+        .expect_err("ids outside the vocabulary");
+    assert_eq!(alone.code(), tonic::Code::InvalidArgument, "{alone:?}");
 }

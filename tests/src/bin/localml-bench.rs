@@ -13,6 +13,11 @@
 //! dynamic batching instead: Triton's perf_analyzer at concurrency 32 through the
 //! scheduler, each model without and with `dynamic_batching`, next to the in-process gain
 //! of batch 8 over batch 1 (the bound).
+//!
+//! `--peer PYTHON` (a Python with `kserve` and `onnxruntime`, e.g. a venv's) compares
+//! localml with a peer in the same run: KServe's Python ModelServer serving the same
+//! ONNX file with onnxruntime (tests/python/kserve_onnx_server.py), driven by the same
+//! gRPC client at 1 and 8 in flight: p50, throughput and server CPU per inference.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,6 +158,9 @@ async fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(seconds);
     if args.iter().any(|a| a == "--batching") {
         return batching(&models).await;
+    }
+    if let Some(python) = arg("--peer") {
+        return peer(&python, duration).await;
     }
 
     // In-process baseline: the worker's own model code, with its config (2 instances).
@@ -462,6 +470,26 @@ async fn batching(models: &std::path::Path) -> anyhow::Result<()> {
     let scheduler = Scheduler::start_open();
     let _worker = Worker::start_with_models("bench-batching", &scheduler, models, &[]);
     scheduler.wait_ready(&["bench-batching"]).await;
+    // Worker memory per loaded model next to its file: the figure the worker reports
+    // (its RSS growth while loading the model, at least the file's size).
+    println!("| model                    | file MiB | worker memory_bytes MiB |");
+    println!("|--------------------------|---------:|------------------------:|");
+    for w in scheduler.workers().await {
+        for m in w.status.map(|s| s.models).unwrap_or_default() {
+            let file = sources
+                .iter()
+                .find(|s| s.name == m.name)
+                .and_then(|s| std::fs::metadata(&s.path).ok())
+                .map_or(0, |md| md.len());
+            println!(
+                "| {:<24} | {:>8.1} | {:>23.1} |",
+                m.name,
+                file as f64 / 1048576.0,
+                m.memory_bytes as f64 / 1048576.0
+            );
+        }
+    }
+    println!();
     println!("dynamic batching: perf_analyzer -i grpc -b 1 --concurrency-range 32 through the scheduler; one worker, one session, 1 intra-op thread");
     println!();
     println!("| model            | batching | infer/s    | p95 ms    | in-process us/sample batch 1 -> 8 |");
@@ -518,6 +546,115 @@ async fn batching(models: &std::path::Path) -> anyhow::Result<()> {
             on.throughput / off.throughput,
             on.p95_us / off.p95_us,
             per_sample[0] / per_sample[1]
+        );
+    }
+    Ok(())
+}
+
+/// Kills the peer server when the benchmark ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// localml (scheduler + worker) against KServe's Python ModelServer (#12).
+async fn peer(python: &str, duration: Duration) -> anyhow::Result<()> {
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (grpc_port, http_port) = (free_port()?, free_port()?);
+    let model_file = localml_tests::models_dir().join("image_classifier/1/model.onnx");
+    let kserve = KillOnDrop(
+        std::process::Command::new(python)
+            .arg(localml_tests::repo_root().join("tests/python/kserve_onnx_server.py"))
+            .arg(&model_file)
+            .arg("image_classifier")
+            .arg(grpc_port.to_string())
+            .arg(http_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("start KServe with {python}: {e}"))?,
+    );
+    let kserve_addr = format!("127.0.0.1:{grpc_port}");
+    let started = Instant::now();
+    let kserve_client = loop {
+        if let Ok(channel) =
+            client::connect_with_key(&kserve_addr, Duration::from_secs(2), None).await
+        {
+            let mut c = client::inference_client(channel);
+            let ready = c
+                .server_ready(localml_proto::inference::ServerReadyRequest {})
+                .await
+                .is_ok_and(|r| r.into_inner().ready);
+            if ready {
+                break c;
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "KServe did not become ready on {kserve_addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let scheduler = Scheduler::start_open();
+    let worker = Worker::start("bench-peer", &scheduler, &[]);
+    scheduler.wait_ready(&["bench-peer"]).await;
+    let localml_client = client::inference_client(
+        client::connect_with_key(&scheduler.addr, Duration::from_secs(10), None).await?,
+    );
+    let input = client::random_tensor(
+        "image",
+        localml_proto::tensor::DataType::Fp32,
+        &[1, 3, 32, 32],
+    );
+    let request = client::request("image_classifier", "", &[input]);
+    println!("image_classifier at batch 1, one intra-op thread on both sides, the same tonic client, {}s per measurement", duration.as_secs_f64());
+    println!();
+    println!("| server                        | conc | p50 ms    | req/s      | server CPU us/inference |");
+    println!("|-------------------------------|-----:|----------:|-----------:|------------------------:|");
+    for concurrency in [1usize, 8] {
+        let mut pair = Vec::new();
+        for (name, c, pids) in [
+            (
+                "KServe 0.21 ModelServer",
+                kserve_client.clone(),
+                vec![kserve.0.id()],
+            ),
+            (
+                "localml scheduler + worker",
+                localml_client.clone(),
+                vec![scheduler.process.pid(), worker.process.pid()],
+            ),
+        ] {
+            let r = request.clone();
+            let m = measure_cpu(concurrency, duration, &pids, move || {
+                let (mut c, r) = (c.clone(), r.clone());
+                async move {
+                    c.model_infer(r).await.expect("inference");
+                }
+            })
+            .await;
+            let cpu: f64 = (0..pids.len()).map(|i| m.cpu_us(i)).sum();
+            println!(
+                "| {name:<29} | {concurrency:>4} | {:>9.3} | {:>10.0} | {cpu:>23.0} |",
+                m.percentile(0.5).as_secs_f64() * 1e3,
+                m.throughput()
+            );
+            pair.push((m, cpu));
+        }
+        let (k, l) = (&pair[0], &pair[1]);
+        println!(
+            "concurrency {concurrency}: localml / KServe: server CPU per inference {:.2}x, p50 {:.2}x, throughput {:.2}x",
+            l.1 / k.1,
+            l.0.percentile(0.5).as_secs_f64() / k.0.percentile(0.5).as_secs_f64(),
+            l.0.throughput() / k.0.throughput()
         );
     }
     Ok(())

@@ -171,8 +171,22 @@ pub(super) async fn form_batches(
     }
 }
 
+/// Counts a batch's requests as running for as long as it lives (a panicking run too).
+struct Running<'a>(&'a std::sync::atomic::AtomicU32, u32);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
 /// Runs one batch on the session `permit` holds and answers each request.
 async fn execute(model: Arc<LoadedModel>, batch: Vec<Pending>, permit: OwnedSemaphorePermit) {
+    // A caller that gave up while the batch waited for its session is not run.
+    let batch: Vec<Pending> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
+    if batch.is_empty() {
+        return;
+    }
     let started = Instant::now();
     let count = batch.len();
     let sizes: Vec<usize> = batch.iter().map(|p| p.rows).collect();
@@ -183,68 +197,47 @@ async fn execute(model: Arc<LoadedModel>, batch: Vec<Pending>, permit: OwnedSema
         replies.push((p.reply, p.entered));
         per_request.push(p.inputs);
     }
-    // Kept to run the requests one by one should the batch be rejected for its content.
-    let kept = (count > 1).then(|| per_request.clone());
-    let joined = join_inputs(per_request);
     let runner = Arc::clone(&model);
-    let asked = requested.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let answers = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let in_flight = u32::try_from(count).unwrap_or(u32::MAX);
-        runner
-            .stats
-            .in_flight
-            .fetch_add(in_flight, Ordering::Relaxed);
-        let result = runner.run_blocking(joined, &asked, started);
-        runner
-            .stats
-            .in_flight
-            .fetch_sub(in_flight, Ordering::Relaxed);
-        result
+        let n = u32::try_from(count).unwrap_or(u32::MAX);
+        runner.stats.in_flight.fetch_add(n, Ordering::Relaxed);
+        let _running = Running(&runner.stats.in_flight, n);
+        if count == 1 {
+            let inputs = per_request.pop().unwrap_or_default();
+            return vec![runner.run_blocking(inputs, &requested, started, 1)];
+        }
+        // Kept to run the requests one by one should the batch be rejected for its content.
+        let kept = per_request.clone();
+        match runner.run_blocking(join_inputs(per_request), &requested, started, n) {
+            Ok(outputs) => match split_outputs(outputs, &sizes) {
+                Ok(split) => split.into_iter().map(Ok).collect(),
+                Err(reason) => (0..count)
+                    .map(|_| Err(runner.run_error(RunError::BatchSplit(reason.clone()))))
+                    .collect(),
+            },
+            // Which request is at fault is not known: each runs alone on this session, so
+            // only it fails, with its own error.
+            Err(ModelError::InvalidInput { .. }) => kept
+                .into_iter()
+                .map(|inputs| runner.run_blocking(inputs, &requested, Instant::now(), 1))
+                .collect(),
+            Err(e) => {
+                let message = e.to_string();
+                (0..count)
+                    .map(|_| Err(runner.run_error(RunError::Batch(message.clone()))))
+                    .collect()
+            }
+        }
     })
     .await
     .unwrap_or_else(|e| {
-        Err(ModelError::Run {
-            model: model.name.clone(),
-            reason: RunError::Task(e),
-        })
+        let message = e.to_string();
+        (0..count)
+            .map(|_| Err(model.run_error(RunError::Batch(message.clone()))))
+            .collect()
     });
     let ran = started.elapsed();
-    let answers: Vec<Result<Vec<NamedTensor>, ModelError>> = match result {
-        Ok(outputs) => match split_outputs(outputs, &sizes) {
-            Ok(split) => split.into_iter().map(Ok).collect(),
-            Err(reason) => (0..count)
-                .map(|_| {
-                    Err(ModelError::Run {
-                        model: model.name.clone(),
-                        reason: RunError::BatchSplit(reason.clone()),
-                    })
-                })
-                .collect(),
-        },
-        Err(ModelError::InvalidInput { .. }) if kept.is_some() => {
-            // Which request is at fault is not known: each runs alone, so only it fails.
-            let mut alone = Vec::with_capacity(count);
-            for inputs in kept.into_iter().flatten() {
-                alone.push(model.run_alone(inputs, requested.clone()).await);
-            }
-            for ((reply, _), answer) in replies.into_iter().zip(alone) {
-                let _ = reply.send(answer);
-            }
-            return;
-        }
-        Err(e) => {
-            let message = e.to_string();
-            (0..count)
-                .map(|_| {
-                    Err(ModelError::Run {
-                        model: model.name.clone(),
-                        reason: RunError::Batch(message.clone()),
-                    })
-                })
-                .collect()
-        }
-    };
     for ((reply, entered), answer) in replies.into_iter().zip(answers) {
         model.record(answer.is_ok(), started - entered, ran);
         let _ = reply.send(answer);

@@ -38,6 +38,11 @@ pub const DEFAULT_MAX_BATCH_SIZE: u32 = 8;
 /// Default number of requests that may wait for a session.
 pub const DEFAULT_MAX_QUEUE: u32 = 64;
 
+/// A duration in nanoseconds, for the counters (saturating).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// One input or output of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
@@ -372,7 +377,7 @@ impl LoadedModel {
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _running = Gauge::enter(&model.stats.in_flight);
-            model.run_blocking(inputs, &requested, started)
+            model.run_blocking(inputs, &requested, started, 1)
         })
         .await
         .unwrap_or_else(|e| {
@@ -385,9 +390,16 @@ impl LoadedModel {
         result
     }
 
+    /// A run error of this model.
+    fn run_error(&self, reason: RunError) -> ModelError {
+        ModelError::Run {
+            model: self.name.clone(),
+            reason,
+        }
+    }
+
     /// Counts one request that waited `waited` for a session and then ran `ran`.
     fn record(&self, ok: bool, waited: Duration, ran: Duration) {
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         if ok {
             self.stats.inference_count.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -410,11 +422,13 @@ impl LoadedModel {
 
     /// Runs on a free session; `started` is when the request got its slot (a throttled
     /// worker holds the session that much longer, times the throttle).
+    /// `requests` is how many requests the run serves (a batch's), for the statistics.
     fn run_blocking(
         &self,
         inputs: Vec<NamedTensor>,
         requested: &[String],
         started: Instant,
+        requests: u32,
     ) -> Result<Vec<NamedTensor>, ModelError> {
         let run_error = |reason: RunError| ModelError::Run {
             model: self.name.clone(),
@@ -438,7 +452,6 @@ impl LoadedModel {
             .pop()
             .ok_or_else(|| run_error(RunError::NoSession))?;
         let input_time = converting.elapsed();
-        self.stats.execution_count.fetch_add(1, Ordering::Relaxed);
         let result = (|| {
             let outputs = session.run(values).map_err(|e| {
                 if matches!(e.code(), ort::ErrorCode::InvalidArgument) {
@@ -461,13 +474,16 @@ impl LoadedModel {
                     .ok_or_else(|| run_error(RunError::MissingOutput(spec.name.clone())))?;
                 out.push(from_value(&spec.name, value).map_err(run_error)?);
             }
-            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            // Per request, as the other times: each request of a batch waited for all of it.
+            let weight = u64::from(requests);
             self.stats
                 .input_ns
-                .fetch_add(nanos(input_time), Ordering::Relaxed);
-            self.stats
-                .output_ns
-                .fetch_add(nanos(converting.elapsed()), Ordering::Relaxed);
+                .fetch_add(nanos(input_time).saturating_mul(weight), Ordering::Relaxed);
+            self.stats.output_ns.fetch_add(
+                nanos(converting.elapsed()).saturating_mul(weight),
+                Ordering::Relaxed,
+            );
+            self.stats.execution_count.fetch_add(1, Ordering::Relaxed);
             Ok(out)
         })();
         if self.throttle > 1.0 {

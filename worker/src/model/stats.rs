@@ -9,7 +9,7 @@ pub struct ModelStats {
     pub in_flight: AtomicU32,
     /// Successful requests.
     pub inference_count: AtomicU64,
-    /// ONNX Runtime runs: fewer than requests when requests are batched.
+    /// Successful ONNX Runtime runs: fewer than requests when requests are batched.
     pub execution_count: AtomicU64,
     pub failure_count: AtomicU64,
     /// Total time of successful inferences, in nanoseconds, from when a session was free.

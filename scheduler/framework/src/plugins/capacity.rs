@@ -1,7 +1,7 @@
 //! Capacity: a worker that already has `max_outstanding_per_session` requests per ONNX
-//! Runtime session outstanding (times the session's batch, when the worker joins
-//! requests into batches dynamically: it needs that many to fill them) is at its
-//! concurrency limit. When every feasible worker
+//! Runtime session outstanding is at its concurrency limit. A session that joins
+//! requests into batches dynamically takes two batches (one running, one forming), when
+//! that is more: fewer would leave its batches small and waiting out their delay. When every feasible worker
 //! is, the request waits in the scheduler's queue (ordered by priority, fair between
 //! tenants) instead of piling up in one worker's FIFO queue.
 
@@ -59,9 +59,11 @@ impl Filter for Capacity {
             .map(|m| m.queue_depth.saturating_add(m.in_flight))
             .unwrap_or(0);
         let outstanding = worker.dispatched.max(reported);
-        let limit = sessions
-            .saturating_mul(batch)
-            .saturating_mul(self.args.max_outstanding_per_session);
+        let per_session = self
+            .args
+            .max_outstanding_per_session
+            .max(batch.saturating_mul(2));
+        let limit = sessions.saturating_mul(per_session);
         if outstanding >= limit {
             Status::unschedulable(AT_LIMIT)
         } else {
@@ -118,7 +120,7 @@ mod tests {
                 ),
                 ("two sessions", request(), with(3, 0, 2), Code::Success),
                 (
-                    "a batching session takes its batch times as many",
+                    "a batching session takes two batches",
                     request(),
                     batching(15, 8),
                     Code::Success,
