@@ -436,7 +436,14 @@ fn perf_analyzer(addr: &str, model: &str) -> anyhow::Result<PerfResult> {
             "--measurement-mode",
             "count_windows",
         ])
-        .args(["--measurement-request-count", "3000", "-s", "50", "-r", "10"])
+        .args([
+            "--measurement-request-count",
+            "3000",
+            "-s",
+            "50",
+            "-r",
+            "10",
+        ])
         .output()
         .map_err(|e| {
             anyhow::anyhow!("run perf_analyzer (scripts/deps.sh --test installs it): {e}")
