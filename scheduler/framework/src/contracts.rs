@@ -267,8 +267,9 @@ impl WorkerInfo {
     }
 
     /// Whole waves of requests ahead of one more: the requests outstanding here (the
-    /// larger of the scheduler's count and the worker's queue + in-flight) over the
-    /// model's sessions, rounded down. Times [`Self::latency_ms`], the wait before a new
+    /// larger of the scheduler's count and the worker's queue + in-flight) over what the
+    /// model's sessions run at once (sessions, times the batch when batching), rounded
+    /// down. Times [`Self::latency_ms`], the wait before a new
     /// request starts.
     pub fn waves_ahead(&self, request: &RequestInfo) -> f64 {
         let model = self.model(request);
@@ -277,7 +278,10 @@ impl WorkerInfo {
             .unwrap_or(0);
         let outstanding = f64::from(self.dispatched.max(reported));
         let instances = f64::from(model.map(|m| m.instances).unwrap_or(1).max(1));
-        (outstanding / instances).floor()
+        // A session that batches dynamically runs up to a batch in one wave (its reported
+        // latency is a batch's).
+        let batch = f64::from(model.map(|m| m.batch).unwrap_or(1).max(1));
+        (outstanding / (instances * batch)).floor()
     }
 }
 

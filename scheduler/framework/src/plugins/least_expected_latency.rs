@@ -94,6 +94,15 @@ mod tests {
             ("busy fast", with(2.0, 3, 1), 8_000.0),
             ("busy, two sessions", with(2.0, 3, 2), 4_000.0),
             ("no sample: default", with(0.0, 0, 1), 1_000.0),
+            (
+                "busy, batching 4 at a time",
+                {
+                    let mut w = with(2.0, 7, 1);
+                    w.models[0].batch = 4;
+                    w
+                },
+                4_000.0,
+            ),
         ];
         for (name, w, expected) in cases {
             assert_eq!(p.expected_us(&request(), &w), expected, "{name}");
