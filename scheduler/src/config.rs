@@ -37,6 +37,11 @@ pub struct SchedulerConfig {
     /// workers (default 512 MiB; at least `max_message_bytes`); a request beyond it gets
     /// RESOURCE_EXHAUSTED at once, so memory stays bounded whatever clients send.
     pub max_queued_bytes: usize,
+    /// The longest expected wait in the scheduler's queue an online request is admitted to,
+    /// in milliseconds (default 30000; 0: no bound); beyond it, RESOURCE_EXHAUSTED at once
+    /// with a retry hint. Whatever this says, a request whose deadline the expected wait
+    /// cannot meet gets DEADLINE_EXCEEDED at once. Jobs wait their turn.
+    pub max_queue_wait_ms: u64,
     /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
     pub profiles: Vec<localml_framework::profile::ProfileConfig>,
     /// Where cluster state lives: `embedded` (a file in `data_dir`), `embedded:DIR`, or
@@ -154,6 +159,7 @@ impl Default for SchedulerConfig {
             dispatch_attempts: 3,
             max_queued_requests: 1024,
             max_queued_bytes: 512 * 1024 * 1024,
+            max_queue_wait_ms: 30_000,
             profiles: localml_framework::profile::builtin(),
             store: "embedded".into(),
             data_dir: default_data_dir(),

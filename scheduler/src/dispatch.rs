@@ -36,6 +36,20 @@ pub enum DispatchError {
         "the scheduler's queue is full ({0} requests wait for a free worker); try again later"
     )]
     QueueFull(usize),
+    /// The request would wait in the queue longer than its deadline leaves.
+    #[error("the expected wait in the scheduler's queue ({expected_ms} ms, {ahead} request(s) ahead of it) is longer than the request's deadline leaves ({left_ms} ms)")]
+    WaitOverDeadline {
+        expected_ms: u64,
+        ahead: usize,
+        left_ms: u64,
+    },
+    /// The request would wait in the queue longer than `max_queue_wait_ms`.
+    #[error("the expected wait in the scheduler's queue ({expected_ms} ms, {ahead} request(s) ahead of it) is over max_queue_wait_ms ({max_ms} ms); try again later")]
+    WaitTooLong {
+        expected_ms: u64,
+        ahead: usize,
+        max_ms: u64,
+    },
     /// The requests held (queued or in flight) fill the byte budget.
     #[error("the scheduler holds {held} bytes of requests, its budget is {max} (max_queued_bytes); try again later")]
     BytesFull { held: usize, max: usize },
@@ -142,7 +156,10 @@ impl From<DispatchError> for Status {
             DispatchError::Parameter(_) | DispatchError::UnknownProfile { .. } => {
                 Status::invalid_argument(message)
             }
-            DispatchError::QueueFull(_) | DispatchError::BytesFull { .. } => {
+            DispatchError::WaitOverDeadline { .. } => Status::deadline_exceeded(message),
+            DispatchError::QueueFull(_)
+            | DispatchError::BytesFull { .. }
+            | DispatchError::WaitTooLong { .. } => {
                 // gRPC's retry hint: a client (or its retry policy) waits this long.
                 let mut status = Status::resource_exhausted(message);
                 status.metadata_mut().insert(
@@ -176,6 +193,8 @@ pub struct Dispatcher {
     /// Bytes of the requests held now (queued or in flight), and their ceiling.
     held_bytes: Arc<AtomicUsize>,
     max_held_bytes: usize,
+    /// The longest expected wait in the queue a request is admitted to (None: no bound).
+    max_queue_wait: Option<Duration>,
 }
 
 /// Releases a request's bytes from [`Dispatcher::held_bytes`] however it ends.
@@ -231,6 +250,8 @@ struct Trace {
     tried: usize,
     version: String,
     sent: Option<Instant>,
+    /// Whether the queue's expected wait may refuse it (online requests, not jobs).
+    bounded: bool,
 }
 
 /// An error this close to the client's deadline is taken as the deadline's (timers and
@@ -281,6 +302,84 @@ impl Dispatcher {
             queue: AdmissionQueue::new(max_queued, Box::new(PrioritySort)),
             held_bytes: Arc::new(AtomicUsize::new(0)),
             max_held_bytes: max_queued_bytes,
+            max_queue_wait: None,
+        }
+    }
+
+    /// Refuses requests whose expected wait in the queue is over `max` (`max_queue_wait_ms`;
+    /// zero: no bound). Jobs are not refused: they wait their turn.
+    pub fn with_max_queue_wait(mut self, max: Duration) -> Dispatcher {
+        self.max_queue_wait = (!max.is_zero()).then_some(max);
+        self
+    }
+
+    /// How long a request that must queue now can expect to wait before it starts: the
+    /// requests ahead of it (queued, and outstanding at the workers that could serve it)
+    /// over the rate those workers finish them (each runs its sessions' worth, times the
+    /// batch when batching, per latency). None when no worker gives a rate.
+    fn expected_wait(
+        &self,
+        snapshot: &localml_framework::Snapshot,
+        info: &localml_framework::RequestInfo,
+    ) -> Option<(Duration, usize)> {
+        let mut per_ms = 0.0;
+        let mut outstanding = 0usize;
+        for w in snapshot.workers.iter().filter(|w| w.schedulable) {
+            let Some(m) = w.model(info) else { continue };
+            let at_once = f64::from(m.instances.max(1)) * f64::from(m.batch.max(1));
+            // The worker's own run time where it reports one: the scheduler's figure also
+            // holds the time queued at the worker, counted here as `outstanding`.
+            let latency = if m.reported_latency_ms > 0.0 {
+                m.reported_latency_ms
+            } else {
+                w.latency_ms(info, localml_framework::contracts::DEFAULT_LATENCY_MS)
+            };
+            if latency > 0.0 && latency.is_finite() {
+                per_ms += at_once / latency;
+            }
+            let reported = m.queue_depth.saturating_add(m.in_flight);
+            outstanding = outstanding.saturating_add(w.dispatched.max(reported) as usize);
+        }
+        if per_ms <= 0.0 {
+            return None;
+        }
+        let ahead = self.queue.len().saturating_add(outstanding);
+        let ms = ahead as f64 / per_ms;
+        Some((Duration::from_secs_f64((ms / 1e3).min(1e6)), ahead))
+    }
+
+    /// Why an online request that finds every worker busy is refused at once instead of
+    /// queued: its deadline cannot be met, or the wait is over `max_queue_wait_ms`. Jobs
+    /// (`bounded` false) always queue: they wait their turn and retry.
+    fn refuse_to_queue(
+        &self,
+        snapshot: &localml_framework::Snapshot,
+        info: &localml_framework::RequestInfo,
+        deadline: Option<Instant>,
+        bounded: bool,
+    ) -> Option<DispatchError> {
+        if !bounded {
+            return None;
+        }
+        let (expected, ahead) = self.expected_wait(snapshot, info)?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if expected > left {
+                return Some(DispatchError::WaitOverDeadline {
+                    expected_ms: ms(expected),
+                    ahead,
+                    left_ms: ms(left),
+                });
+            }
+        }
+        match self.max_queue_wait {
+            Some(max) if expected > max => Some(DispatchError::WaitTooLong {
+                expected_ms: ms(expected),
+                ahead,
+                max_ms: ms(max),
+            }),
+            _ => None,
         }
     }
 
@@ -303,16 +402,27 @@ impl Dispatcher {
         request: ModelInferRequest,
         deadline: Option<Instant>,
     ) -> Result<ModelInferResponse, Status> {
-        self.infer_counting(request, deadline, &mut 0).await
+        self.infer_traced(request, deadline, &mut 0, true).await
     }
 
-    /// [`Dispatcher::infer`], also counting in `tried` the workers the request was sent
-    /// to (0: it failed before reaching any).
+    /// [`Dispatcher::infer`] for a job, also counting in `tried` the workers the request
+    /// was sent to (0: it failed before reaching any). A job is not refused for the
+    /// queue's expected wait (`max_queue_wait_ms`): it waits its turn.
     pub async fn infer_counting(
         &self,
         request: ModelInferRequest,
         deadline: Option<Instant>,
         tried: &mut usize,
+    ) -> Result<ModelInferResponse, Status> {
+        self.infer_traced(request, deadline, tried, false).await
+    }
+
+    async fn infer_traced(
+        &self,
+        request: ModelInferRequest,
+        deadline: Option<Instant>,
+        tried: &mut usize,
+        bounded: bool,
     ) -> Result<ModelInferResponse, Status> {
         let started = Instant::now();
         let model = request.model_name.clone();
@@ -320,6 +430,7 @@ impl Dispatcher {
             tried: 0,
             version: request.model_version.clone(),
             sent: None,
+            bounded,
         };
         let result = match self.hold(prost::Message::encoded_len(&request)) {
             Ok(_held) => self.infer_with_retries(request, deadline, &mut trace).await,
@@ -383,6 +494,8 @@ impl Dispatcher {
         };
         // Arrivals queue behind requests already waiting, so waiting ones keep their turn.
         let mut wait = !self.queue.is_empty();
+        // Whether the queue's expected wait was checked and found acceptable.
+        let mut admitted = false;
         let mut tried: Vec<String> = Vec::new();
         // The last worker failure, to say why when the attempts run out.
         let mut last_error: Option<Status> = None;
@@ -425,8 +538,17 @@ impl Dispatcher {
             let decision = match profile.schedule(&mut state, &info, &snapshot, &excluded, rotation)
             {
                 Ok(d) => d,
-                // Every feasible worker is busy: wait in the queue for a turn.
+                // Every feasible worker is busy: wait in the queue for a turn, unless the
+                // wait cannot end in time. Once admitted, a request keeps its place.
                 Err(rejection) if capacity::all_busy(&rejection) => {
+                    if !admitted {
+                        if let Some(refusal) =
+                            self.refuse_to_queue(&snapshot, &info, deadline, trace.bounded)
+                        {
+                            return Err(refusal);
+                        }
+                        admitted = true;
+                    }
                     wait = true;
                     continue;
                 }

@@ -142,14 +142,17 @@ pub async fn run(
     let stats = Arc::new(stats::Stats::default());
     let profiles = localml_framework::profile::Profiles::build(&config.profiles)
         .map_err(config::ConfigError::Profiles)?;
-    let dispatcher = Arc::new(dispatch::Dispatcher::new(
-        Arc::clone(&workers),
-        stats,
-        profiles,
-        config.dispatch_attempts,
-        config.max_queued_requests,
-        config.max_queued_bytes,
-    ));
+    let dispatcher = Arc::new(
+        dispatch::Dispatcher::new(
+            Arc::clone(&workers),
+            stats,
+            profiles,
+            config.dispatch_attempts,
+            config.max_queued_requests,
+            config.max_queued_bytes,
+        )
+        .with_max_queue_wait(std::time::Duration::from_millis(config.max_queue_wait_ms)),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -367,3 +367,70 @@ async fn held_request_bytes_are_bounded() {
         .await
         .expect("taken again once the held requests are served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_queue_refuses_at_once_what_it_cannot_serve_in_time() {
+    // image_classifier on a worker 300 times slower (tens of milliseconds per request in
+    // a debug build), two sessions. The queue admits an expected wait of 1.5 s.
+    let scheduler =
+        Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_queue_wait_ms: 1500\n"));
+    let _slow = Worker::start("slow", &scheduler, &["--throttle", "300"]);
+    scheduler.wait_ready(&["slow"]).await;
+    // Latency samples first, so the scheduler knows the worker's pace (reported with the
+    // worker's next status; the first runs are slower, the average settles over ten).
+    let mut c = scheduler.inference().await;
+    for _ in 0..10 {
+        c.model_infer(image_request(1)).await.expect("warm-up");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // 60 requests at once, seconds of work: what the expected wait admits is served, the
+    // rest is refused at once with RESOURCE_EXHAUSTED and a retry hint, naming the bound.
+    let (_, tasks) = flood(&scheduler, &image_request(1), 60).await;
+
+    // Meanwhile, with that backlog, a request whose deadline the expected wait cannot
+    // meet gets DEADLINE_EXCEEDED at once, saying so, instead of waiting it out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut request = tonic::Request::new(image_request(1));
+    request.set_timeout(Duration::from_millis(300));
+    let status = c
+        .model_infer(request)
+        .await
+        .expect_err("cannot be served within 300 ms");
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("is longer than the request's deadline leaves"),
+        "refused at once, not timed out in the queue: {}",
+        status.message()
+    );
+
+    let (mut served, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => served += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+                assert!(
+                    s.message().contains("is over max_queue_wait_ms (1500 ms)"),
+                    "{}",
+                    s.message()
+                );
+                assert!(
+                    s.metadata().get("grpc-retry-pushback-ms").is_some(),
+                    "a retry hint"
+                );
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{served} served, {refused} refused");
+    assert!(served > 8, "queued requests that fit were served: {served}");
+    assert!(refused > 0, "an expected wait over 1.5 s was refused");
+}
