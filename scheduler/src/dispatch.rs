@@ -494,8 +494,21 @@ impl Dispatcher {
         };
         // Arrivals queue behind requests already waiting, so waiting ones keep their turn.
         let mut wait = !self.queue.is_empty();
-        // Whether the queue's expected wait was checked and found acceptable.
+        // Whether the queue's expected wait was checked and found acceptable: at once for
+        // an arrival that queues behind others, else when it first finds every worker busy.
         let mut admitted = false;
+        if wait && trace.bounded {
+            if let Ok((version, snapshot, _)) = self
+                .workers
+                .snapshot(&request.model_name, &request.model_version)
+            {
+                let (_, info) = request_info(&request, &version)?;
+                if let Some(refusal) = self.refuse_to_queue(&snapshot, &info, deadline, true) {
+                    return Err(refusal);
+                }
+                admitted = true;
+            }
+        }
         let mut tried: Vec<String> = Vec::new();
         // The last worker failure, to say why when the attempts run out.
         let mut last_error: Option<Status> = None;
