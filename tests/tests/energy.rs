@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 use localml_proto::localml::v1::{PowerSource, PowerStatus};
 use localml_tests::*;
 
+/// This file's tests run one at a time: the routing tests judge workers by their latency
+/// against the default profile's 50 ms wait budget, which the others' processes would
+/// inflate on a 2-core machine (the battery test once saw 23 % on battery in CI).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn power_of(scheduler: &Scheduler, name: &str) -> Option<(PowerStatus, Vec<String>)> {
     scheduler.workers().await.into_iter().find_map(|w| {
         let conditions = w.conditions.clone();
@@ -40,6 +45,7 @@ async fn wait_power(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ups_read_through_nut_moves_work_drains_on_low_battery_and_fails_safe() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut upsd = Upsd::start();
     let scheduler = Scheduler::start();
     let target = upsd.target();
@@ -130,6 +136,7 @@ async fn a_ups_read_through_nut_moves_work_drains_on_low_battery_and_fails_safe(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_low_battery_stop_leaves_the_cluster_and_exits() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let upsd = Upsd::start();
     let scheduler = Scheduler::start();
     let mut worker = Worker::start(
@@ -164,6 +171,7 @@ fn bad_ups_addresses_are_refused_naming_the_form() {
 /// whose `latency` rows equal the previous `default` ones.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn battery_is_overflow_capacity_under_the_default_profile() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     use localml_proto::localml::v1::PowerSource;
     let sysfs = laptop_sysfs("sysfs-overflow", false, "80", &[]);
     let scheduler = Scheduler::start();
@@ -207,6 +215,7 @@ async fn battery_is_overflow_capacity_under_the_default_profile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_battery_with_minutes_left_takes_no_new_work() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // 3 minutes: under PowerState's min_runtime_minutes (5).
     let sysfs = laptop_sysfs(
         "sysfs-runtime",
@@ -245,6 +254,7 @@ async fn joules_of(scheduler: &Scheduler, name: &str) -> Option<(f64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn energy_saver_sends_work_to_the_pc_with_the_fewest_joules_per_inference() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let scheduler = Scheduler::start();
     // Same speed, same CPU time per inference; the hungry PC draws 36 times more above
     // idle when busy (180 W against 5 W), so its inferences cost about 36 times more.
@@ -343,6 +353,7 @@ fn fake_rapl(root: &std::path::Path, microjoules: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapl_counter_is_measured_not_estimated() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // A fake powercap tree whose package draws 5 W while the worker idles and 40 W while
     // it serves: the worker learns the 5 W floor from its idle windows and charges what
     // lies above it, in its process's share of the busy CPU time.
@@ -409,6 +420,7 @@ async fn a_rapl_counter_is_measured_not_estimated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_rapl_counter_where_the_machine_has_one() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let readable = std::fs::read_to_string("/sys/class/powercap/intel-rapl:0/energy_uj").is_ok();
     if !readable {
         println!(
