@@ -673,6 +673,21 @@ pub fn localml_workers(scheduler: &Scheduler) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Where scripts/deps.sh --test puts Triton's perf_analyzer: `bin/perf_analyzer`, and
+/// `lib/` for LD_LIBRARY_PATH (libcudart.so.12, which it loads even without a GPU).
+pub fn perf_analyzer_dir() -> PathBuf {
+    repo_root().join("target/tools/perf_analyzer")
+}
+
+/// The first number after `marker` in `text` (perf_analyzer's "throughput: " and
+/// "p95 latency: " lines), if any.
+pub fn number_after(text: &str, marker: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.split(marker).nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.trim_end_matches(',').parse().ok())
+}
+
 /// Whether Triton's Python client can run here; fails instead when
 /// `LOCALML_REQUIRE_PYTHON_CLIENT` is set (CI installs it: scripts/test.sh).
 pub fn tritonclient_available() -> bool {

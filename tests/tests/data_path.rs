@@ -13,8 +13,8 @@ use std::process::Command;
 use localml_tests::*;
 
 /// perf_analyzer's directory, with `bin/perf_analyzer` and `lib/libcudart.so.12`.
-fn perf_analyzer_dir() -> Option<PathBuf> {
-    let dir = repo_root().join("target/tools/perf_analyzer");
+fn perf_analyzer_present() -> Option<PathBuf> {
+    let dir = perf_analyzer_dir();
     if dir.join("bin/perf_analyzer").is_file() {
         return Some(dir);
     }
@@ -71,20 +71,13 @@ fn throughput(dir: &std::path::Path, url: &str, args: &[&str], hosts: Option<&Pa
         "perf_analyzer failed against {url}:\n{stdout}\n{stderr}"
     );
     // "Concurrency: 2, throughput: 812.5 infer/sec, latency 2431 usec"
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("Concurrency: 2, throughput: "))
-        .unwrap_or_else(|| panic!("no throughput line in:\n{stdout}"));
-    line.split("throughput: ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no number in {line:?}"))
+    number_after(&stdout, "Concurrency: 2, throughput: ")
+        .unwrap_or_else(|| panic!("no throughput line in:\n{stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_analyzer_reports_a_throughput_through_the_scheduler_and_from_a_worker() {
-    let Some(dir) = perf_analyzer_dir() else {
+    let Some(dir) = perf_analyzer_present() else {
         return;
     };
     let scheduler = Scheduler::start();

@@ -426,7 +426,7 @@ struct PerfResult {
 /// Runs perf_analyzer (scripts/deps.sh --test puts it in target/tools) against the
 /// open scheduler at `addr` for `model` at concurrency 32.
 fn perf_analyzer(addr: &str, model: &str) -> anyhow::Result<PerfResult> {
-    let dir = localml_tests::repo_root().join("target/tools/perf_analyzer");
+    let dir = localml_tests::perf_analyzer_dir();
     let out = std::process::Command::new(dir.join("bin/perf_analyzer"))
         .env("LD_LIBRARY_PATH", dir.join("lib"))
         .args(["-m", model, "-u", addr, "-i", "grpc", "-b", "1"])
@@ -454,12 +454,8 @@ fn perf_analyzer(addr: &str, model: &str) -> anyhow::Result<PerfResult> {
         "perf_analyzer failed for {model}:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let number_after = |marker: &str| -> anyhow::Result<f64> {
-        stdout
-            .lines()
-            .find_map(|l| l.split(marker).nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.trim_end_matches(',').parse().ok())
+    let number_after = |marker: &str| {
+        localml_tests::number_after(&stdout, marker)
             .ok_or_else(|| anyhow::anyhow!("no '{marker}' in perf_analyzer's output:\n{stdout}"))
     };
     Ok(PerfResult {
