@@ -654,6 +654,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn max_queue_wait_zero_means_no_bound() {
+        let dispatcher = |ms: u64| {
+            Dispatcher::new(
+                Arc::new(Workers::new(1 << 20)),
+                Arc::new(Stats::default()),
+                Profiles::build(&localml_framework::profile::builtin()).expect("profiles"),
+                3,
+                16,
+                1 << 20,
+            )
+            .with_max_queue_wait(Duration::from_millis(ms))
+        };
+        assert_eq!(dispatcher(0).max_queue_wait, None);
+        assert_eq!(
+            dispatcher(1500).max_queue_wait,
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
     fn failure_classification() {
         let cases = [
             (Code::Unavailable, true, true),

@@ -223,13 +223,25 @@ impl WorkerConfig {
             ("intra_op_threads", self.intra_op_threads),
             ("inter_op_threads", self.inter_op_threads),
         ] {
-            if value == Some(0) {
-                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            match value {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+                }
+                Some(n) if n > MAX_THREADS => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{key} is {n}; at most {MAX_THREADS}"
+                    )));
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 }
+
+/// The most ONNX Runtime threads a setting may ask for (a typo such as 10000000 is an
+/// error here, not a worker that dies creating threads).
+pub const MAX_THREADS: usize = 1024;
 
 /// Parses `k=v,k2=v2`.
 pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -295,6 +307,35 @@ mod tests {
             .to_string();
         assert!(err.contains("nmae"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn onnx_runtime_threads_default_and_bounds() {
+        let defaults = WorkerConfig::default().threading();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            (defaults.intra_op, defaults.inter_op, defaults.spinning),
+            (cores, 1, false),
+            "one intra-op thread per core, one inter-op, no spinning"
+        );
+        let config: WorkerConfig = serde_yaml::from_str(
+            "intra_op_threads: 3\ninter_op_threads: 2\nthread_spinning: true\n",
+        )
+        .expect("parse");
+        let set = config.threading();
+        assert_eq!((set.intra_op, set.inter_op, set.spinning), (3, 2, true));
+        for (yaml, message) in [
+            ("intra_op_threads: 0", "intra_op_threads must be at least 1"),
+            ("inter_op_threads: 0", "inter_op_threads must be at least 1"),
+            (
+                "intra_op_threads: 10000000",
+                "intra_op_threads is 10000000; at most 1024",
+            ),
+        ] {
+            let config: WorkerConfig = serde_yaml::from_str(yaml).expect("parse");
+            let err = config.validate().expect_err(yaml).to_string();
+            assert!(err.contains(message), "{yaml}: {err}");
+        }
     }
 
     #[test]
