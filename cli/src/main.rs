@@ -48,6 +48,10 @@ enum Command {
         /// Inference endpoint (the gRPC port Triton clients expect).
         #[arg(long, default_value = DEFAULT_SERVER)]
         listen: String,
+        /// The Open Inference Protocol over HTTP/REST (Triton's HTTP port), for curl,
+        /// browsers and tritonclient.http; `off` to not serve it.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        rest_listen: String,
         /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, localml's cache, system paths).
         #[arg(long)]
         onnxruntime: Option<PathBuf>,
@@ -518,6 +522,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             models,
             workers,
             listen,
+            rest_listen,
             onnxruntime,
             data_dir,
         } => {
@@ -525,6 +530,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 models,
                 workers,
                 listen,
+                rest_listen: (rest_listen != "off").then_some(rest_listen),
                 onnxruntime,
                 data_dir,
             };

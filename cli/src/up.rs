@@ -19,6 +19,8 @@ pub struct UpOptions {
     pub models: PathBuf,
     pub workers: u32,
     pub listen: String,
+    /// The REST listener's address; none: not served.
+    pub rest_listen: Option<String>,
     pub onnxruntime: Option<PathBuf>,
     /// Where the scheduler keeps cluster state and jobs [default: the scheduler's].
     pub data_dir: Option<PathBuf>,
@@ -146,6 +148,7 @@ pub async fn up(
         listen: options.listen.clone(),
         cluster_listen: "127.0.0.1:0".into(),
         http_listen: Some("127.0.0.1:0".into()),
+        rest_listen: options.rest_listen.clone(),
         data_dir: options
             .data_dir
             .clone()
@@ -153,8 +156,20 @@ pub async fn up(
         ..defaults
     };
     let data_dir = config.data_dir.clone();
-    let listeners = localml_scheduler::cli::bind_listeners(&config).await?;
+    let listeners = localml_scheduler::cli::bind_listeners(&config)
+        .await
+        .map_err(|e| match &config.rest_listen {
+            Some(rest) if e.to_string().contains("REST") => anyhow::anyhow!(
+                "{e}; pass --rest-listen with another address (e.g. 127.0.0.1:0), or --rest-listen off"
+            )
+            .context(format!("the REST listener {rest}")),
+            _ => anyhow::Error::from(e),
+        })?;
     let endpoint = listeners.clients.local_addr()?;
+    let rest_url = match &listeners.rest {
+        Some(l) => Some(localml_scheduler::cli::rest_url(&config, l)?),
+        None => None,
+    };
     let cluster = listeners.cluster.local_addr()?.to_string();
     let scheduler_http = match &listeners.http {
         Some(l) => l.local_addr()?.to_string(),
@@ -259,6 +274,13 @@ pub async fn up(
         );
         println!("       localml workers --server {endpoint}");
         println!("       localml jobs list --server {endpoint}");
+        if let Some(url) = &rest_url {
+            println!("  inference over HTTP (Open Inference Protocol REST): {url}");
+            println!(
+                "  try: curl {url}/v2/models/{}",
+                models.first().map(|m| m.name.as_str()).unwrap_or("MODEL")
+            );
+        }
         println!(
             "  metrics and health: http://{scheduler_http}/metrics, /healthz, /readyz (scheduler)"
         );

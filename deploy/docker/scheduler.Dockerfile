@@ -15,6 +15,6 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /var/lib/localm
 COPY --from=build /localml-scheduler /usr/local/bin/localml-scheduler
 USER 10001:10001
 # 8001 clients (OIP / Triton gRPC), 8002 workers, 9090 /metrics /healthz /readyz
-EXPOSE 8001 8002 9090
+EXPOSE 8000 8001 8002 9090
 ENTRYPOINT ["/usr/local/bin/localml-scheduler"]
-CMD ["--listen=0.0.0.0:8001", "--cluster-listen=0.0.0.0:8002", "--http-listen=0.0.0.0:9090", "--data-dir=/var/lib/localml"]
+CMD ["--listen=0.0.0.0:8001", "--cluster-listen=0.0.0.0:8002", "--http-listen=0.0.0.0:9090", "--rest-listen=0.0.0.0:8000", "--data-dir=/var/lib/localml"]

@@ -21,6 +21,10 @@ pub struct SchedulerArgs {
     /// Address for /metrics, /healthz and /readyz (HTTP), e.g. 0.0.0.0:9090 [default: off].
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// Address for the Open Inference Protocol over HTTP/REST, e.g. 127.0.0.1:8000
+    /// (Triton's HTTP port) [default: off].
+    #[arg(long)]
+    pub rest_listen: Option<String>,
     /// Cluster state: `embedded` (a file in --data-dir), or
     /// `etcd://host:port[,host:port...][/prefix]` [default: embedded].
     #[arg(long)]
@@ -80,6 +84,9 @@ impl SchedulerArgs {
         if let Some(v) = self.http_listen {
             c.http_listen = Some(v);
         }
+        if let Some(v) = self.rest_listen {
+            c.rest_listen = Some(v);
+        }
         if let Some(v) = self.store {
             c.store = v;
         }
@@ -125,10 +132,15 @@ pub async fn bind_listeners(config: &SchedulerConfig) -> Result<Listeners, Sched
         Some(address) => Some(bind(address, "metrics and health checks").await?),
         None => None,
     };
+    let rest = match &config.rest_listen {
+        Some(address) => Some(bind(address, "REST clients").await?),
+        None => None,
+    };
     Ok(Listeners {
         clients: bind(&config.listen, "clients").await?,
         cluster: bind(&config.cluster_listen, "workers").await?,
         http,
+        rest,
     })
 }
 
@@ -142,10 +154,28 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         Some(l) => format!(", http://{} (metrics, health)", l.local_addr()?),
         None => String::new(),
     };
+    let rest = match &listeners.rest {
+        Some(l) => format!(", REST {} (inference over HTTP)", rest_url(&config, l)?),
+        None => String::new(),
+    };
     println!(
-        "localml-scheduler listening on {} (clients) and {} (workers){http}",
+        "localml-scheduler listening on {} (clients) and {} (workers){http}{rest}",
         listeners.clients.local_addr()?,
         listeners.cluster.local_addr()?
     );
     crate::run(config, listeners, shutdown_signal()).await
+}
+
+/// The REST listener's URL: `https://` when it serves TLS (see [`crate::rest_tls`]).
+pub fn rest_url(
+    config: &SchedulerConfig,
+    listener: &tokio::net::TcpListener,
+) -> std::io::Result<String> {
+    let addr = listener.local_addr()?;
+    let scheme = if crate::server::rest_tls(config, addr) {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{addr}"))
 }

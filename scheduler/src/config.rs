@@ -19,6 +19,12 @@ pub struct SchedulerConfig {
     pub cluster_listen: String,
     /// Address for `/metrics`, `/healthz` and `/readyz`; none: not served.
     pub http_listen: Option<String>,
+    /// Address for the Open Inference Protocol over HTTP/REST (docs/rest.md); none: not
+    /// served. Keys and TLS as on the client port, decided by this address.
+    pub rest_listen: Option<String>,
+    /// Origins of browser apps allowed to call the REST listener (CORS), e.g.
+    /// `http://lab-pc:3000`; exact matches; empty: none.
+    pub rest_cors_origins: Vec<String>,
     /// How often workers report, in milliseconds (told to them when they join).
     pub report_interval_ms: u64,
     /// A worker whose last report is older than this becomes NotReady (Kubernetes'
@@ -152,6 +158,8 @@ impl Default for SchedulerConfig {
             listen: DEFAULT_LISTEN.into(),
             cluster_listen: DEFAULT_CLUSTER_LISTEN.into(),
             http_listen: None,
+            rest_listen: None,
+            rest_cors_origins: Vec::new(),
             report_interval_ms: 500,
             worker_grace_period_ms: 2_500,
             worker_forget_after_ms: 10 * 60 * 1000,

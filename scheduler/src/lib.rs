@@ -17,6 +17,8 @@
 //! - [`services`]: the gRPC services (inference, jobs, cluster, admin); each maps its
 //!   errors to `tonic::Status` in one place.
 //! - [`auth`]: API keys with scopes on the client port.
+//! - [`rest`]: the Open Inference Protocol over HTTP/REST, converted to and served by the
+//!   gRPC service.
 //! - [`backup`]: backups of the cluster state: the file format, the chunks the Backup
 //!   service streams, and restoring into a stopped scheduler's store.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED for oversized messages.
@@ -34,6 +36,7 @@ pub mod leader;
 pub mod observe;
 pub mod parameters;
 pub mod queue;
+pub mod rest;
 pub mod server;
 pub mod services;
 pub mod size_limit;

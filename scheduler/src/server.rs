@@ -28,6 +28,18 @@ pub struct Listeners {
     pub cluster: TcpListener,
     /// `/metrics`, `/healthz`, `/readyz` (`--http-listen`), when enabled.
     pub http: Option<TcpListener>,
+    /// The Open Inference Protocol over HTTP (`--rest-listen`), when enabled.
+    pub rest: Option<TcpListener>,
+}
+
+/// Whether the REST listener on `addr` serves TLS: as the client port decides for its
+/// own address.
+pub fn rest_tls(config: &SchedulerConfig, addr: std::net::SocketAddr) -> bool {
+    match config.client_tls {
+        crate::auth::ClientTls::Required => true,
+        crate::auth::ClientTls::Off => false,
+        crate::auth::ClientTls::Auto => !addr.ip().is_loopback() && !config.insecure,
+    }
 }
 
 /// Why the scheduler could not start or stopped serving.
@@ -109,6 +121,35 @@ pub async fn run(
             keys_required,
         )),
     };
+    // The REST listener: keys and TLS as the client port's rules give for its address.
+    let rest_settings = match &listeners.rest {
+        None => None,
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let loopback = addr.ip().is_loopback();
+            let tls = rest_tls(&config, addr);
+            if !loopback && !tls && !config.insecure {
+                return Err(config::ConfigError::Invalid {
+                    field: "client_tls",
+                    problem: format!("is off, but the REST listener {addr} is reachable from the LAN: keys would cross it in clear text; serve TLS, listen on loopback, or pass --insecure"),
+                }
+                .into());
+            }
+            let required =
+                config.auth == crate::auth::AuthMode::Required || (!loopback && !config.insecure);
+            if !loopback && config.insecure {
+                let warning = format!(
+                    "--insecure: the REST listener {addr} is reachable from the LAN{}{}",
+                    if required { "" } else { " without API keys" },
+                    if tls { "" } else { " without TLS" }
+                );
+                tracing::warn!("{warning}");
+                warnings.push(warning);
+            }
+            tracing::info!(%addr, keys_required = required, tls, "REST listener");
+            Some((required, tls))
+        }
+    };
     let hosts = crate::trust::listener_hosts(
         &[listeners.cluster.local_addr()?, client_addr],
         &config.tls_sans,
@@ -124,13 +165,11 @@ pub async fn run(
     }
     tracing::info!(ca_sha256 = %trust.ca.hash(), "cluster CA");
     crate::trust::write_ca_file(&config.data_dir, trust.ca.cert_pem());
-    let client_tls = match client_tls {
-        false => None,
-        true => Some(match (&config.tls_cert_file, &config.tls_key_file) {
-            (Some(cert), Some(key)) => crate::trust::operator_tls(cert, key)?,
-            _ => trust.client_tls(),
-        }),
+    let identity = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => crate::trust::operator_identity(cert, key)?,
+        _ => trust.client_identity(),
     };
+    let client_tls = client_tls.then(|| identity.grpc());
     let mut workers = Workers::new(config.max_message_bytes).with_tls(trust.dial());
     if config.worker_keepalive_ms > 0 {
         workers = workers.with_keepalive(
@@ -176,10 +215,10 @@ pub async fn run(
         })
     };
 
-    let inference =
-        GrpcInferenceServiceServer::new(OipService(Arc::new(inference::SchedulerInference {
-            dispatcher: Arc::clone(&dispatcher),
-        })))
+    let scheduler_inference = Arc::new(inference::SchedulerInference {
+        dispatcher: Arc::clone(&dispatcher),
+    });
+    let inference = GrpcInferenceServiceServer::new(OipService(Arc::clone(&scheduler_inference)))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let jobs_api = JobsServer::new(jobs_api::JobsService {
@@ -320,6 +359,33 @@ pub async fn run(
             wait(stopped.clone()),
         ))
     });
+    let rest = match (listeners.rest, rest_settings) {
+        (Some(listener), Some((required, tls))) => {
+            let tls = match tls {
+                true => Some(
+                    crate::rest::tls_config(&identity.cert_pem, &identity.key_pem)
+                        .map_err(crate::trust::TrustStateError::File)?,
+                ),
+                false => None,
+            };
+            let state = Arc::new(crate::rest::Rest {
+                inference: OipService(Arc::clone(&scheduler_inference)),
+                auth: Arc::new(crate::auth::layer::AuthState::new(
+                    Arc::clone(&ring),
+                    required,
+                )),
+                max_body_bytes: config.max_message_bytes,
+            });
+            let listener = crate::rest::RestListener::new(listener, tls)?;
+            Some(tokio::spawn(crate::rest::serve(
+                listener,
+                state,
+                config.rest_cors_origins.clone(),
+                wait(stopped.clone()),
+            )))
+        }
+        _ => None,
+    };
     let clients = tokio::spawn(clients);
     let cluster_server = tokio::spawn(cluster_server);
     shutdown.await;
@@ -339,6 +405,9 @@ pub async fn run(
     );
     if let Some(http) = http {
         let _ = http.await;
+    }
+    if let Some(rest) = rest {
+        let _ = rest.await;
     }
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;

@@ -160,13 +160,13 @@ impl ClusterTrust {
             .client_auth_optional(true)
     }
 
-    /// TLS for the client port: this replica's certificate from the cluster CA; clients
-    /// present keys, not certificates.
-    pub fn client_tls(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(Identity::from_pem(
-            &self.identity.cert_pem,
-            &self.identity.key_pem,
-        ))
+    /// The client port's (and the REST listener's) certificate and key, PEM: this
+    /// replica's from the cluster CA; clients present keys, not certificates.
+    pub fn client_identity(&self) -> ClientIdentity {
+        ClientIdentity {
+            cert_pem: self.identity.cert_pem.clone(),
+            key_pem: self.identity.key_pem.clone(),
+        }
     }
 
     /// What dialing workers needs: the CA, this replica's client certificate.
@@ -434,12 +434,26 @@ fn read_file(path: &std::path::Path) -> Result<String, TrustStateError> {
         .map_err(|e| TrustStateError::File(format!("cannot read {}: {e}", path.display())))
 }
 
-/// TLS for the client port with a certificate the operator supplies
-/// (`--tls-cert-file`, `--tls-key-file`), checked at start so a wrong file fails there.
-pub fn operator_tls(
+/// A certificate and key, PEM, that clients see on the client port and the REST listener.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientIdentity {
+    /// TLS for the gRPC client port.
+    pub fn grpc(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
+/// The client port's certificate when the operator supplies one (`--tls-cert-file`,
+/// `--tls-key-file`), checked at start so a wrong file fails there.
+pub fn operator_identity(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<ServerTlsConfig, TrustStateError> {
+) -> Result<ClientIdentity, TrustStateError> {
     let (cert_pem, key_pem) = (read_file(cert)?, read_file(key)?);
     if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(TrustStateError::File(format!(
@@ -453,7 +467,7 @@ pub fn operator_tls(
             key.display()
         )));
     }
-    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+    Ok(ClientIdentity { cert_pem, key_pem })
 }
 
 /// The file in the data directory with the cluster CA's certificate (public), so the

@@ -171,6 +171,9 @@ pub struct Scheduler {
     pub cluster_addr: String,
     /// `/metrics` and health address, when started with `--http-listen`.
     pub http_addr: Option<String>,
+    /// The REST listener's URL (`http://` or `https://`), when started with
+    /// `--rest-listen`.
+    pub rest_url: Option<String>,
     extra: Vec<String>,
     dir: TempDir,
 }
@@ -214,7 +217,7 @@ impl Scheduler {
         if !extra.iter().any(|a| a == "--auth" || a == "--insecure") {
             extra.extend(["--auth".to_string(), "required".to_string()]);
         }
-        let (process, addr, cluster_addr, http_addr) =
+        let (process, addr, cluster_addr, http_addr, rest_url) =
             Scheduler::spawn(&dir, &extra, &listen, "127.0.0.1:0");
         admin_keys()
             .lock()
@@ -225,6 +228,7 @@ impl Scheduler {
             addr,
             cluster_addr,
             http_addr,
+            rest_url,
             extra,
             dir,
         }
@@ -235,7 +239,7 @@ impl Scheduler {
         extra: &[String],
         listen: &str,
         cluster: &str,
-    ) -> (Process, String, String, Option<String>) {
+    ) -> (Process, String, String, Option<String>, Option<String>) {
         let mut command = Command::new(bin("localml-scheduler"));
         command
             .args(["--listen", listen, "--cluster-listen", cluster, "--config"])
@@ -253,9 +257,12 @@ impl Scheduler {
         };
         remember_scheduler(&cluster_addr, &client_url);
         let http_addr = line
-            .contains("http://")
-            .then(|| address_after(&line, "http://"));
-        (process, addr, cluster_addr, http_addr)
+            .contains(", http://")
+            .then(|| address_after(&line, ", http://"));
+        let rest_url = line
+            .contains(", REST ")
+            .then(|| address_after(&line, ", REST "));
+        (process, addr, cluster_addr, http_addr, rest_url)
     }
 
     /// Kills the scheduler with SIGKILL and starts it again on the same addresses with
@@ -269,7 +276,7 @@ impl Scheduler {
                 Scheduler::spawn(&self.dir, &self.extra, &self.addr, &self.cluster_addr)
             }));
             match attempt {
-                Ok((process, _, _, _)) => {
+                Ok((process, _, _, _, _)) => {
                     self.process = process;
                     return;
                 }
@@ -692,7 +699,7 @@ pub fn number_after(text: &str, marker: &str) -> Option<f64> {
 /// `LOCALML_REQUIRE_PYTHON_CLIENT` is set (CI installs it: scripts/test.sh).
 pub fn tritonclient_available() -> bool {
     let probe = Command::new("python3")
-        .args(["-c", "import tritonclient.grpc, numpy"])
+        .args(["-c", "import tritonclient.grpc, tritonclient.http, numpy"])
         .output();
     if probe.is_ok_and(|o| o.status.success()) {
         return true;
@@ -701,7 +708,7 @@ pub fn tritonclient_available() -> bool {
         std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_none(),
         "tritonclient is not installed but LOCALML_REQUIRE_PYTHON_CLIENT is set (scripts/test.sh installs it)"
     );
-    eprintln!("skipped: python3 -m pip install 'tritonclient[grpc]' numpy to run this test");
+    eprintln!("skipped: python3 -m pip install 'tritonclient[grpc,http]' numpy to run this test");
     false
 }
 
@@ -912,6 +919,88 @@ pub struct Etcd {
     /// `host:port` for clients.
     pub endpoint: String,
     dir: TempDir,
+}
+
+/// An HTTP answer: status, header block, body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// The header lines, as sent (names lowercased by the server).
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends `request` (raw bytes: a test sends malformed HTTP on purpose, which an HTTP
+/// client library would refuse to) to `addr` and reads the answer until the server
+/// closes the connection (ask with HTTP/1.0 or `Connection: close`).
+pub fn http_raw(addr: &str, request: &[u8]) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream.write_all(request).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let headers = head
+        .split_once("\r\n")
+        .map(|(_, h)| h)
+        .unwrap_or("")
+        .to_string();
+    HttpAnswer {
+        status,
+        headers,
+        body: answer[split + 4..].to_vec(),
+    }
+}
+
+/// An HTTP/1.0 request with `headers` and `body` (Content-Length added).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    http_raw(addr, &bytes)
 }
 
 /// A plain HTTP/1.0 GET: the status code and the body; None when nothing answers.

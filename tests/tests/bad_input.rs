@@ -135,16 +135,12 @@ fn output(mut request: ModelInferRequest, name: &str) -> ModelInferRequest {
     request
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_malformed_request_gets_its_status_and_the_cluster_serves_on() {
-    let scheduler = Scheduler::start_with(&format!(
-        "{TEST_SCHEDULER_CONFIG}max_message_bytes: 200000\n"
-    ));
-    let _w = Worker::start("w", &scheduler, &[]);
-    scheduler.wait_ready(&["w"]).await;
-    let mut c = scheduler.inference().await;
-    c.model_infer(image()).await.expect("a valid request works");
+/// One malformed request: its name, the request, the gRPC code and fragments of the
+/// message it must get.
+type Case = (&'static str, ModelInferRequest, Code, Vec<&'static str>);
 
+/// The malformed requests, for a scheduler with `max_message_bytes: 200000`.
+fn cases() -> Vec<Case> {
     let image_bytes = 3 * 32 * 32 * 4;
     let mut duplicate = image();
     duplicate.inputs.push(duplicate.inputs[0].clone());
@@ -190,7 +186,7 @@ async fn every_malformed_request_gets_its_status_and_the_cluster_serves_on() {
     };
 
     use Code::*;
-    let cases: Vec<(&str, ModelInferRequest, Code, Vec<&str>)> = vec![
+    vec![
         // Names and versions.
         (
             "empty model name",
@@ -650,7 +646,20 @@ async fn every_malformed_request_gets_its_status_and_the_cluster_serves_on() {
             ResourceExhausted,
             vec!["200000"],
         ),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_request_gets_its_status_and_the_cluster_serves_on() {
+    let scheduler = Scheduler::start_with(&format!(
+        "{TEST_SCHEDULER_CONFIG}max_message_bytes: 200000\n"
+    ));
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let mut c = scheduler.inference().await;
+    c.model_infer(image()).await.expect("a valid request works");
+
+    let cases = cases();
     assert!(cases.len() >= 50, "{} cases", cases.len());
     let mut failures = Vec::new();
     for (name, request, code, fragments) in cases {
@@ -685,5 +694,246 @@ async fn every_malformed_request_gets_its_status_and_the_cluster_serves_on() {
     assert_eq!(
         scheduler.worker_state("w").await,
         Some(localml_proto::localml::v1::WorkerState::Ready)
+    );
+}
+
+/// The HTTP status the issue (#15) and Triton give each gRPC code.
+fn expected_http(code: Code) -> u16 {
+    use Code::*;
+    match code {
+        Ok => 200,
+        InvalidArgument | FailedPrecondition => 400,
+        Unauthenticated => 401,
+        PermissionDenied => 403,
+        NotFound => 404,
+        AlreadyExists => 409,
+        ResourceExhausted => 429,
+        Cancelled => 499,
+        Internal => 500,
+        Unimplemented => 501,
+        Unavailable => 503,
+        DeadlineExceeded => 504,
+        other => panic!("no HTTP status listed for {other:?}"),
+    }
+}
+
+/// A URL path segment, percent-encoded.
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn parameter_json(p: &InferParameter) -> serde_json::Value {
+    use serde_json::json;
+    match &p.parameter_choice {
+        Some(ParameterChoice::BoolParam(b)) => json!(b),
+        Some(ParameterChoice::Int64Param(i)) => json!(i),
+        Some(ParameterChoice::Uint64Param(u)) => json!(u),
+        Some(ParameterChoice::DoubleParam(d)) => json!(d),
+        Some(ParameterChoice::StringParam(s)) => json!(s),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn parameters_json(
+    map: &std::collections::HashMap<String, InferParameter>,
+) -> serde_json::Map<String, serde_json::Value> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), parameter_json(v)))
+        .collect()
+}
+
+/// Typed contents as JSON `data`, when they are in the field the datatype reads (else
+/// the request has no JSON form: its gRPC error is about the field).
+fn contents_json(datatype: &str, c: &InferTensorContents) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let fields = [
+        ("BOOL", !c.bool_contents.is_empty(), json!(c.bool_contents)),
+        ("INT", !c.int_contents.is_empty(), json!(c.int_contents)),
+        (
+            "INT64",
+            !c.int64_contents.is_empty(),
+            json!(c.int64_contents),
+        ),
+        ("UINT", !c.uint_contents.is_empty(), json!(c.uint_contents)),
+        (
+            "UINT64",
+            !c.uint64_contents.is_empty(),
+            json!(c.uint64_contents),
+        ),
+        ("FP32", !c.fp32_contents.is_empty(), json!(c.fp32_contents)),
+        ("FP64", !c.fp64_contents.is_empty(), json!(c.fp64_contents)),
+        (
+            "BYTES",
+            !c.bytes_contents.is_empty(),
+            json!(c
+                .bytes_contents
+                .iter()
+                .map(|b| String::from_utf8(b.clone()).ok())
+                .collect::<Option<Vec<_>>>()?),
+        ),
+    ];
+    let field = match datatype {
+        "INT8" | "INT16" | "INT32" => "INT",
+        "UINT8" | "UINT16" | "UINT32" => "UINT",
+        other => other,
+    };
+    let used: Vec<&(&str, bool, serde_json::Value)> = fields.iter().filter(|f| f.1).collect();
+    match used.as_slice() {
+        [] => fields.iter().find(|f| f.0 == field).map(|f| f.2.clone()),
+        [(name, _, data)] if *name == field => Some(data.clone()),
+        _ => None,
+    }
+}
+
+/// The REST form of `r`: its path, and its body with the JSON header's length when
+/// binary tensors follow; `Err` with why when the request has no REST form.
+fn rest_form(r: &ModelInferRequest) -> Result<(String, Vec<u8>, usize), &'static str> {
+    use serde_json::{json, Value};
+    let raw = &r.raw_input_contents;
+    if !raw.is_empty() && raw.len() != r.inputs.len() {
+        return Err("raw contents that do not pair with inputs");
+    }
+    let mut binary = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, input) in r.inputs.iter().enumerate() {
+        let mut t = serde_json::Map::new();
+        t.insert("name".into(), json!(input.name));
+        t.insert("shape".into(), json!(input.shape));
+        t.insert("datatype".into(), json!(input.datatype));
+        let mut params = parameters_json(&input.parameters);
+        match (raw.get(i), &input.contents) {
+            (Some(_), Some(_)) => return Err("raw and typed contents together"),
+            (Some(bytes), None) => {
+                params.insert("binary_data_size".into(), json!(bytes.len()));
+                binary.extend_from_slice(bytes);
+            }
+            (None, Some(c)) => {
+                let data = contents_json(&input.datatype, c)
+                    .ok_or("typed contents in a field the datatype does not read")?;
+                t.insert("data".into(), data);
+            }
+            (None, None) => return Err("an input without data"),
+        }
+        if !params.is_empty() {
+            t.insert("parameters".into(), Value::Object(params));
+        }
+        inputs.push(Value::Object(t));
+    }
+    let outputs: Vec<Value> = r
+        .outputs
+        .iter()
+        .map(|o| json!({"name": o.name, "parameters": parameters_json(&o.parameters)}))
+        .collect();
+    let header = json!({
+        "id": r.id,
+        "parameters": parameters_json(&r.parameters),
+        "inputs": inputs,
+        "outputs": outputs,
+    });
+    let mut body = serde_json::to_vec(&header).expect("JSON");
+    let header_length = body.len();
+    body.extend_from_slice(&binary);
+    let mut path = format!("/v2/models/{}", segment(&r.model_name));
+    if !r.model_version.is_empty() {
+        path.push_str(&format!("/versions/{}", segment(&r.model_version)));
+    }
+    path.push_str("/infer");
+    Ok((path, body, header_length))
+}
+
+/// The same malformed requests over the REST listener (#15): each with a REST form gets
+/// the HTTP status of its gRPC code and the same message (one implementation behind
+/// both); a body over the size limit is 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_request_gets_the_matching_http_status_over_rest() {
+    let scheduler = Scheduler::start_full(
+        &format!("{TEST_SCHEDULER_CONFIG}max_message_bytes: 200000\n"),
+        &["--rest-listen", "127.0.0.1:0"],
+    );
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let url = scheduler.rest_url.clone().expect("REST listener");
+    let addr = url.trim_start_matches("http://").to_string();
+    let bearer = format!("Bearer {}", scheduler.admin_key());
+    let send = |request: &ModelInferRequest| {
+        let (path, body, length) = rest_form(request).expect("a REST form");
+        let length = length.to_string();
+        http(
+            &addr,
+            "POST",
+            &path,
+            &[
+                ("authorization", &bearer),
+                ("inference-header-content-length", &length),
+            ],
+            &body,
+        )
+    };
+    let valid = tokio::task::block_in_place(|| send(&image()));
+    assert_eq!(
+        valid.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&valid.body)
+    );
+
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    let mut without_form = Vec::new();
+    for (name, request, code, fragments) in cases() {
+        if let Err(why) = rest_form(&request) {
+            without_form.push(format!("{name} ({why})"));
+            continue;
+        }
+        sent += 1;
+        let answer = tokio::task::block_in_place(|| send(&request));
+        let want = if name == "message over the limit" {
+            413
+        } else {
+            expected_http(code)
+        };
+        if answer.status != want {
+            failures.push(format!(
+                "{name}: expected {want}, got {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ));
+            continue;
+        }
+        if want == 200 {
+            continue;
+        }
+        let message = answer.json()["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{name}: no error message"));
+        for fragment in fragments {
+            if !message.contains(fragment) {
+                failures.push(format!("{name}: '{message}' lacks '{fragment}'"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{sent} cases sent over REST; without a REST form: {without_form:?}");
+    assert!(
+        sent >= 45,
+        "only {sent} cases have a REST form; without one: {without_form:#?}"
+    );
+    let after = tokio::task::block_in_place(|| send(&image()));
+    assert_eq!(
+        after.status, 200,
+        "the REST listener serves after all of that"
     );
 }

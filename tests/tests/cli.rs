@@ -62,6 +62,8 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
             "up",
             "--listen",
             "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
             "--workers",
             "2",
             "--data-dir",
@@ -75,13 +77,21 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
         .spawn()
         .expect("start localml up");
     let pid = up.id();
+    let _stop = KillOnPanic(pid);
     let mut lines = BufReader::new(up.stdout.take().expect("stdout")).lines();
-    let endpoint = loop {
-        let line = lines
+    let mut next_line = || {
+        lines
             .next()
-            .expect("localml up exited before printing its endpoint")
-            .expect("read line");
-        if let Some(rest) = line.split("Triton gRPC): ").nth(1) {
+            .expect("localml up exited before printing its endpoints")
+            .expect("read line")
+    };
+    let endpoint = loop {
+        if let Some(rest) = next_line().split("Triton gRPC): ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    let rest_url = loop {
+        if let Some(rest) = next_line().split("Open Inference Protocol REST): ").nth(1) {
             break rest.trim().to_string();
         }
     };
@@ -140,6 +150,30 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
         "{stdout}"
     );
 
+    // The curl examples of the README and docs/rest.md, as written but for the port.
+    let port = rest_url.rsplit(':').next().expect("port");
+    for doc in ["README.md", "docs/rest.md"] {
+        let examples = curl_examples(doc);
+        assert!(examples.len() >= 3, "{doc}: {examples:?}");
+        for example in examples {
+            let command = example.replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
+            let out = Command::new("sh")
+                .args(["-c", &command])
+                .output()
+                .expect("run sh");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{doc}: {command}: {out:?}");
+            let expect = if example.contains("/infer") {
+                "\"logits\""
+            } else if example.contains("/health/ready") {
+                "{\"ready\":true}"
+            } else {
+                "\"name\":\"text_classifier\""
+            };
+            assert!(stdout.contains(expect), "{doc}: {command}: {stdout}");
+        }
+    }
+
     // SIGTERM stops everything.
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -162,6 +196,40 @@ fn localml_up_serves_infer_and_stops_without_orphans() {
     for w in workers {
         assert!(!alive(w), "worker process {w} outlived localml up");
     }
+}
+
+/// Kills a process when the test fails, so a failed test leaves no cluster behind (its
+/// workers exit with it: they watch its standard input).
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The `curl ... 127.0.0.1:8000` commands of `doc` (lines joined at a trailing `\\`).
+fn curl_examples(doc: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(doc)).expect("read doc");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if current.is_empty() && !(line.starts_with("curl -s") && line.contains("127.0.0.1:8000")) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(start) => current.push_str(start),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Triton's own benchmark tool drives localml (#12): perf_analyzer, unmodified, runs
-//! against the scheduler (with a key) and against a worker (with an operator certificate)
+//! against the scheduler (with a key, over gRPC and over REST) and against a worker (with
+//! an operator certificate)
 //! for a few seconds and reports a throughput. It needs the statistics Triton gives: the
 //! version that served, with an entry for every version before the first request.
 //!
@@ -48,7 +49,7 @@ fn throughput(dir: &std::path::Path, url: &str, args: &[&str], hosts: Option<&Pa
     };
     let out = command
         .env("LD_LIBRARY_PATH", dir.join("lib"))
-        .args(["-m", "image_classifier", "-u", url, "-i", "grpc", "-b", "1"])
+        .args(["-m", "image_classifier", "-u", url, "-b", "1"])
         .args(["--concurrency-range", "2"])
         // A few seconds at most: count windows of 100 requests, any spread taken as
         // stable (a shared CI machine is noisy; the figure is not what is tested).
@@ -80,14 +81,20 @@ async fn perf_analyzer_reports_a_throughput_through_the_scheduler_and_from_a_wor
     let Some(dir) = perf_analyzer_present() else {
         return;
     };
-    let scheduler = Scheduler::start();
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--rest-listen", "127.0.0.1:0"]);
     let worker = Worker::start("perf-worker", &scheduler, &[]);
     scheduler.wait_ready(&["perf-worker"]).await;
 
     // gRPC metadata keys are lowercase.
     let header = format!("authorization:Bearer {}", scheduler.admin_key());
-    let through_scheduler = throughput(&dir, &scheduler.addr, &["-H", &header], None);
+    let through_scheduler = throughput(&dir, &scheduler.addr, &["-i", "grpc", "-H", &header], None);
     assert!(through_scheduler > 0.0, "{through_scheduler}");
+    // The same over the REST listener (#15): JSON header, binary tensors, Triton's
+    // statistics as JSON.
+    let rest = scheduler.rest_url.clone().expect("REST URL");
+    let rest = rest.trim_start_matches("http://");
+    let over_http = throughput(&dir, rest, &["-i", "http", "-H", &header], None);
+    assert!(over_http > 0.0, "{over_http}");
 
     // The worker's certificate names it, and perf_analyzer has no option for the TLS
     // server name: it calls the worker by name, resolved by a hosts file of its own, as
@@ -101,6 +108,8 @@ async fn perf_analyzer_reports_a_throughput_through_the_scheduler_and_from_a_wor
         &dir,
         &format!("perf-worker:{port}"),
         &[
+            "-i",
+            "grpc",
             "--ssl-grpc-use-ssl",
             "true",
             "--ssl-grpc-root-certifications-file",
@@ -113,7 +122,7 @@ async fn perf_analyzer_reports_a_throughput_through_the_scheduler_and_from_a_wor
         Some(&hosts),
     );
     assert!(direct > 0.0, "{direct}");
-    eprintln!("perf_analyzer: {through_scheduler:.0} infer/s through the scheduler, {direct:.0} from the worker");
+    eprintln!("perf_analyzer: {through_scheduler:.0} infer/s through the scheduler, {over_http:.0} over its REST listener, {direct:.0} from the worker");
 }
 
 /// Threads in a process, from /proc.

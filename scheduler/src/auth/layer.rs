@@ -102,6 +102,16 @@ impl AuthState {
         (FAILURE_STEP * entry.0.saturating_sub(1)).min(FAILURE_CAP)
     }
 
+    /// How long to wait before answering a refusal from `ip`: failed keys (UNAUTHENTICATED)
+    /// cost more and more time per address; a missing scope costs none.
+    pub fn refusal_delay(&self, status: &Status, ip: Option<IpAddr>) -> Duration {
+        if status.code() == tonic::Code::Unauthenticated {
+            self.failed(ip)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// The caller of a request to `path` with these headers, or the status refusing it.
     pub fn decide(
         &self,
@@ -208,11 +218,7 @@ where
             }
             Err(status) => {
                 let ip = remote_ip(request.extensions());
-                let delay = if status.code() == tonic::Code::Unauthenticated {
-                    self.state.failed(ip)
-                } else {
-                    Duration::ZERO
-                };
+                let delay = self.state.refusal_delay(&status, ip);
                 tracing::debug!(path = request.uri().path(), code = ?status.code(), reason = status.message(), ?ip, "request refused");
                 Box::pin(async move {
                     tokio::time::sleep(delay).await;

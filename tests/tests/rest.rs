@@ -1,0 +1,351 @@
+//! The Open Inference Protocol over HTTP/REST (#15), against a real scheduler and worker:
+//! Triton's unmodified `tritonclient.http` with JSON and binary tensors, keys and scopes,
+//! the protocol's error bodies and statuses for HTTP-level mistakes, CORS, and TLS with
+//! the cluster CA (checked with curl).
+
+use std::process::Command;
+
+use localml_tests::*;
+
+/// The REST address (host:port) of a scheduler started with `--rest-listen`.
+fn rest_addr(scheduler: &Scheduler) -> String {
+    let url = scheduler
+        .rest_url
+        .clone()
+        .expect("the scheduler printed its REST URL");
+    url.split_once("://").expect("a URL").1.to_string()
+}
+
+fn error_of(answer: &HttpAnswer) -> String {
+    answer.json()["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {answer:?}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_http_runs_every_example_with_json_and_binary_data() {
+    if !tritonclient_available() {
+        return;
+    }
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--rest-listen", "127.0.0.1:0"]);
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let addr = rest_addr(&scheduler);
+    let out = tokio::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/tritonclient_http_check.py"))
+        .arg(&addr)
+        .arg(repo_root().join("examples/expected"))
+        .env("LOCALML_KEY", scheduler.admin_key())
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient.http check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("5 examples OK (JSON and binary)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() {
+    let scheduler = Scheduler::start_full(
+        &format!(
+            "{TEST_SCHEDULER_CONFIG}max_message_bytes: 100000\nrest_cors_origins: [\"http://kiosk.lan:3000\"]\n"
+        ),
+        &["--rest-listen", "127.0.0.1:0"],
+    );
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let addr = rest_addr(&scheduler);
+    let admin = format!("Bearer {}", scheduler.admin_key());
+    let infer_key = localml(&[
+        "keys",
+        "create",
+        "--server",
+        &scheduler.addr,
+        "--name",
+        "phone-app",
+        "--scope",
+        "infer",
+        "--models",
+        "image_classifier",
+    ])
+    .trim()
+    .to_string();
+    assert!(infer_key.starts_with("lmk_"), "{infer_key}");
+    let app = format!("Bearer {infer_key}");
+    let infer_path = "/v2/models/image_classifier/infer";
+    let image_json = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                    "data": vec![0.5f32; 3 * 32 * 32]}]
+    })
+    .to_string();
+    let post = |auth: &str, path: &str, extra: &[(&str, &str)], body: &[u8]| {
+        let mut headers = vec![("authorization", auth)];
+        headers.extend_from_slice(extra);
+        tokio::task::block_in_place(|| http(&addr, "POST", path, &headers, body))
+    };
+    let ok = post(&app, infer_path, &[], image_json.as_bytes());
+    assert_eq!(ok.status, 200, "{:?}", String::from_utf8_lossy(&ok.body));
+    let probabilities = ok.json()["outputs"][0]["data"].as_array().map(Vec::len);
+    assert_eq!(probabilities, Some(10));
+
+    // Keys: none, unknown, in the URL, lacking the model, lacking the scope.
+    let cases: Vec<(&str, HttpAnswer, u16, &str)> = vec![
+        (
+            "no key",
+            tokio::task::block_in_place(|| {
+                http(&addr, "POST", infer_path, &[], image_json.as_bytes())
+            }),
+            401,
+            "no API key",
+        ),
+        (
+            "unknown key",
+            post(
+                "Bearer lmk_0123456789abcdef_0123456789abcdef0123456789abcdef",
+                infer_path,
+                &[],
+                image_json.as_bytes(),
+            ),
+            401,
+            "",
+        ),
+        (
+            "key in the query string",
+            post(
+                &app,
+                &format!("{infer_path}?api_key={infer_key}"),
+                &[],
+                image_json.as_bytes(),
+            ),
+            400,
+            "send it in the Authorization header",
+        ),
+        (
+            "model the key may not use",
+            post(
+                &app,
+                "/v2/models/text_classifier/infer",
+                &[],
+                br#"{"inputs":[]}"#,
+            ),
+            403,
+            "text_classifier",
+        ),
+        (
+            "scope the key lacks",
+            post(&app, "/v2/repository/index", &[], b"{}"),
+            403,
+            "'admin' scope",
+        ),
+        // The protocol's mistakes.
+        (
+            "malformed JSON",
+            post(&app, infer_path, &[], b"{\"inputs\": [ {"),
+            400,
+            "invalid inference request JSON",
+        ),
+        (
+            "JSON over the size limit",
+            post(&app, infer_path, &[], &vec![b' '; 200_000]),
+            413,
+            "over the limit of 100000 bytes",
+        ),
+        (
+            "binary section shorter than its header says",
+            {
+                let header = br#"{"inputs":[{"name":"image","shape":[1,3,32,32],"datatype":"FP32","parameters":{"binary_data_size":12288}}]}"#;
+                let mut body = header.to_vec();
+                body.extend_from_slice(&[0u8; 100]);
+                let length = header.len().to_string();
+                post(
+                    &app,
+                    infer_path,
+                    &[("inference-header-content-length", &length)],
+                    &body,
+                )
+            },
+            400,
+            "binary_data_size 12288 is past the end of the body: 100 bytes",
+        ),
+        (
+            "header length past the body",
+            post(
+                &app,
+                infer_path,
+                &[("inference-header-content-length", "999999")],
+                image_json.as_bytes(),
+            ),
+            400,
+            "Inference-Header-Content-Length 999999 is past the end of the body",
+        ),
+        (
+            "unknown route",
+            tokio::task::block_in_place(|| {
+                http(&addr, "GET", "/v3/nothing", &[("authorization", &app)], b"")
+            }),
+            404,
+            "no route GET /v3/nothing",
+        ),
+        (
+            "wrong method",
+            tokio::task::block_in_place(|| {
+                http(&addr, "GET", infer_path, &[("authorization", &app)], b"")
+            }),
+            405,
+            "GET is not allowed",
+        ),
+        (
+            "unknown model",
+            tokio::task::block_in_place(|| {
+                http(
+                    &addr,
+                    "GET",
+                    "/v2/models/no_such_model",
+                    &[("authorization", &admin)],
+                    b"",
+                )
+            }),
+            404,
+            "unknown model 'no_such_model'",
+        ),
+        (
+            "repository API, not in this release",
+            post(&admin, "/v2/repository/index", &[], b"{}"),
+            501,
+            "RepositoryIndex is not implemented",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, answer, status, fragment) in &cases {
+        if answer.status != *status {
+            failures.push(format!(
+                "{name}: expected {status}, got {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ));
+            continue;
+        }
+        let message = error_of(answer);
+        if !message.contains(fragment) {
+            failures.push(format!("{name}: '{message}' lacks '{fragment}'"));
+        }
+        if message.contains(&infer_key) || message.contains(scheduler.admin_key().as_str()) {
+            failures.push(format!("{name}: the answer holds a key: {message}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // CORS: a listed origin is allowed (preflight and answer), another is not.
+    let preflight = |origin: &str| {
+        tokio::task::block_in_place(|| {
+            http(
+                &addr,
+                "OPTIONS",
+                infer_path,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    (
+                        "access-control-request-headers",
+                        "authorization,content-type",
+                    ),
+                ],
+                b"",
+            )
+        })
+    };
+    let allowed = preflight("http://kiosk.lan:3000");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("http://kiosk.lan:3000"),
+        "{allowed:?}"
+    );
+    assert!(allowed
+        .header("access-control-allow-headers")
+        .is_some_and(|h| h.contains("authorization")));
+    let other = preflight("http://elsewhere.lan");
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "{other:?}"
+    );
+    let answered = post(
+        &app,
+        infer_path,
+        &[("origin", "http://kiosk.lan:3000")],
+        image_json.as_bytes(),
+    );
+    assert_eq!(answered.status, 200);
+    assert_eq!(
+        answered.header("access-control-allow-origin"),
+        Some("http://kiosk.lan:3000")
+    );
+
+    // Health is public; the server still serves.
+    let ready = tokio::task::block_in_place(|| http(&addr, "GET", "/v2/health/ready", &[], b""));
+    assert_eq!(
+        (ready.status, ready.json()),
+        (200, serde_json::json!({"ready": true}))
+    );
+    let again = post(&app, infer_path, &[], image_json.as_bytes());
+    assert_eq!(again.status, 200, "serves after every mistake");
+}
+
+/// A REST listener with TLS serves HTTPS with the cluster CA's certificate, which curl
+/// verifies with `--cacert`; plain HTTP on it gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_over_tls_is_verified_with_the_cluster_ca() {
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--rest-listen", "127.0.0.1:0", "--client-tls", "required"],
+    );
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let url = scheduler.rest_url.clone().expect("REST URL");
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = scheduler.data_dir().join("ca.pem");
+    read_ca_pem(&scheduler.data_dir());
+    let bearer = format!("authorization: Bearer {}", scheduler.admin_key());
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "30"])
+            .args(args)
+            .output()
+            .expect("curl is installed (scripts/deps.sh --test)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca_arg = ca.to_string_lossy().into_owned();
+    let (ok, body, err) = tokio::task::block_in_place(|| {
+        curl(&[
+            "--cacert",
+            &ca_arg,
+            "-H",
+            &bearer,
+            &format!("{url}/v2/models/image_classifier"),
+        ])
+    });
+    assert!(ok, "{err}");
+    assert!(body.contains("\"name\":\"image_classifier\""), "{body}");
+    let (ok, _, err) = tokio::task::block_in_place(|| curl(&[&format!("{url}/v2/health/ready")]));
+    assert!(!ok, "curl without the CA must not trust the certificate");
+    assert!(err.contains("certificate"), "{err}");
+    let plain = url.replacen("https://", "http://", 1);
+    let (ok, body, _) =
+        tokio::task::block_in_place(|| curl(&[&format!("{plain}/v2/health/ready")]));
+    assert!(
+        !ok || !body.contains("ready"),
+        "plain HTTP answered: {body}"
+    );
+}
