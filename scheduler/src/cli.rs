@@ -166,13 +166,13 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     crate::run(config, listeners, shutdown_signal()).await
 }
 
-/// The REST listener's URL: `https://` when it serves TLS (see [`crate::rest_tls`]).
+/// The REST listener's URL: `https://` when it serves TLS ([`crate::server::serves_tls`]).
 pub fn rest_url(
     config: &SchedulerConfig,
     listener: &tokio::net::TcpListener,
 ) -> std::io::Result<String> {
     let addr = listener.local_addr()?;
-    let scheme = if crate::server::rest_tls(config, addr) {
+    let scheme = if crate::server::serves_tls(config, addr) {
         "https"
     } else {
         "http"

@@ -191,6 +191,30 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, nothing more. `*` is refused:
+/// every web page could then call the cluster with a key the browser holds.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Err(
+            "a wildcard lets every web site call the cluster; list the origins of your apps",
+        );
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err("expected scheme://host[:port], e.g. http://kiosk.lan:3000");
+    };
+    if !matches!(scheme, "http" | "https") {
+        return Err("the scheme must be http or https");
+    }
+    let valid = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !valid {
+        return Err("expected scheme://host[:port] with no path, e.g. http://kiosk.lan:3000");
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
@@ -229,6 +253,14 @@ impl SchedulerConfig {
         };
         if self.report_interval_ms == 0 {
             return invalid("report_interval_ms", "must be at least 1");
+        }
+        for origin in &self.rest_cors_origins {
+            if let Err(problem) = check_origin(origin) {
+                return Err(ConfigError::Invalid {
+                    field: "rest_cors_origins",
+                    problem: format!("has '{origin}': {problem}"),
+                });
+            }
         }
         if self.worker_grace_period_ms <= self.report_interval_ms {
             return invalid(
@@ -305,6 +337,29 @@ impl SchedulerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        for good in [
+            "http://kiosk.lan:3000",
+            "https://10.0.0.5",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(check_origin(good), Ok(()), "{good}");
+        }
+        for bad in ["*", "kiosk.lan", "ftp://x", "http://x/path", "http://"] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+        let config = SchedulerConfig {
+            rest_cors_origins: vec!["*".into()],
+            ..Default::default()
+        };
+        let err = config.validate().expect_err("wildcard refused").to_string();
+        assert!(
+            err.contains("rest_cors_origins") && err.contains("wildcard"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn validation_names_the_field() {

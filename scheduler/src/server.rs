@@ -32,13 +32,64 @@ pub struct Listeners {
     pub rest: Option<TcpListener>,
 }
 
-/// Whether the REST listener on `addr` serves TLS: as the client port decides for its
-/// own address.
-pub fn rest_tls(config: &SchedulerConfig, addr: std::net::SocketAddr) -> bool {
+/// Whether a client listener (the gRPC client port, the REST listener) on `addr` serves
+/// TLS: on one reachable from the LAN unless `--insecure`, or as `client_tls` says.
+pub fn serves_tls(config: &SchedulerConfig, addr: std::net::SocketAddr) -> bool {
     match config.client_tls {
         crate::auth::ClientTls::Required => true,
         crate::auth::ClientTls::Off => false,
         crate::auth::ClientTls::Auto => !addr.ip().is_loopback() && !config.insecure,
+    }
+}
+
+/// What a client listener (gRPC client port or REST) asks of its callers, by its address
+/// (docs/security.md): one policy for both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSecurity {
+    pub keys_required: bool,
+    pub tls: bool,
+    /// Keys not required on a loopback listener: only local programs reach it.
+    pub open_loopback: bool,
+    /// What `--insecure` leaves open, for the log and `/readyz`.
+    pub warning: Option<String>,
+}
+
+impl ListenerSecurity {
+    /// The policy for the listener `what` on `addr`; a LAN listener without TLS is an
+    /// error unless `--insecure`.
+    pub fn decide(
+        config: &SchedulerConfig,
+        what: &str,
+        addr: std::net::SocketAddr,
+    ) -> Result<ListenerSecurity, config::ConfigError> {
+        let loopback = addr.ip().is_loopback();
+        let keys_required =
+            config.auth == crate::auth::AuthMode::Required || (!loopback && !config.insecure);
+        let tls = serves_tls(config, addr);
+        if !loopback && !tls && !config.insecure {
+            return Err(config::ConfigError::Invalid {
+                field: "client_tls",
+                problem: format!("is off, but the {what} {addr} is reachable from the LAN: keys would cross it in clear text; serve TLS, listen on loopback, or pass --insecure"),
+            });
+        }
+        let warning = (!loopback && config.insecure).then(|| {
+            format!(
+                "--insecure: the {what} {addr} is reachable from the LAN{}{}; anyone on the network can read what clients send{}",
+                if keys_required { "" } else { " without API keys" },
+                if tls { "" } else { " without TLS" },
+                if keys_required { "" } else { ", run inference, read jobs and change the cluster" }
+            )
+        });
+        if let Some(w) = &warning {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(%addr, keys_required, tls, "{what} authentication");
+        Ok(ListenerSecurity {
+            keys_required,
+            tls,
+            open_loopback: loopback && !keys_required,
+            warning,
+        })
     }
 }
 
@@ -86,74 +137,33 @@ pub async fn run(
         .await
         .map_err(crate::auth::keys::BootstrapError::from)?;
     let client_addr = listeners.clients.local_addr()?;
-    let loopback = client_addr.ip().is_loopback();
-    let keys_required =
-        config.auth == crate::auth::AuthMode::Required || (!loopback && !config.insecure);
-    let client_tls = match config.client_tls {
-        crate::auth::ClientTls::Required => true,
-        crate::auth::ClientTls::Off => false,
-        crate::auth::ClientTls::Auto => !loopback && !config.insecure,
-    };
-    if !loopback && !client_tls && !config.insecure {
-        return Err(config::ConfigError::Invalid {
-            field: "client_tls",
-            problem: format!("is off, but the client listener {client_addr} is reachable from the LAN: keys would cross it in clear text; serve TLS, listen on loopback, or pass --insecure"),
-        }
-        .into());
-    }
     let mut warnings = Vec::new();
-    if !loopback && config.insecure {
-        let warning = format!("--insecure: the client port {client_addr} is reachable from the LAN{}{}; anyone on the network can read what clients send{}",
-            if keys_required { "" } else { " without API keys" },
-            if client_tls { "" } else { " without TLS" },
-            if keys_required { "" } else { ", run inference, read jobs and change the cluster" });
-        tracing::warn!(listen = %config.listen, "{warning}");
-        warnings.push(warning);
-    }
-    tracing::info!(
+    let client = ListenerSecurity::decide(&config, "client port", client_addr)?;
+    warnings.extend(client.warning.clone());
+    let (keys_required, client_tls) = (client.keys_required, client.tls);
+    let auth_state = Arc::new(crate::auth::layer::AuthState::new(
+        Arc::clone(&ring),
         keys_required,
-        tls = client_tls,
-        "client port authentication"
-    );
+    ));
     let auth = crate::auth::layer::AuthLayer {
-        state: Arc::new(crate::auth::layer::AuthState::new(
-            Arc::clone(&ring),
-            keys_required,
-        )),
+        state: Arc::clone(&auth_state),
     };
-    // The REST listener: keys and TLS as the client port's rules give for its address.
-    let rest_settings = match &listeners.rest {
-        None => None,
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let loopback = addr.ip().is_loopback();
-            let tls = rest_tls(&config, addr);
-            if !loopback && !tls && !config.insecure {
-                return Err(config::ConfigError::Invalid {
-                    field: "client_tls",
-                    problem: format!("is off, but the REST listener {addr} is reachable from the LAN: keys would cross it in clear text; serve TLS, listen on loopback, or pass --insecure"),
-                }
-                .into());
-            }
-            let required =
-                config.auth == crate::auth::AuthMode::Required || (!loopback && !config.insecure);
-            if !loopback && config.insecure {
-                let warning = format!(
-                    "--insecure: the REST listener {addr} is reachable from the LAN{}{}",
-                    if required { "" } else { " without API keys" },
-                    if tls { "" } else { " without TLS" }
-                );
-                tracing::warn!("{warning}");
-                warnings.push(warning);
-            }
-            tracing::info!(%addr, keys_required = required, tls, "REST listener");
-            Some((required, tls))
+    let rest_addr = listeners
+        .rest
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let rest_security = match rest_addr {
+        Some(addr) => {
+            let security = ListenerSecurity::decide(&config, "REST listener", addr)?;
+            warnings.extend(security.warning.clone());
+            Some(security)
         }
+        None => None,
     };
-    let hosts = crate::trust::listener_hosts(
-        &[listeners.cluster.local_addr()?, client_addr],
-        &config.tls_sans,
-    );
+    let mut listening = vec![listeners.cluster.local_addr()?, client_addr];
+    listening.extend(rest_addr);
+    let hosts = crate::trust::listener_hosts(&listening, &config.tls_sans);
     let ca_files = config
         .ca_cert_file
         .as_deref()
@@ -359,9 +369,9 @@ pub async fn run(
             wait(stopped.clone()),
         ))
     });
-    let rest = match (listeners.rest, rest_settings) {
-        (Some(listener), Some((required, tls))) => {
-            let tls = match tls {
+    let rest = match (listeners.rest, rest_security) {
+        (Some(listener), Some(security)) => {
+            let tls = match security.tls {
                 true => Some(
                     crate::rest::tls_config(&identity.cert_pem, &identity.key_pem)
                         .map_err(crate::trust::TrustStateError::File)?,
@@ -370,17 +380,16 @@ pub async fn run(
             };
             let state = Arc::new(crate::rest::Rest {
                 inference: OipService(Arc::clone(&scheduler_inference)),
-                auth: Arc::new(crate::auth::layer::AuthState::new(
-                    Arc::clone(&ring),
-                    required,
-                )),
+                // One count of failed keys per address for both protocols.
+                auth: Arc::new(auth_state.with_required(security.keys_required)),
                 max_body_bytes: config.max_message_bytes,
+                open_loopback: security.open_loopback,
+                cors_origins: config.rest_cors_origins.clone(),
             });
             let listener = crate::rest::RestListener::new(listener, tls)?;
             Some(tokio::spawn(crate::rest::serve(
                 listener,
                 state,
-                config.rest_cors_origins.clone(),
                 wait(stopped.clone()),
             )))
         }
@@ -407,7 +416,14 @@ pub async fn run(
         let _ = http.await;
     }
     if let Some(rest) = rest {
-        let _ = rest.await;
+        // Requests still in flight get a while; a client that never finishes its upload
+        // does not keep the scheduler from stopping.
+        match tokio::time::timeout(std::time::Duration::from_secs(30), rest).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("the REST listener failed: {e}"),
+            Ok(Err(e)) => tracing::warn!("the REST listener stopped: {e}"),
+            Err(_) => tracing::warn!("REST requests still in flight after 30 s; stopping anyway"),
+        }
     }
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;

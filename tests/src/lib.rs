@@ -721,9 +721,22 @@ pub async fn check_with_tritonclient(addr: &str, key: Option<&str>) {
 /// As [`check_with_tritonclient`], over TLS verified with the CA in `ca` (PEM) when given
 /// (`ssl=True, root_certificates=...`).
 pub async fn check_with_tritonclient_tls(addr: &str, key: Option<&str>, ca: Option<&Path>) {
+    let stdout = run_python_check("tritonclient_check.py", addr, key, ca).await;
+    assert!(stdout.contains("examples OK"), "{stdout}");
+}
+
+/// Runs `tests/python/SCRIPT ADDR examples/expected` with `LOCALML_KEY` and `LOCALML_CA`
+/// set from `key` and `ca`; its standard output, or a panic with its output when it
+/// fails.
+pub async fn run_python_check(
+    script: &str,
+    addr: &str,
+    key: Option<&str>,
+    ca: Option<&Path>,
+) -> String {
     let mut command = tokio::process::Command::new("python3");
     command
-        .arg(repo_root().join("tests/python/tritonclient_check.py"))
+        .arg(repo_root().join("tests/python").join(script))
         .arg(addr)
         .arg(repo_root().join("examples/expected"))
         .env_remove("LOCALML_KEY")
@@ -735,14 +748,14 @@ pub async fn check_with_tritonclient_tls(addr: &str, key: Option<&str>, ca: Opti
         command.env("LOCALML_CA", ca);
     }
     let out = command.output().await.expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "tritonclient check (key: {}) failed:\n{stdout}\n{}",
+        "{script} (key: {}) failed:\n{stdout}\n{}",
         key.is_some(),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("examples OK"), "{stdout}");
+    stdout
 }
 
 /// Sends the log of every process this test binary starts from now on to `path`, at
@@ -985,7 +998,8 @@ pub fn http_raw(addr: &str, request: &[u8]) -> HttpAnswer {
     }
 }
 
-/// An HTTP/1.0 request with `headers` and `body` (Content-Length added).
+/// An HTTP/1.0 request with `headers` and `body` (Content-Length added; `Host` too unless
+/// `headers` has one).
 pub fn http(
     addr: &str,
     method: &str,
@@ -993,7 +1007,14 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpAnswer {
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\n");
+    // `Host: addr` unless the caller names its own.
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -729,25 +729,9 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
-fn parameter_json(p: &InferParameter) -> serde_json::Value {
-    use serde_json::json;
-    match &p.parameter_choice {
-        Some(ParameterChoice::BoolParam(b)) => json!(b),
-        Some(ParameterChoice::Int64Param(i)) => json!(i),
-        Some(ParameterChoice::Uint64Param(u)) => json!(u),
-        Some(ParameterChoice::DoubleParam(d)) => json!(d),
-        Some(ParameterChoice::StringParam(s)) => json!(s),
-        None => serde_json::Value::Null,
-    }
-}
-
-fn parameters_json(
-    map: &std::collections::HashMap<String, InferParameter>,
-) -> serde_json::Map<String, serde_json::Value> {
-    map.iter()
-        .map(|(k, v)| (k.clone(), parameter_json(v)))
-        .collect()
-}
+/// The scheduler's own encoding of parameters: what the REST form of a request is made
+/// of is not under test here, the answers are.
+use localml_scheduler::rest::codec::parameters_json;
 
 /// Typed contents as JSON `data`, when they are in the field the datatype reads (else
 /// the request has no JSON form: its gRPC error is about the field).

@@ -32,20 +32,8 @@ async fn tritonclient_http_runs_every_example_with_json_and_binary_data() {
     let _w = Worker::start("w", &scheduler, &[]);
     scheduler.wait_ready(&["w"]).await;
     let addr = rest_addr(&scheduler);
-    let out = tokio::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/tritonclient_http_check.py"))
-        .arg(&addr)
-        .arg(repo_root().join("examples/expected"))
-        .env("LOCALML_KEY", scheduler.admin_key())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tritonclient.http check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let key = scheduler.admin_key();
+    let stdout = run_python_check("tritonclient_http_check.py", &addr, Some(&key), None).await;
     assert!(
         stdout.contains("5 examples OK (JSON and binary)"),
         "{stdout}"
@@ -109,13 +97,13 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
         (
             "unknown key",
             post(
-                "Bearer lmk_0123456789abcdef_0123456789abcdef0123456789abcdef",
+                &format!("Bearer lmk_0123456789abcdef.{}", "ab".repeat(32)),
                 infer_path,
                 &[],
                 image_json.as_bytes(),
             ),
             401,
-            "",
+            "unknown API key",
         ),
         (
             "key in the query string",
@@ -215,6 +203,34 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
             }),
             404,
             "unknown model 'no_such_model'",
+        ),
+        (
+            "compressed body",
+            post(
+                &app,
+                infer_path,
+                &[("content-encoding", "gzip")],
+                image_json.as_bytes(),
+            ),
+            415,
+            "Content-Encoding 'gzip' is not supported",
+        ),
+        (
+            "key in the query string, percent-encoded",
+            post(
+                &app,
+                &format!("{infer_path}?x={}", infer_key.replacen('_', "%5F", 1)),
+                &[],
+                image_json.as_bytes(),
+            ),
+            400,
+            "Authorization header",
+        ),
+        (
+            "repository path that is not UTF-8",
+            post(&admin, "/v2/repository/models/%FF/load", &[], b"{}"),
+            400,
+            "invalid path",
         ),
         (
             "repository API, not in this release",
@@ -347,5 +363,113 @@ async fn rest_over_tls_is_verified_with_the_cluster_ca() {
     assert!(
         !ok || !body.contains("ready"),
         "plain HTTP answered: {body}"
+    );
+}
+
+/// An open loopback listener (`localml up`: no keys) answers this PC's programs only: a
+/// request addressed to another host name (DNS rebinding) or sent by a web page of
+/// another origin is refused; localhost and the listed origins pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loopback_listener_refuses_web_pages_and_rebound_names() {
+    let scheduler = Scheduler::start_full(
+        &format!("{TEST_SCHEDULER_CONFIG}rest_cors_origins: [\"http://kiosk.lan:3000\"]\n"),
+        &["--auth", "auto", "--rest-listen", "127.0.0.1:0"],
+    );
+    let addr = rest_addr(&scheduler);
+    let get = |headers: &[(&str, &str)]| {
+        tokio::task::block_in_place(|| http(&addr, "GET", "/v2", headers, b""))
+    };
+    let local = get(&[]);
+    assert_eq!(local.status, 200, "{local:?}");
+    let port = addr.rsplit(':').next().expect("port");
+    let named = get(&[("host", &format!("localhost:{port}"))]);
+    assert_eq!(named.status, 200, "{named:?}");
+    let rebound = get(&[("host", "evil.example:8000")]);
+    assert_eq!(rebound.status, 403, "{rebound:?}");
+    assert!(error_of(&rebound).contains("DNS rebinding"));
+    let web_page = get(&[("origin", "http://evil.example")]);
+    assert_eq!(web_page.status, 403, "{web_page:?}");
+    assert!(error_of(&web_page).contains("rest_cors_origins"));
+    let listed = get(&[("origin", "http://kiosk.lan:3000")]);
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let own = get(&[("origin", &format!("http://127.0.0.1:{port}"))]);
+    assert_eq!(own.status, 200, "{own:?}");
+}
+
+fn lan_address() -> std::net::IpAddr {
+    if_addrs::get_if_addrs()
+        .expect("list this PC's addresses")
+        .into_iter()
+        .find(|i| !i.is_loopback() && !i.is_link_local() && i.ip().is_ipv4())
+        .map(|i| i.ip())
+        .expect("this PC has no IPv4 address but loopback")
+}
+
+/// On an address reachable from the LAN the REST listener serves HTTPS with a key
+/// required, by default; without TLS and without --insecure the scheduler does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_listener_on_the_lan_requires_tls_and_keys_unless_insecure() {
+    let lan = lan_address();
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--auth", "auto", "--rest-listen", &format!("{lan}:0")],
+    );
+    let url = scheduler.rest_url.clone().expect("REST URL");
+    assert!(url.starts_with(&format!("https://{lan}:")), "{url}");
+    read_ca_pem(&scheduler.data_dir());
+    let ca = scheduler
+        .data_dir()
+        .join("ca.pem")
+        .to_string_lossy()
+        .into_owned();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["--silent", "--max-time", "30", "--cacert", &ca])
+            .args(["--write-out", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl is installed (scripts/deps.sh --test)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The certificate covers the REST address: curl verifies it with the cluster CA.
+    let no_key =
+        tokio::task::block_in_place(|| curl(&[&format!("{url}/v2/models/image_classifier")]));
+    assert!(
+        no_key.ends_with("401"),
+        "keys required on the LAN: {no_key}"
+    );
+    let bearer = format!("authorization: Bearer {}", scheduler.admin_key());
+    let with_key = tokio::task::block_in_place(|| curl(&["-H", &bearer, &format!("{url}/v2")]));
+    assert!(
+        with_key.ends_with("200") && with_key.contains("binary_tensor_data"),
+        "{with_key}"
+    );
+
+    let dir = TempDir::new("rest-tls-off");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(bin("localml-scheduler"))
+            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+            .args([
+                "--rest-listen",
+                &format!("{lan}:0"),
+                "--client-tls",
+                "off",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output(),
+    )
+    .await
+    .expect("the scheduler refuses at once")
+    .expect("run the scheduler");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with a clear-text LAN REST listener"
+    );
+    assert!(
+        stderr.contains("the REST listener") && stderr.contains("--insecure"),
+        "{stderr}"
     );
 }

@@ -69,7 +69,8 @@ pub struct AuthState {
     pub ring: Arc<KeyRing>,
     /// Keys required even without a key presented (else a request without one passes).
     pub required: bool,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Recent failures per address, shared by the listeners made [`AuthState::with_required`].
+    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
 }
 
 impl AuthState {
@@ -77,7 +78,17 @@ impl AuthState {
         AuthState {
             ring,
             required,
-            failures: Mutex::new(HashMap::new()),
+            failures: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The same keys and the same count of failures per address, for another listener
+    /// with its own `required` (a guess costs as much time on either listener).
+    pub fn with_required(&self, required: bool) -> AuthState {
+        AuthState {
+            ring: Arc::clone(&self.ring),
+            required,
+            failures: Arc::clone(&self.failures),
         }
     }
 

@@ -20,7 +20,7 @@ use localml_proto::inference::model_infer_request::{InferInputTensor, InferReque
 use localml_proto::inference::*;
 use localml_proto::tensor::{element_count, DataType, TensorData};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
@@ -469,7 +469,8 @@ fn parameter_json(p: &InferParameter) -> Value {
     }
 }
 
-fn parameters_json(map: &HashMap<String, InferParameter>) -> Map<String, Value> {
+/// gRPC parameters as a JSON object, keys sorted.
+pub fn parameters_json(map: &HashMap<String, InferParameter>) -> Map<String, Value> {
     let mut keys: Vec<&String> = map.keys().collect();
     keys.sort();
     keys.into_iter()
@@ -483,6 +484,56 @@ fn parameters_json(map: &HashMap<String, InferParameter>) -> Map<String, Value> 
 pub struct Encoded {
     pub body: Vec<u8>,
     pub header_length: Option<usize>,
+}
+
+/// The JSON of an inference answer, written straight from the tensors (no tree of JSON
+/// values: an output of N elements costs its text, not N boxed values).
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: Map<String, Value>,
+    outputs: Vec<OutputJsonOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputJsonOut<'a> {
+    name: &'a str,
+    datatype: &'a str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<DataJson>,
+}
+
+/// Tensor elements as a flat JSON array. BYTES elements are strings (bytes that are not
+/// UTF-8 are replaced; ask for binary data to get them exactly); NaN and infinities,
+/// which JSON cannot write, are null.
+struct DataJson(TensorData);
+
+impl Serialize for DataJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            TensorData::Bool(v) => s.collect_seq(v),
+            TensorData::Uint8(v) => s.collect_seq(v),
+            TensorData::Uint16(v) => s.collect_seq(v),
+            TensorData::Uint32(v) => s.collect_seq(v),
+            TensorData::Uint64(v) => s.collect_seq(v),
+            TensorData::Int8(v) => s.collect_seq(v),
+            TensorData::Int16(v) => s.collect_seq(v),
+            TensorData::Int32(v) => s.collect_seq(v),
+            TensorData::Int64(v) => s.collect_seq(v),
+            TensorData::Fp16(v) => s.collect_seq(v.iter().map(|x| f32::from(*x))),
+            // serde_json writes an f32 as its shortest text: 0.1f32 reads 0.1.
+            TensorData::Fp32(v) => s.collect_seq(v),
+            TensorData::Fp64(v) => s.collect_seq(v),
+            TensorData::Bytes(v) => s.collect_seq(v.iter().map(|b| String::from_utf8_lossy(b))),
+        }
+    }
 }
 
 /// Encodes an inference response as JSON, with the outputs `binary` selects as binary
@@ -512,37 +563,32 @@ pub fn infer_response(
         } else {
             return Err(format!("output '{}' came without data", output.name));
         };
-        let mut params = parameters_json(&output.parameters);
-        let mut entry = Map::new();
-        entry.insert("name".into(), json!(output.name));
-        entry.insert("datatype".into(), json!(output.datatype));
-        entry.insert("shape".into(), json!(output.shape));
-        if binary.binary(&output.name) {
-            params.insert("binary_data_size".into(), json!(content.len()));
-            entry.insert("parameters".into(), Value::Object(params));
+        let mut parameters = parameters_json(&output.parameters);
+        let data = if binary.binary(&output.name) {
+            parameters.insert("binary_data_size".into(), json!(content.len()));
             sections.push(content);
+            None
         } else {
-            if !params.is_empty() {
-                entry.insert("parameters".into(), Value::Object(params));
-            }
             let data = TensorData::from_raw(datatype, &output.shape, &content)
                 .map_err(|e| format!("output '{}': {e}", output.name))?;
-            entry.insert("data".into(), data_json(&data));
-        }
-        outputs.push(Value::Object(entry));
+            Some(DataJson(data))
+        };
+        outputs.push(OutputJsonOut {
+            name: &output.name,
+            datatype: &output.datatype,
+            shape: &output.shape,
+            parameters,
+            data,
+        });
     }
-    let mut head = Map::new();
-    head.insert("model_name".into(), json!(response.model_name));
-    head.insert("model_version".into(), json!(response.model_version));
-    if !response.id.is_empty() {
-        head.insert("id".into(), json!(response.id));
-    }
-    let params = parameters_json(&response.parameters);
-    if !params.is_empty() {
-        head.insert("parameters".into(), Value::Object(params));
-    }
-    head.insert("outputs".into(), Value::Array(outputs));
-    let mut body = serde_json::to_vec(&Value::Object(head)).map_err(|e| e.to_string())?;
+    let head = ResponseJson {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: &response.id,
+        parameters: parameters_json(&response.parameters),
+        outputs,
+    };
+    let mut body = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
     if sections.is_empty() {
         return Ok(Encoded {
             body,
@@ -558,46 +604,6 @@ pub fn infer_response(
         body,
         header_length: Some(header_length),
     })
-}
-
-/// Tensor elements as a flat JSON array. BYTES elements are strings (bytes that are not
-/// UTF-8 are replaced; ask for binary data to get them exactly).
-fn data_json(data: &TensorData) -> Value {
-    fn floats(v: impl Iterator<Item = f64>) -> Value {
-        // NaN and infinities have no JSON form: null, as serde_json writes them.
-        Value::Array(v.map(|x| json!(x)).collect())
-    }
-    match data {
-        TensorData::Bool(v) => json!(v),
-        TensorData::Uint8(v) => json!(v),
-        TensorData::Uint16(v) => json!(v),
-        TensorData::Uint32(v) => json!(v),
-        TensorData::Uint64(v) => json!(v),
-        TensorData::Int8(v) => json!(v),
-        TensorData::Int16(v) => json!(v),
-        TensorData::Int32(v) => json!(v),
-        TensorData::Int64(v) => json!(v),
-        TensorData::Fp16(v) => floats(v.iter().map(|x| f64::from(f32::from(*x)))),
-        // Through f32's shortest text, so 0.1f32 reads 0.1, not 0.10000000149011612.
-        TensorData::Fp32(v) => Value::Array(v.iter().map(|x| f32_json(*x)).collect()),
-        TensorData::Fp64(v) => floats(v.iter().copied()),
-        TensorData::Bytes(v) => Value::Array(
-            v.iter()
-                .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
-                .collect(),
-        ),
-    }
-}
-
-fn f32_json(x: f32) -> Value {
-    if !x.is_finite() {
-        return Value::Null;
-    }
-    // f32's shortest decimal, read back as the f64 nearest to it.
-    x.to_string()
-        .parse::<f64>()
-        .map(|f| json!(f))
-        .unwrap_or(Value::Null)
 }
 
 /// ServerMetadata as the REST body of `GET /v2`.

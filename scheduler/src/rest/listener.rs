@@ -29,10 +29,52 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Rest
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections (and handshakes) at once; the next waits in the kernel's backlog until
+/// one closes, so a flood of idle connections cannot exhaust memory or descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection holding its place among [`MAX_CONNECTIONS`] until it closes.
+pub struct Limited {
+    io: Box<dyn Connection>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Accepted connections, ready for HTTP.
 pub struct RestListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(Box<dyn Connection>, SocketAddr)>,
+    ready: mpsc::Receiver<(Limited, SocketAddr)>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
@@ -49,10 +91,14 @@ impl RestListener {
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> std::io::Result<RestListener> {
         let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel::<(Box<dyn Connection>, SocketAddr)>(64);
+        let (tx, ready) = mpsc::channel::<(Limited, SocketAddr)>(64);
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let acceptor = tokio::spawn(async move {
             let tls = tls.map(tokio_rustls::TlsAcceptor::from);
             loop {
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                    return;
+                };
                 let (stream, remote) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -64,7 +110,11 @@ impl RestListener {
                 };
                 let _ = stream.set_nodelay(true);
                 let Some(tls) = tls.clone() else {
-                    if tx.send((Box::new(stream), remote)).await.is_err() {
+                    let io = Limited {
+                        io: Box::new(stream),
+                        _permit: permit,
+                    };
+                    if tx.send((io, remote)).await.is_err() {
                         return;
                     }
                     continue;
@@ -73,7 +123,11 @@ impl RestListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send((Box::new(stream), remote)).await;
+                            let io = Limited {
+                                io: Box::new(stream),
+                                _permit: permit,
+                            };
+                            let _ = tx.send((io, remote)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, "REST TLS handshake failed: {e}")
@@ -92,7 +146,7 @@ impl RestListener {
 }
 
 impl axum::serve::Listener for RestListener {
-    type Io = Box<dyn Connection>;
+    type Io = Limited;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

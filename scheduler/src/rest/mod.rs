@@ -39,6 +39,12 @@ pub struct Rest {
     pub auth: Arc<AuthState>,
     /// The largest request body read (`max_message_bytes`); a larger one is 413.
     pub max_body_bytes: usize,
+    /// A loopback listener without keys: only requests addressed to this PC by name
+    /// (`Host`), and from no other web origin than listed, are answered, so a web page in
+    /// the operator's browser cannot use it (DNS rebinding, cross-site requests).
+    pub open_loopback: bool,
+    /// Origins of browser apps allowed to call (CORS; `rest_cors_origins`).
+    pub cors_origins: Vec<String>,
 }
 
 /// The HTTP status the Open Inference Protocol (and Triton) give a gRPC code.
@@ -127,6 +133,20 @@ impl Rest {
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let principal = self.authorize(method, caller).await?;
+        self.call_as(principal, message, f).await
+    }
+
+    /// Calls a gRPC method with `message` as `principal` (already authorized).
+    async fn call_as<T, R, F, Fut>(
+        self: &Arc<Self>,
+        principal: Option<Principal>,
+        message: T,
+        f: F,
+    ) -> Result<R, Response>
+    where
+        F: FnOnce(Arc<Self>, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
         let mut request = tonic::Request::new(message);
         if let Some(p) = principal {
             request.extensions_mut().insert(p);
@@ -168,11 +188,21 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-fn path_params(
-    path: Result<Path<ModelPath>, axum::extract::rejection::PathRejection>,
-) -> Result<ModelPath, Response> {
-    path.map(|Path(p)| p)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))
+/// A route's model and version; a path that does not decode is a JSON 400.
+struct Model(ModelPath);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Model {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Model, Response> {
+        Path::<ModelPath>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| Model(p))
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))
+    }
 }
 
 async fn server_live(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer {
@@ -218,15 +248,15 @@ async fn server_metadata(State(rest): State<Arc<Rest>>, caller: Caller) -> Answe
             |r, q| async move { r.inference.server_metadata(q).await },
         )
         .await?;
-    Ok(json_ok(codec::server_metadata(&r)))
+    let mut metadata = codec::server_metadata(&r);
+    // Over HTTP the scheduler also takes and gives binary tensors.
+    if let Some(extensions) = metadata["extensions"].as_array_mut() {
+        extensions.push(json!("binary_tensor_data"));
+    }
+    Ok(json_ok(metadata))
 }
 
-async fn model_metadata(
-    State(rest): State<Arc<Rest>>,
-    path: Result<Path<ModelPath>, axum::extract::rejection::PathRejection>,
-    caller: Caller,
-) -> Answer {
-    let p = path_params(path)?;
+async fn model_metadata(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
     let message = ModelMetadataRequest {
         name: p.model,
         version: p.version,
@@ -239,12 +269,7 @@ async fn model_metadata(
     Ok(json_ok(codec::model_metadata(&r)))
 }
 
-async fn model_ready(
-    State(rest): State<Arc<Rest>>,
-    path: Result<Path<ModelPath>, axum::extract::rejection::PathRejection>,
-    caller: Caller,
-) -> Answer {
-    let p = path_params(path)?;
+async fn model_ready(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
     let message = ModelReadyRequest {
         name: p.model,
         version: p.version,
@@ -257,12 +282,7 @@ async fn model_ready(
     Ok(readiness(r.ready, "ready"))
 }
 
-async fn model_config(
-    State(rest): State<Arc<Rest>>,
-    path: Result<Path<ModelPath>, axum::extract::rejection::PathRejection>,
-    caller: Caller,
-) -> Answer {
-    let p = path_params(path)?;
+async fn model_config(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
     let message = ModelConfigRequest {
         name: p.model,
         version: p.version,
@@ -278,10 +298,9 @@ async fn model_config(
 
 async fn model_statistics(
     State(rest): State<Arc<Rest>>,
-    path: Result<Path<ModelPath>, axum::extract::rejection::PathRejection>,
+    Model(p): Model,
     caller: Caller,
 ) -> Answer {
-    let p = path_params(path)?;
     statistics(rest, p, caller).await
 }
 
@@ -308,11 +327,10 @@ async fn statistics(rest: Arc<Rest>, p: ModelPath, caller: Caller) -> Answer {
 
 async fn model_infer(
     State(rest): State<Arc<Rest>>,
-    path: Result<Path<ModelPath>, axum::extract::rejection::PathRejection>,
+    Model(p): Model,
     caller: Caller,
     body: Body,
 ) -> Answer {
-    let p = path_params(path)?;
     // The key first: a caller without one does not get to send a large body.
     let principal = rest.authorize("ModelInfer", &caller).await?;
     let body = read_body(&caller.headers, body, rest.max_body_bytes).await?;
@@ -327,16 +345,11 @@ async fn model_infer(
     };
     let parsed = codec::infer_request(&p.model, &p.version, body, header_length)
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
-    let mut request = tonic::Request::new(parsed.request);
-    if let Some(p) = principal {
-        request.extensions_mut().insert(p);
-    }
     let response = rest
-        .inference
-        .model_infer(request)
-        .await
-        .map_err(|s| status_response(&s))?
-        .into_inner();
+        .call_as(principal, parsed.request, |r, q| async move {
+            r.inference.model_infer(q).await
+        })
+        .await?;
     let encoded = codec::infer_response(&response, &parsed.binary_outputs).map_err(|e| {
         tracing::warn!(model = %response.model_name, "cannot encode a worker's answer: {e}");
         error(
@@ -364,6 +377,9 @@ async fn model_infer(
     Ok(answer)
 }
 
+/// How long a client has to send its request body (64 MiB at 1 MB/s takes about a minute).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The request body, at most `limit` bytes (413 beyond, before reading it when
 /// Content-Length says so).
 async fn read_body(
@@ -384,7 +400,17 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    read.map_err(|e| {
         let length_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if length_limit {
@@ -415,13 +441,9 @@ async fn repository_index(State(rest): State<Arc<Rest>>, caller: Caller) -> Answ
     Ok(json_ok(Value::Array(models)))
 }
 
-async fn repository_load(
-    State(rest): State<Arc<Rest>>,
-    Path(model): Path<String>,
-    caller: Caller,
-) -> Answer {
+async fn repository_load(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
     let message = RepositoryModelLoadRequest {
-        model_name: model,
+        model_name: p.model,
         ..Default::default()
     };
     rest.call("RepositoryModelLoad", &caller, message, |r, q| async move {
@@ -433,11 +455,11 @@ async fn repository_load(
 
 async fn repository_unload(
     State(rest): State<Arc<Rest>>,
-    Path(model): Path<String>,
+    Model(p): Model,
     caller: Caller,
 ) -> Answer {
     let message = RepositoryModelUnloadRequest {
-        model_name: model,
+        model_name: p.model,
         ..Default::default()
     };
     rest.call(
@@ -479,26 +501,92 @@ const KEY_PARAMETERS: &[&str] = &[
     "bearer",
 ];
 
-/// Refuses a URL that carries a key: URLs end up in logs, proxies and browser history.
-async fn no_key_in_url(request: Request, next: axum::middleware::Next) -> Response {
-    let carries_key = request.uri().query().is_some_and(|q| {
-        q.split('&').any(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())
-                || value.starts_with("lmk_")
-        })
-    });
-    if carries_key {
-        return error(
+/// Whether a query string carries a key: a key-like parameter name, or a value holding
+/// `lmk_` (decoded first, so `%5F` does not hide it).
+fn query_carries_key(query: &str) -> bool {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .to_ascii_lowercase()
+    };
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        KEY_PARAMETERS.contains(&decode(name).as_str())
+            || decode(value).contains("lmk_")
+            || decode(name).contains("lmk_")
+    })
+}
+
+/// Whether `host` (a Host header, or an origin's host) names this PC's loopback.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks made before any route: no key in the URL; no compressed body (refused, not
+/// misread); on an open loopback listener, only requests addressed to localhost and
+/// from no web origin but this PC's own and the listed ones.
+async fn guard(
+    State(rest): State<Arc<Rest>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refusal(&rest, &request) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
+/// Why [`guard`] refuses `request`, if it does.
+fn refusal(rest: &Rest, request: &Request) -> Option<Response> {
+    if request.uri().query().is_some_and(query_carries_key) {
+        return Some(error(
             StatusCode::BAD_REQUEST,
             "an API key was sent in the URL: send it in the Authorization header ('Authorization: Bearer KEY'); URLs end up in logs and browser history",
-        );
+        ));
     }
-    next.run(request).await
+    let header = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_string())
+    };
+    if let Some(encoding) = header(header::CONTENT_ENCODING).filter(|e| e != "identity") {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding '{encoding}' is not supported: send the body uncompressed"),
+        ));
+    }
+    if rest.open_loopback {
+        if let Some(host) = header(header::HOST).filter(|h| !loopback_host(h)) {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                format!("this listener answers without keys for this PC only, so it takes requests addressed to localhost, not '{host}' (a web page could otherwise reach it by DNS rebinding)"),
+            ));
+        }
+        let origin = header(header::ORIGIN);
+        if let Some(origin) = origin.filter(|o| {
+            !rest.cors_origins.contains(o)
+                && !o
+                    .split_once("://")
+                    .is_some_and(|(_, host)| loopback_host(host))
+        }) {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                format!("requests from the web page '{origin}' are refused on this listener, which answers without keys; list the origin in rest_cors_origins to allow it"),
+            ));
+        }
+    }
+    None
 }
 
 /// The REST routes.
-pub fn router(rest: Arc<Rest>, cors_origins: &[String]) -> axum::Router {
+pub fn router(rest: Arc<Rest>) -> axum::Router {
+    let cors_origins = rest.cors_origins.clone();
     let models = "/v2/models/{model}";
     let versions = "/v2/models/{model}/versions/{version}";
     let mut router = axum::Router::new()
@@ -525,10 +613,13 @@ pub fn router(rest: Arc<Rest>, cors_origins: &[String]) -> axum::Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(no_key_in_url))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&rest),
+            guard,
+        ))
         .with_state(rest);
     if !cors_origins.is_empty() {
-        router = router.layer(cors(cors_origins));
+        router = router.layer(cors(&cors_origins));
     }
     router
 }
@@ -536,6 +627,7 @@ pub fn router(rest: Arc<Rest>, cors_origins: &[String]) -> axum::Router {
 /// CORS for browser apps served from `origins` (exact matches).
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
+    // Checked by the config (scheme://host[:port], no wildcard): each is a header value.
     let origins: Vec<HeaderValue> = origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
@@ -554,14 +646,76 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 pub async fn serve(
     listener: RestListener,
     rest: Arc<Rest>,
-    cors_origins: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(rest, &cors_origins);
+    let app = router(rest);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<Remote>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_in_urls_are_found_however_they_are_encoded() {
+        for query in [
+            "api_key=x",
+            "KEY=x",
+            "a=1&token=x",
+            "x=lmk_abc",
+            "x=Bearer+lmk_abc",
+            "x=lmk%5Fabc",
+            "k%65y=x",
+        ] {
+            assert!(query_carries_key(query), "{query}");
+        }
+        for query in ["a=1", "model=image_classifier&v=2", "lmk=1"] {
+            assert!(!query_carries_key(query), "{query}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:8000",
+            "127.0.0.1:8000",
+            "127.1.2.3",
+            "[::1]:8000",
+            "LOCALHOST",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8000",
+            "10.0.0.5:8000",
+            "localhost.evil.example",
+            "[::2]:80",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_with_a_retry_hint_says_retry_after_in_whole_seconds() {
+        let mut status = Status::resource_exhausted("the queue is full");
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "1500".parse().expect("ascii"));
+        let answer = status_response(&status);
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            answer.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(2))
+        );
+        let plain = status_response(&Status::unavailable("no worker"));
+        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(plain.headers().get(header::RETRY_AFTER).is_none());
+    }
 }
