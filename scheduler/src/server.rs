@@ -32,6 +32,9 @@ pub struct Listeners {
     pub rest: Option<TcpListener>,
 }
 
+/// Streams a client may reset before the server accepted them, per connection.
+const MAX_PENDING_RESETS: usize = 256;
+
 /// Whether a client listener (the gRPC client port, the REST listener) on `addr` serves
 /// TLS: on one reachable from the LAN unless `--insecure`, or as `client_tls` says.
 pub fn serves_tls(config: &SchedulerConfig, addr: std::net::SocketAddr) -> bool {
@@ -325,7 +328,12 @@ pub async fn run(
         bind_names: config.bind_worker_names,
     });
 
-    let mut clients = tonic::transport::Server::builder();
+    // Streams a client resets before the server took them (h2's guard against "rapid
+    // reset" floods): h2's default of 20 closed the connection of a client whose burst of
+    // short deadlines ran out while the scheduler was busy, failing its next requests
+    // (RESOURCE_EXHAUSTED "too_many_resets"). 256 still bounds a flood.
+    let mut clients = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS));
     if let Some(tls) = client_tls {
         clients = clients.tls_config(tls)?;
     }
