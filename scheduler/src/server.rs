@@ -393,6 +393,11 @@ pub async fn run(
                 max_body_bytes: config.max_message_bytes,
                 open_loopback: security.open_loopback,
                 cors_origins: config.rest_cors_origins.clone(),
+                admin: admin::AdminService {
+                    stats: Arc::clone(&dispatcher.stats),
+                    workers: Arc::clone(&workers),
+                    store: Arc::clone(&state),
+                },
             });
             let listener = crate::rest::RestListener::new(listener, tls)?;
             Some(tokio::spawn(crate::rest::serve(

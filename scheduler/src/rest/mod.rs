@@ -10,6 +10,7 @@
 
 pub mod codec;
 mod listener;
+mod ui;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -45,6 +46,8 @@ pub struct Rest {
     pub open_loopback: bool,
     /// Origins of browser apps allowed to call (CORS; `rest_cors_origins`).
     pub cors_origins: Vec<String>,
+    /// The admin service, for the web page's `/api/v1/` calls.
+    pub admin: crate::services::admin::AdminService,
 }
 
 /// The HTTP status the Open Inference Protocol (and Triton) give a gRPC code.
@@ -93,7 +96,7 @@ pub fn status_response(status: &Status) -> Response {
 }
 
 /// What every route is given: the caller's headers and address.
-struct Caller {
+pub(crate) struct Caller {
     headers: HeaderMap,
     ip: Option<IpAddr>,
 }
@@ -101,12 +104,16 @@ struct Caller {
 impl Rest {
     /// The caller of the gRPC `method` (its scope and key check), or the refusal, after
     /// the same growing delay the gRPC port gives repeated failures from one address.
-    async fn authorize(
+    /// `method` is an OIP method's name, or a full path (`/localml.v1.Admin/ListWorkers`).
+    pub(crate) async fn authorize(
         &self,
         method: &str,
         caller: &Caller,
     ) -> Result<Option<Principal>, Response> {
-        let path = format!("/inference.GRPCInferenceService/{method}");
+        let path = match method.starts_with('/') {
+            true => method.to_string(),
+            false => format!("/inference.GRPCInferenceService/{method}"),
+        };
         match self
             .auth
             .decide(&path, &caller.headers, localml_proto::time::unix_ms())
@@ -121,7 +128,7 @@ impl Rest {
     }
 
     /// Calls the gRPC `method` with `message` as the caller.
-    async fn call<T, R, F, Fut>(
+    pub(crate) async fn call<T, R, F, Fut>(
         self: &Arc<Self>,
         method: &str,
         caller: &Caller,
@@ -165,9 +172,9 @@ struct ModelPath {
     version: String,
 }
 
-type Answer = Result<Response, Response>;
+pub(crate) type Answer = Result<Response, Response>;
 
-fn json_ok(value: Value) -> Response {
+pub(crate) fn json_ok(value: Value) -> Response {
     axum::Json(value).into_response()
 }
 
@@ -610,6 +617,7 @@ pub fn router(rest: Arc<Rest>) -> axum::Router {
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+        .merge(ui::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -1,0 +1,68 @@
+// Drives the scheduler's web page in a real browser: Debian's Chromium, headless, through
+// playwright-core (scripts/deps.sh --test installs both; no browser download).
+//
+// Usage: node tests/js/ui_check.mjs URL KEY BATTERY_WORKER CORDON_WORKER SCREENSHOT_DIR
+//
+// Signs in with KEY, waits for the workers table to list BATTERY_WORKER on battery,
+// runs image_classifier with random input from the "Try" form and reads its outputs,
+// cordons CORDON_WORKER with the keyboard, and saves screenshots at phone and desktop
+// sizes. Prints one JSON line with what it saw; exits non-zero on any failure. Run by
+// the Rust test `ui::the_web_page_shows_the_cluster_runs_a_model_and_cordons`.
+
+import { createRequire } from "node:module";
+import path from "node:path";
+
+const [url, key, batteryWorker, cordonWorker, shots] = process.argv.slice(2);
+const require = createRequire(path.resolve("target/tools/node_modules/"));
+const { chromium } = require("playwright-core");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  // As root (CI), Chromium's sandbox needs user namespaces it may not have.
+  args: ["--no-sandbox"],
+});
+const seen = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  // The API answers 401 until the page has a key: expected, not an error of the page.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().includes("status of 401")) errors.push(m.text());
+  });
+  await page.goto(url);
+  // Keys are required: the page asks for one.
+  await page.waitForSelector("#signin:not([hidden])", { timeout: 15000 });
+  await page.fill("#key", key);
+  await page.press("#key", "Enter");
+  const battery = page.locator(`#workers tr[data-worker="${batteryWorker}"] .battery`);
+  await battery.waitFor({ timeout: 30000 });
+  seen.battery = await battery.textContent();
+  seen.workers = await page.locator("#workers tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.worker));
+  await page.screenshot({ path: path.join(shots, "cluster-phone.png"), fullPage: true });
+
+  // Try a model.
+  await page.locator('#models tr[data-model="image_classifier:1"] button').click();
+  await page.click("#try-random");
+  await page.click("#try-run");
+  const output = page.locator('#try-outputs [data-output="probabilities"]');
+  await output.waitFor({ timeout: 30000 });
+  seen.output = await output.textContent();
+  seen.servedBy = await page.locator("#try-outputs > p").first().textContent();
+  await page.screenshot({ path: path.join(shots, "try-phone.png"), fullPage: true });
+
+  // Cordon with the keyboard alone: focus the button, press Enter.
+  const cordon = page.locator(`#workers tr[data-worker="${cordonWorker}"] button`);
+  await cordon.focus();
+  await page.keyboard.press("Enter");
+  await page.locator(`#workers tr[data-worker="${cordonWorker}"] td:nth-child(2)`, { hasText: "cordoned" }).waitFor({ timeout: 15000 });
+  seen.cordoned = cordonWorker;
+
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(shots, "cluster-desktop.png"), fullPage: true });
+  if (errors.length) throw new Error(`errors in the page: ${errors.join("; ")}`);
+  console.log(JSON.stringify(seen));
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,109 @@
+//! The scheduler's web page (#15) in a real browser: headless Debian Chromium driven by
+//! playwright-core (tests/js/ui_check.mjs) against a live cluster with keys required.
+//! The page lists the workers with their power state, runs a model from its "Try" form,
+//! and cordons a worker with the keyboard, which the scheduler then reports. Screenshots
+//! at phone and desktop sizes go to a temporary directory, or to docs/ui/ with
+//! `LOCALML_UPDATE_SCREENSHOTS=1`.
+//!
+//! scripts/deps.sh --test installs Debian's `chromium` and npm's `playwright-core` (into
+//! target/tools); the test fails, not skips, when they are missing under scripts/test.sh
+//! or CI.
+
+use std::path::Path;
+
+use localml_tests::*;
+
+fn browser_available() -> bool {
+    let present = Path::new("/usr/bin/chromium").is_file()
+        && repo_root()
+            .join("target/tools/node_modules/playwright-core")
+            .is_dir()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if present {
+        return true;
+    }
+    let required = std::env::var_os("LOCALML_REQUIRE_PYTHON_CLIENT").is_some()
+        || std::env::var_os("CI").is_some();
+    assert!(
+        !required,
+        "Chromium, node or playwright-core is missing (scripts/deps.sh --test installs them)"
+    );
+    eprintln!("skipped: scripts/deps.sh --test installs chromium and playwright-core");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_shows_the_cluster_runs_a_model_and_cordons() {
+    if !browser_available() {
+        return;
+    }
+    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--rest-listen", "127.0.0.1:0"]);
+    let sysfs = laptop_sysfs("ui-laptop", false, "64", &[]);
+    let root = sysfs.path().to_string_lossy().into_owned();
+    let _laptop = Worker::start("laptop", &scheduler, &["--power-supply-root", &root]);
+    let _desk = Worker::start("desk", &scheduler, &[]);
+    scheduler.wait_ready(&["laptop", "desk"]).await;
+    let url = scheduler.rest_url.clone().expect("REST URL");
+    let scratch = TempDir::new("ui-shots");
+    let shots = if std::env::var_os("LOCALML_UPDATE_SCREENSHOTS").is_some() {
+        repo_root().join("docs/ui")
+    } else {
+        scratch.path().to_path_buf()
+    };
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/js/ui_check.mjs"))
+            .args([url.as_str(), &scheduler.admin_key(), "laptop", "desk"])
+            .arg(&shots)
+            .current_dir(repo_root())
+            .output(),
+    )
+    .await
+    .expect("the browser check finishes")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no result line: {stdout}")),
+    )
+    .expect("a JSON result line");
+    let battery = seen["battery"].as_str().unwrap_or_default();
+    assert!(
+        battery.starts_with("Battery 64%"),
+        "the page shows the laptop on battery: {seen}"
+    );
+    assert_eq!(seen["workers"], serde_json::json!(["desk", "laptop"]));
+    let output = seen["output"].as_str().unwrap_or_default();
+    assert!(
+        output.contains("probabilities FP32 [1, 10]") && output.contains("top: #"),
+        "{seen}"
+    );
+    let served_by = seen["servedBy"].as_str().unwrap_or_default();
+    assert!(
+        served_by.contains("desk") || served_by.contains("laptop"),
+        "{seen}"
+    );
+    for shot in ["cluster-phone.png", "try-phone.png", "cluster-desktop.png"] {
+        let bytes = std::fs::metadata(shots.join(shot)).map_or(0, |m| m.len());
+        assert!(bytes > 1000, "{shot}: {bytes} bytes");
+    }
+    // The cordon from the page is the scheduler's state: `localml workers` shows it.
+    let listed = localml_workers(&scheduler);
+    let desk = listed
+        .lines()
+        .find(|l| l.starts_with("desk"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(desk.contains("Cordoned"), "{listed}");
+}
