@@ -195,22 +195,27 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-/// A route's model and version; a path that does not decode is a JSON 400.
-struct Model(ModelPath);
+/// A route's path parameters; a path that does not decode is a JSON 400, as every error.
+pub(crate) struct JsonPath<T>(pub T);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Model {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for JsonPath<T>
+{
     type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &S,
-    ) -> Result<Model, Response> {
-        Path::<ModelPath>::from_request_parts(parts, state)
+    ) -> Result<JsonPath<T>, Response> {
+        Path::<T>::from_request_parts(parts, state)
             .await
-            .map(|Path(p)| Model(p))
+            .map(|Path(p)| JsonPath(p))
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))
     }
 }
+
+/// A route's model and version.
+type Model = JsonPath<ModelPath>;
 
 async fn server_live(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer {
     let r = rest
@@ -263,7 +268,11 @@ async fn server_metadata(State(rest): State<Arc<Rest>>, caller: Caller) -> Answe
     Ok(json_ok(metadata))
 }
 
-async fn model_metadata(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
+async fn model_metadata(
+    State(rest): State<Arc<Rest>>,
+    JsonPath(p): Model,
+    caller: Caller,
+) -> Answer {
     let message = ModelMetadataRequest {
         name: p.model,
         version: p.version,
@@ -276,7 +285,7 @@ async fn model_metadata(State(rest): State<Arc<Rest>>, Model(p): Model, caller: 
     Ok(json_ok(codec::model_metadata(&r)))
 }
 
-async fn model_ready(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
+async fn model_ready(State(rest): State<Arc<Rest>>, JsonPath(p): Model, caller: Caller) -> Answer {
     let message = ModelReadyRequest {
         name: p.model,
         version: p.version,
@@ -289,7 +298,7 @@ async fn model_ready(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Cal
     Ok(readiness(r.ready, "ready"))
 }
 
-async fn model_config(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
+async fn model_config(State(rest): State<Arc<Rest>>, JsonPath(p): Model, caller: Caller) -> Answer {
     let message = ModelConfigRequest {
         name: p.model,
         version: p.version,
@@ -305,7 +314,7 @@ async fn model_config(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Ca
 
 async fn model_statistics(
     State(rest): State<Arc<Rest>>,
-    Model(p): Model,
+    JsonPath(p): Model,
     caller: Caller,
 ) -> Answer {
     statistics(rest, p, caller).await
@@ -334,7 +343,7 @@ async fn statistics(rest: Arc<Rest>, p: ModelPath, caller: Caller) -> Answer {
 
 async fn model_infer(
     State(rest): State<Arc<Rest>>,
-    Model(p): Model,
+    JsonPath(p): Model,
     caller: Caller,
     body: Body,
 ) -> Answer {
@@ -448,7 +457,11 @@ async fn repository_index(State(rest): State<Arc<Rest>>, caller: Caller) -> Answ
     Ok(json_ok(Value::Array(models)))
 }
 
-async fn repository_load(State(rest): State<Arc<Rest>>, Model(p): Model, caller: Caller) -> Answer {
+async fn repository_load(
+    State(rest): State<Arc<Rest>>,
+    JsonPath(p): Model,
+    caller: Caller,
+) -> Answer {
     let message = RepositoryModelLoadRequest {
         model_name: p.model,
         ..Default::default()
@@ -462,7 +475,7 @@ async fn repository_load(State(rest): State<Arc<Rest>>, Model(p): Model, caller:
 
 async fn repository_unload(
     State(rest): State<Arc<Rest>>,
-    Model(p): Model,
+    JsonPath(p): Model,
     caller: Caller,
 ) -> Answer {
     let message = RepositoryModelUnloadRequest {

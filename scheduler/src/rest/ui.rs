@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use localml_proto::localml::v1::admin_server::Admin;
 use localml_proto::localml::v1::*;
 use serde_json::{json, Value};
 
-use super::{error, json_ok, Answer, Caller, Rest};
+use super::{error, json_ok, Answer, Caller, JsonPath, Rest};
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -62,6 +62,7 @@ fn state_name(state: i32) -> &'static str {
     match WorkerState::try_from(state) {
         Ok(WorkerState::Ready) => "Ready",
         Ok(WorkerState::NotReady) => "NotReady",
+        Ok(WorkerState::Draining) => "Draining",
         _ => "Unknown",
     }
 }
@@ -180,13 +181,17 @@ async fn set_cordon(rest: Arc<Rest>, caller: Caller, name: String, cordoned: boo
     Ok(json_ok(json!({ "worker": name, "cordoned": cordoned })))
 }
 
-async fn cordon(State(rest): State<Arc<Rest>>, Path(name): Path<String>, caller: Caller) -> Answer {
+async fn cordon(
+    State(rest): State<Arc<Rest>>,
+    JsonPath(name): JsonPath<String>,
+    caller: Caller,
+) -> Answer {
     set_cordon(rest, caller, name, true).await
 }
 
 async fn uncordon(
     State(rest): State<Arc<Rest>>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
     caller: Caller,
 ) -> Answer {
     set_cordon(rest, caller, name, false).await

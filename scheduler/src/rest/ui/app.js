@@ -5,7 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "localml.key";
-let refreshing = null;
+// Each start of polling gets a new generation; a refresh of an older one schedules nothing.
+let generation = 0;
+let timer = null;
 let trying = null;
 
 function headers(extra = {}) {
@@ -21,6 +23,10 @@ async function api(method, path, body) {
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
   if (response.status === 401) { showSignIn(json?.error || "sign in"); throw new Error("unauthorized"); }
+  if (response.status === 403 && path.startsWith("/api/")) {
+    stopRefresh();
+    throw new Error(`this key may not see the cluster (it needs the admin scope): ${json?.error || ""}`);
+  }
   if (!response.ok) throw new Error(json?.error || `${response.status} ${response.statusText}`);
   return json;
 }
@@ -54,8 +60,26 @@ function memoryBar(total, free) {
   return el("span", {}, bar, ` ${bytes(free)} free`);
 }
 
+function stopRefresh() { generation++; clearTimeout(timer); }
+
+// The tables are rebuilt on each refresh; the focused button is found again by its row's
+// key and label, so keyboard users keep their place.
+function keepFocus(table, key, render) {
+  const active = document.activeElement;
+  const row = active && table.contains(active) ? active.closest("tr") : null;
+  const remembered = row ? [row.dataset[key], active.textContent] : null;
+  render();
+  if (!remembered) return;
+  for (const r of table.tBodies[0].rows) {
+    if (r.dataset[key] !== remembered[0]) continue;
+    const again = [...r.querySelectorAll("button")].find((b) => b.textContent === remembered[1])
+      || r.querySelector("button");
+    again?.focus();
+  }
+}
+
 function showSignIn(message) {
-  clearInterval(refreshing);
+  stopRefresh();
   $("cluster").hidden = true; $("try").hidden = true; $("signout").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = sessionStorage.getItem(KEY) ? message : "";
@@ -63,8 +87,7 @@ function showSignIn(message) {
 }
 
 function renderWorkers(workers) {
-  const body = $("workers").tBodies[0];
-  body.replaceChildren(...workers.map((w) => {
+  keepFocus($("workers"), "worker", () => $("workers").tBodies[0].replaceChildren(...workers.map((w) => {
     const action = el("button", {
       type: "button",
       textContent: w.cordoned ? "Uncordon" : "Cordon",
@@ -83,12 +106,11 @@ function renderWorkers(workers) {
       el("td", {}, action));
     row.dataset.worker = w.name;
     return row;
-  }));
+  })));
 }
 
 function renderModels(models) {
-  const body = $("models").tBodies[0];
-  body.replaceChildren(...models.map((m) => {
+  keepFocus($("models"), "model", () => $("models").tBodies[0].replaceChildren(...models.map((m) => {
     const button = el("button", { type: "button", textContent: "Try", onclick: () => openTry(m) });
     button.setAttribute("aria-label", `Try ${m.name} version ${m.version}`);
     const row = el("tr", {},
@@ -100,7 +122,7 @@ function renderModels(models) {
       el("td", {}, button));
     row.dataset.model = `${m.name}:${m.version}`;
     return row;
-  }));
+  })));
 }
 
 async function refresh() {
@@ -109,10 +131,20 @@ async function refresh() {
     renderWorkers(w.workers);
     renderModels(m.models);
     const ready = w.workers.filter((x) => x.state === "Ready").length;
-    $("status").textContent = `${ready}/${w.workers.length} workers ready · updated ${new Date().toLocaleTimeString()}`;
+    const summary = `${ready}/${w.workers.length} workers ready`;
+    // Announced only when it changes, not with every refresh.
+    if ($("status").textContent !== summary) $("status").textContent = summary;
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
-    if (e.message !== "unauthorized") $("status").textContent = `cannot reach the cluster: ${e.message}`;
+    if (e.message !== "unauthorized") $("status").textContent = e.message.startsWith("this key")
+      ? e.message : `cannot reach the cluster: ${e.message}`;
   }
+}
+
+// One refresh at a time: the next is scheduled when this one has finished.
+async function poll(g) {
+  await refresh();
+  if (g === generation) timer = setTimeout(() => poll(g), 2000);
 }
 
 async function cordon(name, on) {
@@ -127,9 +159,8 @@ async function cordon(name, on) {
 function start() {
   $("signin").hidden = true; $("cluster").hidden = false;
   $("signout").hidden = !sessionStorage.getItem(KEY);
-  refresh();
-  clearInterval(refreshing);
-  refreshing = setInterval(refresh, 2000);
+  stopRefresh();
+  poll(generation);
 }
 
 // Try a model: one text area per input, filled with random values of the right count.
@@ -155,19 +186,34 @@ function openTry(model) {
   $("try-inputs").replaceChildren(...model.inputs.map((t) => {
     const id = `input-${t.name}`;
     const area = el("textarea", { id, spellcheck: false });
-    area.dataset.name = t.name;
+    const shape = el("input", { id: `shape-${t.name}`, value: JSON.stringify(concreteShape(t.shape)), size: 16 });
     return el("div", { className: "input-row" },
-      el("label", { htmlFor: id, textContent: `${t.name} ${t.datatype} [${concreteShape(t.shape).join(", ")}] (JSON values)` }),
+      el("label", { htmlFor: shape.id, textContent: `${t.name} ${t.datatype}, shape (model: [${t.shape.join(", ")}]) ` }),
+      shape,
+      el("label", { htmlFor: id, textContent: " values (JSON)" }),
       area);
   }));
-  fillRandom();
+  fillValues();
   $("try").scrollIntoView();
   $("try-run").focus();
 }
 
+function shapeOf(t) {
+  const shape = JSON.parse($(`shape-${t.name}`).value);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new Error(`the shape of ${t.name} must be a JSON array of sizes, e.g. [1, 16]`);
+  }
+  return shape;
+}
+
 function fillRandom() {
+  $("try-error").textContent = "";
+  try { fillValues(); } catch (e) { $("try-error").textContent = e.message; }
+}
+
+function fillValues() {
   for (const t of trying.inputs) {
-    const count = concreteShape(t.shape).reduce((a, b) => a * b, 1);
+    const count = shapeOf(t).reduce((a, b) => a * b, 1);
     $(`input-${t.name}`).value = JSON.stringify(randomValues(t.datatype, count));
   }
 }
@@ -176,7 +222,7 @@ async function run() {
   $("try-error").textContent = "";
   try {
     const inputs = trying.inputs.map((t) => ({
-      name: t.name, datatype: t.datatype, shape: concreteShape(t.shape),
+      name: t.name, datatype: t.datatype, shape: shapeOf(t),
       data: JSON.parse($(`input-${t.name}`).value),
     }));
     const path = `/v2/models/${encodeURIComponent(trying.name)}/versions/${encodeURIComponent(trying.version)}/infer`;
