@@ -28,7 +28,7 @@ for _ in $(seq 200); do
 done
 measure() { # protocol url concurrency -> "throughput p50 p99"
   LD_LIBRARY_PATH=$pa/lib $pa/bin/perf_analyzer -m image_classifier -u "$2" -i "$1" -b 1 \
-    --concurrency-range "$3" --measurement-interval 3000 -r 5 -s 10 2>&1 \
+    --concurrency-range "$3" --measurement-interval 3000 -r 3 -s 1000 2>&1 \
     | awk '/Throughput:/ {t=$2} /p50 latency:/ {p50=$3} /p99 latency:/ {p99=$3} END {print t, p50, p99}'
 }
 printf "%-6s %-4s %12s %10s %10s\n" proto conc "infer/s" "p50 us" "p99 us"
