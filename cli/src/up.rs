@@ -276,6 +276,7 @@ pub async fn up(
         println!("       localml jobs list --server {endpoint}");
         if let Some(url) = &rest_url {
             println!("  inference over HTTP (Open Inference Protocol REST): {url}");
+            println!("  web page (workers, models, try a model): {url}/");
             println!(
                 "  try: curl {url}/v2/models/{}",
                 models.first().map(|m| m.name.as_str()).unwrap_or("MODEL")
