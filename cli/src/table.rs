@@ -2,9 +2,7 @@
 
 use comfy_table::{presets, Table};
 
-use localml_proto::localml::v1::{
-    Deployment, ModelInfo, PowerSource, PowerStatus, WorkerInfo, WorkerState, WorkerStatus,
-};
+use localml_proto::localml::v1::{Deployment, ModelInfo, PowerStatus, WorkerInfo, WorkerStatus};
 
 fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0 * 1024.0))
@@ -32,27 +30,9 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     table.trim_fmt()
 }
 
-fn state_name(state: i32) -> &'static str {
-    match WorkerState::try_from(state) {
-        Ok(WorkerState::Ready) => "Ready",
-        Ok(WorkerState::NotReady) => "NotReady",
-        Ok(WorkerState::Draining) => "Draining",
-        _ => "Unknown",
-    }
-}
-
-fn power_name(source: i32) -> &'static str {
-    match PowerSource::try_from(source) {
-        Ok(PowerSource::Mains) => "mains",
-        Ok(PowerSource::Battery) => "battery",
-        Ok(PowerSource::Ups) => "ups",
-        _ => "unknown",
-    }
-}
-
 /// The power source, and the UPS with its NUT status when the worker reads one.
 pub(crate) fn power_cell(power: &PowerStatus) -> String {
-    let source = power_name(power.source);
+    let source = localml_proto::names::power_source(power.source);
     if power.ups.is_empty() {
         return source.to_string();
     }
@@ -132,7 +112,7 @@ pub fn workers(list: &[WorkerInfo]) -> String {
             models.sort();
             vec![
                 s.name.clone(),
-                std::iter::once(state_name(w.state).to_string())
+                std::iter::once(localml_proto::names::worker_state(w.state).to_string())
                     .chain(w.cordoned.then(|| "Cordoned".to_string()))
                     .chain(w.conditions.iter().cloned())
                     .collect::<Vec<_>>()
@@ -257,7 +237,7 @@ pub fn deployments(list: &[Deployment]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use localml_proto::localml::v1::LoadedModel;
+    use localml_proto::localml::v1::{LoadedModel, PowerSource, WorkerState};
 
     #[test]
     fn aligned_columns() {

@@ -23,6 +23,7 @@ pub mod localml {
     }
 }
 
+pub mod names;
 pub mod oip;
 pub mod parameters;
 pub mod tensor;

@@ -58,25 +58,11 @@ pub(super) fn routes() -> axum::Router<Arc<Rest>> {
         .route("/api/v1/workers/{name}/uncordon", post(uncordon))
 }
 
-fn state_name(state: i32) -> &'static str {
-    match WorkerState::try_from(state) {
-        Ok(WorkerState::Ready) => "Ready",
-        Ok(WorkerState::NotReady) => "NotReady",
-        Ok(WorkerState::Draining) => "Draining",
-        _ => "Unknown",
-    }
-}
-
 fn power_json(p: Option<&PowerStatus>) -> Value {
     let Some(p) = p else {
         return json!({"source": "unknown"});
     };
-    let source = match PowerSource::try_from(p.source) {
-        Ok(PowerSource::Mains) => "mains",
-        Ok(PowerSource::Battery) => "battery",
-        Ok(PowerSource::Ups) => "ups",
-        _ => "unknown",
-    };
+    let source = localml_proto::names::power_source(p.source);
     json!({
         "source": source,
         "battery_percent": p.battery_percent,
@@ -102,7 +88,7 @@ fn worker_json(w: &WorkerInfo) -> Value {
         .collect();
     json!({
         "name": status.name,
-        "state": state_name(w.state),
+        "state": localml_proto::names::worker_state(w.state),
         "reason": w.state_reason,
         "cordoned": w.cordoned,
         "draining": status.draining,
