@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "inference/grpc_service.proto",
         "localml/v1/backup.proto",
+        "localml/v1/catalog.proto",
         "localml/v1/cluster.proto",
         "localml/v1/jobs.proto",
         "localml/v1/keys.proto",
@@ -19,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Tensor payloads stay `Bytes` so the scheduler forwards them without copies.
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
+        // Model file chunks are written to disk and read from it without a copy.
+        .bytes(".localml.v1.BlobChunk.data")
         .compile_protos(&protos, &["."])?;
     Ok(())
 }

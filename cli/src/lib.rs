@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`backup`]: `localml backup` and `localml restore`.
+//! - [`catalog`]: `localml models push|list|show|delete`, the model catalog.
 //! - [`client`]: connect, build requests from tensors, decode responses.
 //! - [`dashboard`]: `kubectl localml top`.
 //! - [`jobs`]: the `localml jobs` commands.
@@ -13,6 +14,7 @@
 //! - [`up`]: the all-in-one local cluster.
 
 pub mod backup;
+pub mod catalog;
 pub mod client;
 pub mod dashboard;
 pub mod jobs;

@@ -114,9 +114,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
-    /// Show the models and the Ready workers serving them.
+    /// Show the models and the Ready workers serving them; push, list, show and delete
+    /// models in the cluster's catalog (docs/models.md).
     Models {
-        #[arg(long, default_value = DEFAULT_SERVER)]
+        #[command(subcommand)]
+        command: Option<ModelsCommand>,
+        #[arg(long, default_value = DEFAULT_SERVER, global = true)]
         server: String,
     },
     /// Model deployments: keep N replicas of a model loaded on on-demand workers.
@@ -245,6 +248,33 @@ enum KeysCommand {
     List,
     /// Revoke a key: every scheduler replica refuses it from then on.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Put a model version into the catalog: a model directory (the highest numbered
+    /// version in it, with its config.yaml), a version directory, or one .onnx file. Sends
+    /// only what the scheduler lacks: run it again to resume an interrupted push.
+    Push {
+        path: PathBuf,
+        /// Model name [default: the directory's name, or the file's without .onnx].
+        #[arg(long)]
+        name: Option<String>,
+        /// Version number [default: one more than the catalog's highest].
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List the catalog's model versions.
+    List,
+    /// Show one version (NAME or NAME:VERSION; the highest without one).
+    Show { model: String },
+    /// Delete a version (NAME:VERSION) or every version (NAME), and files no other
+    /// version uses; refused while a deployment names the model unless --force.
+    Delete {
+        model: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -479,7 +509,7 @@ fn server_of(command: &mut Command) -> Option<&mut String> {
         | Command::Certs { server, .. }
         | Command::Cordon { server, .. }
         | Command::Uncordon { server, .. }
-        | Command::Models { server }
+        | Command::Models { server, .. }
         | Command::Deployments { server, .. }
         | Command::Jobs { server, .. }
         | Command::Keys { server, .. }
@@ -606,7 +636,14 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!("{}", localml_cli::table::workers(&list));
             Ok(())
         }
-        Command::Models { server } => {
+        Command::Models {
+            command: Some(command),
+            server,
+        } => models(command, &server).await,
+        Command::Models {
+            command: None,
+            server,
+        } => {
             let list = admin(&server)
                 .await?
                 .list_models(ListModelsRequest {})
@@ -682,6 +719,73 @@ fn store_address(
         store.unwrap_or("embedded"),
         &data_dir,
     )?)
+}
+
+async fn models(command: ModelsCommand, server: &str) -> anyhow::Result<()> {
+    use localml_cli::catalog;
+    use localml_proto::localml::v1::{
+        CatalogModelRef, DeleteCatalogModelRequest, ListCatalogRequest,
+    };
+    let failed = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    match command {
+        ModelsCommand::Push {
+            path,
+            name,
+            version,
+        } => {
+            let pushed = catalog::push(server, &path, name.as_deref(), version).await?;
+            let m = &pushed.model;
+            println!(
+                "pushed {} version {}: {} file(s), {} bytes; sent {} bytes ({} file(s) already on the scheduler)",
+                m.name,
+                m.version,
+                m.files.len(),
+                pushed.total_bytes,
+                pushed.sent_bytes,
+                pushed.already_there
+            );
+        }
+        ModelsCommand::List => {
+            let list = catalog::connect(server)
+                .await?
+                .list_catalog(ListCatalogRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .models;
+            println!("{}", catalog::table(&list));
+        }
+        ModelsCommand::Show { model } => {
+            let (name, version) = catalog::parse_ref(&model);
+            let m = catalog::connect(server)
+                .await?
+                .get_catalog_model(CatalogModelRef { name, version })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            print!("{}", catalog::show(&m));
+        }
+        ModelsCommand::Delete { model, force } => {
+            let (name, version) = catalog::parse_ref(&model);
+            let r = catalog::connect(server)
+                .await?
+                .delete_catalog_model(DeleteCatalogModelRequest {
+                    name,
+                    version,
+                    force,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            println!(
+                "deleted {}; removed {} unused file(s), {}",
+                r.deleted.join(", "),
+                r.blobs_removed,
+                catalog::human_bytes(r.bytes_freed)
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Result<()> {

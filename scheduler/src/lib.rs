@@ -13,6 +13,8 @@
 //! - [`dispatch`]: one request: queue, schedule, forward, retry on another worker.
 //! - [`leader`]: leader election through the store, fenced writes.
 //! - [`jobs`]: durable async jobs: the leader's runner and retention.
+//! - [`catalog`]: the model catalog: versions in the store, their files as blobs on disk,
+//!   their ONNX inputs and outputs read without loading weights.
 //! - [`deployments`]: model deployments: specs, the leader's controller, assignments.
 //! - [`services`]: the gRPC services (inference, jobs, cluster, admin); each maps its
 //!   errors to `tonic::Status` in one place.
@@ -27,6 +29,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod deployments;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use localml_proto::localml::v1::admin_server::AdminServer;
 use localml_proto::localml::v1::backup_server::BackupServer;
+use localml_proto::localml::v1::catalog_server::CatalogServer;
 use localml_proto::localml::v1::cluster_server::ClusterServer;
 use localml_proto::localml::v1::jobs_server::JobsServer;
 use localml_proto::localml::v1::trust_server::TrustServer;
@@ -34,6 +35,8 @@ pub struct Listeners {
 
 /// Streams a client may reset before the server accepted them, per connection.
 const MAX_PENDING_RESETS: usize = 256;
+/// Bytes per chunk of a model file fetched from the catalog.
+const CATALOG_CHUNK_BYTES: usize = 1 << 20;
 
 /// Whether a client listener (the gRPC client port, the REST listener) on `addr` serves
 /// TLS: on one reachable from the LAN unless `--insecure`, or as `client_tls` says.
@@ -313,6 +316,23 @@ pub async fn run(
         chunk_bytes: crate::backup::CHUNK_BYTES.min(config.max_message_bytes / 2),
     })
     .max_encoding_message_size(config.max_message_bytes);
+    // Model files live beside the embedded store, whatever the store.
+    let blobs =
+        crate::catalog::blobs::Blobs::open(&config.data_dir.join("blobs")).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", config.data_dir.join("blobs").display()),
+            )
+        })?;
+    let catalog_api = CatalogServer::new(crate::services::catalog::CatalogService {
+        catalog: Arc::new(crate::catalog::Catalog::new(
+            Arc::clone(&state),
+            Arc::new(blobs),
+        )),
+        chunk_bytes: CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
     let trust_api = TrustServer::new(trust_api::TrustService {
         trust: Arc::clone(&trust),
         workers: Arc::clone(&workers),
@@ -346,6 +366,7 @@ pub async fn run(
         .add_service(keys_api)
         .add_service(trust_api)
         .add_service(backup_api)
+        .add_service(catalog_api)
         .serve_with_incoming_shutdown(
             localml_serving::service::incoming(listeners.clients),
             wait(stopped.clone()),

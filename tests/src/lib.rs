@@ -310,17 +310,21 @@ impl Scheduler {
     /// An Admin client with the scheduler's first admin key (so it works whether or not
     /// the scheduler requires keys).
     pub async fn admin(&self) -> AdminClient<Connection> {
+        client::admin_client(self.admin_channel().await)
+    }
+
+    /// A connection to the client port that sends the scheduler's first admin key.
+    pub async fn admin_channel(&self) -> Connection {
         let key = self.admin_key();
         let ca = serves_tls(&self.extra).then(|| read_ca_pem(&self.data_dir()));
-        let channel = client::connect_with(
+        client::connect_with(
             &self.client_url(),
             Duration::from_secs(10),
             Some(&key),
             ca.as_deref(),
         )
         .await
-        .expect("connect");
-        client::admin_client(channel)
+        .expect("connect")
     }
 
     /// The client address as the CLI takes it: `https://ADDR` when the scheduler was

@@ -35,6 +35,21 @@ impl Sha256Stream {
     }
 }
 
+/// Lowercase hex sha256 of a file, read in 1 MiB pieces (never whole in memory).
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256Stream::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.hex());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut out, b| {

@@ -8,10 +8,12 @@
 //! - [`admin`]: `localml.v1.Admin`, operators' views, cordons and deployments.
 //! - [`keys`]: `localml.v1.Keys`, API keys for clients and operators.
 //! - [`trust`]: `localml.v1.Trust`, join tokens, operator certificates, worker removal.
+//! - [`catalog`]: `localml.v1.Catalog`, model files and versions pushed to the scheduler.
 //! - [`backup`]: `localml.v1.Backup`, the cluster state for `localml backup`.
 
 pub mod admin;
 pub mod backup;
+pub mod catalog;
 pub mod cluster;
 pub mod inference;
 pub mod jobs;

@@ -1,0 +1,514 @@
+//! The model catalog (docs/models.md): model versions pushed once to the scheduler, so no
+//! one walks to every PC with a USB stick.
+//!
+//! A version is a record under `catalog/<name>/<version>` in the cluster state (its files
+//! with sha256 and size, config.yaml, and the inputs and outputs read from its ONNX graph
+//! by [`onnx`]) whose files are blobs on this scheduler's disk ([`blobs`]).
+
+pub mod blobs;
+pub mod onnx;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use localml_proto::localml::v1::{
+    CatalogFile, CatalogModel, DeleteCatalogModelResponse, Deployment,
+};
+use localml_store::{Store, StoreError, Txn};
+use prost::Message;
+
+use blobs::Blobs;
+
+pub const CATALOG: &str = "catalog/";
+
+/// Longest model name, file path and config.yaml; most files in one version.
+const MAX_NAME: usize = 128;
+const MAX_PATH: usize = 1024;
+const MAX_CONFIG_BYTES: usize = 64 << 10;
+const MAX_FILES: usize = 1024;
+/// A blob uploaded but not yet part of a version is kept this long by the garbage
+/// collector, so a push between its uploads and its PutModel is not undone.
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(3600);
+
+/// What is wrong with a catalog request, or what failed; each message names the thing.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("sha256 '{0}' is not 64 lower-case hex digits")]
+    BadSha256(String),
+    #[error("a file of {0} bytes is over the catalog's limit of {max} bytes", max = blobs::MAX_BLOB_BYTES)]
+    TooLarge(u64),
+    #[error("blob {0} is already complete")]
+    BlobExists(String),
+    #[error(
+        "the scheduler holds {held} bytes of blob {sha256}: resume at offset {held}, not {offset}"
+    )]
+    Offset {
+        sha256: String,
+        offset: u64,
+        held: u64,
+    },
+    #[error("data up to byte {offset} is past the blob's size of {size} bytes")]
+    PastSize { offset: u64, size: u64 },
+    #[error("another upload of blob {0} is in progress")]
+    Busy(String),
+    #[error("the upload of blob {sha256} ended after {written} of {size} bytes; push again to send the rest")]
+    Short {
+        sha256: String,
+        written: u64,
+        size: u64,
+    },
+    #[error(
+        "the uploaded bytes hash to sha256 {actual}, not {expected}; the upload was discarded"
+    )]
+    HashMismatch { expected: String, actual: String },
+    #[error("the first chunk of an upload must name the blob (sha256 and size)")]
+    NoHeader,
+    #[error("no blob {0} on the scheduler; upload it first")]
+    NoBlob(String),
+    #[error("model name '{0}' must be 1 to 128 letters, digits, '-', '_' or '.', not starting with '.' or '-'")]
+    Name(String),
+    #[error("version '{0}' is not a number from 1 up")]
+    Version(String),
+    #[error("file path '{path}': {reason}")]
+    Path { path: String, reason: &'static str },
+    #[error("a model version needs a file named model.onnx")]
+    NoModelFile,
+    #[error("a model version has at most {MAX_FILES} files, not {0}")]
+    TooManyFiles(usize),
+    #[error("file '{path}' is {declared} bytes in the request, but blob {sha256} has {held}")]
+    FileSize {
+        path: String,
+        sha256: String,
+        declared: u64,
+        held: u64,
+    },
+    #[error("model.onnx: {0}")]
+    NotOnnx(#[from] onnx::OnnxError),
+    #[error("config.yaml: {0}")]
+    Config(String),
+    #[error("{name} version {version} exists with other files; push as another version or delete it first")]
+    VersionExists { name: String, version: String },
+    #[error("no model '{0}' in the catalog")]
+    NoModel(String),
+    #[error(
+        "deployment '{deployment}' uses {model}; delete the deployment first, or pass --force"
+    )]
+    Deployed { model: String, deployment: String },
+    #[error("the scheduler's disk: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl CatalogError {
+    /// The gRPC code clients see.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            CatalogError::BlobExists(_) | CatalogError::VersionExists { .. } => Code::AlreadyExists,
+            CatalogError::Offset { .. } | CatalogError::Deployed { .. } => Code::FailedPrecondition,
+            CatalogError::Busy(_) | CatalogError::Short { .. } => Code::Aborted,
+            CatalogError::NoBlob(_) | CatalogError::NoModel(_) => Code::NotFound,
+            CatalogError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                Code::ResourceExhausted
+            }
+            CatalogError::Io(_) => Code::Internal,
+            CatalogError::Store(_) => Code::Unavailable,
+            _ => Code::InvalidArgument,
+        }
+    }
+}
+
+impl From<CatalogError> for tonic::Status {
+    fn from(e: CatalogError) -> tonic::Status {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Checks a model name from a client.
+pub fn check_name(name: &str) -> Result<(), CatalogError> {
+    let ok = (1..=MAX_NAME).contains(&name.len())
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::Name(
+            name.chars().take(MAX_NAME + 8).collect(),
+        ))
+    }
+}
+
+/// Checks a file path inside a model version: relative, '/'-separated, no '..'.
+pub fn check_path(path: &str) -> Result<(), CatalogError> {
+    let bad = |reason| {
+        Err(CatalogError::Path {
+            path: path.chars().take(MAX_PATH).collect(),
+            reason,
+        })
+    };
+    if path.is_empty() || path.len() > MAX_PATH {
+        return bad("must be 1 to 1024 bytes");
+    }
+    if path.contains(['\\', '\0']) {
+        return bad("must use '/' and no NUL or backslash");
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return bad("must be relative, without empty, '.' or '..' parts");
+        }
+    }
+    Ok(())
+}
+
+fn parse_version(version: &str) -> Result<u64, CatalogError> {
+    match version.parse::<u64>() {
+        Ok(v) if v >= 1 && !version.starts_with('0') => Ok(v),
+        _ => Err(CatalogError::Version(version.chars().take(40).collect())),
+    }
+}
+
+fn key(name: &str, version: u64) -> String {
+    format!("{CATALOG}{name}/{version}")
+}
+
+/// Sorted (path, sha256, size): two versions with the same are the same content.
+fn content(m: &CatalogModel) -> (Vec<(String, String, u64)>, &str) {
+    let mut files: Vec<_> = m
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.sha256.clone(), f.size))
+        .collect();
+    files.sort();
+    (files, m.config_yaml.as_str())
+}
+
+pub struct Catalog {
+    pub store: Arc<dyn Store>,
+    pub blobs: Arc<Blobs>,
+    /// Blobs completed by this process that no version references yet, and when.
+    unclaimed: Mutex<HashMap<String, Instant>>,
+}
+
+impl Catalog {
+    pub fn new(store: Arc<dyn Store>, blobs: Arc<Blobs>) -> Catalog {
+        Catalog {
+            store,
+            blobs,
+            unclaimed: Mutex::default(),
+        }
+    }
+
+    /// Notes a blob that an upload just completed.
+    pub fn uploaded(&self, sha256: &str) {
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sha256.to_string(), Instant::now());
+    }
+
+    async fn versions(&self, name: &str) -> Result<Vec<CatalogModel>, CatalogError> {
+        let (kvs, _) = self.store.list(&format!("{CATALOG}{name}/")).await?;
+        let mut out: Vec<CatalogModel> = kvs
+            .iter()
+            .filter_map(|kv| CatalogModel::decode(kv.value.as_slice()).ok())
+            .collect();
+        out.sort_by_key(|m| m.version.parse::<u64>().unwrap_or(0));
+        Ok(out)
+    }
+
+    pub async fn list(&self) -> Result<Vec<CatalogModel>, CatalogError> {
+        let (kvs, _) = self.store.list(CATALOG).await?;
+        let mut out: Vec<CatalogModel> = kvs
+            .iter()
+            .filter_map(|kv| CatalogModel::decode(kv.value.as_slice()).ok())
+            .collect();
+        out.sort_by(|a, b| {
+            (a.name.as_str(), a.version.parse::<u64>().unwrap_or(0))
+                .cmp(&(b.name.as_str(), b.version.parse::<u64>().unwrap_or(0)))
+        });
+        Ok(out)
+    }
+
+    /// One version, or the highest when `version` is empty.
+    pub async fn get(&self, name: &str, version: &str) -> Result<CatalogModel, CatalogError> {
+        check_name(name)?;
+        let versions = self.versions(name).await?;
+        let found = if version.is_empty() {
+            versions.into_iter().last()
+        } else {
+            parse_version(version)?;
+            versions.into_iter().find(|m| m.version == version)
+        };
+        found.ok_or_else(|| CatalogError::NoModel(display(name, version)))
+    }
+
+    /// Checks a new version's request and its blobs, reads its ONNX graph and records it.
+    pub async fn put(&self, mut m: CatalogModel) -> Result<CatalogModel, CatalogError> {
+        check_name(&m.name)?;
+        if !m.version.is_empty() {
+            parse_version(&m.version)?;
+        }
+        if m.files.len() > MAX_FILES {
+            return Err(CatalogError::TooManyFiles(m.files.len()));
+        }
+        let mut seen = HashSet::new();
+        for f in &m.files {
+            check_path(&f.path)?;
+            blobs::check_sha256(&f.sha256)?;
+            if !seen.insert(f.path.as_str()) {
+                return Err(CatalogError::Path {
+                    path: f.path.clone(),
+                    reason: "is listed twice",
+                });
+            }
+            let held = self.blobs.held(&f.sha256)?;
+            if !held.complete {
+                return Err(CatalogError::NoBlob(f.sha256.clone()));
+            }
+            if held.bytes != f.size {
+                return Err(CatalogError::FileSize {
+                    path: f.path.clone(),
+                    sha256: f.sha256.clone(),
+                    declared: f.size,
+                    held: held.bytes,
+                });
+            }
+        }
+        check_config(&m.config_yaml)?;
+        let onnx_file: &CatalogFile = m
+            .files
+            .iter()
+            .find(|f| f.path == "model.onnx")
+            .ok_or(CatalogError::NoModelFile)?;
+        let path = self.blobs.path(&onnx_file.sha256);
+        let signature = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            onnx::read_signature(std::io::BufReader::new(file))
+        })
+        .await
+        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+        m.inputs = signature.inputs;
+        m.outputs = signature.outputs;
+        m.ir_version = signature.ir_version;
+        m.opset = signature.opset;
+
+        // The same content again is the version that has it; otherwise a new one.
+        for _ in 0..8 {
+            let versions = self.versions(&m.name).await?;
+            if let Some(same) = versions.iter().find(|v| content(v) == content(&m)) {
+                if m.version.is_empty() || m.version == same.version {
+                    return Ok(same.clone());
+                }
+            }
+            let version = if m.version.is_empty() {
+                versions
+                    .iter()
+                    .filter_map(|v| v.version.parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+            } else {
+                parse_version(&m.version)?
+            };
+            let mut record = m.clone();
+            record.version = version.to_string();
+            record.created_unix_ms = localml_proto::time::unix_ms();
+            let k = key(&m.name, version);
+            let txn = Txn::new().when(&k, 0).put(&k, record.encode_to_vec(), 0);
+            if self.store.commit(txn).await?.is_some() {
+                let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+                for f in &record.files {
+                    unclaimed.remove(&f.sha256);
+                }
+                tracing::info!(model = %record.name, version = %record.version, files = record.files.len(), "model added to the catalog");
+                return Ok(record);
+            }
+            if !m.version.is_empty() {
+                return Err(CatalogError::VersionExists {
+                    name: m.name,
+                    version: m.version,
+                });
+            }
+            // Another push took that number first: count again.
+        }
+        Err(CatalogError::Store(StoreError::Unavailable(
+            "the catalog kept changing while a version was added".into(),
+        )))
+    }
+
+    /// Deletes a version (or all of a model's when `version` is empty), then the blobs no
+    /// version uses any more.
+    pub async fn delete(
+        &self,
+        name: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<DeleteCatalogModelResponse, CatalogError> {
+        check_name(name)?;
+        if !version.is_empty() {
+            parse_version(version)?;
+        }
+        let doomed: Vec<CatalogModel> = self
+            .versions(name)
+            .await?
+            .into_iter()
+            .filter(|m| version.is_empty() || m.version == version)
+            .collect();
+        if doomed.is_empty() {
+            return Err(CatalogError::NoModel(display(name, version)));
+        }
+        if !force {
+            let (kvs, _) = self.store.list(crate::deployments::DEPLOYMENTS).await?;
+            for kv in kvs {
+                let Ok(d) = Deployment::decode(kv.value.as_slice()) else {
+                    continue;
+                };
+                let uses = d.model == name
+                    && (version.is_empty() || d.version.is_empty() || d.version == version);
+                if uses {
+                    return Err(CatalogError::Deployed {
+                        model: display(name, version),
+                        deployment: d.name,
+                    });
+                }
+            }
+        }
+        let mut txn = Txn::new();
+        for m in &doomed {
+            txn = txn.delete(&key(name, m.version.parse().unwrap_or(0)));
+        }
+        self.store.commit(txn).await?;
+        let deleted: Vec<String> = doomed
+            .iter()
+            .map(|m| format!("{}:{}", m.name, m.version))
+            .collect();
+        tracing::info!(model = %name, versions = ?deleted, "deleted from the catalog");
+        let (blobs_removed, bytes_freed) = self.collect_garbage().await?;
+        Ok(DeleteCatalogModelResponse {
+            deleted,
+            blobs_removed,
+            bytes_freed,
+        })
+    }
+
+    /// Removes blobs that no catalog version references (except those uploaded within
+    /// the last hour for a version not added yet). Returns (blobs, bytes) removed.
+    pub async fn collect_garbage(&self) -> Result<(u64, u64), CatalogError> {
+        let used: HashSet<String> = self
+            .list()
+            .await?
+            .into_iter()
+            .flat_map(|m| m.files.into_iter().map(|f| f.sha256))
+            .collect();
+        let protected: HashSet<String> = {
+            let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+            unclaimed.retain(|_, at| at.elapsed() < UNCLAIMED_GRACE);
+            unclaimed.keys().cloned().collect()
+        };
+        let blobs = Arc::clone(&self.blobs);
+        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
+            let (mut count, mut bytes) = (0, 0);
+            for name in blobs.list()? {
+                if !used.contains(&name) && !protected.contains(&name) {
+                    bytes += blobs.remove(&name)?;
+                    count += 1;
+                }
+            }
+            Ok((count, bytes))
+        })
+        .await
+        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+        if removed.0 > 0 {
+            tracing::info!(
+                blobs = removed.0,
+                bytes = removed.1,
+                "unused model files removed"
+            );
+        }
+        Ok(removed)
+    }
+}
+
+fn display(name: &str, version: &str) -> String {
+    if version.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}:{version}")
+    }
+}
+
+/// config.yaml must be YAML (a mapping, or empty) of a sane size; the worker checks its
+/// keys when it loads the model.
+fn check_config(text: &str) -> Result<(), CatalogError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(CatalogError::Config(format!(
+            "{} bytes, over the limit of {MAX_CONFIG_BYTES}",
+            text.len()
+        )));
+    }
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(serde_yaml::Value::Mapping(_)) | Ok(serde_yaml::Value::Null) => Ok(()),
+        Ok(_) => Err(CatalogError::Config("must be a mapping of keys".into())),
+        Err(e) => Err(CatalogError::Config(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_paths_and_versions_are_checked() {
+        for ok in ["image_classifier", "resnet-50.v2", "a"] {
+            check_name(ok).expect(ok);
+        }
+        let long = "x".repeat(129);
+        for bad in [
+            "",
+            ".hidden",
+            "-flag",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        for ok in ["model.onnx", "weights/part1.bin", "labels.txt"] {
+            check_path(ok).expect(ok);
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a\\b",
+            ".",
+            "a/.",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_version("12").ok(), Some(12));
+        for bad in ["0", "01", "-1", "x", ""] {
+            assert!(parse_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_must_be_a_small_mapping() {
+        check_config("").expect("empty");
+        check_config("max_batch_size: 8\n").expect("mapping");
+        assert!(check_config("- a list").is_err());
+        assert!(check_config("key: [unclosed").is_err());
+        assert!(check_config(&format!("k: '{}'", "x".repeat(70_000))).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! `localml.v1.Catalog`: model files pushed to the scheduler and the versions made of
+//! them (admin scope; the auth layer checks it). The catalog itself is
+//! `crate::catalog`; here the streams: uploads written chunk by chunk on blocking threads,
+//! fetches read into a small bounded channel, so memory stays a few chunks whatever the
+//! file's size.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use localml_proto::localml::v1::catalog_server::Catalog as CatalogApi;
+use localml_proto::localml::v1::*;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::catalog::{blobs, Catalog, CatalogError};
+
+pub struct CatalogService {
+    pub catalog: Arc<Catalog>,
+    /// Bytes per fetched chunk (under the port's message limit).
+    pub chunk_bytes: usize,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+type Chunks = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))?
+}
+
+impl CatalogService {
+    async fn upload(&self, mut chunks: Streaming<BlobChunk>) -> Result<BlobStatusResponse, Status> {
+        let first = chunks.message().await?.ok_or(CatalogError::NoHeader)?;
+        if first.sha256.is_empty() {
+            return Err(CatalogError::NoHeader.into());
+        }
+        let (sha256, size, offset) = (first.sha256.clone(), first.size, first.offset);
+        let blobs = Arc::clone(&self.catalog.blobs);
+        let mut upload = {
+            let sha256 = sha256.clone();
+            blocking(move || blobs.begin(&sha256, size, offset)).await?
+        };
+        let mut data = first.data;
+        loop {
+            if !data.is_empty() {
+                upload = blocking(move || {
+                    upload.write(&data)?;
+                    Ok(upload)
+                })
+                .await?;
+            }
+            match chunks.message().await {
+                Ok(Some(chunk)) => data = chunk.data,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::info!(sha256 = %sha256, received = upload.written(), "blob upload interrupted; kept for a resume");
+                    return Err(status);
+                }
+            }
+        }
+        let held = blocking(move || upload.finish()).await?;
+        self.catalog.uploaded(&sha256);
+        tracing::info!(sha256 = %sha256, bytes = held.bytes, "blob uploaded");
+        Ok(BlobStatusResponse {
+            sha256,
+            complete: held.complete,
+            received: held.bytes,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogApi for CatalogService {
+    type FetchBlobStream = Chunks;
+
+    async fn blob_status(&self, r: Request<BlobStatusRequest>) -> Answer<BlobStatusResponse> {
+        let sha256 = r.into_inner().sha256;
+        blobs::check_sha256(&sha256)?;
+        let blobs = Arc::clone(&self.catalog.blobs);
+        let held = {
+            let sha256 = sha256.clone();
+            blocking(move || Ok(blobs.held(&sha256)?)).await?
+        };
+        Ok(Response::new(BlobStatusResponse {
+            sha256,
+            complete: held.complete,
+            received: held.bytes,
+        }))
+    }
+
+    async fn upload_blob(&self, r: Request<Streaming<BlobChunk>>) -> Answer<BlobStatusResponse> {
+        self.upload(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn fetch_blob(&self, r: Request<FetchBlobRequest>) -> Answer<Chunks> {
+        let FetchBlobRequest { sha256, offset } = r.into_inner();
+        blobs::check_sha256(&sha256)?;
+        let path = self.catalog.blobs.path(&sha256);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CatalogError::NoBlob(sha256).into())
+            }
+            Err(e) => return Err(CatalogError::Io(e).into()),
+        };
+        let size = file.metadata().map_err(CatalogError::Io)?.len();
+        if offset > size {
+            return Err(CatalogError::PastSize { offset, size }.into());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<BlobChunk, Status>>(4);
+        let chunk_bytes = self.chunk_bytes;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = file;
+            let mut at = offset;
+            let read = file.seek(SeekFrom::Start(offset)).map(drop);
+            if let Err(e) = read {
+                let _ = tx.blocking_send(Err(CatalogError::Io(e).into()));
+                return;
+            }
+            while at < size {
+                let n = chunk_bytes.min((size - at) as usize);
+                let mut buf = vec![0u8; n];
+                if let Err(e) = file.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(CatalogError::Io(e).into()));
+                    return;
+                }
+                let chunk = BlobChunk {
+                    sha256: if at == offset {
+                        sha256.clone()
+                    } else {
+                        String::new()
+                    },
+                    size,
+                    offset: at,
+                    data: buf.into(),
+                };
+                at += n as u64;
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return; // The client went away.
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
+        Ok(Response::new(stream))
+    }
+
+    async fn put_model(&self, r: Request<CatalogModel>) -> Answer<CatalogModel> {
+        Ok(Response::new(self.catalog.put(r.into_inner()).await?))
+    }
+
+    async fn list_catalog(&self, _: Request<ListCatalogRequest>) -> Answer<ListCatalogResponse> {
+        let models = self.catalog.list().await?;
+        Ok(Response::new(ListCatalogResponse { models }))
+    }
+
+    async fn get_catalog_model(&self, r: Request<CatalogModelRef>) -> Answer<CatalogModel> {
+        let r = r.into_inner();
+        Ok(Response::new(self.catalog.get(&r.name, &r.version).await?))
+    }
+
+    async fn delete_catalog_model(
+        &self,
+        r: Request<DeleteCatalogModelRequest>,
+    ) -> Answer<DeleteCatalogModelResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.catalog.delete(&r.name, &r.version, r.force).await?,
+        ))
+    }
+}

@@ -1,0 +1,599 @@
+//! The model catalog with a real scheduler process and the real CLI: push (resumable,
+//! nothing sent twice), list, show, delete with garbage collection; the inputs and
+//! outputs read from each example's ONNX file equal what ONNX Runtime reports for it on a
+//! real worker; bad uploads are refused with the code and message that name the problem;
+//! pushing a 300 MB model keeps the scheduler's memory flat.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use localml_cli::client::Connection;
+use localml_proto::localml::v1::catalog_client::CatalogClient;
+use localml_proto::localml::v1::*;
+use localml_tests::*;
+
+async fn catalog(scheduler: &Scheduler) -> CatalogClient<Connection> {
+    CatalogClient::new(scheduler.admin_channel().await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// Runs `localml ARGS --server ADDR` with the admin key; returns (success, stdout, stderr).
+fn cli(scheduler: &Scheduler, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("localml"))
+        .args(args)
+        .args(["--server", &scheduler.addr])
+        .env("LOCALML_KEY", scheduler.admin_key())
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run localml");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_ok(scheduler: &Scheduler, args: &[&str]) -> String {
+    let (ok, out, err) = cli(scheduler, args);
+    assert!(ok, "localml {args:?} failed: {err}");
+    out
+}
+
+fn sha256(path: &Path) -> String {
+    localml_trust::sha256_file(path).expect("hash")
+}
+
+fn blob_files(scheduler: &Scheduler) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(scheduler.data_dir().join("blobs/sha256"))
+        .expect("blob dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_list_show_and_delete_with_the_cli() {
+    let scheduler = Scheduler::start();
+    let image = models_dir().join("image_classifier");
+    let size = std::fs::metadata(image.join("1/model.onnx"))
+        .expect("model")
+        .len();
+
+    let out = cli_ok(
+        &scheduler,
+        &["models", "push", image.to_str().expect("utf-8")],
+    );
+    assert!(
+        out.contains(&format!("pushed image_classifier version 1: 1 file(s), {size} bytes; sent {size} bytes (0 file(s) already")),
+        "{out}"
+    );
+    // The same content again: the same version, nothing sent.
+    let out = cli_ok(
+        &scheduler,
+        &["models", "push", image.to_str().expect("utf-8")],
+    );
+    assert!(
+        out.contains("version 1: ") && out.contains("sent 0 bytes (1 file(s) already"),
+        "{out}"
+    );
+    // Under another name it is another model, and the file is still not sent again.
+    let out = cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            image.join("1/model.onnx").to_str().expect("utf-8"),
+            "--name",
+            "copy",
+            "--version",
+            "7",
+        ],
+    );
+    assert!(
+        out.contains("pushed copy version 7: ") && out.contains("sent 0 bytes"),
+        "{out}"
+    );
+
+    let list = cli_ok(&scheduler, &["models", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("image_classifier") && l.contains("image FP32 [-1, 3, 32, 32]")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("copy ") && l.contains(" 7 ")),
+        "{list}"
+    );
+    let show = cli_ok(&scheduler, &["models", "show", "image_classifier:1"]);
+    assert!(
+        show.contains(&format!("sha256:{}", sha256(&image.join("1/model.onnx")))),
+        "{show}"
+    );
+    assert!(
+        show.contains("config.yaml:\n  "),
+        "the model's config.yaml is kept: {show}"
+    );
+
+    // A deployment naming the model protects it; --force does not care.
+    scheduler
+        .admin()
+        .await
+        .apply_deployment(Deployment {
+            name: "classify".into(),
+            model: "image_classifier".into(),
+            replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("deployment");
+    let (ok, _, err) = cli(&scheduler, &["models", "delete", "image_classifier"]);
+    assert!(
+        !ok && err.contains("deployment 'classify' uses image_classifier"),
+        "{err}"
+    );
+    // The blob is shared with `copy`: deleting one model keeps it.
+    let out = cli_ok(
+        &scheduler,
+        &["models", "delete", "image_classifier:1", "--force"],
+    );
+    assert!(
+        out.contains("deleted image_classifier:1; removed 0 unused file(s)"),
+        "{out}"
+    );
+    assert_eq!(blob_files(&scheduler).len(), 1);
+    let out = cli_ok(&scheduler, &["models", "delete", "copy"]);
+    assert!(
+        out.contains(&format!(
+            "deleted copy:7; removed 1 unused file(s), {}",
+            localml_cli::catalog::human_bytes(size)
+        )),
+        "{out}"
+    );
+    assert!(blob_files(&scheduler).is_empty());
+    let (ok, _, err) = cli(&scheduler, &["models", "show", "copy"]);
+    assert!(
+        !ok && err.contains("NotFound: no model 'copy' in the catalog"),
+        "{err}"
+    );
+}
+
+/// What the scheduler reads from each example's ONNX file equals what ONNX Runtime
+/// reports for the same model on a real worker (ModelMetadata through the scheduler).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_signatures_equal_onnx_runtimes() {
+    let scheduler = Scheduler::start();
+    let _worker = Worker::start("w1", &scheduler, &[]);
+    scheduler.wait_ready(&["w1"]).await;
+    let mut inference = scheduler.inference().await;
+    let mut catalog = catalog(&scheduler).await;
+    for name in [
+        "image_classifier",
+        "text_classifier",
+        "datatypes",
+        "tensor_stats",
+    ] {
+        let dir = models_dir().join(name);
+        cli_ok(
+            &scheduler,
+            &["models", "push", dir.to_str().expect("utf-8")],
+        );
+        let entry = catalog
+            .get_catalog_model(CatalogModelRef {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .expect("in the catalog")
+            .into_inner();
+        let metadata = inference
+            .model_metadata(localml_proto::inference::ModelMetadataRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .expect("metadata")
+            .into_inner();
+        let ours = |list: &[CatalogTensor]| {
+            let mut v: Vec<_> = list
+                .iter()
+                .map(|t| (t.name.clone(), t.datatype.clone(), t.shape.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        let theirs =
+            |list: &[localml_proto::inference::model_metadata_response::TensorMetadata]| {
+                let mut v: Vec<_> = list
+                    .iter()
+                    .map(|t| (t.name.clone(), t.datatype.clone(), t.shape.clone()))
+                    .collect();
+                v.sort();
+                v
+            };
+        assert_eq!(
+            ours(&entry.inputs),
+            theirs(&metadata.inputs),
+            "{name} inputs"
+        );
+        assert_eq!(
+            ours(&entry.outputs),
+            theirs(&metadata.outputs),
+            "{name} outputs"
+        );
+    }
+}
+
+/// Sends `data` as the start of blob `sha256` (of `size` bytes) and stops.
+async fn upload_part(
+    catalog: &mut CatalogClient<Connection>,
+    sha256: &str,
+    size: u64,
+    offset: u64,
+    data: Vec<u8>,
+) -> Result<BlobStatusResponse, tonic::Status> {
+    let chunk = BlobChunk {
+        sha256: sha256.into(),
+        size,
+        offset,
+        data: data.into(),
+    };
+    catalog
+        .upload_blob(futures::stream::iter([chunk]))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn held(catalog: &mut CatalogClient<Connection>, sha256: &str) -> BlobStatusResponse {
+    catalog
+        .blob_status(BlobStatusRequest {
+            sha256: sha256.into(),
+        })
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_push_resumes_and_sends_only_the_rest() {
+    let mut scheduler = Scheduler::start();
+    let file = models_dir().join("text_classifier/2/model.onnx");
+    let bytes = std::fs::read(&file).expect("model");
+    let (size, hash) = (bytes.len() as u64, sha256(&file));
+    let half = bytes.len() / 2;
+    let mut catalog = catalog(&scheduler).await;
+    let err = upload_part(&mut catalog, &hash, size, 0, bytes[..half].to_vec())
+        .await
+        .expect_err("the stream ended early");
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("ended after {half} of {size} bytes")),
+        "{err:?}"
+    );
+    // The bytes are kept, across a crash of the scheduler too.
+    scheduler.crash_and_restart();
+    let mut catalog = self::catalog(&scheduler).await;
+    let status = held(&mut catalog, &hash).await;
+    assert_eq!((status.complete, status.received), (false, half as u64));
+    // Resuming from elsewhere is refused with where to resume.
+    let err = upload_part(&mut catalog, &hash, size, 0, bytes.to_vec())
+        .await
+        .expect_err("wrong offset");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("resume at offset {half}, not 0")),
+        "{err:?}"
+    );
+
+    let out = cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            models_dir()
+                .join("text_classifier")
+                .to_str()
+                .expect("utf-8"),
+        ],
+    );
+    let rest = size - half as u64;
+    assert!(
+        out.contains(&format!("{size} bytes; sent {rest} bytes")),
+        "{out}"
+    );
+    // The blob on disk is the file, whole.
+    let stored = scheduler.data_dir().join("blobs/sha256").join(&hash);
+    assert_eq!(std::fs::read(&stored).expect("stored blob"), bytes);
+
+    // FetchBlob from an offset returns the rest of the file.
+    let mut stream = catalog
+        .fetch_blob(FetchBlobRequest {
+            sha256: hash.clone(),
+            offset: 1000,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let mut fetched = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        fetched.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(fetched, bytes[1000..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pushes_are_refused_with_the_reason_and_leave_nothing() {
+    let scheduler = Scheduler::start();
+    let mut catalog = catalog(&scheduler).await;
+    let dir = TempDir::new("catalog-bad");
+
+    // A file that is not an ONNX model: refused at push, named.
+    let text = dir.path().join("notes.onnx");
+    std::fs::write(&text, "these are not weights\n").expect("write");
+    let (ok, _, err) = cli(
+        &scheduler,
+        &["models", "push", text.to_str().expect("utf-8")],
+    );
+    assert!(
+        !ok && err.contains("InvalidArgument: model.onnx: not an ONNX model"),
+        "{err}"
+    );
+    let list = catalog
+        .list_catalog(ListCatalogRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.models.is_empty(), "{list:?}");
+
+    // Bytes that do not hash to the blob's name: refused with both hashes, discarded.
+    let claimed = "0".repeat(64);
+    let err = upload_part(&mut catalog, &claimed, 5, 0, b"hello".to_vec())
+        .await
+        .expect_err("wrong hash");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let actual = localml_trust::sha256_hex(b"hello");
+    assert!(
+        err.message().contains(&actual) && err.message().contains(&claimed),
+        "{err:?}"
+    );
+    assert_eq!(held(&mut catalog, &claimed).await.received, 0);
+
+    // More data than the declared size.
+    let err = upload_part(&mut catalog, &actual, 3, 0, b"hello".to_vec())
+        .await
+        .expect_err("past its size");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("past the blob's size of 3 bytes"),
+        "{err:?}"
+    );
+    // A name that is not a sha256.
+    let err = catalog
+        .blob_status(BlobStatusRequest {
+            sha256: "../../etc/passwd".into(),
+        })
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Versions: bad names and paths, blobs not uploaded, sizes that disagree.
+    let good = upload_part(&mut catalog, &actual, 5, 0, b"hello".to_vec())
+        .await
+        .expect("uploaded");
+    assert!(good.complete);
+    let file = |path: &str, sha256: &str, size| CatalogFile {
+        path: path.into(),
+        sha256: sha256.into(),
+        size,
+    };
+    let cases: Vec<(CatalogModel, tonic::Code, &str)> = vec![
+        (
+            CatalogModel {
+                name: "../up".into(),
+                files: vec![file("model.onnx", &actual, 5)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "model name '../up'",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("../model.onnx", &actual, 5)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "file path '../model.onnx'",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("/etc/x", &actual, 5)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "must be relative",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("labels.txt", &actual, 5)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "needs a file named model.onnx",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("model.onnx", &"a".repeat(64), 5)],
+                ..Default::default()
+            },
+            tonic::Code::NotFound,
+            "upload it first",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("model.onnx", &actual, 6)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "is 6 bytes in the request, but blob",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                version: "0".into(),
+                files: vec![file("model.onnx", &actual, 5)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "version '0'",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("model.onnx", &actual, 5)],
+                config_yaml: "- a list".into(),
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "config.yaml: must be a mapping",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![file("model.onnx", &actual, 5)],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "model.onnx: not an ONNX model",
+        ),
+    ];
+    for (request, code, message) in cases {
+        let err = catalog
+            .put_model(request.clone())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "{request:?}: {err:?}");
+        assert!(err.message().contains(message), "{request:?}: {err:?}");
+    }
+    assert!(catalog
+        .list_catalog(ListCatalogRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .models
+        .is_empty());
+
+    // Without a key: UNAUTHENTICATED, before anything is read.
+    let open =
+        localml_cli::client::connect_with(&scheduler.addr, Duration::from_secs(5), None, None)
+            .await
+            .expect("connect");
+    let err = CatalogClient::new(open)
+        .list_catalog(ListCatalogRequest {})
+        .await
+        .expect_err("no key");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+}
+
+/// A valid ONNX file of about `mb` MB: one FP32 input and output and a large initializer
+/// (hand-encoded protobuf; only the scheduler reads it, no worker loads it).
+fn large_model(path: &Path, mb: usize) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    use std::io::Write;
+    let field = |out: &mut Vec<u8>, number: u32, bytes: &[u8]| {
+        encode_key(number, WireType::LengthDelimited, out);
+        encode_varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    };
+    let value_info = |name: &str| {
+        let mut tensor = Vec::new();
+        encode_key(1, WireType::Varint, &mut tensor);
+        encode_varint(1, &mut tensor);
+        let mut ty = Vec::new();
+        field(&mut ty, 1, &tensor);
+        let mut info = Vec::new();
+        field(&mut info, 1, name.as_bytes());
+        field(&mut info, 2, &ty);
+        info
+    };
+    let data_len = mb << 20;
+    let mut initializer_head = Vec::new();
+    field(&mut initializer_head, 8, b"weights");
+    encode_key(9, WireType::LengthDelimited, &mut initializer_head);
+    encode_varint(data_len as u64, &mut initializer_head);
+    let initializer_len = initializer_head.len() + data_len;
+    let mut tail = Vec::new();
+    field(&mut tail, 11, &value_info("x"));
+    field(&mut tail, 12, &value_info("y"));
+    let mut graph_head = Vec::new();
+    encode_key(5, WireType::LengthDelimited, &mut graph_head);
+    encode_varint(initializer_len as u64, &mut graph_head);
+    let graph_len = graph_head.len() + initializer_len + tail.len();
+    let mut model_head = Vec::new();
+    encode_key(1, WireType::Varint, &mut model_head);
+    encode_varint(8, &mut model_head);
+    encode_key(7, WireType::LengthDelimited, &mut model_head);
+    encode_varint(graph_len as u64, &mut model_head);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    out.write_all(&model_head).expect("write");
+    out.write_all(&graph_head).expect("write");
+    out.write_all(&initializer_head).expect("write");
+    let block = vec![0x5au8; 1 << 20];
+    for _ in 0..mb {
+        out.write_all(&block).expect("write");
+    }
+    out.write_all(&tail).expect("write");
+    out.flush().expect("flush");
+}
+
+fn memory_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushing_a_300_mb_model_keeps_the_schedulers_memory_flat() {
+    let scheduler = Scheduler::start();
+    let dir = TempDir::new("catalog-large");
+    let file = dir.path().join("big.onnx");
+    large_model(&file, 300);
+    // Settle: the scheduler's idle size after start-up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_kb = memory_kb(scheduler.process.pid(), "VmRSS:");
+    let out = cli_ok(
+        &scheduler,
+        &["models", "push", file.to_str().expect("utf-8")],
+    );
+    let size = std::fs::metadata(&file).expect("file").len();
+    assert!(
+        out.contains(&format!(
+            "pushed big version 1: 1 file(s), {size} bytes; sent {size} bytes"
+        )),
+        "{out}"
+    );
+    let peak_kb = memory_kb(scheduler.process.pid(), "VmHWM:");
+    eprintln!("scheduler RSS idle {idle_kb} kB, peak while pushing {peak_kb} kB");
+    assert!(
+        peak_kb < idle_kb + 64 * 1024,
+        "the scheduler's peak RSS {peak_kb} kB is over its idle {idle_kb} kB + 64 MiB"
+    );
+    let show = cli_ok(&scheduler, &["models", "show", "big"]);
+    assert!(
+        show.contains("input:  x FP32 []") && show.contains("output:  y FP32 []"),
+        "{show}"
+    );
+}
