@@ -10,7 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use localml_proto::localml::v1::{Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus};
+use localml_proto::localml::v1::{
+    AvailableModel, CatalogModel, Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus,
+};
 use prost::Message;
 
 use crate::leader::Leadership;
@@ -209,7 +211,7 @@ fn has_provider(status: &WorkerStatus, provider: &str) -> bool {
 }
 
 /// Whether `worker` may take `d`: on-demand, Ready, not cordoned, labels and provider
-/// match, and its repository has the model.
+/// match, and its repository has the model (see [`with_catalog`] for the catalog's).
 pub fn eligible(d: &Deployment, worker: &WorkerInfo) -> bool {
     let Some(status) = &worker.status else {
         return false;
@@ -225,6 +227,46 @@ pub fn eligible(d: &Deployment, worker: &WorkerInfo) -> bool {
             .available
             .iter()
             .any(|a| a.name == d.model && (d.version.is_empty() || a.version == d.version))
+}
+
+/// Workers as the planner sees them: one that fetches models from the catalog
+/// (`WorkerStatus.catalog`) can take every catalog version, as if its repository had it.
+pub async fn with_catalog(
+    store: &dyn Store,
+    mut workers: Vec<WorkerInfo>,
+) -> Result<Vec<WorkerInfo>, StoreError> {
+    if !workers
+        .iter()
+        .any(|w| w.status.as_ref().is_some_and(|s| s.catalog))
+    {
+        return Ok(workers);
+    }
+    let (kvs, _) = store.list(crate::catalog::CATALOG).await?;
+    let models: Vec<AvailableModel> = kvs
+        .iter()
+        .filter_map(|kv| CatalogModel::decode(kv.value.as_slice()).ok())
+        .map(|m| AvailableModel {
+            file_bytes: m.files.iter().map(|f| f.size).sum(),
+            name: m.name,
+            version: m.version,
+        })
+        .collect();
+    for status in workers
+        .iter_mut()
+        .filter_map(|w| w.status.as_mut())
+        .filter(|s| s.catalog)
+    {
+        for m in &models {
+            let has = status
+                .available
+                .iter()
+                .any(|a| a.name == m.name && a.version == m.version);
+            if !has {
+                status.available.push(m.clone());
+            }
+        }
+    }
+    Ok(workers)
 }
 
 /// Whether `worker` serves `d` now (Ready with the model loaded).
@@ -323,6 +365,7 @@ impl Controller {
     async fn reconcile(&self, leadership: &Leadership) -> Result<(), StoreError> {
         let (deployments, assigned) = load_state(self.store.as_ref()).await?;
         let workers = self.workers.list(tokio::time::Instant::now());
+        let workers = with_catalog(self.store.as_ref(), workers).await?;
         let names: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
         let mut txn = leadership.fenced();
         let mut changes = 0;
@@ -375,7 +418,7 @@ pub fn with_status(d: &Deployment, assigned: &[String], workers: &[WorkerInfo]) 
     if out.ready_replicas < d.replicas {
         let eligible = workers.iter().filter(|w| eligible(d, w)).count();
         out.message = format!(
-            "{} of {} replicas ready; {eligible} eligible worker(s) (Ready, --load on-demand, matching, model '{}' in the repository)",
+            "{} of {} replicas ready; {eligible} eligible worker(s) (Ready, --load on-demand, matching, model '{}' in the repository or the catalog)",
             out.ready_replicas, d.replicas, d.model
         );
     }

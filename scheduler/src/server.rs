@@ -244,6 +244,20 @@ pub async fn run(
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
 
+    // Model files live beside the embedded store, whatever the store.
+    let blobs =
+        crate::catalog::blobs::Blobs::open(&config.data_dir.join("blobs")).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", config.data_dir.join("blobs").display()),
+            )
+        })?;
+    let catalog = Arc::new(crate::catalog::Catalog::new(
+        Arc::clone(&state),
+        Arc::new(blobs),
+    ));
+    let chunk_bytes = CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2);
+
     // One replica leads and runs the job dispatcher; the others stand by.
     let is_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let leading = {
@@ -316,20 +330,9 @@ pub async fn run(
         chunk_bytes: crate::backup::CHUNK_BYTES.min(config.max_message_bytes / 2),
     })
     .max_encoding_message_size(config.max_message_bytes);
-    // Model files live beside the embedded store, whatever the store.
-    let blobs =
-        crate::catalog::blobs::Blobs::open(&config.data_dir.join("blobs")).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", config.data_dir.join("blobs").display()),
-            )
-        })?;
     let catalog_api = CatalogServer::new(crate::services::catalog::CatalogService {
-        catalog: Arc::new(crate::catalog::Catalog::new(
-            Arc::clone(&state),
-            Arc::new(blobs),
-        )),
-        chunk_bytes: CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2),
+        catalog: Arc::clone(&catalog),
+        chunk_bytes,
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
@@ -346,7 +349,10 @@ pub async fn run(
         report_interval_ms: u32::try_from(config.report_interval_ms).unwrap_or(u32::MAX),
         certificate_validity: std::time::Duration::from_secs(config.worker_certificate_validity_s),
         bind_names: config.bind_worker_names,
-    });
+        catalog,
+        chunk_bytes,
+    })
+    .max_encoding_message_size(config.max_message_bytes);
 
     // Streams a client resets before the server took them (h2's guard against "rapid
     // reset" floods): h2's default of 20 closed the connection of a client whose burst of

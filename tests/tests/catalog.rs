@@ -597,3 +597,151 @@ async fn pushing_a_300_mb_model_keeps_the_schedulers_memory_flat() {
         "{show}"
     );
 }
+
+/// Workers that serve `model` now, by name.
+async fn serving(scheduler: &Scheduler, model: &str) -> Vec<String> {
+    let mut names: Vec<String> = scheduler
+        .workers()
+        .await
+        .into_iter()
+        .filter(|w| w.state == WorkerState::Ready as i32)
+        .filter_map(|w| w.status)
+        .filter(|s| s.models.iter().any(|m| m.name == model))
+        .map(|s| s.name)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn apply(scheduler: &Scheduler, replicas: u32) {
+    scheduler
+        .admin()
+        .await
+        .apply_deployment(Deployment {
+            name: "classify".into(),
+            model: "image_classifier".into(),
+            replicas,
+            ..Default::default()
+        })
+        .await
+        .expect("deployment");
+}
+
+/// On-demand workers with empty repositories get a pushed model from the scheduler,
+/// serve it with the outputs ONNX Runtime's Python API gave (examples/expected), and a
+/// file corrupted in one worker's cache is found before the next load and fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-empty-repository");
+    let data: Vec<TempDir> = (0..2).map(|_| TempDir::new("catalog-worker")).collect();
+    let _workers: Vec<Worker> = ["c1", "c2"]
+        .iter()
+        .zip(&data)
+        .map(|(name, dir)| {
+            let dir = dir.path().to_str().expect("utf-8");
+            Worker::start_with_models(
+                name,
+                &scheduler,
+                empty.path(),
+                &["--load", "on-demand", "--data-dir", dir],
+            )
+        })
+        .collect();
+    scheduler.wait_ready(&["c1", "c2"]).await;
+    let image = models_dir().join("image_classifier");
+    cli_ok(
+        &scheduler,
+        &["models", "push", image.to_str().expect("utf-8")],
+    );
+    apply(&scheduler, 2).await;
+    let both = wait_until(Duration::from_secs(60), || async {
+        serving(&scheduler, "image_classifier").await == ["c1", "c2"]
+    })
+    .await;
+    assert!(
+        both,
+        "served by {:?}",
+        serving(&scheduler, "image_classifier").await
+    );
+
+    let examples = expected_examples();
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
+    let mut inference = scheduler.inference().await;
+    for _ in 0..4 {
+        let response = inference
+            .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
+            .await
+            .expect("inference")
+            .into_inner();
+        let outputs = localml_cli::client::outputs(&response).expect("outputs");
+        assert_tensors_match("catalog model", &ex.outputs, &outputs);
+    }
+    // Each worker's cached file is the pushed file, byte for byte.
+    let original = std::fs::read(image.join("1/model.onnx")).expect("model");
+    let hash = localml_trust::sha256_hex(&original);
+    let cached: Vec<_> = data
+        .iter()
+        .map(|d| d.path().join("catalog/blobs").join(&hash))
+        .collect();
+    for file in &cached {
+        assert_eq!(
+            std::fs::read(file).expect("cached"),
+            original,
+            "{}",
+            file.display()
+        );
+    }
+
+    // Unassign, corrupt c1's copy, assign again: c1 finds the damage and fetches again.
+    scheduler
+        .admin()
+        .await
+        .delete_deployment(DeleteDeploymentRequest {
+            name: "classify".into(),
+        })
+        .await
+        .expect("delete");
+    let gone = wait_until(Duration::from_secs(60), || async {
+        serving(&scheduler, "image_classifier").await.is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "still served by {:?}",
+        serving(&scheduler, "image_classifier").await
+    );
+    let mut damaged = original.clone();
+    damaged[100] ^= 0xff;
+    std::fs::write(&cached[0], &damaged).expect("corrupt");
+    apply(&scheduler, 2).await;
+    let both = wait_until(Duration::from_secs(60), || async {
+        serving(&scheduler, "image_classifier").await == ["c1", "c2"]
+    })
+    .await;
+    assert!(
+        both,
+        "served by {:?}",
+        serving(&scheduler, "image_classifier").await
+    );
+    assert_eq!(
+        std::fs::read(&cached[0]).expect("cached"),
+        original,
+        "the corrupt copy was replaced"
+    );
+    let response = inference
+        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
+        .await
+        .expect("inference")
+        .into_inner();
+    assert_tensors_match(
+        "catalog model",
+        &ex.outputs,
+        &localml_cli::client::outputs(&response).expect("outputs"),
+    );
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use localml_proto::localml::v1::cluster_client::ClusterClient;
-use localml_proto::localml::v1::{JoinRequest, LeaveRequest, StatusReport};
+use localml_proto::localml::v1::{JoinRequest, LeaveRequest, ModelRef, StatusReport};
 use tokio::sync::watch;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -142,6 +142,36 @@ pub async fn run_all(
     }
 }
 
+/// Fetches an assigned model the repository lacks from the scheduler's catalog, then
+/// loads it; a failure is logged and tried again on a later report.
+fn fetch_from_catalog(worker: &Arc<Worker>, client: ClusterClient<Channel>, m: ModelRef) {
+    if !worker.begin_fetch(&m) {
+        return;
+    }
+    let worker = Arc::clone(worker);
+    tokio::spawn(async move {
+        let mut client = client;
+        match worker.cache.fetch(&mut client, &m.name, &m.version).await {
+            Ok(fetched) => {
+                tracing::info!(
+                    model = %m.name,
+                    version = fetched.source.version,
+                    received_bytes = fetched.received,
+                    repaired_files = fetched.repaired,
+                    "model fetched from the scheduler's catalog"
+                );
+                worker.add_available(fetched.source);
+                worker.end_fetch(&m, true);
+                worker.apply_assignments(std::slice::from_ref(&m), &[]);
+            }
+            Err(e) => {
+                tracing::warn!(model = %m.name, version = %m.version, error = %e, "cannot fetch the assigned model from the catalog; trying again later");
+                worker.end_fetch(&m, false);
+            }
+        }
+    });
+}
+
 /// Reports to the scheduler at `address` until `shutdown` turns true, then leaves the
 /// cluster. A renewed certificate (on `credentials`) is used from the next report on.
 pub async fn run(
@@ -197,7 +227,9 @@ pub async fn run(
                 .await
                 .map(|r| {
                     let r = r.into_inner();
-                    worker.apply_assignments(&r.load, &r.unload);
+                    for m in worker.apply_assignments(&r.load, &r.unload) {
+                        fetch_from_catalog(&worker, client.clone(), m);
+                    }
                     if !r.known {
                         tracing::info!(
                             "the scheduler does not know this worker (restarted?); joining again"

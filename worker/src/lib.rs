@@ -18,6 +18,7 @@
 //! - [`cli`]: the worker's flags, shared by `localml-worker` and `localml worker`.
 
 pub mod agent;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -147,7 +147,8 @@ pub fn scan(repo: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
     Ok(found)
 }
 
-fn read_config(path: &Path) -> Result<ModelConfig, RepositoryError> {
+/// A model's config.yaml (missing or empty: the defaults).
+pub fn read_config(path: &Path) -> Result<ModelConfig, RepositoryError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),

@@ -1,6 +1,6 @@
 //! The worker's shared state: its loaded models and what it reports about itself.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -63,7 +63,14 @@ pub struct Worker {
     ups: Mutex<Option<crate::ups::UpsPower>>,
     /// Power draw and joules per inference, from energy windows.
     pub energy: crate::energy::EnergyMeter,
+    /// Models from the scheduler's catalog, cached under the data directory.
+    pub cache: crate::catalog::ModelCache,
+    /// Catalog fetches under way (None) or failed, and when, by (name, version asked).
+    fetches: Mutex<HashMap<(String, String), Option<std::time::Instant>>>,
 }
+
+/// A failed catalog fetch is tried again after this long.
+const FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Worker {
     pub fn new(
@@ -89,6 +96,8 @@ impl Worker {
                 hardware::cpu_cores(),
             ),
             ups: Mutex::new(None),
+            cache: crate::catalog::ModelCache::new(config.data_dir.join("catalog")),
+            fetches: Mutex::default(),
             config,
         }
     }
@@ -182,9 +191,16 @@ impl Worker {
     /// Applies the scheduler's assignments (on-demand workers only): loads what is
     /// assigned and not loaded, in the background; unloads what is not assigned any
     /// more (requests running on it finish first: they hold the model).
-    pub fn apply_assignments(self: &Arc<Self>, load: &[pb::ModelRef], unload: &[pb::ModelRef]) {
+    /// Loads and unloads what the scheduler's deployments say; returns the assigned models
+    /// the repository lacks (the agent fetches them from the catalog).
+    pub fn apply_assignments(
+        self: &Arc<Self>,
+        load: &[pb::ModelRef],
+        unload: &[pb::ModelRef],
+    ) -> Vec<pb::ModelRef> {
+        let mut missing = Vec::new();
         if self.config.load != LoadMode::OnDemand || self.loader.is_none() {
-            return;
+            return missing;
         }
         for m in unload {
             let mut table = self.models.write().unwrap_or_else(|e| e.into_inner());
@@ -198,6 +214,13 @@ impl Worker {
                 for v in removed {
                     versions.remove(&v);
                     tracing::info!(model = %m.name, version = v, "model unloaded (unassigned)");
+                    // A catalog model is checked again (sha256) before it loads again.
+                    self.available
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|s| {
+                            !(s.name == m.name && s.version == v && self.cache.holds(&s.path))
+                        });
                 }
                 if versions.is_empty() {
                     table.remove(&m.name);
@@ -215,7 +238,7 @@ impl Worker {
                     .cloned()
             };
             let Some(source) = source else {
-                tracing::warn!(model = %m.name, version = %m.version, "assigned a model the repository does not have");
+                missing.push(m.clone());
                 continue;
             };
             let key = (source.name.clone(), source.version);
@@ -255,6 +278,39 @@ impl Worker {
                     .remove(&key);
             });
         }
+        missing
+    }
+
+    /// Whether a catalog fetch of `m` should start now (none under way, none failed
+    /// within the last 10 s); if so it counts as under way until [`Worker::end_fetch`].
+    pub fn begin_fetch(&self, m: &pb::ModelRef) -> bool {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (m.name.clone(), m.version.clone());
+        match fetches.get(&key) {
+            Some(None) => false,
+            Some(Some(failed)) if failed.elapsed() < FETCH_RETRY => false,
+            _ => {
+                fetches.insert(key, None);
+                true
+            }
+        }
+    }
+
+    pub fn end_fetch(&self, m: &pb::ModelRef, ok: bool) {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (m.name.clone(), m.version.clone());
+        if ok {
+            fetches.remove(&key);
+        } else {
+            fetches.insert(key, Some(std::time::Instant::now()));
+        }
+    }
+
+    /// Adds a model version fetched from the catalog to what the worker can load.
+    pub fn add_available(&self, source: ModelSource) {
+        let mut available = self.available.write().unwrap_or_else(|e| e.into_inner());
+        available.retain(|s| !(s.name == source.name && s.version == source.version));
+        available.push(source);
     }
 
     /// Scans the repository again (new models copied in).
@@ -344,6 +400,7 @@ impl Worker {
                 })
                 .collect(),
             on_demand: self.config.load == LoadMode::OnDemand,
+            catalog: self.config.load == LoadMode::OnDemand,
             draining: self.draining.load(Ordering::SeqCst),
             sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
             version: crate::VERSION.to_string(),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use localml_proto::localml::v1::{
-    CatalogFile, CatalogModel, DeleteCatalogModelResponse, Deployment,
+    BlobChunk, CatalogFile, CatalogModel, DeleteCatalogModelResponse, Deployment,
 };
 use localml_store::{Store, StoreError, Txn};
 use prost::Message;
@@ -21,6 +21,10 @@ use prost::Message;
 use blobs::Blobs;
 
 pub const CATALOG: &str = "catalog/";
+
+/// A blob's chunks as [`Catalog::fetch`] streams them.
+pub type BlobChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, CatalogError>> + Send>>;
 
 /// Longest model name, file path and config.yaml; most files in one version.
 const MAX_NAME: usize = 128;
@@ -244,6 +248,62 @@ impl Catalog {
             versions.into_iter().find(|m| m.version == version)
         };
         found.ok_or_else(|| CatalogError::NoModel(display(name, version)))
+    }
+
+    /// Streams blob `sha256` from `offset` in chunks of `chunk_bytes`, read on a blocking
+    /// thread a few chunks ahead of the client (memory stays a few chunks).
+    pub fn fetch(
+        &self,
+        sha256: &str,
+        offset: u64,
+        chunk_bytes: usize,
+    ) -> Result<BlobChunks, CatalogError> {
+        blobs::check_sha256(sha256)?;
+        let file = match std::fs::File::open(self.blobs.path(sha256)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CatalogError::NoBlob(sha256.into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let size = file.metadata()?.len();
+        if offset > size {
+            return Err(CatalogError::PastSize { offset, size });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<BlobChunk, CatalogError>>(4);
+        let sha256 = sha256.to_string();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = file;
+            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                let _ = tx.blocking_send(Err(e.into()));
+                return;
+            }
+            let mut at = offset;
+            while at < size {
+                let n = chunk_bytes.min((size - at) as usize);
+                let mut buf = vec![0u8; n];
+                if let Err(e) = file.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(e.into()));
+                    return;
+                }
+                let chunk = BlobChunk {
+                    sha256: if at == offset {
+                        sha256.clone()
+                    } else {
+                        String::new()
+                    },
+                    size,
+                    offset: at,
+                    data: buf.into(),
+                };
+                at += n as u64;
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return; // The client went away.
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     /// Checks a new version's request and its blobs, reads its ONNX graph and records it.

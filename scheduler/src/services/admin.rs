@@ -83,6 +83,7 @@ impl AdminService {
     async fn list_deployments(&self) -> Result<Vec<Deployment>, AdminError> {
         let (deployments, assigned) = deployments::load_state(self.store.as_ref()).await?;
         let workers = self.workers.list(Instant::now());
+        let workers = deployments::with_catalog(self.store.as_ref(), workers).await?;
         Ok(deployments
             .iter()
             .map(|d| {

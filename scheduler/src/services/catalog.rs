@@ -97,56 +97,11 @@ impl CatalogApi for CatalogService {
     }
 
     async fn fetch_blob(&self, r: Request<FetchBlobRequest>) -> Answer<Chunks> {
-        let FetchBlobRequest { sha256, offset } = r.into_inner();
-        blobs::check_sha256(&sha256)?;
-        let path = self.catalog.blobs.path(&sha256);
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CatalogError::NoBlob(sha256).into())
-            }
-            Err(e) => return Err(CatalogError::Io(e).into()),
-        };
-        let size = file.metadata().map_err(CatalogError::Io)?.len();
-        if offset > size {
-            return Err(CatalogError::PastSize { offset, size }.into());
-        }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<BlobChunk, Status>>(4);
-        let chunk_bytes = self.chunk_bytes;
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut file = file;
-            let mut at = offset;
-            let read = file.seek(SeekFrom::Start(offset)).map(drop);
-            if let Err(e) = read {
-                let _ = tx.blocking_send(Err(CatalogError::Io(e).into()));
-                return;
-            }
-            while at < size {
-                let n = chunk_bytes.min((size - at) as usize);
-                let mut buf = vec![0u8; n];
-                if let Err(e) = file.read_exact(&mut buf) {
-                    let _ = tx.blocking_send(Err(CatalogError::Io(e).into()));
-                    return;
-                }
-                let chunk = BlobChunk {
-                    sha256: if at == offset {
-                        sha256.clone()
-                    } else {
-                        String::new()
-                    },
-                    size,
-                    offset: at,
-                    data: buf.into(),
-                };
-                at += n as u64;
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return; // The client went away.
-                }
-            }
-        });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
-        Ok(Response::new(stream))
+        let r = r.into_inner();
+        let chunks = self.catalog.fetch(&r.sha256, r.offset, self.chunk_bytes)?;
+        Ok(Response::new(
+            chunks.map(|c| c.map_err(Status::from)).boxed(),
+        ))
     }
 
     async fn put_model(&self, r: Request<CatalogModel>) -> Answer<CatalogModel> {

@@ -91,6 +91,10 @@ pub struct ClusterService {
     /// Bind each worker name to the key of the worker that first joined under it
     /// (`bind_worker_names`).
     pub bind_names: bool,
+    /// The model catalog, read by workers assigned models their repository lacks.
+    pub catalog: Arc<crate::catalog::Catalog>,
+    /// Bytes per fetched chunk of a model file.
+    pub chunk_bytes: usize,
 }
 
 fn require_status(status: Option<WorkerStatus>) -> Result<WorkerStatus, ClusterError> {
@@ -303,8 +307,35 @@ impl ClusterService {
     }
 }
 
+type BlobChunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type FetchBlobStream = BlobChunks;
+
+    async fn get_catalog_model(
+        &self,
+        r: Request<CatalogModelRef>,
+    ) -> Result<Response<CatalogModel>, Status> {
+        require_certificate(&r, &self.trust)?;
+        let r = r.into_inner();
+        Ok(Response::new(self.catalog.get(&r.name, &r.version).await?))
+    }
+
+    async fn fetch_blob(
+        &self,
+        r: Request<FetchBlobRequest>,
+    ) -> Result<Response<BlobChunks>, Status> {
+        let holder = require_certificate(&r, &self.trust)?;
+        let r = r.into_inner();
+        tracing::debug!(worker = %holder.name, sha256 = %r.sha256, offset = r.offset, "model file fetched");
+        let chunks = self.catalog.fetch(&r.sha256, r.offset, self.chunk_bytes)?;
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            chunks,
+            |c| c.map_err(Status::from),
+        ))))
+    }
+
     async fn get_ca(&self, _: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
         Ok(Response::new(GetCaResponse {
             ca_pem: self.trust.ca.cert_pem().to_string(),

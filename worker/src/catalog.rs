@@ -1,0 +1,283 @@
+//! Models from the scheduler's catalog, for an on-demand worker assigned a model its
+//! repository lacks (docs/models.md). Files are kept by sha256 under
+//! `<data_dir>/catalog/blobs/`, downloaded resumably (a `.partial` file grows until it is
+//! whole), checked against their sha256 before each load (a corrupt file is discarded and
+//! fetched again), and linked into a repository of Triton's layout,
+//! `<data_dir>/catalog/models/<name>/<version>/`, which the loader reads as any other.
+
+use std::path::{Component, Path, PathBuf};
+
+use localml_proto::localml::v1::cluster_client::ClusterClient;
+use localml_proto::localml::v1::{CatalogModel, CatalogModelRef, FetchBlobRequest};
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+
+use crate::repository::{ModelSource, RepositoryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the scheduler answered {code:?}: {message}")]
+    Scheduler { code: tonic::Code, message: String },
+    #[error("file '{path}' arrived with sha256 {actual}, not {expected}; discarded")]
+    Hash {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("the catalog entry is unusable: {0}")]
+    Entry(String),
+    #[error("the model cache {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+impl From<tonic::Status> for FetchError {
+    fn from(s: tonic::Status) -> FetchError {
+        FetchError::Scheduler {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What fetching a model version did.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub source: ModelSource,
+    /// Bytes received from the scheduler for it.
+    pub received: u64,
+    /// Cached files found corrupt and fetched again.
+    pub repaired: usize,
+}
+
+pub struct ModelCache {
+    root: PathBuf,
+}
+
+impl ModelCache {
+    pub fn new(root: PathBuf) -> ModelCache {
+        ModelCache { root }
+    }
+
+    /// Whether `path` lies in this cache (a model fetched from the catalog).
+    pub fn holds(&self, path: &Path) -> bool {
+        path.starts_with(&self.root)
+    }
+
+    fn blob(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(sha256)
+    }
+
+    /// Makes model `name` (version `version`, or the catalog's highest when empty)
+    /// loadable from the cache, fetching what is missing or corrupt.
+    pub async fn fetch(
+        &self,
+        client: &mut ClusterClient<Channel>,
+        name: &str,
+        version: &str,
+    ) -> Result<Fetched, FetchError> {
+        let entry = client
+            .get_catalog_model(CatalogModelRef {
+                name: name.into(),
+                version: version.into(),
+            })
+            .await?
+            .into_inner();
+        check_entry(&entry)?;
+        let blobs = self.root.join("blobs");
+        tokio::fs::create_dir_all(&blobs)
+            .await
+            .map_err(io(&blobs))?;
+        let (mut received, mut repaired) = (0, 0);
+        for file in &entry.files {
+            let path = self.blob(&file.sha256);
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                let actual = hash(&path).await?;
+                if actual == file.sha256 {
+                    continue;
+                }
+                tracing::warn!(model = %entry.name, file = %file.path, expected = %file.sha256, actual = %actual, "cached model file is corrupt; fetching it again");
+                tokio::fs::remove_file(&path).await.map_err(io(&path))?;
+                repaired += 1;
+            }
+            received += self
+                .download(client, &file.path, &file.sha256, file.size)
+                .await?;
+        }
+        let source = self.link(&entry).await?;
+        Ok(Fetched {
+            source,
+            received,
+            repaired,
+        })
+    }
+
+    /// Downloads one blob, resuming a `.partial` file; returns the bytes received.
+    async fn download(
+        &self,
+        client: &mut ClusterClient<Channel>,
+        inside: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Result<u64, FetchError> {
+        let partial = self.root.join("blobs").join(format!("{sha256}.partial"));
+        let mut offset = tokio::fs::metadata(&partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if offset > size {
+            offset = 0;
+            tokio::fs::remove_file(&partial)
+                .await
+                .map_err(io(&partial))?;
+        }
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .await
+            .map_err(io(&partial))?;
+        let mut stream = client
+            .fetch_blob(FetchBlobRequest {
+                sha256: sha256.into(),
+                offset,
+            })
+            .await?
+            .into_inner();
+        let mut received = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            if offset + received + chunk.data.len() as u64 > size {
+                return Err(FetchError::Entry(format!(
+                    "the scheduler sent more than the {size} bytes of '{inside}'"
+                )));
+            }
+            out.write_all(&chunk.data).await.map_err(io(&partial))?;
+            received += chunk.data.len() as u64;
+        }
+        out.sync_all().await.map_err(io(&partial))?;
+        drop(out);
+        let actual = hash(&partial).await?;
+        if actual != sha256 {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(FetchError::Hash {
+                path: inside.into(),
+                expected: sha256.into(),
+                actual,
+            });
+        }
+        let blob = self.blob(sha256);
+        tokio::fs::rename(&partial, &blob)
+            .await
+            .map_err(io(&blob))?;
+        Ok(received)
+    }
+
+    /// Links the version's files into `models/<name>/<version>/` and writes its
+    /// config.yaml; returns the source the loader reads.
+    async fn link(&self, entry: &CatalogModel) -> Result<ModelSource, FetchError> {
+        let model_dir = self.root.join("models").join(&entry.name);
+        let version_dir = model_dir.join(&entry.version);
+        let version: u64 = entry
+            .version
+            .parse()
+            .map_err(|_| FetchError::Entry(format!("version '{}'", entry.version)))?;
+        for file in &entry.files {
+            let target = version_dir.join(&file.path);
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(io(parent))?;
+            }
+            let _ = tokio::fs::remove_file(&target).await;
+            let blob = self.blob(&file.sha256);
+            if tokio::fs::hard_link(&blob, &target).await.is_err() {
+                tokio::fs::copy(&blob, &target).await.map_err(io(&target))?;
+            }
+        }
+        let config = model_dir.join("config.yaml");
+        tokio::fs::write(&config, &entry.config_yaml)
+            .await
+            .map_err(io(&config))?;
+        Ok(ModelSource {
+            name: entry.name.clone(),
+            version,
+            path: version_dir.join("model.onnx"),
+            config: crate::repository::read_config(&config)?,
+        })
+    }
+}
+
+async fn hash(path: &Path) -> Result<String, FetchError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || localml_trust::sha256_file(&owned))
+        .await
+        .map_err(|e| FetchError::Entry(e.to_string()))?
+        .map_err(io(path))
+}
+
+/// The scheduler checked the entry; a worker does not write outside its cache whatever
+/// it is sent.
+fn check_entry(m: &CatalogModel) -> Result<(), FetchError> {
+    let plain = |s: &str| {
+        let p = Path::new(s);
+        !s.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+    };
+    if !plain(&m.name) || m.name.contains('/') || !plain(&m.version) || m.version.contains('/') {
+        return Err(FetchError::Entry(format!(
+            "name '{}:{}'",
+            m.name, m.version
+        )));
+    }
+    for f in &m.files {
+        let sha_ok = f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !plain(&f.path) || !sha_ok {
+            return Err(FetchError::Entry(format!("file '{}'", f.path)));
+        }
+    }
+    if !m.files.iter().any(|f| f.path == "model.onnx") {
+        return Err(FetchError::Entry("no model.onnx".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use localml_proto::localml::v1::CatalogFile;
+
+    #[test]
+    fn entries_that_would_write_outside_the_cache_are_refused() {
+        let file = |path: &str| CatalogFile {
+            path: path.into(),
+            sha256: "a".repeat(64),
+            size: 1,
+        };
+        let entry = |name: &str, path: &str| CatalogModel {
+            name: name.into(),
+            version: "1".into(),
+            files: vec![file("model.onnx"), file(path)],
+            ..Default::default()
+        };
+        check_entry(&entry("m", "labels/en.txt")).expect("fine");
+        for (name, path) in [
+            ("..", "x"),
+            ("m", "../x"),
+            ("m", "/etc/x"),
+            ("a/b", "x"),
+            ("m", "a/../../x"),
+        ] {
+            assert!(check_entry(&entry(name, path)).is_err(), "{name} {path}");
+        }
+    }
+}
