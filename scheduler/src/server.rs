@@ -231,19 +231,6 @@ pub async fn run(
         })
     };
 
-    let scheduler_inference = Arc::new(inference::SchedulerInference {
-        dispatcher: Arc::clone(&dispatcher),
-    });
-    let inference = GrpcInferenceServiceServer::new(OipService(Arc::clone(&scheduler_inference)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    let jobs_api = JobsServer::new(jobs_api::JobsService {
-        store: Arc::clone(&state),
-        dispatcher: Arc::clone(&dispatcher),
-    })
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
-
     // Model files live beside the embedded store, whatever the store.
     let blobs =
         crate::catalog::blobs::Blobs::open(&config.data_dir.join("blobs")).map_err(|e| {
@@ -257,6 +244,19 @@ pub async fn run(
         Arc::new(blobs),
     ));
     let chunk_bytes = CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2);
+    let scheduler_inference = Arc::new(inference::SchedulerInference {
+        dispatcher: Arc::clone(&dispatcher),
+        catalog: Arc::clone(&catalog),
+    });
+    let inference = GrpcInferenceServiceServer::new(OipService(Arc::clone(&scheduler_inference)))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let jobs_api = JobsServer::new(jobs_api::JobsService {
+        store: Arc::clone(&state),
+        dispatcher: Arc::clone(&dispatcher),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
 
     // One replica leads and runs the job dispatcher; the others stand by.
     let is_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -745,3 +745,35 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         &localml_cli::client::outputs(&response).expect("outputs"),
     );
 }
+
+/// Triton's Python client loads a model with its files through the scheduler (into the
+/// catalog, deployed on an on-demand worker), infers on it, lists the repository and
+/// unloads it (tests/python/tritonclient_repository_check.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_loads_and_unloads_models_through_the_scheduler() {
+    if !tritonclient_available() {
+        return;
+    }
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-empty-repository");
+    let _worker =
+        Worker::start_with_models("t1", &scheduler, empty.path(), &["--load", "on-demand"]);
+    scheduler.wait_ready(&["t1"]).await;
+    let out = run_python_check(
+        "tritonclient_repository_check.py",
+        &scheduler.addr,
+        Some(&scheduler.admin_key()),
+        None,
+    )
+    .await;
+    assert!(out.contains("load, infer, index, unload OK"), "{out}");
+    // The version is in the catalog, as `localml models push` would have put it.
+    let list = cli_ok(&scheduler, &["models", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("pushed ") && l.contains("image FP32")),
+        "{list}"
+    );
+}

@@ -236,16 +236,18 @@ async fn metadata_config_stream_and_statistics() {
         .map(|s| (s.queue.map(|d| d.count), s.compute_infer.map(|d| d.count)));
     assert_eq!(split, Some((Some(4), Some(4))), "{stats:?}");
 
-    let unimplemented = c
+    // Triton's repository index lists what the workers serve (and the catalog holds).
+    let index = c
         .repository_index(RepositoryIndexRequest::default())
         .await
-        .expect_err("unimplemented");
-    assert_eq!(unimplemented.code(), Code::Unimplemented);
-    assert!(
-        unimplemented.message().contains("RepositoryIndex"),
-        "{}",
-        unimplemented.message()
-    );
+        .expect("repository index")
+        .into_inner();
+    let image = index
+        .models
+        .iter()
+        .find(|m| m.name == "image_classifier" && m.version == "1")
+        .unwrap_or_else(|| panic!("{index:?}"));
+    assert_eq!(image.state, "READY", "{index:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

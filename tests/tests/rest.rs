@@ -233,10 +233,21 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
             "invalid path",
         ),
         (
-            "repository API, not in this release",
-            post(&admin, "/v2/repository/index", &[], b"{}"),
-            501,
-            "RepositoryIndex is not implemented",
+            "repository load of a model the cluster does not have",
+            post(&admin, "/v2/repository/models/nope/load", &[], b"{}"),
+            404,
+            "no model 'nope' in the catalog or in any worker's repository",
+        ),
+        (
+            "repository load with files over REST",
+            post(
+                &admin,
+                "/v2/repository/models/nope/load",
+                &[],
+                br#"{"parameters": {"file:1/model.onnx": "AAAA"}}"#,
+            ),
+            400,
+            "model files are not taken over REST",
         ),
     ];
     let mut failures = Vec::new();

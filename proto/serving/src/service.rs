@@ -46,6 +46,26 @@ pub trait InferenceBackend: Send + Sync + 'static {
         &self,
         request: Request<ModelStatisticsRequest>,
     ) -> Answer<ModelStatisticsResponse>;
+    /// Triton's repository extension; the scheduler manages models through its catalog
+    /// and deployments, a worker through its repository directory only.
+    async fn repository_index(
+        &self,
+        _: Request<RepositoryIndexRequest>,
+    ) -> Answer<RepositoryIndexResponse> {
+        Err(not_applicable("RepositoryIndex", REPOSITORY))
+    }
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Answer<RepositoryModelLoadResponse> {
+        Err(not_applicable("RepositoryModelLoad", REPOSITORY))
+    }
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> Answer<RepositoryModelUnloadResponse> {
+        Err(not_applicable("RepositoryModelUnload", REPOSITORY))
+    }
 }
 
 /// Serves a backend as `inference.GRPCInferenceService`.
@@ -55,7 +75,8 @@ fn not_applicable(method: &str, why: &str) -> Status {
     Status::unimplemented(format!("{method} is not implemented by localml: {why}"))
 }
 
-const REPOSITORY: &str = "models are loaded by workers from their model repository at start";
+const REPOSITORY: &str =
+    "a worker loads its repository directory; manage models through the scheduler (its catalog)";
 const SHARED_MEMORY: &str = "clients and servers are on different PCs; send tensors in the request";
 
 #[tonic::async_trait]
@@ -103,21 +124,21 @@ impl<B: InferenceBackend> GrpcInferenceService for OipService<B> {
     }
     async fn repository_index(
         &self,
-        _: Request<RepositoryIndexRequest>,
+        r: Request<RepositoryIndexRequest>,
     ) -> Answer<RepositoryIndexResponse> {
-        Err(not_applicable("RepositoryIndex", REPOSITORY))
+        self.0.repository_index(r).await
     }
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        r: Request<RepositoryModelLoadRequest>,
     ) -> Answer<RepositoryModelLoadResponse> {
-        Err(not_applicable("RepositoryModelLoad", REPOSITORY))
+        self.0.repository_model_load(r).await
     }
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        r: Request<RepositoryModelUnloadRequest>,
     ) -> Answer<RepositoryModelUnloadResponse> {
-        Err(not_applicable("RepositoryModelUnload", REPOSITORY))
+        self.0.repository_model_unload(r).await
     }
     async fn system_shared_memory_status(
         &self,

@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod onnx;
+pub mod repository;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -461,12 +461,27 @@ async fn repository_load(
     State(rest): State<Arc<Rest>>,
     JsonPath(p): Model,
     caller: Caller,
+    body: axum::body::Bytes,
 ) -> Answer {
+    // Files travel over gRPC (tritonclient.grpc's load_model(files=...)) or with
+    // `localml models push`; over REST a load names a model the cluster has. The key is
+    // checked first.
+    let principal = rest.authorize("RepositoryModelLoad", &caller).await?;
+    let sends_files = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("parameters").and_then(Value::as_object).cloned())
+        .is_some_and(|params| params.keys().any(|k| k.starts_with("file:")));
+    if sends_files {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "model files are not taken over REST: load them with gRPC (tritonclient.grpc load_model(files=...)) or `localml models push`",
+        ));
+    }
     let message = RepositoryModelLoadRequest {
         model_name: p.model,
         ..Default::default()
     };
-    rest.call("RepositoryModelLoad", &caller, message, |r, q| async move {
+    rest.call_as(principal, message, |r, q| async move {
         r.inference.repository_model_load(q).await
     })
     .await?;

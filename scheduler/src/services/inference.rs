@@ -12,6 +12,7 @@ use localml_serving::service::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::{principal, Principal};
+use crate::catalog::repository;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::size_limit::size_limit_status;
 
@@ -53,6 +54,8 @@ fn bind(caller: Option<&Principal>, request: &mut ModelInferRequest) -> Result<(
 
 pub struct SchedulerInference {
     pub dispatcher: Arc<Dispatcher>,
+    /// Models managed through Triton's repository extension (`crate::catalog::repository`).
+    pub catalog: Arc<crate::catalog::Catalog>,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -184,5 +187,32 @@ impl InferenceBackend for SchedulerInference {
         // Every model's statistics: only those the key may use.
         model_stats.retain(|s| allow(caller.as_ref(), &s.name).is_ok());
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        r: Request<RepositoryIndexRequest>,
+    ) -> Answer<RepositoryIndexResponse> {
+        let index =
+            repository::index(&self.catalog, &self.dispatcher.workers, r.into_inner()).await?;
+        Ok(Response::new(index))
+    }
+
+    async fn repository_model_load(
+        &self,
+        r: Request<RepositoryModelLoadRequest>,
+    ) -> Answer<RepositoryModelLoadResponse> {
+        let deadline = localml_serving::service::request_timeout(r.metadata());
+        let workers = &self.dispatcher.workers;
+        repository::load(&self.catalog, workers, r.into_inner(), deadline).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        r: Request<RepositoryModelUnloadRequest>,
+    ) -> Answer<RepositoryModelUnloadResponse> {
+        repository::unload(&self.catalog, r.into_inner()).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
