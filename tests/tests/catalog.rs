@@ -97,6 +97,25 @@ async fn push_list_show_and_delete_with_the_cli() {
         "{out}"
     );
 
+    // A version number that exists with other files is refused.
+    let text = models_dir().join("text_classifier");
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            text.to_str().expect("utf-8"),
+            "--name",
+            "image_classifier",
+            "--version",
+            "1",
+        ],
+    );
+    assert!(
+        !ok && err.contains("AlreadyExists: image_classifier version 1 exists with other files"),
+        "{err}"
+    );
+
     let list = cli_ok(&scheduler, &["models", "list"]);
     assert!(
         list.lines()
@@ -135,6 +154,16 @@ async fn push_list_show_and_delete_with_the_cli() {
         !ok && err.contains("deployment 'classify' uses image_classifier"),
         "{err}"
     );
+    // A file uploaded for a push not finished yet is kept by the collector.
+    let pending = upload_part(
+        &mut catalog(&scheduler).await,
+        &localml_trust::sha256_hex(b"pending"),
+        7,
+        0,
+        b"pending".to_vec(),
+    )
+    .await
+    .expect("uploaded");
     // The blob is shared with `copy`: deleting one model keeps it.
     let out = cli_ok(
         &scheduler,
@@ -144,7 +173,11 @@ async fn push_list_show_and_delete_with_the_cli() {
         out.contains("deleted image_classifier:1; removed 0 unused file(s)"),
         "{out}"
     );
-    assert_eq!(blob_files(&scheduler).len(), 1);
+    assert_eq!(
+        blob_files(&scheduler).len(),
+        3,
+        "copy's, text_classifier's (unclaimed) and the pending one"
+    );
     let out = cli_ok(&scheduler, &["models", "delete", "copy"]);
     assert!(
         out.contains(&format!(
@@ -153,7 +186,9 @@ async fn push_list_show_and_delete_with_the_cli() {
         )),
         "{out}"
     );
-    assert!(blob_files(&scheduler).is_empty());
+    let left = blob_files(&scheduler);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&pending.sha256), "{left:?}");
     let (ok, _, err) = cli(&scheduler, &["models", "show", "copy"]);
     assert!(
         !ok && err.contains("NotFound: no model 'copy' in the catalog"),
