@@ -367,6 +367,13 @@ impl Controller {
         let workers = self.workers.list(tokio::time::Instant::now());
         let workers = with_catalog(self.store.as_ref(), workers).await?;
         let names: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+        // What each assignment says now, to rewrite those whose spec changed (a new
+        // version or model for the same deployment).
+        let (kvs, _) = self.store.list(ASSIGNMENTS).await?;
+        let stored: HashMap<String, ModelRef> = kvs
+            .iter()
+            .filter_map(|kv| Some((kv.key.clone(), ModelRef::decode(kv.value.as_slice()).ok()?)))
+            .collect();
         let mut txn = leadership.fenced();
         let mut changes = 0;
         for (deployment, workers) in &assigned {
@@ -384,6 +391,18 @@ impl Controller {
                 tracing::info!(deployment = %d.name, worker = %w, "unassigning");
                 txn = txn.delete(&assignment_key(w, &d.name));
                 changes += 1;
+            }
+            let wanted = ModelRef {
+                name: d.model.clone(),
+                version: d.version.clone(),
+            };
+            for w in current.iter().filter(|w| !remove.contains(w)) {
+                let key = assignment_key(w, &d.name);
+                if stored.get(&key).is_some_and(|m| *m != wanted) {
+                    tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, "reassigning: the deployment changed");
+                    txn = txn.put(&key, wanted.encode_to_vec(), 0);
+                    changes += 1;
+                }
             }
             for w in &add {
                 tracing::info!(deployment = %d.name, worker = %w, model = %d.model, "assigning");

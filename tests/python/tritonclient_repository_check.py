@@ -56,6 +56,12 @@ def main():
     for t in ex["outputs"]:
         check(f"pushed/{t['name']}", array(t), result.as_numpy(t["name"]))
 
+    # A second version by its files: the model's deployment moves to it.
+    client.load_model("pushed", headers=h, config=config, files={"file:2/model.onnx": onnx_bytes})
+    assert client.is_model_ready("pushed", "2", headers=h), "version 2 not ready"
+    result = client.infer("pushed", inputs, model_version="2", headers=h)
+    check("pushed v2", array(ex["outputs"][0]), result.as_numpy(ex["outputs"][0]["name"]))
+
     client.unload_model("pushed", headers=h)
     deadline = time.time() + 60
     while index(client, h)["pushed"]["state"] == "READY":

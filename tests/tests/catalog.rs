@@ -189,6 +189,19 @@ async fn push_list_show_and_delete_with_the_cli() {
     let left = blob_files(&scheduler);
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains(&pending.sha256), "{left:?}");
+    // A deleted version's number is not given again (a worker may hold its files).
+    let out = cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            image.join("1/model.onnx").to_str().expect("utf-8"),
+            "--name",
+            "copy",
+        ],
+    );
+    assert!(out.contains("pushed copy version 8: "), "{out}");
+    cli_ok(&scheduler, &["models", "delete", "copy"]);
     let (ok, _, err) = cli(&scheduler, &["models", "show", "copy"]);
     assert!(
         !ok && err.contains("NotFound: no model 'copy' in the catalog"),
@@ -398,6 +411,30 @@ async fn bad_pushes_are_refused_with_the_reason_and_leave_nothing() {
     );
     assert_eq!(held(&mut catalog, &claimed).await.received, 0);
 
+    // An interrupted upload that declared a larger size does not block the right one.
+    let err = upload_part(&mut catalog, &actual, 100, 0, b"hello, and more".to_vec())
+        .await
+        .expect_err("short");
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert_eq!(held(&mut catalog, &actual).await.received, 15);
+    // Meanwhile a version naming it is told the blob is incomplete.
+    let incomplete = CatalogModel {
+        name: "m".into(),
+        files: vec![CatalogFile {
+            path: "model.onnx".into(),
+            sha256: actual.clone(),
+            size: 5,
+        }],
+        ..Default::default()
+    };
+    let err = catalog.put_model(incomplete).await.expect_err("incomplete");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains("is incomplete on the scheduler (15 of 5 bytes)"),
+        "{err:?}"
+    );
+
     // More data than the declared size.
     let err = upload_part(&mut catalog, &actual, 3, 0, b"hello".to_vec())
         .await
@@ -462,6 +499,19 @@ async fn bad_pushes_are_refused_with_the_reason_and_leave_nothing() {
             },
             tonic::Code::InvalidArgument,
             "needs a file named model.onnx",
+        ),
+        (
+            CatalogModel {
+                name: "m".into(),
+                files: vec![
+                    file("model.onnx", &actual, 5),
+                    file("a", &actual, 5),
+                    file("a/b", &actual, 5),
+                ],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "file path 'a/b': is inside another file's path",
         ),
         (
             CatalogModel {

@@ -95,6 +95,20 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
             "no API key",
         ),
         (
+            "repository load with files and no key: the key is checked first",
+            tokio::task::block_in_place(|| {
+                http(
+                    &addr,
+                    "POST",
+                    "/v2/repository/models/x/load",
+                    &[],
+                    br#"{"parameters": {"file:1/model.onnx": "AAAA"}}"#,
+                )
+            }),
+            401,
+            "no API key",
+        ),
+        (
             "unknown key",
             post(
                 &format!("Bearer lmk_0123456789abcdef.{}", "ab".repeat(32)),

@@ -142,8 +142,8 @@ pub async fn run_all(
     }
 }
 
-/// Fetches an assigned model the repository lacks from the scheduler's catalog, then
-/// loads it; a failure is logged and tried again on a later report.
+/// Fetches an assigned model the repository lacks from the scheduler's catalog; the next
+/// report's assignments load it. A failure is logged and tried again 10 s later.
 fn fetch_from_catalog(worker: &Arc<Worker>, client: ClusterClient<Channel>, m: ModelRef) {
     if !worker.begin_fetch(&m) {
         return;
@@ -160,9 +160,9 @@ fn fetch_from_catalog(worker: &Arc<Worker>, client: ClusterClient<Channel>, m: M
                     repaired_files = fetched.repaired,
                     "model fetched from the scheduler's catalog"
                 );
+                // Loaded on the next report if it is still assigned then.
                 worker.add_available(fetched.source);
                 worker.end_fetch(&m, true);
-                worker.apply_assignments(std::slice::from_ref(&m), &[]);
             }
             Err(e) => {
                 tracing::warn!(model = %m.name, version = %m.version, error = %e, "cannot fetch the assigned model from the catalog; trying again later");

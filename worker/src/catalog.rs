@@ -63,11 +63,17 @@ pub struct Fetched {
 
 pub struct ModelCache {
     root: PathBuf,
+    /// One fetch at a time: two models (or two deployments of one) may share a file, and
+    /// its `.partial` must have one writer.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl ModelCache {
     pub fn new(root: PathBuf) -> ModelCache {
-        ModelCache { root }
+        ModelCache {
+            root,
+            fetching: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Whether `path` lies in this cache (a model fetched from the catalog).
@@ -87,6 +93,7 @@ impl ModelCache {
         name: &str,
         version: &str,
     ) -> Result<Fetched, FetchError> {
+        let _one = self.fetching.lock().await;
         let entry = client
             .get_catalog_model(CatalogModelRef {
                 name: name.into(),

@@ -86,24 +86,21 @@ impl Blobs {
         size: u64,
         offset: u64,
     ) -> Result<Upload, CatalogError> {
+        self.start(hex, size, offset, false)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        hex: &str,
+        size: u64,
+        offset: u64,
+        over: bool,
+    ) -> Result<Upload, CatalogError> {
         check_sha256(hex)?;
         if size > MAX_BLOB_BYTES {
             return Err(CatalogError::TooLarge(size));
         }
-        let held = self.held(hex)?;
-        if held.complete {
-            return Err(CatalogError::BlobExists(hex.into()));
-        }
-        if offset != held.bytes {
-            return Err(CatalogError::Offset {
-                sha256: hex.into(),
-                offset,
-                held: held.bytes,
-            });
-        }
-        if offset > size {
-            return Err(CatalogError::PastSize { offset, size });
-        }
+        // Taken before what is held is read, so no other upload changes it meanwhile.
         if !self
             .uploading
             .lock()
@@ -112,7 +109,7 @@ impl Blobs {
         {
             return Err(CatalogError::Busy(hex.into()));
         }
-        // Built before the file opens, so a failure to open releases the blob again.
+        // Built now, so every early return below releases the blob again.
         let mut upload = Upload {
             blobs: Arc::clone(self),
             sha256: hex.to_string(),
@@ -120,6 +117,23 @@ impl Blobs {
             written: offset,
             file: None,
         };
+        let mut held = self.held(hex)?;
+        if held.complete {
+            return Err(CatalogError::BlobExists(hex.into()));
+        }
+        if held.bytes > size || (over && held.bytes > 0) {
+            // An earlier upload declared a larger size (its bytes cannot be this blob's),
+            // or the caller sends the whole blob again.
+            std::fs::remove_file(self.partial(hex))?;
+            held.bytes = 0;
+        }
+        if offset != held.bytes {
+            return Err(CatalogError::Offset {
+                sha256: hex.into(),
+                offset,
+                held: held.bytes,
+            });
+        }
         upload.file = Some(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -127,6 +141,11 @@ impl Blobs {
                 .open(self.partial(hex))?,
         );
         Ok(upload)
+    }
+
+    /// Starts an upload from byte 0, discarding what an earlier one left.
+    pub fn begin_again(self: &Arc<Self>, hex: &str, size: u64) -> Result<Upload, CatalogError> {
+        self.start(hex, size, 0, true)
     }
 
     /// Removes a complete blob; returns its size.
@@ -175,6 +194,10 @@ impl Upload {
         file.write_all(data)?;
         self.written = after;
         Ok(())
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     pub fn written(&self) -> u64 {

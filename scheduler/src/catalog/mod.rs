@@ -71,6 +71,12 @@ pub enum CatalogError {
     NoHeader,
     #[error("no blob {0} on the scheduler; upload it first")]
     NoBlob(String),
+    #[error("blob {sha256} is incomplete on the scheduler ({held} of {size} bytes); push again to send the rest")]
+    Incomplete {
+        sha256: String,
+        held: u64,
+        size: u64,
+    },
     #[error("model name '{0}' must be 1 to 128 letters, digits, '-', '_' or '.', not starting with '.' or '-'")]
     Name(String),
     #[error("version '{0}' is not a number from 1 up")]
@@ -115,6 +121,7 @@ impl CatalogError {
             CatalogError::Offset { .. } | CatalogError::Deployed { .. } => Code::FailedPrecondition,
             CatalogError::Busy(_) | CatalogError::Short { .. } => Code::Aborted,
             CatalogError::NoBlob(_) | CatalogError::NoModel(_) => Code::NotFound,
+            CatalogError::Incomplete { .. } => Code::FailedPrecondition,
             CatalogError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted
             }
@@ -180,6 +187,10 @@ fn key(name: &str, version: u64) -> String {
     format!("{CATALOG}{name}/{version}")
 }
 
+/// The highest version number a model ever had, so a deleted number is not given again
+/// (a worker may still hold the old files under it).
+const HIGHEST: &str = "catalog-highest/";
+
 /// Sorted (path, sha256, size): two versions with the same are the same content.
 fn content(m: &CatalogModel) -> (Vec<(String, String, u64)>, &str) {
     let mut files: Vec<_> = m
@@ -196,6 +207,9 @@ pub struct Catalog {
     pub blobs: Arc<Blobs>,
     /// Blobs completed by this process that no version references yet, and when.
     unclaimed: Mutex<HashMap<String, Instant>>,
+    /// Adding a version (check its blobs, then commit) holds this shared; the garbage
+    /// collector holds it alone, so it never removes a blob between the two.
+    changing: tokio::sync::RwLock<()>,
 }
 
 impl Catalog {
@@ -204,10 +218,24 @@ impl Catalog {
             store,
             blobs,
             unclaimed: Mutex::default(),
+            changing: tokio::sync::RwLock::new(()),
         }
     }
 
-    /// Notes a blob that an upload just completed.
+    /// Completes an upload (length, sha256, fsync, rename) and keeps the blob from the
+    /// garbage collector until a version uses it.
+    pub async fn finish_upload(&self, upload: blobs::Upload) -> Result<blobs::Held, CatalogError> {
+        let _adding = self.changing.read().await;
+        let sha256 = upload.sha256().to_string();
+        let held = tokio::task::spawn_blocking(move || upload.finish())
+            .await
+            .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+        self.uploaded(&sha256);
+        Ok(held)
+    }
+
+    /// Notes a blob a push is about to use (just uploaded, or found already there): the
+    /// garbage collector keeps it for an hour unless a version uses it.
     pub fn uploaded(&self, sha256: &str) {
         self.unclaimed
             .lock()
@@ -282,7 +310,7 @@ impl Catalog {
             }
             let mut at = offset;
             while at < size {
-                let n = chunk_bytes.min((size - at) as usize);
+                let n = usize::try_from((size - at).min(chunk_bytes as u64)).unwrap_or(chunk_bytes);
                 let mut buf = vec![0u8; n];
                 if let Err(e) = file.read_exact(&mut buf) {
                     let _ = tx.blocking_send(Err(e.into()));
@@ -316,6 +344,7 @@ impl Catalog {
         if m.files.len() > MAX_FILES {
             return Err(CatalogError::TooManyFiles(m.files.len()));
         }
+        let _adding = self.changing.read().await;
         let mut seen = HashSet::new();
         for f in &m.files {
             check_path(&f.path)?;
@@ -327,6 +356,13 @@ impl Catalog {
                 });
             }
             let held = self.blobs.held(&f.sha256)?;
+            if !held.complete && held.bytes > 0 {
+                return Err(CatalogError::Incomplete {
+                    sha256: f.sha256.clone(),
+                    held: held.bytes,
+                    size: f.size,
+                });
+            }
             if !held.complete {
                 return Err(CatalogError::NoBlob(f.sha256.clone()));
             }
@@ -336,6 +372,16 @@ impl Catalog {
                     sha256: f.sha256.clone(),
                     declared: f.size,
                     held: held.bytes,
+                });
+            }
+        }
+        // A file that is also a directory of another ("a" and "a/b") cannot be laid out.
+        for f in &m.files {
+            let dir = format!("{}/", f.path);
+            if let Some(inner) = m.files.iter().find(|g| g.path.starts_with(&dir)) {
+                return Err(CatalogError::Path {
+                    path: inner.path.clone(),
+                    reason: "is inside another file's path",
                 });
             }
         }
@@ -360,6 +406,12 @@ impl Catalog {
         // The same content again is the version that has it; otherwise a new one.
         for _ in 0..8 {
             let versions = self.versions(&m.name).await?;
+            let highest_key = format!("{HIGHEST}{}", m.name);
+            let highest = self.store.get(&highest_key).await?;
+            let ever: u64 = highest
+                .as_ref()
+                .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+                .unwrap_or(0);
             if let Some(same) = versions.iter().find(|v| content(v) == content(&m)) {
                 if m.version.is_empty() || m.version == same.version {
                     return Ok(same.clone());
@@ -371,6 +423,7 @@ impl Catalog {
                     .filter_map(|v| v.version.parse::<u64>().ok())
                     .max()
                     .unwrap_or(0)
+                    .max(ever)
                     + 1
             } else {
                 parse_version(&m.version)?
@@ -379,7 +432,14 @@ impl Catalog {
             record.version = version.to_string();
             record.created_unix_ms = localml_proto::time::unix_ms();
             let k = key(&m.name, version);
-            let txn = Txn::new().when(&k, 0).put(&k, record.encode_to_vec(), 0);
+            let txn = Txn::new()
+                .when(&k, 0)
+                .when(
+                    &highest_key,
+                    highest.as_ref().map_or(0, |kv| kv.mod_revision),
+                )
+                .put(&k, record.encode_to_vec(), 0)
+                .put(&highest_key, ever.max(version).to_string().into_bytes(), 0);
             if self.store.commit(txn).await?.is_some() {
                 let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
                 for f in &record.files {
@@ -388,7 +448,8 @@ impl Catalog {
                 tracing::info!(model = %record.name, version = %record.version, files = record.files.len(), "model added to the catalog");
                 return Ok(record);
             }
-            if !m.version.is_empty() {
+            let taken = self.store.get(&k).await?.is_some();
+            if !m.version.is_empty() && taken {
                 return Err(CatalogError::VersionExists {
                     name: m.name,
                     version: m.version,
@@ -459,6 +520,7 @@ impl Catalog {
     /// Removes blobs that no catalog version references (except those uploaded within
     /// the last hour for a version not added yet). Returns (blobs, bytes) removed.
     pub async fn collect_garbage(&self) -> Result<(u64, u64), CatalogError> {
+        let _alone = self.changing.write().await;
         let used: HashSet<String> = self
             .list()
             .await?

@@ -88,8 +88,11 @@ impl<R: Read + Seek> Wire<R> {
 
     /// The next field's header, or None at `end`.
     fn field(&mut self, end: u64) -> Result<Option<Field>, OnnxError> {
-        if self.pos >= end {
+        if self.pos == end {
             return Ok(None);
+        }
+        if self.pos > end {
+            return Err(self.malformed("a field runs past the end of its message"));
         }
         let tag = self.varint()?;
         let (number, wire) = (tag >> 3, (tag & 7) as u8);

@@ -143,18 +143,21 @@ async fn store_blob(catalog: &Catalog, bytes: &[u8]) -> Result<CatalogFile, Cata
     let size = bytes.len() as u64;
     let blobs = Arc::clone(&catalog.blobs);
     let (hex, data) = (sha256.clone(), bytes.to_vec());
-    tokio::task::spawn_blocking(move || -> Result<(), CatalogError> {
+    catalog.uploaded(&sha256);
+    let upload = tokio::task::spawn_blocking(move || -> Result<_, CatalogError> {
         if blobs.held(&hex)?.complete {
-            return Ok(());
+            return Ok(None);
         }
-        let held = blobs.held(&hex)?.bytes;
-        let mut upload = blobs.begin(&hex, size, held)?;
-        upload.write(&data[held.min(size) as usize..])?;
-        upload.finish().map(drop)
+        // Whatever an earlier upload left is replaced: the whole file is here.
+        let mut upload = blobs.begin_again(&hex, size)?;
+        upload.write(&data)?;
+        Ok(Some(upload))
     })
     .await
     .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
-    catalog.uploaded(&sha256);
+    if let Some(upload) = upload {
+        catalog.finish_upload(upload).await?;
+    }
     Ok(CatalogFile {
         path: String::new(),
         sha256,
@@ -200,13 +203,22 @@ pub async fn load(
         }
     }
     let key = format!("{DEPLOYMENTS}{name}");
-    if catalog
-        .store
-        .get(&key)
-        .await
-        .map_err(CatalogError::from)?
-        .is_none()
-    {
+    let existing = catalog.store.get(&key).await.map_err(CatalogError::from)?;
+    let spec = existing
+        .as_ref()
+        .and_then(|kv| Deployment::decode(kv.value.as_slice()).ok());
+    if let Some(mut d) = spec.filter(|d| d.model == name && !version.is_empty()) {
+        // Files for a version: the deployment of that model serves it from now on.
+        if d.version != version {
+            d.version = version.clone();
+            catalog
+                .store
+                .put(&key, d.encode_to_vec())
+                .await
+                .map_err(CatalogError::from)?;
+            tracing::info!(deployment = %name, version = %version, "deployment moved to the loaded version");
+        }
+    } else if existing.is_none() {
         let d = Deployment {
             name: name.clone(),
             model: name.clone(),

@@ -461,12 +461,13 @@ async fn repository_load(
     State(rest): State<Arc<Rest>>,
     JsonPath(p): Model,
     caller: Caller,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Answer {
     // Files travel over gRPC (tritonclient.grpc's load_model(files=...)) or with
     // `localml models push`; over REST a load names a model the cluster has. The key is
     // checked first.
     let principal = rest.authorize("RepositoryModelLoad", &caller).await?;
+    let body = read_body(&caller.headers, body, rest.max_body_bytes).await?;
     let sends_files = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("parameters").and_then(Value::as_object).cloned())

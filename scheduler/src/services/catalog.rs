@@ -62,8 +62,7 @@ impl CatalogService {
                 }
             }
         }
-        let held = blocking(move || upload.finish()).await?;
-        self.catalog.uploaded(&sha256);
+        let held = self.catalog.finish_upload(upload).await?;
         tracing::info!(sha256 = %sha256, bytes = held.bytes, "blob uploaded");
         Ok(BlobStatusResponse {
             sha256,
@@ -85,6 +84,10 @@ impl CatalogApi for CatalogService {
             let sha256 = sha256.clone();
             blocking(move || Ok(blobs.held(&sha256)?)).await?
         };
+        // A push asks before it uses a blob: keep it from the collector meanwhile.
+        if held.bytes > 0 {
+            self.catalog.uploaded(&sha256);
+        }
         Ok(Response::new(BlobStatusResponse {
             sha256,
             complete: held.complete,
