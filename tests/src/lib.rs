@@ -307,6 +307,21 @@ impl Scheduler {
         Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--auth", "auto"])
     }
 
+    /// The Ready workers that serve `model` now, by name.
+    pub async fn serving(&self, model: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .workers()
+            .await
+            .into_iter()
+            .filter(|w| w.state == WorkerState::Ready as i32)
+            .filter_map(|w| w.status)
+            .filter(|s| s.models.iter().any(|m| m.name == model))
+            .map(|s| s.name)
+            .collect();
+        names.sort();
+        names
+    }
+
     /// An Admin client with the scheduler's first admin key (so it works whether or not
     /// the scheduler requires keys).
     pub async fn admin(&self) -> AdminClient<Connection> {

@@ -683,21 +683,6 @@ async fn pushing_a_300_mb_model_keeps_the_schedulers_memory_flat() {
     );
 }
 
-/// Workers that serve `model` now, by name.
-async fn serving(scheduler: &Scheduler, model: &str) -> Vec<String> {
-    let mut names: Vec<String> = scheduler
-        .workers()
-        .await
-        .into_iter()
-        .filter(|w| w.state == WorkerState::Ready as i32)
-        .filter_map(|w| w.status)
-        .filter(|s| s.models.iter().any(|m| m.name == model))
-        .map(|s| s.name)
-        .collect();
-    names.sort();
-    names
-}
-
 async fn apply(scheduler: &Scheduler, replicas: u32) {
     scheduler
         .admin()
@@ -743,13 +728,13 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
     );
     apply(&scheduler, 2).await;
     let both = wait_until(Duration::from_secs(60), || async {
-        serving(&scheduler, "image_classifier").await == ["c1", "c2"]
+        scheduler.serving("image_classifier").await == ["c1", "c2"]
     })
     .await;
     assert!(
         both,
         "served by {:?}",
-        serving(&scheduler, "image_classifier").await
+        scheduler.serving("image_classifier").await
     );
 
     let examples = expected_examples();
@@ -793,26 +778,26 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         .await
         .expect("delete");
     let gone = wait_until(Duration::from_secs(60), || async {
-        serving(&scheduler, "image_classifier").await.is_empty()
+        scheduler.serving("image_classifier").await.is_empty()
     })
     .await;
     assert!(
         gone,
         "still served by {:?}",
-        serving(&scheduler, "image_classifier").await
+        scheduler.serving("image_classifier").await
     );
     let mut damaged = original.clone();
     damaged[100] ^= 0xff;
     std::fs::write(&cached[0], &damaged).expect("corrupt");
     apply(&scheduler, 2).await;
     let both = wait_until(Duration::from_secs(60), || async {
-        serving(&scheduler, "image_classifier").await == ["c1", "c2"]
+        scheduler.serving("image_classifier").await == ["c1", "c2"]
     })
     .await;
     assert!(
         both,
         "served by {:?}",
-        serving(&scheduler, "image_classifier").await
+        scheduler.serving("image_classifier").await
     );
     assert_eq!(
         std::fs::read(&cached[0]).expect("cached"),

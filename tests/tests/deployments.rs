@@ -11,17 +11,7 @@ const CONFIG: &str =
     "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n";
 
 async fn holders(scheduler: &Scheduler, model: &str) -> Vec<String> {
-    let mut names: Vec<String> = scheduler
-        .workers()
-        .await
-        .into_iter()
-        .filter(|w| w.state == WorkerState::Ready as i32)
-        .filter_map(|w| w.status)
-        .filter(|s| s.models.iter().any(|m| m.name == model))
-        .map(|s| s.name)
-        .collect();
-    names.sort();
-    names
+    scheduler.serving(model).await
 }
 
 async fn apply(scheduler: &Scheduler, d: Deployment) -> Result<Deployment, tonic::Status> {
