@@ -330,20 +330,7 @@ pub fn show(m: &CatalogModel) -> String {
     out
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use localml_proto::units::human_bytes;
 
 #[cfg(test)]
 mod tests {
@@ -380,10 +367,8 @@ mod tests {
     }
 
     #[test]
-    fn refs_and_sizes() {
+    fn refs() {
         assert_eq!(parse_ref("m:3"), ("m".into(), "3".into()));
         assert_eq!(parse_ref("m"), ("m".into(), String::new()));
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(6920), "6.8 KiB");
     }
 }

@@ -10,6 +10,7 @@
 //! - [`parameters`]: the `localml.*` request and response parameters.
 //! - [`tensor`]: the protocol's tensor datatypes and a codec for typed and raw contents.
 //! - [`time`]: wall-clock milliseconds as the `*_unix_ms` fields carry them.
+//! - [`units`]: byte counts as people read them.
 
 #[allow(clippy::all, missing_docs)]
 pub mod inference {
@@ -28,3 +29,4 @@ pub mod oip;
 pub mod parameters;
 pub mod tensor;
 pub mod time;
+pub mod units;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use localml_proto::localml::v1::{
     AvailableModel, CatalogModel, Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus,
 };
+use localml_proto::units::human_bytes;
 use prost::Message;
 
 use crate::leader::Leadership;
@@ -269,6 +270,26 @@ pub async fn with_catalog(
     Ok(workers)
 }
 
+/// The RAM `d`'s model is expected to take on `worker`, estimated from its files (ONNX
+/// Runtime holds the weights and its working memory: 1.5 times the files), or None when
+/// the worker does not report it.
+pub fn footprint(d: &Deployment, worker: &WorkerInfo) -> Option<u64> {
+    worker
+        .status
+        .as_ref()?
+        .available
+        .iter()
+        .filter(|a| a.name == d.model && (d.version.is_empty() || a.version == d.version))
+        .max_by_key(|a| a.version.parse::<u64>().unwrap_or(0))
+        .map(|a| a.file_bytes.saturating_add(a.file_bytes / 2))
+}
+
+/// Whether `d`'s model fits in `worker`'s free RAM (unknown sizes fit).
+pub fn fits(d: &Deployment, worker: &WorkerInfo) -> bool {
+    let free = worker.status.as_ref().map_or(0, |s| s.ram_free_bytes);
+    footprint(d, worker).is_none_or(|need| need <= free)
+}
+
 /// Whether `worker` serves `d` now (Ready with the model loaded).
 pub fn serving(d: &Deployment, worker: &WorkerInfo) -> bool {
     worker.state == WorkerState::Ready as i32
@@ -305,7 +326,7 @@ pub fn plan(
         let taken: HashSet<&str> = assigned.iter().map(String::as_str).collect();
         let mut candidates: Vec<&WorkerInfo> = workers
             .iter()
-            .filter(|w| eligible(d, w))
+            .filter(|w| eligible(d, w) && fits(d, w))
             .filter(|w| {
                 w.status
                     .as_ref()
@@ -434,7 +455,39 @@ pub fn with_status(d: &Deployment, assigned: &[String], workers: &[WorkerInfo]) 
                 && serving(d, w)
         })
         .count() as u32;
-    if out.ready_replicas < d.replicas {
+    // Pending for memory: workers that could take it, none with room.
+    let unassigned: Vec<&WorkerInfo> = workers
+        .iter()
+        .filter(|w| eligible(d, w))
+        .filter(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| !assigned.contains(&s.name))
+        })
+        .collect();
+    let roomless = (assigned.len() < d.replicas as usize)
+        && !unassigned.is_empty()
+        && unassigned.iter().all(|w| !fits(d, w));
+    if roomless {
+        let need = unassigned
+            .iter()
+            .filter_map(|w| footprint(d, w))
+            .min()
+            .unwrap_or(0);
+        let largest = unassigned
+            .iter()
+            .filter_map(|w| w.status.as_ref())
+            .max_by_key(|s| s.ram_free_bytes);
+        out.message = format!(
+            "Pending: {} of {} replicas placed; '{}' needs about {} of RAM (1.5 times its files), the largest free is {} on {}",
+            assigned.len(),
+            d.replicas,
+            d.model,
+            human_bytes(need),
+            human_bytes(largest.map_or(0, |s| s.ram_free_bytes)),
+            largest.map_or("", |s| s.name.as_str()),
+        );
+    } else if out.ready_replicas < d.replicas {
         let eligible = workers.iter().filter(|w| eligible(d, w)).count();
         out.message = format!(
             "{} of {} replicas ready; {eligible} eligible worker(s) (Ready, --load on-demand, matching, model '{}' in the repository or the catalog)",
@@ -616,5 +669,30 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(text), "{}", e.message());
         }
+    }
+
+    #[test]
+    fn a_model_placed_only_where_it_fits_and_pending_says_why() {
+        let mut big = deployment(2);
+        big.model = "m".into();
+        let mut workers = vec![worker("a", 2, true, true), worker("b", 8, true, true)];
+        // 4 GiB of files: about 6 GiB of RAM.
+        for w in &mut workers {
+            if let Some(s) = w.status.as_mut() {
+                s.available[0].file_bytes = 4 << 30;
+            }
+        }
+        assert_eq!(footprint(&big, &workers[0]), Some(6 << 30));
+        let (add, _) = plan(&big, &[], &workers);
+        assert_eq!(add, ["b"], "only b has room");
+        let status = with_status(&big, &add, &workers);
+        assert_eq!(
+            status.message,
+            "Pending: 1 of 2 replicas placed; 'm' needs about 6.0 GiB of RAM (1.5 times its files), the largest free is 2.0 GiB on a"
+        );
+        // A worker already holding it is kept, whatever its free RAM says now.
+        let (add, remove) = plan(&big, &["a".to_string()], &workers);
+        assert!(remove.is_empty(), "{remove:?}");
+        assert_eq!(add, ["b"]);
     }
 }

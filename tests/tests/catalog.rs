@@ -847,3 +847,55 @@ async fn tritonclient_loads_and_unloads_models_through_the_scheduler() {
         "{list}"
     );
 }
+
+/// A model too big for every worker's free RAM stays Pending with the reason, as a
+/// Kubernetes pod does; a worker with room that joins then takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_too_big_for_every_worker_is_pending_with_the_reason() {
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-empty-repository");
+    // 150,000 bytes offered; text_classifier's file is 128,940 bytes (about 189 KiB needed).
+    let _small = Worker::start_with_models(
+        "small",
+        &scheduler,
+        empty.path(),
+        &["--load", "on-demand", "--memory-limit", "150000"],
+    );
+    scheduler.wait_ready(&["small"]).await;
+    let text = models_dir().join("text_classifier");
+    cli_ok(
+        &scheduler,
+        &["models", "push", text.to_str().expect("utf-8")],
+    );
+    scheduler
+        .admin()
+        .await
+        .apply_deployment(Deployment {
+            name: "texts".into(),
+            model: "text_classifier".into(),
+            replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("deployment");
+    let expected = "Pending: 0 of 1 replicas placed; 'text_classifier' needs about 188.9 KiB of RAM (1.5 times its files), the largest free is 146.5 KiB on small";
+    let pending = wait_until(Duration::from_secs(30), || async {
+        cli_ok(&scheduler, &["deployments", "list"]).contains(expected)
+    })
+    .await;
+    assert!(pending, "{}", cli_ok(&scheduler, &["deployments", "list"]));
+    assert!(scheduler.serving("text_classifier").await.is_empty());
+
+    let _big = Worker::start_with_models("big", &scheduler, empty.path(), &["--load", "on-demand"]);
+    let placed = wait_until(Duration::from_secs(60), || async {
+        scheduler.serving("text_classifier").await == ["big"]
+    })
+    .await;
+    assert!(
+        placed,
+        "served by {:?}",
+        scheduler.serving("text_classifier").await
+    );
+}

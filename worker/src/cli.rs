@@ -36,6 +36,9 @@ pub struct WorkerArgs {
     /// the scheduler's deployments assign) [default: all].
     #[arg(long)]
     pub load: Option<crate::config::LoadMode>,
+    /// The most RAM this worker offers, in bytes [default: the PC's].
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
     /// Labels, e.g. gpu=nvidia,site=library.
     #[arg(long)]
     pub labels: Option<String>,
@@ -109,6 +112,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.load {
             c.load = v;
+        }
+        if let Some(v) = self.memory_limit {
+            c.memory_limit = Some(v);
         }
         if let Some(v) = self.name {
             c.name = v;

@@ -66,6 +66,10 @@ pub struct WorkerConfig {
     /// `all`: load every model of the repository at start; `on_demand`: load only what
     /// the scheduler's deployments assign.
     pub load: LoadMode,
+    /// The most RAM this worker offers, in bytes (for a PC whose owner keeps memory for
+    /// other work): reports say at most this much in total, and this less what its loaded
+    /// models take as free. Default: the PC's own figures.
+    pub memory_limit: Option<u64>,
     /// Where the worker keeps its certificate, key and the cluster CA (mode 0600).
     pub data_dir: PathBuf,
     /// A file holding the join token (a Kubernetes Secret, a systemd credential).
@@ -132,6 +136,7 @@ impl Default for WorkerConfig {
             throttle: 1.0,
             max_message_bytes: 64 * 1024 * 1024,
             load: LoadMode::All,
+            memory_limit: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             token_file: None,
             token: None,

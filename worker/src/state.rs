@@ -338,7 +338,12 @@ impl Worker {
 
     /// The status report sent to the scheduler.
     pub fn status(&self) -> pb::WorkerStatus {
-        let (ram_total, ram_free) = hardware::memory();
+        let (mut ram_total, mut ram_free) = hardware::memory();
+        if let Some(limit) = self.config.memory_limit {
+            let used: u64 = self.loaded().iter().map(|m| m.memory_bytes).sum();
+            ram_total = ram_total.min(limit);
+            ram_free = ram_free.min(limit.saturating_sub(used));
+        }
         let reading = power::current(&self.config.power_supply_root, self.config.power.as_ref());
         let ups = self.ups();
         let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
