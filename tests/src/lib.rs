@@ -205,7 +205,7 @@ impl Scheduler {
         std::fs::write(dir.path().join("scheduler.yaml"), yaml).expect("write config");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // `--listen ADDR` in `extra` replaces the loopback default.
-        let mut listen = "127.0.0.1:0".to_string();
+        let mut listen = format!("127.0.0.1:{}", free_port());
         if let Some(i) = extra.iter().position(|a| a == "--listen") {
             if i + 1 < extra.len() {
                 listen = extra.remove(i + 1);
@@ -218,7 +218,7 @@ impl Scheduler {
             extra.extend(["--auth".to_string(), "required".to_string()]);
         }
         let (process, addr, cluster_addr, http_addr, rest_url) =
-            Scheduler::spawn(&dir, &extra, &listen, "127.0.0.1:0");
+            Scheduler::spawn(&dir, &extra, &listen, &format!("127.0.0.1:{}", free_port()));
         admin_keys()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1060,11 +1060,25 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// A free loopback port for a server the harness starts, below Linux's ephemeral range
+/// (32768-60999), never the same twice in one test process. A port bound with 0 comes
+/// from the ephemeral range, where a scheduler killed by `crash_and_restart` could find
+/// its port taken (by another test's server or an outgoing connection) and a worker
+/// would reach the wrong server; these ports are handed out by this counter only.
+pub fn free_port() -> u16 {
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    // Test binaries run one after another; each starts elsewhere in the span.
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = FIRST + start.wrapping_add(n) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 impl Etcd {
@@ -1195,10 +1209,7 @@ impl Upsd {
     /// Starts a UPS named `test` on line power, full, with an hour of runtime.
     pub fn start() -> Upsd {
         let dir = TempDir::new("nut");
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            probe.local_addr().expect("port").port()
-        };
+        let port = free_port();
         let path = dir.path();
         std::fs::write(
             path.join("ups.conf"),
