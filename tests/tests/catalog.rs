@@ -899,3 +899,112 @@ async fn a_model_too_big_for_every_worker_is_pending_with_the_reason() {
         scheduler.serving("text_classifier").await
     );
 }
+
+/// A worker's cache keeps to its disk budget: files of models no longer assigned go,
+/// least recently used first; files of a loaded model stay even over the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_cache_evicts_unassigned_models_beyond_its_budget() {
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-empty-repository");
+    let data = TempDir::new("catalog-worker");
+    // text_classifier: 128,940 bytes; image_classifier: 6,920: both do not fit in 130,000.
+    let _worker = Worker::start_with_models(
+        "cached",
+        &scheduler,
+        empty.path(),
+        &[
+            "--load",
+            "on-demand",
+            "--cache-bytes",
+            "130000",
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+        ],
+    );
+    scheduler.wait_ready(&["cached"]).await;
+    let text = models_dir().join("text_classifier/2/model.onnx");
+    let image = models_dir().join("image_classifier/1/model.onnx");
+    cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            text.to_str().expect("utf-8"),
+            "--name",
+            "text",
+        ],
+    );
+    cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            image.to_str().expect("utf-8"),
+            "--name",
+            "image",
+        ],
+    );
+    let blobs = data.path().join("catalog/blobs");
+    let cached = || {
+        let mut names: Vec<String> = std::fs::read_dir(&blobs)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let deploy = |model: &'static str| {
+        let scheduler = &scheduler;
+        async move {
+            scheduler
+                .admin()
+                .await
+                .apply_deployment(Deployment {
+                    name: model.into(),
+                    model: model.into(),
+                    replicas: 1,
+                    ..Default::default()
+                })
+                .await
+                .expect("deployment");
+            let served = wait_until(Duration::from_secs(60), || async {
+                scheduler.serving(model).await == ["cached"]
+            })
+            .await;
+            assert!(served, "{model} not served");
+        }
+    };
+    deploy("text").await;
+    assert_eq!(cached(), [sha256(&text)]);
+    // Both assigned: over the budget, but nothing unused to evict.
+    deploy("image").await;
+    let mut both = vec![sha256(&text), sha256(&image)];
+    both.sort();
+    assert_eq!(cached(), both);
+    // text unassigned; the next fetch (image again, after it is unassigned and assigned
+    // anew) makes room by evicting text's file.
+    for name in ["text", "image"] {
+        scheduler
+            .admin()
+            .await
+            .delete_deployment(DeleteDeploymentRequest { name: name.into() })
+            .await
+            .expect("delete");
+    }
+    let gone = wait_until(Duration::from_secs(60), || async {
+        scheduler.serving("text").await.is_empty() && scheduler.serving("image").await.is_empty()
+    })
+    .await;
+    assert!(gone);
+    deploy("image").await;
+    assert_eq!(
+        cached(),
+        [sha256(&image)],
+        "text's file was evicted, image's kept"
+    );
+}

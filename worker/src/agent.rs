@@ -163,6 +163,18 @@ fn fetch_from_catalog(worker: &Arc<Worker>, client: ClusterClient<Channel>, m: M
                 // Loaded on the next report if it is still assigned then.
                 worker.add_available(fetched.source);
                 worker.end_fetch(&m, true);
+                if let Some(budget) = worker.config.cache_bytes {
+                    match worker.cache.evict(budget).await {
+                        Ok((0, _)) => {}
+                        Ok((files, bytes)) => tracing::info!(
+                            files,
+                            bytes,
+                            budget,
+                            "evicted unused models from the cache"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "cannot evict from the model cache"),
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(model = %m.name, version = %m.version, error = %e, "cannot fetch the assigned model from the catalog; trying again later");

@@ -76,6 +76,55 @@ impl ModelCache {
         }
     }
 
+    /// Forgets a version's linked files (after an unload): its blobs stay, and become
+    /// candidates for eviction.
+    pub fn unlink(&self, model_file: &Path) {
+        if let Some(dir) = model_file.parent().filter(|d| d.starts_with(&self.root)) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Deletes cached files that no linked version uses, least recently used first, until
+    /// the cache takes at most `budget` bytes; returns (files, bytes) deleted.
+    pub async fn evict(&self, budget: u64) -> std::io::Result<(usize, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        // Not while a fetch holds a downloaded file it has not linked yet.
+        let _one = self.fetching.lock().await;
+        let dir = self.root.join("blobs");
+        let mut total = 0u64;
+        let mut unused = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            total += meta.len();
+            // A file linked into models/ has a second name: some version uses it.
+            let named = entry.file_name().to_string_lossy().len() == 64;
+            if named && meta.nlink() == 1 {
+                let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                unused.push((used, entry.path(), meta.len()));
+            }
+        }
+        unused.sort();
+        let (mut files, mut freed) = (0, 0);
+        for (_, path, size) in unused {
+            if total <= budget {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+            total -= size;
+            freed += size;
+            files += 1;
+        }
+        if total > budget {
+            tracing::warn!(
+                cache_bytes = total,
+                budget,
+                "the models in use take more than the cache budget"
+            );
+        }
+        Ok((files, freed))
+    }
+
     /// Whether `path` lies in this cache (a model fetched from the catalog).
     pub fn holds(&self, path: &Path) -> bool {
         path.starts_with(&self.root)
@@ -112,6 +161,7 @@ impl ModelCache {
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
                 let actual = hash(&path).await?;
                 if actual == file.sha256 {
+                    touch(&path);
                     continue;
                 }
                 tracing::warn!(model = %entry.name, file = %file.path, expected = %file.sha256, actual = %actual, "cached model file is corrupt; fetching it again");
@@ -187,6 +237,7 @@ impl ModelCache {
         tokio::fs::rename(&partial, &blob)
             .await
             .map_err(io(&blob))?;
+        touch(&blob);
         Ok(received)
     }
 
@@ -223,6 +274,15 @@ impl ModelCache {
             config: crate::repository::read_config(&config)?,
         })
     }
+}
+
+/// Marks a cached file as used now (the eviction order).
+fn touch(path: &Path) {
+    let now = std::time::SystemTime::now();
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(now));
 }
 
 async fn hash(path: &Path) -> Result<String, FetchError> {

@@ -39,6 +39,9 @@ pub struct WorkerArgs {
     /// The most RAM this worker offers, in bytes [default: the PC's].
     #[arg(long, value_name = "BYTES")]
     pub memory_limit: Option<u64>,
+    /// Disk for models fetched from the catalog, in bytes [default: no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub cache_bytes: Option<u64>,
     /// Labels, e.g. gpu=nvidia,site=library.
     #[arg(long)]
     pub labels: Option<String>,
@@ -115,6 +118,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.memory_limit {
             c.memory_limit = Some(v);
+        }
+        if let Some(v) = self.cache_bytes {
+            c.cache_bytes = Some(v);
         }
         if let Some(v) = self.name {
             c.name = v;

@@ -70,6 +70,9 @@ pub struct WorkerConfig {
     /// other work): reports say at most this much in total, and this less what its loaded
     /// models take as free. Default: the PC's own figures.
     pub memory_limit: Option<u64>,
+    /// Disk the cache of catalog models may take, in bytes: beyond it, files no loaded
+    /// model uses are deleted, least recently used first. Default: no limit.
+    pub cache_bytes: Option<u64>,
     /// Where the worker keeps its certificate, key and the cluster CA (mode 0600).
     pub data_dir: PathBuf,
     /// A file holding the join token (a Kubernetes Secret, a systemd credential).
@@ -137,6 +140,7 @@ impl Default for WorkerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             load: LoadMode::All,
             memory_limit: None,
+            cache_bytes: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             token_file: None,
             token: None,

@@ -214,12 +214,18 @@ impl Worker {
                 for v in removed {
                     versions.remove(&v);
                     tracing::info!(model = %m.name, version = v, "model unloaded (unassigned)");
-                    // A catalog model is checked again (sha256) before it loads again.
+                    // A catalog model is checked again (sha256) before it loads again; its
+                    // files may be evicted meanwhile.
                     self.available
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .retain(|s| {
-                            !(s.name == m.name && s.version == v && self.cache.holds(&s.path))
+                            let fetched =
+                                s.name == m.name && s.version == v && self.cache.holds(&s.path);
+                            if fetched {
+                                self.cache.unlink(&s.path);
+                            }
+                            !fetched
                         });
                 }
                 if versions.is_empty() {
