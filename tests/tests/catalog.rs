@@ -1008,3 +1008,78 @@ async fn the_worker_cache_evicts_unassigned_models_beyond_its_budget() {
         "text's file was evicted, image's kept"
     );
 }
+
+/// A full disk on the scheduler: RESOURCE_EXHAUSTED, what arrived is kept, and once there
+/// is room the same push sends only the rest. The blob directory is a real tmpfs of
+/// 64 KiB (the test runs as root, as CI does; it fails, not skips, without `mount`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_scheduler_disk_refuses_the_push_and_keeps_what_arrived() {
+    let blobs = std::sync::Mutex::new(None);
+    let scheduler = Scheduler::start_prepared(TEST_SCHEDULER_CONFIG, &[], |data_dir| {
+        let dir = data_dir.join("blobs");
+        std::fs::create_dir_all(&dir).expect("blob dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            mounted.success(),
+            "mount -t tmpfs failed: the test needs root"
+        );
+        *blobs.lock().expect("lock") = Some(dir);
+    });
+    let dir = blobs.lock().expect("lock").clone().expect("mounted");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+
+    let file = models_dir().join("text_classifier/2/model.onnx");
+    let size = std::fs::metadata(&file).expect("model").len();
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            file.to_str().expect("utf-8"),
+            "--name",
+            "t",
+        ],
+    );
+    assert!(
+        !ok && err.contains("ResourceExhausted: the scheduler's disk:"),
+        "{err}"
+    );
+    assert!(err.contains("push again to send the rest"), "{err}");
+    let status = held(&mut catalog(&scheduler).await, &sha256(&file)).await;
+    assert!(
+        !status.complete && status.received > 0 && status.received < size,
+        "{status:?}"
+    );
+
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=1m"])
+        .arg(&dir)
+        .status()
+        .expect("remount");
+    assert!(grown.success());
+    let out = cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            file.to_str().expect("utf-8"),
+            "--name",
+            "t",
+        ],
+    );
+    let rest = size - status.received;
+    assert!(
+        out.contains(&format!("{size} bytes; sent {rest} bytes")),
+        "{out}"
+    );
+}

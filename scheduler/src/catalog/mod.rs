@@ -106,7 +106,7 @@ pub enum CatalogError {
         "deployment '{deployment}' uses {model}; delete the deployment first, or pass --force"
     )]
     Deployed { model: String, deployment: String },
-    #[error("the scheduler's disk: {0}")]
+    #[error("the scheduler's disk: {0}{hint}", hint = if .0.kind() == std::io::ErrorKind::StorageFull { "; what arrived is kept: free space on the scheduler and push again to send the rest" } else { "" })]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Store(#[from] StoreError),
