@@ -1083,3 +1083,88 @@ async fn a_full_scheduler_disk_refuses_the_push_and_keeps_what_arrived() {
         "{out}"
     );
 }
+
+/// `localml_worker_catalog_*` counters from a worker's /metrics.
+fn catalog_bytes(worker: &Worker) -> (f64, f64, f64) {
+    let addr = worker
+        .http_addr
+        .as_deref()
+        .expect("started with --http-listen");
+    let (_, text) = http_get(addr, "/metrics").expect("metrics");
+    // The sample's line, not the HELP line that names the family too.
+    let get = |marker: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(marker))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        get("localml_worker_catalog_received_bytes_total{source=\"scheduler\"} "),
+        get("localml_worker_catalog_received_bytes_total{source=\"peer\"} "),
+        get("localml_worker_catalog_sent_bytes_total "),
+    )
+}
+
+/// A model spreads over the LAN: the first worker fetches it from the scheduler, the two
+/// assigned after it from that worker, so the scheduler sends one copy, not three
+/// (counted by each worker, by source, on /metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-empty-repository");
+    let flags = ["--load", "on-demand", "--http-listen", "127.0.0.1:0"];
+    let workers: Vec<Worker> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|name| Worker::start_with_models(name, &scheduler, empty.path(), &flags))
+        .collect();
+    scheduler.wait_ready(&["p1", "p2", "p3"]).await;
+    let file = models_dir().join("text_classifier/2/model.onnx");
+    let size = std::fs::metadata(&file).expect("model").len() as f64;
+    cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            file.to_str().expect("utf-8"),
+            "--name",
+            "spread",
+        ],
+    );
+    let scheduler = &scheduler;
+    let deploy = |replicas: u32| async move {
+        scheduler
+            .admin()
+            .await
+            .apply_deployment(Deployment {
+                name: "spread".into(),
+                model: "spread".into(),
+                replicas,
+                ..Default::default()
+            })
+            .await
+            .expect("deployment");
+        let served = wait_until(Duration::from_secs(60), || async {
+            scheduler.serving("spread").await.len() == replicas as usize
+        })
+        .await;
+        assert!(served, "served by {:?}", scheduler.serving("spread").await);
+    };
+    deploy(1).await;
+    deploy(3).await;
+    let counts: Vec<(f64, f64, f64)> = workers.iter().map(catalog_bytes).collect();
+    let from_scheduler: f64 = counts.iter().map(|c| c.0).sum();
+    let from_peers: f64 = counts.iter().map(|c| c.1).sum();
+    let sent: f64 = counts.iter().map(|c| c.2).sum();
+    assert_eq!(
+        from_scheduler, size,
+        "one copy from the scheduler: {counts:?}"
+    );
+    assert_eq!(
+        from_peers,
+        2.0 * size,
+        "two copies between workers: {counts:?}"
+    );
+    assert_eq!(sent, from_peers, "{counts:?}");
+}

@@ -144,19 +144,29 @@ pub async fn run_all(
 
 /// Fetches an assigned model the repository lacks from the scheduler's catalog; the next
 /// report's assignments load it. A failure is logged and tried again 10 s later.
-fn fetch_from_catalog(worker: &Arc<Worker>, client: ClusterClient<Channel>, m: ModelRef) {
+fn fetch_from_catalog(
+    worker: &Arc<Worker>,
+    client: ClusterClient<Channel>,
+    tls: ClientTlsConfig,
+    m: ModelRef,
+) {
     if !worker.begin_fetch(&m) {
         return;
     }
     let worker = Arc::clone(worker);
     tokio::spawn(async move {
         let mut client = client;
-        match worker.cache.fetch(&mut client, &m.name, &m.version).await {
+        match worker
+            .cache
+            .fetch(&mut client, &tls, &m.name, &m.version)
+            .await
+        {
             Ok(fetched) => {
                 tracing::info!(
                     model = %m.name,
                     version = fetched.source.version,
-                    received_bytes = fetched.received,
+                    from_scheduler_bytes = fetched.from_scheduler,
+                    from_peers_bytes = fetched.from_peers,
                     repaired_files = fetched.repaired,
                     "model fetched from the scheduler's catalog"
                 );
@@ -240,7 +250,8 @@ pub async fn run(
                 .map(|r| {
                     let r = r.into_inner();
                     for m in worker.apply_assignments(&r.load, &r.unload) {
-                        fetch_from_catalog(&worker, client.clone(), m);
+                        let tls = credentials.borrow().cluster_tls();
+                        fetch_from_catalog(&worker, client.clone(), tls, m);
                     }
                     if !r.known {
                         tracing::info!(

@@ -8,9 +8,16 @@
 use std::path::{Component, Path, PathBuf};
 
 use localml_proto::localml::v1::cluster_client::ClusterClient;
+use localml_proto::localml::v1::peers_client::PeersClient;
+use localml_proto::localml::v1::{BlobChunk, CatalogPeer};
 use localml_proto::localml::v1::{CatalogModel, CatalogModelRef, FetchBlobRequest};
 use tokio::io::AsyncWriteExt;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// How long connecting to a peer worker may take before the next one is tried.
+const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bytes per chunk a worker sends a peer.
+const PEER_CHUNK_BYTES: usize = 1 << 20;
 
 use crate::repository::{ModelSource, RepositoryError};
 
@@ -55,8 +62,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub source: ModelSource,
-    /// Bytes received from the scheduler for it.
-    pub received: u64,
+    /// Bytes received for it from the scheduler, and from peer workers.
+    pub from_scheduler: u64,
+    pub from_peers: u64,
     /// Cached files found corrupt and fetched again.
     pub repaired: usize,
 }
@@ -66,6 +74,11 @@ pub struct ModelCache {
     /// One fetch at a time: two models (or two deployments of one) may share a file, and
     /// its `.partial` must have one writer.
     fetching: tokio::sync::Mutex<()>,
+    /// Bytes of model files received from the scheduler and from peers, and sent to
+    /// peers, since the worker started (`/metrics`).
+    pub from_scheduler: std::sync::atomic::AtomicU64,
+    pub from_peers: std::sync::atomic::AtomicU64,
+    pub to_peers: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ModelCache {
@@ -73,6 +86,9 @@ impl ModelCache {
         ModelCache {
             root,
             fetching: tokio::sync::Mutex::new(()),
+            from_scheduler: Default::default(),
+            from_peers: Default::default(),
+            to_peers: Default::default(),
         }
     }
 
@@ -139,6 +155,7 @@ impl ModelCache {
     pub async fn fetch(
         &self,
         client: &mut ClusterClient<Channel>,
+        tls: &ClientTlsConfig,
         name: &str,
         version: &str,
     ) -> Result<Fetched, FetchError> {
@@ -155,7 +172,7 @@ impl ModelCache {
         tokio::fs::create_dir_all(&blobs)
             .await
             .map_err(io(&blobs))?;
-        let (mut received, mut repaired) = (0, 0);
+        let (mut from_scheduler, mut from_peers, mut repaired) = (0, 0, 0);
         for file in &entry.files {
             let path = self.blob(&file.sha256);
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -168,26 +185,102 @@ impl ModelCache {
                 tokio::fs::remove_file(&path).await.map_err(io(&path))?;
                 repaired += 1;
             }
-            received += self
-                .download(client, &file.path, &file.sha256, file.size)
+            let (scheduler, peers) = self
+                .download(
+                    client,
+                    &entry.peers,
+                    tls,
+                    &file.path,
+                    &file.sha256,
+                    file.size,
+                )
                 .await?;
+            from_scheduler += scheduler;
+            from_peers += peers;
+            use std::sync::atomic::Ordering::Relaxed;
+            self.from_scheduler.fetch_add(scheduler, Relaxed);
+            self.from_peers.fetch_add(peers, Relaxed);
         }
         let source = self.link(&entry).await?;
         Ok(Fetched {
             source,
-            received,
+            from_scheduler,
+            from_peers,
             repaired,
         })
     }
 
-    /// Downloads one blob, resuming a `.partial` file; returns the bytes received.
+    /// Downloads one blob from a peer that holds it, else from the scheduler, resuming a
+    /// `.partial` file. Returns the bytes received from (the scheduler, peers).
     async fn download(
         &self,
         client: &mut ClusterClient<Channel>,
+        peers: &[CatalogPeer],
+        tls: &ClientTlsConfig,
         inside: &str,
         sha256: &str,
         size: u64,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<(u64, u64), FetchError> {
+        for peer in peers {
+            let from_peer = self
+                .receive(inside, sha256, size, |offset| async move {
+                    let endpoint = Endpoint::from_shared(format!("https://{}", peer.address))
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                        .tls_config(tls.clone().domain_name(peer.name.clone()))
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                        .connect_timeout(PEER_CONNECT_TIMEOUT);
+                    let channel = endpoint
+                        .connect()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let request = FetchBlobRequest {
+                        sha256: sha256.into(),
+                        offset,
+                    };
+                    Ok(PeersClient::new(channel)
+                        .fetch_blob(request)
+                        .await?
+                        .into_inner())
+                })
+                .await;
+            match from_peer {
+                Ok(n) => {
+                    tracing::debug!(peer = %peer.name, file = %inside, bytes = n, "model file fetched from a peer");
+                    return Ok((0, n));
+                }
+                Err(e) => {
+                    tracing::info!(peer = %peer.name, file = %inside, error = %e, "cannot fetch the model file from this peer; trying the next, then the scheduler");
+                }
+            }
+        }
+        let n = self
+            .receive(inside, sha256, size, |offset| {
+                let mut client = client.clone();
+                async move {
+                    let request = FetchBlobRequest {
+                        sha256: sha256.into(),
+                        offset,
+                    };
+                    Ok(client.fetch_blob(request).await?.into_inner())
+                }
+            })
+            .await?;
+        Ok((n, 0))
+    }
+
+    /// Receives one blob into its `.partial` file from the stream `open(offset)` gives,
+    /// checks its sha256 and puts it in place; returns the bytes received.
+    async fn receive<F, Fut>(
+        &self,
+        inside: &str,
+        sha256: &str,
+        size: u64,
+        open: F,
+    ) -> Result<u64, FetchError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Streaming<BlobChunk>, tonic::Status>>,
+    {
         let partial = self.root.join("blobs").join(format!("{sha256}.partial"));
         let mut offset = tokio::fs::metadata(&partial)
             .await
@@ -205,18 +298,12 @@ impl ModelCache {
             .open(&partial)
             .await
             .map_err(io(&partial))?;
-        let mut stream = client
-            .fetch_blob(FetchBlobRequest {
-                sha256: sha256.into(),
-                offset,
-            })
-            .await?
-            .into_inner();
+        let mut stream = open(offset).await?;
         let mut received = 0u64;
         while let Some(chunk) = stream.message().await? {
             if offset + received + chunk.data.len() as u64 > size {
                 return Err(FetchError::Entry(format!(
-                    "the scheduler sent more than the {size} bytes of '{inside}'"
+                    "more than the {size} bytes of '{inside}' arrived"
                 )));
             }
             out.write_all(&chunk.data).await.map_err(io(&partial))?;
@@ -239,6 +326,42 @@ impl ModelCache {
             .map_err(io(&blob))?;
         touch(&blob);
         Ok(received)
+    }
+
+    /// A file this worker holds whole, for a peer (`Peers.FetchBlob`).
+    pub fn serve_blob(
+        &self,
+        sha256: &str,
+        offset: u64,
+    ) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<BlobChunk>>, tonic::Status>
+    {
+        let valid = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            return Err(tonic::Status::invalid_argument(
+                "sha256 must be 64 lower-case hex digits",
+            ));
+        }
+        let file = std::fs::File::open(self.blob(sha256))
+            .map_err(|_| tonic::Status::not_found(format!("this worker does not hold {sha256}")))?;
+        let size = file
+            .metadata()
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .len();
+        if offset > size {
+            return Err(tonic::Status::invalid_argument(format!(
+                "offset {offset} is past the file's {size} bytes"
+            )));
+        }
+        Ok(localml_serving::blobs::file_chunks(
+            file,
+            sha256.to_string(),
+            offset,
+            size,
+            PEER_CHUNK_BYTES,
+        ))
     }
 
     /// Links the version's files into `models/<name>/<version>/` and writes its
@@ -283,6 +406,36 @@ fn touch(path: &Path) {
         .write(true)
         .open(path)
         .and_then(|f| f.set_modified(now));
+}
+
+/// `localml.v1.Peers` on the inference port: the files this worker holds, for the other
+/// workers (worker certificates, see [`crate::peer_role`]).
+pub struct PeerService {
+    pub worker: std::sync::Arc<crate::state::Worker>,
+}
+
+type PeerChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl localml_proto::localml::v1::peers_server::Peers for PeerService {
+    type FetchBlobStream = PeerChunks;
+
+    async fn fetch_blob(
+        &self,
+        r: tonic::Request<FetchBlobRequest>,
+    ) -> Result<tonic::Response<PeerChunks>, tonic::Status> {
+        let r = r.into_inner();
+        let chunks = self.worker.cache.serve_blob(&r.sha256, r.offset)?;
+        let sent = std::sync::Arc::clone(&self.worker.cache.to_peers);
+        let chunks = futures::StreamExt::map(chunks, move |c| {
+            let c =
+                c.map_err(|e| tonic::Status::internal(format!("reading the model file: {e}")))?;
+            sent.fetch_add(c.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(c)
+        });
+        Ok(tonic::Response::new(Box::pin(chunks)))
+    }
 }
 
 async fn hash(path: &Path) -> Result<String, FetchError> {

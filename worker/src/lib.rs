@@ -167,6 +167,22 @@ fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
     }
 }
 
+/// Admits a `Peers` call (the catalog files this worker holds) from another worker, a
+/// scheduler or an operator: any certificate from the cluster CA.
+pub fn peer_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    use localml_trust::ca::Role;
+    let certs = request.peer_certs();
+    let first = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+        tonic::Status::unauthenticated("a client certificate from the cluster CA is required")
+    })?;
+    match localml_trust::ca::holder(first.as_ref()).map(|h| h.role) {
+        Ok(Some(Role::Worker | Role::Scheduler | Role::Operator)) => Ok(request),
+        _ => Err(tonic::Status::permission_denied(
+            "only the cluster's workers, schedulers and operators may fetch model files",
+        )),
+    }
+}
+
 /// Admits a call on the inference port only from a scheduler's or an operator's
 /// certificate (PERMISSION_DENIED otherwise, UNAUTHENTICATED without one).
 fn caller_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -368,6 +384,12 @@ pub async fn run(
     // operators' tools may call: another worker's certificate (any token holder can get
     // one) may not bypass the scheduler's key, model and tenant checks.
     let service = tonic::service::interceptor::InterceptedService::new(service, caller_role);
+    let peers = tonic::service::interceptor::InterceptedService::new(
+        localml_proto::localml::v1::peers_server::PeersServer::new(catalog::PeerService {
+            worker: Arc::clone(&worker),
+        }),
+        peer_role,
+    );
     let _ = probe_worker.set(Arc::clone(&worker));
     let drain = async move {
         shutdown.await;
@@ -388,6 +410,7 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .tls_config(credentials.borrow_and_update().server_tls())?
                 .add_service(service.clone())
+                .add_service(peers.clone())
                 .serve_with_incoming_shutdown(
                     localml_serving::service::incoming_shared(Arc::clone(&listener)),
                     async {

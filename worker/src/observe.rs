@@ -180,6 +180,28 @@ impl localml_serving::http::Probe for WorkerProbe {
             )
             .sample(&[("estimated", estimated)], watts);
         }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            e.family(
+                "localml_worker_catalog_received_bytes_total",
+                Kind::Counter,
+                "Bytes of model files fetched from the catalog, by source (scheduler, peer).",
+            );
+            e.sample(
+                &[("source", "scheduler")],
+                w.cache.from_scheduler.load(Relaxed) as f64,
+            );
+            e.sample(
+                &[("source", "peer")],
+                w.cache.from_peers.load(Relaxed) as f64,
+            );
+            e.family(
+                "localml_worker_catalog_sent_bytes_total",
+                Kind::Counter,
+                "Bytes of model files this worker sent to other workers.",
+            )
+            .sample(&[], w.cache.to_peers.load(Relaxed) as f64);
+        }
         e.family(
             "localml_worker_memory_total_bytes",
             Kind::Gauge,

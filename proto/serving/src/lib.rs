@@ -9,7 +9,10 @@
 //! - [`process`]: logging setup, named listeners, graceful stop on Ctrl-C/SIGTERM.
 //! - [`metrics`]: latency histograms and the Prometheus text exposition (written by the
 //!   `prometheus` crate's encoder), and gRPC code labels.
+//! - [`blobs`]: a model file streamed in chunks (the catalog's FetchBlob, on the
+//!   scheduler and between workers).
 
+pub mod blobs;
 pub mod http;
 pub mod metrics;
 pub mod process;

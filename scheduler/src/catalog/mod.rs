@@ -299,40 +299,16 @@ impl Catalog {
         if offset > size {
             return Err(CatalogError::PastSize { offset, size });
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<BlobChunk, CatalogError>>(4);
-        let sha256 = sha256.to_string();
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut file = file;
-            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-                let _ = tx.blocking_send(Err(e.into()));
-                return;
-            }
-            let mut at = offset;
-            while at < size {
-                let n = usize::try_from((size - at).min(chunk_bytes as u64)).unwrap_or(chunk_bytes);
-                let mut buf = vec![0u8; n];
-                if let Err(e) = file.read_exact(&mut buf) {
-                    let _ = tx.blocking_send(Err(e.into()));
-                    return;
-                }
-                let chunk = BlobChunk {
-                    sha256: if at == offset {
-                        sha256.clone()
-                    } else {
-                        String::new()
-                    },
-                    size,
-                    offset: at,
-                    data: buf.into(),
-                };
-                at += n as u64;
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return; // The client went away.
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let chunks = localml_serving::blobs::file_chunks(
+            file,
+            sha256.to_string(),
+            offset,
+            size,
+            chunk_bytes,
+        );
+        Ok(Box::pin(futures::StreamExt::map(chunks, |c| {
+            c.map_err(CatalogError::from)
+        })))
     }
 
     /// Checks a new version's request and its blobs, reads its ONNX graph and records it.

@@ -307,6 +307,9 @@ impl ClusterService {
     }
 }
 
+/// Peers named in a GetCatalogModel answer.
+const MAX_PEERS: usize = 3;
+
 type BlobChunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -317,9 +320,29 @@ impl Cluster for ClusterService {
         &self,
         r: Request<CatalogModelRef>,
     ) -> Result<Response<CatalogModel>, Status> {
-        require_certificate(&r, &self.trust)?;
+        let holder = require_certificate(&r, &self.trust)?;
         let r = r.into_inner();
-        Ok(Response::new(self.catalog.get(&r.name, &r.version).await?))
+        let mut model = self.catalog.get(&r.name, &r.version).await?;
+        // Ready catalog workers that report this version hold its files.
+        model.peers = self
+            .workers
+            .list(Instant::now())
+            .into_iter()
+            .filter(|w| w.state == WorkerState::Ready as i32)
+            .filter_map(|w| w.status)
+            .filter(|s| s.catalog && s.name != holder.name)
+            .filter(|s| {
+                s.available
+                    .iter()
+                    .any(|a| a.name == model.name && a.version == model.version)
+            })
+            .take(MAX_PEERS)
+            .map(|s| CatalogPeer {
+                name: s.name,
+                address: s.inference_address,
+            })
+            .collect();
+        Ok(Response::new(model))
     }
 
     async fn fetch_blob(
