@@ -284,6 +284,28 @@ pub fn footprint(d: &Deployment, worker: &WorkerInfo) -> Option<u64> {
         .map(|a| a.file_bytes.saturating_add(a.file_bytes / 2))
 }
 
+/// Takes `d`'s footprint off worker `name`'s free RAM when `when` holds.
+fn reserve(
+    workers: &mut [WorkerInfo],
+    d: &Deployment,
+    name: &str,
+    when: impl Fn(&Deployment, &WorkerInfo) -> bool,
+) {
+    let Some(w) = workers
+        .iter_mut()
+        .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
+    else {
+        return;
+    };
+    if !when(d, w) {
+        return;
+    }
+    let need = footprint(d, w).unwrap_or(0);
+    if let Some(s) = w.status.as_mut() {
+        s.ram_free_bytes = s.ram_free_bytes.saturating_sub(need);
+    }
+}
+
 /// Whether `d`'s model fits in `worker`'s free RAM (unknown sizes fit).
 pub fn fits(d: &Deployment, worker: &WorkerInfo) -> bool {
     let free = worker.status.as_ref().map_or(0, |s| s.ram_free_bytes);
@@ -386,7 +408,14 @@ impl Controller {
     async fn reconcile(&self, leadership: &Leadership) -> Result<(), StoreError> {
         let (deployments, assigned) = load_state(self.store.as_ref()).await?;
         let workers = self.workers.list(tokio::time::Instant::now());
-        let workers = with_catalog(self.store.as_ref(), workers).await?;
+        let mut workers = with_catalog(self.store.as_ref(), workers).await?;
+        // RAM promised to models assigned but not served yet (fetching, loading) is not
+        // free for another: taken off each worker's free figure before planning.
+        for d in &deployments {
+            for name in assigned.get(&d.name).map(Vec::as_slice).unwrap_or_default() {
+                reserve(&mut workers, d, name, |d, w| !serving(d, w));
+            }
+        }
         let names: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
         // What each assignment says now, to rewrite those whose spec changed (a new
         // version or model for the same deployment).
@@ -408,6 +437,10 @@ impl Controller {
         for d in &deployments {
             let current = assigned.get(&d.name).cloned().unwrap_or_default();
             let (add, remove) = plan(d, &current, &workers);
+            // What this pass assigns is promised too, for the deployments planned after.
+            for name in &add {
+                reserve(&mut workers, d, name, |_, _| true);
+            }
             for w in &remove {
                 tracing::info!(deployment = %d.name, worker = %w, "unassigning");
                 txn = txn.delete(&assignment_key(w, &d.name));
@@ -694,5 +727,26 @@ mod tests {
         let (add, remove) = plan(&big, &["a".to_string()], &workers);
         assert!(remove.is_empty(), "{remove:?}");
         assert_eq!(add, ["b"]);
+    }
+
+    #[test]
+    fn ram_promised_to_one_deployment_is_not_offered_to_the_next() {
+        let mut first = deployment(1);
+        first.model = "m".into();
+        let mut second = first.clone();
+        second.name = "e".into();
+        // 4 GiB of files (6 GiB needed) on a worker with 8 GiB free: one fits, not two.
+        let mut workers = vec![worker("a", 8, true, true)];
+        if let Some(s) = workers[0].status.as_mut() {
+            s.available[0].file_bytes = 4 << 30;
+        }
+        let (add, _) = plan(&first, &[], &workers);
+        assert_eq!(add, ["a"]);
+        reserve(&mut workers, &first, "a", |_, _| true);
+        let (add, _) = plan(&second, &[], &workers);
+        assert!(add.is_empty(), "{add:?}");
+        assert!(with_status(&second, &[], &workers)
+            .message
+            .starts_with("Pending: "));
     }
 }

@@ -1061,7 +1061,8 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// A free loopback port for a server the harness starts, below Linux's ephemeral range
-/// (32768-60999), never the same twice in one test process. A port bound with 0 comes
+/// (32768-60999), never the same twice within one test process (test binaries run one
+/// after another; two at once could still meet, as with port 0). A port bound with 0 comes
 /// from the ephemeral range, where a scheduler killed by `crash_and_restart` could find
 /// its port taken (by another test's server or an outgoing connection) and a worker
 /// would reach the wrong server; these ports are handed out by this counter only.

@@ -156,6 +156,12 @@ fn fetch_from_catalog(
     let worker = Arc::clone(worker);
     tokio::spawn(async move {
         let mut client = client;
+        // Room first: a download into a full cache would fail.
+        if let Some(budget) = worker.config.cache_bytes {
+            if let Err(e) = worker.cache.evict(budget).await {
+                tracing::warn!(error = %e, "cannot evict from the model cache");
+            }
+        }
         match worker
             .cache
             .fetch(&mut client, &tls, &m.name, &m.version)

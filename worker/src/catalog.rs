@@ -16,6 +16,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How long connecting to a peer worker may take before the next one is tried.
 const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A source (peer or scheduler) that sends nothing for this long is given up.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Peers a worker serves files to at once; more are told to go elsewhere.
+const PEER_UPLOADS: usize = 4;
 /// Bytes per chunk a worker sends a peer.
 const PEER_CHUNK_BYTES: usize = 1 << 20;
 
@@ -74,6 +78,8 @@ pub struct ModelCache {
     /// One fetch at a time: two models (or two deployments of one) may share a file, and
     /// its `.partial` must have one writer.
     fetching: tokio::sync::Mutex<()>,
+    /// Peers served at once (each holds a reading thread and a few chunks).
+    uploads: std::sync::Arc<tokio::sync::Semaphore>,
     /// Bytes of model files received from the scheduler and from peers, and sent to
     /// peers, since the worker started (`/metrics`).
     pub from_scheduler: std::sync::atomic::AtomicU64,
@@ -82,10 +88,14 @@ pub struct ModelCache {
 }
 
 impl ModelCache {
+    /// A cache under `root`. Links left by an earlier run go (this run has loaded
+    /// nothing from the cache yet), so their files can be evicted; the files stay.
     pub fn new(root: PathBuf) -> ModelCache {
+        let _ = std::fs::remove_dir_all(root.join("models"));
         ModelCache {
             root,
             fetching: tokio::sync::Mutex::new(()),
+            uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(PEER_UPLOADS)),
             from_scheduler: Default::default(),
             from_peers: Default::default(),
             to_peers: Default::default(),
@@ -113,9 +123,11 @@ impl ModelCache {
             let entry = entry?;
             let meta = entry.metadata()?;
             total += meta.len();
-            // A file linked into models/ has a second name: some version uses it.
-            let named = entry.file_name().to_string_lossy().len() == 64;
-            if named && meta.nlink() == 1 {
+            // A file linked into models/ has a second name: some version uses it. The
+            // bytes of an interrupted download (.partial) may go too.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let partial = name.ends_with(".partial");
+            if (name.len() == 64 || partial) && meta.nlink() == 1 {
                 let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 unused.push((used, entry.path(), meta.len()));
             }
@@ -223,12 +235,14 @@ impl ModelCache {
     ) -> Result<(u64, u64), FetchError> {
         for peer in peers {
             let from_peer = self
-                .receive(inside, sha256, size, |offset| async move {
+                .receive(inside, sha256, size, false, |offset| async move {
                     let endpoint = Endpoint::from_shared(format!("https://{}", peer.address))
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?
                         .tls_config(tls.clone().domain_name(peer.name.clone()))
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-                        .connect_timeout(PEER_CONNECT_TIMEOUT);
+                        .connect_timeout(PEER_CONNECT_TIMEOUT)
+                        .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+                        .keep_alive_timeout(std::time::Duration::from_secs(4));
                     let channel = endpoint
                         .connect()
                         .await
@@ -254,7 +268,7 @@ impl ModelCache {
             }
         }
         let n = self
-            .receive(inside, sha256, size, |offset| {
+            .receive(inside, sha256, size, true, |offset| {
                 let mut client = client.clone();
                 async move {
                     let request = FetchBlobRequest {
@@ -275,6 +289,7 @@ impl ModelCache {
         inside: &str,
         sha256: &str,
         size: u64,
+        keep_on_error: bool,
         open: F,
     ) -> Result<u64, FetchError>
     where
@@ -298,17 +313,18 @@ impl ModelCache {
             .open(&partial)
             .await
             .map_err(io(&partial))?;
-        let mut stream = open(offset).await?;
-        let mut received = 0u64;
-        while let Some(chunk) = stream.message().await? {
-            if offset + received + chunk.data.len() as u64 > size {
-                return Err(FetchError::Entry(format!(
-                    "more than the {size} bytes of '{inside}' arrived"
-                )));
+        let result = self
+            .receive_into(&mut out, &partial, inside, size, offset, open)
+            .await;
+        if let Err(e) = result {
+            // Bytes from a source that failed are not trusted for a resume elsewhere,
+            // unless they came from the scheduler (which checked them).
+            if !keep_on_error {
+                let _ = out.set_len(offset).await;
             }
-            out.write_all(&chunk.data).await.map_err(io(&partial))?;
-            received += chunk.data.len() as u64;
+            return Err(e);
         }
+        let received = result.unwrap_or(0);
         out.sync_all().await.map_err(io(&partial))?;
         drop(out);
         let actual = hash(&partial).await?;
@@ -325,6 +341,44 @@ impl ModelCache {
             .await
             .map_err(io(&blob))?;
         touch(&blob);
+        Ok(received)
+    }
+
+    /// Appends what the stream `open(offset)` gives to `out`; a source that stays silent
+    /// for [`STALL_TIMEOUT`] is given up.
+    async fn receive_into<F, Fut>(
+        &self,
+        out: &mut tokio::fs::File,
+        partial: &Path,
+        inside: &str,
+        size: u64,
+        offset: u64,
+        open: F,
+    ) -> Result<u64, FetchError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Streaming<BlobChunk>, tonic::Status>>,
+    {
+        let stalled = || FetchError::Scheduler {
+            code: tonic::Code::DeadlineExceeded,
+            message: format!("no data for {} s", STALL_TIMEOUT.as_secs()),
+        };
+        let mut stream = tokio::time::timeout(STALL_TIMEOUT, open(offset))
+            .await
+            .map_err(|_| stalled())??;
+        let mut received = 0u64;
+        while let Some(chunk) = tokio::time::timeout(STALL_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| stalled())??
+        {
+            if offset + received + chunk.data.len() as u64 > size {
+                return Err(FetchError::Entry(format!(
+                    "more than the {size} bytes of '{inside}' arrived"
+                )));
+            }
+            out.write_all(&chunk.data).await.map_err(io(partial))?;
+            received += chunk.data.len() as u64;
+        }
         Ok(received)
     }
 
@@ -426,9 +480,17 @@ impl localml_proto::localml::v1::peers_server::Peers for PeerService {
         r: tonic::Request<FetchBlobRequest>,
     ) -> Result<tonic::Response<PeerChunks>, tonic::Status> {
         let r = r.into_inner();
+        let permit = std::sync::Arc::clone(&self.worker.cache.uploads)
+            .try_acquire_owned()
+            .map_err(|_| {
+                tonic::Status::resource_exhausted(format!(
+                    "this worker already sends files to {PEER_UPLOADS} peers; fetch from another"
+                ))
+            })?;
         let chunks = self.worker.cache.serve_blob(&r.sha256, r.offset)?;
         let sent = std::sync::Arc::clone(&self.worker.cache.to_peers);
         let chunks = futures::StreamExt::map(chunks, move |c| {
+            let _held = &permit;
             let c =
                 c.map_err(|e| tonic::Status::internal(format!("reading the model file: {e}")))?;
             sent.fetch_add(c.data.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -211,11 +211,20 @@ pub async fn load(
         // Files for a version: the deployment of that model serves it from now on.
         if d.version != version {
             d.version = version.clone();
-            catalog
+            let seen = existing.as_ref().map_or(0, |kv| kv.mod_revision);
+            let txn = localml_store::Txn::new()
+                .when(&key, seen)
+                .put(&key, d.encode_to_vec(), 0);
+            let written = catalog
                 .store
-                .put(&key, d.encode_to_vec())
+                .commit(txn)
                 .await
                 .map_err(CatalogError::from)?;
+            if written.is_none() {
+                return Err(Status::aborted(format!(
+                    "deployment '{name}' changed meanwhile; load again"
+                )));
+            }
             tracing::info!(deployment = %name, version = %version, "deployment moved to the loaded version");
         }
     } else if existing.is_none() {

@@ -324,7 +324,7 @@ impl Cluster for ClusterService {
         let r = r.into_inner();
         let mut model = self.catalog.get(&r.name, &r.version).await?;
         // Ready catalog workers that report this version hold its files.
-        model.peers = self
+        let mut peers: Vec<CatalogPeer> = self
             .workers
             .list(Instant::now())
             .into_iter()
@@ -336,12 +336,15 @@ impl Cluster for ClusterService {
                     .iter()
                     .any(|a| a.name == model.name && a.version == model.version)
             })
-            .take(MAX_PEERS)
             .map(|s| CatalogPeer {
                 name: s.name,
                 address: s.inference_address,
             })
             .collect();
+        // In a random order: the load spreads, and a peer that fails is not first again.
+        fastrand::shuffle(&mut peers);
+        peers.truncate(MAX_PEERS);
+        model.peers = peers;
         Ok(Response::new(model))
     }
 
