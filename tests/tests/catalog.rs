@@ -202,6 +202,26 @@ async fn push_list_show_and_delete_with_the_cli() {
     );
     assert!(out.contains("pushed copy version 8: "), "{out}");
     cli_ok(&scheduler, &["models", "delete", "copy"]);
+    // Pushed twice (the second time only asked about, nothing sent), then deleted: the
+    // file goes with it.
+    let text_file = models_dir().join("text_classifier/1/model.onnx");
+    for _ in 0..2 {
+        cli_ok(
+            &scheduler,
+            &[
+                "models",
+                "push",
+                text_file.to_str().expect("utf-8"),
+                "--name",
+                "twice",
+            ],
+        );
+    }
+    let out = cli_ok(&scheduler, &["models", "delete", "twice"]);
+    assert!(
+        out.contains("deleted twice:1; removed 1 unused file(s)"),
+        "{out}"
+    );
     let (ok, _, err) = cli(&scheduler, &["models", "show", "copy"]);
     assert!(
         !ok && err.contains("NotFound: no model 'copy' in the catalog"),

@@ -234,6 +234,14 @@ impl Catalog {
         Ok(held)
     }
 
+    /// A version uses these blobs now: the collector goes by the catalog for them.
+    fn claimed(&self, version: &CatalogModel) {
+        let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+        for f in &version.files {
+            unclaimed.remove(&f.sha256);
+        }
+    }
+
     /// Notes a blob a push is about to use (just uploaded, or found already there): the
     /// garbage collector keeps it for an hour unless a version uses it.
     pub fn uploaded(&self, sha256: &str) {
@@ -390,6 +398,7 @@ impl Catalog {
                 .unwrap_or(0);
             if let Some(same) = versions.iter().find(|v| content(v) == content(&m)) {
                 if m.version.is_empty() || m.version == same.version {
+                    self.claimed(same);
                     return Ok(same.clone());
                 }
             }
@@ -417,10 +426,7 @@ impl Catalog {
                 .put(&k, record.encode_to_vec(), 0)
                 .put(&highest_key, ever.max(version).to_string().into_bytes(), 0);
             if self.store.commit(txn).await?.is_some() {
-                let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
-                for f in &record.files {
-                    unclaimed.remove(&f.sha256);
-                }
+                self.claimed(&record);
                 tracing::info!(model = %record.name, version = %record.version, files = record.files.len(), "model added to the catalog");
                 return Ok(record);
             }
