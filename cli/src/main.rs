@@ -58,6 +58,10 @@ enum Command {
         /// Where cluster state and jobs are kept [default: ~/.local/state/localml].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Workers load all of --models at start, or on-demand only what deployments
+        /// assign (from --models or the model catalog: `localml models push`).
+        #[arg(long, default_value = "all")]
+        load: localml_worker::config::LoadMode,
     },
     /// Send one inference request and print the outputs and the worker that served it.
     Infer {
@@ -555,6 +559,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             rest_listen,
             onnxruntime,
             data_dir,
+            load,
         } => {
             let options = localml_cli::up::UpOptions {
                 models,
@@ -563,6 +568,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 rest_listen: (rest_listen != "off").then_some(rest_listen),
                 onnxruntime,
                 data_dir,
+                load,
             };
             localml_cli::up::up(options, localml_scheduler::cli::shutdown_signal()).await
         }

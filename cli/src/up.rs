@@ -24,6 +24,9 @@ pub struct UpOptions {
     pub onnxruntime: Option<PathBuf>,
     /// Where the scheduler keeps cluster state and jobs [default: the scheduler's].
     pub data_dir: Option<PathBuf>,
+    /// `all`: workers load the repository at start; `on-demand`: only what deployments
+    /// assign, from the repository or the model catalog (docs/models.md).
+    pub load: localml_worker::config::LoadMode,
 }
 
 /// How long workers get to load their models and join.
@@ -88,6 +91,11 @@ async fn spawn_worker(
         ])
         .arg("--models")
         .arg(&options.models)
+        .arg("--load")
+        .arg(match options.load {
+            localml_worker::config::LoadMode::All => "all",
+            localml_worker::config::LoadMode::OnDemand => "on-demand",
+        })
         .arg("--onnxruntime")
         .arg(library)
         .args([
@@ -135,7 +143,8 @@ pub async fn up(
         bail!("--workers must be at least 1");
     }
     let sources = localml_worker::repository::scan(&options.models)?;
-    if sources.is_empty() {
+    // On demand, models may come from the catalog only (`localml models push`).
+    if sources.is_empty() && options.load == localml_worker::config::LoadMode::All {
         bail!(
             "no models in {} (expected <dir>/<model>/<version>/model.onnx)",
             options.models.display()

@@ -280,3 +280,87 @@ fn missing_or_wrong_onnxruntime_library_is_a_one_line_error() {
         );
     }
 }
+
+/// The catalog on one PC, as README shows it: `localml up --load on-demand` with an empty
+/// repository, `localml models push`, `localml deployments apply`, `localml infer`.
+#[test]
+fn localml_up_on_demand_serves_a_pushed_model() {
+    let state = TempDir::new("up-on-demand-state");
+    let empty = TempDir::new("up-on-demand-models");
+    let mut up = Command::new(bin("localml"))
+        .args(["up", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--rest-listen",
+            "off",
+            "--workers",
+            "1",
+            "--load",
+            "on-demand",
+        ])
+        .arg("--data-dir")
+        .arg(state.path())
+        .arg("--models")
+        .arg(empty.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start localml up");
+    let _stop = KillOnPanic(up.id());
+    let mut lines = BufReader::new(up.stdout.take().expect("stdout")).lines();
+    let endpoint = loop {
+        let line = lines
+            .next()
+            .expect("localml up exited before printing its endpoint")
+            .expect("read line");
+        if let Some(rest) = line.split("Triton gRPC): ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let run = |args: &[&str]| {
+        Command::new(bin("localml"))
+            .args(args)
+            .args(["--server", &endpoint])
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run localml")
+    };
+    let image = models_dir().join("image_classifier");
+    let pushed = run(&["models", "push", image.to_str().expect("utf-8")]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let applied = run(&[
+        "deployments",
+        "apply",
+        "images",
+        "--model",
+        "image_classifier",
+    ]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let started = Instant::now();
+    let answer = loop {
+        let infer = run(&["infer", "--model", "image_classifier"]);
+        if infer.status.success() {
+            break String::from_utf8_lossy(&infer.stdout).into_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not served within 60 s: {}",
+            String::from_utf8_lossy(&infer.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(answer.contains("probabilities"), "{answer}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    let _ = up.wait();
+}
