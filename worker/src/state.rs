@@ -190,9 +190,8 @@ impl Worker {
 
     /// Applies the scheduler's assignments (on-demand workers only): loads what is
     /// assigned and not loaded, in the background; unloads what is not assigned any
-    /// more (requests running on it finish first: they hold the model).
-    /// Loads and unloads what the scheduler's deployments say; returns the assigned models
-    /// the repository lacks (the agent fetches them from the catalog).
+    /// more (requests running on it finish first: they hold the model). Returns the
+    /// assigned models it has no source for (the agent fetches them from the catalog).
     pub fn apply_assignments(
         self: &Arc<Self>,
         load: &[pb::ModelRef],
