@@ -450,13 +450,15 @@ impl Controller {
                 name: d.model.clone(),
                 version: d.version.clone(),
             };
-            for w in current.iter().filter(|w| !remove.contains(w)) {
-                let key = assignment_key(w, &d.name);
-                if stored.get(&key).is_some_and(|m| *m != wanted) {
-                    tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, "reassigning: the deployment changed");
-                    txn = txn.put(&key, wanted.encode_to_vec(), 0);
-                    changes += 1;
-                }
+            let kept: Vec<(String, Option<ModelRef>)> = current
+                .iter()
+                .filter(|w| !remove.contains(w))
+                .map(|w| (w.clone(), stored.get(&assignment_key(w, &d.name)).cloned()))
+                .collect();
+            if let Some(w) = next_to_move(d, &kept, &workers) {
+                tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, "moving a replica to the changed deployment");
+                txn = txn.put(&assignment_key(&w, &d.name), wanted.encode_to_vec(), 0);
+                changes += 1;
             }
             for w in &add {
                 tracing::info!(deployment = %d.name, worker = %w, model = %d.model, "assigning");
@@ -473,6 +475,34 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// After a deployment's model or version changed: the next kept worker whose assignment
+/// still names the old one, but only once every worker already moved serves the new one
+/// (a rolling change, one replica at a time, so the others keep serving meanwhile).
+pub fn next_to_move(
+    d: &Deployment,
+    kept: &[(String, Option<ModelRef>)],
+    workers: &[WorkerInfo],
+) -> Option<String> {
+    let wanted = ModelRef {
+        name: d.model.clone(),
+        version: d.version.clone(),
+    };
+    let by_name = |name: &str| {
+        workers
+            .iter()
+            .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
+    };
+    let moving = kept
+        .iter()
+        .any(|(w, m)| m.as_ref() == Some(&wanted) && !by_name(w).is_some_and(|w| serving(d, w)));
+    if moving {
+        return None;
+    }
+    kept.iter()
+        .find(|(_, m)| m.as_ref().is_some_and(|m| *m != wanted))
+        .map(|(w, _)| w.clone())
 }
 
 /// Fills a deployment's status fields from the cluster.
@@ -748,5 +778,53 @@ mod tests {
         assert!(with_status(&second, &[], &workers)
             .message
             .starts_with("Pending: "));
+    }
+
+    #[test]
+    fn a_changed_deployment_moves_one_replica_at_a_time() {
+        let mut d = deployment(2);
+        d.model = "m".into();
+        d.version = "2".into();
+        let old = ModelRef {
+            name: "m".into(),
+            version: "1".into(),
+        };
+        let new = ModelRef {
+            name: "m".into(),
+            version: "2".into(),
+        };
+        let serving_version = |name: &str, version: &str| {
+            let mut w = worker(name, 8, true, true);
+            if let Some(s) = w.status.as_mut() {
+                s.models = vec![localml_proto::localml::v1::LoadedModel {
+                    name: "m".into(),
+                    version: version.into(),
+                    ..Default::default()
+                }];
+            }
+            w
+        };
+        let kept = |a: &ModelRef, b: &ModelRef| {
+            vec![
+                ("a".to_string(), Some(a.clone())),
+                ("b".to_string(), Some(b.clone())),
+            ]
+        };
+        // Both on v1: the first moves.
+        let workers = vec![serving_version("a", "1"), serving_version("b", "1")];
+        assert_eq!(
+            next_to_move(&d, &kept(&old, &old), &workers).as_deref(),
+            Some("a")
+        );
+        // a moved but does not serve v2 yet: b waits (and keeps serving v1).
+        assert_eq!(next_to_move(&d, &kept(&new, &old), &workers), None);
+        // a serves v2: b moves.
+        let workers = vec![serving_version("a", "2"), serving_version("b", "1")];
+        assert_eq!(
+            next_to_move(&d, &kept(&new, &old), &workers).as_deref(),
+            Some("b")
+        );
+        // Both moved: nothing to do.
+        assert_eq!(next_to_move(&d, &kept(&new, &new), &workers), None);
     }
 }
