@@ -27,6 +27,8 @@ pub const CATALOG: &str = "catalog/";
 pub type BlobChunks =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, CatalogError>> + Send>>;
 
+/// The highest version number (room to count up from any accepted one).
+const MAX_VERSION: u64 = u32::MAX as u64;
 /// Longest model name, file path and config.yaml; most files in one version.
 const MAX_NAME: usize = 128;
 const MAX_PATH: usize = 1024;
@@ -79,7 +81,7 @@ pub enum CatalogError {
     },
     #[error("model name '{0}' must be 1 to 128 letters, digits, '-', '_' or '.', not starting with '.' or '-'")]
     Name(String),
-    #[error("version '{0}' is not a number from 1 up")]
+    #[error("version '{0}' is not a number from 1 to 4294967295")]
     Version(String),
     #[error("file path '{path}': {reason}")]
     Path { path: String, reason: &'static str },
@@ -178,7 +180,7 @@ pub fn check_path(path: &str) -> Result<(), CatalogError> {
 
 fn parse_version(version: &str) -> Result<u64, CatalogError> {
     match version.parse::<u64>() {
-        Ok(v) if v >= 1 && !version.starts_with('0') => Ok(v),
+        Ok(v) if (1..=MAX_VERSION).contains(&v) && !version.starts_with('0') => Ok(v),
         _ => Err(CatalogError::Version(version.chars().take(40).collect())),
     }
 }
@@ -409,7 +411,7 @@ impl Catalog {
                     .max()
                     .unwrap_or(0)
                     .max(ever)
-                    + 1
+                    .saturating_add(1)
             } else {
                 parse_version(&m.version)?
             };
@@ -603,7 +605,15 @@ mod tests {
             assert!(check_path(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_version("12").ok(), Some(12));
-        for bad in ["0", "01", "-1", "x", ""] {
+        for bad in [
+            "0",
+            "01",
+            "-1",
+            "x",
+            "",
+            "4294967296",
+            "18446744073709551615",
+        ] {
             assert!(parse_version(bad).is_err(), "{bad}");
         }
     }
