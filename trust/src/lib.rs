@@ -35,6 +35,11 @@ impl Sha256Stream {
     }
 }
 
+/// Whether `text` names a sha256 as this crate writes them: 64 lower-case hex digits.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Lowercase hex sha256 of a file, read in 1 MiB pieces (never whole in memory).
 pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read;

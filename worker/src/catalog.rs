@@ -127,7 +127,7 @@ impl ModelCache {
             // bytes of an interrupted download (.partial) may go too.
             let name = entry.file_name().to_string_lossy().into_owned();
             let partial = name.ends_with(".partial");
-            if (name.len() == 64 || partial) && meta.nlink() == 1 {
+            if (localml_trust::is_sha256_hex(&name) || partial) && meta.nlink() == 1 {
                 let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 unused.push((used, entry.path(), meta.len()));
             }
@@ -389,11 +389,7 @@ impl ModelCache {
         offset: u64,
     ) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<BlobChunk>>, tonic::Status>
     {
-        let valid = sha256.len() == 64
-            && sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
+        if !localml_trust::is_sha256_hex(sha256) {
             return Err(tonic::Status::invalid_argument(
                 "sha256 must be 64 lower-case hex digits",
             ));
@@ -522,8 +518,7 @@ fn check_entry(m: &CatalogModel) -> Result<(), FetchError> {
         )));
     }
     for f in &m.files {
-        let sha_ok = f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !plain(&f.path) || !sha_ok {
+        if !plain(&f.path) || !localml_trust::is_sha256_hex(&f.sha256) {
             return Err(FetchError::Entry(format!("file '{}'", f.path)));
         }
     }

@@ -167,16 +167,26 @@ fn advertise_address(config: &WorkerConfig, bound: SocketAddr) -> String {
     }
 }
 
-/// Admits a `Peers` call (the catalog files this worker holds) from another worker, a
-/// scheduler or an operator: any certificate from the cluster CA.
-pub fn peer_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    use localml_trust::ca::Role;
+/// The role in the caller's certificate (None when it names none or cannot be read);
+/// UNAUTHENTICATED without a certificate.
+fn certificate_role(
+    request: &tonic::Request<()>,
+) -> Result<Option<localml_trust::ca::Role>, tonic::Status> {
     let certs = request.peer_certs();
     let first = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
         tonic::Status::unauthenticated("a client certificate from the cluster CA is required")
     })?;
-    match localml_trust::ca::holder(first.as_ref()).map(|h| h.role) {
-        Ok(Some(Role::Worker | Role::Scheduler | Role::Operator)) => Ok(request),
+    Ok(localml_trust::ca::holder(first.as_ref())
+        .ok()
+        .and_then(|h| h.role))
+}
+
+/// Admits a `Peers` call (the catalog files this worker holds) from another worker, a
+/// scheduler or an operator: any certificate from the cluster CA.
+pub fn peer_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    use localml_trust::ca::Role;
+    match certificate_role(&request)? {
+        Some(Role::Worker | Role::Scheduler | Role::Operator) => Ok(request),
         _ => Err(tonic::Status::permission_denied(
             "only the cluster's workers, schedulers and operators may fetch model files",
         )),
@@ -187,12 +197,8 @@ pub fn peer_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, toni
 /// certificate (PERMISSION_DENIED otherwise, UNAUTHENTICATED without one).
 fn caller_role(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     use localml_trust::ca::Role;
-    let certs = request.peer_certs();
-    let first = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
-        tonic::Status::unauthenticated("a client certificate from the cluster CA is required")
-    })?;
-    match localml_trust::ca::holder(first.as_ref()).map(|h| h.role) {
-        Ok(Some(Role::Scheduler | Role::Operator)) => Ok(request),
+    match certificate_role(&request)? {
+        Some(Role::Scheduler | Role::Operator) => Ok(request),
         _ => Err(tonic::Status::permission_denied(
             "only scheduler replicas and operator certificates may call a worker's inference port",
         )),

@@ -16,7 +16,7 @@ pub const MAX_BLOB_BYTES: u64 = 256 << 30;
 
 /// Checks a blob name: 64 lower-case hex digits.
 pub fn check_sha256(hex: &str) -> Result<(), CatalogError> {
-    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if localml_trust::is_sha256_hex(hex) {
         Ok(())
     } else {
         Err(CatalogError::BadSha256(hex.chars().take(80).collect()))

@@ -140,6 +140,16 @@ impl From<CatalogError> for tonic::Status {
     }
 }
 
+/// Runs blocking file work (hashing, reading, writing, listing blobs) off the async
+/// threads; a task that panicked is an I/O error, not a crash.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))?
+}
+
 /// Checks a model name from a client.
 pub fn check_name(name: &str) -> Result<(), CatalogError> {
     let ok = (1..=MAX_NAME).contains(&name.len())
@@ -229,9 +239,7 @@ impl Catalog {
     pub async fn finish_upload(&self, upload: blobs::Upload) -> Result<blobs::Held, CatalogError> {
         let _adding = self.changing.read().await;
         let sha256 = upload.sha256().to_string();
-        let held = tokio::task::spawn_blocking(move || upload.finish())
-            .await
-            .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+        let held = blocking(move || upload.finish()).await?;
         self.uploaded(&sha256);
         Ok(held)
     }
@@ -378,12 +386,11 @@ impl Catalog {
             .find(|f| f.path == "model.onnx")
             .ok_or(CatalogError::NoModelFile)?;
         let path = self.blobs.path(&onnx_file.sha256);
-        let signature = tokio::task::spawn_blocking(move || {
+        let signature = blocking(move || {
             let file = std::fs::File::open(path)?;
-            onnx::read_signature(std::io::BufReader::new(file))
+            Ok(onnx::read_signature(std::io::BufReader::new(file))?)
         })
-        .await
-        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+        .await?;
         m.inputs = signature.inputs;
         m.outputs = signature.outputs;
         m.ir_version = signature.ir_version;
@@ -517,7 +524,7 @@ impl Catalog {
             unclaimed.keys().cloned().collect()
         };
         let blobs = Arc::clone(&self.blobs);
-        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
+        let removed = blocking(move || {
             let (mut count, mut bytes) = (0, 0);
             for name in blobs.list()? {
                 if !used.contains(&name) && !protected.contains(&name) {
@@ -527,8 +534,7 @@ impl Catalog {
             }
             Ok((count, bytes))
         })
-        .await
-        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+        .await?;
         if removed.0 > 0 {
             tracing::info!(
                 blobs = removed.0,

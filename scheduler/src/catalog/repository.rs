@@ -144,7 +144,7 @@ async fn store_blob(catalog: &Catalog, bytes: &[u8]) -> Result<CatalogFile, Cata
     let blobs = Arc::clone(&catalog.blobs);
     let (hex, data) = (sha256.clone(), bytes.to_vec());
     catalog.uploaded(&sha256);
-    let upload = tokio::task::spawn_blocking(move || -> Result<_, CatalogError> {
+    let upload = super::blocking(move || {
         if blobs.held(&hex)?.complete {
             return Ok(None);
         }
@@ -153,8 +153,7 @@ async fn store_blob(catalog: &Catalog, bytes: &[u8]) -> Result<CatalogFile, Cata
         upload.write(&data)?;
         Ok(Some(upload))
     })
-    .await
-    .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))??;
+    .await?;
     if let Some(upload) = upload {
         catalog.finish_upload(upload).await?;
     }

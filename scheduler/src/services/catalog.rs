@@ -12,7 +12,7 @@ use localml_proto::localml::v1::catalog_server::Catalog as CatalogApi;
 use localml_proto::localml::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::{blobs, Catalog, CatalogError};
+use crate::catalog::{blobs, blocking, Catalog, CatalogError};
 
 pub struct CatalogService {
     pub catalog: Arc<Catalog>,
@@ -22,15 +22,6 @@ pub struct CatalogService {
 
 type Answer<T> = Result<Response<T>, Status>;
 type Chunks = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
-
-/// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
-) -> Result<T, CatalogError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CatalogError::Io(std::io::Error::other(e.to_string())))?
-}
 
 impl CatalogService {
     async fn upload(&self, mut chunks: Streaming<BlobChunk>) -> Result<BlobStatusResponse, Status> {
