@@ -299,7 +299,19 @@ enum DeploymentsCommand {
         /// gpu or cpu [default: any].
         #[arg(long, default_value = "")]
         provider: String,
+        /// On a change of model or version: how many replicas at once may load the new
+        /// version beside the old one, which serves until the new one does (needs RAM
+        /// for both) [default: 1].
+        #[arg(long)]
+        max_surge: Option<u32>,
+        /// On a change of model or version: how many replicas at once may unload the
+        /// old version before the new one serves [default: 0].
+        #[arg(long)]
+        max_unavailable: Option<u32>,
     },
+    /// Go back to the model and version before the deployment's last change (rolling,
+    /// as any change).
+    Rollback { name: String },
     /// Show deployments: replicas asked and ready, assigned workers.
     List,
     /// Remove a deployment; its workers unload the model.
@@ -795,7 +807,9 @@ async fn models(command: ModelsCommand, server: &str) -> anyhow::Result<()> {
 }
 
 async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Result<()> {
-    use localml_proto::localml::v1::{DeleteDeploymentRequest, Deployment, ListDeploymentsRequest};
+    use localml_proto::localml::v1::{
+        DeleteDeploymentRequest, Deployment, ListDeploymentsRequest, RollbackDeploymentRequest,
+    };
     let mut admin = admin(server).await?;
     let failed = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
     match command {
@@ -806,6 +820,8 @@ async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Resul
             replicas,
             selector,
             provider,
+            max_surge,
+            max_unavailable,
         } => {
             let mut labels = std::collections::HashMap::new();
             for pair in selector.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -822,6 +838,8 @@ async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Resul
                     replicas,
                     selector: labels,
                     provider,
+                    max_surge,
+                    max_unavailable,
                     ..Default::default()
                 })
                 .await
@@ -829,7 +847,22 @@ async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Resul
                 .into_inner();
             println!(
                 "deployment {} applied: {} replica(s) of {}",
-                d.name, d.replicas, d.model
+                d.name,
+                d.replicas,
+                model_version(&d.model, &d.version)
+            );
+        }
+        DeploymentsCommand::Rollback { name } => {
+            let d = admin
+                .rollback_deployment(RollbackDeploymentRequest { name })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            println!(
+                "deployment {} rolls back to {} (from {})",
+                d.name,
+                model_version(&d.model, &d.version),
+                model_version(&d.previous_model, &d.previous_version)
             );
         }
         DeploymentsCommand::List => {
@@ -850,6 +883,15 @@ async fn deployments(command: DeploymentsCommand, server: &str) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// `model:version`, or `model (newest)`.
+fn model_version(model: &str, version: &str) -> String {
+    if version.is_empty() {
+        format!("{model} (newest version)")
+    } else {
+        format!("{model}:{version}")
+    }
 }
 
 /// A percentage from 0 to 100, for clap.

@@ -11,7 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use localml_proto::localml::v1::{
-    AvailableModel, CatalogModel, Deployment, ModelRef, WorkerInfo, WorkerState, WorkerStatus,
+    Assignment, AvailableModel, CatalogModel, Deployment, ModelRef, WorkerInfo, WorkerState,
+    WorkerStatus,
 };
 use localml_proto::units::human_bytes;
 use prost::Message;
@@ -46,6 +47,19 @@ pub enum DeploymentError {
     /// A provider other than gpu, cpu or any.
     #[error("deployment.provider '{0}': expected gpu, cpu or empty")]
     Provider(String),
+    /// max_surge and max_unavailable both 0.
+    #[error("deployment.max_surge and deployment.max_unavailable are both 0: a change of version could never start; allow at least one")]
+    NoRollingRoom,
+}
+
+/// How many replicas may load a new version beside the old one at once (default 1).
+pub fn max_surge(d: &Deployment) -> usize {
+    d.max_surge.unwrap_or(1) as usize
+}
+
+/// How many replicas may unload the old version before the new one serves (default 0).
+pub fn max_unavailable(d: &Deployment) -> usize {
+    d.max_unavailable.unwrap_or(0) as usize
 }
 
 /// Checks a deployment from a client.
@@ -66,10 +80,14 @@ pub fn validate(d: &Deployment) -> Result<(), DeploymentError> {
     if !matches!(d.provider.as_str(), "" | "any" | "gpu" | "cpu") {
         return Err(DeploymentError::Provider(d.provider.clone()));
     }
+    if max_surge(d) == 0 && max_unavailable(d) == 0 {
+        return Err(DeploymentError::NoRollingRoom);
+    }
     Ok(())
 }
 
-/// The spec part of a deployment (status fields cleared), as stored.
+/// The spec part of a deployment from a client (status and what the scheduler records
+/// cleared).
 pub fn spec(d: &Deployment) -> Deployment {
     Deployment {
         name: d.name.clone(),
@@ -78,14 +96,83 @@ pub fn spec(d: &Deployment) -> Deployment {
         replicas: d.replicas,
         selector: d.selector.clone(),
         provider: d.provider.clone(),
+        max_surge: d.max_surge,
+        max_unavailable: d.max_unavailable,
         ..Default::default()
     }
+}
+
+/// `new` as it replaces `old` in the store: a change of model or version remembers what
+/// it replaced, for [`rollback`]; otherwise the earlier memory is kept.
+pub fn revise(old: Option<&Deployment>, mut new: Deployment) -> Deployment {
+    (new.previous_model, new.previous_version) = match old {
+        Some(o) if (&o.model, &o.version) != (&new.model, &new.version) => {
+            (o.model.clone(), o.version.clone())
+        }
+        Some(o) => (o.previous_model.clone(), o.previous_version.clone()),
+        None => (String::new(), String::new()),
+    };
+    new
+}
+
+/// The spec that goes back to `d`'s model and version before its last change, or None
+/// when it never changed.
+pub fn rollback(d: &Deployment) -> Option<Deployment> {
+    if d.previous_model.is_empty() {
+        return None;
+    }
+    let back = Deployment {
+        model: d.previous_model.clone(),
+        version: d.previous_version.clone(),
+        ..d.clone()
+    };
+    Some(revise(Some(d), back))
+}
+
+/// Writes the spec `change` makes of deployment `name`'s stored one (None: there is
+/// none), recording what it replaces (see [`revise`]); retried when another writer
+/// changed it meanwhile. Returns what was stored.
+pub async fn store_spec<E: From<StoreError> + From<DeploymentError>>(
+    store: &dyn Store,
+    name: &str,
+    change: impl Fn(Option<&Deployment>) -> Result<Deployment, E>,
+) -> Result<Deployment, E> {
+    let key = format!("{DEPLOYMENTS}{name}");
+    for _ in 0..10 {
+        let existing = store.get(&key).await?;
+        let old = existing
+            .as_ref()
+            .and_then(|kv| Deployment::decode(kv.value.as_slice()).ok());
+        let new = revise(old.as_ref(), change(old.as_ref())?);
+        validate(&new)?;
+        let seen = existing.as_ref().map_or(0, |kv| kv.mod_revision);
+        let txn = localml_store::Txn::new()
+            .when(&key, seen)
+            .put(&key, new.encode_to_vec(), 0);
+        if store.commit(txn).await?.is_some() {
+            return Ok(new);
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "deployment '{name}' kept changing under this write; try again"
+    ))
+    .into())
 }
 
 /// Assignments by worker name, followed from the store by every replica.
 #[derive(Default)]
 pub struct Assignments {
-    by_worker: RwLock<HashMap<String, HashMap<String, ModelRef>>>,
+    by_worker: RwLock<HashMap<String, HashMap<String, Assignment>>>,
+}
+
+/// The model versions an assignment keeps loaded: its own, and during a rolling change
+/// the one it keeps beside it.
+fn refs(a: &Assignment) -> impl Iterator<Item = ModelRef> + '_ {
+    std::iter::once(ModelRef {
+        name: a.name.clone(),
+        version: a.version.clone(),
+    })
+    .chain(a.keep.clone())
 }
 
 impl Assignments {
@@ -98,7 +185,7 @@ impl Assignments {
         ))
     }
 
-    fn set(&self, key: &str, model: Option<ModelRef>) {
+    fn set(&self, key: &str, model: Option<Assignment>) {
         let Some((worker, deployment)) = Assignments::parse(key) else {
             return;
         };
@@ -123,7 +210,7 @@ impl Assignments {
         let map = self.by_worker.read().unwrap_or_else(|e| e.into_inner());
         let assigned: Vec<ModelRef> = map
             .get(&status.name)
-            .map(|d| d.values().cloned().collect())
+            .map(|d| d.values().flat_map(refs).collect())
             .unwrap_or_default();
         let matches = |a: &ModelRef, name: &str, version: &str| {
             a.name == name && (a.version.is_empty() || a.version == version)
@@ -166,11 +253,11 @@ impl Assignments {
                     .unwrap_or_else(|e| e.into_inner())
                     .clear();
                 for kv in &kvs {
-                    self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok());
+                    self.set(&kv.key, Assignment::decode(kv.value.as_slice()).ok());
                 }
             },
             |event| match event {
-                Event::Put(kv) => self.set(&kv.key, ModelRef::decode(kv.value.as_slice()).ok()),
+                Event::Put(kv) => self.set(&kv.key, Assignment::decode(kv.value.as_slice()).ok()),
                 Event::Delete { key, .. } => self.set(&key, None),
             },
         )
@@ -178,24 +265,33 @@ impl Assignments {
     }
 }
 
-/// Stored deployments and assignments (deployment -> worker names).
+/// A deployment's assignments: (worker name, what it is assigned), by worker name.
+pub type Assigned = Vec<(String, Assignment)>;
+
+/// Worker names of `assigned`.
+pub fn names(assigned: &[(String, Assignment)]) -> Vec<String> {
+    assigned.iter().map(|(w, _)| w.clone()).collect()
+}
+
+/// Stored deployments and assignments (deployment -> workers and what they hold).
 pub async fn load_state(
     store: &dyn Store,
-) -> Result<(Vec<Deployment>, HashMap<String, Vec<String>>), StoreError> {
+) -> Result<(Vec<Deployment>, HashMap<String, Assigned>), StoreError> {
     let (kvs, _) = store.list(DEPLOYMENTS).await?;
     let deployments = kvs
         .iter()
         .filter_map(|kv| Deployment::decode(kv.value.as_slice()).ok())
         .collect();
     let (kvs, _) = store.list(ASSIGNMENTS).await?;
-    let mut assigned: HashMap<String, Vec<String>> = HashMap::new();
+    let mut assigned: HashMap<String, Assigned> = HashMap::new();
     for kv in kvs {
         if let Some((worker, deployment)) = Assignments::parse(&kv.key) {
-            assigned.entry(deployment).or_default().push(worker);
+            let a = Assignment::decode(kv.value.as_slice()).unwrap_or_default();
+            assigned.entry(deployment).or_default().push((worker, a));
         }
     }
     for workers in assigned.values_mut() {
-        workers.sort();
+        workers.sort_by(|a, b| a.0.cmp(&b.0));
     }
     Ok((deployments, assigned))
 }
@@ -314,12 +410,31 @@ pub fn fits(d: &Deployment, worker: &WorkerInfo) -> bool {
 
 /// Whether `worker` serves `d` now (Ready with the model loaded).
 pub fn serving(d: &Deployment, worker: &WorkerInfo) -> bool {
+    serves(worker, &d.model, &d.version)
+}
+
+/// Whether `worker` is Ready with `model` loaded (in `version`, unless it is empty).
+fn serves(worker: &WorkerInfo, model: &str, version: &str) -> bool {
     worker.state == WorkerState::Ready as i32
         && worker.status.as_ref().is_some_and(|s| {
             s.models
                 .iter()
-                .any(|m| m.name == d.model && (d.version.is_empty() || m.version == d.version))
+                .any(|m| m.name == model && (version.is_empty() || m.version == version))
         })
+}
+
+/// What `d` assigns a worker once a change has rolled over it.
+fn wanted(d: &Deployment) -> Assignment {
+    Assignment {
+        name: d.model.clone(),
+        version: d.version.clone(),
+        keep: None,
+    }
+}
+
+/// Whether `a` assigns `d`'s model and version (whatever it keeps beside).
+fn is_wanted(d: &Deployment, a: &Assignment) -> bool {
+    a.name == d.model && a.version == d.version
 }
 
 /// The changes that bring `assigned` to `d.replicas` workers: (add, remove).
@@ -410,25 +525,22 @@ impl Controller {
         let workers = self.workers.list(tokio::time::Instant::now());
         let mut workers = with_catalog(self.store.as_ref(), workers).await?;
         // RAM promised to models assigned but not served yet (fetching, loading) is not
-        // free for another: taken off each worker's free figure before planning.
+        // free for another: taken off each worker's free figure before planning. (A
+        // replica still on the old version holds its RAM already; what the new one needs
+        // is checked when it rolls.)
         for d in &deployments {
-            for name in assigned.get(&d.name).map(Vec::as_slice).unwrap_or_default() {
-                reserve(&mut workers, d, name, |d, w| !serving(d, w));
+            for (name, a) in assigned.get(&d.name).map(Vec::as_slice).unwrap_or_default() {
+                if is_wanted(d, a) {
+                    reserve(&mut workers, d, name, |d, w| !serving(d, w));
+                }
             }
         }
-        let names: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
-        // What each assignment says now, to rewrite those whose spec changed (a new
-        // version or model for the same deployment).
-        let (kvs, _) = self.store.list(ASSIGNMENTS).await?;
-        let stored: HashMap<String, ModelRef> = kvs
-            .iter()
-            .filter_map(|kv| Some((kv.key.clone(), ModelRef::decode(kv.value.as_slice()).ok()?)))
-            .collect();
+        let specs: HashSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
         let mut txn = leadership.fenced();
         let mut changes = 0;
         for (deployment, workers) in &assigned {
-            if !names.contains(deployment.as_str()) {
-                for w in workers {
+            if !specs.contains(deployment.as_str()) {
+                for (w, _) in workers {
                     txn = txn.delete(&assignment_key(w, deployment));
                     changes += 1;
                 }
@@ -436,7 +548,7 @@ impl Controller {
         }
         for d in &deployments {
             let current = assigned.get(&d.name).cloned().unwrap_or_default();
-            let (add, remove) = plan(d, &current, &workers);
+            let (add, remove) = plan(d, &names(&current), &workers);
             // What this pass assigns is promised too, for the deployments planned after.
             for name in &add {
                 reserve(&mut workers, d, name, |_, _| true);
@@ -446,27 +558,27 @@ impl Controller {
                 txn = txn.delete(&assignment_key(w, &d.name));
                 changes += 1;
             }
-            let wanted = ModelRef {
-                name: d.model.clone(),
-                version: d.version.clone(),
-            };
-            let kept: Vec<(String, Option<ModelRef>)> = current
-                .iter()
-                .filter(|w| !remove.contains(w))
-                .map(|w| (w.clone(), stored.get(&assignment_key(w, &d.name)).cloned()))
+            let kept: Assigned = current
+                .into_iter()
+                .filter(|(w, _)| !remove.contains(w))
                 .collect();
-            if let Some(w) = next_to_move(d, &kept, &workers) {
-                tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, "moving a replica to the changed deployment");
-                txn = txn.put(&assignment_key(&w, &d.name), wanted.encode_to_vec(), 0);
+            let step = roll(d, &kept, &workers);
+            for (w, a) in step.writes {
+                match &a.keep {
+                    Some(keep) => {
+                        tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, keeps = %keep.version, "rolling: loading the new version beside the old");
+                        reserve(&mut workers, d, &w, |_, _| true);
+                    }
+                    None => {
+                        tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, "rolling: moving a replica to the new version")
+                    }
+                }
+                txn = txn.put(&assignment_key(&w, &d.name), a.encode_to_vec(), 0);
                 changes += 1;
             }
             for w in &add {
                 tracing::info!(deployment = %d.name, worker = %w, model = %d.model, "assigning");
-                let model = ModelRef {
-                    name: d.model.clone(),
-                    version: d.version.clone(),
-                };
-                txn = txn.put(&assignment_key(w, &d.name), model.encode_to_vec(), 0);
+                txn = txn.put(&assignment_key(w, &d.name), wanted(d).encode_to_vec(), 0);
                 changes += 1;
             }
         }
@@ -477,38 +589,88 @@ impl Controller {
     }
 }
 
-/// After a deployment's model or version changed: the next kept worker whose assignment
-/// still names the old one, but only once every worker already moved serves the new one
-/// (a rolling change, one replica at a time, so the others keep serving meanwhile).
-pub fn next_to_move(
-    d: &Deployment,
-    kept: &[(String, Option<ModelRef>)],
-    workers: &[WorkerInfo],
-) -> Option<String> {
-    let wanted = ModelRef {
-        name: d.model.clone(),
-        version: d.version.clone(),
-    };
+/// One step of a rolling change (a deployment's model or version changed).
+#[derive(Debug, Default, PartialEq)]
+pub struct Roll {
+    /// New assignments, by worker.
+    pub writes: Vec<(String, Assignment)>,
+    /// Why a replica cannot move now, when it is stuck rather than waiting its turn.
+    pub blocked: Option<String>,
+}
+
+/// The next step of a rolling change over `kept` (workers assigned to `d`, by name):
+/// - a replica that serves the new version stops keeping the old one (it unloads);
+/// - up to `max_surge` replicas at once load the new version beside the old, which keeps
+///   serving meanwhile, where the worker has RAM for both;
+/// - up to `max_unavailable` replicas at once drop the old version before the new serves;
+/// - a replica that serves nothing anyway moves at once.
+pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo]) -> Roll {
     let by_name = |name: &str| {
         workers
             .iter()
             .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
     };
-    let moving = kept
-        .iter()
-        .any(|(w, m)| m.as_ref() == Some(&wanted) && !by_name(w).is_some_and(|w| serving(d, w)));
-    if moving {
-        return None;
+    let serves_own =
+        |name: &str, a: &Assignment| by_name(name).is_some_and(|w| serves(w, &a.name, &a.version));
+    let mut step = Roll::default();
+    let (mut surging, mut unavailable) = (0, 0);
+    let mut old = Vec::new();
+    for (w, a) in kept {
+        let new_serves = by_name(w).is_some_and(|x| serving(d, x));
+        match (is_wanted(d, a), &a.keep) {
+            (true, Some(_)) if new_serves => step.writes.push((w.clone(), wanted(d))),
+            (true, Some(_)) => surging += 1,
+            (true, None) if !new_serves => unavailable += 1,
+            (true, None) => {}
+            (false, _) if !serves_own(w, a) => step.writes.push((w.clone(), wanted(d))),
+            (false, _) => old.push((w, a)),
+        }
     }
-    kept.iter()
-        .find(|(_, m)| m.as_ref().is_some_and(|m| *m != wanted))
-        .map(|(w, _)| w.clone())
+    for (w, a) in old {
+        let fits_both = by_name(w).is_some_and(|x| fits(d, x));
+        if surging < max_surge(d) && fits_both {
+            let keep = ModelRef {
+                name: a.name.clone(),
+                version: a.version.clone(),
+            };
+            step.writes.push((
+                w.clone(),
+                Assignment {
+                    keep: Some(keep),
+                    ..wanted(d)
+                },
+            ));
+            surging += 1;
+        } else if unavailable < max_unavailable(d) {
+            step.writes.push((w.clone(), wanted(d)));
+            unavailable += 1;
+        } else if surging == 0 && unavailable == 0 && step.blocked.is_none() {
+            // Nothing in progress and this replica cannot move: stuck, not waiting.
+            let worker = by_name(w);
+            let need = worker.and_then(|x| footprint(d, x)).unwrap_or(0);
+            let free = worker
+                .and_then(|x| x.status.as_ref())
+                .map_or(0, |s| s.ram_free_bytes);
+            step.blocked = Some(format!(
+                "{w} has no RAM for both versions (the new needs about {}, {} free) and max_unavailable is {}: raise it to let a replica swap in place",
+                human_bytes(need),
+                human_bytes(free),
+                max_unavailable(d),
+            ));
+        }
+    }
+    step
 }
 
 /// Fills a deployment's status fields from the cluster.
-pub fn with_status(d: &Deployment, assigned: &[String], workers: &[WorkerInfo]) -> Deployment {
+pub fn with_status(
+    d: &Deployment,
+    assignments: &[(String, Assignment)],
+    workers: &[WorkerInfo],
+) -> Deployment {
+    let assigned = names(assignments);
     let mut out = d.clone();
-    out.workers = assigned.to_vec();
+    out.workers = assigned.clone();
     out.ready_replicas = workers
         .iter()
         .filter(|w| {
@@ -550,6 +712,24 @@ pub fn with_status(d: &Deployment, assigned: &[String], workers: &[WorkerInfo]) 
             human_bytes(largest.map_or(0, |s| s.ram_free_bytes)),
             largest.map_or("", |s| s.name.as_str()),
         );
+    } else if assignments
+        .iter()
+        .any(|(_, a)| !is_wanted(d, a) || a.keep.is_some())
+    {
+        let version = if d.version.is_empty() {
+            "the newest version".to_string()
+        } else {
+            format!("version {}", d.version)
+        };
+        out.message = format!(
+            "Rolling to '{}' {version}: {} of {} replicas serve it",
+            d.model,
+            out.ready_replicas,
+            assigned.len()
+        );
+        if let Some(why) = roll(d, assignments, workers).blocked {
+            out.message = format!("{}; waiting: {why}", out.message);
+        }
     } else if out.ready_replicas < d.replicas {
         let eligible = workers.iter().filter(|w| eligible(d, w)).count();
         out.message = format!(
@@ -646,9 +826,9 @@ mod tests {
         let assignments = Assignments::default();
         assignments.set(
             "assignments/w1/d",
-            Some(ModelRef {
+            Some(Assignment {
                 name: "m".into(),
-                version: String::new(),
+                ..Default::default()
             }),
         );
         let mut status = WorkerStatus {
@@ -748,7 +928,8 @@ mod tests {
         assert_eq!(footprint(&big, &workers[0]), Some(6 << 30));
         let (add, _) = plan(&big, &[], &workers);
         assert_eq!(add, ["b"], "only b has room");
-        let status = with_status(&big, &add, &workers);
+        let assigned: Assigned = add.iter().map(|w| (w.clone(), wanted(&big))).collect();
+        let status = with_status(&big, &assigned, &workers);
         assert_eq!(
             status.message,
             "Pending: 1 of 2 replicas placed; 'm' needs about 6.0 GiB of RAM (1.5 times its files), the largest free is 2.0 GiB on a"
@@ -780,51 +961,199 @@ mod tests {
             .starts_with("Pending: "));
     }
 
-    #[test]
-    fn a_changed_deployment_moves_one_replica_at_a_time() {
-        let mut d = deployment(2);
-        d.model = "m".into();
-        d.version = "2".into();
-        let old = ModelRef {
-            name: "m".into(),
-            version: "1".into(),
-        };
-        let new = ModelRef {
-            name: "m".into(),
-            version: "2".into(),
-        };
-        let serving_version = |name: &str, version: &str| {
-            let mut w = worker(name, 8, true, true);
-            if let Some(s) = w.status.as_mut() {
-                s.models = vec![localml_proto::localml::v1::LoadedModel {
+    /// Worker `name` (8 GiB free, `m` versions 1 and 2 of 10 bytes available) serving
+    /// `versions` of `m`.
+    fn serving_versions(name: &str, versions: &[&str]) -> WorkerInfo {
+        let mut w = worker(name, 8, true, true);
+        if let Some(s) = w.status.as_mut() {
+            s.available.push(AvailableModel {
+                name: "m".into(),
+                version: "2".into(),
+                file_bytes: 10,
+            });
+            s.models = versions
+                .iter()
+                .map(|v| localml_proto::localml::v1::LoadedModel {
                     name: "m".into(),
-                    version: version.into(),
+                    version: v.to_string(),
                     ..Default::default()
-                }];
-            }
-            w
-        };
-        let kept = |a: &ModelRef, b: &ModelRef| {
+                })
+                .collect();
+        }
+        w
+    }
+
+    fn to_v2(max_surge: Option<u32>, max_unavailable: Option<u32>) -> Deployment {
+        Deployment {
+            version: "2".into(),
+            max_surge,
+            max_unavailable,
+            ..deployment(2)
+        }
+    }
+
+    fn on(version: &str) -> Assignment {
+        Assignment {
+            name: "m".into(),
+            version: version.into(),
+            keep: None,
+        }
+    }
+
+    fn surging(from: &str) -> Assignment {
+        Assignment {
+            keep: Some(ModelRef {
+                name: "m".into(),
+                version: from.into(),
+            }),
+            ..on("2")
+        }
+    }
+
+    fn kept(a: Assignment, b: Assignment) -> Assigned {
+        vec![("a".to_string(), a), ("b".to_string(), b)]
+    }
+
+    #[test]
+    fn a_rolling_change_loads_the_new_version_beside_the_old_one_replica_at_a_time() {
+        let d = to_v2(None, None);
+        let both_on_v1 = vec![serving_versions("a", &["1"]), serving_versions("b", &["1"])];
+        // Both on v1: a loads v2 beside v1 (surge 1); b waits, serving v1.
+        let step = roll(&d, &kept(on("1"), on("1")), &both_on_v1);
+        assert_eq!(step.writes, vec![("a".to_string(), surging("1"))]);
+        assert_eq!(step.blocked, None);
+        // a loads v2 (and keeps v1): nothing more.
+        let step = roll(&d, &kept(surging("1"), on("1")), &both_on_v1);
+        assert_eq!(step, Roll::default());
+        // a serves v2: it drops v1, and b starts.
+        let workers = vec![
+            serving_versions("a", &["1", "2"]),
+            serving_versions("b", &["1"]),
+        ];
+        let step = roll(&d, &kept(surging("1"), on("1")), &workers);
+        assert_eq!(
+            step.writes,
+            vec![("a".to_string(), on("2")), ("b".to_string(), surging("1"))]
+        );
+        // Both on v2: done.
+        let workers = vec![serving_versions("a", &["2"]), serving_versions("b", &["2"])];
+        assert_eq!(roll(&d, &kept(on("2"), on("2")), &workers), Roll::default());
+        // A surge of 2 moves both at once.
+        let step = roll(&to_v2(Some(2), None), &kept(on("1"), on("1")), &both_on_v1);
+        assert_eq!(
+            step.writes,
             vec![
-                ("a".to_string(), Some(a.clone())),
-                ("b".to_string(), Some(b.clone())),
+                ("a".to_string(), surging("1")),
+                ("b".to_string(), surging("1"))
             ]
+        );
+        // A replica that serves nothing anyway (still loading v1) moves at once.
+        let workers = vec![serving_versions("a", &[]), serving_versions("b", &["1"])];
+        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        assert_eq!(
+            step.writes,
+            vec![("a".to_string(), on("2")), ("b".to_string(), surging("1"))]
+        );
+    }
+
+    #[test]
+    fn without_ram_for_both_versions_a_replica_swaps_only_when_allowed_and_says_so() {
+        let mut workers = vec![serving_versions("a", &["1"]), serving_versions("b", &["1"])];
+        for w in &mut workers {
+            if let Some(s) = w.status.as_mut() {
+                s.ram_free_bytes = 5;
+            }
+        }
+        // Surge only (the default): stuck, and the status says why and what to do.
+        let d = to_v2(None, None);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        assert!(step.writes.is_empty(), "{step:?}");
+        let why = step.blocked.expect("blocked");
+        assert_eq!(
+            why,
+            "a has no RAM for both versions (the new needs about 15 B, 5 B free) and max_unavailable is 0: raise it to let a replica swap in place"
+        );
+        let status = with_status(&d, &kept(on("1"), on("1")), &workers);
+        assert_eq!(
+            status.message,
+            format!("Rolling to 'm' version 2: 0 of 2 replicas serve it; waiting: {why}")
+        );
+        // max_unavailable 1: one replica at a time drops v1 and loads v2.
+        let d = to_v2(None, Some(1));
+        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        assert_eq!(step.writes, vec![("a".to_string(), on("2"))]);
+        let step = roll(&d, &kept(on("2"), on("1")), &workers);
+        assert_eq!(step, Roll::default(), "b waits until a serves v2");
+        // Both 0 is refused.
+        let e = validate(&to_v2(Some(0), Some(0))).expect_err("both 0");
+        assert!(e.to_string().contains("max_surge"), "{e}");
+        assert!(validate(&to_v2(Some(0), Some(1))).is_ok());
+    }
+
+    #[test]
+    fn a_change_remembers_what_it_replaced_for_a_rollback() {
+        let v1 = Deployment {
+            version: "1".into(),
+            ..deployment(1)
         };
-        // Both on v1: the first moves.
-        let workers = vec![serving_version("a", "1"), serving_version("b", "1")];
+        let first = revise(None, v1.clone());
+        assert_eq!(rollback(&first), None, "nothing before the first spec");
+        let v2 = revise(Some(&first), to_v2(None, None));
         assert_eq!(
-            next_to_move(&d, &kept(&old, &old), &workers).as_deref(),
-            Some("a")
+            (v2.previous_model.as_str(), v2.previous_version.as_str()),
+            ("m", "1")
         );
-        // a moved but does not serve v2 yet: b waits (and keeps serving v1).
-        assert_eq!(next_to_move(&d, &kept(&new, &old), &workers), None);
-        // a serves v2: b moves.
-        let workers = vec![serving_version("a", "2"), serving_version("b", "1")];
+        // A change of replicas only keeps the memory.
+        let scaled = revise(
+            Some(&v2),
+            Deployment {
+                replicas: 5,
+                ..to_v2(None, None)
+            },
+        );
+        assert_eq!(scaled.previous_version, "1");
+        let back = rollback(&scaled).expect("rollback");
         assert_eq!(
-            next_to_move(&d, &kept(&new, &old), &workers).as_deref(),
-            Some("b")
+            (
+                back.version.as_str(),
+                back.replicas,
+                back.previous_version.as_str()
+            ),
+            ("1", 5, "2")
         );
-        // Both moved: nothing to do.
-        assert_eq!(next_to_move(&d, &kept(&new, &new), &workers), None);
+        // Rolling back twice goes forward again.
+        assert_eq!(rollback(&back).expect("again").version, "2");
+    }
+
+    #[test]
+    fn a_worker_keeps_the_old_version_its_assignment_keeps() {
+        let assignments = Assignments::default();
+        assignments.set("assignments/w1/d", Some(surging("1")));
+        let status = WorkerStatus {
+            name: "w1".into(),
+            on_demand: true,
+            models: vec![localml_proto::localml::v1::LoadedModel {
+                name: "m".into(),
+                version: "1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (load, unload) = assignments.instructions(&status);
+        assert_eq!(
+            (load, unload),
+            (
+                vec![ModelRef {
+                    name: "m".into(),
+                    version: "2".into()
+                }],
+                vec![]
+            )
+        );
+        // Once the keep is gone, v1 unloads.
+        assignments.set("assignments/w1/d", Some(on("2")));
+        let (_, unload) = assignments.instructions(&status);
+        assert_eq!(unload.len(), 1);
+        assert_eq!(unload[0].version, "1");
     }
 }

@@ -259,10 +259,14 @@ struct Trace {
 const DEADLINE_SLACK: Duration = Duration::from_millis(2);
 
 /// Whether a failure is the worker's (retry elsewhere) rather than the request's.
+/// NOT_FOUND from a worker is its own: the scheduler sends a request only to workers
+/// that reported its model, so the worker unloaded it since (a scale-down, a rolling
+/// change) and another may still serve it.
 fn worker_failed(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable
+            | Code::NotFound
             | Code::Unknown
             | Code::Cancelled
             | Code::Aborted
@@ -681,7 +685,7 @@ mod tests {
             (Code::ResourceExhausted, true, false),
             (Code::Internal, true, false),
             (Code::InvalidArgument, false, false),
-            (Code::NotFound, false, false),
+            (Code::NotFound, true, false),
             (Code::DeadlineExceeded, false, false),
         ];
         for (code, retry, unreach) in cases {

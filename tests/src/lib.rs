@@ -809,6 +809,7 @@ impl Drop for TempDir {
 }
 
 /// A stored example: inputs and the outputs onnxruntime's Python API computed for them.
+#[derive(Clone)]
 pub struct Expected {
     pub model: String,
     pub version: String,

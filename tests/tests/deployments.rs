@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use localml_cli::client;
 use localml_proto::localml::v1::*;
 use localml_tests::*;
 
@@ -209,4 +210,221 @@ async fn the_cli_applies_lists_and_deletes_deployments() {
     wait_holders(&scheduler, "tensor_stats", |h| h.is_empty()).await;
     let (ok, _, err) = run(&["delete", "stats"]);
     assert!(!ok && err.contains("no deployment 'stats'"), "{err}");
+}
+
+/// Versions of `model` that worker `name` has loaded, as the scheduler sees them.
+async fn loaded_versions(scheduler: &Scheduler, name: &str, model: &str) -> Vec<String> {
+    let workers = scheduler.workers().await;
+    let mut versions: Vec<String> = workers
+        .iter()
+        .filter_map(|w| w.status.as_ref())
+        .filter(|s| s.name == name)
+        .flat_map(|s| s.models.iter())
+        .filter(|m| m.name == model)
+        .map(|m| m.version.clone())
+        .collect();
+    versions.sort();
+    versions
+}
+
+/// Waits until both workers serve exactly `version` of text_classifier and the
+/// deployment says nothing is rolling.
+async fn wait_rolled(scheduler: &Scheduler, version: &str) {
+    let done = wait_until(SOON, || async {
+        let mut on = true;
+        for w in ["a", "b"] {
+            on &= loaded_versions(scheduler, w, "text_classifier").await == [version];
+        }
+        let list = deployments(scheduler).await;
+        on && list
+            .iter()
+            .any(|d| d.name == "texts" && d.ready_replicas == 2 && d.message.is_empty())
+    })
+    .await;
+    let list = deployments(scheduler).await;
+    assert!(
+        done,
+        "not rolled to v{version}: a {:?}, b {:?}, {list:?}",
+        loaded_versions(scheduler, "a", "text_classifier").await,
+        loaded_versions(scheduler, "b", "text_classifier").await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_load() {
+    let scheduler = Scheduler::start_with(CONFIG);
+    let _a = Worker::start("a", &scheduler, &["--load", "on-demand"]);
+    let _b = Worker::start("b", &scheduler, &["--load", "on-demand"]);
+    scheduler.wait_ready(&["a", "b"]).await;
+    let texts = |version: &str| Deployment {
+        name: "texts".into(),
+        model: "text_classifier".into(),
+        version: version.into(),
+        replicas: 2,
+        ..Default::default()
+    };
+    apply(&scheduler, texts("1")).await.expect("apply v1");
+    wait_rolled(&scheduler, "1").await;
+
+    // Four clients ask for the model without a version, without pause, throughout.
+    let examples = expected_examples();
+    let expected = |version: &str| {
+        examples
+            .iter()
+            .find(|e| e.model == "text_classifier" && e.version == version)
+            .expect("expected outputs")
+            .clone()
+    };
+    let (v1, v2) = (expected("1"), expected("2"));
+    assert_eq!(v1.inputs, v2.inputs, "one request for both versions");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = scheduler.inference().await;
+        let (stop, v1, v2) = (stop.clone(), v1.clone(), v2.clone());
+        clients.push(tokio::spawn(async move {
+            // Versions that answered, in order, and the failures.
+            let (mut served, mut failed) = (Vec::<String>::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = client::request("text_classifier", "", &v1.inputs);
+                match client.model_infer(request).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let want = if r.model_version == "1" { &v1 } else { &v2 };
+                        let outputs = client::outputs(&r).expect("decode");
+                        assert_tensors_match(
+                            &format!("v{}", r.model_version),
+                            &want.outputs,
+                            &outputs,
+                        );
+                        served.push(r.model_version);
+                    }
+                    Err(s) => failed.push(format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+            (served, failed)
+        }));
+    }
+
+    // Upgrade with the defaults (max surge 1, max unavailable 0): each replica loads v2
+    // beside v1, then drops v1.
+    let upgraded = apply(&scheduler, texts("2")).await.expect("apply v2");
+    assert_eq!(
+        (
+            upgraded.previous_model.as_str(),
+            upgraded.previous_version.as_str()
+        ),
+        ("text_classifier", "1")
+    );
+    wait_rolled(&scheduler, "2").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Roll back with the CLI: to v1 the same way.
+    let out = std::process::Command::new(bin("localml"))
+        .args([
+            "deployments",
+            "rollback",
+            "texts",
+            "--server",
+            &scheduler.addr,
+        ])
+        .env("LOCALML_KEY", scheduler.admin_key())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run localml deployments rollback");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(
+                "deployment texts rolls back to text_classifier:1 (from text_classifier:2)"
+            ),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_rolled(&scheduler, "1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Scaling down: the worker that unloads may still be sent requests until its next
+    // report; it answers NOT_FOUND and the scheduler tries the other.
+    apply(
+        &scheduler,
+        Deployment {
+            replicas: 1,
+            ..texts("1")
+        },
+    )
+    .await
+    .expect("scale down");
+    wait_holders(&scheduler, "text_classifier", |h| h.len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let (mut served, mut failed) = (Vec::new(), Vec::new());
+    for c in clients {
+        let (s, f) = c.await.expect("client task");
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("1"),
+            "back on v1 at the end"
+        );
+        served.extend(s);
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let on_v2 = served.iter().filter(|v| *v == "2").count();
+    assert!(
+        on_v2 > 0 && on_v2 < served.len(),
+        "v2 served {on_v2} of {}",
+        served.len()
+    );
+
+    // Nothing to roll back to on a deployment that never changed.
+    apply(
+        &scheduler,
+        Deployment {
+            name: "stats".into(),
+            model: "tensor_stats".into(),
+            replicas: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("apply");
+    let mut admin = scheduler.admin().await;
+    let status = admin
+        .rollback_deployment(RollbackDeploymentRequest {
+            name: "stats".into(),
+        })
+        .await
+        .expect_err("never changed");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("no earlier model or version"),
+        "{status:?}"
+    );
+    let status = admin
+        .rollback_deployment(RollbackDeploymentRequest {
+            name: "nope".into(),
+        })
+        .await
+        .expect_err("no such deployment");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // Both rolling limits 0: refused, naming them.
+    let status = apply(
+        &scheduler,
+        Deployment {
+            max_surge: Some(0),
+            max_unavailable: Some(0),
+            ..texts("2")
+        },
+    )
+    .await
+    .expect_err("both 0");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("max_surge"), "{status:?}");
 }

@@ -206,10 +206,17 @@ pub async fn load(
     let spec = existing
         .as_ref()
         .and_then(|kv| Deployment::decode(kv.value.as_slice()).ok());
-    if let Some(mut d) = spec.filter(|d| d.model == name && !version.is_empty()) {
-        // Files for a version: the deployment of that model serves it from now on.
-        if d.version != version {
-            d.version = version.clone();
+    if let Some(old) = spec.filter(|d| d.model == name && !version.is_empty()) {
+        // Files for a version: the deployment of that model rolls to it (and remembers
+        // the one before, for a rollback).
+        if old.version != version {
+            let d = crate::deployments::revise(
+                Some(&old),
+                Deployment {
+                    version: version.clone(),
+                    ..old.clone()
+                },
+            );
             let seen = existing.as_ref().map_or(0, |kv| kv.mod_revision);
             let txn = localml_store::Txn::new()
                 .when(&key, seen)

@@ -24,9 +24,12 @@ pub enum AdminError {
     /// A deployment spec that cannot be applied.
     #[error(transparent)]
     InvalidDeployment(#[from] DeploymentError),
-    /// A delete of a deployment that does not exist.
+    /// A delete or rollback of a deployment that does not exist.
     #[error("no deployment '{0}'")]
     NoDeployment(String),
+    /// A rollback of a deployment whose model and version never changed.
+    #[error("deployment '{0}' has no earlier model or version to roll back to")]
+    NothingToRollBack(String),
     /// The cluster state could not be read or written.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -40,6 +43,7 @@ impl From<AdminError> for Status {
                 Status::not_found(message)
             }
             AdminError::InvalidDeployment(_) => Status::invalid_argument(message),
+            AdminError::NothingToRollBack(_) => Status::failed_precondition(message),
             AdminError::Store(_) => Status::unavailable(message),
         }
     }
@@ -72,11 +76,21 @@ impl AdminService {
     async fn apply_deployment(&self, d: Deployment) -> Result<Deployment, AdminError> {
         let d = deployments::spec(&d);
         deployments::validate(&d)?;
-        let key = format!("{DEPLOYMENTS}{}", d.name);
-        self.store
-            .put(&key, prost::Message::encode_to_vec(&d))
-            .await?;
-        tracing::info!(deployment = %d.name, model = %d.model, replicas = d.replicas, "deployment applied");
+        let d = deployments::store_spec(self.store.as_ref(), &d.name, |_| {
+            Ok::<_, AdminError>(d.clone())
+        })
+        .await?;
+        tracing::info!(deployment = %d.name, model = %d.model, version = %d.version, replicas = d.replicas, "deployment applied");
+        Ok(d)
+    }
+
+    async fn rollback_deployment(&self, name: String) -> Result<Deployment, AdminError> {
+        let d = deployments::store_spec(self.store.as_ref(), &name, |old| {
+            let old = old.ok_or_else(|| AdminError::NoDeployment(name.clone()))?;
+            deployments::rollback(old).ok_or_else(|| AdminError::NothingToRollBack(name.clone()))
+        })
+        .await?;
+        tracing::info!(deployment = %d.name, model = %d.model, version = %d.version, "deployment rolled back");
         Ok(d)
     }
 
@@ -147,6 +161,15 @@ impl Admin for AdminService {
     ) -> Answer<ListDeploymentsResponse> {
         let deployments = AdminService::list_deployments(self).await?;
         Ok(Response::new(ListDeploymentsResponse { deployments }))
+    }
+
+    async fn rollback_deployment(
+        &self,
+        r: Request<RollbackDeploymentRequest>,
+    ) -> Answer<Deployment> {
+        Ok(Response::new(
+            AdminService::rollback_deployment(self, r.into_inner().name).await?,
+        ))
     }
 
     async fn delete_deployment(
