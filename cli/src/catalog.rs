@@ -138,8 +138,43 @@ pub async fn push(
 ) -> anyhow::Result<Pushed> {
     let local = local_model(path, name)?;
     let mut catalog = connect(server).await?;
+    let sent = upload_files(&mut catalog, &local.files).await?;
+    let model = catalog
+        .put_model(CatalogModel {
+            name: local.name.clone(),
+            version: version.map(|v| v.to_string()).unwrap_or_default(),
+            files: sent.files,
+            config_yaml: local.config_yaml,
+            ..Default::default()
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    Ok(Pushed {
+        model,
+        total_bytes: sent.total_bytes,
+        sent_bytes: sent.sent_bytes,
+        already_there: sent.already_there,
+    })
+}
+
+/// What [`upload_files`] did.
+pub struct Uploaded {
+    pub files: Vec<CatalogFile>,
+    pub total_bytes: u64,
+    pub sent_bytes: u64,
+    /// Files the scheduler already held whole.
+    pub already_there: usize,
+}
+
+/// Hashes `files` ((name, file on disk)) and uploads what the scheduler lacks, resuming
+/// interrupted uploads, with a progress bar on a terminal.
+pub async fn upload_files(
+    catalog: &mut CatalogClient<Connection>,
+    local: &[(String, PathBuf)],
+) -> anyhow::Result<Uploaded> {
     // Hash first (the name of each blob), on a blocking thread.
-    let paths: Vec<PathBuf> = local.files.iter().map(|(_, p)| p.clone()).collect();
+    let paths: Vec<PathBuf> = local.iter().map(|(_, p)| p.clone()).collect();
     let hashed = tokio::task::spawn_blocking(move || {
         paths
             .iter()
@@ -153,7 +188,7 @@ pub async fn push(
     let mut files = Vec::new();
     let mut todo = Vec::new();
     let mut already_there = 0;
-    for ((inside, disk), (sha256, size)) in local.files.iter().zip(hashed) {
+    for ((inside, disk), (sha256, size)) in local.iter().zip(hashed) {
         let held = catalog
             .blob_status(BlobStatusRequest {
                 sha256: sha256.clone(),
@@ -177,26 +212,50 @@ pub async fn push(
     let bar = progress(to_send);
     let mut sent_bytes = 0;
     for (disk, sha256, size, from) in todo {
-        sent_bytes += upload(&mut catalog, &disk, &sha256, size, from, &bar).await?;
+        sent_bytes += upload(catalog, &disk, &sha256, size, from, &bar).await?;
     }
     bar.finish_and_clear();
-    let model = catalog
-        .put_model(CatalogModel {
-            name: local.name.clone(),
-            version: version.map(|v| v.to_string()).unwrap_or_default(),
-            files,
-            config_yaml: local.config_yaml,
+    Ok(Uploaded {
+        files,
+        total_bytes,
+        sent_bytes,
+        already_there,
+    })
+}
+
+/// `localml runtime push`: the ONNX Runtime build `installed` into the scheduler's
+/// catalog, for workers that have none.
+pub async fn push_runtime(
+    server: &str,
+    installed: &localml_worker::runtime::Installed,
+) -> anyhow::Result<(RuntimeBuild, Uploaded)> {
+    let files = installed
+        .files()
+        .with_context(|| format!("{}", installed.dir.display()))?;
+    let mut catalog = connect(server).await?;
+    let mut sent = upload_files(&mut catalog, &files).await?;
+    let build = catalog
+        .put_runtime(RuntimeBuild {
+            flavor: installed.flavor.name().into(),
+            version: installed.version.clone(),
+            files: std::mem::take(&mut sent.files),
             ..Default::default()
         })
         .await
         .map_err(failed)?
         .into_inner();
-    Ok(Pushed {
-        model,
-        total_bytes,
-        sent_bytes,
-        already_there,
-    })
+    Ok((build, sent))
+}
+
+/// The catalog's ONNX Runtime builds.
+pub async fn runtimes(server: &str) -> anyhow::Result<Vec<RuntimeBuild>> {
+    let mut catalog = connect(server).await?;
+    Ok(catalog
+        .list_runtimes(ListRuntimesRequest {})
+        .await
+        .map_err(failed)?
+        .into_inner()
+        .runtimes)
 }
 
 fn progress(total: u64) -> ProgressBar {

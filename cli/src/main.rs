@@ -375,11 +375,33 @@ enum JobsCommand {
 
 #[derive(Subcommand)]
 enum RuntimeCommand {
-    /// Fetch ONNX Runtime from PyPI (through pip) into localml's cache.
+    /// Fetch ONNX Runtime from PyPI (through pip) into localml's cache, or take it from a
+    /// wheel file (brought on a USB stick).
     Install {
         /// The CUDA build (onnxruntime-gpu) instead of the CPU build.
         #[arg(long)]
         gpu: bool,
+        /// An onnxruntime or onnxruntime_gpu wheel (.whl) to install from, offline.
+        #[arg(long, value_name = "WHEEL", conflicts_with = "gpu")]
+        from: Option<PathBuf>,
+    },
+    /// Put an ONNX Runtime build into the scheduler's catalog: workers without a library
+    /// fetch it from there (no internet needed on their PCs).
+    Push {
+        /// The CUDA build (onnxruntime-gpu) instead of the CPU build.
+        #[arg(long)]
+        gpu: bool,
+        /// Push the libraries of this wheel (.whl) instead of this PC's installed build
+        /// (which is fetched from PyPI first when missing).
+        #[arg(long, value_name = "WHEEL", conflicts_with = "gpu")]
+        from: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// List the ONNX Runtime builds in the scheduler's catalog.
+    List {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
     },
     /// Print which library would be loaded.
     Which,
@@ -529,7 +551,10 @@ fn server_of(command: &mut Command) -> Option<&mut String> {
         | Command::Deployments { server, .. }
         | Command::Jobs { server, .. }
         | Command::Keys { server, .. }
-        | Command::Ca { server, .. } => Some(server),
+        | Command::Ca { server, .. }
+        | Command::Runtime {
+            command: RuntimeCommand::Push { server, .. } | RuntimeCommand::List { server },
+        } => Some(server),
         Command::Backup {
             server,
             data_dir: None,
@@ -703,18 +728,77 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             localml_cli::backup::restore(&file, &address, force).await
         }
         Command::Runtime { command } => match command {
-            RuntimeCommand::Install { gpu } => {
-                let flavor = if gpu {
-                    localml_worker::runtime::Flavor::Gpu
-                } else {
-                    localml_worker::runtime::Flavor::Cpu
+            RuntimeCommand::Install { gpu, from } => {
+                use localml_worker::runtime;
+                let log = &mut |line: &str| eprintln!("{line}");
+                let path = match from {
+                    Some(wheel) => {
+                        runtime::install_wheel(&wheel, &runtime::cache_dir(), log)?.library
+                    }
+                    None if gpu => runtime::install(runtime::Flavor::Gpu, log)?,
+                    None => runtime::install(runtime::Flavor::Cpu, log)?,
                 };
-                let path =
-                    localml_worker::runtime::install(flavor, &mut |line| eprintln!("{line}"))?;
                 println!("{}", path.display());
                 Ok(())
             }
-            RuntimeCommand::Which => match localml_worker::runtime::locate(None) {
+            RuntimeCommand::Push { gpu, from, server } => {
+                use localml_worker::runtime;
+                let log = &mut |line: &str| eprintln!("{line}");
+                let staging = std::env::temp_dir()
+                    .join(format!("localml-runtime-push-{}", std::process::id()));
+                let installed = match from {
+                    Some(wheel) => runtime::install_wheel(&wheel, &staging, log),
+                    None => {
+                        let flavor = if gpu {
+                            runtime::Flavor::Gpu
+                        } else {
+                            runtime::Flavor::Cpu
+                        };
+                        runtime::install(flavor, log).map(|library| runtime::Installed {
+                            flavor,
+                            version: flavor.version().to_string(),
+                            dir: library
+                                .parent()
+                                .map(std::path::Path::to_path_buf)
+                                .unwrap_or_default(),
+                            library,
+                        })
+                    }
+                };
+                let pushed = match installed {
+                    Ok(installed) => localml_cli::catalog::push_runtime(&server, &installed).await,
+                    Err(e) => Err(e.into()),
+                };
+                let _ = std::fs::remove_dir_all(&staging);
+                let (build, sent) = pushed?;
+                println!(
+                    "ONNX Runtime {} ({}) in the catalog: {} file(s), {}, {} sent",
+                    build.version,
+                    build.flavor,
+                    build.files.len(),
+                    localml_proto::units::human_bytes(sent.total_bytes),
+                    localml_proto::units::human_bytes(sent.sent_bytes),
+                );
+                Ok(())
+            }
+            RuntimeCommand::List { server } => {
+                let builds = localml_cli::catalog::runtimes(&server).await?;
+                if builds.is_empty() {
+                    println!("no ONNX Runtime build in the catalog (localml runtime push)");
+                }
+                for b in builds {
+                    let bytes: u64 = b.files.iter().map(|f| f.size).sum();
+                    println!(
+                        "{} {} {} file(s) {}",
+                        b.flavor,
+                        b.version,
+                        b.files.len(),
+                        localml_proto::units::human_bytes(bytes)
+                    );
+                }
+                Ok(())
+            }
+            RuntimeCommand::Which => match localml_worker::runtime::locate(None, None) {
                 Ok((path, source)) => {
                     println!("{} ({source:?})", path.display());
                     Ok(())

@@ -36,7 +36,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Finds the ONNX Runtime library, installing it when it is missing.
 pub fn ensure_runtime(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
-    match runtime::locate(flag) {
+    match runtime::locate(flag, None) {
         Ok((path, _)) => Ok(path),
         Err(runtime::RuntimeError::NotFound) => {
             eprintln!(

@@ -585,7 +585,21 @@ impl Worker {
         models: &Path,
         extra: &[&str],
     ) -> Worker {
+        Worker::start_with_env(name, schedulers, models, extra, &[])
+    }
+
+    /// As [`Worker::start_reporting_to`], with `env` set for the worker process.
+    pub fn start_with_env(
+        name: &str,
+        schedulers: &str,
+        models: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Worker {
         let mut command = Command::new(bin("localml-worker"));
+        for (key, value) in env {
+            command.env(key, value);
+        }
         // Workers join as an operator would set them up: a token from the scheduler (in
         // the environment, as systemd passes it), a data directory per name.
         let first = schedulers.split(',').next().unwrap_or_default().trim();

@@ -1188,3 +1188,182 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
     );
     assert_eq!(sent, from_peers, "{counts:?}");
 }
+
+/// A wheel laid out as PyPI's `onnxruntime` one (`onnxruntime/capi/libonnxruntime*`),
+/// made from this machine's installed ONNX Runtime libraries.
+fn onnxruntime_wheel(dir: &Path) -> std::path::PathBuf {
+    let library = localml_worker::runtime::cached_library()
+        .expect("ONNX Runtime installed here (localml runtime install)");
+    let wheel = dir.join(format!(
+        "onnxruntime-{}-cp311-cp311-manylinux_2_27_x86_64.whl",
+        localml_worker::runtime::ORT_VERSION
+    ));
+    let script = r#"
+import os, sys, zipfile
+lib_dir, wheel = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("onnxruntime/__init__.py", "")
+    for name in sorted(os.listdir(lib_dir)):
+        if name.startswith("libonnxruntime"):
+            z.write(os.path.join(lib_dir, name), "onnxruntime/capi/" + name)
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(library.parent().expect("library dir"))
+        .arg(&wheel)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "make the wheel");
+    wheel
+}
+
+/// A worker PC without ONNX Runtime and without a package registry gets the library from
+/// the scheduler's catalog (`localml runtime push --from WHEEL`), checked by sha256, and
+/// serves; with no build in the catalog it stops with a one-line reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
+    let scheduler = Scheduler::start();
+    let scratch = TempDir::new("runtime-push");
+    let empty_cache = TempDir::new("runtime-empty-cache");
+    // No library in localml's cache, none on the system path, and no registry.
+    let offline: Vec<(&str, &Path)> = vec![
+        ("LOCALML_CACHE_DIR", empty_cache.path()),
+        ("LD_LIBRARY_PATH", empty_cache.path()),
+        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
+    ];
+
+    // Nothing in the catalog yet: a one-line error saying what to do.
+    let data = TempDir::new("runtime-worker-data");
+    let out = Command::new(bin("localml-worker"))
+        .args(["--name", "bare", "--listen", "127.0.0.1:0", "--scheduler"])
+        .arg(&scheduler.cluster_addr)
+        .arg("--models")
+        .arg(models_dir())
+        .arg("--data-dir")
+        .arg(data.path())
+        .envs(offline.iter().map(|(k, v)| (*k, *v)))
+        .env("LOCALML_TOKEN", join_token(&scheduler.addr))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("none came from the scheduler")
+            && stderr.contains("no ONNX Runtime build for cpu in the catalog")
+            && stderr.contains("localml runtime push"),
+        "{stderr}"
+    );
+
+    // Bad wheels are refused naming the problem.
+    let not_zip = scratch.path().join("onnxruntime-1.32.0-py3-none-any.whl");
+    std::fs::write(&not_zip, b"not a zip").expect("write");
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "runtime",
+            "push",
+            "--from",
+            not_zip.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!ok && err.contains("not a wheel (zip) file"), "{err}");
+    let other = scratch.path().join("numpy-2.0.0-cp311-none-any.whl");
+    std::fs::write(&other, b"").expect("write");
+    let (ok, _, err) = cli(
+        &scheduler,
+        &["runtime", "push", "--from", other.to_str().expect("utf-8")],
+    );
+    assert!(!ok && err.contains("expected an onnxruntime"), "{err}");
+
+    let wheel = onnxruntime_wheel(scratch.path());
+    let wheel_arg = wheel.to_str().expect("utf-8");
+    let out = cli_ok(&scheduler, &["runtime", "push", "--from", wheel_arg]);
+    let version = localml_worker::runtime::ORT_VERSION;
+    assert!(
+        out.contains(&format!("ONNX Runtime {version} (cpu) in the catalog")),
+        "{out}"
+    );
+    // Again: nothing sent.
+    let again = cli_ok(&scheduler, &["runtime", "push", "--from", wheel_arg]);
+    assert!(again.contains(", 0 B sent"), "{again}");
+    let listed = cli_ok(&scheduler, &["runtime", "list"]);
+    assert!(listed.starts_with(&format!("cpu {version} ")), "{listed}");
+    // Deleting a model collects unused files; the runtime's stay.
+    let image = models_dir().join("image_classifier");
+    cli_ok(
+        &scheduler,
+        &["models", "push", image.to_str().expect("utf-8")],
+    );
+    let deleted = cli_ok(&scheduler, &["models", "delete", "image_classifier"]);
+    assert!(
+        deleted.contains("deleted image_classifier:1; removed 1 unused file(s)"),
+        "{deleted}"
+    );
+
+    // The worker fetches it, checks it and serves.
+    let worker = Worker::start_with_env(
+        "bare",
+        &scheduler.cluster_addr,
+        &models_dir(),
+        &[
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+            "--onnxruntime",
+            "auto",
+        ],
+        &offline,
+    );
+    // Ready with the model loaded: it fetched the runtime first (its earlier join, from
+    // the run that stopped, may still count as Ready).
+    let serving = wait_until(SOON, || async {
+        scheduler.serving("image_classifier").await == ["bare"]
+    })
+    .await;
+    assert!(serving, "{:?}", scheduler.serving("image_classifier").await);
+    let fetched = data.path().join(format!(
+        "runtime/onnxruntime/{version}/libonnxruntime.so.{version}"
+    ));
+    let original = localml_worker::runtime::cached_library().expect("installed");
+    assert_eq!(sha256(&fetched), sha256(&original), "{}", fetched.display());
+    let examples = expected_examples();
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
+    let response = scheduler
+        .inference()
+        .await
+        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
+        .await
+        .expect("served by the worker that fetched its runtime")
+        .into_inner();
+    let outputs = localml_cli::client::outputs(&response).expect("outputs");
+    assert_tensors_match("fetched runtime", &ex.outputs, &outputs);
+    drop(worker);
+
+    // `localml runtime install --from WHEEL` on a PC of its own, offline.
+    let cache = TempDir::new("runtime-install-from");
+    let run = |args: &[&str]| {
+        Command::new(bin("localml"))
+            .args(args)
+            .env("LOCALML_CACHE_DIR", cache.path())
+            .env("ORT_DYLIB_PATH", "")
+            .output()
+            .expect("run localml")
+    };
+    let out = run(&["runtime", "install", "--from", wheel_arg]);
+    let installed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && installed.ends_with(&format!("libonnxruntime.so.{version}")),
+        "{installed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(Path::new(&installed)), sha256(&original));
+    let which = run(&["runtime", "which"]);
+    let which = String::from_utf8_lossy(&which.stdout);
+    assert!(
+        which.contains(&installed) && which.contains("Cache"),
+        "{which}"
+    );
+}

@@ -10,7 +10,9 @@ use std::path::{Component, Path, PathBuf};
 use localml_proto::localml::v1::cluster_client::ClusterClient;
 use localml_proto::localml::v1::peers_client::PeersClient;
 use localml_proto::localml::v1::{BlobChunk, CatalogPeer};
-use localml_proto::localml::v1::{CatalogModel, CatalogModelRef, FetchBlobRequest};
+use localml_proto::localml::v1::{
+    CatalogModel, CatalogModelRef, FetchBlobRequest, GetRuntimeRequest, RuntimeBuild,
+};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -502,6 +504,84 @@ async fn hash(path: &Path) -> Result<String, FetchError> {
         .await
         .map_err(|e| FetchError::Entry(e.to_string()))?
         .map_err(io(path))
+}
+
+impl ModelCache {
+    /// Fetches the scheduler's ONNX Runtime build of `flavor` into
+    /// `<root>/<package>/<version>/` (its blobs checked by sha256 and kept under
+    /// `<root>/blobs`, a download resumed where it stopped); returns the library's path.
+    pub async fn fetch_runtime(
+        &self,
+        client: &mut ClusterClient<Channel>,
+        tls: &ClientTlsConfig,
+        flavor: crate::runtime::Flavor,
+    ) -> Result<PathBuf, FetchError> {
+        let build = client
+            .get_runtime(GetRuntimeRequest {
+                flavor: flavor.name().into(),
+            })
+            .await?
+            .into_inner();
+        check_runtime(&build)?;
+        let total: u64 = build.files.iter().map(|f| f.size).sum();
+        tracing::info!(flavor = flavor.name(), version = %build.version, files = build.files.len(), bytes = total, "fetching ONNX Runtime from the scheduler");
+        let blobs = self.root.join("blobs");
+        tokio::fs::create_dir_all(&blobs)
+            .await
+            .map_err(io(&blobs))?;
+        let dir = self.root.join(flavor.package()).join(&build.version);
+        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        for file in &build.files {
+            let blob = self.blob(&file.sha256);
+            let whole = tokio::fs::try_exists(&blob).await.unwrap_or(false)
+                && hash(&blob).await? == file.sha256;
+            if !whole {
+                let _ = tokio::fs::remove_file(&blob).await;
+                self.download(client, &[], tls, &file.path, &file.sha256, file.size)
+                    .await?;
+            }
+            let target = dir.join(&file.path);
+            let _ = tokio::fs::remove_file(&target).await;
+            tokio::fs::hard_link(&blob, &target)
+                .await
+                .map_err(io(&target))?;
+        }
+        let library = dir.join(format!("libonnxruntime.so.{}", build.version));
+        tracing::info!(library = %library.display(), "ONNX Runtime fetched from the scheduler and checked (sha256)");
+        Ok(library)
+    }
+}
+
+/// A worker writes a runtime build's files only inside its own directory, whatever the
+/// scheduler sends.
+fn check_runtime(b: &RuntimeBuild) -> Result<(), FetchError> {
+    let release = !b.version.is_empty()
+        && b.version
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    if !release {
+        return Err(FetchError::Entry(format!(
+            "runtime version '{}'",
+            b.version
+        )));
+    }
+    for f in &b.files {
+        let plain = !f.path.is_empty()
+            && !f.path.starts_with('.')
+            && f.path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+        if !plain || !localml_trust::is_sha256_hex(&f.sha256) {
+            return Err(FetchError::Entry(format!("runtime file '{}'", f.path)));
+        }
+    }
+    let library = format!("libonnxruntime.so.{}", b.version);
+    if !b.files.iter().any(|f| f.path == library) {
+        return Err(FetchError::Entry(format!(
+            "the runtime build has no {library}"
+        )));
+    }
+    Ok(())
 }
 
 /// The scheduler checked the entry; a worker does not write outside its cache whatever

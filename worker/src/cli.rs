@@ -70,7 +70,8 @@ pub struct WorkerArgs {
     /// Let ONNX Runtime's idle threads spin (a dedicated server; off by default).
     #[arg(long)]
     pub thread_spinning: bool,
-    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, localml's cache, system paths).
+    /// Path of libonnxruntime.so, or `auto` [default: ORT_DYLIB_PATH, localml's cache, a
+    /// copy fetched earlier, system paths, else fetched from the scheduler's catalog].
     #[arg(long)]
     pub onnxruntime: Option<PathBuf>,
     /// Testing/demo aid: behave like a PC F times slower (F >= 1).

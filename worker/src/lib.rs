@@ -36,6 +36,7 @@ pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -253,6 +254,65 @@ async fn poll_ups(
     }
 }
 
+/// No ONNX Runtime library on this PC: joins the cluster (with the token, or the
+/// certificate already in the data directory) and fetches the build in the scheduler's
+/// catalog into `root`: the GPU build where the PC has NVIDIA's driver and the catalog
+/// has one, else the CPU build.
+async fn fetch_runtime(
+    config: &WorkerConfig,
+    root: &Path,
+    advertise: String,
+) -> Result<PathBuf, WorkerError> {
+    use runtime::Flavor;
+    let addresses = agent::scheduler_addresses(&config.scheduler);
+    let token = config.join_token()?;
+    // What the worker knows before ONNX Runtime runs; its full status follows once it
+    // serves.
+    let status = localml_proto::localml::v1::WorkerStatus {
+        name: config.name.clone(),
+        inference_address: advertise,
+        ..Default::default()
+    };
+    let credentials =
+        credentials::obtain(&config.data_dir, token.as_ref(), &addresses, &status).await?;
+    let tls = credentials.cluster_tls();
+    let cache = catalog::ModelCache::new(root.to_path_buf());
+    let flavors: &[Flavor] = if Path::new("/proc/driver/nvidia/version").exists() {
+        &[Flavor::Gpu, Flavor::Cpu]
+    } else {
+        &[Flavor::Cpu]
+    };
+    let mut last = String::from("no scheduler address");
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        let mut none_anywhere = true;
+        for flavor in flavors {
+            for address in &addresses {
+                let channel = agent::scheduler_channel(address, Some(&tls))
+                    .map_err(|e| WorkerError::SchedulerAddress(address.clone(), e.to_string()))?;
+                let mut client =
+                    localml_proto::localml::v1::cluster_client::ClusterClient::new(channel);
+                match cache.fetch_runtime(&mut client, &tls, *flavor).await {
+                    Ok(library) => return Ok(library),
+                    Err(e) => {
+                        let missing = matches!(&e, catalog::FetchError::Scheduler { code, .. } if *code == tonic::Code::NotFound);
+                        none_anywhere &= missing;
+                        tracing::warn!(scheduler = %address, flavor = flavor.name(), error = %e, "cannot fetch ONNX Runtime");
+                        last = e.to_string();
+                    }
+                }
+            }
+        }
+        // Every scheduler says it has no build: waiting will not bring one.
+        if none_anywhere {
+            break;
+        }
+    }
+    Err(runtime::RuntimeError::NotFetched(last).into())
+}
+
 /// Runs a worker on `listener` until `shutdown` completes, then leaves the cluster and
 /// finishes in-flight requests.
 pub async fn run(
@@ -274,7 +334,28 @@ pub async fn run(
             let _ = http_stopped.await;
         }))
     });
-    let (library, source) = runtime::locate(config.onnxruntime.as_deref())?;
+    // Awaited in two places: while fetching ONNX Runtime, and while serving.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let fetched = config.data_dir.join("runtime");
+    // `auto` (for the systemd unit's environment file, which needs a value): the lookup
+    // order, as if not given.
+    let flag = config
+        .onnxruntime
+        .as_deref()
+        .filter(|p| *p != Path::new("auto"));
+    let (library, source) = match runtime::locate(flag, Some(&fetched)) {
+        Err(runtime::RuntimeError::NotFound) => {
+            tracing::info!("no ONNX Runtime library on this PC; fetching the scheduler's");
+            tokio::select! {
+                library = fetch_runtime(&config, &fetched, advertise_address(&config, listener.local_addr()?)) => (library?, runtime::Source::Scheduler),
+                _ = shutdown.clone() => {
+                    tracing::info!("stopped before ONNX Runtime was fetched");
+                    return Ok(());
+                }
+            }
+        }
+        found => found?,
+    };
     tracing::info!(library = %library.display(), ?source, "loading ONNX Runtime");
     let threading = config.threading();
     let env = runtime::init(&library, NAME, &threading)?;

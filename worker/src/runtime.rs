@@ -3,7 +3,9 @@
 //! localml loads the official ONNX Runtime build at run time (`ort`'s `load-dynamic`),
 //! because `ort`'s own binary download cannot work offline. Lookup order:
 //! `--onnxruntime PATH`, `ORT_DYLIB_PATH`, localml's cache directory (filled by
-//! `localml runtime install`), then the system library path.
+//! `localml runtime install`), a worker's copy fetched from the scheduler
+//! (`<data_dir>/runtime`), then the system library path. A worker that finds none fetches
+//! the build the scheduler's catalog holds (`localml runtime push`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +32,7 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    fn package(self) -> &'static str {
+    pub fn package(self) -> &'static str {
         match self {
             Flavor::Cpu => "onnxruntime",
             Flavor::Gpu => "onnxruntime-gpu",
@@ -49,6 +51,23 @@ impl Flavor {
     pub fn library_file(self) -> String {
         format!("libonnxruntime.so.{}", self.version())
     }
+
+    /// The catalog's name for it (`RuntimeBuild.flavor`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Cpu => "cpu",
+            Flavor::Gpu => "gpu",
+        }
+    }
+
+    /// The flavor the catalog names `name`.
+    pub fn from_name(name: &str) -> Option<Flavor> {
+        match name {
+            "cpu" => Some(Flavor::Cpu),
+            "gpu" => Some(Flavor::Gpu),
+            _ => None,
+        }
+    }
 }
 
 /// Where a library path came from, for log messages.
@@ -57,7 +76,11 @@ pub enum Source {
     Flag,
     Env,
     Cache,
+    /// A copy fetched from the scheduler earlier (`<data_dir>/runtime`).
+    Fetched,
     System,
+    /// Fetched from the scheduler at this start.
+    Scheduler,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +89,11 @@ pub enum RuntimeError {
     #[error("ONNX Runtime library {path} (from {origin}) does not exist; run `localml runtime install` or fix the path")]
     MissingFile { path: PathBuf, origin: &'static str },
     /// No library anywhere in the lookup order.
-    #[error("ONNX Runtime library not found: run `localml runtime install` (fetches onnxruntime {ORT_VERSION} from PyPI), or pass --onnxruntime PATH, or set ORT_DYLIB_PATH")]
+    #[error("ONNX Runtime library not found: run `localml runtime install` (fetches onnxruntime {ORT_VERSION} from PyPI, or --from a wheel file), or pass --onnxruntime PATH, or set ORT_DYLIB_PATH")]
     NotFound,
+    /// None here, and the scheduler could not provide one.
+    #[error("ONNX Runtime library not found here, and none came from the scheduler: {0}. Run `localml runtime push` where the scheduler can be reached (or `localml runtime install` on this PC, or pass --onnxruntime PATH)")]
+    NotFetched(String),
     /// The file exists but is not a usable ONNX Runtime library.
     #[error("cannot load ONNX Runtime from {path}: {reason}; install onnxruntime {ORT_VERSION} with `localml runtime install`")]
     Load { path: PathBuf, reason: String },
@@ -98,14 +124,42 @@ pub fn install_dir(flavor: Flavor) -> PathBuf {
 
 /// The library path in the cache, GPU build first when both are installed.
 pub fn cached_library() -> Option<PathBuf> {
-    [Flavor::Gpu, Flavor::Cpu]
-        .into_iter()
-        .map(|f| install_dir(f).join(f.library_file()))
-        .find(|p| p.is_file())
+    installed_in(&cache_dir())
 }
 
-/// Finds the library following the documented lookup order.
-pub fn locate(flag: Option<&Path>) -> Result<(PathBuf, Source), RuntimeError> {
+/// A library installed under `root` as `<package>/<version>/libonnxruntime.so.<version>`:
+/// the GPU build first, and of each the release localml is built against, else the
+/// highest one there.
+pub fn installed_in(root: &Path) -> Option<PathBuf> {
+    [Flavor::Gpu, Flavor::Cpu].into_iter().find_map(|f| {
+        let expected = root
+            .join(f.package())
+            .join(f.version())
+            .join(f.library_file());
+        if expected.is_file() {
+            return Some(expected);
+        }
+        let mut others: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(root.join(f.package()))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.to_string();
+                let library = e.path().join(format!("libonnxruntime.so.{version}"));
+                let parts: Option<Vec<u64>> = version.split('.').map(|p| p.parse().ok()).collect();
+                Some((parts?, library)).filter(|(_, l)| l.is_file())
+            })
+            .collect();
+        others.sort();
+        others.pop().map(|(_, path)| path)
+    })
+}
+
+/// Finds the library following the documented lookup order; `fetched` is where a worker
+/// keeps the copy it fetched from the scheduler.
+pub fn locate(
+    flag: Option<&Path>,
+    fetched: Option<&Path>,
+) -> Result<(PathBuf, Source), RuntimeError> {
     if let Some(path) = flag {
         return existing(path.to_path_buf(), "--onnxruntime").map(|p| (p, Source::Flag));
     }
@@ -114,6 +168,9 @@ pub fn locate(flag: Option<&Path>) -> Result<(PathBuf, Source), RuntimeError> {
     }
     if let Some(path) = cached_library() {
         return Ok((path, Source::Cache));
+    }
+    if let Some(path) = fetched.and_then(installed_in) {
+        return Ok((path, Source::Fetched));
     }
     system_library()
         .map(|p| (p, Source::System))
@@ -242,10 +299,8 @@ pub fn available_providers() -> Vec<String> {
 /// shared libraries into the cache. Idempotent: an installed library is kept.
 /// `log` receives one line per step.
 pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, RuntimeError> {
-    let dir = install_dir(flavor);
-    let library = flavor.library_file();
+    let target = install_dir(flavor).join(flavor.library_file());
     let version = flavor.version();
-    let target = dir.join(&library);
     if target.is_file() {
         log(&format!(
             "ONNX Runtime {version} already installed at {}",
@@ -253,17 +308,7 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
         ));
         return Ok(target);
     }
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| {
-            Command::new(p)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .ok_or_else(|| {
-            RuntimeError::Install("python3 with pip is needed (apt-get install python3-pip)".into())
-        })?;
+    let python = python()?;
     let download = cache_dir().join("downloads").join(flavor.package());
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)
@@ -290,38 +335,189 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
             "`{python} -m pip download {spec}` failed ({status})"
         )));
     }
+    let wheels: Vec<PathBuf> = std::fs::read_dir(&download)
+        .map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    let [wheel] = wheels.as_slice() else {
+        return Err(RuntimeError::Install(format!(
+            "expected one wheel in {}, found {}",
+            download.display(),
+            wheels.len()
+        )));
+    };
+    let installed = install_wheel(wheel, &cache_dir(), log);
+    let _ = std::fs::remove_dir_all(&download);
+    Ok(installed?.library)
+}
+
+/// A build extracted from a wheel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub flavor: Flavor,
+    /// ONNX Runtime's release, from the library's file name.
+    pub version: String,
+    /// The directory holding the libraries.
+    pub dir: PathBuf,
+    /// The library workers load (`libonnxruntime.so.<version>`).
+    pub library: PathBuf,
+}
+
+impl Installed {
+    /// The build's files: every `libonnxruntime*` library in its directory, by name.
+    pub fn files(&self) -> std::io::Result<Vec<(String, PathBuf)>> {
+        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+            .filter(|(name, path)| name.starts_with("libonnxruntime") && path.is_file())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+fn python() -> Result<&'static str, RuntimeError> {
+    ["python3", "python"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .ok_or_else(|| {
+            RuntimeError::Install(
+                "python3 is needed to read the wheel (apt-get install python3)".into(),
+            )
+        })
+}
+
+/// Extracts the ONNX Runtime libraries of an `onnxruntime` or `onnxruntime-gpu` wheel
+/// (`onnxruntime/capi/libonnxruntime*`) into `<root>/<package>/<version>/`, the version
+/// read from the main library's name and the flavor from the wheel's (a USB stick's
+/// wheel, or pip's download). Idempotent: files already there are kept.
+pub fn install_wheel(
+    wheel: &Path,
+    root: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<Installed, RuntimeError> {
+    let fail = |what: String| RuntimeError::Install(format!("{}: {what}", wheel.display()));
+    if !wheel.is_file() {
+        return Err(fail("no such file".into()));
+    }
+    let file_name = wheel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let flavor = if file_name.starts_with("onnxruntime_gpu-") {
+        Flavor::Gpu
+    } else if file_name.starts_with("onnxruntime-") {
+        Flavor::Cpu
+    } else {
+        return Err(fail(
+            "expected an onnxruntime or onnxruntime_gpu wheel (onnxruntime-1.32.0-...whl)".into(),
+        ));
+    };
+    let python = python()?;
+    let staging = root.join(format!(".extract-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
     log(&format!(
-        "extracting shared libraries into {} ...",
-        dir.display()
+        "extracting the ONNX Runtime libraries of {} ...",
+        wheel.display()
     ));
     // Python's zipfile is always there when pip is; it spares a zip dependency here.
     let script = r#"
-import glob, os, sys, zipfile
+import os, sys, zipfile
 src, dst = sys.argv[1], sys.argv[2]
-wheels = glob.glob(os.path.join(src, "*.whl"))
-if len(wheels) != 1:
-    sys.exit("expected one wheel in %s, found %d" % (src, len(wheels)))
+try:
+    z = zipfile.ZipFile(src)
+except Exception as e:
+    sys.exit("not a wheel (zip) file: %s" % e)
 os.makedirs(dst, exist_ok=True)
-with zipfile.ZipFile(wheels[0]) as z:
+with z:
     for name in z.namelist():
         base = os.path.basename(name)
         if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
-            with z.open(name) as f, open(os.path.join(dst, base + ".part"), "wb") as out:
-                out.write(f.read())
-            os.replace(os.path.join(dst, base + ".part"), os.path.join(dst, base))
+            with z.open(name) as f, open(os.path.join(dst, base), "wb") as out:
+                while True:
+                    piece = f.read(1 << 20)
+                    if not piece:
+                        break
+                    out.write(piece)
 "#;
-    let status = Command::new(python)
+    let out = Command::new(python)
         .args(["-c", script])
-        .arg(&download)
-        .arg(&dir)
-        .status()
+        .arg(wheel)
+        .arg(&staging)
+        .output()
         .map_err(|e| RuntimeError::Install(format!("cannot run {python}: {e}")))?;
-    let _ = std::fs::remove_dir_all(&download);
-    if !status.success() || !target.is_file() {
-        return Err(RuntimeError::Install(format!(
-            "the wheel did not contain onnxruntime/capi/{library}"
-        )));
+    let result = (|| {
+        if !out.status.success() {
+            let reason = String::from_utf8_lossy(&out.stderr);
+            return Err(fail(reason.trim().lines().last().unwrap_or("").to_string()));
+        }
+        let version = std::fs::read_dir(&staging)
+            .map_err(|e| fail(e.to_string()))?
+            .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+            .find_map(|n| {
+                let v = n.strip_prefix("libonnxruntime.so.")?;
+                v.split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                    .then(|| v.to_string())
+            })
+            .ok_or_else(|| fail("no onnxruntime/capi/libonnxruntime.so.<version> inside".into()))?;
+        let dir = root.join(flavor.package()).join(&version);
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        for entry in std::fs::read_dir(&staging).map_err(|e| fail(e.to_string()))? {
+            let entry = entry.map_err(|e| fail(e.to_string()))?;
+            let target = dir.join(entry.file_name());
+            if !target.is_file() {
+                std::fs::rename(entry.path(), &target)
+                    .map_err(|e| fail(format!("{}: {e}", target.display())))?;
+            }
+        }
+        let library = dir.join(format!("libonnxruntime.so.{version}"));
+        log(&format!("installed {}", library.display()));
+        Ok(Installed {
+            flavor,
+            version,
+            dir,
+            library,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installed_build_is_found_the_expected_release_first_else_the_highest() {
+        let root =
+            std::env::temp_dir().join(format!("localml-installed-in-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let put = |package: &str, version: &str| {
+            let dir = root.join(package).join(version);
+            std::fs::create_dir_all(&dir).expect("dir");
+            let file = dir.join(format!("libonnxruntime.so.{version}"));
+            std::fs::write(&file, b"x").expect("write");
+            file
+        };
+        assert_eq!(installed_in(&root), None);
+        put("onnxruntime", "1.9.0");
+        let highest = put("onnxruntime", "1.10.0");
+        // A directory that is not a release, or lacks its library, is passed over.
+        std::fs::create_dir_all(root.join("onnxruntime/9.9.9")).expect("dir");
+        std::fs::create_dir_all(root.join("onnxruntime/latest")).expect("dir");
+        assert_eq!(installed_in(&root), Some(highest), "1.10.0 over 1.9.0");
+        let expected = put("onnxruntime", ORT_VERSION);
+        assert_eq!(installed_in(&root), Some(expected));
+        let gpu = put("onnxruntime-gpu", "1.2.3");
+        assert_eq!(installed_in(&root), Some(gpu), "the GPU build first");
+        let _ = std::fs::remove_dir_all(&root);
     }
-    log(&format!("installed {}", target.display()));
-    Ok(target)
 }

@@ -8,6 +8,7 @@
 pub mod blobs;
 pub mod onnx;
 pub mod repository;
+pub mod runtime;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -112,6 +113,8 @@ pub enum CatalogError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(runtime::RuntimeBuildError),
 }
 
 impl CatalogError {
@@ -122,7 +125,9 @@ impl CatalogError {
             CatalogError::BlobExists(_) | CatalogError::VersionExists { .. } => Code::AlreadyExists,
             CatalogError::Offset { .. } | CatalogError::Deployed { .. } => Code::FailedPrecondition,
             CatalogError::Busy(_) | CatalogError::Short { .. } => Code::Aborted,
-            CatalogError::NoBlob(_) | CatalogError::NoModel(_) => Code::NotFound,
+            CatalogError::NoBlob(_)
+            | CatalogError::NoModel(_)
+            | CatalogError::Runtime(runtime::RuntimeBuildError::Missing(_)) => Code::NotFound,
             CatalogError::Incomplete { .. } => Code::FailedPrecondition,
             CatalogError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted
@@ -246,8 +251,12 @@ impl Catalog {
 
     /// A version uses these blobs now: the collector goes by the catalog for them.
     fn claimed(&self, version: &CatalogModel) {
+        self.claimed_files(&version.files);
+    }
+
+    fn claimed_files(&self, files: &[CatalogFile]) {
         let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
-        for f in &version.files {
+        for f in files {
             unclaimed.remove(&f.sha256);
         }
     }
@@ -339,9 +348,43 @@ impl Catalog {
             return Err(CatalogError::TooManyFiles(m.files.len()));
         }
         let _adding = self.changing.read().await;
-        let mut seen = HashSet::new();
         for f in &m.files {
             check_path(&f.path)?;
+        }
+        self.check_blobs(&m.files)?;
+        // A file that is also a directory of another ("a" and "a/b") cannot be laid out.
+        for f in &m.files {
+            let dir = format!("{}/", f.path);
+            if let Some(inner) = m.files.iter().find(|g| g.path.starts_with(&dir)) {
+                return Err(CatalogError::Path {
+                    path: inner.path.clone(),
+                    reason: "is inside another file's path",
+                });
+            }
+        }
+        check_config(&m.config_yaml)?;
+        let onnx_file: &CatalogFile = m
+            .files
+            .iter()
+            .find(|f| f.path == "model.onnx")
+            .ok_or(CatalogError::NoModelFile)?;
+        let path = self.blobs.path(&onnx_file.sha256);
+        let signature = blocking(move || {
+            let file = std::fs::File::open(path)?;
+            Ok(onnx::read_signature(std::io::BufReader::new(file))?)
+        })
+        .await?;
+        m.inputs = signature.inputs;
+        m.outputs = signature.outputs;
+        m.ir_version = signature.ir_version;
+        m.opset = signature.opset;
+        self.record_version(m).await
+    }
+
+    /// Checks that `files` name distinct paths and complete blobs of their sizes.
+    fn check_blobs(&self, files: &[CatalogFile]) -> Result<(), CatalogError> {
+        let mut seen = HashSet::new();
+        for f in files {
             blobs::check_sha256(&f.sha256)?;
             if !seen.insert(f.path.as_str()) {
                 return Err(CatalogError::Path {
@@ -369,33 +412,12 @@ impl Catalog {
                 });
             }
         }
-        // A file that is also a directory of another ("a" and "a/b") cannot be laid out.
-        for f in &m.files {
-            let dir = format!("{}/", f.path);
-            if let Some(inner) = m.files.iter().find(|g| g.path.starts_with(&dir)) {
-                return Err(CatalogError::Path {
-                    path: inner.path.clone(),
-                    reason: "is inside another file's path",
-                });
-            }
-        }
-        check_config(&m.config_yaml)?;
-        let onnx_file: &CatalogFile = m
-            .files
-            .iter()
-            .find(|f| f.path == "model.onnx")
-            .ok_or(CatalogError::NoModelFile)?;
-        let path = self.blobs.path(&onnx_file.sha256);
-        let signature = blocking(move || {
-            let file = std::fs::File::open(path)?;
-            Ok(onnx::read_signature(std::io::BufReader::new(file))?)
-        })
-        .await?;
-        m.inputs = signature.inputs;
-        m.outputs = signature.outputs;
-        m.ir_version = signature.ir_version;
-        m.opset = signature.opset;
+        Ok(())
+    }
 
+    /// Records a checked version: the same content again is the version that has it,
+    /// otherwise a new number (never one given before).
+    async fn record_version(&self, m: CatalogModel) -> Result<CatalogModel, CatalogError> {
         // The same content again is the version that has it; otherwise a new one.
         for _ in 0..8 {
             let versions = self.versions(&m.name).await?;
@@ -517,6 +539,12 @@ impl Catalog {
             .await?
             .into_iter()
             .flat_map(|m| m.files.into_iter().map(|f| f.sha256))
+            .chain(
+                self.runtimes()
+                    .await?
+                    .into_iter()
+                    .flat_map(|r| r.files.into_iter().map(|f| f.sha256)),
+            )
             .collect();
         let protected: HashSet<String> = {
             let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());

@@ -121,4 +121,19 @@ impl CatalogApi for CatalogService {
             self.catalog.delete(&r.name, &r.version, r.force).await?,
         ))
     }
+
+    async fn put_runtime(&self, r: Request<RuntimeBuild>) -> Answer<RuntimeBuild> {
+        let put = self.catalog.put_runtime(r.into_inner()).await?;
+        // The build it replaced may have left files nothing uses.
+        if let Err(e) = self.catalog.collect_garbage().await {
+            tracing::warn!(error = %e, "cannot remove unused files after a runtime push");
+        }
+        Ok(Response::new(put))
+    }
+
+    async fn list_runtimes(&self, _: Request<ListRuntimesRequest>) -> Answer<ListRuntimesResponse> {
+        Ok(Response::new(ListRuntimesResponse {
+            runtimes: self.catalog.runtimes().await?,
+        }))
+    }
 }

@@ -362,6 +362,17 @@ impl Cluster for ClusterService {
         ))))
     }
 
+    async fn get_runtime(
+        &self,
+        r: Request<GetRuntimeRequest>,
+    ) -> Result<Response<RuntimeBuild>, Status> {
+        let holder = require_certificate(&r, &self.trust)?;
+        let flavor = r.into_inner().flavor;
+        let build = self.catalog.runtime(&flavor).await?;
+        tracing::info!(worker = %holder.name, flavor = %flavor, version = %build.version, "ONNX Runtime build fetched");
+        Ok(Response::new(build))
+    }
+
     async fn get_ca(&self, _: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
         Ok(Response::new(GetCaResponse {
             ca_pem: self.trust.ca.cert_pem().to_string(),
