@@ -1127,7 +1127,8 @@ fn catalog_bytes(worker: &Worker) -> (f64, f64, f64) {
 
 /// A model spreads over the LAN: the first worker fetches it from the scheduler, the two
 /// assigned after it from that worker, so the scheduler sends one copy, not three
-/// (counted by each worker, by source, on /metrics).
+/// (counted by each worker, by source, on /metrics, and by the kernel for the scheduler
+/// process: /proc/PID/io).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
     let scheduler = Scheduler::start_with(
@@ -1140,14 +1141,28 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
         .map(|name| Worker::start_with_models(name, &scheduler, empty.path(), &flags))
         .collect();
     scheduler.wait_ready(&["p1", "p2", "p3"]).await;
-    let file = models_dir().join("text_classifier/2/model.onnx");
-    let size = std::fs::metadata(&file).expect("model").len() as f64;
+    // A model with a 16 MiB extra file, so that one copy stands out of what else the
+    // scheduler writes meanwhile (its store, its log, report answers).
+    let dir = TempDir::new("spread-model");
+    let version = dir.path().join("spread/1");
+    std::fs::create_dir_all(&version).expect("dir");
+    std::fs::copy(
+        models_dir().join("text_classifier/2/model.onnx"),
+        version.join("model.onnx"),
+    )
+    .expect("copy");
+    let extra: Vec<u8> = (0..16u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(version.join("vocabulary.bin"), &extra).expect("write");
+    let size = (std::fs::metadata(version.join("model.onnx"))
+        .expect("model")
+        .len()
+        + extra.len() as u64) as f64;
     cli_ok(
         &scheduler,
         &[
             "models",
             "push",
-            file.to_str().expect("utf-8"),
+            version.to_str().expect("utf-8"),
             "--name",
             "spread",
         ],
@@ -1171,8 +1186,26 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
         .await;
         assert!(served, "served by {:?}", scheduler.serving("spread").await);
     };
+    // What the scheduler process wrote (sockets and files), by the kernel's count: at
+    // least one copy, and well under two.
+    let written = || {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", scheduler.process.pid()))
+            .expect("/proc/PID/io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .expect("wchar")
+    };
+    let before = written();
     deploy(1).await;
+    let one = written() - before;
     deploy(3).await;
+    let all = written() - before;
+    eprintln!("scheduler wrote {one} bytes for the first replica, {all} for three");
+    assert!(
+        one >= size && all < 2.0 * size,
+        "the scheduler wrote {one} bytes while the first worker fetched, {all} while all three did; one copy is {size}"
+    );
     let counts: Vec<(f64, f64, f64)> = workers.iter().map(catalog_bytes).collect();
     let from_scheduler: f64 = counts.iter().map(|c| c.0).sum();
     let from_peers: f64 = counts.iter().map(|c| c.1).sum();
