@@ -1400,3 +1400,54 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
         "{which}"
     );
 }
+
+/// `--fetch-rate`: a worker on a slow link fetches a model no faster than it allows (a
+/// 128,940-byte model at 20,000 bytes per second takes at least 6.4 s; unlimited, the
+/// fetch and load take about a second here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-rate-repository");
+    let _worker = Worker::start_with_models(
+        "slow-link",
+        &scheduler,
+        empty.path(),
+        &["--load", "on-demand", "--fetch-rate", "20000"],
+    );
+    scheduler.wait_ready(&["slow-link"]).await;
+    let file = models_dir().join("text_classifier/2/model.onnx");
+    cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            file.to_str().expect("utf-8"),
+            "--name",
+            "slow",
+        ],
+    );
+    let started = std::time::Instant::now();
+    scheduler
+        .admin()
+        .await
+        .apply_deployment(Deployment {
+            name: "slow".into(),
+            model: "slow".into(),
+            replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("deployment");
+    let served = wait_until(Duration::from_secs(60), || async {
+        scheduler.serving("slow").await == ["slow-link"]
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(served, "served by {:?}", scheduler.serving("slow").await);
+    assert!(
+        took >= Duration::from_millis(6_000),
+        "fetched 128,940 bytes at 20,000 B/s in {took:?}"
+    );
+}

@@ -87,6 +87,8 @@ pub struct ModelCache {
     pub from_scheduler: std::sync::atomic::AtomicU64,
     pub from_peers: std::sync::atomic::AtomicU64,
     pub to_peers: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The most bytes per second to receive at, on average (`fetch_rate`).
+    rate: Option<u64>,
 }
 
 impl ModelCache {
@@ -101,7 +103,14 @@ impl ModelCache {
             from_scheduler: Default::default(),
             from_peers: Default::default(),
             to_peers: Default::default(),
+            rate: None,
         }
+    }
+
+    /// Receives at most `rate` bytes per second, on average over each file.
+    pub fn with_rate(mut self, rate: Option<u64>) -> ModelCache {
+        self.rate = rate.filter(|r| *r > 0);
+        self
     }
 
     /// Forgets a version's linked files (after an unload): its blobs stay, and become
@@ -369,6 +378,7 @@ impl ModelCache {
             .await
             .map_err(|_| stalled())??;
         let mut received = 0u64;
+        let started = tokio::time::Instant::now();
         while let Some(chunk) = tokio::time::timeout(STALL_TIMEOUT, stream.message())
             .await
             .map_err(|_| stalled())??
@@ -380,6 +390,11 @@ impl ModelCache {
             }
             out.write_all(&chunk.data).await.map_err(io(partial))?;
             received += chunk.data.len() as u64;
+            // A rate limit: not reading holds the sender back (HTTP/2 flow control).
+            if let Some(rate) = self.rate {
+                let due = std::time::Duration::from_secs_f64(received as f64 / rate as f64);
+                tokio::time::sleep_until(started + due).await;
+            }
         }
         Ok(received)
     }

@@ -42,6 +42,10 @@ pub struct WorkerArgs {
     /// Disk for models fetched from the catalog, in bytes [default: no limit].
     #[arg(long, value_name = "BYTES")]
     pub cache_bytes: Option<u64>,
+    /// The most bytes per second to fetch catalog files at, on average (a slow link)
+    /// [default: no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub fetch_rate: Option<u64>,
     /// Labels, e.g. gpu=nvidia,site=library.
     #[arg(long)]
     pub labels: Option<String>,
@@ -122,6 +126,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.cache_bytes {
             c.cache_bytes = Some(v);
+        }
+        if let Some(v) = self.fetch_rate {
+            c.fetch_rate = Some(v);
         }
         if let Some(v) = self.name {
             c.name = v;

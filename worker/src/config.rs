@@ -73,6 +73,10 @@ pub struct WorkerConfig {
     /// Disk the cache of catalog models may take, in bytes: beyond it, files no loaded
     /// model uses are deleted, least recently used first. Default: no limit.
     pub cache_bytes: Option<u64>,
+    /// The most bytes per second the worker fetches catalog files (models, the ONNX
+    /// Runtime build) at, on average, from the scheduler or peers: for a slow or shared
+    /// link. Default: no limit.
+    pub fetch_rate: Option<u64>,
     /// Where the worker keeps its certificate, key and the cluster CA (mode 0600).
     pub data_dir: PathBuf,
     /// A file holding the join token (a Kubernetes Secret, a systemd credential).
@@ -141,6 +145,7 @@ impl Default for WorkerConfig {
             load: LoadMode::All,
             memory_limit: None,
             cache_bytes: None,
+            fetch_rate: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             token_file: None,
             token: None,
@@ -227,6 +232,11 @@ impl WorkerConfig {
         }
         if let Some(problem) = self.power_watts.as_ref().and_then(|p| p.problem()) {
             return Err(ConfigError::Invalid(problem));
+        }
+        if self.fetch_rate == Some(0) {
+            return Err(ConfigError::Invalid(
+                "fetch_rate must be at least 1 (leave it out for no limit)".into(),
+            ));
         }
         for (key, value) in [
             ("intra_op_threads", self.intra_op_threads),

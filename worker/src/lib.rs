@@ -276,7 +276,7 @@ async fn fetch_runtime(
     let credentials =
         credentials::obtain(&config.data_dir, token.as_ref(), &addresses, &status).await?;
     let tls = credentials.cluster_tls();
-    let cache = catalog::ModelCache::new(root.to_path_buf());
+    let cache = catalog::ModelCache::new(root.to_path_buf()).with_rate(config.fetch_rate);
     let flavors: &[Flavor] = if Path::new("/proc/driver/nvidia/version").exists() {
         &[Flavor::Gpu, Flavor::Cpu]
     } else {

@@ -96,7 +96,8 @@ impl Worker {
                 hardware::cpu_cores(),
             ),
             ups: Mutex::new(None),
-            cache: crate::catalog::ModelCache::new(config.data_dir.join("catalog")),
+            cache: crate::catalog::ModelCache::new(config.data_dir.join("catalog"))
+                .with_rate(config.fetch_rate),
             fetches: Mutex::default(),
             config,
         }
