@@ -372,6 +372,13 @@ pub fn show(m: &CatalogModel) -> String {
             ));
         }
     }
+    if m.measured_bytes > 0 {
+        out.push_str(&format!(
+            "memory:  {} (measured on {})\n",
+            human_bytes(m.measured_bytes),
+            m.measured_on
+        ));
+    }
     for f in &m.files {
         out.push_str(&format!(
             "file:    {} {} sha256:{}\n",

@@ -344,6 +344,7 @@ pub async fn with_catalog(
         .filter_map(|kv| CatalogModel::decode(kv.value.as_slice()).ok())
         .map(|m| AvailableModel {
             file_bytes: m.files.iter().map(|f| f.size).sum(),
+            measured_bytes: m.measured_bytes,
             name: m.name,
             version: m.version,
         })
@@ -366,10 +367,27 @@ pub async fn with_catalog(
     Ok(workers)
 }
 
-/// The RAM `d`'s model is expected to take on `worker`, estimated from its files (ONNX
-/// Runtime holds the weights and its working memory: 1.5 times the files), or None when
-/// the worker does not report it.
+/// The RAM `d`'s model is expected to take on `worker`: what a worker measured when it
+/// loaded the version (kept in the catalog), else an estimate from its files (ONNX
+/// Runtime holds the weights and its working memory: 1.5 times the files); None when the
+/// worker does not report it.
 pub fn footprint(d: &Deployment, worker: &WorkerInfo) -> Option<u64> {
+    available(d, worker).map(|a| match a.measured_bytes {
+        0 => a.file_bytes.saturating_add(a.file_bytes / 2),
+        measured => measured,
+    })
+}
+
+/// How [`footprint`] was found, for messages.
+fn footprint_basis(d: &Deployment, worker: &WorkerInfo) -> &'static str {
+    match available(d, worker).map(|a| a.measured_bytes) {
+        Some(measured) if measured > 0 => "as measured when a worker loaded it",
+        _ => "1.5 times its files",
+    }
+}
+
+/// The version of `d`'s model `worker` would load.
+fn available<'a>(d: &Deployment, worker: &'a WorkerInfo) -> Option<&'a AvailableModel> {
     worker
         .status
         .as_ref()?
@@ -377,7 +395,6 @@ pub fn footprint(d: &Deployment, worker: &WorkerInfo) -> Option<u64> {
         .iter()
         .filter(|a| a.name == d.model && (d.version.is_empty() || a.version == d.version))
         .max_by_key(|a| a.version.parse::<u64>().unwrap_or(0))
-        .map(|a| a.file_bytes.saturating_add(a.file_bytes / 2))
 }
 
 /// Takes `d`'s footprint off worker `name`'s free RAM when `when` holds.
@@ -456,8 +473,13 @@ pub fn plan(
     let want = d.replicas as usize;
     let mut add = Vec::new();
     if keep.len() > want {
+        // Replicas that serve now stay first (not one still loading a new version), then
+        // by name.
         let mut extra = keep.clone();
-        extra.sort();
+        extra.sort_by_key(|n| {
+            let serves_now = by_name.get(n.as_str()).is_some_and(|w| serving(d, w));
+            (!serves_now, n.clone())
+        });
         remove.extend(extra.into_iter().skip(want));
     } else if keep.len() < want {
         let taken: HashSet<&str> = assigned.iter().map(String::as_str).collect();
@@ -523,6 +545,7 @@ impl Controller {
     async fn reconcile(&self, leadership: &Leadership) -> Result<(), StoreError> {
         let (deployments, assigned) = load_state(self.store.as_ref()).await?;
         let workers = self.workers.list(tokio::time::Instant::now());
+        crate::catalog::record_footprints(self.store.as_ref(), &workers).await?;
         let mut workers = with_catalog(self.store.as_ref(), workers).await?;
         // RAM promised to models assigned but not served yet (fetching, loading) is not
         // free for another: taken off each worker's free figure before planning. (A
@@ -610,8 +633,12 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
             .iter()
             .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
     };
-    let serves_own =
-        |name: &str, a: &Assignment| by_name(name).is_some_and(|w| serves(w, &a.name, &a.version));
+    // What a replica on an older assignment serves now: its version, else the one it
+    // keeps (the deployment changed again while it loaded the version before).
+    let serving_now = |name: &str, a: &Assignment| {
+        let w = by_name(name)?;
+        refs(a).find(|m| serves(w, &m.name, &m.version))
+    };
     let mut step = Roll::default();
     let (mut surging, mut unavailable) = (0, 0);
     let mut old = Vec::new();
@@ -622,17 +649,19 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
             (true, Some(_)) => surging += 1,
             (true, None) if !new_serves => unavailable += 1,
             (true, None) => {}
-            (false, _) if !serves_own(w, a) => step.writes.push((w.clone(), wanted(d))),
-            (false, _) => old.push((w, a)),
+            // It serves the new version already (loaded beside another one, or a rollback
+            // to the version it keeps): the others go.
+            (false, _) if new_serves => step.writes.push((w.clone(), wanted(d))),
+            (false, _) => match serving_now(w, a) {
+                Some(keep) => old.push((w, keep)),
+                // It serves nothing anyway: nothing to keep.
+                None => step.writes.push((w.clone(), wanted(d))),
+            },
         }
     }
-    for (w, a) in old {
+    for (w, keep) in old {
         let fits_both = by_name(w).is_some_and(|x| fits(d, x));
         if surging < max_surge(d) && fits_both {
-            let keep = ModelRef {
-                name: a.name.clone(),
-                version: a.version.clone(),
-            };
             step.writes.push((
                 w.clone(),
                 Assignment {
@@ -694,17 +723,17 @@ pub fn with_status(
         && !unassigned.is_empty()
         && unassigned.iter().all(|w| !fits(d, w));
     if roomless {
-        let need = unassigned
+        let (need, basis) = unassigned
             .iter()
-            .filter_map(|w| footprint(d, w))
+            .filter_map(|w| Some((footprint(d, w)?, footprint_basis(d, w))))
             .min()
-            .unwrap_or(0);
+            .unwrap_or((0, "1.5 times its files"));
         let largest = unassigned
             .iter()
             .filter_map(|w| w.status.as_ref())
             .max_by_key(|s| s.ram_free_bytes);
         out.message = format!(
-            "Pending: {} of {} replicas placed; '{}' needs about {} of RAM (1.5 times its files), the largest free is {} on {}",
+            "Pending: {} of {} replicas placed; '{}' needs about {} of RAM ({basis}), the largest free is {} on {}",
             assigned.len(),
             d.replicas,
             d.model,
@@ -757,6 +786,7 @@ mod tests {
                         name: "m".into(),
                         version: "1".into(),
                         file_bytes: 10,
+                        measured_bytes: 0,
                     }]
                 } else {
                     Vec::new()
@@ -791,6 +821,17 @@ mod tests {
         // Scaling down drops the extras; scaling up keeps what is assigned.
         let (add, remove) = plan(&deployment(1), &["b".into(), "e".into()], &workers);
         assert_eq!((add, remove), (vec![], vec!["e".into()]));
+        // The one that serves stays, whatever its name.
+        let mut serving_e = workers.clone();
+        if let Some(s) = serving_e[4].status.as_mut() {
+            s.models = vec![localml_proto::localml::v1::LoadedModel {
+                name: "m".into(),
+                version: "1".into(),
+                ..Default::default()
+            }];
+        }
+        let (_, remove) = plan(&deployment(1), &["b".into(), "e".into()], &serving_e);
+        assert_eq!(remove, vec!["b".to_string()]);
         let (add, remove) = plan(&deployment(3), &["a".into()], &workers);
         assert_eq!((add, remove), (vec!["b".into(), "e".into()], vec![]));
         // More replicas than eligible workers: as many as there are.
@@ -941,6 +982,26 @@ mod tests {
     }
 
     #[test]
+    fn a_measured_footprint_replaces_the_estimate_from_the_files() {
+        let d = deployment(1);
+        let mut w = worker("a", 2, true, true);
+        assert_eq!(footprint(&d, &w), Some(15), "1.5 times 10 bytes of files");
+        if let Some(s) = w.status.as_mut() {
+            s.available[0].measured_bytes = 3 << 30;
+        }
+        assert_eq!(footprint(&d, &w), Some(3 << 30));
+        assert!(!fits(&d, &w), "3 GiB measured, 2 GiB free");
+        let status = with_status(&d, &[], &[w]);
+        assert!(
+            status
+                .message
+                .contains("needs about 3.0 GiB of RAM (as measured when a worker loaded it)"),
+            "{}",
+            status.message
+        );
+    }
+
+    #[test]
     fn ram_promised_to_one_deployment_is_not_offered_to_the_next() {
         let mut first = deployment(1);
         first.model = "m".into();
@@ -970,6 +1031,7 @@ mod tests {
                 name: "m".into(),
                 version: "2".into(),
                 file_bytes: 10,
+                measured_bytes: 0,
             });
             s.models = versions
                 .iter()
@@ -1047,6 +1109,40 @@ mod tests {
                 ("b".to_string(), surging("1"))
             ]
         );
+        // Changed again to v3 while a was loading v2 beside v1: a keeps serving v1 and
+        // loads v3 beside it (not dropping v1 for a v2 that never served).
+        let v3 = Deployment {
+            version: "3".into(),
+            ..d.clone()
+        };
+        let mut workers = both_on_v1.clone();
+        for w in &mut workers {
+            if let Some(s) = w.status.as_mut() {
+                s.available.push(AvailableModel {
+                    name: "m".into(),
+                    version: "3".into(),
+                    file_bytes: 10,
+                    measured_bytes: 0,
+                });
+            }
+        }
+        let step = roll(&v3, &kept(surging("1"), on("1")), &workers);
+        let v3_keeping_v1 = Assignment {
+            version: "3".into(),
+            ..surging("1")
+        };
+        assert_eq!(step.writes, vec![("a".to_string(), v3_keeping_v1)]);
+        // Rolled back to v1 while a holds v2 beside v1: a serves v1 already; v2 goes.
+        let d1 = Deployment {
+            version: "1".into(),
+            ..d.clone()
+        };
+        let workers = vec![
+            serving_versions("a", &["1", "2"]),
+            serving_versions("b", &["1"]),
+        ];
+        let step = roll(&d1, &kept(surging("1"), on("1")), &workers);
+        assert_eq!(step.writes, vec![("a".to_string(), on("1"))]);
         // A replica that serves nothing anyway (still loading v1) moves at once.
         let workers = vec![serving_versions("a", &[]), serving_versions("b", &["1"])];
         let step = roll(&d, &kept(on("1"), on("1")), &workers);

@@ -772,6 +772,39 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         let outputs = localml_cli::client::outputs(&response).expect("outputs");
         assert_tensors_match("catalog model", &ex.outputs, &outputs);
     }
+    // The memory a worker measured when it loaded the version is kept in the catalog,
+    // for placement.
+    let measured = wait_until(SOON, || async {
+        let (_, out, _) = cli(&scheduler, &["models", "show", "image_classifier"]);
+        out.contains("memory: ") && out.contains("(measured on c")
+    })
+    .await;
+    let (_, shown, _) = cli(&scheduler, &["models", "show", "image_classifier"]);
+    assert!(measured, "{shown}");
+    let record = catalog(&scheduler)
+        .await
+        .get_catalog_model(CatalogModelRef {
+            name: "image_classifier".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("catalog record")
+        .into_inner();
+    let reported: Vec<u64> = scheduler
+        .workers()
+        .await
+        .iter()
+        .filter_map(|w| w.status.as_ref())
+        .flat_map(|s| s.models.iter())
+        .filter(|m| m.name == "image_classifier")
+        .map(|m| m.memory_bytes)
+        .collect();
+    assert!(
+        record.measured_bytes > 0 && reported.iter().any(|r| *r == record.measured_bytes),
+        "kept {} of {reported:?}",
+        record.measured_bytes
+    );
+
     // Each worker's cached file is the pushed file, byte for byte.
     let original = std::fs::read(image.join("1/model.onnx")).expect("model");
     let hash = localml_trust::sha256_hex(&original);

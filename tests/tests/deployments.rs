@@ -228,26 +228,33 @@ async fn loaded_versions(scheduler: &Scheduler, name: &str, model: &str) -> Vec<
 }
 
 /// Waits until both workers serve exactly `version` of text_classifier and the
-/// deployment says nothing is rolling.
-async fn wait_rolled(scheduler: &Scheduler, version: &str) {
-    let done = wait_until(SOON, || async {
+/// deployment says nothing is rolling; returns whether a worker was seen meanwhile
+/// holding two versions at once (the new one loaded beside the old).
+async fn wait_rolled(scheduler: &Scheduler, version: &str) -> bool {
+    let deadline = std::time::Instant::now() + SOON;
+    let mut both_seen = false;
+    loop {
         let mut on = true;
         for w in ["a", "b"] {
-            on &= loaded_versions(scheduler, w, "text_classifier").await == [version];
+            let held = loaded_versions(scheduler, w, "text_classifier").await;
+            both_seen |= held.len() == 2;
+            on &= held == [version];
         }
         let list = deployments(scheduler).await;
-        on && list
+        let settled = list
             .iter()
-            .any(|d| d.name == "texts" && d.ready_replicas == 2 && d.message.is_empty())
-    })
-    .await;
-    let list = deployments(scheduler).await;
-    assert!(
-        done,
-        "not rolled to v{version}: a {:?}, b {:?}, {list:?}",
-        loaded_versions(scheduler, "a", "text_classifier").await,
-        loaded_versions(scheduler, "b", "text_classifier").await,
-    );
+            .any(|d| d.name == "texts" && d.ready_replicas == 2 && d.message.is_empty());
+        if on && settled {
+            return both_seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not rolled to v{version}: a {:?}, b {:?}, {list:?}",
+            loaded_versions(scheduler, "a", "text_classifier").await,
+            loaded_versions(scheduler, "b", "text_classifier").await,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,7 +323,10 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
         ),
         ("text_classifier", "1")
     );
-    wait_rolled(&scheduler, "2").await;
+    assert!(
+        wait_rolled(&scheduler, "2").await,
+        "no worker held v1 and v2 at once"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Roll back with the CLI: to v1 the same way.
@@ -341,7 +351,10 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_rolled(&scheduler, "1").await;
+    assert!(
+        wait_rolled(&scheduler, "1").await,
+        "no worker held v2 and v1 at once"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Scaling down: the worker that unloads may still be sent requests until its next
@@ -414,6 +427,17 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
         .await
         .expect_err("no such deployment");
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // A change to a version no worker has is refused: it would unload every replica.
+    let status = apply(&scheduler, texts("9"))
+        .await
+        .expect_err("no version 9");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("no worker can load text_classifier:9"),
+        "{status:?}"
+    );
     // Both rolling limits 0: refused, naming them.
     let status = apply(
         &scheduler,

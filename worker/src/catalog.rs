@@ -39,6 +39,9 @@ pub enum FetchError {
     },
     #[error("the catalog entry is unusable: {0}")]
     Entry(String),
+    /// The scheduler has no ONNX Runtime build of the flavor asked for.
+    #[error("{0}")]
+    NoBuild(String),
     #[error("the model cache {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -531,12 +534,18 @@ impl ModelCache {
         tls: &ClientTlsConfig,
         flavor: crate::runtime::Flavor,
     ) -> Result<PathBuf, FetchError> {
-        let build = client
+        let build = match client
             .get_runtime(GetRuntimeRequest {
                 flavor: flavor.name().into(),
             })
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(b) => b.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(FetchError::NoBuild(s.message().to_string()))
+            }
+            Err(s) => return Err(s.into()),
+        };
         check_runtime(&build)?;
         let total: u64 = build.files.iter().map(|f| f.size).sum();
         tracing::info!(flavor = flavor.name(), version = %build.version, files = build.files.len(), bytes = total, "fetching ONNX Runtime from the scheduler");
@@ -544,8 +553,17 @@ impl ModelCache {
         tokio::fs::create_dir_all(&blobs)
             .await
             .map_err(io(&blobs))?;
+        // Linked into a staging directory renamed into place once whole, so an interrupted
+        // fetch never leaves a build that looks installed.
         let dir = self.root.join(flavor.package()).join(&build.version);
-        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let staging = self
+            .root
+            .join(flavor.package())
+            .join(format!(".{}.partial", build.version));
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        tokio::fs::create_dir_all(&staging)
+            .await
+            .map_err(io(&staging))?;
         for file in &build.files {
             let blob = self.blob(&file.sha256);
             let whole = tokio::fs::try_exists(&blob).await.unwrap_or(false)
@@ -555,12 +573,13 @@ impl ModelCache {
                 self.download(client, &[], tls, &file.path, &file.sha256, file.size)
                     .await?;
             }
-            let target = dir.join(&file.path);
-            let _ = tokio::fs::remove_file(&target).await;
+            let target = staging.join(&file.path);
             tokio::fs::hard_link(&blob, &target)
                 .await
                 .map_err(io(&target))?;
         }
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::rename(&staging, &dir).await.map_err(io(&dir))?;
         let library = dir.join(format!("libonnxruntime.so.{}", build.version));
         tracing::info!(library = %library.display(), "ONNX Runtime fetched from the scheduler and checked (sha256)");
         Ok(library)

@@ -277,11 +277,14 @@ async fn fetch_runtime(
         credentials::obtain(&config.data_dir, token.as_ref(), &addresses, &status).await?;
     let tls = credentials.cluster_tls();
     let cache = catalog::ModelCache::new(root.to_path_buf()).with_rate(config.fetch_rate);
-    let flavors: &[Flavor] = if Path::new("/proc/driver/nvidia/version").exists() {
-        &[Flavor::Gpu, Flavor::Cpu]
-    } else {
-        &[Flavor::Cpu]
-    };
+    // The GPU build needs NVIDIA's driver and the CUDA runtime on the PC (its CUDA
+    // libraries do not travel with it).
+    let flavors: &[Flavor] =
+        if Path::new("/proc/driver/nvidia/version").exists() && runtime::cuda_runtime_present() {
+            &[Flavor::Gpu, Flavor::Cpu]
+        } else {
+            &[Flavor::Cpu]
+        };
     let mut last = String::from("no scheduler address");
     for round in 0..3 {
         if round > 0 {
@@ -297,8 +300,7 @@ async fn fetch_runtime(
                 match cache.fetch_runtime(&mut client, &tls, *flavor).await {
                     Ok(library) => return Ok(library),
                     Err(e) => {
-                        let missing = matches!(&e, catalog::FetchError::Scheduler { code, .. } if *code == tonic::Code::NotFound);
-                        none_anywhere &= missing;
+                        none_anywhere &= matches!(e, catalog::FetchError::NoBuild(_));
                         tracing::warn!(scheduler = %address, flavor = flavor.name(), error = %e, "cannot fetch ONNX Runtime");
                         last = e.to_string();
                     }
@@ -337,13 +339,7 @@ pub async fn run(
     // Awaited in two places: while fetching ONNX Runtime, and while serving.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let fetched = config.data_dir.join("runtime");
-    // `auto` (for the systemd unit's environment file, which needs a value): the lookup
-    // order, as if not given.
-    let flag = config
-        .onnxruntime
-        .as_deref()
-        .filter(|p| *p != Path::new("auto"));
-    let (library, source) = match runtime::locate(flag, Some(&fetched)) {
+    let (library, source) = match runtime::locate(config.onnxruntime.as_deref(), Some(&fetched)) {
         Err(runtime::RuntimeError::NotFound) => {
             tracing::info!("no ONNX Runtime library on this PC; fetching the scheduler's");
             tokio::select! {
@@ -358,7 +354,23 @@ pub async fn run(
     };
     tracing::info!(library = %library.display(), ?source, "loading ONNX Runtime");
     let threading = config.threading();
-    let env = runtime::init(&library, NAME, &threading)?;
+    let env = match runtime::init(&library, NAME, &threading) {
+        Ok(env) => env,
+        Err(e) => {
+            // A fetched build that does not load (a wrong one was pushed) goes, so the
+            // next start fetches the catalog's build again.
+            if matches!(
+                source,
+                runtime::Source::Fetched | runtime::Source::Scheduler
+            ) {
+                if let Some(dir) = library.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                    tracing::warn!(dir = %dir.display(), "the ONNX Runtime build fetched from the scheduler does not load; removed it: the next start fetches the catalog's build again");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         intra_op_threads = threading.intra_op,
         inter_op_threads = threading.inter_op,

@@ -160,7 +160,8 @@ pub fn locate(
     flag: Option<&Path>,
     fetched: Option<&Path>,
 ) -> Result<(PathBuf, Source), RuntimeError> {
-    if let Some(path) = flag {
+    // `auto` (for a systemd environment file, which needs a value): the lookup order.
+    if let Some(path) = flag.filter(|p| *p != Path::new("auto")) {
         return existing(path.to_path_buf(), "--onnxruntime").map(|p| (p, Source::Flag));
     }
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -187,6 +188,18 @@ fn existing(path: PathBuf, origin: &'static str) -> Result<PathBuf, RuntimeError
 
 /// Looks for `libonnxruntime.so*` in `LD_LIBRARY_PATH` and the usual system directories.
 fn system_library() -> Option<PathBuf> {
+    find_library("libonnxruntime.so")
+}
+
+/// Whether the CUDA runtime library (`libcudart.so*`) is on the library path, as the GPU
+/// build needs.
+pub fn cuda_runtime_present() -> bool {
+    find_library("libcudart.so").is_some()
+}
+
+/// `<name>` or the highest `<name>.<version>` in `LD_LIBRARY_PATH`, the usual system
+/// directories and CUDA's.
+fn find_library(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
@@ -196,12 +209,14 @@ fn system_library() -> Option<PathBuf> {
             "/usr/lib",
             "/usr/lib/x86_64-linux-gnu",
             "/usr/lib/aarch64-linux-gnu",
+            "/usr/local/cuda/lib64",
         ]
         .iter()
         .map(PathBuf::from),
     );
+    let versioned_prefix = format!("{name}.");
     dirs.into_iter().find_map(|dir| {
-        let exact = dir.join("libonnxruntime.so");
+        let exact = dir.join(name);
         if exact.is_file() {
             return Some(exact);
         }
@@ -211,7 +226,7 @@ fn system_library() -> Option<PathBuf> {
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                    .is_some_and(|n| n.starts_with(&versioned_prefix))
             })
             .collect();
         versioned.sort();

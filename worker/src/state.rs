@@ -408,6 +408,7 @@ impl Worker {
                     name: s.name.clone(),
                     version: s.version.to_string(),
                     file_bytes: std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0),
+                    measured_bytes: 0,
                 })
                 .collect(),
             on_demand: self.config.load == LoadMode::OnDemand,

@@ -574,6 +574,63 @@ impl Catalog {
     }
 }
 
+/// Keeps in each catalog version the largest resident memory a Ready worker measured
+/// when it loaded it (`LoadedModel.memory_bytes`); a record is rewritten only when a
+/// measurement exceeds the kept one by more than a tenth. Run by the leader.
+pub async fn record_footprints(
+    store: &dyn Store,
+    workers: &[localml_proto::localml::v1::WorkerInfo],
+) -> Result<(), StoreError> {
+    let measured: Vec<(&str, &str, u64, &str)> = workers
+        .iter()
+        .filter(|w| w.state == localml_proto::localml::v1::WorkerState::Ready as i32)
+        .filter_map(|w| w.status.as_ref())
+        .flat_map(|s| {
+            s.models
+                .iter()
+                .filter(|m| m.memory_bytes > 0)
+                .map(move |m| {
+                    (
+                        m.name.as_str(),
+                        m.version.as_str(),
+                        m.memory_bytes,
+                        s.name.as_str(),
+                    )
+                })
+        })
+        .collect();
+    if measured.is_empty() {
+        return Ok(());
+    }
+    let (kvs, _) = store.list(CATALOG).await?;
+    for kv in kvs {
+        let Ok(mut record) = CatalogModel::decode(kv.value.as_slice()) else {
+            continue;
+        };
+        let largest = measured
+            .iter()
+            .filter(|(name, version, _, _)| *name == record.name && *version == record.version)
+            .max_by_key(|(_, _, bytes, _)| *bytes);
+        let Some((_, _, bytes, worker)) = largest else {
+            continue;
+        };
+        let kept = record.measured_bytes;
+        if *bytes <= kept.saturating_add(kept / 10) {
+            continue;
+        }
+        record.measured_bytes = *bytes;
+        record.measured_on = worker.to_string();
+        let txn = Txn::new()
+            .when(&kv.key, kv.mod_revision)
+            .put(&kv.key, record.encode_to_vec(), 0);
+        // Another writer changed the record meanwhile: the next pass measures again.
+        if store.commit(txn).await?.is_some() {
+            tracing::info!(model = %record.name, version = %record.version, bytes = *bytes, worker = %worker, "measured footprint kept in the catalog");
+        }
+    }
+    Ok(())
+}
+
 fn display(name: &str, version: &str) -> String {
     if version.is_empty() {
         name.to_string()

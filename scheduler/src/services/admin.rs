@@ -30,6 +30,9 @@ pub enum AdminError {
     /// A rollback of a deployment whose model and version never changed.
     #[error("deployment '{0}' has no earlier model or version to roll back to")]
     NothingToRollBack(String),
+    /// A change of a deployment to a model version no worker can load.
+    #[error("no worker can load {0} (not in a Ready on-demand worker's repository, nor in the catalog for workers that fetch): the change would unload every replica and load nothing; push it first")]
+    NowhereToRoll(String),
     /// The cluster state could not be read or written.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -43,7 +46,9 @@ impl From<AdminError> for Status {
                 Status::not_found(message)
             }
             AdminError::InvalidDeployment(_) => Status::invalid_argument(message),
-            AdminError::NothingToRollBack(_) => Status::failed_precondition(message),
+            AdminError::NothingToRollBack(_) | AdminError::NowhereToRoll(_) => {
+                Status::failed_precondition(message)
+            }
             AdminError::Store(_) => Status::unavailable(message),
         }
     }
@@ -73,9 +78,47 @@ impl AdminService {
         Ok(())
     }
 
+    /// A change of an existing deployment's model or version must name one a worker can
+    /// load: otherwise every replica would unload it and none load the new one.
+    async fn check_target(&self, target: &Deployment) -> Result<(), AdminError> {
+        let Some(kv) = self
+            .store
+            .get(&format!("{DEPLOYMENTS}{}", target.name))
+            .await?
+        else {
+            return Ok(());
+        };
+        let Ok(old) = <Deployment as prost::Message>::decode(kv.value.as_slice()) else {
+            return Ok(());
+        };
+        if (&old.model, &old.version) == (&target.model, &target.version) {
+            return Ok(());
+        }
+        let workers = self.workers.list(Instant::now());
+        let workers = deployments::with_catalog(self.store.as_ref(), workers).await?;
+        let loadable = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready as i32)
+            .filter_map(|w| w.status.as_ref())
+            .filter(|s| s.on_demand)
+            .flat_map(|s| &s.available)
+            .any(|a| {
+                a.name == target.model && (target.version.is_empty() || a.version == target.version)
+            });
+        if loadable {
+            return Ok(());
+        }
+        Err(AdminError::NowhereToRoll(if target.version.is_empty() {
+            target.model.clone()
+        } else {
+            format!("{}:{}", target.model, target.version)
+        }))
+    }
+
     async fn apply_deployment(&self, d: Deployment) -> Result<Deployment, AdminError> {
         let d = deployments::spec(&d);
         deployments::validate(&d)?;
+        self.check_target(&d).await?;
         let d = deployments::store_spec(self.store.as_ref(), &d.name, |_| {
             Ok::<_, AdminError>(d.clone())
         })
@@ -85,6 +128,14 @@ impl AdminService {
     }
 
     async fn rollback_deployment(&self, name: String) -> Result<Deployment, AdminError> {
+        let stored = self
+            .store
+            .get(&format!("{DEPLOYMENTS}{name}"))
+            .await?
+            .and_then(|kv| <Deployment as prost::Message>::decode(kv.value.as_slice()).ok());
+        if let Some(back) = stored.as_ref().and_then(deployments::rollback) {
+            self.check_target(&back).await?;
+        }
         let d = deployments::store_spec(self.store.as_ref(), &name, |old| {
             let old = old.ok_or_else(|| AdminError::NoDeployment(name.clone()))?;
             deployments::rollback(old).ok_or_else(|| AdminError::NothingToRollBack(name.clone()))
