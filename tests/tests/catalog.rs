@@ -800,7 +800,7 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         .map(|m| m.memory_bytes)
         .collect();
     assert!(
-        record.measured_bytes > 0 && reported.iter().any(|r| *r == record.measured_bytes),
+        record.measured_bytes > 0 && reported.contains(&record.measured_bytes),
         "kept {} of {reported:?}",
         record.measured_bytes
     );
