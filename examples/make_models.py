@@ -33,6 +33,14 @@ Model repository (Triton layout, ``examples/models/<name>/<version>/model.onnx``
   ``in_<t>`` -> outputs ``out_<t>``, each [batch,4], for t in bool, uint8,
   uint16, uint32, uint64, int8, int16, int32, int64, fp16, fp32, fp64, string.
 
+Catalog variant (``examples/variants/<name>/<version>/<variant>/model.onnx``,
+pushed with ``localml models push --variant``, not a repository of its own):
+
+* ``text_classifier`` version 2, ``int8`` -- onnxruntime's dynamic
+  quantization (``quantize_dynamic``, QInt8 weights) of version 2: the same
+  inputs and outputs, a quarter of the embedding table's bytes.  Its outputs
+  for the same inputs are in ``examples/variants/text_classifier.v2.int8.json``.
+
 Expected outputs (``examples/expected/<model>.json``, and
 ``text_classifier.v1.json`` / ``text_classifier.v2.json``) hold fixed,
 seeded inputs with batch size 2 and the outputs computed by onnxruntime's
@@ -70,6 +78,7 @@ BATCH = 2  # batch size of the expected-output examples
 EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 MODELS_DIR = os.path.join(EXAMPLES, "models")
 EXPECTED_DIR = os.path.join(EXAMPLES, "expected")
+VARIANTS_DIR = os.path.join(EXAMPLES, "variants")
 SIZE_LIMIT = 2 * 1024 * 1024
 
 IMAGE_CONFIG = """\
@@ -379,7 +388,7 @@ def from_json_tensor(t):
     return arr.reshape(t["shape"])
 
 
-def write_expected(filename, model, version, inputs, outputs):
+def write_expected(filename, model, version, inputs, outputs, directory=EXPECTED_DIR):
     doc = {
         "model": model,
         "version": str(version),
@@ -393,8 +402,8 @@ def write_expected(filename, model, version, inputs, outputs):
         ' "inputs": [\n  ' + ",\n  ".join(dump(t) for t in doc["inputs"]) + "],",
         ' "outputs": [\n  ' + ",\n  ".join(dump(t) for t in doc["outputs"]) + "]}",
     ]
-    path = os.path.join(EXPECTED_DIR, filename)
-    os.makedirs(EXPECTED_DIR, exist_ok=True)
+    path = os.path.join(directory, filename)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(lines) + "\n")
     assert json.loads(open(path, encoding="utf-8").read()) == doc
@@ -404,6 +413,18 @@ def write_expected(filename, model, version, inputs, outputs):
 # --------------------------------------------------------------------------
 # Running with onnxruntime
 # --------------------------------------------------------------------------
+
+def make_int8_variant(src, name, version):
+    """The int8 variant of a model: onnxruntime's dynamic quantization (weights stored
+    as int8, activations quantized at run time), with the same inputs and outputs."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out_dir = os.path.join(VARIANTS_DIR, name, str(version), "int8")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "model.onnx")
+    quantize_dynamic(src, out, weight_type=QuantType.QInt8)
+    return out
+
 
 def session(path):
     so = ort.SessionOptions()
@@ -478,8 +499,23 @@ def main():
         written.append((name, version, path,
                         write_expected(expected, name, version, inputs, outputs)))
 
-    # ---- self-check ---------------------------------------------------------
+    # ---- the int8 variant of text_classifier v2 ------------------------------
     failures = []
+    fp32_path = next(p for (n, v, p, _) in written if n == "text_classifier" and v == 2)
+    int8_path = make_int8_variant(fp32_path, "text_classifier", 2)
+    int8_out = run(int8_path, text_inputs())
+    write_expected("text_classifier.v2.int8.json", "text_classifier", 2,
+                   text_inputs(), int8_out, directory=VARIANTS_DIR)
+    fp32_out = run(fp32_path, text_inputs())
+    same_io = [(i.name, i.type) for i in session(int8_path).get_inputs()] == \
+        [(i.name, i.type) for i in session(fp32_path).get_inputs()]
+    diff = float(np.max(np.abs(int8_out["logits"] - fp32_out["logits"])))
+    print(f"text_classifier v2 int8: {os.path.getsize(int8_path)} bytes "
+          f"(fp32 {os.path.getsize(fp32_path)}), max |int8 - fp32| logit {diff:.4f}")
+    if not same_io or diff > 0.1:
+        failures.append(f"int8 variant: same inputs {same_io}, max logit difference {diff}")
+
+    # ---- self-check ---------------------------------------------------------
     print("Self-check (onnxruntime %s, CPUExecutionProvider)" % ort.__version__)
     for (name, version, path, json_path), entry in zip(written, entries):
         ref_fn, weights = entry[5], entry[6]

@@ -135,6 +135,7 @@ pub async fn push(
     path: &Path,
     name: Option<&str>,
     version: Option<u64>,
+    variant: &str,
 ) -> anyhow::Result<Pushed> {
     let local = local_model(path, name)?;
     let mut catalog = connect(server).await?;
@@ -143,6 +144,7 @@ pub async fn push(
         .put_model(CatalogModel {
             name: local.name.clone(),
             version: version.map(|v| v.to_string()).unwrap_or_default(),
+            variant: variant.to_string(),
             files: sent.files,
             config_yaml: local.config_yaml,
             ..Default::default()
@@ -335,9 +337,13 @@ pub fn table(models: &[CatalogModel]) -> String {
         .iter()
         .map(|m| {
             let size: u64 = m.files.iter().map(|f| f.size).sum();
+            let variants: Vec<String> = std::iter::once("fp32".to_string())
+                .chain(m.variants.iter().map(|v| v.name.clone()))
+                .collect();
             vec![
                 m.name.clone(),
                 m.version.clone(),
+                variants.join(","),
                 m.files.len().to_string(),
                 human_bytes(size),
                 tensors(&m.inputs),
@@ -346,7 +352,9 @@ pub fn table(models: &[CatalogModel]) -> String {
         })
         .collect();
     crate::table::render(
-        &["MODEL", "VERSION", "FILES", "SIZE", "INPUTS", "OUTPUTS"],
+        &[
+            "MODEL", "VERSION", "VARIANTS", "FILES", "SIZE", "INPUTS", "OUTPUTS",
+        ],
         &rows,
     )
 }
@@ -377,6 +385,24 @@ pub fn show(m: &CatalogModel) -> String {
             "memory:  {} (measured on {})\n",
             human_bytes(m.measured_bytes),
             m.measured_on
+        ));
+    }
+    for v in &m.variants {
+        let size: u64 = v.files.iter().map(|f| f.size).sum();
+        let measured = if v.measured_bytes > 0 {
+            format!(
+                ", memory {} (measured on {})",
+                human_bytes(v.measured_bytes),
+                v.measured_on
+            )
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "variant: {} {} file(s), {}{measured}\n",
+            v.name,
+            v.files.len(),
+            human_bytes(size)
         ));
     }
     for f in &m.files {

@@ -264,9 +264,15 @@ enum ModelsCommand {
         /// Model name [default: the directory's name, or the file's without .onnx].
         #[arg(long)]
         name: Option<String>,
-        /// Version number [default: one more than the catalog's highest].
+        /// Version number [default: one more than the catalog's highest; with
+        /// --variant fp16|int8, the highest].
         #[arg(long)]
         version: Option<u64>,
+        /// fp32 (the version's own files), or fp16/int8: a variant of an existing version
+        /// (same inputs and outputs) that placement picks where it suits the worker
+        /// better (fp16 on a GPU, int8 where RAM is short).
+        #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "int8"])]
+        variant: String,
     },
     /// List the catalog's model versions.
     List,
@@ -834,14 +840,24 @@ async fn models(command: ModelsCommand, server: &str) -> anyhow::Result<()> {
             path,
             name,
             version,
+            variant,
         } => {
-            let pushed = catalog::push(server, &path, name.as_deref(), version).await?;
+            let pushed = catalog::push(server, &path, name.as_deref(), version, &variant).await?;
             let m = &pushed.model;
+            let files = match m.variants.iter().find(|v| v.name == variant) {
+                Some(v) => v.files.len(),
+                None => m.files.len(),
+            };
+            let what = if variant == "fp32" {
+                String::new()
+            } else {
+                format!(" ({variant} variant)")
+            };
             println!(
-                "pushed {} version {}: {} file(s), {} bytes; sent {} bytes ({} file(s) already on the scheduler)",
+                "pushed {} version {}{what}: {} file(s), {} bytes; sent {} bytes ({} file(s) already on the scheduler)",
                 m.name,
                 m.version,
-                m.files.len(),
+                files,
                 pushed.total_bytes,
                 pushed.sent_bytes,
                 pushed.already_there
@@ -861,7 +877,11 @@ async fn models(command: ModelsCommand, server: &str) -> anyhow::Result<()> {
             let (name, version) = catalog::parse_ref(&model);
             let m = catalog::connect(server)
                 .await?
-                .get_catalog_model(CatalogModelRef { name, version })
+                .get_catalog_model(CatalogModelRef {
+                    name,
+                    version,
+                    variant: String::new(),
+                })
                 .await
                 .map_err(failed)?
                 .into_inner();

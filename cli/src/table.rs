@@ -175,7 +175,15 @@ pub fn models(list: &[ModelInfo]) -> String {
                 if m.ready_workers.is_empty() {
                     "-".into()
                 } else {
-                    m.ready_workers.join(",")
+                    m.ready_workers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| match m.ready_variants.get(i).map(String::as_str) {
+                            Some("") | None => w.clone(),
+                            Some(variant) => format!("{w} ({variant})"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
                 },
                 fmt(&sig.inputs),
                 fmt(&sig.outputs),

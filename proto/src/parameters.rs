@@ -15,6 +15,9 @@ pub const POWER_PARAMETER: &str = "localml.power";
 pub const MIN_BATTERY_PARAMETER: &str = "localml.min_battery";
 /// Response parameter naming the worker that served a request (set by workers).
 pub const WORKER_PARAMETER: &str = "localml.worker";
+/// Response parameter naming the catalog variant that served a request (fp32, fp16,
+/// int8; set by workers for catalog models).
+pub const VARIANT_PARAMETER: &str = "localml.variant";
 
 /// The worker that served `response`, when it says.
 pub fn served_by(response: &ModelInferResponse) -> Option<String> {

@@ -171,6 +171,7 @@ fn refs(a: &Assignment) -> impl Iterator<Item = ModelRef> + '_ {
     std::iter::once(ModelRef {
         name: a.name.clone(),
         version: a.version.clone(),
+        variant: a.variant.clone(),
     })
     .chain(a.keep.clone())
 }
@@ -232,6 +233,7 @@ impl Assignments {
             .map(|m| ModelRef {
                 name: m.name.clone(),
                 version: m.version.clone(),
+                variant: m.variant.clone(),
             })
             .collect();
         (load, unload)
@@ -345,6 +347,15 @@ pub async fn with_catalog(
         .map(|m| AvailableModel {
             file_bytes: m.files.iter().map(|f| f.size).sum(),
             measured_bytes: m.measured_bytes,
+            variants: m
+                .variants
+                .iter()
+                .map(|v| localml_proto::localml::v1::AvailableVariant {
+                    name: v.name.clone(),
+                    file_bytes: v.files.iter().map(|f| f.size).sum(),
+                    measured_bytes: v.measured_bytes,
+                })
+                .collect(),
             name: m.name,
             version: m.version,
         })
@@ -371,19 +382,73 @@ pub async fn with_catalog(
 /// loaded the version (kept in the catalog), else an estimate from its files (ONNX
 /// Runtime holds the weights and its working memory: 1.5 times the files); None when the
 /// worker does not report it.
+/// With variants, the footprint of the one [`choose_variant`] picks, or of the smallest
+/// when none fits.
 pub fn footprint(d: &Deployment, worker: &WorkerInfo) -> Option<u64> {
-    available(d, worker).map(|a| match a.measured_bytes {
-        0 => a.file_bytes.saturating_add(a.file_bytes / 2),
-        measured => measured,
-    })
+    placement(d, worker).map(|(_, need, _)| need)
 }
 
 /// How [`footprint`] was found, for messages.
 fn footprint_basis(d: &Deployment, worker: &WorkerInfo) -> &'static str {
-    match available(d, worker).map(|a| a.measured_bytes) {
-        Some(measured) if measured > 0 => "as measured when a worker loaded it",
-        _ => "1.5 times its files",
+    placement(d, worker).map_or("1.5 times its files", |(_, _, basis)| basis)
+}
+
+/// RAM for a version's files: measured when a worker loaded them, else 1.5 times them.
+fn need(file_bytes: u64, measured_bytes: u64) -> (u64, &'static str) {
+    match measured_bytes {
+        0 => (
+            file_bytes.saturating_add(file_bytes / 2),
+            "1.5 times its files",
+        ),
+        measured => (measured, "as measured when a worker loaded it"),
     }
+}
+
+/// The variants of `d`'s model for `worker`, in the order it prefers them, with what
+/// each needs: on a worker with a GPU the fp16 variant first; then the version's own
+/// files (fp32, variant ""); then int8 (for a worker short of RAM); fp16 last on CPU.
+fn variants(d: &Deployment, worker: &WorkerInfo) -> Vec<(String, u64, &'static str)> {
+    let Some(a) = available(d, worker) else {
+        return Vec::new();
+    };
+    let (own, basis) = need(a.file_bytes, a.measured_bytes);
+    let mut out = vec![(String::new(), own, basis)];
+    for v in &a.variants {
+        let (n, basis) = need(v.file_bytes, v.measured_bytes);
+        out.push((v.name.clone(), n, basis));
+    }
+    let gpu = worker
+        .status
+        .as_ref()
+        .is_some_and(|s| has_provider(s, "gpu"));
+    let rank = |name: &str| match (name, gpu) {
+        ("fp16", true) => 0,
+        ("", _) => 1,
+        ("int8", _) => 2,
+        _ => 3,
+    };
+    out.sort_by_key(|(name, _, _)| rank(name));
+    out
+}
+
+/// The variant [`choose_variant`] takes on `worker` and its need; without one that fits,
+/// the smallest.
+fn placement(d: &Deployment, worker: &WorkerInfo) -> Option<(String, u64, &'static str)> {
+    let free = worker.status.as_ref().map_or(0, |s| s.ram_free_bytes);
+    let options = variants(d, worker);
+    options
+        .iter()
+        .find(|(_, need, _)| *need <= free)
+        .or_else(|| options.iter().min_by_key(|(_, need, _)| *need))
+        .cloned()
+}
+
+/// The catalog variant of `d`'s model to place on `worker` ("" for the version's own
+/// files): the first of [`variants`]' order that fits its free RAM.
+pub fn choose_variant(d: &Deployment, worker: &WorkerInfo) -> String {
+    placement(d, worker)
+        .map(|(name, _, _)| name)
+        .unwrap_or_default()
 }
 
 /// The version of `d`'s model `worker` would load.
@@ -425,6 +490,22 @@ pub fn fits(d: &Deployment, worker: &WorkerInfo) -> bool {
     footprint(d, worker).is_none_or(|need| need <= free)
 }
 
+/// `a` with the variant chosen for worker `name` (see [`choose_variant`]).
+fn with_variant(
+    d: &Deployment,
+    workers: &[WorkerInfo],
+    name: &str,
+    mut a: Assignment,
+) -> Assignment {
+    if let Some(w) = workers
+        .iter()
+        .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
+    {
+        a.variant = choose_variant(d, w);
+    }
+    a
+}
+
 /// Whether `worker` serves `d` now (Ready with the model loaded).
 pub fn serving(d: &Deployment, worker: &WorkerInfo) -> bool {
     serves(worker, &d.model, &d.version)
@@ -446,6 +527,7 @@ fn wanted(d: &Deployment) -> Assignment {
         name: d.model.clone(),
         version: d.version.clone(),
         keep: None,
+        variant: String::new(),
     }
 }
 
@@ -573,9 +655,15 @@ impl Controller {
             let current = assigned.get(&d.name).cloned().unwrap_or_default();
             let (add, remove) = plan(d, &names(&current), &workers);
             // What this pass assigns is promised too, for the deployments planned after.
-            for name in &add {
-                reserve(&mut workers, d, name, |_, _| true);
-            }
+            // Each new replica's variant is chosen before its RAM is promised.
+            let added: Vec<(String, Assignment)> = add
+                .iter()
+                .map(|w| {
+                    let a = with_variant(d, &workers, w, wanted(d));
+                    reserve(&mut workers, d, w, |_, _| true);
+                    (w.clone(), a)
+                })
+                .collect();
             for w in &remove {
                 tracing::info!(deployment = %d.name, worker = %w, "unassigning");
                 txn = txn.delete(&assignment_key(w, &d.name));
@@ -587,6 +675,7 @@ impl Controller {
                 .collect();
             let step = roll(d, &kept, &workers);
             for (w, a) in step.writes {
+                let a = with_variant(d, &workers, &w, a);
                 match &a.keep {
                     Some(keep) => {
                         tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, keeps = %keep.version, "rolling: loading the new version beside the old");
@@ -599,9 +688,9 @@ impl Controller {
                 txn = txn.put(&assignment_key(&w, &d.name), a.encode_to_vec(), 0);
                 changes += 1;
             }
-            for w in &add {
-                tracing::info!(deployment = %d.name, worker = %w, model = %d.model, "assigning");
-                txn = txn.put(&assignment_key(w, &d.name), wanted(d).encode_to_vec(), 0);
+            for (w, a) in added {
+                tracing::info!(deployment = %d.name, worker = %w, model = %d.model, variant = %a.variant, "assigning");
+                txn = txn.put(&assignment_key(&w, &d.name), a.encode_to_vec(), 0);
                 changes += 1;
             }
         }
@@ -787,6 +876,7 @@ mod tests {
                         version: "1".into(),
                         file_bytes: 10,
                         measured_bytes: 0,
+                        variants: Vec::new(),
                     }]
                 } else {
                     Vec::new()
@@ -1002,6 +1092,56 @@ mod tests {
     }
 
     #[test]
+    fn variants_go_where_they_suit_fp16_on_a_gpu_int8_where_ram_is_short() {
+        let d = deployment(1);
+        let with_variants = |free: u64, gpu: bool| {
+            let mut w = worker("a", 0, true, true);
+            if let Some(s) = w.status.as_mut() {
+                s.ram_free_bytes = free;
+                s.available[0].file_bytes = 1000; // needs 1500
+                s.available[0].variants = vec![
+                    localml_proto::localml::v1::AvailableVariant {
+                        name: "int8".into(),
+                        file_bytes: 300, // needs 450
+                        measured_bytes: 0,
+                    },
+                    localml_proto::localml::v1::AvailableVariant {
+                        name: "fp16".into(),
+                        file_bytes: 500, // needs 750
+                        measured_bytes: 0,
+                    },
+                ];
+                if gpu {
+                    s.execution_providers = vec![
+                        "CUDAExecutionProvider".into(),
+                        "CPUExecutionProvider".into(),
+                    ];
+                }
+            }
+            w
+        };
+        assert_eq!(choose_variant(&d, &with_variants(10_000, false)), "");
+        assert_eq!(choose_variant(&d, &with_variants(10_000, true)), "fp16");
+        assert_eq!(
+            choose_variant(&d, &with_variants(1000, false)),
+            "int8",
+            "fp32 needs 1500"
+        );
+        assert_eq!(
+            choose_variant(&d, &with_variants(600, true)),
+            "int8",
+            "fp16 needs 750"
+        );
+        // What is promised is the chosen variant's need.
+        assert_eq!(footprint(&d, &with_variants(1000, false)), Some(450));
+        assert!(fits(&d, &with_variants(450, false)));
+        // Nothing fits: Pending names the smallest need.
+        let tight = with_variants(100, false);
+        assert!(!fits(&d, &tight));
+        assert_eq!(footprint(&d, &tight), Some(450));
+    }
+
+    #[test]
     fn ram_promised_to_one_deployment_is_not_offered_to_the_next() {
         let mut first = deployment(1);
         first.model = "m".into();
@@ -1032,6 +1172,7 @@ mod tests {
                 version: "2".into(),
                 file_bytes: 10,
                 measured_bytes: 0,
+                variants: Vec::new(),
             });
             s.models = versions
                 .iter()
@@ -1059,6 +1200,7 @@ mod tests {
             name: "m".into(),
             version: version.into(),
             keep: None,
+            variant: String::new(),
         }
     }
 
@@ -1067,6 +1209,7 @@ mod tests {
             keep: Some(ModelRef {
                 name: "m".into(),
                 version: from.into(),
+                variant: String::new(),
             }),
             ..on("2")
         }
@@ -1123,6 +1266,7 @@ mod tests {
                     version: "3".into(),
                     file_bytes: 10,
                     measured_bytes: 0,
+                    variants: Vec::new(),
                 });
             }
         }
@@ -1241,7 +1385,8 @@ mod tests {
             (
                 vec![ModelRef {
                     name: "m".into(),
-                    version: "2".into()
+                    version: "2".into(),
+                    variant: String::new(),
                 }],
                 vec![]
             )

@@ -865,19 +865,19 @@ pub fn expected_examples() -> Vec<Expected> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    files
-        .into_iter()
-        .map(|path| {
-            let json: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
-            Expected {
-                model: json["model"].as_str().expect("model").to_string(),
-                version: json["version"].as_str().expect("version").to_string(),
-                inputs: tensors(&json["inputs"]),
-                outputs: tensors(&json["outputs"]),
-            }
-        })
-        .collect()
+    files.iter().map(|path| expected_file(path)).collect()
+}
+
+/// One file of expected outputs (examples/expected's schema).
+pub fn expected_file(path: &Path) -> Expected {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
+    Expected {
+        model: json["model"].as_str().expect("model").to_string(),
+        version: json["version"].as_str().expect("version").to_string(),
+        inputs: tensors(&json["inputs"]),
+        outputs: tensors(&json["outputs"]),
+    }
 }
 
 /// Asserts that `actual` matches `expected`: integers, bools and strings exactly,

@@ -253,6 +253,7 @@ async fn catalog_signatures_equal_onnx_runtimes() {
             .get_catalog_model(CatalogModelRef {
                 name: name.into(),
                 version: String::new(),
+                variant: String::new(),
             })
             .await
             .expect("in the catalog")
@@ -786,6 +787,7 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         .get_catalog_model(CatalogModelRef {
             name: "image_classifier".into(),
             version: String::new(),
+            variant: String::new(),
         })
         .await
         .expect("catalog record")
@@ -1483,4 +1485,158 @@ async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
         took >= Duration::from_millis(6_000),
         "fetched 128,940 bytes at 20,000 B/s in {took:?}"
     );
+}
+
+/// Variants: text_classifier v2 and its int8 variant (onnxruntime's dynamic quantization,
+/// made by examples/make_models.py) in the catalog. A worker whose RAM holds only the
+/// int8 variant's footprint gets it, one with room the version's own (fp32) files; each
+/// answer names its variant (`localml.variant`) and equals onnxruntime's outputs for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_are_placed_by_memory_and_answers_name_them() {
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
+    );
+    let empty = TempDir::new("catalog-variants-repository");
+    let big = Worker::start_with_models("big", &scheduler, empty.path(), &["--load", "on-demand"]);
+    // 100,000 bytes: the fp32 files need about 193,000 (1.5 times 128,940), int8 50,000.
+    let small = Worker::start_with_models(
+        "small",
+        &scheduler,
+        empty.path(),
+        &["--load", "on-demand", "--memory-limit", "100000"],
+    );
+    scheduler.wait_ready(&["big", "small"]).await;
+    let root = repo_root().join("examples");
+    let fp32 = models_dir().join("text_classifier/2");
+    let int8 = root.join("variants/text_classifier/2/int8");
+    let arg = |p: &Path| p.to_str().expect("utf-8").to_string();
+
+    // A variant needs its version first, and the same inputs and outputs.
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            &arg(&int8),
+            "--name",
+            "texts",
+            "--variant",
+            "int8",
+        ],
+    );
+    assert!(
+        !ok && err.contains("NotFound: no model 'texts' in the catalog"),
+        "{err}"
+    );
+    cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            &arg(&fp32),
+            "--name",
+            "texts",
+            "--version",
+            "2",
+        ],
+    );
+    let image = models_dir().join("image_classifier/1");
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            &arg(&image),
+            "--name",
+            "texts",
+            "--variant",
+            "int8",
+        ],
+    );
+    assert!(
+        !ok && err.contains(
+            "InvalidArgument: the int8 variant's inputs and outputs differ from those of texts:2"
+        ),
+        "{err}"
+    );
+    let out = cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            &arg(&int8),
+            "--name",
+            "texts",
+            "--variant",
+            "int8",
+        ],
+    );
+    assert!(
+        out.contains("pushed texts version 2 (int8 variant): 1 file(s), 33504 bytes"),
+        "{out}"
+    );
+    let listed = cli_ok(&scheduler, &["models", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("texts") && l.contains("fp32,int8")),
+        "{listed}"
+    );
+
+    scheduler
+        .admin()
+        .await
+        .apply_deployment(Deployment {
+            name: "texts".into(),
+            model: "texts".into(),
+            version: "2".into(),
+            replicas: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("deployment");
+    let both = wait_until(Duration::from_secs(60), || async {
+        scheduler.serving("texts").await == ["big", "small"]
+    })
+    .await;
+    assert!(both, "served by {:?}", scheduler.serving("texts").await);
+    let table = cli_ok(&scheduler, &["models"]);
+    assert!(
+        table.contains("big (fp32),small (int8)"),
+        "the variant each worker serves: {table}"
+    );
+
+    // Each worker's own answers: its variant, and onnxruntime's outputs for it.
+    let fp32_expected = expected_examples()
+        .into_iter()
+        .find(|e| e.model == "text_classifier" && e.version == "2")
+        .expect("v2 outputs");
+    let int8_expected = expected_file(&root.join("variants/text_classifier.v2.int8.json"));
+    for (worker, variant, expected) in [
+        (&big, "fp32", &fp32_expected),
+        (&small, "int8", &int8_expected),
+    ] {
+        let response = worker
+            .inference()
+            .await
+            .model_infer(localml_cli::client::request("texts", "2", &expected.inputs))
+            .await
+            .expect("inference")
+            .into_inner();
+        let said = match response
+            .parameters
+            .get("localml.variant")
+            .and_then(|p| p.parameter_choice.clone())
+        {
+            Some(localml_proto::inference::infer_parameter::ParameterChoice::StringParam(s)) => s,
+            other => panic!("{}: localml.variant {other:?}", worker.name),
+        };
+        assert_eq!(said, variant, "{}", worker.name);
+        let outputs = localml_cli::client::outputs(&response).expect("outputs");
+        assert_tensors_match(
+            &format!("{variant} on {}", worker.name),
+            &expected.outputs,
+            &outputs,
+        );
+    }
 }

@@ -164,7 +164,7 @@ fn fetch_from_catalog(
         }
         match worker
             .cache
-            .fetch(&mut client, &tls, &m.name, &m.version)
+            .fetch(&mut client, &tls, &m.name, &m.version, &m.variant)
             .await
         {
             Ok(fetched) => {

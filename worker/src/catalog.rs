@@ -184,12 +184,14 @@ impl ModelCache {
         tls: &ClientTlsConfig,
         name: &str,
         version: &str,
+        variant: &str,
     ) -> Result<Fetched, FetchError> {
         let _one = self.fetching.lock().await;
         let entry = client
             .get_catalog_model(CatalogModelRef {
                 name: name.into(),
                 version: version.into(),
+                variant: variant.into(),
             })
             .await?
             .into_inner();
@@ -443,6 +445,8 @@ impl ModelCache {
             .version
             .parse()
             .map_err(|_| FetchError::Entry(format!("version '{}'", entry.version)))?;
+        // Another variant's files may be linked there from before.
+        let _ = tokio::fs::remove_dir_all(&version_dir).await;
         for file in &entry.files {
             let target = version_dir.join(&file.path);
             if let Some(parent) = target.parent() {
@@ -465,6 +469,7 @@ impl ModelCache {
             version,
             path: version_dir.join("model.onnx"),
             config: crate::repository::read_config(&config)?,
+            variant: entry.variant.clone(),
         })
     }
 }

@@ -93,6 +93,8 @@ pub struct ModelSource {
     pub version: u64,
     pub path: PathBuf,
     pub config: ModelConfig,
+    /// The catalog variant (fp32, fp16, int8); empty for the worker's own repository.
+    pub variant: String,
 }
 
 /// Why the model repository cannot be scanned.
@@ -141,6 +143,7 @@ pub fn scan(repo: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
                 version,
                 path,
                 config: config.clone(),
+                variant: String::new(),
             });
         }
     }

@@ -16,7 +16,7 @@ use crate::runtime::CPU_PROVIDER;
 use crate::state::{signature, FindError, Worker};
 use crate::validate::{decode_request, Signature, ValidateError};
 
-use localml_proto::parameters::WORKER_PARAMETER;
+use localml_proto::parameters::{VARIANT_PARAMETER, WORKER_PARAMETER};
 
 pub struct WorkerInference {
     pub worker: Arc<Worker>,
@@ -103,18 +103,18 @@ impl Worker {
         };
         let decoded = decode_request(&sig, &request)?;
         let outputs = model.run(decoded.inputs, decoded.requested_outputs).await?;
-        Ok(self.response(&request, model.version, outputs))
+        Ok(self.response(&request, &model, outputs))
     }
 
     fn response(
         &self,
         request: &ModelInferRequest,
-        version: u64,
+        model: &crate::model::LoadedModel,
         outputs: Vec<NamedTensor>,
     ) -> ModelInferResponse {
         let mut response = ModelInferResponse {
             model_name: request.model_name.clone(),
-            model_version: version.to_string(),
+            model_version: model.version.to_string(),
             id: request.id.clone(),
             ..Default::default()
         };
@@ -137,6 +137,16 @@ impl Worker {
                 )),
             },
         );
+        if !model.variant.is_empty() {
+            response.parameters.insert(
+                VARIANT_PARAMETER.to_string(),
+                InferParameter {
+                    parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(
+                        model.variant.clone(),
+                    )),
+                },
+            );
+        }
         response
     }
 }

@@ -409,6 +409,7 @@ impl Worker {
                     version: s.version.to_string(),
                     file_bytes: std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0),
                     measured_bytes: 0,
+                    variants: Vec::new(),
                 })
                 .collect(),
             on_demand: self.config.load == LoadMode::OnDemand,
@@ -467,6 +468,7 @@ fn model_report(m: &LoadedModel, energy: crate::energy::ModelEnergy) -> pb::Load
         energy_joules: energy.joules,
         dynamic_batching: dynamic_batching(m),
         execution_count: s.execution_count.load(Ordering::Relaxed),
+        variant: m.variant.clone(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use localml_proto::localml::v1::{
-    BlobChunk, CatalogFile, CatalogModel, DeleteCatalogModelResponse, Deployment,
+    BlobChunk, CatalogFile, CatalogModel, CatalogVariant, DeleteCatalogModelResponse, Deployment,
 };
 use localml_store::{Store, StoreError, Txn};
 use prost::Message;
@@ -105,6 +105,12 @@ pub enum CatalogError {
     VersionExists { name: String, version: String },
     #[error("no model '{0}' in the catalog")]
     NoModel(String),
+    #[error("variant '{0}': expected fp32, fp16 or int8")]
+    Variant(String),
+    #[error("the {variant} variant's inputs and outputs differ from those of {model}: a variant must take and give the same tensors (convert with keep_io_types)")]
+    VariantSignature { variant: String, model: String },
+    #[error("no {variant} variant of {model} in the catalog")]
+    NoVariant { variant: String, model: String },
     #[error(
         "deployment '{deployment}' uses {model}; delete the deployment first, or pass --force"
     )]
@@ -127,6 +133,7 @@ impl CatalogError {
             CatalogError::Busy(_) | CatalogError::Short { .. } => Code::Aborted,
             CatalogError::NoBlob(_)
             | CatalogError::NoModel(_)
+            | CatalogError::NoVariant { .. }
             | CatalogError::Runtime(runtime::RuntimeBuildError::Missing(_)) => Code::NotFound,
             CatalogError::Incomplete { .. } => Code::FailedPrecondition,
             CatalogError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
@@ -347,38 +354,139 @@ impl Catalog {
         if m.files.len() > MAX_FILES {
             return Err(CatalogError::TooManyFiles(m.files.len()));
         }
+        let variant = match m.variant.as_str() {
+            "" | "fp32" => None,
+            v @ ("fp16" | "int8") => Some(v.to_string()),
+            other => return Err(CatalogError::Variant(other.chars().take(40).collect())),
+        };
+        // What the scheduler records, not the client.
+        m.variant.clear();
+        m.variants.clear();
+        m.peers.clear();
+        m.measured_bytes = 0;
+        m.measured_on.clear();
         let _adding = self.changing.read().await;
-        for f in &m.files {
+        // A variant's config.yaml is the version's.
+        let config = variant.is_none().then_some(m.config_yaml.as_str());
+        let signature = self.check_files(&m.files, config).await?;
+        if let Some(variant) = variant {
+            return self.put_variant(m, variant, signature).await;
+        }
+        m.inputs = signature.inputs;
+        m.outputs = signature.outputs;
+        m.ir_version = signature.ir_version;
+        m.opset = signature.opset;
+        self.record_version(m).await
+    }
+
+    /// Checks a version's (or variant's) files: paths, complete blobs of their sizes, its
+    /// config.yaml when given, a model.onnx; returns the ONNX graph's signature.
+    async fn check_files(
+        &self,
+        files: &[CatalogFile],
+        config: Option<&str>,
+    ) -> Result<onnx::OnnxSignature, CatalogError> {
+        for f in files {
             check_path(&f.path)?;
         }
-        self.check_blobs(&m.files)?;
+        self.check_blobs(files)?;
         // A file that is also a directory of another ("a" and "a/b") cannot be laid out.
-        for f in &m.files {
+        for f in files {
             let dir = format!("{}/", f.path);
-            if let Some(inner) = m.files.iter().find(|g| g.path.starts_with(&dir)) {
+            if let Some(inner) = files.iter().find(|g| g.path.starts_with(&dir)) {
                 return Err(CatalogError::Path {
                     path: inner.path.clone(),
                     reason: "is inside another file's path",
                 });
             }
         }
-        check_config(&m.config_yaml)?;
-        let onnx_file: &CatalogFile = m
-            .files
+        if let Some(config) = config {
+            check_config(config)?;
+        }
+        let onnx_file: &CatalogFile = files
             .iter()
             .find(|f| f.path == "model.onnx")
             .ok_or(CatalogError::NoModelFile)?;
         let path = self.blobs.path(&onnx_file.sha256);
-        let signature = blocking(move || {
+        blocking(move || {
             let file = std::fs::File::open(path)?;
             Ok(onnx::read_signature(std::io::BufReader::new(file))?)
         })
-        .await?;
-        m.inputs = signature.inputs;
-        m.outputs = signature.outputs;
-        m.ir_version = signature.ir_version;
-        m.opset = signature.opset;
-        self.record_version(m).await
+        .await
+    }
+
+    /// Adds (or replaces) variant `variant` of version `m.version` (the highest when
+    /// empty), which must take and give the same tensors.
+    async fn put_variant(
+        &self,
+        m: CatalogModel,
+        variant: String,
+        signature: onnx::OnnxSignature,
+    ) -> Result<CatalogModel, CatalogError> {
+        for _ in 0..8 {
+            let version = if m.version.is_empty() {
+                self.versions(&m.name)
+                    .await?
+                    .last()
+                    .map(|v| v.version.clone())
+                    .ok_or_else(|| CatalogError::NoModel(m.name.clone()))?
+            } else {
+                m.version.clone()
+            };
+            let k = key(&m.name, parse_version(&version)?);
+            let kv = self
+                .store
+                .get(&k)
+                .await?
+                .ok_or_else(|| CatalogError::NoModel(display(&m.name, &version)))?;
+            let Ok(mut record) = CatalogModel::decode(kv.value.as_slice()) else {
+                return Err(CatalogError::NoModel(display(&m.name, &version)));
+            };
+            if (&record.inputs, &record.outputs) != (&signature.inputs, &signature.outputs) {
+                return Err(CatalogError::VariantSignature {
+                    variant,
+                    model: display(&m.name, &version),
+                });
+            }
+            record.variants.retain(|v| v.name != variant);
+            record.variants.push(CatalogVariant {
+                name: variant.clone(),
+                files: m.files.clone(),
+                ..Default::default()
+            });
+            record.variants.sort_by(|a, b| a.name.cmp(&b.name));
+            let txn = Txn::new()
+                .when(&k, kv.mod_revision)
+                .put(&k, record.encode_to_vec(), 0);
+            if self.store.commit(txn).await?.is_some() {
+                self.claimed_files(&m.files);
+                tracing::info!(model = %record.name, version = %record.version, variant = %variant, "variant added to the catalog");
+                return Ok(record);
+            }
+        }
+        Err(CatalogError::Store(StoreError::Unavailable(
+            "the catalog kept changing while a variant was added".into(),
+        )))
+    }
+
+    /// `m` as a worker fetches it: the files of `variant` ("" or "fp32": its own).
+    pub fn variant_of(mut m: CatalogModel, variant: &str) -> Result<CatalogModel, CatalogError> {
+        match variant {
+            "" | "fp32" => m.variant = "fp32".into(),
+            other => {
+                let found = m.variants.iter().find(|v| v.name == other).cloned();
+                let Some(v) = found else {
+                    return Err(CatalogError::NoVariant {
+                        variant: other.chars().take(40).collect(),
+                        model: display(&m.name, &m.version),
+                    });
+                };
+                m.files = v.files;
+                m.variant = v.name;
+            }
+        }
+        m.variants.clear();
+        Ok(m)
     }
 
     /// Checks that `files` name distinct paths and complete blobs of their sizes.
@@ -538,7 +646,12 @@ impl Catalog {
             .list()
             .await?
             .into_iter()
-            .flat_map(|m| m.files.into_iter().map(|f| f.sha256))
+            .flat_map(|m| {
+                m.files
+                    .into_iter()
+                    .chain(m.variants.into_iter().flat_map(|v| v.files))
+                    .map(|f| f.sha256)
+            })
             .chain(
                 self.runtimes()
                     .await?
@@ -574,14 +687,15 @@ impl Catalog {
     }
 }
 
-/// Keeps in each catalog version the largest resident memory a Ready worker measured
-/// when it loaded it (`LoadedModel.memory_bytes`); a record is rewritten only when a
-/// measurement exceeds the kept one by more than a tenth. Run by the leader.
+/// Keeps in each catalog version (and variant) the largest resident memory a Ready
+/// worker measured when it loaded it (`LoadedModel.memory_bytes`); a record is rewritten
+/// only when a measurement exceeds the kept one by more than a tenth. Run by the leader.
 pub async fn record_footprints(
     store: &dyn Store,
     workers: &[localml_proto::localml::v1::WorkerInfo],
 ) -> Result<(), StoreError> {
-    let measured: Vec<(&str, &str, u64, &str)> = workers
+    // (name, version, variant, bytes, worker)
+    let measured: Vec<(&str, &str, &str, u64, &str)> = workers
         .iter()
         .filter(|w| w.state == localml_proto::localml::v1::WorkerState::Ready as i32)
         .filter_map(|w| w.status.as_ref())
@@ -590,9 +704,15 @@ pub async fn record_footprints(
                 .iter()
                 .filter(|m| m.memory_bytes > 0)
                 .map(move |m| {
+                    let variant = if m.variant == "fp32" {
+                        ""
+                    } else {
+                        m.variant.as_str()
+                    };
                     (
                         m.name.as_str(),
                         m.version.as_str(),
+                        variant,
                         m.memory_bytes,
                         s.name.as_str(),
                     )
@@ -607,25 +727,33 @@ pub async fn record_footprints(
         let Ok(mut record) = CatalogModel::decode(kv.value.as_slice()) else {
             continue;
         };
-        let largest = measured
+        let mut changed = false;
+        for (_, _, variant, bytes, worker) in measured
             .iter()
-            .filter(|(name, version, _, _)| *name == record.name && *version == record.version)
-            .max_by_key(|(_, _, bytes, _)| *bytes);
-        let Some((_, _, bytes, worker)) = largest else {
-            continue;
-        };
-        let kept = record.measured_bytes;
-        if *bytes <= kept.saturating_add(kept / 10) {
+            .filter(|(name, version, ..)| *name == record.name && *version == record.version)
+        {
+            let (kept, on) = if variant.is_empty() {
+                (&mut record.measured_bytes, &mut record.measured_on)
+            } else if let Some(v) = record.variants.iter_mut().find(|v| v.name == *variant) {
+                (&mut v.measured_bytes, &mut v.measured_on)
+            } else {
+                continue;
+            };
+            if *bytes > kept.saturating_add(*kept / 10) {
+                *kept = *bytes;
+                *on = worker.to_string();
+                changed = true;
+            }
+        }
+        if !changed {
             continue;
         }
-        record.measured_bytes = *bytes;
-        record.measured_on = worker.to_string();
         let txn = Txn::new()
             .when(&kv.key, kv.mod_revision)
             .put(&kv.key, record.encode_to_vec(), 0);
         // Another writer changed the record meanwhile: the next pass measures again.
         if store.commit(txn).await?.is_some() {
-            tracing::info!(model = %record.name, version = %record.version, bytes = *bytes, worker = %worker, "measured footprint kept in the catalog");
+            tracing::info!(model = %record.name, version = %record.version, "measured footprint kept in the catalog");
         }
     }
     Ok(())

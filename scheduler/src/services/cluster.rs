@@ -322,7 +322,8 @@ impl Cluster for ClusterService {
     ) -> Result<Response<CatalogModel>, Status> {
         let holder = require_certificate(&r, &self.trust)?;
         let r = r.into_inner();
-        let mut model = self.catalog.get(&r.name, &r.version).await?;
+        let model = self.catalog.get(&r.name, &r.version).await?;
+        let mut model = crate::catalog::Catalog::variant_of(model, &r.variant)?;
         // Ready catalog workers that report this version hold its files.
         let mut peers: Vec<CatalogPeer> = self
             .workers

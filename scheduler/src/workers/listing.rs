@@ -78,12 +78,19 @@ impl Workers {
                     });
                 if w.state == WorkerState::Ready {
                     info.ready_workers.push(w.status.name.clone());
+                    info.ready_variants.push(m.variant.clone());
                 }
             }
         }
         let mut out: Vec<pb::ModelInfo> = by_key.into_values().collect();
         for m in &mut out {
-            m.ready_workers.sort();
+            let mut pairs: Vec<(String, String)> = m
+                .ready_workers
+                .drain(..)
+                .zip(m.ready_variants.drain(..))
+                .collect();
+            pairs.sort();
+            (m.ready_workers, m.ready_variants) = pairs.into_iter().unzip();
         }
         out
     }

@@ -169,6 +169,8 @@ pub enum RunError {
 pub struct LoadedModel {
     pub name: String,
     pub version: u64,
+    /// The catalog variant loaded (fp32, fp16, int8); empty for the own repository's.
+    pub variant: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub max_batch_size: u32,
@@ -292,6 +294,7 @@ impl LoadedModel {
         Ok(LoadedModel {
             name: source.name.clone(),
             version: source.version,
+            variant: source.variant.clone(),
             inputs,
             outputs,
             max_batch_size,
