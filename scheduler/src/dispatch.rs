@@ -14,6 +14,7 @@ use localml_framework::plugins::capacity;
 use localml_framework::profile::Profiles;
 use localml_framework::{Code as FrameworkCode, CycleState, PrioritySort, QueuedRequest};
 
+use crate::failure::{classify, Failure};
 use crate::parameters::{request_info, ParameterError, PROFILE_PARAMETER};
 use crate::queue::AdmissionQueue;
 use crate::stats::Stats;
@@ -258,29 +259,15 @@ struct Trace {
 /// the channel's own timeout do not fire at the same instant).
 const DEADLINE_SLACK: Duration = Duration::from_millis(2);
 
-/// Whether a failure is the worker's (retry elsewhere) rather than the request's.
-/// NOT_FOUND from a worker is its own: the scheduler sends a request only to workers
-/// that reported its model, so the worker unloaded it since (a scale-down, a rolling
-/// change) and another may still serve it.
+/// Whether a failure is the worker's (try another worker) rather than an answer about
+/// the request ([`crate::failure::classify`]).
 fn worker_failed(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::NotFound
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::Internal
-            | Code::ResourceExhausted
-    )
+    !matches!(classify(status), Failure::Answer)
 }
 
 /// Whether the failure means the worker could not be reached at all.
 fn unreachable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    matches!(classify(status), Failure::Unreachable)
 }
 
 impl Dispatcher {
@@ -679,21 +666,28 @@ mod tests {
 
     #[test]
     fn failure_classification() {
+        // (code, from the transport, tried on another worker, worker marked unreachable)
         let cases = [
-            (Code::Unavailable, true, true),
-            (Code::Unknown, true, true),
-            (Code::ResourceExhausted, true, false),
-            (Code::Internal, true, false),
-            (Code::InvalidArgument, false, false),
-            (Code::NotFound, true, false),
-            (Code::DeadlineExceeded, false, false),
+            (Code::Unavailable, true, true, true),
+            (Code::Unknown, true, true, true),
+            (Code::Cancelled, true, true, true),
+            (Code::Internal, true, true, true),
+            (Code::Unavailable, false, true, false),
+            (Code::ResourceExhausted, false, true, false),
+            (Code::NotFound, false, true, false),
+            (Code::Internal, false, false, false),
+            (Code::InvalidArgument, false, false, false),
+            (Code::DeadlineExceeded, false, false, false),
         ];
-        for (code, retry, unreach) in cases {
-            let s = Status::new(code, "x");
+        for (code, transport, retry, unreach) in cases {
+            let mut s = Status::new(code, "x");
+            if transport {
+                s.set_source(Arc::new(std::io::Error::other("broken pipe")));
+            }
             assert_eq!(
                 (worker_failed(&s), unreachable(&s)),
                 (retry, unreach),
-                "{code:?}"
+                "{code:?}, transport: {transport}"
             );
         }
     }

@@ -34,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod deployments;
 pub mod dispatch;
+pub mod failure;
 pub mod jobs;
 pub mod leader;
 pub mod observe;

@@ -15,7 +15,7 @@ use localml_proto::time::unix_ms;
 use localml_store::{Event, Revision, Store, Txn};
 use prost::Message;
 use tokio::task::JoinSet;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::retention::CLEANUP_EVERY;
 use super::{decode_job, is_terminal, job_key, INPUTS, JOBS, RESULTS};
@@ -406,19 +406,9 @@ impl Runner {
     }
 }
 
-/// Failures that say "not now" rather than "never": no worker (yet), a full queue, a
-/// worker lost mid-request. Anything the request itself caused fails the job.
+/// Failures that say "not now" rather than "never" ([`crate::failure::retry_later`]).
 fn retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::ResourceExhausted
-            | Code::NotFound
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Cancelled
-            | Code::Unknown
-    )
+    crate::failure::retry_later(status)
 }
 
 fn set_parameter(request: &mut ModelInferRequest, key: &str, choice: ParameterChoice) {
