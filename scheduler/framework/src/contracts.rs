@@ -26,8 +26,6 @@ pub enum Code {
     Unschedulable,
     /// Never, whatever changes in load: e.g. a label selector that does not match.
     UnschedulableAndUnresolvable,
-    /// Permit: hold the request and decide later.
-    Wait,
     /// The plugin does not apply to this request: skip its later extension points.
     Skip,
 }
@@ -372,11 +370,6 @@ pub trait Reserve: Plugin {
     fn reserve(&self, state: &mut CycleState, request: &RequestInfo, worker: &WorkerInfo)
         -> Status;
     fn unreserve(&self, state: &mut CycleState, request: &RequestInfo, worker: &WorkerInfo);
-}
-
-/// Last word before binding: Success, Wait or a rejection.
-pub trait Permit: Plugin {
-    fn permit(&self, state: &CycleState, request: &RequestInfo, worker: &WorkerInfo) -> Status;
 }
 
 /// Orders the scheduler's queue (kube-scheduler's QueueSort): true if `a` goes first.

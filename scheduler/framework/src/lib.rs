@@ -10,7 +10,7 @@
 //!   [`CycleState`], the snapshot types ([`Snapshot`], [`WorkerInfo`], [`RequestInfo`]).
 //!   Re-exported at the crate root: every plugin and caller uses them.
 //! - [`runtime`]: a profile's plugin chain running one scheduling cycle (filter, score,
-//!   normalize, reserve, permit) and the rejection it explains.
+//!   normalize, reserve) and the rejection it explains.
 //! - [`registry`]: named plugin factories; duplicates are rejected.
 //! - [`plugins`]: the built-in plugins, one module each, depending on the contracts only.
 //! - [`profile`]: profiles from YAML (enabled plugins, weights, arguments) and the

@@ -179,7 +179,6 @@ impl Profiles {
                 profile.pre_scores.extend(built.pre_score);
                 profile.scores.extend(built.score.map(|s| (s, p.weight)));
                 profile.reserves.extend(built.reserve);
-                profile.permits.extend(built.permit);
             }
             // Liveness, NotReady, cordons and draining hold whatever a profile lists: a
             // profile that leaves NodeUnschedulable out still gets it, first.

@@ -15,7 +15,6 @@ pub struct Built {
     pub pre_score: Option<Arc<dyn PreScore>>,
     pub score: Option<Arc<dyn Score>>,
     pub reserve: Option<Arc<dyn Reserve>>,
-    pub permit: Option<Arc<dyn Permit>>,
 }
 
 impl Built {

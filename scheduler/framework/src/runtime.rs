@@ -18,7 +18,6 @@ pub struct Profile {
     /// Score plugins with their weights.
     pub scores: Vec<(Arc<dyn Score>, i64)>,
     pub reserves: Vec<Arc<dyn Reserve>>,
-    pub permits: Vec<Arc<dyn Permit>>,
     /// Stop filtering once this many workers fit (0: consider all), starting from a
     /// rotating offset, like kube-scheduler's percentageOfNodesToScore: on a large
     /// cluster a decision then costs the same as on a small one.
@@ -35,8 +34,6 @@ pub struct Decision {
     pub worker: usize,
     /// Weighted total score of the chosen worker.
     pub score: i64,
-    /// The Permit answer: Success, or Wait (hold the request, try again later).
-    pub permit: Code,
 }
 
 /// Why no worker was chosen.
@@ -57,7 +54,7 @@ fn with_plugin(mut status: Status, plugin: &'static str) -> Status {
 
 impl Profile {
     /// Runs PreFilter, Filter (PostFilter when nothing fits), PreScore, Score with
-    /// NormalizeScore, selection, Reserve and Permit. `excluded` workers (already tried for
+    /// NormalizeScore, selection and Reserve. `excluded` workers (already tried for
     /// this request) are skipped; `tie_breaker` rotates among equal scores.
     pub fn schedule(
         &self,
@@ -149,22 +146,9 @@ impl Profile {
                 return Err(early(status.code, r.name(), &status.reason));
             }
         }
-        let mut permit = Code::Success;
-        for p in &self.permits {
-            let status = p.permit(state, request, chosen);
-            match status.code {
-                Code::Success | Code::Skip => {}
-                Code::Wait => permit = Code::Wait,
-                code => {
-                    self.unreserve(state, request, chosen);
-                    return Err(early(code, p.name(), &status.reason));
-                }
-            }
-        }
         Ok(Decision {
             worker: chosen.index,
             score: totals[best],
-            permit,
         })
     }
 
