@@ -366,12 +366,19 @@ pub async fn with_catalog(
         .filter(|s| s.catalog)
     {
         for m in &models {
-            let has = status
+            let held = status
                 .available
-                .iter()
-                .any(|a| a.name == m.name && a.version == m.version);
-            if !has {
-                status.available.push(m.clone());
+                .iter_mut()
+                .find(|a| a.name == m.name && a.version == m.version);
+            match held {
+                // Fetched already (the worker lists it): the catalog's record still says
+                // what its variants and measured memory are.
+                Some(a) => {
+                    a.variants.clone_from(&m.variants);
+                    a.measured_bytes = m.measured_bytes;
+                    a.file_bytes = m.file_bytes;
+                }
+                None => status.available.push(m.clone()),
             }
         }
     }
@@ -463,10 +470,12 @@ fn available<'a>(d: &Deployment, worker: &'a WorkerInfo) -> Option<&'a Available
 }
 
 /// Takes `d`'s footprint off worker `name`'s free RAM when `when` holds.
+/// (The need of `variant` when given and known, else of the variant placement picks.)
 fn reserve(
     workers: &mut [WorkerInfo],
     d: &Deployment,
     name: &str,
+    variant: Option<&str>,
     when: impl Fn(&Deployment, &WorkerInfo) -> bool,
 ) {
     let Some(w) = workers
@@ -478,7 +487,10 @@ fn reserve(
     if !when(d, w) {
         return;
     }
-    let need = footprint(d, w).unwrap_or(0);
+    let need = variant
+        .and_then(|v| variant_need(d, w, v))
+        .or_else(|| footprint(d, w))
+        .unwrap_or(0);
     if let Some(s) = w.status.as_mut() {
         s.ram_free_bytes = s.ram_free_bytes.saturating_sub(need);
     }
@@ -491,12 +503,32 @@ pub fn fits(d: &Deployment, worker: &WorkerInfo) -> bool {
 }
 
 /// `a` with the variant chosen for worker `name` (see [`choose_variant`]).
+/// A replica keeps the variant it has for a version (what it stored, or what it keeps
+/// beside a new version): a variant changes only with the version, so a worker never
+/// flaps between two. A deployment that follows the newest version gets the version's
+/// own files (a newer version may lack the variant).
 fn with_variant(
     d: &Deployment,
     workers: &[WorkerInfo],
     name: &str,
+    stored: Option<&Assignment>,
     mut a: Assignment,
 ) -> Assignment {
+    if d.version.is_empty() {
+        a.variant.clear();
+        return a;
+    }
+    let same = |n: &str, v: &str| n == a.name && v == a.version;
+    if let Some(s) = stored {
+        if same(&s.name, &s.version) {
+            a.variant = s.variant.clone();
+            return a;
+        }
+        if let Some(k) = s.keep.as_ref().filter(|k| same(&k.name, &k.version)) {
+            a.variant = k.variant.clone();
+            return a;
+        }
+    }
     if let Some(w) = workers
         .iter()
         .find(|w| w.status.as_ref().is_some_and(|s| s.name == name))
@@ -504,6 +536,14 @@ fn with_variant(
         a.variant = choose_variant(d, w);
     }
     a
+}
+
+/// What variant `variant` of `d`'s model needs on `worker`, when known.
+fn variant_need(d: &Deployment, worker: &WorkerInfo, variant: &str) -> Option<u64> {
+    variants(d, worker)
+        .into_iter()
+        .find(|(name, _, _)| name == variant)
+        .map(|(_, need, _)| need)
 }
 
 /// Whether `worker` serves `d` now (Ready with the model loaded).
@@ -636,7 +676,9 @@ impl Controller {
         for d in &deployments {
             for (name, a) in assigned.get(&d.name).map(Vec::as_slice).unwrap_or_default() {
                 if is_wanted(d, a) {
-                    reserve(&mut workers, d, name, |d, w| !serving(d, w));
+                    reserve(&mut workers, d, name, Some(&a.variant), |d, w| {
+                        !serving(d, w)
+                    });
                 }
             }
         }
@@ -659,8 +701,8 @@ impl Controller {
             let added: Vec<(String, Assignment)> = add
                 .iter()
                 .map(|w| {
-                    let a = with_variant(d, &workers, w, wanted(d));
-                    reserve(&mut workers, d, w, |_, _| true);
+                    let a = with_variant(d, &workers, w, None, wanted(d));
+                    reserve(&mut workers, d, w, Some(&a.variant), |_, _| true);
                     (w.clone(), a)
                 })
                 .collect();
@@ -675,11 +717,12 @@ impl Controller {
                 .collect();
             let step = roll(d, &kept, &workers);
             for (w, a) in step.writes {
-                let a = with_variant(d, &workers, &w, a);
+                let stored = kept.iter().find(|(n, _)| *n == w).map(|(_, a)| a);
+                let a = with_variant(d, &workers, &w, stored, a);
                 match &a.keep {
                     Some(keep) => {
                         tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, keeps = %keep.version, "rolling: loading the new version beside the old");
-                        reserve(&mut workers, d, &w, |_, _| true);
+                        reserve(&mut workers, d, &w, Some(&a.variant), |_, _| true);
                     }
                     None => {
                         tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, "rolling: moving a replica to the new version")
@@ -1142,6 +1185,44 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_keeps_its_variant_for_a_version() {
+        let d = to_v2(None, None);
+        // Roomy worker: placement alone would pick the version's own files.
+        let workers = vec![serving_versions("a", &["2"])];
+        let int8 = |version: &str| Assignment {
+            variant: "int8".into(),
+            ..on(version)
+        };
+        // The surge ends (keep dropped): the variant it loaded stays.
+        let stored = Assignment {
+            keep: Some(ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+                variant: "fp32".into(),
+            }),
+            ..int8("2")
+        };
+        let a = with_variant(&d, &workers, "a", Some(&stored), on("2"));
+        assert_eq!(a.variant, "int8");
+        // A rollback to the version it keeps: that version's variant.
+        let d1 = Deployment {
+            version: "1".into(),
+            ..d.clone()
+        };
+        let a = with_variant(&d1, &workers, "a", Some(&stored), on("1"));
+        assert_eq!(a.variant, "fp32");
+        // A new version: chosen afresh. Following the newest version: its own files.
+        let a = with_variant(&d, &workers, "a", Some(&int8("1")), on("2"));
+        assert_eq!(a.variant, "");
+        let newest = Deployment {
+            version: String::new(),
+            ..d.clone()
+        };
+        let a = with_variant(&newest, &workers, "a", Some(&int8("")), on(""));
+        assert_eq!(a.variant, "");
+    }
+
+    #[test]
     fn ram_promised_to_one_deployment_is_not_offered_to_the_next() {
         let mut first = deployment(1);
         first.model = "m".into();
@@ -1154,7 +1235,7 @@ mod tests {
         }
         let (add, _) = plan(&first, &[], &workers);
         assert_eq!(add, ["a"]);
-        reserve(&mut workers, &first, "a", |_, _| true);
+        reserve(&mut workers, &first, "a", None, |_, _| true);
         let (add, _) = plan(&second, &[], &workers);
         assert!(add.is_empty(), "{add:?}");
         assert!(with_status(&second, &[], &workers)

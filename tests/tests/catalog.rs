@@ -384,6 +384,7 @@ async fn an_interrupted_push_resumes_and_sends_only_the_rest() {
         .fetch_blob(FetchBlobRequest {
             sha256: hash.clone(),
             offset: 1000,
+            max_chunk_bytes: 0,
         })
         .await
         .expect("fetch")
@@ -393,6 +394,22 @@ async fn an_interrupted_push_resumes_and_sends_only_the_rest() {
         fetched.extend_from_slice(&chunk.data);
     }
     assert_eq!(fetched, bytes[1000..]);
+    // A caller may ask for smaller chunks (a worker under --fetch-rate does).
+    let mut stream = catalog
+        .fetch_blob(FetchBlobRequest {
+            sha256: hash.clone(),
+            offset: 0,
+            max_chunk_bytes: 4096,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let (mut fetched, mut largest) = (Vec::new(), 0);
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        largest = largest.max(chunk.data.len());
+        fetched.extend_from_slice(&chunk.data);
+    }
+    assert_eq!((fetched.as_slice(), largest), (&bytes[..], 4096));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1445,11 +1462,19 @@ async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
         "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
     );
     let empty = TempDir::new("catalog-rate-repository");
+    let data = TempDir::new("catalog-rate-data");
     let _worker = Worker::start_with_models(
         "slow-link",
         &scheduler,
         empty.path(),
-        &["--load", "on-demand", "--fetch-rate", "20000"],
+        &[
+            "--load",
+            "on-demand",
+            "--fetch-rate",
+            "20000",
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+        ],
     );
     scheduler.wait_ready(&["slow-link"]).await;
     let file = models_dir().join("text_classifier/2/model.onnx");
@@ -1475,6 +1500,19 @@ async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
         })
         .await
         .expect("deployment");
+    // The bytes arrive spread out: the first ones on disk are a few chunks (the worker
+    // asks for 5,000-byte ones), not the whole file in one burst.
+    let partial = data
+        .path()
+        .join(format!("catalog/blobs/{}.partial", sha256(&file)));
+    let mut first = 0;
+    let arrived = wait_until(SOON, || {
+        first = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        async move { first > 0 }
+    })
+    .await;
+    assert!(arrived, "nothing arrived in {}", partial.display());
+    assert!(first < 128_940 / 2, "{first} bytes arrived at once");
     let served = wait_until(Duration::from_secs(60), || async {
         scheduler.serving("slow").await == ["slow-link"]
     })

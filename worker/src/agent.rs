@@ -27,6 +27,16 @@ pub fn scheduler_channel(
     address: &str,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
+    scheduler_channel_with_window(address, tls, None)
+}
+
+/// As [`scheduler_channel`], with HTTP/2 flow-control windows of `window` bytes (for a
+/// worker that fetches files under a rate limit, [`crate::catalog::flow_window`]).
+pub fn scheduler_channel_with_window(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+    window: Option<u32>,
+) -> Result<Channel, tonic::transport::Error> {
     let host = address
         .strip_prefix("http://")
         .or_else(|| address.strip_prefix("https://"))
@@ -38,6 +48,8 @@ pub fn scheduler_channel(
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
         .connect_lazy())
 }
 
@@ -209,7 +221,9 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connect = |credentials: &Credentials| {
-        scheduler_channel(&address, Some(&credentials.cluster_tls())).map(ClusterClient::new)
+        let window = crate::catalog::flow_window(worker.config.fetch_rate);
+        scheduler_channel_with_window(&address, Some(&credentials.cluster_tls()), window)
+            .map(ClusterClient::new)
     };
     let Ok(mut client) = connect(&credentials.borrow_and_update()) else {
         return; // run_all checked the address

@@ -116,6 +116,13 @@ impl ModelCache {
         self
     }
 
+    /// Chunks to ask for: with a rate limit, a quarter of a second's worth (at least
+    /// 4 KiB), so the bytes arrive spread out rather than in 1 MiB bursts; else the
+    /// sender's own size.
+    fn max_chunk(&self) -> u32 {
+        self.rate.map_or(0, |r| (r / 4).clamp(4096, 1 << 20) as u32)
+    }
+
     /// Forgets a version's linked files (after an unload): its blobs stay, and become
     /// candidates for eviction.
     pub fn unlink(&self, model_file: &Path) {
@@ -258,7 +265,9 @@ impl ModelCache {
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?
                         .connect_timeout(PEER_CONNECT_TIMEOUT)
                         .http2_keep_alive_interval(std::time::Duration::from_secs(2))
-                        .keep_alive_timeout(std::time::Duration::from_secs(4));
+                        .keep_alive_timeout(std::time::Duration::from_secs(4))
+                        .initial_stream_window_size(flow_window(self.rate))
+                        .initial_connection_window_size(flow_window(self.rate));
                     let channel = endpoint
                         .connect()
                         .await
@@ -266,6 +275,7 @@ impl ModelCache {
                     let request = FetchBlobRequest {
                         sha256: sha256.into(),
                         offset,
+                        max_chunk_bytes: self.max_chunk(),
                     };
                     Ok(PeersClient::new(channel)
                         .fetch_blob(request)
@@ -290,6 +300,7 @@ impl ModelCache {
                     let request = FetchBlobRequest {
                         sha256: sha256.into(),
                         offset,
+                        max_chunk_bytes: self.max_chunk(),
                     };
                     Ok(client.fetch_blob(request).await?.into_inner())
                 }
@@ -409,6 +420,7 @@ impl ModelCache {
         &self,
         sha256: &str,
         offset: u64,
+        max_chunk_bytes: u32,
     ) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<BlobChunk>>, tonic::Status>
     {
         if !localml_trust::is_sha256_hex(sha256) {
@@ -432,7 +444,7 @@ impl ModelCache {
             sha256.to_string(),
             offset,
             size,
-            PEER_CHUNK_BYTES,
+            localml_serving::blobs::chunk_size(max_chunk_bytes, PEER_CHUNK_BYTES),
         ))
     }
 
@@ -508,7 +520,10 @@ impl localml_proto::localml::v1::peers_server::Peers for PeerService {
                     "this worker already sends files to {PEER_UPLOADS} peers; fetch from another"
                 ))
             })?;
-        let chunks = self.worker.cache.serve_blob(&r.sha256, r.offset)?;
+        let chunks = self
+            .worker
+            .cache
+            .serve_blob(&r.sha256, r.offset, r.max_chunk_bytes)?;
         let sent = std::sync::Arc::clone(&self.worker.cache.to_peers);
         let chunks = futures::StreamExt::map(chunks, move |c| {
             let _held = &permit;
@@ -589,6 +604,13 @@ impl ModelCache {
         tracing::info!(library = %library.display(), "ONNX Runtime fetched from the scheduler and checked (sha256)");
         Ok(library)
     }
+}
+
+/// HTTP/2 flow-control windows for channels that fetch files under a rate limit: a
+/// second's worth (at least 64 KiB), so the sender cannot run far ahead of the reading;
+/// None (the default windows) without a limit.
+pub fn flow_window(rate: Option<u64>) -> Option<u32> {
+    rate.map(|r| r.clamp(64 << 10, 64 << 20) as u32)
 }
 
 /// A worker writes a runtime build's files only inside its own directory, whatever the

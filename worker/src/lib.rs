@@ -293,7 +293,8 @@ async fn fetch_runtime(
         let mut none_anywhere = true;
         for flavor in flavors {
             for address in &addresses {
-                let channel = agent::scheduler_channel(address, Some(&tls))
+                let window = catalog::flow_window(config.fetch_rate);
+                let channel = agent::scheduler_channel_with_window(address, Some(&tls), window)
                     .map_err(|e| WorkerError::SchedulerAddress(address.clone(), e.to_string()))?;
                 let mut client =
                     localml_proto::localml::v1::cluster_client::ClusterClient::new(channel);

@@ -5,6 +5,15 @@
 use localml_proto::localml::v1::BlobChunk;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// The chunk size to send: what the caller asked for (`FetchBlobRequest.max_chunk_bytes`,
+/// at least 4 KiB), when it is smaller than the server's own; 0: the server's.
+pub fn chunk_size(asked: u32, own: usize) -> usize {
+    match asked {
+        0 => own,
+        n => (n as usize).clamp(4096, own.max(4096)),
+    }
+}
+
 /// Chunks of `file` (of `size` bytes, named `sha256`) from `offset`; the first chunk
 /// carries the name. Stops early when the client goes away.
 pub fn file_chunks(

@@ -448,6 +448,26 @@ impl Catalog {
                     model: display(&m.name, &version),
                 });
             }
+            let same_files = |v: &CatalogVariant| {
+                let key = |files: &[CatalogFile]| {
+                    let mut k: Vec<(String, String)> = files
+                        .iter()
+                        .map(|f| (f.path.clone(), f.sha256.clone()))
+                        .collect();
+                    k.sort();
+                    k
+                };
+                key(&v.files) == key(&m.files)
+            };
+            // The same files again: nothing changes (its measurement stays).
+            if record
+                .variants
+                .iter()
+                .any(|v| v.name == variant && same_files(v))
+            {
+                self.claimed_files(&m.files);
+                return Ok(record);
+            }
             record.variants.retain(|v| v.name != variant);
             record.variants.push(CatalogVariant {
                 name: variant.clone(),
@@ -702,7 +722,8 @@ pub async fn record_footprints(
         .flat_map(|s| {
             s.models
                 .iter()
-                .filter(|m| m.memory_bytes > 0)
+                // A model of a worker's own repository (no variant) is not the catalog's.
+                .filter(|m| m.memory_bytes > 0 && !m.variant.is_empty())
                 .map(move |m| {
                     let variant = if m.variant == "fp32" {
                         ""

@@ -356,7 +356,8 @@ impl Cluster for ClusterService {
         let holder = require_certificate(&r, &self.trust)?;
         let r = r.into_inner();
         tracing::debug!(worker = %holder.name, sha256 = %r.sha256, offset = r.offset, "model file fetched");
-        let chunks = self.catalog.fetch(&r.sha256, r.offset, self.chunk_bytes)?;
+        let chunk = localml_serving::blobs::chunk_size(r.max_chunk_bytes, self.chunk_bytes);
+        let chunks = self.catalog.fetch(&r.sha256, r.offset, chunk)?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(
             chunks,
             |c| c.map_err(Status::from),
