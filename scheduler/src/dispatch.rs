@@ -595,7 +595,18 @@ impl Dispatcher {
             let mut client = chosen.client.clone();
             let sent = Instant::now();
             trace.sent = Some(sent);
-            match client.model_infer(forwarded).await {
+            // A worker that stops answering while it holds the request (it misses its
+            // reports, its lease expires) gives it up: the call is dropped there (the
+            // stream reset) and the request goes to another worker.
+            let lost = chosen.lost.notified();
+            let answer = tokio::select! {
+                answer = client.model_infer(forwarded) => answer,
+                _ = lost => Err(Status::unavailable(format!(
+                    "worker {} stopped answering (NotReady) while it held the request",
+                    chosen.name
+                ))),
+            };
+            match answer {
                 Ok(response) => {
                     let ms = sent.elapsed().as_secs_f64() * 1e3;
                     chosen.observe_latency(&info.model, &version, ms, self.workers.now_ms());

@@ -13,6 +13,10 @@ use localml_proto::localml::v1::catalog_client::CatalogClient;
 use localml_proto::localml::v1::*;
 use localml_tests::*;
 
+/// Quick reports and leadership, so workers and deployments settle fast.
+const QUICK: &str =
+    "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n";
+
 async fn catalog(scheduler: &Scheduler) -> CatalogClient<Connection> {
     CatalogClient::new(scheduler.admin_channel().await)
         .max_decoding_message_size(64 << 20)
@@ -740,9 +744,7 @@ async fn apply(scheduler: &Scheduler, replicas: u32) {
 /// file corrupted in one worker's cache is found before the next load and fetched again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-empty-repository");
     let data: Vec<TempDir> = (0..2).map(|_| TempDir::new("catalog-worker")).collect();
     let _workers: Vec<Worker> = ["c1", "c2"]
@@ -896,9 +898,7 @@ async fn tritonclient_loads_and_unloads_models_through_the_scheduler() {
     if !tritonclient_available() {
         return;
     }
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-empty-repository");
     let _worker =
         Worker::start_with_models("t1", &scheduler, empty.path(), &["--load", "on-demand"]);
@@ -924,9 +924,7 @@ async fn tritonclient_loads_and_unloads_models_through_the_scheduler() {
 /// Kubernetes pod does; a worker with room that joins then takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_too_big_for_every_worker_is_pending_with_the_reason() {
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-empty-repository");
     // 150,000 bytes offered; text_classifier's file is 128,940 bytes (about 189 KiB needed).
     let _small = Worker::start_with_models(
@@ -976,9 +974,7 @@ async fn a_model_too_big_for_every_worker_is_pending_with_the_reason() {
 /// least recently used first; files of a loaded model stay even over the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_cache_evicts_unassigned_models_beyond_its_budget() {
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-empty-repository");
     let data = TempDir::new("catalog-worker");
     // text_classifier: 128,940 bytes; image_classifier: 6,920: both do not fit in 130,000.
@@ -1183,9 +1179,7 @@ fn catalog_bytes(worker: &Worker) -> (f64, f64, f64) {
 /// process: /proc/PID/io).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-empty-repository");
     let flags = ["--load", "on-demand", "--http-listen", "127.0.0.1:0"];
     let workers: Vec<Worker> = ["p1", "p2", "p3"]
@@ -1458,9 +1452,7 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
 /// fetch and load take about a second here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-rate-repository");
     let data = TempDir::new("catalog-rate-data");
     let _worker = Worker::start_with_models(
@@ -1531,9 +1523,7 @@ async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
 /// answer names its variant (`localml.variant`) and equals onnxruntime's outputs for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variants_are_placed_by_memory_and_answers_name_them() {
-    let scheduler = Scheduler::start_with(
-        "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n",
-    );
+    let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-variants-repository");
     let big = Worker::start_with_models("big", &scheduler, empty.path(), &["--load", "on-demand"]);
     // 100,000 bytes: the fp32 files need about 193,000 (1.5 times 128,940), int8 50,000.

@@ -346,6 +346,65 @@ async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
     );
 }
 
+/// The same without HTTP/2 keepalive (`worker_keepalive_ms: 0`), so only the missed
+/// status reports tell: once the worker turns NotReady (no report for the grace period,
+/// 3 s here), the requests in flight on it are dropped there and served by the other
+/// worker, without any client deadline. Without this they waited for the 30 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_on_a_worker_that_misses_its_reports_go_elsewhere() {
+    let scheduler =
+        Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}worker_keepalive_ms: 0\n"));
+    let frozen = Worker::start("silent", &scheduler, &["--throttle", "20"]);
+    let _alive = Worker::start("alive", &scheduler, &["--throttle", "20"]);
+    scheduler.wait_ready(&["silent", "alive"]).await;
+    let c = scheduler.inference().await;
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while started.elapsed() < Duration::from_secs(2) {
+                    let sent = std::time::Instant::now();
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        c.model_infer(image_request(1)),
+                    )
+                    .await;
+                    answers.push((answer, sent.elapsed()));
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    frozen.process.signal("STOP");
+    let mut served_by = std::collections::HashMap::<String, usize>::new();
+    let mut worst = Duration::ZERO;
+    for task in clients {
+        for (answer, took) in task.await.expect("task") {
+            let response = answer
+                .expect("not left hanging until the client's timeout")
+                .expect("served despite the silent worker")
+                .into_inner();
+            *served_by
+                .entry(client::served_by(&response).unwrap_or_default())
+                .or_default() += 1;
+            worst = worst.max(took);
+        }
+    }
+    frozen.process.signal("CONT");
+    eprintln!("served by {served_by:?}; worst request {worst:?}");
+    assert!(
+        worst > Duration::from_secs(2),
+        "nothing waited for the worker to turn NotReady: {worst:?}"
+    );
+    assert!(
+        served_by.get("alive").copied().unwrap_or(0) > 0,
+        "{served_by:?}"
+    );
+}
+
 /// Requests whose deadlines pass while the worker runs them give their session back only
 /// when the run ends: the requests right after them wait for a free session instead of
 /// failing with "no free session" (#11).

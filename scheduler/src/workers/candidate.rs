@@ -22,6 +22,9 @@ pub struct Candidate {
     /// Requests this scheduler has dispatched to the worker and not yet seen answered.
     pub dispatched: Arc<AtomicU32>,
     pub client: WorkerClient,
+    /// Notified when the worker stops answering (missed reports, its lease expired, a
+    /// failed dispatch): requests in flight on it give up there and go to another worker.
+    pub lost: tokio::sync::Notify,
     /// Scheduler-observed latency per "model:version".
     latency: Mutex<HashMap<String, PeakEwma>>,
 }
@@ -84,6 +87,7 @@ pub(super) fn connect(
         name: status.name.clone(),
         dispatched: Arc::clone(dispatched),
         client,
+        lost: tokio::sync::Notify::new(),
         latency: Mutex::new(HashMap::new()),
     }))
 }

@@ -66,6 +66,16 @@ struct WorkerEntry {
     remote: bool,
 }
 
+impl WorkerEntry {
+    /// The worker stopped answering: requests in flight on it give up there and are
+    /// dispatched again elsewhere (inference is idempotent).
+    fn lose_in_flight(&self) {
+        if let Some(handle) = &self.handle {
+            handle.lost.notify_waiters();
+        }
+    }
+}
+
 fn power_of(status: &pb::WorkerStatus) -> PowerSource {
     let source = status.power.as_ref().map(|p| p.source).unwrap_or_default();
     match pb::PowerSource::try_from(source) {
@@ -259,6 +269,7 @@ impl Workers {
             tracing::warn!(worker = name, "worker lease expired in the store; NotReady");
             w.state = WorkerState::NotReady;
             w.reason = "lease expired: no scheduler replica hears from it".into();
+            w.lose_in_flight();
         }
     }
 
@@ -349,6 +360,7 @@ impl Workers {
                 tracing::warn!(worker = %w.status.name, reason, "worker unreachable; NotReady until it reports again");
                 w.state = WorkerState::NotReady;
                 w.reason = format!("dispatch failed: {reason}");
+                w.lose_in_flight();
             }
         }
     }
@@ -372,6 +384,7 @@ impl Workers {
                 tracing::warn!(worker = %w.status.name, silent_ms = silent.as_millis() as u64, "worker missed its reports; NotReady");
                 w.state = WorkerState::NotReady;
                 w.reason = format!("no status report for {:.1}s", silent.as_secs_f64());
+                w.lose_in_flight();
             }
         }
     }
