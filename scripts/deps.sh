@@ -25,6 +25,8 @@ if [[ ${1:-} == --test ]]; then
   command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
   command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+  # iproute2's `ip netns` for the tests that give workers links of their own.
+  command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
   # NUT's upsd and dummy-ups driver for the UPS tests.
   [[ -x /lib/nut/upsd && -x /lib/nut/dummy-ups ]] || need_apt+=(nut-server)
   # curl checks the REST listener's TLS and runs the README's examples.

@@ -212,13 +212,21 @@ impl Scheduler {
                 extra.remove(i);
             }
         }
+        // `--cluster-listen ADDR` likewise (a network namespace's address).
+        let mut cluster = format!("127.0.0.1:{}", free_port());
+        if let Some(i) = extra.iter().position(|a| a == "--cluster-listen") {
+            if i + 1 < extra.len() {
+                cluster = extra.remove(i + 1);
+                extra.remove(i);
+            }
+        }
         // Keys are required unless a test says otherwise (`--auth auto`, `--insecure`): every
         // test's requests pass the key check, as a LAN deployment's do.
         if !extra.iter().any(|a| a == "--auth" || a == "--insecure") {
             extra.extend(["--auth".to_string(), "required".to_string()]);
         }
         let (process, addr, cluster_addr, http_addr, rest_url) =
-            Scheduler::spawn(&dir, &extra, &listen, &format!("127.0.0.1:{}", free_port()));
+            Scheduler::spawn(&dir, &extra, &listen, &cluster);
         admin_keys()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -596,7 +604,49 @@ impl Worker {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> Worker {
-        let mut command = Command::new(bin("localml-worker"));
+        Worker::start_command(
+            Command::new(bin("localml-worker")),
+            name,
+            schedulers,
+            models,
+            extra,
+            env,
+        )
+    }
+
+    /// A worker in network namespace `netns` (`ip netns exec`), listening on `ip`.
+    pub fn start_in_netns(
+        name: &str,
+        scheduler: &Scheduler,
+        netns: &str,
+        ip: &str,
+        extra: &[&str],
+    ) -> Worker {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(bin("localml-worker"));
+        let listen = format!("{ip}:0");
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        Worker::start_command(
+            command,
+            name,
+            &scheduler.cluster_addr,
+            &models_dir(),
+            &args,
+            &[],
+        )
+    }
+
+    fn start_command(
+        mut command: Command,
+        name: &str,
+        schedulers: &str,
+        models: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Worker {
         for (key, value) in env {
             command.env(key, value);
         }
@@ -616,15 +666,11 @@ impl Worker {
                 command.env("LOCALML_TOKEN", join_token(client));
             }
         }
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args([
-                "--name",
-                name,
-                "--listen",
-                "127.0.0.1:0",
-                "--scheduler",
-                schedulers,
-            ])
+            .args(["--name", name, "--scheduler", schedulers])
             .arg("--models")
             .arg(models)
             .args(extra);
