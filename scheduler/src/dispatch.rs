@@ -529,6 +529,11 @@ impl Dispatcher {
                 Err(_) => break,
             };
             snapshot.queued = self.queue.len();
+            // Whether a worker was lost since this snapshot is seen at dispatch.
+            let epochs: Vec<u64> = handles
+                .iter()
+                .map(|h| h.lost_epoch.load(Ordering::SeqCst))
+                .collect();
             trace.version.clone_from(&version);
             let (_, info) = request_info(&request, &version)?;
             let excluded: Vec<usize> = handles
@@ -599,12 +604,21 @@ impl Dispatcher {
             // reports, its lease expires) gives it up: the call is dropped there (the
             // stream reset) and the request goes to another worker.
             let lost = chosen.lost.notified();
-            let answer = tokio::select! {
-                answer = client.model_infer(forwarded) => answer,
-                _ = lost => Err(Status::unavailable(format!(
+            tokio::pin!(lost);
+            lost.as_mut().enable();
+            let gone = || {
+                Status::unavailable(format!(
                     "worker {} stopped answering (NotReady) while it held the request",
                     chosen.name
-                ))),
+                ))
+            };
+            let answer = if chosen.lost_epoch.load(Ordering::SeqCst) != epochs[decision.worker] {
+                Err(gone())
+            } else {
+                tokio::select! {
+                    answer = client.model_infer(forwarded) => answer,
+                    _ = lost => Err(gone()),
+                }
             };
             match answer {
                 Ok(response) => {

@@ -11,7 +11,7 @@ use localml_serving::service::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::model::{ModelError, NamedTensor};
+use crate::model::{ModelError, NamedTensor, RunError};
 use crate::runtime::CPU_PROVIDER;
 use crate::state::{signature, FindError, Worker};
 use crate::validate::{decode_request, Signature, ValidateError};
@@ -47,9 +47,21 @@ impl From<ServiceError> for Status {
             ServiceError::Invalid(_) => tonic::Code::InvalidArgument,
             ServiceError::Model(ModelError::QueueFull(..)) => tonic::Code::ResourceExhausted,
             ServiceError::Model(ModelError::InvalidInput { .. }) => tonic::Code::InvalidArgument,
-            ServiceError::Model(ModelError::Load { .. } | ModelError::Run { .. }) => {
-                tonic::Code::Internal
-            }
+            // This worker cannot run it now (the model is unloading, a session pool
+            // broke, the model failed to load): another worker may; the scheduler tries
+            // one (UNAVAILABLE is "not here, not now", not the request's fault).
+            ServiceError::Model(
+                ModelError::Load { .. }
+                | ModelError::Run {
+                    reason:
+                        RunError::Unloading
+                        | RunError::Task(_)
+                        | RunError::Poisoned
+                        | RunError::NoSession,
+                    ..
+                },
+            ) => tonic::Code::Unavailable,
+            ServiceError::Model(ModelError::Run { .. }) => tonic::Code::Internal,
         };
         Status::new(code, e.to_string())
     }
@@ -349,8 +361,17 @@ mod tests {
                     reason: RunError::Unloading,
                 }
                 .into(),
-                tonic::Code::Internal,
+                tonic::Code::Unavailable,
                 "ONNX Runtime failed running model m: the model is unloading",
+            ),
+            (
+                ModelError::Run {
+                    model: "m".into(),
+                    reason: RunError::MissingOutput("y".into()),
+                }
+                .into(),
+                tonic::Code::Internal,
+                "ONNX Runtime failed running model m: output 'y' missing from the result",
             ),
         ];
         for (error, code, message) in cases {

@@ -25,6 +25,9 @@ pub struct Candidate {
     /// Notified when the worker stops answering (missed reports, its lease expired, a
     /// failed dispatch): requests in flight on it give up there and go to another worker.
     pub lost: tokio::sync::Notify,
+    /// Counts those moments, so a request dispatched just after one (between the
+    /// snapshot and waiting on `lost`) sees it.
+    pub lost_epoch: std::sync::atomic::AtomicU64,
     /// Scheduler-observed latency per "model:version".
     latency: Mutex<HashMap<String, PeakEwma>>,
 }
@@ -34,6 +37,13 @@ fn latency_key(model: &str, version: &str) -> String {
 }
 
 impl Candidate {
+    /// The worker stopped answering: the requests waiting on it give up there.
+    pub fn lose_in_flight(&self) {
+        self.lost_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.lost.notify_waiters();
+    }
+
     /// Records the latency of a request this worker answered.
     pub fn observe_latency(&self, model: &str, version: &str, sample_ms: f64, now_ms: u64) {
         let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
@@ -88,6 +98,7 @@ pub(super) fn connect(
         dispatched: Arc::clone(dispatched),
         client,
         lost: tokio::sync::Notify::new(),
+        lost_epoch: std::sync::atomic::AtomicU64::new(0),
         latency: Mutex::new(HashMap::new()),
     }))
 }

@@ -71,7 +71,7 @@ impl WorkerEntry {
     /// dispatched again elsewhere (inference is idempotent).
     fn lose_in_flight(&self) {
         if let Some(handle) = &self.handle {
-            handle.lost.notify_waiters();
+            handle.lose_in_flight();
         }
     }
 }
@@ -169,7 +169,13 @@ impl Workers {
     pub fn remove(&self, name: &str) -> bool {
         let mut workers = self.write();
         let before = workers.len();
-        workers.retain(|_, w| w.status.name != name);
+        workers.retain(|_, w| {
+            let keep = w.status.name != name;
+            if !keep {
+                w.lose_in_flight();
+            }
+            keep
+        });
         before != workers.len()
     }
 
@@ -293,6 +299,8 @@ impl Workers {
             return false;
         };
         if let Some(handle) = new_handle {
+            // A new address: what was in flight at the old one goes elsewhere.
+            w.lose_in_flight();
             w.handle = handle;
         }
         w.last_report = now;
@@ -360,7 +368,6 @@ impl Workers {
                 tracing::warn!(worker = %w.status.name, reason, "worker unreachable; NotReady until it reports again");
                 w.state = WorkerState::NotReady;
                 w.reason = format!("dispatch failed: {reason}");
-                w.lose_in_flight();
             }
         }
     }
