@@ -281,26 +281,22 @@ async fn short_client_deadlines_do_not_take_a_healthy_worker_out() {
     );
 }
 
-/// A worker frozen (SIGSTOP, as a PC that loses power or its network looks from outside)
-/// while it serves: the requests in flight on it are not left hanging. The scheduler's
-/// HTTP/2 keepalive (a ping a second, two seconds to answer) ends the frozen connection,
-/// and those requests are served by the other worker, without any client deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
-    let scheduler = Scheduler::start();
-    // Slowed (sleeping) so that requests are in flight on both when one freezes.
-    let frozen = Worker::start("frozen", &scheduler, &["--throttle", "20"]);
-    let _alive = Worker::start("alive", &scheduler, &["--throttle", "20"]);
-    scheduler.wait_ready(&["frozen", "alive"]).await;
+/// Eight clients sending image requests one after another for `secs` seconds, each
+/// with a 30 s timeout; `during` runs half a second in. Every request must be served;
+/// returns how many each worker served and the slowest request.
+async fn load_through(
+    scheduler: &Scheduler,
+    secs: u64,
+    during: impl FnOnce(),
+) -> (std::collections::HashMap<String, usize>, Duration) {
     let c = scheduler.inference().await;
     let started = std::time::Instant::now();
-    // Eight clients, each sending requests one after another for a few seconds.
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let mut c = c.clone();
             tokio::spawn(async move {
                 let mut answers = Vec::new();
-                while started.elapsed() < Duration::from_secs(3) {
+                while started.elapsed() < Duration::from_secs(secs) {
                     let sent = std::time::Instant::now();
                     let answer = tokio::time::timeout(
                         Duration::from_secs(30),
@@ -314,14 +310,14 @@ async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    frozen.process.signal("STOP");
+    during();
     let mut served_by = std::collections::HashMap::<String, usize>::new();
     let mut worst = Duration::ZERO;
     for task in clients {
         for (answer, took) in task.await.expect("task") {
             let response = answer
-                .expect("not left hanging")
-                .expect("served despite the frozen worker")
+                .expect("not left hanging until the client's timeout")
+                .expect("served")
                 .into_inner();
             *served_by
                 .entry(client::served_by(&response).unwrap_or_default())
@@ -333,6 +329,21 @@ async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
         "served by {served_by:?}; worst request {worst:?}, all in {:?}",
         started.elapsed()
     );
+    (served_by, worst)
+}
+
+/// A worker frozen (SIGSTOP, as a PC that loses power or its network looks from outside)
+/// while it serves: the requests in flight on it are not left hanging. The scheduler's
+/// HTTP/2 keepalive (a ping a second, two seconds to answer) ends the frozen connection,
+/// and those requests are served by the other worker, without any client deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_on_a_frozen_worker_are_served_elsewhere() {
+    let scheduler = Scheduler::start();
+    // Slowed (sleeping) so that requests are in flight on both when one freezes.
+    let frozen = Worker::start("frozen", &scheduler, &["--throttle", "20"]);
+    let _alive = Worker::start("alive", &scheduler, &["--throttle", "20"]);
+    scheduler.wait_ready(&["frozen", "alive"]).await;
+    let (served_by, worst) = load_through(&scheduler, 3, || frozen.process.signal("STOP")).await;
     // Some requests were on the frozen worker when it froze: they waited for the
     // keepalive to give up on it, then were served by the other.
     assert!(
@@ -357,44 +368,8 @@ async fn requests_in_flight_on_a_worker_that_misses_its_reports_go_elsewhere() {
     let frozen = Worker::start("silent", &scheduler, &["--throttle", "20"]);
     let _alive = Worker::start("alive", &scheduler, &["--throttle", "20"]);
     scheduler.wait_ready(&["silent", "alive"]).await;
-    let c = scheduler.inference().await;
-    let started = std::time::Instant::now();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let mut c = c.clone();
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                while started.elapsed() < Duration::from_secs(2) {
-                    let sent = std::time::Instant::now();
-                    let answer = tokio::time::timeout(
-                        Duration::from_secs(30),
-                        c.model_infer(image_request(1)),
-                    )
-                    .await;
-                    answers.push((answer, sent.elapsed()));
-                }
-                answers
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    frozen.process.signal("STOP");
-    let mut served_by = std::collections::HashMap::<String, usize>::new();
-    let mut worst = Duration::ZERO;
-    for task in clients {
-        for (answer, took) in task.await.expect("task") {
-            let response = answer
-                .expect("not left hanging until the client's timeout")
-                .expect("served despite the silent worker")
-                .into_inner();
-            *served_by
-                .entry(client::served_by(&response).unwrap_or_default())
-                .or_default() += 1;
-            worst = worst.max(took);
-        }
-    }
+    let (served_by, worst) = load_through(&scheduler, 2, || frozen.process.signal("STOP")).await;
     frozen.process.signal("CONT");
-    eprintln!("served by {served_by:?}; worst request {worst:?}");
     assert!(
         worst > Duration::from_secs(2),
         "nothing waited for the worker to turn NotReady: {worst:?}"
@@ -564,43 +539,7 @@ async fn a_worker_whose_link_is_cut_mid_load_loses_no_request_and_comes_back() {
     assert!(remote.addr.starts_with(&net.ns_ip), "{}", remote.addr);
     let _local = Worker::start("local", &scheduler, &["--throttle", "20"]);
     scheduler.wait_ready(&["remote", "local"]).await;
-    let c = scheduler.inference().await;
-    let started = std::time::Instant::now();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let mut c = c.clone();
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                while started.elapsed() < Duration::from_secs(3) {
-                    let sent = std::time::Instant::now();
-                    let answer = tokio::time::timeout(
-                        Duration::from_secs(30),
-                        c.model_infer(image_request(1)),
-                    )
-                    .await;
-                    answers.push((answer, sent.elapsed()));
-                }
-                answers
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    net.set_link(false);
-    let mut served_by = std::collections::HashMap::<String, usize>::new();
-    let mut worst = Duration::ZERO;
-    for task in clients {
-        for (answer, took) in task.await.expect("task") {
-            let response = answer
-                .expect("not left hanging")
-                .expect("served despite the cut link")
-                .into_inner();
-            *served_by
-                .entry(client::served_by(&response).unwrap_or_default())
-                .or_default() += 1;
-            worst = worst.max(took);
-        }
-    }
-    eprintln!("served by {served_by:?}; worst request {worst:?}");
+    let (served_by, _) = load_through(&scheduler, 3, || net.set_link(false)).await;
     assert!(
         served_by.get("remote").copied().unwrap_or(0) > 0
             && served_by.get("local").copied().unwrap_or(0) > 0,

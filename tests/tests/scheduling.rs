@@ -224,9 +224,14 @@ async fn flood(
     Vec<tokio::task::JoinHandle<Result<(), tonic::Status>>>,
 ) {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
+    // Every client first, then every request: sent together, not one connection apart.
+    let mut clients = Vec::new();
     for _ in 0..n {
-        let (mut c, request, done) = (scheduler.inference().await, request.clone(), done.clone());
+        clients.push(scheduler.inference().await);
+    }
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let (request, done) = (request.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             c.model_infer(request).await?;
             done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -248,7 +253,31 @@ async fn wait_dispatched(scheduler: &Scheduler, n: u32) {
             >= n
     })
     .await;
-    assert!(full, "workers saturated");
+    let workers = scheduler.workers().await;
+    let seen: Vec<String> = workers
+        .iter()
+        .map(|w| {
+            let models: Vec<String> = w
+                .status
+                .iter()
+                .flat_map(|s| s.models.iter())
+                .map(|m| {
+                    format!(
+                        "{} queued {} in flight {}",
+                        m.name, m.queue_depth, m.in_flight
+                    )
+                })
+                .collect();
+            format!(
+                "{} state {} ({}) dispatched {} {models:?}",
+                w.status.as_ref().map_or("", |s| s.name.as_str()),
+                w.state,
+                w.state_reason,
+                w.dispatched_in_flight
+            )
+        })
+        .collect();
+    assert!(full, "workers not saturated with {n}: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,6 +342,23 @@ async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_qu
         "the dispatched and the queued ones were served: {served}"
     );
 
+    // The worker's reports say it is idle again first: a report from the busy moments
+    // above, still standing, would make the scheduler queue the next burst (four) and
+    // refuse the rest, so eight would never be dispatched.
+    let idle = wait_until(SOON, || async {
+        scheduler.workers().await.iter().all(|w| {
+            w.dispatched_in_flight == 0
+                && w.status
+                    .iter()
+                    .flat_map(|s| s.models.iter())
+                    .all(|m| m.queue_depth == 0 && m.in_flight == 0)
+        })
+    })
+    .await;
+    assert!(
+        idle,
+        "the worker reports itself idle once the first burst is served"
+    );
     let (_, _busy) = flood(&scheduler, &image_request(1), 10).await;
     wait_dispatched(&scheduler, 8).await;
     let mut c = scheduler.inference().await;
