@@ -17,6 +17,21 @@ use localml_tests::*;
 const QUICK: &str =
     "report_interval_ms: 200\nworker_grace_period_ms: 3000\nleader_lease_ms: 1000\n";
 
+/// An on-demand worker with an empty repository `repo` (it gets models from the
+/// catalog) keeping its cache in `data`, with `extra` flags.
+fn on_demand(
+    name: &str,
+    scheduler: &Scheduler,
+    repo: &Path,
+    data: &TempDir,
+    extra: &[&str],
+) -> Worker {
+    let data = data.path().to_str().expect("utf-8");
+    let mut flags = vec!["--load", "on-demand", "--data-dir", data];
+    flags.extend_from_slice(extra);
+    Worker::start_with_models(name, scheduler, repo, &flags)
+}
+
 async fn catalog(scheduler: &Scheduler) -> CatalogClient<Connection> {
     CatalogClient::new(scheduler.admin_channel().await)
         .max_decoding_message_size(64 << 20)
@@ -750,15 +765,7 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
     let _workers: Vec<Worker> = ["c1", "c2"]
         .iter()
         .zip(&data)
-        .map(|(name, dir)| {
-            let dir = dir.path().to_str().expect("utf-8");
-            Worker::start_with_models(
-                name,
-                &scheduler,
-                empty.path(),
-                &["--load", "on-demand", "--data-dir", dir],
-            )
-        })
+        .map(|(name, dir)| on_demand(name, &scheduler, empty.path(), dir, &[]))
         .collect();
     scheduler.wait_ready(&["c1", "c2"]).await;
     let image = models_dir().join("image_classifier");
@@ -978,18 +985,12 @@ async fn the_worker_cache_evicts_unassigned_models_beyond_its_budget() {
     let empty = TempDir::new("catalog-empty-repository");
     let data = TempDir::new("catalog-worker");
     // text_classifier: 128,940 bytes; image_classifier: 6,920: both do not fit in 130,000.
-    let _worker = Worker::start_with_models(
+    let _worker = on_demand(
         "cached",
         &scheduler,
         empty.path(),
-        &[
-            "--load",
-            "on-demand",
-            "--cache-bytes",
-            "130000",
-            "--data-dir",
-            data.path().to_str().expect("utf-8"),
-        ],
+        &data,
+        &["--cache-bytes", "130000"],
     );
     scheduler.wait_ready(&["cached"]).await;
     let text = models_dir().join("text_classifier/2/model.onnx");
@@ -1449,24 +1450,18 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
 
 /// `--fetch-rate`: a worker on a slow link fetches a model no faster than it allows (a
 /// 128,940-byte model at 20,000 bytes per second takes at least 6.4 s; unlimited, the
-/// fetch and load take about a second here).
+/// deployment served in about 3.5 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
     let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-rate-repository");
     let data = TempDir::new("catalog-rate-data");
-    let _worker = Worker::start_with_models(
+    let _worker = on_demand(
         "slow-link",
         &scheduler,
         empty.path(),
-        &[
-            "--load",
-            "on-demand",
-            "--fetch-rate",
-            "20000",
-            "--data-dir",
-            data.path().to_str().expect("utf-8"),
-        ],
+        &data,
+        &["--fetch-rate", "20000"],
     );
     scheduler.wait_ready(&["slow-link"]).await;
     let file = models_dir().join("text_classifier/2/model.onnx");
@@ -1603,6 +1598,19 @@ async fn variants_are_placed_by_memory_and_answers_name_them() {
         out.contains("pushed texts version 2 (int8 variant): 1 file(s), 33504 bytes"),
         "{out}"
     );
+    let again = cli_ok(
+        &scheduler,
+        &[
+            "models",
+            "push",
+            &arg(&int8),
+            "--name",
+            "texts",
+            "--variant",
+            "int8",
+        ],
+    );
+    assert!(again.contains("; sent 0 bytes"), "{again}");
     let listed = cli_ok(&scheduler, &["models", "list"]);
     assert!(
         listed

@@ -217,13 +217,17 @@ const HIGHEST: &str = "catalog-highest/";
 
 /// Sorted (path, sha256, size): two versions with the same are the same content.
 fn content(m: &CatalogModel) -> (Vec<(String, String, u64)>, &str) {
-    let mut files: Vec<_> = m
-        .files
+    (file_set(&m.files), m.config_yaml.as_str())
+}
+
+/// Sorted (path, sha256, size) of `files`.
+fn file_set(files: &[CatalogFile]) -> Vec<(String, String, u64)> {
+    let mut set: Vec<_> = files
         .iter()
         .map(|f| (f.path.clone(), f.sha256.clone(), f.size))
         .collect();
-    files.sort();
-    (files, m.config_yaml.as_str())
+    set.sort();
+    set
 }
 
 pub struct Catalog {
@@ -448,22 +452,11 @@ impl Catalog {
                     model: display(&m.name, &version),
                 });
             }
-            let same_files = |v: &CatalogVariant| {
-                let key = |files: &[CatalogFile]| {
-                    let mut k: Vec<(String, String)> = files
-                        .iter()
-                        .map(|f| (f.path.clone(), f.sha256.clone()))
-                        .collect();
-                    k.sort();
-                    k
-                };
-                key(&v.files) == key(&m.files)
-            };
             // The same files again: nothing changes (its measurement stays).
             if record
                 .variants
                 .iter()
-                .any(|v| v.name == variant && same_files(v))
+                .any(|v| v.name == variant && file_set(&v.files) == file_set(&m.files))
             {
                 self.claimed_files(&m.files);
                 return Ok(record);
