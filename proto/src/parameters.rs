@@ -19,6 +19,23 @@ pub const WORKER_PARAMETER: &str = "localml.worker";
 /// int8; set by workers for catalog models).
 pub const VARIANT_PARAMETER: &str = "localml.variant";
 
+/// A request's `localml.priority` (higher first; 0 when absent): an integer, or a string
+/// holding one. The error is the string that is not an integer, or None for a parameter
+/// of another type.
+pub fn priority(
+    parameters: &std::collections::HashMap<String, crate::inference::InferParameter>,
+) -> Result<i64, Option<String>> {
+    match parameters
+        .get(PRIORITY_PARAMETER)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(0),
+        Some(ParameterChoice::Int64Param(p)) => Ok(*p),
+        Some(ParameterChoice::StringParam(s)) => s.trim().parse().map_err(|_| Some(s.clone())),
+        Some(_) => Err(None),
+    }
+}
+
 /// The worker that served `response`, when it says.
 pub fn served_by(response: &ModelInferResponse) -> Option<String> {
     match response

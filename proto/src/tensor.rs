@@ -156,8 +156,8 @@ macro_rules! each_numeric {
     };
 }
 
-/// Little-endian fixed-size element conversion.
-trait Element: Sized + Copy {
+/// Little-endian fixed-size element conversion (the protocol's raw layout).
+pub trait Element: Sized + Copy {
     const SIZE: usize;
     fn read(bytes: &[u8]) -> Self;
     fn write(self, out: &mut Vec<u8>);
@@ -194,6 +194,46 @@ fn read_all<T: Element>(raw: &[u8]) -> Vec<T> {
     raw.chunks_exact(T::SIZE).map(T::read).collect()
 }
 
+/// `values` as raw little-endian content, in one pass (an output written straight from
+/// ONNX Runtime's buffer into the response).
+pub fn le_bytes<T: Element>(values: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * T::SIZE);
+    for &v in values {
+        v.write(&mut out);
+    }
+    out
+}
+
+/// Walks raw BYTES content (4-byte little-endian length, then that many bytes, per
+/// element), calling `each` with every element; fails where the framing breaks.
+fn walk_bytes<'a>(raw: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Result<(), TensorError> {
+    let mut offset = 0;
+    while offset < raw.len() {
+        let header = raw
+            .get(offset..offset.saturating_add(4))
+            .ok_or(TensorError::MalformedBytes { offset })?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let start = offset + 4;
+        let body = raw
+            .get(start..start.saturating_add(len))
+            .ok_or(TensorError::MalformedBytes { offset })?;
+        each(body);
+        offset = start + len;
+    }
+    Ok(())
+}
+
+/// The byte offsets in raw BYTES content where each of its elements starts, and its end:
+/// `elements + 1` offsets (for splitting a batch's output without decoding it).
+pub fn bytes_boundaries(raw: &[u8]) -> Result<Vec<usize>, TensorError> {
+    let mut boundaries = vec![0];
+    let base = raw.as_ptr() as usize;
+    walk_bytes(raw, |body| {
+        boundaries.push(body.as_ptr() as usize - base + body.len());
+    })?;
+    Ok(boundaries)
+}
+
 /// Number of elements of `shape`, checking for negative dims and overflow.
 pub fn element_count(shape: &[i64]) -> Result<usize, TensorError> {
     shape.iter().try_fold(1usize, |acc, &d| {
@@ -207,18 +247,7 @@ pub fn element_count(shape: &[i64]) -> Result<usize, TensorError> {
 /// Splits raw BYTES content into its elements.
 fn split_bytes(raw: &[u8]) -> Result<Vec<Vec<u8>>, TensorError> {
     let mut out = Vec::new();
-    let mut offset = 0;
-    while offset < raw.len() {
-        let header = raw
-            .get(offset..offset + 4)
-            .ok_or(TensorError::MalformedBytes { offset })?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let body = raw
-            .get(offset + 4..offset + 4 + len)
-            .ok_or(TensorError::MalformedBytes { offset })?;
-        out.push(body.to_vec());
-        offset += 4 + len;
-    }
+    walk_bytes(raw, |body| out.push(body.to_vec()))?;
     Ok(out)
 }
 
@@ -256,16 +285,21 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// Decodes raw little-endian content for a tensor of `shape`, checking its length.
-    pub fn from_raw(
-        datatype: DataType,
-        shape: &[i64],
-        raw: &[u8],
-    ) -> Result<TensorData, TensorError> {
+    /// Checks raw little-endian content for a tensor of `shape` without decoding it:
+    /// its length, or for BYTES its framing and element count (headers only).
+    pub fn check_raw(datatype: DataType, shape: &[i64], raw: &[u8]) -> Result<(), TensorError> {
         let count = element_count(shape)?;
         let Some(size) = datatype.element_size() else {
-            let elements = split_bytes(raw)?;
-            return check_count(TensorData::Bytes(elements), shape, count);
+            let mut actual = 0usize;
+            walk_bytes(raw, |_| actual += 1)?;
+            if actual != count {
+                return Err(TensorError::ElementCount {
+                    shape: shape.to_vec(),
+                    expected: count,
+                    actual,
+                });
+            }
+            return Ok(());
         };
         let expected = count
             .checked_mul(size)
@@ -278,7 +312,73 @@ impl TensorData {
                 actual: raw.len(),
             });
         }
-        Ok(match datatype {
+        Ok(())
+    }
+
+    /// Decodes raw little-endian content for a tensor of `shape`, checking its length.
+    pub fn from_raw(
+        datatype: DataType,
+        shape: &[i64],
+        raw: &[u8],
+    ) -> Result<TensorData, TensorError> {
+        if datatype == DataType::Bytes {
+            let count = element_count(shape)?;
+            return check_count(TensorData::Bytes(split_bytes(raw)?), shape, count);
+        }
+        Self::check_raw(datatype, shape, raw)?;
+        Ok(Self::decode_checked(datatype, raw))
+    }
+
+    /// An empty tensor of `datatype` with room for `elements`.
+    pub fn with_capacity(datatype: DataType, elements: usize) -> TensorData {
+        let mut data = Self::decode_checked(datatype, &[]);
+        each_numeric!(&mut data, v => v.reserve(elements), bytes b => b.reserve(elements));
+        data
+    }
+
+    /// Appends raw content already checked ([`TensorData::check_raw`]) for this datatype
+    /// (joining requests into one batch in one pass over their bytes).
+    pub fn extend_from_raw(&mut self, raw: &[u8]) -> Result<(), TensorError> {
+        fn extend<T: Element>(into: &mut Vec<T>, raw: &[u8]) {
+            into.extend(raw.chunks_exact(T::SIZE).map(T::read));
+        }
+        match self {
+            TensorData::Uint8(v) => v.extend_from_slice(raw),
+            TensorData::Bytes(b) => walk_bytes(raw, |body| b.push(body.to_vec()))?,
+            TensorData::Bool(v) => extend(v, raw),
+            TensorData::Uint16(v) => extend(v, raw),
+            TensorData::Uint32(v) => extend(v, raw),
+            TensorData::Uint64(v) => extend(v, raw),
+            TensorData::Int8(v) => extend(v, raw),
+            TensorData::Int16(v) => extend(v, raw),
+            TensorData::Int32(v) => extend(v, raw),
+            TensorData::Int64(v) => extend(v, raw),
+            TensorData::Fp16(v) => extend(v, raw),
+            TensorData::Fp32(v) => extend(v, raw),
+            TensorData::Fp64(v) => extend(v, raw),
+        }
+        Ok(())
+    }
+
+    /// Appends `other`'s elements when it has the same datatype; false (nothing appended)
+    /// when it does not.
+    pub fn append(&mut self, other: TensorData) -> bool {
+        macro_rules! join {
+            ($($variant:ident),*) => {
+                match (self, other) {
+                    $((TensorData::$variant(a), TensorData::$variant(b)) => { a.extend(b); true })*
+                    _ => false,
+                }
+            };
+        }
+        join!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        )
+    }
+
+    /// Decodes raw content whose length was checked (BYTES: use [`TensorData::from_raw`]).
+    fn decode_checked(datatype: DataType, raw: &[u8]) -> TensorData {
+        match datatype {
             DataType::Bool => TensorData::Bool(read_all(raw)),
             DataType::Uint8 => TensorData::Uint8(raw.to_vec()),
             DataType::Uint16 => TensorData::Uint16(read_all(raw)),
@@ -291,8 +391,9 @@ impl TensorData {
             DataType::Fp16 => TensorData::Fp16(read_all(raw)),
             DataType::Fp32 => TensorData::Fp32(read_all(raw)),
             DataType::Fp64 => TensorData::Fp64(read_all(raw)),
-            DataType::Bytes => unreachable!("handled above"),
-        })
+            // Only ever called with no bytes for BYTES (an empty tensor).
+            DataType::Bytes => TensorData::Bytes(Vec::new()),
+        }
     }
 
     /// Decodes typed `contents` for a tensor of `shape`, checking the element count.
@@ -325,14 +426,7 @@ impl TensorData {
 
     /// Encodes as raw little-endian content (BYTES with 4-byte length prefixes).
     pub fn to_raw(&self) -> Vec<u8> {
-        fn all<T: Element>(values: &[T]) -> Vec<u8> {
-            let mut out = Vec::with_capacity(values.len() * T::SIZE);
-            for &v in values {
-                v.write(&mut out);
-            }
-            out
-        }
-        each_numeric!(self, v => all(v), bytes b => {
+        each_numeric!(self, v => le_bytes(v), bytes b => {
             let mut out = Vec::with_capacity(b.iter().map(|e| e.len() + 4).sum());
             for element in b {
                 // Elements over 4 GiB cannot be framed; the message limit stops them long before.
@@ -444,7 +538,23 @@ mod tests {
             let raw = data.to_raw();
             let back = TensorData::from_raw(data.datatype(), &[2, 2], &raw).expect("decodes");
             assert_eq!(back, data, "{}", data.datatype());
+            // Checked without decoding, then decoded into a joined tensor (a batch).
+            TensorData::check_raw(data.datatype(), &[2, 2], &raw).expect("checks");
+            let mut joined = TensorData::with_capacity(data.datatype(), 8);
+            joined.extend_from_raw(&raw).expect("extends");
+            assert!(joined.append(data.clone()), "{}", data.datatype());
+            let mut twice = TensorData::from_raw(data.datatype(), &[2, 2], &raw).expect("again");
+            twice.extend_from_raw(&raw).expect("extends");
+            assert_eq!(joined, twice, "{}", data.datatype());
+            assert_eq!(joined.len(), 8, "{}", data.datatype());
         }
+        assert!(!TensorData::Fp32(vec![1.0]).append(TensorData::Fp64(vec![1.0])));
+        let bytes = TensorData::Bytes(vec![b"ab".to_vec(), Vec::new(), b"c\0d".to_vec()]);
+        assert_eq!(bytes_boundaries(&bytes.to_raw()), Ok(vec![0, 6, 10, 17]));
+        assert_eq!(
+            bytes_boundaries(&[3, 0, 0, 0, b'a']),
+            Err(TensorError::MalformedBytes { offset: 0 })
+        );
     }
 
     #[test]
@@ -543,6 +653,22 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(case.result, Err(case.expected), "{}", case.name);
+        }
+        // Checking raw content without decoding it finds the same faults.
+        let raw_cases: [(DataType, &[i64], &[u8]); 5] = [
+            (DataType::Fp32, &[1, 3], &[0; 8]),
+            (DataType::Fp32, &[-1, 3], &[]),
+            (DataType::Fp64, &[i64::MAX, i64::MAX], &[]),
+            (DataType::Bytes, &[1], &[5, 0, 0, 0, b'a']),
+            (DataType::Bytes, &[2], &[1, 0, 0, 0, b'a']),
+        ];
+        for (datatype, shape, raw) in raw_cases {
+            assert_eq!(
+                TensorData::check_raw(datatype, shape, raw),
+                TensorData::from_raw(datatype, shape, raw).map(|_| ()),
+                "{datatype} {shape:?}"
+            );
+            assert!(TensorData::check_raw(datatype, shape, raw).is_err());
         }
     }
 

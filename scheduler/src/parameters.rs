@@ -69,18 +69,10 @@ pub fn request_info(
             selector.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let priority = match request
-        .parameters
-        .get(PRIORITY_PARAMETER)
-        .and_then(|p| p.parameter_choice.as_ref())
-    {
-        None => 0,
-        Some(ParameterChoice::Int64Param(p)) => *p,
-        Some(ParameterChoice::StringParam(s)) => {
-            s.parse().map_err(|_| ParameterError::Priority(s.clone()))?
-        }
-        Some(_) => return Err(ParameterError::PriorityType),
-    };
+    let priority = priority(&request.parameters).map_err(|e| match e {
+        Some(text) => ParameterError::Priority(text),
+        None => ParameterError::PriorityType,
+    })?;
     let tenant = string_parameter(request, TENANT_PARAMETER)?.unwrap_or_default();
     let mains_only = match string_parameter(request, POWER_PARAMETER)?.as_deref() {
         None | Some("any") | Some("prefer_mains") => false,

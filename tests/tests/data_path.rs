@@ -340,6 +340,97 @@ async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batching_queue_takes_higher_priority_first() {
+    use localml_cli::client::{self, Tensor};
+    use localml_proto::tensor::TensorData;
+
+    // One session; the first request waits its full delay (1 s) for others to join it,
+    // and those sent meanwhile ask for other outputs, so none can: each runs in a batch
+    // of its own, in the order the queue picks them. A throttled worker holds its
+    // session longer per run, so answers come back well apart.
+    let dir = TempDir::new("priority");
+    let repo = dir.path().join("models");
+    let model = repo.join("tensor_stats");
+    std::fs::create_dir_all(model.join("1")).expect("model dir");
+    std::fs::copy(
+        models_dir().join("tensor_stats/1/model.onnx"),
+        model.join("1/model.onnx"),
+    )
+    .expect("copy model");
+    std::fs::write(
+        model.join("config.yaml"),
+        "max_batch_size: 8\ninstances: 1\n\
+         dynamic_batching:\n  max_queue_delay_microseconds: 1000000\n",
+    )
+    .expect("write config");
+    let scheduler = Scheduler::start();
+    let worker = Worker::start_with_models("queue", &scheduler, &repo, &["--throttle", "300"]);
+    scheduler.wait_ready(&["queue"]).await;
+    let c = worker.inference().await;
+    let started = std::time::Instant::now();
+    let send = |outputs: &[&str], priority: Option<&str>| {
+        let mut c = c.clone();
+        let mut request = client::request(
+            "tensor_stats",
+            "",
+            &[Tensor {
+                name: "values".into(),
+                shape: vec![1, 8],
+                data: TensorData::Fp32(vec![1.0; 8]),
+            }],
+        );
+        for name in outputs {
+            request.outputs.push(
+                localml_proto::inference::model_infer_request::InferRequestedOutputTensor {
+                    name: name.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        if let Some(p) = priority {
+            request = with_param(request, "localml.priority", p);
+        }
+        tokio::spawn(async move {
+            let answer = c.model_infer(request).await;
+            (started.elapsed(), answer)
+        })
+    };
+    let first = send(&["sum"], None);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let low: Vec<_> = [&["max"][..], &["argmax"], &["doubled"]]
+        .into_iter()
+        .map(|outputs| send(outputs, Some("-1")))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let high = send(&["sum", "max"], Some("7"));
+
+    first
+        .await
+        .expect("task")
+        .1
+        .expect("the first request is served");
+    let (high_done, answer) = high.await.expect("task");
+    answer.expect("the high-priority request is served");
+    for (i, task) in low.into_iter().enumerate() {
+        let (done, answer) = task.await.expect("task");
+        answer.unwrap_or_else(|s| panic!("low-priority request {i}: {s:?}"));
+        assert!(
+            high_done < done,
+            "low-priority request {i} (sent before it) was answered at {done:?}, before the \
+             high-priority one at {high_done:?}"
+        );
+    }
+    // A priority that is not an integer is refused, naming the parameter.
+    let bad = send(&["sum"], Some("urgent"));
+    let status = bad.await.expect("task").1.expect_err("bad priority");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("localml.priority") && status.message().contains("'urgent'"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_elements_carry_any_bytes_nul_included() {
     use localml_cli::client::{self, Tensor};
     use localml_proto::inference::ModelMetadataRequest;

@@ -11,7 +11,7 @@ use localml_serving::service::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::model::{ModelError, NamedTensor, RunError};
+use crate::model::{ModelError, Output, RunError};
 use crate::runtime::CPU_PROVIDER;
 use crate::state::{signature, FindError, Worker};
 use crate::validate::{decode_request, Signature, ValidateError};
@@ -114,7 +114,9 @@ impl Worker {
             max_batch_size: model.max_batch_size,
         };
         let decoded = decode_request(&sig, &request)?;
-        let outputs = model.run(decoded.inputs, decoded.requested_outputs).await?;
+        let outputs = model
+            .run(decoded.inputs, decoded.requested_outputs, decoded.priority)
+            .await?;
         Ok(self.response(&request, &model, outputs))
     }
 
@@ -122,7 +124,7 @@ impl Worker {
         &self,
         request: &ModelInferRequest,
         model: &crate::model::LoadedModel,
-        outputs: Vec<NamedTensor>,
+        outputs: Vec<Output>,
     ) -> ModelInferResponse {
         let mut response = ModelInferResponse {
             model_name: request.model_name.clone(),
@@ -131,12 +133,12 @@ impl Worker {
             ..Default::default()
         };
         for out in outputs {
-            response.raw_output_contents.push(out.data.to_raw().into());
+            response.raw_output_contents.push(out.raw);
             response
                 .outputs
                 .push(model_infer_response::InferOutputTensor {
                     name: out.name,
-                    datatype: out.data.datatype().as_str().to_string(),
+                    datatype: out.datatype.as_str().to_string(),
                     shape: out.shape,
                     ..Default::default()
                 });

@@ -1,18 +1,23 @@
-//! Checks an inference request against a model's signature and decodes its tensors,
-//! before ONNX Runtime sees any data. Every error names the tensor, what was expected and
-//! what arrived; they become INVALID_ARGUMENT.
+//! Checks an inference request against a model's signature before ONNX Runtime sees any
+//! data: names, datatypes, shapes, and raw contents' lengths (BYTES: their framing) are
+//! checked here, on the async runtime, without decoding the data; raw bytes are decoded
+//! later, once, on the thread that runs the model ([`crate::model::Input`]). Every error
+//! names the tensor, what was expected and what arrived; they become INVALID_ARGUMENT.
 
 use std::collections::HashSet;
 
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::tensor::{DataType, TensorData, TensorError};
 
-use crate::model::{NamedTensor, TensorSpec};
+use crate::model::{Input, InputData, TensorSpec};
 
 /// Why a request does not fit its model. Every variant becomes INVALID_ARGUMENT; the
 /// texts are what clients see, so they name the tensor, what was expected and what came.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ValidateError {
+    /// `localml.priority` is not an integer.
+    #[error("parameter '{name}' is {0}; expected an integer", name = localml_proto::parameters::PRIORITY_PARAMETER)]
+    Priority(String),
     /// Raw contents must cover every input or none (the protocol's rule).
     #[error("raw_input_contents has {raw} entries but the request has {inputs} inputs; send raw data for every input or for none")]
     RawCount { raw: usize, inputs: usize },
@@ -98,11 +103,13 @@ pub struct Signature<'a> {
     pub max_batch_size: u32,
 }
 
-/// A decoded request: inputs in the model's order, and the outputs asked for (empty: all).
+/// A checked request: inputs in the model's order, and the outputs asked for (empty: all).
 #[derive(Debug)]
 pub struct Decoded {
-    pub inputs: Vec<NamedTensor>,
+    pub inputs: Vec<Input>,
     pub requested_outputs: Vec<String>,
+    /// `localml.priority` (higher first), for the batching queue.
+    pub priority: i64,
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -148,11 +155,15 @@ fn check_shape(sig: &Signature<'_>, spec: &TensorSpec, shape: &[i64]) -> Result<
     Ok(())
 }
 
-/// Validates and decodes `request` for the model described by `sig`.
+/// Validates `request` for the model described by `sig`. Raw contents are checked and
+/// kept as they came (no copy); typed `contents` are converted (prost decoded them already).
 pub fn decode_request(
     sig: &Signature<'_>,
     request: &ModelInferRequest,
 ) -> Result<Decoded, ValidateError> {
+    let priority = localml_proto::parameters::priority(&request.parameters).map_err(|e| {
+        ValidateError::Priority(e.map_or_else(|| "not a string or an integer".into(), |s| format!("'{s}'")))
+    })?;
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(ValidateError::RawCount {
@@ -161,7 +172,7 @@ pub fn decode_request(
         });
     }
     let mut seen = HashSet::new();
-    let mut decoded: Vec<Option<NamedTensor>> = vec![None; sig.inputs.len()];
+    let mut decoded: Vec<Option<Input>> = vec![None; sig.inputs.len()];
     for (i, input) in request.inputs.iter().enumerate() {
         let Some(pos) = sig.inputs.iter().position(|s| s.name == input.name) else {
             return Err(ValidateError::UnexpectedInput {
@@ -189,9 +200,10 @@ pub fn decode_request(
         }
         check_shape(sig, spec, &input.shape)?;
         let data = if let Some(bytes) = raw.get(i) {
-            TensorData::from_raw(datatype, &input.shape, bytes)
+            TensorData::check_raw(datatype, &input.shape, bytes)
+                .map(|()| InputData::Raw(bytes.clone()))
         } else if let Some(contents) = &input.contents {
-            TensorData::from_contents(datatype, &input.shape, contents)
+            TensorData::from_contents(datatype, &input.shape, contents).map(InputData::Decoded)
         } else {
             return Err(ValidateError::NoData(input.name.clone()));
         }
@@ -199,9 +211,10 @@ pub fn decode_request(
             input: input.name.clone(),
             source,
         })?;
-        decoded[pos] = Some(NamedTensor {
+        decoded[pos] = Some(Input {
             name: input.name.clone(),
             shape: input.shape.clone(),
+            datatype,
             data,
         });
     }
@@ -232,6 +245,7 @@ pub fn decode_request(
     Ok(Decoded {
         inputs: decoded.into_iter().flatten().collect(),
         requested_outputs,
+        priority,
     })
 }
 

@@ -26,7 +26,7 @@ use localml_cli::client::{self, Tensor};
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::tensor::TensorData;
 use localml_tests::{Scheduler, Worker, TEST_SCHEDULER_CONFIG};
-use localml_worker::model::{LoadOptions, LoadedModel, NamedTensor};
+use localml_worker::model::{Input, InputData, LoadOptions, LoadedModel, NamedTensor};
 
 struct Measurement {
     latencies: Vec<Duration>,
@@ -182,15 +182,17 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let spec = model.inputs[0].clone();
     let input = client::random_tensor(&spec.name, spec.datatype, &spec.shape);
-    let named = NamedTensor {
-        name: input.name.clone(),
-        shape: input.shape.clone(),
-        data: input.data.clone(),
-    };
     assert!(
-        matches!(named.data, TensorData::Fp32(_)),
+        matches!(input.data, TensorData::Fp32(_)),
         "the benchmark model takes FP32"
     );
+    // As a request carries it: raw bytes, decoded when the model runs.
+    let named = Input {
+        name: input.name.clone(),
+        shape: input.shape.clone(),
+        datatype: input.data.datatype(),
+        data: InputData::Raw(input.data.to_raw().into()),
+    };
     println!(
         "model {model_name} v{} input {:?}, {} instances, 1 intra-op thread each, {seconds}s per measurement",
         model.version, input.shape, model.instances
@@ -240,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
         let in_process = measure_cpu(concurrency, duration, &[std::process::id()], move || {
             let (m, n) = (Arc::clone(&m), n.clone());
             async move {
-                m.run(vec![n], Vec::new())
+                m.run(vec![n], Vec::new(), 0)
                     .await
                     .expect("in-process inference");
             }
@@ -525,7 +527,9 @@ async fn batching(models: &std::path::Path) -> anyhow::Result<()> {
             let runs = 400 / batch as usize;
             let started = Instant::now();
             for _ in 0..runs {
-                loaded.run(vec![input.clone()], Vec::new()).await?;
+                loaded
+                    .run(vec![input.clone().into()], Vec::new(), 0)
+                    .await?;
             }
             per_sample.push(started.elapsed().as_secs_f64() * 1e6 / (runs as f64 * batch as f64));
         }

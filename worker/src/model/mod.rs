@@ -13,6 +13,7 @@ mod stats;
 mod tensors;
 
 pub use batch::{BatchPolicy, MAX_QUEUE_DELAY};
+pub use tensors::{Input, InputData, Output};
 
 pub use session::resident_bytes;
 pub use stats::ModelStats;
@@ -312,16 +313,19 @@ impl LoadedModel {
     }
 
     /// Runs validated inputs and returns the requested outputs (all when `requested` is
-    /// empty): in a batch with other requests when the model batches dynamically.
+    /// empty): in a batch with other requests when the model batches dynamically, where
+    /// a request of higher `priority` (`localml.priority`) is taken first. Inputs are
+    /// decoded on the thread that runs the model.
     pub async fn run(
         self: &Arc<Self>,
-        inputs: Vec<NamedTensor>,
+        inputs: Vec<Input>,
         requested: Vec<String>,
-    ) -> Result<Vec<NamedTensor>, ModelError> {
+        priority: i64,
+    ) -> Result<Vec<Output>, ModelError> {
         let Some(policy) = &self.batching else {
             return self.run_alone(inputs, requested).await;
         };
-        let (pending, answer) = match batch::Pending::new(inputs, requested) {
+        let (pending, answer) = match batch::Pending::new(inputs, requested, priority) {
             Ok(queued) => queued,
             Err((inputs, requested)) => return self.run_alone(inputs, requested).await,
         };
@@ -356,9 +360,9 @@ impl LoadedModel {
     /// Runs one request on its own session.
     async fn run_alone(
         self: &Arc<Self>,
-        inputs: Vec<NamedTensor>,
+        inputs: Vec<Input>,
         requested: Vec<String>,
-    ) -> Result<Vec<NamedTensor>, ModelError> {
+    ) -> Result<Vec<Output>, ModelError> {
         // Guards keep the counters right even when the caller gives up (deadline, disconnect).
         let entered = Instant::now();
         let queued = Gauge::enter(&self.stats.queue_depth);
@@ -380,6 +384,7 @@ impl LoadedModel {
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _running = Gauge::enter(&model.stats.in_flight);
+            let inputs = model.decode(inputs)?;
             model.run_blocking(inputs, &requested, started, 1)
         })
         .await
@@ -391,6 +396,20 @@ impl LoadedModel {
         });
         self.record(result.is_ok(), started - entered, started.elapsed());
         result
+    }
+
+    /// Decodes checked inputs (on the blocking thread that then runs them).
+    fn decode(&self, inputs: Vec<Input>) -> Result<Vec<NamedTensor>, ModelError> {
+        inputs
+            .into_iter()
+            .map(|input| {
+                let name = input.name.clone();
+                input.decode().map_err(|e| ModelError::InvalidInput {
+                    model: self.name.clone(),
+                    reason: format!("input '{name}': {e}"),
+                })
+            })
+            .collect()
     }
 
     /// A run error of this model.
@@ -432,7 +451,7 @@ impl LoadedModel {
         requested: &[String],
         started: Instant,
         requests: u32,
-    ) -> Result<Vec<NamedTensor>, ModelError> {
+    ) -> Result<Vec<Output>, ModelError> {
         let run_error = |reason: RunError| ModelError::Run {
             model: self.name.clone(),
             reason,

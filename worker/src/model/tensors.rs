@@ -1,6 +1,66 @@
-//! Decoded tensors to ONNX Runtime values and back, copying once each way.
+//! Request tensors to ONNX Runtime values and back, copying once each way: a raw input
+//! is decoded from the request's bytes into the vector ONNX Runtime takes (on the thread
+//! that runs the model, not the async runtime's); an output is written from ONNX
+//! Runtime's buffer into the raw bytes the response carries.
+
+use bytes::Bytes;
+use localml_proto::tensor::{le_bytes, TensorError};
 
 use super::*;
+
+/// An input checked against the model's signature ([`crate::validate`]) whose data is
+/// decoded only when the model runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: DataType,
+    pub data: InputData,
+}
+
+/// An input's data: the request's raw bytes (length or framing checked), or elements
+/// already decoded (typed `contents`, tensors built in process).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputData {
+    Raw(Bytes),
+    Decoded(TensorData),
+}
+
+impl From<NamedTensor> for Input {
+    fn from(t: NamedTensor) -> Input {
+        Input {
+            name: t.name,
+            shape: t.shape,
+            datatype: t.data.datatype(),
+            data: InputData::Decoded(t.data),
+        }
+    }
+}
+
+impl Input {
+    /// The tensor to run: raw bytes decoded in one pass (the only copy).
+    pub fn decode(self) -> Result<NamedTensor, TensorError> {
+        let data = match self.data {
+            InputData::Raw(raw) => TensorData::from_raw(self.datatype, &self.shape, &raw)?,
+            InputData::Decoded(data) => data,
+        };
+        Ok(NamedTensor {
+            name: self.name,
+            shape: self.shape,
+            data,
+        })
+    }
+}
+
+/// An output as the response carries it: raw little-endian content (BYTES framed with
+/// 4-byte lengths).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: DataType,
+    pub raw: Bytes,
+}
 
 pub(super) fn usize_shape(shape: &[i64]) -> Vec<usize> {
     shape.iter().map(|&d| d.max(0) as usize).collect()
@@ -27,8 +87,8 @@ pub(super) fn to_value(t: NamedTensor) -> ort::Result<DynValue> {
     })
 }
 
-/// Converts an ONNX Runtime output into tensor data.
-pub(super) fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, RunError> {
+/// Writes an ONNX Runtime output into raw content: one pass from its buffer.
+pub(super) fn from_value(name: &str, value: &DynValue) -> Result<Output, RunError> {
     let err = |source: ort::Error| RunError::Extract {
         name: name.to_string(),
         source,
@@ -47,11 +107,12 @@ pub(super) fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, Ru
             let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
             (
                 shape.iter().copied().collect::<Vec<i64>>(),
-                TensorData::$variant(data.to_vec()),
+                DataType::$variant,
+                le_bytes(data),
             )
         }};
     }
-    let (shape, data) = match ty {
+    let (shape, datatype, raw) = match ty {
         TensorElementType::Bool => extract!(bool, Bool),
         TensorElementType::Uint8 => extract!(u8, Uint8),
         TensorElementType::Uint16 => extract!(u16, Uint16),
@@ -70,7 +131,7 @@ pub(super) fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, Ru
                 _ => Vec::new(),
             };
             let elements = localml_ort_bytes::tensor_bytes(value).map_err(err)?;
-            (shape, TensorData::Bytes(elements))
+            (shape, DataType::Bytes, TensorData::Bytes(elements).to_raw())
         }
         other => {
             return Err(RunError::UnsupportedOutput {
@@ -79,9 +140,10 @@ pub(super) fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, Ru
             })
         }
     };
-    Ok(NamedTensor {
+    Ok(Output {
         name: name.to_string(),
         shape,
-        data,
+        datatype,
+        raw: Bytes::from(raw),
     })
 }
