@@ -162,7 +162,9 @@ pub fn decode_request(
     request: &ModelInferRequest,
 ) -> Result<Decoded, ValidateError> {
     let priority = localml_proto::parameters::priority(&request.parameters).map_err(|e| {
-        ValidateError::Priority(e.map_or_else(|| "not a string or an integer".into(), |s| format!("'{s}'")))
+        ValidateError::Priority(
+            e.map_or_else(|| "not a string or an integer".into(), |s| format!("'{s}'")),
+        )
     })?;
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
