@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use localml_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -15,6 +16,7 @@ use localml_framework::profile::Profiles;
 use localml_framework::{Code as FrameworkCode, CycleState, PrioritySort, QueuedRequest};
 
 use crate::failure::{classify, Failure};
+use crate::forward::{decode_response, Forwarded};
 use crate::parameters::{request_info, ParameterError, PROFILE_PARAMETER};
 use crate::queue::AdmissionQueue;
 use crate::stats::Stats;
@@ -387,13 +389,27 @@ impl Dispatcher {
         Ok(held)
     }
 
-    /// Routes one request; `deadline` is the client's.
+    /// Routes one request as it arrived (its bytes, never re-encoded) and returns the
+    /// worker's answer as it came; `deadline` is the client's.
+    pub async fn forward(
+        &self,
+        request: Forwarded,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, Status> {
+        self.infer_traced(request, deadline, &mut 0, true).await
+    }
+
+    /// Routes one request built in process (REST, streams): [`Dispatcher::forward`] with
+    /// the request encoded once and the answer decoded.
     pub async fn infer(
         &self,
         request: ModelInferRequest,
         deadline: Option<Instant>,
     ) -> Result<ModelInferResponse, Status> {
-        self.infer_traced(request, deadline, &mut 0, true).await
+        decode_response(
+            self.forward(Forwarded::from_request(&request), deadline)
+                .await?,
+        )
     }
 
     /// [`Dispatcher::infer`] for a job, also counting in `tried` the workers the request
@@ -405,25 +421,26 @@ impl Dispatcher {
         deadline: Option<Instant>,
         tried: &mut usize,
     ) -> Result<ModelInferResponse, Status> {
-        self.infer_traced(request, deadline, tried, false).await
+        let request = Forwarded::from_request(&request);
+        decode_response(self.infer_traced(request, deadline, tried, false).await?)
     }
 
     async fn infer_traced(
         &self,
-        request: ModelInferRequest,
+        request: Forwarded,
         deadline: Option<Instant>,
         tried: &mut usize,
         bounded: bool,
-    ) -> Result<ModelInferResponse, Status> {
+    ) -> Result<Bytes, Status> {
         let started = Instant::now();
-        let model = request.model_name.clone();
+        let model = request.head.model_name.clone();
         let mut trace = Trace {
             tried: 0,
-            version: request.model_version.clone(),
+            version: request.head.model_version.clone(),
             sent: None,
             bounded,
         };
-        let result = match self.hold(prost::Message::encoded_len(&request)) {
+        let result = match self.hold(request.len()) {
             Ok(_held) => self.infer_with_retries(request, deadline, &mut trace).await,
             Err(full) => Err(full),
         };
@@ -464,11 +481,12 @@ impl Dispatcher {
     /// (forward). A worker failure unreserves and re-enters the cycle without that worker.
     async fn infer_with_retries(
         &self,
-        request: ModelInferRequest,
+        request: Forwarded,
         deadline: Option<Instant>,
         trace: &mut Trace,
-    ) -> Result<ModelInferResponse, DispatchError> {
-        let (profile_name, _) = request_info(&request, "")?;
+    ) -> Result<Bytes, DispatchError> {
+        let head = &request.head;
+        let (profile_name, _) = request_info(head, "")?;
         let profile =
             self.profiles
                 .get(&profile_name)
@@ -476,7 +494,7 @@ impl Dispatcher {
                     known: self.profiles.names().join(", "),
                     name: profile_name.clone(),
                 })?;
-        let (_, arrival) = request_info(&request, "")?;
+        let (_, arrival) = request_info(head, "")?;
         let queued = QueuedRequest {
             priority: arrival.priority,
             sequence: self.queue.arrive(),
@@ -489,11 +507,10 @@ impl Dispatcher {
         // an arrival that queues behind others, else when it first finds every worker busy.
         let mut admitted = false;
         if wait && trace.bounded {
-            if let Ok((version, snapshot, _)) = self
-                .workers
-                .snapshot(&request.model_name, &request.model_version)
+            if let Ok((version, snapshot, _)) =
+                self.workers.snapshot(&head.model_name, &head.model_version)
             {
-                let (_, info) = request_info(&request, &version)?;
+                let (_, info) = request_info(head, &version)?;
                 if let Some(refusal) = self.refuse_to_queue(&snapshot, &info, deadline, true) {
                     return Err(refusal);
                 }
@@ -514,20 +531,18 @@ impl Dispatcher {
                 // report and join.
                 let _ = tokio::time::timeout(QUEUE_RECHECK, turn).await;
             }
-            let (version, mut snapshot, handles) = match self
-                .workers
-                .snapshot(&request.model_name, &request.model_version)
-            {
-                Ok(found) => found,
-                Err(lookup) if last_error.is_none() => {
-                    return Err(DispatchError::from_lookup(
-                        &request.model_name,
-                        &request.model_version,
-                        lookup,
-                    ))
-                }
-                Err(_) => break,
-            };
+            let (version, mut snapshot, handles) =
+                match self.workers.snapshot(&head.model_name, &head.model_version) {
+                    Ok(found) => found,
+                    Err(lookup) if last_error.is_none() => {
+                        return Err(DispatchError::from_lookup(
+                            &head.model_name,
+                            &head.model_version,
+                            lookup,
+                        ))
+                    }
+                    Err(_) => break,
+                };
             snapshot.queued = self.queue.len();
             // Whether a worker was lost since this snapshot is seen at dispatch.
             let epochs: Vec<u64> = handles
@@ -535,7 +550,7 @@ impl Dispatcher {
                 .map(|h| h.lost_epoch.load(Ordering::SeqCst))
                 .collect();
             trace.version.clone_from(&version);
-            let (_, info) = request_info(&request, &version)?;
+            let (_, info) = request_info(head, &version)?;
             let excluded: Vec<usize> = handles
                 .iter()
                 .enumerate()
@@ -650,7 +665,7 @@ impl Dispatcher {
         Err(match last_error {
             // Every worker tried was unreachable: the cluster cannot serve this now.
             Some(status) if unreachable(&status) => DispatchError::Unreachable {
-                model: request.model_name,
+                model: request.head.model_name,
                 tried: tried.len(),
                 last: status.message().to_string(),
             },
@@ -660,7 +675,7 @@ impl Dispatcher {
                 message: status.message().to_string(),
                 tried: tried.len(),
             },
-            None => DispatchError::NothingTried(request.model_name),
+            None => DispatchError::NothingTried(request.head.model_name),
         })
     }
 }

@@ -11,6 +11,8 @@
 //! - [`parameters`]: the `localml.*` request parameters that steer scheduling.
 //! - [`queue`]: the admission queue where requests wait for a free worker.
 //! - [`dispatch`]: one request: queue, schedule, forward, retry on another worker.
+//! - [`forward`]: the hop without re-encoding tensors: a request's head decoded, its
+//!   bytes forwarded, the worker's answer returned as it came.
 //! - [`leader`]: leader election through the store, fenced writes.
 //! - [`jobs`]: durable async jobs: the leader's runner and retention.
 //! - [`catalog`]: the model catalog: versions in the store, their files as blobs on disk,
@@ -35,6 +37,7 @@ pub mod config;
 pub mod deployments;
 pub mod dispatch;
 pub mod failure;
+pub mod forward;
 pub mod jobs;
 pub mod leader;
 pub mod observe;

@@ -2,7 +2,9 @@
 //! names the worker in a response. Read once per request; errors name the parameter.
 
 use localml_framework::{ProviderChoice, RequestInfo};
-use localml_proto::inference::ModelInferRequest;
+use std::collections::HashMap;
+
+use localml_proto::inference::{InferParameter, ModelInferRequest};
 pub use localml_proto::parameters::*;
 
 /// A scheduling parameter a client set wrong (INVALID_ARGUMENT for the client).
@@ -31,13 +33,38 @@ pub enum ParameterError {
     Power(String),
 }
 
+/// What a request's parameters are read from: a whole request, or the head the
+/// scheduler decodes of one it forwards ([`crate::forward::RequestHead`]).
+pub trait RequestParameters {
+    fn model_name(&self) -> &str;
+    fn parameters(&self) -> &HashMap<String, InferParameter>;
+}
+
+impl RequestParameters for ModelInferRequest {
+    fn model_name(&self) -> &str {
+        &self.model_name
+    }
+    fn parameters(&self) -> &HashMap<String, InferParameter> {
+        &self.parameters
+    }
+}
+
+impl RequestParameters for crate::forward::RequestHead {
+    fn model_name(&self) -> &str {
+        &self.model_name
+    }
+    fn parameters(&self) -> &HashMap<String, InferParameter> {
+        &self.parameters
+    }
+}
+
 fn string_parameter(
-    request: &ModelInferRequest,
+    request: &impl RequestParameters,
     key: &'static str,
 ) -> Result<Option<String>, ParameterError> {
     use localml_proto::inference::infer_parameter::ParameterChoice;
     match request
-        .parameters
+        .parameters()
         .get(key)
         .and_then(|p| p.parameter_choice.as_ref())
     {
@@ -49,7 +76,7 @@ fn string_parameter(
 
 /// Reads the scheduling parameters of a request; errors name the parameter.
 pub fn request_info(
-    request: &ModelInferRequest,
+    request: &impl RequestParameters,
     version: &str,
 ) -> Result<(String, RequestInfo), ParameterError> {
     use localml_proto::inference::infer_parameter::ParameterChoice;
@@ -69,7 +96,7 @@ pub fn request_info(
             selector.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let priority = priority(&request.parameters).map_err(|e| match e {
+    let priority = priority(request.parameters()).map_err(|e| match e {
         Some(text) => ParameterError::Priority(text),
         None => ParameterError::PriorityType,
     })?;
@@ -80,7 +107,7 @@ pub fn request_info(
         Some(other) => return Err(ParameterError::Power(other.to_string())),
     };
     let min_battery_percent = match request
-        .parameters
+        .parameters()
         .get(MIN_BATTERY_PARAMETER)
         .and_then(|p| p.parameter_choice.as_ref())
     {
@@ -101,7 +128,7 @@ pub fn request_info(
     Ok((
         profile,
         RequestInfo {
-            model: request.model_name.clone(),
+            model: request.model_name().to_string(),
             version: version.to_string(),
             provider,
             selector,

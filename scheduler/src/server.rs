@@ -248,9 +248,13 @@ pub async fn run(
         dispatcher: Arc::clone(&dispatcher),
         catalog: Arc::clone(&catalog),
     });
-    let inference = GrpcInferenceServiceServer::new(OipService(Arc::clone(&scheduler_inference)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let inference = crate::forward::ForwardingInference::new(
+        GrpcInferenceServiceServer::new(OipService(Arc::clone(&scheduler_inference)))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        Arc::clone(&scheduler_inference),
+        config.max_message_bytes,
+    );
     let jobs_api = JobsServer::new(jobs_api::JobsService {
         store: Arc::clone(&state),
         dispatcher: Arc::clone(&dispatcher),

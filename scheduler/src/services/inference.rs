@@ -1,9 +1,12 @@
 //! The scheduler's `inference.GRPCInferenceService`: readiness, metadata and config
 //! answered from cluster state; inference routed to workers by the dispatcher, whose
-//! errors become `tonic::Status` in `DispatchError`'s `From`.
+//! errors become `tonic::Status` in `DispatchError`'s `From`. A gRPC `ModelInfer` is
+//! forwarded as the bytes it came in ([`crate::forward`]); REST and streams build a
+//! request, encoded once.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use localml_proto::inference::*;
 use localml_proto::oip;
 use localml_serving::service::{
@@ -14,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{principal, Principal};
 use crate::catalog::repository;
 use crate::dispatch::{DispatchError, Dispatcher};
+use crate::forward::{decode_response, ForwardInfer, Forwarded};
 use crate::size_limit::size_limit_status;
 
 /// PERMISSION_DENIED unless the caller's key (if any) may use `model`.
@@ -23,13 +27,14 @@ fn allow(caller: Option<&Principal>, model: &str) -> Result<(), Status> {
 
 /// Binds an inference request to the caller's key: its model must be allowed, and its
 /// tenant (`localml.tenant`) is the key's; naming another tenant is PERMISSION_DENIED.
-fn bind(caller: Option<&Principal>, request: &mut ModelInferRequest) -> Result<(), Status> {
+fn bind(caller: Option<&Principal>, request: &mut Forwarded) -> Result<(), Status> {
     let Some(p) = caller else {
         return Ok(());
     };
-    p.check_model(&request.model_name)?;
+    p.check_model(&request.head.model_name)?;
     use localml_proto::parameters::TENANT_PARAMETER;
     let asked = match request
+        .head
         .parameters
         .get(TENANT_PARAMETER)
         .and_then(|v| v.parameter_choice.as_ref())
@@ -43,13 +48,25 @@ fn bind(caller: Option<&Principal>, request: &mut ModelInferRequest) -> Result<(
         }
     };
     let tenant = p.tenant_for(&asked)?;
-    request.parameters.insert(
-        TENANT_PARAMETER.to_string(),
+    request.set_parameter(
+        TENANT_PARAMETER,
         InferParameter {
             parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(tenant)),
         },
     );
     Ok(())
+}
+
+/// Binds a request built in process to the caller's key, routes it and decodes the answer.
+async fn infer_built(
+    dispatcher: &Dispatcher,
+    caller: Option<&Principal>,
+    request: &ModelInferRequest,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<ModelInferResponse, Status> {
+    let mut forwarded = Forwarded::from_request(request);
+    bind(caller, &mut forwarded)?;
+    decode_response(dispatcher.forward(forwarded, deadline).await?)
 }
 
 pub struct SchedulerInference {
@@ -116,11 +133,12 @@ impl InferenceBackend for SchedulerInference {
         )))
     }
 
-    async fn model_infer(&self, mut r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+    /// A request built in process (REST); gRPC's `ModelInfer` comes through
+    /// [`ForwardInfer::forward`] instead.
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
         let caller = principal(&r).cloned();
-        bind(caller.as_ref(), r.get_mut())?;
-        infer_within_deadline(r, |request, deadline| {
-            self.dispatcher.infer(request, deadline)
+        infer_within_deadline(r, |request, deadline| async move {
+            infer_built(&self.dispatcher, caller.as_ref(), &request, deadline).await
         })
         .await
     }
@@ -132,13 +150,10 @@ impl InferenceBackend for SchedulerInference {
         let dispatcher = Arc::clone(&self.dispatcher);
         let caller = principal(&r).cloned();
         let key = crate::auth::key_watch(&r);
-        let infer = move |mut request: ModelInferRequest| {
+        let infer = move |request: ModelInferRequest| {
             let dispatcher = Arc::clone(&dispatcher);
-            let bound = bind(caller.as_ref(), &mut request);
-            async move {
-                bound?;
-                dispatcher.infer(request, None).await
-            }
+            let caller = caller.clone();
+            async move { infer_built(&dispatcher, caller.as_ref(), &request, None).await }
         };
         // A stream open when its key is revoked ends then, not when the client hangs up.
         Ok(Response::new(crate::auth::end_when_invalid(
@@ -214,5 +229,20 @@ impl InferenceBackend for SchedulerInference {
     ) -> Answer<RepositoryModelUnloadResponse> {
         repository::unload(&self.catalog, r.into_inner()).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl ForwardInfer for SchedulerInference {
+    /// gRPC's `ModelInfer`: the request's bytes forwarded, the worker's answer returned as
+    /// it came, within the client's deadline.
+    async fn forward(&self, mut r: Request<Forwarded>) -> Result<Response<Bytes>, Status> {
+        let caller = principal(&r).cloned();
+        bind(caller.as_ref(), r.get_mut())?;
+        let timeout = localml_serving::service::request_timeout(r.metadata());
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let answer = self.dispatcher.forward(r.into_inner(), deadline);
+        localml_serving::service::within_deadline(timeout, "ModelInfer", answer)
+            .await
+            .map(Response::new)
     }
 }

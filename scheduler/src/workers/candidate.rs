@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use localml_framework::estimator::PeakEwma;
-use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use localml_proto::localml::v1 as pb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
-pub type WorkerClient = GrpcInferenceServiceClient<Channel>;
+pub use crate::forward::WorkerClient;
 
 /// A worker that can take a request now: what dispatch needs, shared so a lookup only
 /// clones pointers.
@@ -89,9 +88,7 @@ pub(super) fn connect(
             .keep_alive_while_idle(true);
     }
     let channel = endpoint.connect_lazy();
-    let client = GrpcInferenceServiceClient::new(channel)
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let client = WorkerClient::new(channel, max_message_bytes);
     Some(Arc::new(Candidate {
         id: id.to_string(),
         name: status.name.clone(),
