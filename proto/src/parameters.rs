@@ -31,7 +31,7 @@ pub fn priority(
     {
         None => Ok(0),
         Some(ParameterChoice::Int64Param(p)) => Ok(*p),
-        Some(ParameterChoice::StringParam(s)) => s.trim().parse().map_err(|_| Some(s.clone())),
+        Some(ParameterChoice::StringParam(s)) => s.parse().map_err(|_| Some(s.clone())),
         Some(_) => Err(None),
     }
 }

@@ -18,7 +18,7 @@ use localml_framework::{Code as FrameworkCode, CycleState, PrioritySort, QueuedR
 use crate::failure::{classify, Failure};
 use crate::forward::{decode_response, Forwarded};
 use crate::parameters::{request_info, ParameterError, PROFILE_PARAMETER};
-use crate::queue::AdmissionQueue;
+use crate::queue::{AdmissionQueue, Turn};
 use crate::stats::Stats;
 use crate::workers::{Lookup, Workers};
 
@@ -192,7 +192,7 @@ pub struct Dispatcher {
     profiles: Profiles,
     attempts: u32,
     rotation: AtomicUsize,
-    queue: AdmissionQueue,
+    queue: Arc<AdmissionQueue>,
     /// Bytes of the requests held now (queued or in flight), and their ceiling.
     held_bytes: Arc<AtomicUsize>,
     max_held_bytes: usize,
@@ -221,29 +221,51 @@ impl Drop for InFlight {
 /// The retry hint sent with RESOURCE_EXHAUSTED (`grpc-retry-pushback-ms`).
 const RETRY_PUSHBACK_MS: u32 = 200;
 
-/// How often a queued request looks again without being woken.
-const QUEUE_RECHECK: Duration = Duration::from_millis(100);
+/// The turn a queued request was woken for: passed on to the next waiter for its model
+/// once the request is dispatched (capacity may be left) or gives up (deadline, error),
+/// but not when it finds every worker busy again and goes back to wait.
+struct Baton<'a> {
+    queue: &'a AdmissionQueue,
+    model: &'a str,
+    held: bool,
+}
 
-/// Counts a dispatched request for its tenant; when it ends, the next queued request is
-/// woken.
+impl Baton<'_> {
+    fn pass(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.queue.pass_on(self.model);
+        }
+    }
+}
+
+impl Drop for Baton<'_> {
+    fn drop(&mut self) {
+        self.pass();
+    }
+}
+
+/// Counts a dispatched request for its tenant; when it ends, the first queued request for
+/// its model is woken.
 struct TenantInFlight<'a> {
     queue: &'a AdmissionQueue,
     tenant: String,
+    model: &'a str,
 }
 
 impl<'a> TenantInFlight<'a> {
-    fn new(queue: &'a AdmissionQueue, tenant: &str) -> TenantInFlight<'a> {
+    fn new(queue: &'a AdmissionQueue, tenant: &str, model: &'a str) -> TenantInFlight<'a> {
         queue.started(tenant);
         TenantInFlight {
             queue,
             tenant: tenant.to_string(),
+            model,
         }
     }
 }
 
 impl Drop for TenantInFlight<'_> {
     fn drop(&mut self) {
-        self.queue.finished(&self.tenant);
+        self.queue.finished(&self.tenant, self.model);
     }
 }
 
@@ -286,13 +308,21 @@ impl Dispatcher {
         max_queued: usize,
         max_queued_bytes: usize,
     ) -> Dispatcher {
+        let queue = Arc::new(AdmissionQueue::new(max_queued, Box::new(PrioritySort)));
+        // A worker's report, join or uncordon may free capacity: queued requests look.
+        let waiters = Arc::downgrade(&queue);
+        workers.on_change(Box::new(move || {
+            if let Some(queue) = waiters.upgrade() {
+                queue.changed();
+            }
+        }));
         Dispatcher {
             workers,
             stats,
             profiles,
             attempts,
             rotation: AtomicUsize::new(0),
-            queue: AdmissionQueue::new(max_queued, Box::new(PrioritySort)),
+            queue,
             held_bytes: Arc::new(AtomicUsize::new(0)),
             max_held_bytes: max_queued_bytes,
             max_queue_wait: None,
@@ -521,16 +551,27 @@ impl Dispatcher {
         // The last worker failure, to say why when the attempts run out.
         let mut last_error: Option<Status> = None;
         let mut attempts = 0;
+        // The queue's events when the workers were last looked at: an arrival behind
+        // others queues whatever came before it.
+        let mut seen = self.queue.events();
+        let mut baton = Baton {
+            queue: &self.queue,
+            model: &head.model_name,
+            held: false,
+        };
         while attempts < self.attempts {
             if std::mem::take(&mut wait) {
                 let turn = self
                     .queue
-                    .enqueue(queued.clone())
+                    .enqueue(queued.clone(), &head.model_name, seen)
                     .map_err(|full| DispatchError::QueueFull(full.0))?;
-                // Woken when capacity frees; also look again now and then, as workers
-                // report and join.
-                let _ = tokio::time::timeout(QUEUE_RECHECK, turn).await;
+                // Woken when a request ends, a worker reports or joins (no polling).
+                if let Turn::Wait(turn) = turn {
+                    let _ = turn.await;
+                    baton.held = true;
+                }
             }
+            seen = self.queue.events();
             let (version, mut snapshot, handles) =
                 match self.workers.snapshot(&head.model_name, &head.model_version) {
                     Ok(found) => found,
@@ -573,6 +614,7 @@ impl Dispatcher {
                         }
                         admitted = true;
                     }
+                    baton.held = false;
                     wait = true;
                     continue;
                 }
@@ -600,9 +642,13 @@ impl Dispatcher {
             tried.push(chosen.id.clone());
             trace.tried = tried.len();
             attempts += 1;
+            // Dropped in reverse order: the worker's count falls before the queue is woken,
+            // so the waiter woken sees the slot free.
+            let _tenant = TenantInFlight::new(&self.queue, &info.tenant, &head.model_name);
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));
-            let _tenant = TenantInFlight::new(&self.queue, &info.tenant);
+            // Counted as dispatched first, so the next waiter sees this one's share taken.
+            baton.pass();
             let mut forwarded = tonic::Request::new(request.clone());
             if let Some(deadline) = deadline {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -665,7 +711,7 @@ impl Dispatcher {
         Err(match last_error {
             // Every worker tried was unreachable: the cluster cannot serve this now.
             Some(status) if unreachable(&status) => DispatchError::Unreachable {
-                model: request.head.model_name,
+                model: head.model_name.clone(),
                 tried: tried.len(),
                 last: status.message().to_string(),
             },
@@ -675,7 +721,7 @@ impl Dispatcher {
                 message: status.message().to_string(),
                 tried: tried.len(),
             },
-            None => DispatchError::NothingTried(request.head.model_name),
+            None => DispatchError::NothingTried(head.model_name.clone()),
         })
     }
 }

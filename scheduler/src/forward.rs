@@ -23,6 +23,10 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::Status;
 
+/// Room for what the scheduler appends to a request it forwards (a tenant parameter;
+/// tenant names are far shorter).
+const APPENDED_BYTES: usize = 4096;
+
 /// The gRPC path of `ModelInfer`.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
@@ -215,7 +219,9 @@ impl WorkerClient {
         WorkerClient {
             grpc: tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
+                // A request the client port accepted, plus the parameter the scheduler
+                // may append (the caller's tenant).
+                .max_encoding_message_size(max_message_bytes.saturating_add(APPENDED_BYTES)),
         }
     }
 

@@ -318,6 +318,37 @@ async fn queued_requests_go_by_priority_and_tenant_fairness() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_ends_wakes_the_queue() {
+    // The worker reports every 30 s: a queued request can only be woken in time by the end
+    // of another (the queue does not poll).
+    let scheduler =
+        Scheduler::start_with("report_interval_ms: 30000\nworker_grace_period_ms: 120000\n");
+    let _slow = Worker::start("slow", &scheduler, &["--throttle", "20"]);
+    scheduler.wait_ready(&["slow"]).await;
+    // image_classifier takes 8 at once on this worker: 16 of 24 queue.
+    let request = image_request(1);
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        clients.push(scheduler.inference().await);
+    }
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let mut request = tonic::Request::new(request.clone());
+            request.set_timeout(Duration::from_secs(15));
+            tokio::spawn(async move { c.model_infer(request).await.map(|_| ()) })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        t.await
+            .expect("task")
+            .unwrap_or_else(|s| panic!("request {i} after {:?}: {s:?}", started.elapsed()));
+    }
+    eprintln!("24 requests served in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_queued() {
     let scheduler =
         Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_queued_requests: 4\n"));

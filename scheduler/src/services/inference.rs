@@ -48,6 +48,10 @@ fn bind(caller: Option<&Principal>, request: &mut Forwarded) -> Result<(), Statu
         }
     };
     let tenant = p.tenant_for(&asked)?;
+    if tenant == asked {
+        // The client named its own tenant: the bytes already say it.
+        return Ok(());
+    }
     request.set_parameter(
         TENANT_PARAMETER,
         InferParameter {

@@ -48,11 +48,14 @@ impl Workers {
 
     /// Makes `names` the cordoned workers (after listing the store).
     pub fn replace_cordons(&self, names: std::collections::HashSet<String>) {
-        let mut workers = self.write();
-        for w in workers.values_mut() {
-            w.cordoned = names.contains(&w.status.name);
+        {
+            let mut workers = self.write();
+            for w in workers.values_mut() {
+                w.cordoned = names.contains(&w.status.name);
+            }
+            *self.cordon_names() = names;
         }
-        *self.cordon_names() = names;
+        self.changed();
     }
 
     /// Cordons or uncordons the worker named `name`; false if it is not registered (the
@@ -63,12 +66,18 @@ impl Workers {
         } else {
             self.cordon_names().remove(name);
         }
-        let mut workers = self.write();
-        let mut found = false;
-        for w in workers.values_mut().filter(|w| w.status.name == name) {
-            tracing::info!(worker = name, cordoned, "cordon changed");
-            w.cordoned = cordoned;
-            found = true;
+        let found = {
+            let mut workers = self.write();
+            let mut found = false;
+            for w in workers.values_mut().filter(|w| w.status.name == name) {
+                tracing::info!(worker = name, cordoned, "cordon changed");
+                w.cordoned = cordoned;
+                found = true;
+            }
+            found
+        };
+        if !cordoned {
+            self.changed();
         }
         found
     }

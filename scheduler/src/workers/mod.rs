@@ -99,6 +99,9 @@ pub struct Workers {
     /// Names of cordoned workers (from the store, shared by every replica); kept for
     /// workers that are not connected, so a cordon outlives rejoins and restarts.
     cordons: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Called after a change that may free capacity (a report, a join, an uncordon): the
+    /// dispatcher's queue wakes its waiters ([`Workers::on_change`]).
+    on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 fn version_key(v: &str) -> (u64, String) {
@@ -114,6 +117,19 @@ impl Workers {
             keepalive: None,
             epoch: Instant::now(),
             cordons: Default::default(),
+            on_change: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Calls `f` after every change that may free capacity (reports, joins, uncordons);
+    /// the first caller's `f` stays.
+    pub fn on_change(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_change.set(f);
+    }
+
+    pub(super) fn changed(&self) {
+        if let Some(f) = self.on_change.get() {
+            f();
         }
     }
 
@@ -193,7 +209,9 @@ impl Workers {
 
     /// Registers a worker. A worker rejoining under the same name replaces its old entry.
     pub fn join(&self, status: pb::WorkerStatus, now: Instant) -> String {
-        self.insert(status, now, false)
+        let id = self.insert(status, now, false);
+        self.changed();
+        id
     }
 
     /// Adds an entry; a `remote` one (from the store) never replaces a worker that reports
@@ -260,6 +278,7 @@ impl Workers {
             }
             None => {
                 self.insert(status, now, true);
+                self.changed();
             }
         }
     }
@@ -281,6 +300,14 @@ impl Workers {
 
     /// Records a status report (renewing the lease). False when the id is unknown.
     pub fn report(&self, id: &str, status: pb::WorkerStatus, now: Instant) -> bool {
+        let known = self.record_report(id, status, now);
+        if known {
+            self.changed();
+        }
+        known
+    }
+
+    fn record_report(&self, id: &str, status: pb::WorkerStatus, now: Instant) -> bool {
         let new_handle = {
             let workers = self.read();
             match workers.get(id) {
