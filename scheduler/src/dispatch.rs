@@ -221,51 +221,74 @@ impl Drop for InFlight {
 /// The retry hint sent with RESOURCE_EXHAUSTED (`grpc-retry-pushback-ms`).
 const RETRY_PUSHBACK_MS: u32 = 200;
 
-/// The turn a queued request was woken for: passed on to the next waiter for its model
-/// once the request is dispatched (capacity may be left) or gives up (deadline, error),
-/// but not when it finds every worker busy again and goes back to wait.
+/// A queued request's turn. Waiting, it holds the receiver its wake-up comes through;
+/// woken, it holds the turn until it is dispatched (the next waiter of its class looks:
+/// capacity may be left), gives up (deadline, error, its caller gone: the turn passes on
+/// too, even when the wake-up came just as it was dropped), or finds every worker busy
+/// again and goes back to wait (the turn goes to another class, [`AdmissionQueue::went_back`]).
 struct Baton<'a> {
     queue: &'a AdmissionQueue,
-    model: &'a str,
+    class: &'a str,
+    waiting: Option<tokio::sync::oneshot::Receiver<()>>,
     held: bool,
 }
 
 impl Baton<'_> {
+    async fn wait(&mut self, turn: tokio::sync::oneshot::Receiver<()>) {
+        let turn = self.waiting.insert(turn);
+        let _ = turn.await;
+        self.waiting = None;
+        self.held = true;
+    }
+
     fn pass(&mut self) {
         if std::mem::take(&mut self.held) {
-            self.queue.pass_on(self.model);
+            self.queue.pass_on(self.class);
+        }
+    }
+
+    fn went_back(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.queue.went_back(self.class);
         }
     }
 }
 
 impl Drop for Baton<'_> {
     fn drop(&mut self) {
+        if let Some(mut turn) = self.waiting.take() {
+            // Dropped while waiting: a wake-up already sent is passed on, not lost.
+            turn.close();
+            if turn.try_recv().is_ok() {
+                self.held = true;
+            }
+        }
         self.pass();
     }
 }
 
-/// Counts a dispatched request for its tenant; when it ends, the first queued request for
-/// its model is woken.
+/// Counts a dispatched request for its tenant; when it ends, the first queued request of
+/// its class is woken.
 struct TenantInFlight<'a> {
     queue: &'a AdmissionQueue,
     tenant: String,
-    model: &'a str,
+    class: &'a str,
 }
 
 impl<'a> TenantInFlight<'a> {
-    fn new(queue: &'a AdmissionQueue, tenant: &str, model: &'a str) -> TenantInFlight<'a> {
+    fn new(queue: &'a AdmissionQueue, tenant: &str, class: &'a str) -> TenantInFlight<'a> {
         queue.started(tenant);
         TenantInFlight {
             queue,
             tenant: tenant.to_string(),
-            model,
+            class,
         }
     }
 }
 
 impl Drop for TenantInFlight<'_> {
     fn drop(&mut self) {
-        self.queue.finished(&self.tenant, self.model);
+        self.queue.finished(&self.tenant, self.class);
     }
 }
 
@@ -531,8 +554,11 @@ impl Dispatcher {
             tenant: arrival.tenant.clone(),
             tenant_in_flight: 0,
         };
-        // Arrivals queue behind requests already waiting, so waiting ones keep their turn.
-        let mut wait = !self.queue.is_empty();
+        let class = crate::queue::class(&profile_name, &arrival, &head.model_version);
+        // Arrivals queue behind requests of their class already waiting, so waiting ones
+        // keep their turn.
+        let mut wait = self.queue.has_waiting(&class);
+        let mut behind = wait;
         // Whether the queue's expected wait was checked and found acceptable: at once for
         // an arrival that queues behind others, else when it first finds every worker busy.
         let mut admitted = false;
@@ -551,24 +577,40 @@ impl Dispatcher {
         // The last worker failure, to say why when the attempts run out.
         let mut last_error: Option<Status> = None;
         let mut attempts = 0;
-        // The queue's events when the workers were last looked at: an arrival behind
-        // others queues whatever came before it.
+        // The queue's events when the workers were last looked at.
         let mut seen = self.queue.events();
         let mut baton = Baton {
             queue: &self.queue,
-            model: &head.model_name,
+            class: &class,
+            waiting: None,
             held: false,
         };
         while attempts < self.attempts {
             if std::mem::take(&mut wait) {
                 let turn = self
                     .queue
-                    .enqueue(queued.clone(), &head.model_name, seen)
+                    .enqueue(queued.clone(), &class, seen, std::mem::take(&mut behind))
                     .map_err(|full| DispatchError::QueueFull(full.0))?;
-                // Woken when a request ends, a worker reports or joins (no polling).
-                if let Turn::Wait(turn) = turn {
-                    let _ = turn.await;
-                    baton.held = true;
+                // Woken when a request ends, when the workers change (a report, a join, a
+                // cordon, one lost), or passed the turn by another waiter: no polling.
+                match turn {
+                    // Bounded by the deadline (a job's too: it has no other timer here).
+                    Turn::Wait(turn) => match deadline {
+                        Some(deadline) => {
+                            if tokio::time::timeout_at(deadline, baton.wait(turn))
+                                .await
+                                .is_err()
+                            {
+                                return Err(DispatchError::Request(Status::deadline_exceeded(
+                                    "the request's deadline passed while it waited in the \
+                                     scheduler's queue",
+                                )));
+                            }
+                        }
+                        None => baton.wait(turn).await,
+                    },
+                    // Something changed since it looked: look again, after letting others run.
+                    Turn::LookAgain => tokio::task::yield_now().await,
                 }
             }
             seen = self.queue.events();
@@ -614,7 +656,7 @@ impl Dispatcher {
                         }
                         admitted = true;
                     }
-                    baton.held = false;
+                    baton.went_back();
                     wait = true;
                     continue;
                 }
@@ -644,7 +686,7 @@ impl Dispatcher {
             attempts += 1;
             // Dropped in reverse order: the worker's count falls before the queue is woken,
             // so the waiter woken sees the slot free.
-            let _tenant = TenantInFlight::new(&self.queue, &info.tenant, &head.model_name);
+            let _tenant = TenantInFlight::new(&self.queue, &info.tenant, &class);
             chosen.dispatched.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));
             // Counted as dispatched first, so the next waiter sees this one's share taken.

@@ -4,14 +4,16 @@
 //! one heavy client cannot starve the others; then arrival). Bounded: a full queue answers
 //! at once.
 //!
-//! Event-driven, no polling: a request that ends wakes the first waiter for its model (the
-//! slot it freed; the first of all when none waits for that model); a waiter that then
-//! dispatches wakes the next for its model, until one finds every worker busy again; a
-//! worker's report or join wakes the first waiter of each model. An event between a
-//! request's look at the workers and its queueing makes it look again
-//! ([`Turn::LookAgain`]), so none is lost.
-//!
-//! [`PrioritySort`]: localml_framework::PrioritySort
+//! Event-driven, no polling. Requests are grouped in classes ([`class`]: model, version,
+//! profile and constraints), which see the same workers busy or free. A request that
+//! ends wakes the first waiter of its class (the first of all when none waits); a woken
+//! request that is dispatched, or gives up, wakes the next of its class; one that finds
+//! every worker busy again goes back to its place and wakes the first waiter of another
+//! class that has not looked since the last event (the freed slot may suit it), so each
+//! waiter looks at most once per event. A change of the workers (a report, a join, a
+//! cordon, a worker lost or leaving) wakes the first waiter of each class. An event
+//! between a request's look at the workers and its queueing makes it look again
+//! ([`Turn::LookAgain`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,9 +24,23 @@ use localml_framework::{QueueSort, QueuedRequest};
 
 struct Waiter {
     request: QueuedRequest,
-    /// The model it waits to run: a slot freed by that model goes to it first.
-    model: String,
+    /// What it waits to run ([`class`]): requests of one class can use the same workers,
+    /// so a slot freed by one goes to the first waiter of its class.
+    class: String,
+    /// The event count when it last looked at the workers: it looks again only for a
+    /// later event.
+    seen: u64,
     wake: oneshot::Sender<()>,
+}
+
+/// The class of a request: what decides which workers can serve it (profile, model,
+/// version asked for, provider, selector, power constraints). Requests of one class see
+/// the same workers as free or busy.
+pub fn class(profile: &str, info: &localml_framework::RequestInfo, version: &str) -> String {
+    format!(
+        "{profile}\u{1}{}\u{1}{version}\u{1}{:?}\u{1}{:?}\u{1}{}\u{1}{:?}",
+        info.model, info.provider, info.selector, info.mains_only, info.min_battery_percent
+    )
 }
 
 #[derive(Default)]
@@ -33,19 +49,19 @@ struct Inner {
     next_sequence: u64,
     /// Dispatched and not yet answered, per tenant.
     in_flight: HashMap<String, u32>,
-    /// Counts the events that may free capacity (a request ended, a worker reported or
-    /// joined), so a request that found every worker busy and then queues knows whether
-    /// one happened in between (it then looks again instead of waiting for the next).
+    /// Counts the events that may change what queued requests can run on (a request
+    /// ended, a worker reported, joined, left, was cordoned...), so a request that found
+    /// every worker busy and then queues knows whether one happened in between (it then
+    /// looks again instead of waiting for the next).
     events: u64,
 }
 
-/// Where an arrival that found every worker busy stands.
+/// Where a request that found every worker busy stands.
 #[derive(Debug)]
 pub enum Turn {
-    /// Queued: the receiver fires when the request is at the head for its model and
-    /// capacity may have freed.
+    /// Queued: the receiver fires when it is its turn to look again.
     Wait(oneshot::Receiver<()>),
-    /// Capacity may have freed since the request looked: look again now.
+    /// The workers may have changed since the request looked: look again now.
     LookAgain,
 }
 
@@ -79,9 +95,17 @@ impl AdmissionQueue {
         inner.next_sequence
     }
 
-    /// Whether anyone waits (new arrivals then queue behind them).
+    /// Whether requests of `class` wait (a new arrival of that class then queues behind
+    /// them).
+    pub fn has_waiting(&self, class: &str) -> bool {
+        self.lock()
+            .waiting
+            .iter()
+            .any(|w| w.class == class && !w.wake.is_closed())
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.lock().waiting.iter().all(|w| w.wake.is_closed())
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
@@ -92,47 +116,49 @@ impl AdmissionQueue {
             .count()
     }
 
-    /// The events seen so far; pass it to [`AdmissionQueue::enqueue`] after looking for
-    /// a free worker.
+    /// The events seen so far; pass it to [`AdmissionQueue::enqueue`] after looking at
+    /// the workers.
     pub fn events(&self) -> u64 {
         self.lock().events
     }
 
-    /// Queues a request for `model` that found every worker busy when the event count
-    /// was `seen`; when an event came since, it looks again instead
-    /// ([`Turn::LookAgain`]): no wake-up is lost between looking and queueing.
+    /// Queues a request of `class` that found every worker busy when the event count was
+    /// `seen`; when an event came since, it looks again instead ([`Turn::LookAgain`]): no
+    /// wake-up is lost between looking and queueing. `behind` (an arrival queueing behind
+    /// its class) queues whatever came.
     pub fn enqueue(
         &self,
         request: QueuedRequest,
-        model: &str,
+        class: &str,
         seen: u64,
+        behind: bool,
     ) -> Result<Turn, QueueFull> {
         let mut inner = self.lock();
+        if inner.events != seen && !behind {
+            return Ok(Turn::LookAgain);
+        }
         inner.waiting.retain(|w| !w.wake.is_closed());
         if inner.waiting.len() >= self.capacity {
             return Err(QueueFull(self.capacity));
         }
-        if inner.events != seen {
-            return Ok(Turn::LookAgain);
-        }
         let (wake, rx) = oneshot::channel();
         inner.waiting.push(Waiter {
             request,
-            model: model.to_string(),
+            class: class.to_string(),
+            seen,
             wake,
         });
         Ok(Turn::Wait(rx))
     }
 
-    /// Wakes the first waiter for `model` in QueueSort order, or when none waits for it
-    /// the first of all (capacity on a worker is shared by its models). False when
-    /// nobody waits.
-    fn wake_head(inner: &mut Inner, sort: &dyn QueueSort, model: Option<&str>) -> bool {
+    /// Wakes the first waiter among those `eligible` (QueueSort order); false when none.
+    fn wake_first(
+        inner: &mut Inner,
+        sort: &dyn QueueSort,
+        eligible: impl Fn(&Waiter) -> bool,
+    ) -> bool {
         loop {
-            let best = model
-                .and_then(|m| head(inner, sort, |w| w.model == m))
-                .or_else(|| head(inner, sort, |_| true));
-            let Some(best) = best else {
+            let Some(best) = head(inner, sort, &eligible) else {
                 return false;
             };
             let waiter = inner.waiting.swap_remove(best);
@@ -143,27 +169,36 @@ impl AdmissionQueue {
         }
     }
 
-    /// A request that waited was dispatched: the next waiter for its model looks too
-    /// (capacity may be left for more than one), and so on until one finds none.
-    pub fn pass_on(&self, model: &str) {
+    /// A request of `class` that waited was dispatched, or gave up after being woken:
+    /// the next waiter of its class looks (capacity may be left for more than one).
+    pub fn pass_on(&self, class: &str) {
         let mut inner = self.lock();
-        Self::wake_head(&mut inner, self.sort.as_ref(), Some(model));
+        Self::wake_first(&mut inner, self.sort.as_ref(), |w| w.class == class);
     }
 
-    /// The cluster changed (a worker reported, joined, was uncordoned): the first waiter
-    /// for each model looks again.
+    /// A woken request of `class` found every worker busy and queued again: the turn
+    /// goes to the first waiter of another class that has not looked since the last
+    /// event (the slot may suit another model, version or constraint). Each waiter looks
+    /// at most once per event, so the chain ends.
+    pub fn went_back(&self, class: &str) {
+        let mut inner = self.lock();
+        let events = inner.events;
+        Self::wake_first(&mut inner, self.sort.as_ref(), |w| {
+            w.class != class && w.seen < events
+        });
+    }
+
+    /// What queued requests can run on changed (a worker reported, joined, left, turned
+    /// NotReady, was cordoned): the first waiter of each class looks again.
     pub fn changed(&self) {
         let mut inner = self.lock();
         inner.events += 1;
         inner.waiting.retain(|w| !w.wake.is_closed());
-        let mut models: Vec<String> = inner.waiting.iter().map(|w| w.model.clone()).collect();
-        models.sort();
-        models.dedup();
-        for model in models {
-            if let Some(best) = head(&inner, self.sort.as_ref(), |w| w.model == model) {
-                let waiter = inner.waiting.swap_remove(best);
-                let _ = waiter.wake.send(());
-            }
+        let mut classes: Vec<String> = inner.waiting.iter().map(|w| w.class.clone()).collect();
+        classes.sort();
+        classes.dedup();
+        for class in classes {
+            Self::wake_first(&mut inner, self.sort.as_ref(), |w| w.class == class);
         }
     }
 
@@ -172,9 +207,9 @@ impl AdmissionQueue {
         *inner.in_flight.entry(tenant.to_string()).or_default() += 1;
     }
 
-    /// A request for `model` ended: its slot goes to the first waiter for that model (or,
-    /// when none waits for it, to the first of all).
-    pub fn finished(&self, tenant: &str, model: &str) {
+    /// A request of `class` ended: its slot goes to the first waiter of that class, or,
+    /// when none waits, to the first of all.
+    pub fn finished(&self, tenant: &str, class: &str) {
         let mut inner = self.lock();
         inner.events += 1;
         // A tenant with nothing in flight is forgotten: the map holds only tenants with
@@ -185,7 +220,10 @@ impl AdmissionQueue {
                 inner.in_flight.remove(tenant);
             }
         }
-        Self::wake_head(&mut inner, self.sort.as_ref(), Some(model));
+        let sort = self.sort.as_ref();
+        if !Self::wake_first(&mut inner, sort, |w| w.class == class) {
+            Self::wake_first(&mut inner, sort, |_| true);
+        }
     }
 }
 
@@ -245,8 +283,8 @@ mod tests {
         );
     }
 
-    fn wait(q: &AdmissionQueue, request: QueuedRequest, model: &str) -> oneshot::Receiver<()> {
-        match q.enqueue(request, model, q.events()).expect("room") {
+    fn wait(q: &AdmissionQueue, request: QueuedRequest, class: &str) -> oneshot::Receiver<()> {
+        match q.enqueue(request, class, q.events(), false).expect("room") {
             Turn::Wait(rx) => rx,
             Turn::LookAgain => panic!("no event came in between"),
         }
@@ -296,16 +334,16 @@ mod tests {
         let a = wait(&q, req(0, 1, "t"), "m");
         let _b = wait(&q, req(0, 2, "t"), "m");
         assert_eq!(
-            q.enqueue(req(0, 3, "t"), "m", q.events()).err(),
+            q.enqueue(req(0, 3, "t"), "m", q.events(), false).err(),
             Some(QueueFull(2))
         );
         drop(a); // its client gave up (deadline)
         assert_eq!(q.len(), 1);
-        assert!(q.enqueue(req(0, 4, "t"), "m", q.events()).is_ok());
+        assert!(q.enqueue(req(0, 4, "t"), "m", q.events(), false).is_ok());
     }
 
     #[test]
-    fn a_freed_slot_goes_to_the_first_waiter_for_its_model() {
+    fn a_freed_slot_goes_to_the_first_waiter_of_its_class() {
         let q = queue(10);
         q.started("t");
         q.started("t");
@@ -336,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn a_report_wakes_the_first_waiter_of_each_model() {
+    fn a_report_wakes_the_first_waiter_of_each_class() {
         let q = queue(10);
         let mut a1 = wait(&q, req(0, 1, "t"), "a");
         let mut a2 = wait(&q, req(0, 2, "t"), "a");
@@ -353,18 +391,48 @@ mod tests {
         // Every worker was busy when the request looked; then a request ended.
         q.finished("t", "m");
         assert!(matches!(
-            q.enqueue(req(0, 1, "t"), "m", seen),
+            q.enqueue(req(0, 1, "t"), "m", seen, false),
             Ok(Turn::LookAgain)
         ));
         let seen = q.events();
         q.changed();
         assert!(matches!(
-            q.enqueue(req(0, 1, "t"), "m", seen),
+            q.enqueue(req(0, 1, "t"), "m", seen, false),
             Ok(Turn::LookAgain)
         ));
         assert!(matches!(
-            q.enqueue(req(0, 1, "t"), "m", q.events()),
+            q.enqueue(req(0, 1, "t"), "m", q.events(), false),
             Ok(Turn::Wait(_))
         ));
+        // An arrival queueing behind its class queues whatever came.
+        let seen = q.events();
+        q.changed();
+        let behind = q.enqueue(req(0, 2, "t"), "m", seen, true);
+        assert!(matches!(behind, Ok(Turn::Wait(_))));
+        assert!(q.has_waiting("m") && !q.has_waiting("other"));
+    }
+
+    #[test]
+    fn a_waiter_that_goes_back_hands_the_turn_to_another_class_once_per_event() {
+        let q = queue(10);
+        q.started("t");
+        let mut a = wait(&q, req(9, 1, "t"), "a");
+        let mut b = wait(&q, req(0, 2, "t"), "b");
+        let mut c = wait(&q, req(0, 3, "t"), "c");
+        q.finished("t", "a");
+        assert!(a.try_recv().is_ok());
+        // a's class is still busy (say, another version): it queues again, having looked
+        // after the event, and the turn goes to b, then c.
+        let mut a = wait(&q, req(9, 1, "t"), "a");
+        q.went_back("a");
+        assert!(b.try_recv().is_ok());
+        assert!(c.try_recv().is_err() && a.try_recv().is_err());
+        let mut b = wait(&q, req(0, 2, "t"), "b");
+        q.went_back("b");
+        assert!(c.try_recv().is_ok());
+        let _c = wait(&q, req(0, 3, "t"), "c");
+        // Everyone looked since the last event: the chain ends.
+        q.went_back("c");
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
     }
 }

@@ -241,6 +241,20 @@ async fn flood(
     (done, tasks)
 }
 
+/// Requests waiting in the scheduler's queue, from its `/metrics`.
+async fn scheduler_queued(scheduler: &Scheduler) -> String {
+    let Some(addr) = scheduler.http_addr.as_deref() else {
+        return "unknown".into();
+    };
+    http_get(addr, "/metrics")
+        .and_then(|(_, text)| {
+            text.lines()
+                .find(|l| l.starts_with("localml_scheduler_queue_depth"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Waits until the scheduler has `n` requests outstanding on its workers (the rest queue).
 async fn wait_dispatched(scheduler: &Scheduler, n: u32) {
     let full = wait_until(SOON, || async {
@@ -349,10 +363,62 @@ async fn a_request_that_ends_wakes_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_hear_when_their_only_worker_is_gone() {
+    // The worker is kept full by clients of its own (its reports say so), so requests
+    // through the scheduler queue with none of them in flight; then the worker is killed.
+    // No request of the scheduler's ends and no report comes again: only the worker
+    // turning NotReady can tell the queued requests (no deadline) that they will not run.
+    let scheduler = Scheduler::start();
+    let mut slow = Worker::start("doomed", &scheduler, &["--throttle", "400"]);
+    scheduler.wait_ready(&["doomed"]).await;
+    let direct = slow.inference().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for _ in 0..16 {
+        let (mut c, stop) = (direct.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if c.model_infer(image_request(1)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let full = wait_until(SOON, || async {
+        scheduler.workers().await.iter().any(|w| {
+            w.status.as_ref().is_some_and(|s| {
+                s.models
+                    .iter()
+                    .any(|m| m.name == "image_classifier" && m.queue_depth + m.in_flight >= 8)
+            })
+        })
+    })
+    .await;
+    assert!(full, "the worker never reported itself full");
+    let (_, tasks) = flood(&scheduler, &image_request(1), 5).await;
+    // Time for them to reach the queue (they fail the same way if they have not).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.process.kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let all = futures::future::join_all(tasks);
+    let results = tokio::time::timeout(SOON, all)
+        .await
+        .expect("queued requests were left waiting after their only worker died");
+    for (i, result) in results.into_iter().enumerate() {
+        match result.expect("task") {
+            // Served before the kill.
+            Ok(()) => {}
+            Err(s) => assert!(matches!(s.code(), Code::Unavailable), "request {i}: {s:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_queued() {
     let scheduler =
         Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}max_queued_requests: 4\n"));
-    let _slow = Worker::start("slow", &scheduler, &["--throttle", "100"]);
+    // Slow enough that the second burst below stays in flight for a while (observed by
+    // polling every 100 ms) and the last request's 200 ms pass while it is queued.
+    let _slow = Worker::start("slow", &scheduler, &["--throttle", "400"]);
     scheduler.wait_ready(&["slow"]).await;
     let (_, tasks) = flood(&scheduler, &image_request(1), 30).await;
     let mut exhausted = 0;
@@ -390,8 +456,23 @@ async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_qu
         idle,
         "the worker reports itself idle once the first burst is served"
     );
-    let (_, _busy) = flood(&scheduler, &image_request(1), 10).await;
-    wait_dispatched(&scheduler, 8).await;
+    let (busy_done, _busy) = flood(&scheduler, &image_request(1), 10).await;
+    let full = wait_until(SOON, || async {
+        scheduler
+            .workers()
+            .await
+            .iter()
+            .map(|w| w.dispatched_in_flight)
+            .sum::<u32>()
+            >= 8
+    })
+    .await;
+    assert!(
+        full,
+        "eight of the second burst were never in flight together; {} of 10 were served, {} queued now",
+        busy_done.load(std::sync::atomic::Ordering::SeqCst),
+        scheduler_queued(&scheduler).await
+    );
     let mut c = scheduler.inference().await;
     let mut request = tonic::Request::new(image_request(1));
     request.set_timeout(Duration::from_millis(200));

@@ -76,9 +76,9 @@ impl Workers {
             }
             found
         };
-        if !cordoned {
-            self.changed();
-        }
+        // Waiting requests look again (an uncordon frees a worker; a cordon may leave a
+        // model with none).
+        self.changed();
         found
     }
 }

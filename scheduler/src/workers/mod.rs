@@ -99,8 +99,9 @@ pub struct Workers {
     /// Names of cordoned workers (from the store, shared by every replica); kept for
     /// workers that are not connected, so a cordon outlives rejoins and restarts.
     cordons: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Called after a change that may free capacity (a report, a join, an uncordon): the
-    /// dispatcher's queue wakes its waiters ([`Workers::on_change`]).
+    /// Called after a change to what queued requests can be routed to (a report, a join,
+    /// a cordon, a worker turning NotReady, leaving or removed): the dispatcher's queue
+    /// wakes its waiters to look again ([`Workers::on_change`]).
     on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
@@ -121,8 +122,8 @@ impl Workers {
         }
     }
 
-    /// Calls `f` after every change that may free capacity (reports, joins, uncordons);
-    /// the first caller's `f` stays.
+    /// Calls `f` after every change to what queued requests can be routed to; the first
+    /// caller's `f` stays.
     pub fn on_change(&self, f: Box<dyn Fn() + Send + Sync>) {
         let _ = self.on_change.set(f);
     }
@@ -183,16 +184,23 @@ impl Workers {
 
     /// Forgets the worker `name` (it was removed by an operator); true when it was known.
     pub fn remove(&self, name: &str) -> bool {
-        let mut workers = self.write();
-        let before = workers.len();
-        workers.retain(|_, w| {
-            let keep = w.status.name != name;
-            if !keep {
-                w.lose_in_flight();
-            }
-            keep
-        });
-        before != workers.len()
+        let removed = {
+            let mut workers = self.write();
+            let before = workers.len();
+            workers.retain(|_, w| {
+                let keep = w.status.name != name;
+                if !keep {
+                    w.lose_in_flight();
+                }
+                keep
+            });
+            before != workers.len()
+        };
+        if removed {
+            // Queued requests look again: some may now have no worker at all.
+            self.changed();
+        }
+        removed
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, WorkerEntry>> {
@@ -296,6 +304,8 @@ impl Workers {
             w.reason = "lease expired: no scheduler replica hears from it".into();
             w.lose_in_flight();
         }
+        drop(workers);
+        self.changed();
     }
 
     /// Records a status report (renewing the lease). False when the id is unknown.
@@ -383,6 +393,8 @@ impl Workers {
         tracing::info!(worker = %w.status.name, "worker leaving (draining)");
         w.state = WorkerState::Draining;
         w.reason = "worker left the cluster".into();
+        drop(workers);
+        self.changed();
         true
     }
 
@@ -395,6 +407,8 @@ impl Workers {
                 tracing::warn!(worker = %w.status.name, reason, "worker unreachable; NotReady until it reports again");
                 w.state = WorkerState::NotReady;
                 w.reason = format!("dispatch failed: {reason}");
+                drop(workers);
+                self.changed();
             }
         }
     }
@@ -402,6 +416,7 @@ impl Workers {
     /// Marks workers whose lease expired NotReady, and forgets long-silent ones.
     pub fn check_leases(&self, now: Instant, grace: Duration, forget_after: Duration) {
         let mut workers = self.write();
+        let before = workers.len();
         workers.retain(|_, w| {
             let silent = now.saturating_duration_since(w.last_report);
             let forget =
@@ -411,6 +426,7 @@ impl Workers {
             }
             !forget
         });
+        let mut changed = before != workers.len();
         for w in workers.values_mut() {
             let silent = now.saturating_duration_since(w.last_report);
             // Workers known through the store live as long as their store lease.
@@ -419,7 +435,13 @@ impl Workers {
                 w.state = WorkerState::NotReady;
                 w.reason = format!("no status report for {:.1}s", silent.as_secs_f64());
                 w.lose_in_flight();
+                changed = true;
             }
+        }
+        drop(workers);
+        if changed {
+            // Queued requests look again: some may now have no worker at all.
+            self.changed();
         }
     }
 
