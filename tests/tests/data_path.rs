@@ -337,6 +337,45 @@ async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
         executions < inferences,
         "no request was batched: {executions} runs for {inferences} requests"
     );
+
+    // Through the scheduler, which runs nothing itself: its execution count follows the
+    // workers' ratio of runs to requests, so perf_analyzer sees the batching there too.
+    let mut through = scheduler.inference().await;
+    for _ in 0..6 {
+        through
+            .model_infer(client::request(
+                "tensor_stats",
+                "",
+                &[Tensor {
+                    name: "values".into(),
+                    shape: vec![1, 8],
+                    data: TensorData::Fp32(vec![0.5; 8]),
+                }],
+            ))
+            .await
+            .expect("through the scheduler");
+    }
+    let seen = std::sync::Mutex::new(Vec::new());
+    let batched = wait_until(SOON, || {
+        let mut through = through.clone();
+        let seen = &seen;
+        async move {
+            let stats = through
+                .model_statistics(ModelStatisticsRequest {
+                    name: "tensor_stats".into(),
+                    version: String::new(),
+                })
+                .await
+                .expect("statistics")
+                .into_inner()
+                .model_stats;
+            let counts = (stats[0].inference_count, stats[0].execution_count);
+            seen.lock().expect("seen").push(counts);
+            counts.0 == 6 && counts.1 < 6 && counts.1 > 0
+        }
+    })
+    .await;
+    assert!(batched, "scheduler (requests, runs) seen: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,19 @@ fn bind(caller: Option<&Principal>, request: &mut Forwarded) -> Result<(), Statu
     Ok(())
 }
 
+/// `inference_count` requests at the workers' ratio of `executions` to `requests`: at
+/// least one run where there was a request, never more runs than requests.
+fn estimated_executions(inference_count: u64, requests: u64, executions: u64) -> u64 {
+    if requests == 0 || executions >= requests {
+        return inference_count;
+    }
+    let estimate =
+        (u128::from(inference_count) * u128::from(executions)).div_ceil(u128::from(requests));
+    u64::try_from(estimate)
+        .unwrap_or(inference_count)
+        .clamp(inference_count.min(1), inference_count)
+}
+
 /// Binds a request built in process to the caller's key, routes it and decodes the answer.
 async fn infer_built(
     dispatcher: &Dispatcher,
@@ -205,6 +218,25 @@ impl InferenceBackend for SchedulerInference {
             .snapshot(&r.name, &r.version, &existing);
         // Every model's statistics: only those the key may use.
         model_stats.retain(|s| allow(caller.as_ref(), &s.name).is_ok());
+        // The scheduler runs nothing itself: its execution count is its requests at the
+        // workers' ratio of runs to requests (below 1 where they batch), so perf_analyzer
+        // and the dashboard see the batching through the scheduler too.
+        let mut runs: std::collections::HashMap<(String, String), (u64, u64)> = Default::default();
+        let workers = self.dispatcher.workers.list(tokio::time::Instant::now());
+        for m in workers
+            .iter()
+            .filter_map(|w| w.status.as_ref())
+            .flat_map(|s| s.models.iter())
+        {
+            let entry = runs.entry((m.name.clone(), m.version.clone())).or_default();
+            entry.0 = entry.0.saturating_add(m.inference_count);
+            entry.1 = entry.1.saturating_add(m.execution_count);
+        }
+        for s in &mut model_stats {
+            if let Some(&(requests, executions)) = runs.get(&(s.name.clone(), s.version.clone())) {
+                s.execution_count = estimated_executions(s.inference_count, requests, executions);
+            }
+        }
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
@@ -248,5 +280,23 @@ impl ForwardInfer for SchedulerInference {
         localml_serving::service::within_deadline(timeout, "ModelInfer", answer)
             .await
             .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimated_executions;
+
+    #[test]
+    fn executions_follow_the_workers_batching_ratio() {
+        // Workers ran 24 requests in 7 runs: 100 requests here count as 30 runs.
+        assert_eq!(estimated_executions(100, 24, 7), 30);
+        // No batching, no reports, or nothing yet.
+        assert_eq!(estimated_executions(100, 50, 50), 100);
+        assert_eq!(estimated_executions(100, 0, 0), 100);
+        assert_eq!(estimated_executions(0, 24, 7), 0);
+        // One request is at least one run.
+        assert_eq!(estimated_executions(1, 1000, 1), 1);
+        assert_eq!(estimated_executions(u64::MAX, u64::MAX, 1), 1);
     }
 }
