@@ -146,6 +146,10 @@ pub struct NewKey {
     pub expires: Option<Duration>,
     #[arg(long)]
     pub description: Option<String>,
+    /// Serve callers that send no key as this key: inference of --models open to everyone
+    /// who reaches the scheduler (a kiosk). Needs --scope infer alone and --models.
+    #[arg(long)]
+    pub anonymous: bool,
 }
 
 /// Creates a key and prints it once (stdout: only the key, so scripts can capture it).
@@ -159,6 +163,7 @@ pub async fn create(server: &str, new: NewKey) -> anyhow::Result<()> {
             models: new.models,
             expires_in_seconds: new.expires.map_or(0, |d| d.as_secs().max(1)),
             description: new.description.unwrap_or_default(),
+            anonymous: new.anonymous,
         })
         .await
         .map_err(status)?
@@ -171,6 +176,13 @@ pub async fn create(server: &str, new: NewKey) -> anyhow::Result<()> {
             info.tenant,
             expiry(info)
         );
+        if info.anonymous {
+            eprintln!(
+                "anyone who reaches the scheduler may now run {} without a key; revoke it with 'localml keys revoke {}'",
+                info.models.join(", "),
+                info.name
+            );
+        }
     }
     println!("{}", response.key);
     Ok(())

@@ -142,6 +142,9 @@ pub async fn run(
     ring.load(state.as_ref())
         .await
         .map_err(crate::auth::keys::BootstrapError::from)?;
+    if let Some(open) = ring.anonymous(localml_proto::time::unix_ms()) {
+        tracing::warn!(keys = %open.name, models = ?open.models, "anonymous key: inference of these models is open to every caller that reaches the client port, without a key");
+    }
     let client_addr = listeners.clients.local_addr()?;
     let mut warnings = Vec::new();
     let client = ListenerSecurity::decide(&config, "client port", client_addr)?;

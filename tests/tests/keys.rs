@@ -706,3 +706,129 @@ async fn an_admin_key_file_is_imported_and_a_bad_one_stops_the_start() {
         "the file's content is not echoed: {stderr}"
     );
 }
+
+/// An operator opens inference of chosen models to everyone on the LAN without a key
+/// (a kiosk): `localml keys create --anonymous --scope infer --models ...`. Callers without
+/// a key may run those models, over gRPC and REST, and nothing else; the page's
+/// `/api/v1/access` says what is open; revoking the key closes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_key_opens_chosen_models_to_callers_without_a_key() {
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--auth", "required", "--rest-listen", "127.0.0.1:0"],
+    );
+    let _w = Worker::start("w", &scheduler, &[]);
+    let admin_key = scheduler.admin_key();
+    scheduler.wait_ready(&["w"]).await;
+    let rest = scheduler
+        .rest_url
+        .clone()
+        .expect("REST URL")
+        .split_once("://")
+        .expect("a URL")
+        .1
+        .to_string();
+    let mut nobody = client::inference_client(connect(&scheduler.addr, None).await);
+    assert_eq!(
+        code_of(nobody.model_infer(image_request(1)).await).0,
+        Code::Unauthenticated,
+        "closed before the anonymous key"
+    );
+    let access = http(&rest, "GET", "/api/v1/access", &[], b"");
+    assert_eq!(access.status, 200, "{access:?}");
+    assert!(access.json()["anonymous"].is_null(), "{access:?}");
+
+    // Anything but infer on listed models is refused, saying why.
+    for args in [
+        &["--name", "wide", "--scope", "infer", "--anonymous"][..],
+        &[
+            "--name",
+            "admin-for-all",
+            "--scope",
+            "admin",
+            "--models",
+            "image_classifier",
+            "--anonymous",
+        ],
+    ] {
+        let mut all = vec!["keys", "create"];
+        all.extend_from_slice(args);
+        let (ok, _, err) = localml(&scheduler.addr, &admin_key, &all);
+        assert!(!ok && err.contains("anonymous key"), "{args:?}: {err}");
+    }
+    let mut create = vec!["keys", "create"];
+    create.extend_from_slice(&[
+        "--name",
+        "kiosk",
+        "--scope",
+        "infer",
+        "--models",
+        "image_classifier",
+        "--anonymous",
+    ]);
+    let (ok, _, err) = localml(&scheduler.addr, &admin_key, &create);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("without a key"),
+        "the CLI says what it opened: {err}"
+    );
+
+    // gRPC without a key: the listed model runs; another model and admin calls do not.
+    let response = nobody
+        .model_infer(image_request(1))
+        .await
+        .expect("an opened model runs without a key")
+        .into_inner();
+    assert_eq!(response.model_name, "image_classifier");
+    let mut text = image_request(1);
+    text.model_name = "text_classifier".into();
+    let (code, message) = code_of(nobody.model_infer(text).await);
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(
+        message.contains("'kiosk'") && message.contains("image_classifier"),
+        "{message}"
+    );
+    let mut no_key_admin = AdminClient::new(connect(&scheduler.addr, None).await);
+    assert_eq!(
+        code_of(no_key_admin.list_workers(ListWorkersRequest {}).await).0,
+        Code::Unauthenticated
+    );
+
+    // REST likewise; the page's access call says what is open to everyone.
+    let access = http(&rest, "GET", "/api/v1/access", &[], b"");
+    let open = &access.json()["anonymous"];
+    assert_eq!(open["key"], "kiosk", "{access:?}");
+    assert_eq!(open["models"][0], "image_classifier", "{access:?}");
+    let body = serde_json::json!({"inputs": [{
+        "name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+        "data": vec![0.5f32; 3 * 32 * 32],
+    }]})
+    .to_string();
+    let answer = http(
+        &rest,
+        "POST",
+        "/v2/models/image_classifier/infer",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let workers = http(&rest, "GET", "/api/v1/workers", &[], b"");
+    assert_eq!(workers.status, 401, "{workers:?}");
+
+    // Revoked: closed again.
+    let (ok, _, err) = localml(&scheduler.addr, &admin_key, &["keys", "revoke", "kiosk"]);
+    assert!(ok, "{err}");
+    let closed = wait_until(SOON, || {
+        let mut nobody = nobody.clone();
+        async move {
+            matches!(nobody.model_infer(image_request(1)).await, Err(s) if s.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    assert!(
+        closed,
+        "the revoked anonymous key still serves callers without a key"
+    );
+    let access = http(&rest, "GET", "/api/v1/access", &[], b"");
+    assert!(access.json()["anonymous"].is_null(), "{access:?}");
+}

@@ -38,6 +38,9 @@ pub struct KeyRecord {
     pub expires_unix_ms: u64,
     pub revoked: bool,
     pub description: String,
+    /// Callers that send no key are served as this key (a kiosk).
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// Why a presented key is refused (UNAUTHENTICATED); never says which part of a secret
@@ -138,6 +141,31 @@ impl KeyRing {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// What a caller that sends no key may do at `now_ms`: the valid anonymous keys
+    /// (revoked and expired ones are not), as one record whose models are all of theirs.
+    pub fn anonymous(&self, now_ms: u64) -> Option<KeyRecord> {
+        let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        let mut valid: Vec<&KeyRecord> = by_id
+            .values()
+            .filter(|r| r.anonymous && !r.revoked)
+            .filter(|r| r.expires_unix_ms == 0 || now_ms < r.expires_unix_ms)
+            .collect();
+        valid.sort_by(|a, b| a.name.cmp(&b.name));
+        let first = (*valid.first()?).clone();
+        let mut models: Vec<String> = valid.iter().flat_map(|r| r.models.clone()).collect();
+        models.sort();
+        models.dedup();
+        Some(KeyRecord {
+            name: valid
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            models,
+            ..first
+        })
     }
 
     /// Checks a presented key at `now_ms`: the record it belongs to, or why not.
@@ -342,6 +370,7 @@ fn admin_record(name: String, description: String) -> KeyRecord {
         expires_unix_ms: 0,
         revoked: false,
         description,
+        anonymous: false,
     }
 }
 
@@ -454,6 +483,7 @@ mod tests {
             expires_unix_ms: 0,
             revoked: false,
             description: String::new(),
+            anonymous: false,
         }
     }
 

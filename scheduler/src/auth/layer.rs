@@ -134,10 +134,13 @@ impl AuthState {
             return Ok(None);
         };
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return if self.required {
-                Err(Status::unauthenticated(KeyError::Missing.to_string()))
-            } else {
-                Ok(None)
+            if !self.required {
+                return Ok(None);
+            }
+            // An operator opened some models to callers without a key (a kiosk).
+            return match self.ring.anonymous(now_ms) {
+                Some(record) if record.scopes.contains(&scope) => Ok(Some(principal(record))),
+                _ => Err(Status::unauthenticated(KeyError::Missing.to_string())),
             };
         };
         let key = value
@@ -166,13 +169,17 @@ impl AuthState {
                     .join(", ")
             )));
         }
-        Ok(Some(Principal {
-            key_id: record.id,
-            key: record.name,
-            scopes: record.scopes,
-            tenant: record.tenant,
-            models: record.models,
-        }))
+        Ok(Some(principal(record)))
+    }
+}
+
+fn principal(record: super::keys::KeyRecord) -> Principal {
+    Principal {
+        key_id: record.id,
+        key: record.name,
+        scopes: record.scopes,
+        tenant: record.tenant,
+        models: record.models,
     }
 }
 
@@ -275,6 +282,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn callers_without_a_key_get_what_an_anonymous_key_opens() {
+        let ring = Arc::new(KeyRing::default());
+        let kiosk = |name: &str, models: &[&str], revoked: bool, expires_unix_ms: u64| KeyRecord {
+            name: name.into(),
+            id: format!("id-{name}"),
+            secret_sha256: String::new(),
+            scopes: vec![Scope::Infer],
+            tenant: "kiosk".into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            created_unix_ms: 0,
+            expires_unix_ms,
+            revoked,
+            description: String::new(),
+            anonymous: true,
+        };
+        ring.insert_for_test(kiosk("b-kiosk", &["b", "a"], false, 0));
+        ring.insert_for_test(kiosk("a-kiosk", &["a"], false, 0));
+        ring.insert_for_test(kiosk("gone", &["c"], true, 0));
+        ring.insert_for_test(kiosk("old", &["d"], false, 5));
+        let state = AuthState::new(ring, true);
+        let infer = "/inference.GRPCInferenceService/ModelInfer";
+        let p = state
+            .decide(infer, &http::HeaderMap::new(), 10)
+            .expect("served without a key")
+            .expect("as the anonymous keys");
+        assert_eq!(p.models, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(p.key, "a-kiosk,b-kiosk");
+        assert!(p.check_model("c").is_err() && p.check_model("d").is_err());
+        // Nothing but inference.
+        let admin = state.decide("/localml.v1.Admin/ListWorkers", &http::HeaderMap::new(), 10);
+        assert_eq!(
+            admin.expect_err("admin").code(),
+            tonic::Code::Unauthenticated
+        );
+        // A wrong key is still refused, not served anonymously.
+        let bad = state.decide(infer, &headers("Bearer lmk_nope"), 10);
+        assert_eq!(
+            bad.expect_err("bad key").code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
     fn state_with(scopes: Vec<Scope>, required: bool) -> (AuthState, String) {
         let ring = Arc::new(KeyRing::default());
         let new = generate().expect("random");
@@ -289,6 +339,7 @@ mod tests {
             expires_unix_ms: 0,
             revoked: false,
             description: String::new(),
+            anonymous: false,
         });
         (AuthState::new(ring, required), new.text)
     }

@@ -52,10 +52,22 @@ pub(super) fn routes() -> axum::Router<Arc<Rest>> {
             "/ui/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
+        .route("/api/v1/access", get(access))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/models", get(models))
         .route("/api/v1/workers/{name}/cordon", post(cordon))
         .route("/api/v1/workers/{name}/uncordon", post(uncordon))
+}
+
+/// What a caller without a key may do here (no key needed to ask): everything on an open
+/// listener, else the models an anonymous key opens (none: sign in). The page shows it, so
+/// everyone sees what is open to the whole network.
+async fn access(State(rest): State<Arc<Rest>>) -> Answer {
+    let anonymous = rest.auth.ring.anonymous(localml_proto::time::unix_ms());
+    Ok(json_ok(json!({
+        "keys_required": rest.auth.required,
+        "anonymous": anonymous.map(|r| json!({"key": r.name, "models": r.models})),
+    })))
 }
 
 fn power_json(p: Option<&PowerStatus>) -> Value {

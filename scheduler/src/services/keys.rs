@@ -35,6 +35,7 @@ pub fn info(r: &KeyRecord) -> ApiKey {
         expires_unix_ms: r.expires_unix_ms,
         revoked: r.revoked,
         description: r.description.clone(),
+        anonymous: r.anonymous,
     }
 }
 
@@ -69,6 +70,12 @@ pub fn record(r: CreateKeyRequest, now_ms: u64) -> Result<KeyRecord, Status> {
             "tenant (128 bytes), description (1024 bytes) or models (256) too long",
         ));
     }
+    if r.anonymous && (scopes != [Scope::Infer] || r.models.is_empty()) {
+        return Err(Status::invalid_argument(
+            "an anonymous key serves callers without a key: it takes only the infer scope \
+             and needs the models it opens (--models a,b)",
+        ));
+    }
     let expires_unix_ms = match r.expires_in_seconds {
         0 => 0,
         s => now_ms.saturating_add(s.saturating_mul(1000)),
@@ -84,6 +91,7 @@ pub fn record(r: CreateKeyRequest, now_ms: u64) -> Result<KeyRecord, Status> {
         expires_unix_ms,
         revoked: false,
         description: r.description,
+        anonymous: r.anonymous,
     })
 }
 
@@ -100,6 +108,9 @@ impl Keys for KeysService {
         let record = record(r.into_inner(), localml_proto::time::unix_ms())?;
         let (key, record) = keys::create(self.store.as_ref(), record).await?;
         tracing::info!(name = %record.name, scopes = ?record.scopes, tenant = %record.tenant, by = ?by, "API key created");
+        if record.anonymous {
+            tracing::warn!(name = %record.name, models = ?record.models, by = ?by, "anonymous key: inference of these models is open to every caller that reaches the client port, without a key");
+        }
         Ok(Response::new(CreateKeyResponse {
             key,
             info: Some(info(&record)),

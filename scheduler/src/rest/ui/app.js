@@ -259,4 +259,18 @@ $("signin-form").addEventListener("submit", (event) => {
 $("signout").addEventListener("click", () => { sessionStorage.removeItem(KEY); showSignIn(""); });
 $("try-random").addEventListener("click", fillRandom);
 $("try-run").addEventListener("click", run);
+
+// Models an operator opened to everyone without a key (an anonymous key): said on the page.
+async function showAccess() {
+  try {
+    const response = await fetch("/api/v1/access");
+    const access = await response.json();
+    if (access.anonymous) {
+      $("open-access").textContent =
+        `Open to everyone on this network without a key: ${access.anonymous.models.join(", ")} (key ${access.anonymous.key})`;
+      $("open-access").hidden = false;
+    }
+  } catch { /* older scheduler: nothing to show */ }
+}
+showAccess();
 start();
