@@ -48,6 +48,10 @@ pub struct SchedulerConfig {
     /// with a retry hint. Whatever this says, a request whose deadline the expected wait
     /// cannot meet gets DEADLINE_EXCEEDED at once. Jobs wait their turn.
     pub max_queue_wait_ms: u64,
+    /// A queued request that no event woke looks at the workers again after this many
+    /// milliseconds (default 1000; 0: never): a safety net for wake-ups the queue's
+    /// events miss, not how it works (docs/scheduling.md).
+    pub queue_safety_net_ms: u64,
     /// Scheduling profiles; default: `default` and `energy-saver` (see docs/scheduling.md).
     pub profiles: Vec<localml_framework::profile::ProfileConfig>,
     /// Where cluster state lives: `embedded` (a file in `data_dir`), `embedded:DIR`, or
@@ -168,6 +172,7 @@ impl Default for SchedulerConfig {
             max_queued_requests: 1024,
             max_queued_bytes: 512 * 1024 * 1024,
             max_queue_wait_ms: 30_000,
+            queue_safety_net_ms: 1000,
             profiles: localml_framework::profile::builtin(),
             store: "embedded".into(),
             data_dir: default_data_dir(),

@@ -18,7 +18,7 @@ use localml_framework::{Code as FrameworkCode, CycleState, PrioritySort, QueuedR
 use crate::failure::{classify, Failure};
 use crate::forward::{decode_response, Forwarded};
 use crate::parameters::{request_info, ParameterError, PROFILE_PARAMETER};
-use crate::queue::{AdmissionQueue, Turn};
+use crate::queue::{AdmissionQueue, Queueing, Turn};
 use crate::stats::Stats;
 use crate::workers::{Lookup, Workers};
 
@@ -198,6 +198,9 @@ pub struct Dispatcher {
     max_held_bytes: usize,
     /// The longest expected wait in the queue a request is admitted to (None: no bound).
     max_queue_wait: Option<Duration>,
+    /// A queued request that no event woke looks again after this long (None: never): a
+    /// safety net for a wake-up the events miss (`queue_safety_net_ms`).
+    queue_safety_net: Option<Duration>,
 }
 
 /// Releases a request's bytes from [`Dispatcher::held_bytes`] however it ends.
@@ -234,11 +237,28 @@ struct Baton<'a> {
 }
 
 impl Baton<'_> {
-    async fn wait(&mut self, turn: tokio::sync::oneshot::Receiver<()>) {
+    /// Waits for the turn until `until`; false when that came first (the request is then
+    /// out of the queue, unless the wake-up came at that moment: then it holds the turn).
+    async fn wait(&mut self, turn: tokio::sync::oneshot::Receiver<()>, until: Instant) -> bool {
         let turn = self.waiting.insert(turn);
-        let _ = turn.await;
-        self.waiting = None;
-        self.held = true;
+        let woken = tokio::time::timeout_at(until, turn).await.is_ok();
+        if woken {
+            self.waiting = None;
+            self.held = true;
+        } else {
+            self.stop_waiting();
+        }
+        woken || self.held
+    }
+
+    /// Leaves the queue; a wake-up that came meanwhile is held, not lost.
+    fn stop_waiting(&mut self) {
+        if let Some(mut turn) = self.waiting.take() {
+            turn.close();
+            if turn.try_recv().is_ok() {
+                self.held = true;
+            }
+        }
     }
 
     fn pass(&mut self) {
@@ -256,13 +276,8 @@ impl Baton<'_> {
 
 impl Drop for Baton<'_> {
     fn drop(&mut self) {
-        if let Some(mut turn) = self.waiting.take() {
-            // Dropped while waiting: a wake-up already sent is passed on, not lost.
-            turn.close();
-            if turn.try_recv().is_ok() {
-                self.held = true;
-            }
-        }
+        // Dropped while waiting: a wake-up already sent is passed on, not lost.
+        self.stop_waiting();
         self.pass();
     }
 }
@@ -332,7 +347,8 @@ impl Dispatcher {
         max_queued_bytes: usize,
     ) -> Dispatcher {
         let queue = Arc::new(AdmissionQueue::new(max_queued, Box::new(PrioritySort)));
-        // A worker's report, join or uncordon may free capacity: queued requests look.
+        // A change of the workers (a report, a join, a cordon, one lost) may change what
+        // queued requests can run on: they look.
         let waiters = Arc::downgrade(&queue);
         workers.on_change(Box::new(move || {
             if let Some(queue) = waiters.upgrade() {
@@ -349,7 +365,14 @@ impl Dispatcher {
             held_bytes: Arc::new(AtomicUsize::new(0)),
             max_held_bytes: max_queued_bytes,
             max_queue_wait: None,
+            queue_safety_net: Some(Duration::from_secs(1)),
         }
+    }
+
+    /// Queued requests no event woke look again after `net` (zero: never).
+    pub fn with_queue_safety_net(mut self, net: Duration) -> Dispatcher {
+        self.queue_safety_net = (!net.is_zero()).then_some(net);
+        self
     }
 
     /// Refuses requests whose expected wait in the queue is over `max` (`max_queue_wait_ms`;
@@ -558,7 +581,11 @@ impl Dispatcher {
         // Arrivals queue behind requests of their class already waiting, so waiting ones
         // keep their turn.
         let mut wait = self.queue.has_waiting(&class);
-        let mut behind = wait;
+        let mut how = if wait {
+            Queueing::Behind
+        } else {
+            Queueing::Busy
+        };
         // Whether the queue's expected wait was checked and found acceptable: at once for
         // an arrival that queues behind others, else when it first finds every worker busy.
         let mut admitted = false;
@@ -589,28 +616,36 @@ impl Dispatcher {
             if std::mem::take(&mut wait) {
                 let turn = self
                     .queue
-                    .enqueue(queued.clone(), &class, seen, std::mem::take(&mut behind))
+                    .enqueue(queued.clone(), &class, seen, how)
                     .map_err(|full| DispatchError::QueueFull(full.0))?;
                 // Woken when a request ends, when the workers change (a report, a join, a
-                // cordon, one lost), or passed the turn by another waiter: no polling.
+                // cordon, one lost), or passed the turn by another waiter.
                 match turn {
-                    // Bounded by the deadline (a job's too: it has no other timer here).
-                    Turn::Wait(turn) => match deadline {
-                        Some(deadline) => {
-                            if tokio::time::timeout_at(deadline, baton.wait(turn))
-                                .await
-                                .is_err()
-                            {
-                                return Err(DispatchError::Request(Status::deadline_exceeded(
-                                    "the request's deadline passed while it waited in the \
-                                     scheduler's queue",
-                                )));
-                            }
+                    Turn::Wait(turn) => {
+                        // A day stands for "never" (deadlines are capped at a day too).
+                        let net = Instant::now()
+                            + self
+                                .queue_safety_net
+                                .unwrap_or(localml_serving::service::MAX_REQUEST_TIMEOUT);
+                        // Bounded by the deadline (a job's too: it has no other timer here).
+                        let until = deadline.map_or(net, |d| d.min(net));
+                        if !baton.wait(turn, until).await
+                            && deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            return Err(DispatchError::Request(Status::deadline_exceeded(
+                                "the request's deadline passed while it waited in the \
+                                 scheduler's queue",
+                            )));
                         }
-                        None => baton.wait(turn).await,
-                    },
+                        how = Queueing::Again;
+                    }
                     // Something changed since it looked: look again, after letting others run.
-                    Turn::LookAgain => tokio::task::yield_now().await,
+                    Turn::LookAgain => {
+                        if how == Queueing::Behind {
+                            how = Queueing::Busy;
+                        }
+                        tokio::task::yield_now().await
+                    }
                 }
             }
             seen = self.queue.events();
@@ -656,7 +691,12 @@ impl Dispatcher {
                         }
                         admitted = true;
                     }
-                    baton.went_back();
+                    if tried.is_empty() {
+                        baton.went_back();
+                    } else if std::mem::take(&mut baton.held) {
+                        // It excludes workers it tried: others of its class may use them.
+                        self.queue.pass_on(&class);
+                    }
                     wait = true;
                     continue;
                 }

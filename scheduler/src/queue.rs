@@ -4,16 +4,16 @@
 //! one heavy client cannot starve the others; then arrival). Bounded: a full queue answers
 //! at once.
 //!
-//! Event-driven, no polling. Requests are grouped in classes ([`class`]: model, version,
-//! profile and constraints), which see the same workers busy or free. A request that
-//! ends wakes the first waiter of its class (the first of all when none waits); a woken
-//! request that is dispatched, or gives up, wakes the next of its class; one that finds
-//! every worker busy again goes back to its place and wakes the first waiter of another
-//! class that has not looked since the last event (the freed slot may suit it), so each
-//! waiter looks at most once per event. A change of the workers (a report, a join, a
-//! cordon, a worker lost or leaving) wakes the first waiter of each class. An event
-//! between a request's look at the workers and its queueing makes it look again
-//! ([`Turn::LookAgain`]).
+//! Event-driven (docs/scheduling.md, "The queue"). Requests are grouped in classes
+//! ([`class`]: model, version, profile and constraints). A request that ends wakes the
+//! first waiter of its class (the first of all when none waits); a woken request that is
+//! dispatched or gives up wakes the next of its class (another class's when its own has
+//! none); one that finds every worker busy again goes back to its place and wakes the
+//! first waiter of another class that has not looked since the last event, each class
+//! looking once per event. A change of the workers wakes the first waiter of each class.
+//! An event between a request's look at the workers and its queueing makes it look again
+//! ([`Turn::LookAgain`]). A woken request that goes back is never refused for a full
+//! queue. The dispatcher adds a safety net (`queue_safety_net_ms`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,10 +27,21 @@ struct Waiter {
     /// What it waits to run ([`class`]): requests of one class can use the same workers,
     /// so a slot freed by one goes to the first waiter of its class.
     class: String,
-    /// The event count when it last looked at the workers: it looks again only for a
-    /// later event.
-    seen: u64,
     wake: oneshot::Sender<()>,
+}
+
+/// How a request queues ([`AdmissionQueue::enqueue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queueing {
+    /// It looked at the workers and found them busy: it queues unless an event came
+    /// since (then it looks again); refused when the queue is full.
+    Busy,
+    /// An arrival behind waiters of its class: it queues without looking while one of
+    /// them is still listed (else it looks now); refused when the queue is full.
+    Behind,
+    /// A woken request that found the workers busy again: as `Busy`, but it was admitted
+    /// before and is never refused for a full queue.
+    Again,
 }
 
 /// The class of a request: what decides which workers can serve it (profile, model,
@@ -54,6 +65,9 @@ struct Inner {
     /// every worker busy and then queues knows whether one happened in between (it then
     /// looks again instead of waiting for the next).
     events: u64,
+    /// Per class with waiters, the event count when one of its requests last looked (or
+    /// was woken to look): a class looks once per event.
+    looked: HashMap<String, u64>,
 }
 
 /// Where a request that found every worker busy stands.
@@ -122,30 +136,37 @@ impl AdmissionQueue {
         self.lock().events
     }
 
-    /// Queues a request of `class` that found every worker busy when the event count was
-    /// `seen`; when an event came since, it looks again instead ([`Turn::LookAgain`]): no
-    /// wake-up is lost between looking and queueing. `behind` (an arrival queueing behind
-    /// its class) queues whatever came.
+    /// Queues a request of `class` that last looked at the workers when the event count
+    /// was `seen` ([`Queueing`] says how); when it should look again instead
+    /// ([`Turn::LookAgain`]: an event came since, so no wake-up is lost between looking
+    /// and queueing), it does not queue.
     pub fn enqueue(
         &self,
         request: QueuedRequest,
         class: &str,
         seen: u64,
-        behind: bool,
+        how: Queueing,
     ) -> Result<Turn, QueueFull> {
         let mut inner = self.lock();
-        if inner.events != seen && !behind {
+        inner.waiting.retain(|w| !w.wake.is_closed());
+        let look_again = match how {
+            Queueing::Behind => !inner.waiting.iter().any(|w| w.class == class),
+            Queueing::Busy | Queueing::Again => inner.events != seen,
+        };
+        if look_again {
             return Ok(Turn::LookAgain);
         }
-        inner.waiting.retain(|w| !w.wake.is_closed());
-        if inner.waiting.len() >= self.capacity {
+        if how != Queueing::Again && inner.waiting.len() >= self.capacity {
             return Err(QueueFull(self.capacity));
+        }
+        if how != Queueing::Behind {
+            let looked = inner.looked.entry(class.to_string()).or_insert(0);
+            *looked = (*looked).max(seen);
         }
         let (wake, rx) = oneshot::channel();
         inner.waiting.push(Waiter {
             request,
             class: class.to_string(),
-            seen,
             wake,
         });
         Ok(Turn::Wait(rx))
@@ -170,22 +191,42 @@ impl AdmissionQueue {
     }
 
     /// A request of `class` that waited was dispatched, or gave up after being woken:
-    /// the next waiter of its class looks (capacity may be left for more than one).
+    /// the next waiter of its class looks (capacity may be left for more than one), or,
+    /// when none waits, the first of another class that has not looked since the last
+    /// event.
     pub fn pass_on(&self, class: &str) {
         let mut inner = self.lock();
-        Self::wake_first(&mut inner, self.sort.as_ref(), |w| w.class == class);
+        if !Self::wake_first(&mut inner, self.sort.as_ref(), |w| w.class == class) {
+            Self::wake_stale(&mut inner, self.sort.as_ref(), class);
+        }
     }
 
     /// A woken request of `class` found every worker busy and queued again: the turn
     /// goes to the first waiter of another class that has not looked since the last
-    /// event (the slot may suit another model, version or constraint). Each waiter looks
-    /// at most once per event, so the chain ends.
+    /// event (the slot may suit another model, version or constraint). A class looks
+    /// once per event, so the chain ends after at most one look per class.
     pub fn went_back(&self, class: &str) {
         let mut inner = self.lock();
+        Self::wake_stale(&mut inner, self.sort.as_ref(), class);
+    }
+
+    /// Wakes the first waiter of a class other than `class` that has not looked since
+    /// the last event, and counts that class as looking.
+    fn wake_stale(inner: &mut Inner, sort: &dyn QueueSort, class: &str) -> bool {
         let events = inner.events;
-        Self::wake_first(&mut inner, self.sort.as_ref(), |w| {
-            w.class != class && w.seen < events
-        });
+        let stale: std::collections::HashSet<String> = inner
+            .waiting
+            .iter()
+            .filter(|w| w.class != class)
+            .filter(|w| inner.looked.get(&w.class).copied().unwrap_or(0) < events)
+            .map(|w| w.class.clone())
+            .collect();
+        let Some(best) = head(inner, sort, |w| stale.contains(&w.class)) else {
+            return false;
+        };
+        let woken = inner.waiting[best].class.clone();
+        inner.looked.insert(woken.clone(), events);
+        Self::wake_first(inner, sort, |w| w.class == woken)
     }
 
     /// What queued requests can run on changed (a worker reported, joined, left, turned
@@ -197,7 +238,11 @@ impl AdmissionQueue {
         let mut classes: Vec<String> = inner.waiting.iter().map(|w| w.class.clone()).collect();
         classes.sort();
         classes.dedup();
+        // Classes with nothing waiting are forgotten.
+        inner.looked.retain(|c, _| classes.binary_search(c).is_ok());
+        let events = inner.events;
         for class in classes {
+            inner.looked.insert(class.clone(), events);
             Self::wake_first(&mut inner, self.sort.as_ref(), |w| w.class == class);
         }
     }
@@ -284,9 +329,24 @@ mod tests {
     }
 
     fn wait(q: &AdmissionQueue, request: QueuedRequest, class: &str) -> oneshot::Receiver<()> {
-        match q.enqueue(request, class, q.events(), false).expect("room") {
+        match q
+            .enqueue(request, class, q.events(), Queueing::Busy)
+            .expect("room")
+        {
             Turn::Wait(rx) => rx,
             Turn::LookAgain => panic!("no event came in between"),
+        }
+    }
+
+    /// A woken request that looked after the last event and queues again.
+    fn q_wait_again(
+        q: &AdmissionQueue,
+        request: QueuedRequest,
+        class: &str,
+    ) -> oneshot::Receiver<()> {
+        match q.enqueue(request, class, q.events(), Queueing::Again) {
+            Ok(Turn::Wait(rx)) => rx,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -334,12 +394,15 @@ mod tests {
         let a = wait(&q, req(0, 1, "t"), "m");
         let _b = wait(&q, req(0, 2, "t"), "m");
         assert_eq!(
-            q.enqueue(req(0, 3, "t"), "m", q.events(), false).err(),
+            q.enqueue(req(0, 3, "t"), "m", q.events(), Queueing::Busy)
+                .err(),
             Some(QueueFull(2))
         );
         drop(a); // its client gave up (deadline)
         assert_eq!(q.len(), 1);
-        assert!(q.enqueue(req(0, 4, "t"), "m", q.events(), false).is_ok());
+        assert!(q
+            .enqueue(req(0, 4, "t"), "m", q.events(), Queueing::Busy)
+            .is_ok());
     }
 
     #[test]
@@ -391,25 +454,80 @@ mod tests {
         // Every worker was busy when the request looked; then a request ended.
         q.finished("t", "m");
         assert!(matches!(
-            q.enqueue(req(0, 1, "t"), "m", seen, false),
+            q.enqueue(req(0, 1, "t"), "m", seen, Queueing::Busy),
             Ok(Turn::LookAgain)
         ));
         let seen = q.events();
         q.changed();
         assert!(matches!(
-            q.enqueue(req(0, 1, "t"), "m", seen, false),
+            q.enqueue(req(0, 1, "t"), "m", seen, Queueing::Busy),
             Ok(Turn::LookAgain)
         ));
         assert!(matches!(
-            q.enqueue(req(0, 1, "t"), "m", q.events(), false),
+            q.enqueue(req(0, 1, "t"), "m", q.events(), Queueing::Busy),
             Ok(Turn::Wait(_))
         ));
-        // An arrival queueing behind its class queues whatever came.
+        // An arrival behind its class queues without looking while one of them waits...
         let seen = q.events();
         q.changed();
-        let behind = q.enqueue(req(0, 2, "t"), "m", seen, true);
+        let _first = wait(&q, req(0, 2, "t"), "m");
+        let behind = q.enqueue(req(0, 3, "t"), "m", seen, Queueing::Behind);
         assert!(matches!(behind, Ok(Turn::Wait(_))));
         assert!(q.has_waiting("m") && !q.has_waiting("other"));
+        // ...and looks when none is left.
+        assert!(matches!(
+            q.enqueue(req(0, 4, "t"), "other", seen, Queueing::Behind),
+            Ok(Turn::LookAgain)
+        ));
+    }
+
+    #[test]
+    fn a_woken_request_going_back_is_never_refused_for_a_full_queue() {
+        let q = queue(1);
+        let _other = wait(&q, req(0, 1, "t"), "m");
+        assert_eq!(
+            q.enqueue(req(0, 2, "t"), "m", q.events(), Queueing::Busy)
+                .err(),
+            Some(QueueFull(1))
+        );
+        assert!(matches!(
+            q.enqueue(req(0, 2, "t"), "m", q.events(), Queueing::Again),
+            Ok(Turn::Wait(_))
+        ));
+    }
+
+    #[test]
+    fn each_class_looks_once_per_event() {
+        let q = queue(100);
+        q.started("t");
+        let mut a: Vec<_> = (0..5).map(|i| wait(&q, req(0, i, "t"), "a")).collect();
+        let mut b: Vec<_> = (5..10).map(|i| wait(&q, req(0, i, "t"), "b")).collect();
+        q.finished("t", "a");
+        assert!(a[0].try_recv().is_ok());
+        // a's first goes back (still busy): b's first looks, not a's second.
+        let _a0 = q_wait_again(&q, req(0, 0, "t"), "a");
+        q.went_back("a");
+        assert!(b[0].try_recv().is_ok());
+        assert!(a[1].try_recv().is_err());
+        // b's first goes back too: nobody else looks for this event.
+        let _b0 = q_wait_again(&q, req(0, 5, "t"), "b");
+        q.went_back("b");
+        for rx in a.iter_mut().skip(1).chain(b.iter_mut().skip(1)) {
+            assert!(rx.try_recv().is_err());
+        }
+    }
+
+    #[test]
+    fn a_turn_given_up_goes_to_another_class_when_its_own_has_none() {
+        let q = queue(10);
+        q.started("t");
+        let mut a = wait(&q, req(5, 1, "t"), "a");
+        let mut b = wait(&q, req(0, 2, "t"), "b");
+        q.finished("t", "a");
+        assert!(a.try_recv().is_ok() && b.try_recv().is_err());
+        // The "a" request woken for the slot gave up (deadline): "b" may use the slot.
+        q.pass_on("a");
+        assert!(b.try_recv().is_ok());
     }
 
     #[test]
@@ -423,14 +541,14 @@ mod tests {
         assert!(a.try_recv().is_ok());
         // a's class is still busy (say, another version): it queues again, having looked
         // after the event, and the turn goes to b, then c.
-        let mut a = wait(&q, req(9, 1, "t"), "a");
+        let mut a = q_wait_again(&q, req(9, 1, "t"), "a");
         q.went_back("a");
         assert!(b.try_recv().is_ok());
         assert!(c.try_recv().is_err() && a.try_recv().is_err());
-        let mut b = wait(&q, req(0, 2, "t"), "b");
+        let mut b = q_wait_again(&q, req(0, 2, "t"), "b");
         q.went_back("b");
         assert!(c.try_recv().is_ok());
-        let _c = wait(&q, req(0, 3, "t"), "c");
+        let _c = q_wait_again(&q, req(0, 3, "t"), "c");
         // Everyone looked since the last event: the chain ends.
         q.went_back("c");
         assert!(a.try_recv().is_err() && b.try_recv().is_err());

@@ -209,7 +209,8 @@ pub async fn run(
             config.max_queued_requests,
             config.max_queued_bytes,
         )
-        .with_max_queue_wait(std::time::Duration::from_millis(config.max_queue_wait_ms)),
+        .with_max_queue_wait(std::time::Duration::from_millis(config.max_queue_wait_ms))
+        .with_queue_safety_net(std::time::Duration::from_millis(config.queue_safety_net_ms)),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -335,8 +335,9 @@ async fn queued_requests_go_by_priority_and_tenant_fairness() {
 async fn a_request_that_ends_wakes_the_queue() {
     // The worker reports every 30 s: a queued request can only be woken in time by the end
     // of another (the queue does not poll).
-    let scheduler =
-        Scheduler::start_with("report_interval_ms: 30000\nworker_grace_period_ms: 120000\n");
+    let scheduler = Scheduler::start_with(
+        "report_interval_ms: 30000\nworker_grace_period_ms: 120000\nqueue_safety_net_ms: 0\n",
+    );
     let _slow = Worker::start("slow", &scheduler, &["--throttle", "20"]);
     scheduler.wait_ready(&["slow"]).await;
     // image_classifier takes 8 at once on this worker: 16 of 24 queue.
@@ -368,7 +369,8 @@ async fn queued_requests_hear_when_their_only_worker_is_gone() {
     // through the scheduler queue with none of them in flight; then the worker is killed.
     // No request of the scheduler's ends and no report comes again: only the worker
     // turning NotReady can tell the queued requests (no deadline) that they will not run.
-    let scheduler = Scheduler::start();
+    let scheduler =
+        Scheduler::start_with(&format!("{TEST_SCHEDULER_CONFIG}queue_safety_net_ms: 0\n"));
     let mut slow = Worker::start("doomed", &scheduler, &["--throttle", "400"]);
     scheduler.wait_ready(&["doomed"]).await;
     let direct = slow.inference().await;
