@@ -201,10 +201,29 @@ fn expected_stats(values: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>, Vec<i64>,
     (sum, max, argmax, doubled)
 }
 
+/// (inference_count, execution_count) of `model`'s first version in ModelStatistics.
+async fn runs(
+    mut c: localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        localml_cli::client::Connection,
+    >,
+    model: &str,
+) -> (u64, u64) {
+    let stats = c
+        .model_statistics(localml_proto::inference::ModelStatisticsRequest {
+            name: model.into(),
+            version: String::new(),
+        })
+        .await
+        .expect("statistics")
+        .into_inner()
+        .model_stats;
+    (stats[0].inference_count, stats[0].execution_count)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
     use localml_cli::client::{self, Tensor};
-    use localml_proto::inference::{ModelConfigRequest, ModelStatisticsRequest};
+    use localml_proto::inference::ModelConfigRequest;
     use localml_proto::tensor::TensorData;
 
     let dir = TempDir::new("batching");
@@ -319,20 +338,9 @@ async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
     assert_eq!(served, 24);
 
     // Fewer runs than requests: requests were joined.
-    let stats = worker
-        .inference()
-        .await
-        .model_statistics(ModelStatisticsRequest {
-            name: "tensor_stats".into(),
-            version: String::new(),
-        })
-        .await
-        .expect("statistics")
-        .into_inner()
-        .model_stats;
-    let (inferences, executions) = (stats[0].inference_count, stats[0].execution_count);
+    let (inferences, executions) = runs(worker.inference().await, "tensor_stats").await;
     eprintln!("{inferences} requests in {executions} runs");
-    assert_eq!(inferences, 24, "{stats:?}");
+    assert_eq!(inferences, 24);
     assert!(
         executions < inferences,
         "no request was batched: {executions} runs for {inferences} requests"
@@ -357,19 +365,10 @@ async fn dynamic_batching_joins_requests_and_never_mixes_their_answers() {
     }
     let seen = std::sync::Mutex::new(Vec::new());
     let batched = wait_until(SOON, || {
-        let mut through = through.clone();
+        let through = through.clone();
         let seen = &seen;
         async move {
-            let stats = through
-                .model_statistics(ModelStatisticsRequest {
-                    name: "tensor_stats".into(),
-                    version: String::new(),
-                })
-                .await
-                .expect("statistics")
-                .into_inner()
-                .model_stats;
-            let counts = (stats[0].inference_count, stats[0].execution_count);
+            let counts = runs(through, "tensor_stats").await;
             seen.lock().expect("seen").push(counts);
             counts.0 == 6 && counts.1 < 6 && counts.1 > 0
         }

@@ -255,9 +255,10 @@ async fn scheduler_queued(scheduler: &Scheduler) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Waits until the scheduler has `n` requests outstanding on its workers (the rest queue).
-async fn wait_dispatched(scheduler: &Scheduler, n: u32) {
-    let full = wait_until(SOON, || async {
+/// Whether the scheduler comes to have `n` requests outstanding on its workers at once
+/// (the rest queue) within [`SOON`].
+async fn comes_to_dispatch(scheduler: &Scheduler, n: u32) -> bool {
+    wait_until(SOON, || async {
         scheduler
             .workers()
             .await
@@ -266,7 +267,12 @@ async fn wait_dispatched(scheduler: &Scheduler, n: u32) {
             .sum::<u32>()
             >= n
     })
-    .await;
+    .await
+}
+
+/// Waits until the scheduler has `n` requests outstanding on its workers (the rest queue).
+async fn wait_dispatched(scheduler: &Scheduler, n: u32) {
+    let full = comes_to_dispatch(scheduler, n).await;
     let workers = scheduler.workers().await;
     let seen: Vec<String> = workers
         .iter()
@@ -459,16 +465,7 @@ async fn a_full_queue_answers_resource_exhausted_and_a_deadline_applies_while_qu
         "the worker reports itself idle once the first burst is served"
     );
     let (busy_done, _busy) = flood(&scheduler, &image_request(1), 10).await;
-    let full = wait_until(SOON, || async {
-        scheduler
-            .workers()
-            .await
-            .iter()
-            .map(|w| w.dispatched_in_flight)
-            .sum::<u32>()
-            >= 8
-    })
-    .await;
+    let full = comes_to_dispatch(&scheduler, 8).await;
     assert!(
         full,
         "eight of the second burst were never in flight together; {} of 10 were served, {} queued now",
