@@ -107,3 +107,75 @@ async fn the_web_page_shows_the_cluster_runs_a_model_and_cordons() {
         .unwrap_or_else(|| panic!("{listed}"));
     assert!(desk.contains("Cordoned"), "{listed}");
 }
+
+/// A visitor without a key, where an operator opened image_classifier to everyone
+/// (`localml keys create --anonymous`): the page says what is open, lists it with its Try
+/// form, and runs it, without asking for a key or showing the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_without_a_key_runs_the_models_open_to_everyone() {
+    if !browser_available() {
+        return;
+    }
+    let scheduler = Scheduler::start_full(
+        TEST_SCHEDULER_CONFIG,
+        &["--auth", "required", "--rest-listen", "127.0.0.1:0"],
+    );
+    let _w = Worker::start("w", &scheduler, &[]);
+    scheduler.wait_ready(&["w"]).await;
+    let created = std::process::Command::new(bin("localml"))
+        .args(["keys", "create", "--name", "kiosk", "--scope", "infer"])
+        .args(["--models", "image_classifier", "--anonymous"])
+        .args(["--server", &scheduler.addr])
+        .env("LOCALML_KEY", scheduler.admin_key())
+        .output()
+        .expect("run localml");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let url = scheduler.rest_url.clone().expect("REST URL");
+    let scratch = TempDir::new("kiosk-shots");
+    let shots = if std::env::var_os("LOCALML_UPDATE_SCREENSHOTS").is_some() {
+        repo_root().join("docs/ui")
+    } else {
+        scratch.path().to_path_buf()
+    };
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/js/kiosk_check.mjs"))
+            .args([url.as_str(), "image_classifier"])
+            .arg(&shots)
+            .current_dir(repo_root())
+            .output(),
+    )
+    .await
+    .expect("the browser check finishes")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no result line: {stdout}")),
+    )
+    .expect("a JSON result line");
+    let notice = seen["notice"].as_str().unwrap_or_default();
+    assert!(
+        notice.contains("without a key") && notice.contains("image_classifier"),
+        "{seen}"
+    );
+    let output = seen["output"].as_str().unwrap_or_default();
+    assert!(output.contains("probabilities FP32 [1, 10]"), "{seen}");
+    assert_eq!(seen["signInShown"], false, "{seen}");
+    assert_eq!(seen["clusterShown"], false, "{seen}");
+    let shot = std::fs::metadata(shots.join("kiosk-phone.png")).map_or(0, |m| m.len());
+    assert!(shot > 1000, "kiosk-phone.png: {shot} bytes");
+}

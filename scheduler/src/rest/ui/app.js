@@ -81,6 +81,7 @@ function keepFocus(table, key, render) {
 function showSignIn(message) {
   stopRefresh();
   $("cluster").hidden = true; $("try").hidden = true; $("signout").hidden = true;
+  $("open-models").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = sessionStorage.getItem(KEY) ? message : "";
   $("key").focus();
@@ -157,7 +158,7 @@ async function cordon(name, on) {
 }
 
 function start() {
-  $("signin").hidden = true; $("cluster").hidden = false;
+  $("signin").hidden = true; $("cluster").hidden = false; $("open-models").hidden = true;
   $("signout").hidden = !sessionStorage.getItem(KEY);
   stopRefresh();
   poll(generation);
@@ -270,7 +271,39 @@ async function showAccess() {
         `Open to everyone on this network without a key: ${access.anonymous.models.join(", ")} (key ${access.anonymous.key})`;
       $("open-access").hidden = false;
     }
-  } catch { /* older scheduler: nothing to show */ }
+    return access;
+  } catch { return null; /* older scheduler: nothing to show */ }
 }
-showAccess();
-start();
+
+// A visitor without a key where models are open to everyone (a kiosk): those models, each
+// with its Try form (from the model's OIP metadata), and a way in for the operator.
+async function showOpenModels(models) {
+  stopRefresh();
+  $("signin").hidden = true; $("cluster").hidden = true; $("open-models").hidden = false;
+  const items = [];
+  for (const name of models) {
+    try {
+      const meta = await api("GET", `/v2/models/${encodeURIComponent(name)}`);
+      const model = { name: meta.name, version: meta.versions.at(-1), inputs: meta.inputs };
+      const button = el("button", { type: "button", textContent: `Try ${name}`, onclick: () => openTry(model) });
+      const item = el("li", {}, button);
+      item.dataset.model = name;
+      items.push(item);
+    } catch (e) {
+      items.push(el("li", { textContent: `${name}: ${e.message}` }));
+    }
+  }
+  $("open-list").replaceChildren(...items);
+}
+
+$("operator-signin").addEventListener("click", () => showSignIn(""));
+
+async function boot() {
+  const access = await showAccess();
+  if (access?.keys_required && access.anonymous && !sessionStorage.getItem(KEY)) {
+    await showOpenModels(access.anonymous.models);
+  } else {
+    start();
+  }
+}
+boot();
