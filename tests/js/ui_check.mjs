@@ -49,6 +49,12 @@ try {
   await output.waitFor({ timeout: 30000 });
   seen.output = await output.textContent();
   seen.servedBy = await page.locator("#try-outputs > p").first().textContent();
+  // The run shows in the model's latency percentiles at the next refresh.
+  const p50 = page.locator('#models tr[data-model="image_classifier:1"] td.latency').first();
+  await page.waitForFunction(
+    () => document.querySelector('#models tr[data-model="image_classifier:1"] td.latency')?.textContent.endsWith("ms"),
+    null, { timeout: 15000 });
+  seen.p50 = await p50.textContent();
   await page.screenshot({ path: path.join(shots, "try-phone.png"), fullPage: true });
 
   // Cordon with the keyboard alone: focus the button, press Enter.

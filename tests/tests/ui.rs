@@ -90,6 +90,15 @@ async fn the_web_page_shows_the_cluster_runs_a_model_and_cordons() {
         output.contains("probabilities FP32 [1, 10]") && output.contains("top: #"),
         "{seen}"
     );
+    let p50 = seen["p50"].as_str().unwrap_or_default();
+    assert!(
+        p50.ends_with(" ms")
+            && p50
+                .trim_end_matches(" ms")
+                .parse::<f64>()
+                .is_ok_and(|v| v > 0.0),
+        "the model's p50 after one run: {seen}"
+    );
     let served_by = seen["servedBy"].as_str().unwrap_or_default();
     assert!(
         served_by.contains("desk") || served_by.contains("laptop"),

@@ -151,10 +151,20 @@ async fn models(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer {
                     .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}))
                     .collect::<Vec<_>>()
             };
+            // Of the model's successful requests through this scheduler (all versions).
+            let ms = |q: f64| {
+                localml_serving::metrics::quantile(
+                    &m.latency_bounds_seconds,
+                    &m.latency_cumulative,
+                    q,
+                )
+                .map(|s| s * 1e3)
+            };
             json!({
                 "name": m.name, "version": m.version, "ready_workers": m.ready_workers,
                 "max_batch_size": m.max_batch_size,
                 "requests_ok": m.requests_ok, "requests_failed": m.requests_failed,
+                "p50_ms": ms(0.5), "p99_ms": ms(0.99),
                 "inputs": tensors(&signature.inputs), "outputs": tensors(&signature.outputs),
             })
         })

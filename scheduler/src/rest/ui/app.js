@@ -110,6 +110,12 @@ function renderWorkers(workers) {
   })));
 }
 
+// A latency in milliseconds, as the table shows it ("-" before the first request).
+function millis(ms) {
+  if (ms === null || ms === undefined) return "-";
+  return ms < 10 ? `${ms.toFixed(2)} ms` : `${Math.round(ms)} ms`;
+}
+
 function renderModels(models) {
   keepFocus($("models"), "model", () => $("models").tBodies[0].replaceChildren(...models.map((m) => {
     const button = el("button", { type: "button", textContent: "Try", onclick: () => openTry(m) });
@@ -120,6 +126,8 @@ function renderModels(models) {
       el("td", { className: "wide", textContent: m.ready_workers.join(", ") || "nowhere" }),
       el("td", { className: "wide", textContent: m.requests_ok }),
       el("td", { className: "wide", textContent: m.requests_failed }),
+      el("td", { className: "wide latency", textContent: millis(m.p50_ms) }),
+      el("td", { className: "wide latency", textContent: millis(m.p99_ms) }),
       el("td", {}, button));
     row.dataset.model = `${m.name}:${m.version}`;
     return row;
