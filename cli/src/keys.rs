@@ -108,13 +108,28 @@ pub fn discover(flag: Option<String>, server: &str) -> Result<Option<String>, Cr
         }
     }
     if client::is_local(server) {
-        let admin = localml_scheduler::config::default_data_dir()
-            .join(localml_scheduler::auth::keys::ADMIN_KEY_FILE);
-        if let Ok(text) = std::fs::read_to_string(admin) {
-            return Ok(Some(text.trim().to_string()).filter(|k| !k.is_empty()));
+        let dir = localml_scheduler::config::default_data_dir();
+        if owns_port(&dir, server) {
+            let admin = dir.join(localml_scheduler::auth::keys::ADMIN_KEY_FILE);
+            if let Ok(text) = std::fs::read_to_string(admin) {
+                return Ok(Some(text.trim().to_string()).filter(|k| !k.is_empty()));
+            }
         }
     }
     Ok(None)
+}
+
+/// Whether the scheduler that uses `data_dir` listens on `server`'s port (the port it
+/// records at every start), so its admin key is not sent to another local cluster.
+fn owns_port(data_dir: &std::path::Path, server: &str) -> bool {
+    let Ok(recorded) =
+        std::fs::read_to_string(data_dir.join(localml_scheduler::auth::keys::CLIENT_PORT_FILE))
+    else {
+        return false;
+    };
+    let rest = server.split("://").last().unwrap_or(server);
+    let port = rest.trim_end_matches('/').rsplit_once(':').map(|(_, p)| p);
+    port.is_some_and(|p| p == recorded.trim())
 }
 
 async fn keys_client(server: &str) -> anyhow::Result<KeysClient<Connection>> {
@@ -276,6 +291,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_admin_key_goes_only_to_the_port_its_scheduler_recorded() {
+        let dir = std::env::temp_dir().join(format!("localml-owns-port-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // No record (a data directory another cluster left, or none): not sent.
+        assert!(!owns_port(&dir, "127.0.0.1:8001"));
+        localml_scheduler::auth::keys::write_client_port(&dir, 8001);
+        assert!(owns_port(&dir, "127.0.0.1:8001"));
+        assert!(owns_port(&dir, "https://localhost:8001"));
+        assert!(owns_port(&dir, "http://[::1]:8001/"));
+        assert!(!owns_port(&dir, "127.0.0.1:41234"));
+        assert!(!owns_port(&dir, "localhost"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_local_servers_get_the_admin_key() {

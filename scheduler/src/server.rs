@@ -146,6 +146,7 @@ pub async fn run(
         tracing::warn!(keys = %open.name, models = ?open.models, "anonymous key: inference of these models is open to every caller that reaches the client port, without a key");
     }
     let client_addr = listeners.clients.local_addr()?;
+    crate::auth::keys::write_client_port(&config.data_dir, client_addr.port());
     let mut warnings = Vec::new();
     let client = ListenerSecurity::decide(&config, "client port", client_addr)?;
     warnings.extend(client.warning.clone());

@@ -338,6 +338,24 @@ pub async fn revoke(store: &dyn Store, name: &str) -> Result<KeyRecord, KeyStore
 /// The file in the scheduler's data directory holding the first admin key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 
+/// The file next to [`ADMIN_KEY_FILE`] naming the client port of the scheduler that uses
+/// this data directory: the CLI sends the admin key only to that port, so a key left by
+/// one local cluster is not sent to another.
+pub const CLIENT_PORT_FILE: &str = "client.port";
+
+/// Writes [`CLIENT_PORT_FILE`]; a warning only when it cannot (the data directory may be
+/// read-only with an etcd store).
+pub fn write_client_port(data_dir: &std::path::Path, port: u16) {
+    let path = data_dir.join(CLIENT_PORT_FILE);
+    let tmp = data_dir.join(format!(".{CLIENT_PORT_FILE}.tmp"));
+    let written = std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&tmp, format!("{port}\n")))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the client port for local clients");
+    }
+}
+
 /// Why the first admin key could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
