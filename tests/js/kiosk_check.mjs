@@ -9,23 +9,11 @@
 // saw; exits non-zero on any failure. Run by the Rust test
 // `ui::a_visitor_without_a_key_runs_the_models_open_to_everyone`.
 
-import { createRequire } from "node:module";
 import path from "node:path";
+import { check } from "./browser.mjs";
 
 const [url, model, shots] = process.argv.slice(2);
-const require = createRequire(path.resolve("target/tools/node_modules/"));
-const { chromium } = require("playwright-core");
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox"],
-});
-const seen = {};
-try {
-  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+await check(async (page, seen) => {
   await page.goto(url);
   const notice = page.locator("#open-access:not([hidden])");
   await notice.waitFor({ timeout: 15000 });
@@ -39,8 +27,4 @@ try {
   seen.signInShown = await page.locator("#signin").isVisible();
   seen.clusterShown = await page.locator("#cluster").isVisible();
   await page.screenshot({ path: path.join(shots, "kiosk-phone.png"), fullPage: true });
-  if (errors.length) throw new Error(`errors in the page: ${errors.join("; ")}`);
-  console.log(JSON.stringify(seen));
-} finally {
-  await browser.close();
-}
+});

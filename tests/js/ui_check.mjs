@@ -9,27 +9,12 @@
 // sizes. Prints one JSON line with what it saw; exits non-zero on any failure. Run by
 // the Rust test `ui::the_web_page_shows_the_cluster_runs_a_model_and_cordons`.
 
-import { createRequire } from "node:module";
 import path from "node:path";
+import { check } from "./browser.mjs";
 
 const [url, key, batteryWorker, cordonWorker, shots] = process.argv.slice(2);
-const require = createRequire(path.resolve("target/tools/node_modules/"));
-const { chromium } = require("playwright-core");
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  // As root (CI), Chromium's sandbox needs user namespaces it may not have.
-  args: ["--no-sandbox"],
-});
-const seen = {};
-try {
-  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  // The API answers 401 until the page has a key: expected, not an error of the page.
-  page.on("console", (m) => {
-    if (m.type() === "error" && !m.text().includes("status of 401")) errors.push(m.text());
-  });
+// The API answers 401 until the page has a key: expected, not an error of the page.
+await check(async (page, seen) => {
   await page.goto(url);
   // Keys are required: the page asks for one.
   await page.waitForSelector("#signin:not([hidden])", { timeout: 15000 });
@@ -67,8 +52,4 @@ try {
   await page.setViewportSize({ width: 1280, height: 800 });
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: path.join(shots, "cluster-desktop.png"), fullPage: true });
-  if (errors.length) throw new Error(`errors in the page: ${errors.join("; ")}`);
-  console.log(JSON.stringify(seen));
-} finally {
-  await browser.close();
-}
+}, (text) => text.includes("status of 401"));

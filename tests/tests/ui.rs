@@ -35,6 +35,46 @@ fn browser_available() -> bool {
     false
 }
 
+/// Where the screenshots go: docs/ui/ with `LOCALML_UPDATE_SCREENSHOTS=1`, else `scratch`.
+fn screenshot_dir(scratch: &TempDir) -> std::path::PathBuf {
+    let shots = if std::env::var_os("LOCALML_UPDATE_SCREENSHOTS").is_some() {
+        repo_root().join("docs/ui")
+    } else {
+        scratch.path().to_path_buf()
+    };
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    shots
+}
+
+/// Runs the browser script `tests/js/SCRIPT` with `args` and returns the JSON line it
+/// prints last (what it saw); fails the test when the script fails.
+async fn browser_check(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/js").join(script))
+            .args(args)
+            .current_dir(repo_root())
+            .output(),
+    )
+    .await
+    .expect("the browser check finishes")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no result line: {stdout}")),
+    )
+    .expect("a JSON result line")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_shows_the_cluster_runs_a_model_and_cordons() {
     if !browser_available() {
@@ -48,37 +88,13 @@ async fn the_web_page_shows_the_cluster_runs_a_model_and_cordons() {
     scheduler.wait_ready(&["laptop", "desk"]).await;
     let url = scheduler.rest_url.clone().expect("REST URL");
     let scratch = TempDir::new("ui-shots");
-    let shots = if std::env::var_os("LOCALML_UPDATE_SCREENSHOTS").is_some() {
-        repo_root().join("docs/ui")
-    } else {
-        scratch.path().to_path_buf()
-    };
-    std::fs::create_dir_all(&shots).expect("screenshot directory");
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(180),
-        tokio::process::Command::new("node")
-            .arg(repo_root().join("tests/js/ui_check.mjs"))
-            .args([url.as_str(), &scheduler.admin_key(), "laptop", "desk"])
-            .arg(&shots)
-            .current_dir(repo_root())
-            .output(),
+    let shots = screenshot_dir(&scratch);
+    let key = scheduler.admin_key();
+    let seen = browser_check(
+        "ui_check.mjs",
+        &[&url, &key, "laptop", "desk", &shots.to_string_lossy()],
     )
-    .await
-    .expect("the browser check finishes")
-    .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(
-        stdout
-            .lines()
-            .last()
-            .unwrap_or_else(|| panic!("no result line: {stdout}")),
-    )
-    .expect("a JSON result line");
+    .await;
     let battery = seen["battery"].as_str().unwrap_or_default();
     assert!(
         battery.starts_with("Battery 64%"),
@@ -145,37 +161,12 @@ async fn a_visitor_without_a_key_runs_the_models_open_to_everyone() {
     );
     let url = scheduler.rest_url.clone().expect("REST URL");
     let scratch = TempDir::new("kiosk-shots");
-    let shots = if std::env::var_os("LOCALML_UPDATE_SCREENSHOTS").is_some() {
-        repo_root().join("docs/ui")
-    } else {
-        scratch.path().to_path_buf()
-    };
-    std::fs::create_dir_all(&shots).expect("screenshot directory");
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(180),
-        tokio::process::Command::new("node")
-            .arg(repo_root().join("tests/js/kiosk_check.mjs"))
-            .args([url.as_str(), "image_classifier"])
-            .arg(&shots)
-            .current_dir(repo_root())
-            .output(),
+    let shots = screenshot_dir(&scratch);
+    let seen = browser_check(
+        "kiosk_check.mjs",
+        &[&url, "image_classifier", &shots.to_string_lossy()],
     )
-    .await
-    .expect("the browser check finishes")
-    .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(
-        stdout
-            .lines()
-            .last()
-            .unwrap_or_else(|| panic!("no result line: {stdout}")),
-    )
-    .expect("a JSON result line");
+    .await;
     let notice = seen["notice"].as_str().unwrap_or_default();
     assert!(
         notice.contains("without a key") && notice.contains("image_classifier"),
