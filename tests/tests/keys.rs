@@ -831,4 +831,109 @@ async fn an_anonymous_key_opens_chosen_models_to_callers_without_a_key() {
     );
     let access = http(&rest, "GET", "/api/v1/access", &[], b"");
     assert!(access.json()["anonymous"].is_null(), "{access:?}");
+
+    // Logged: at every start while one is valid, and when one is created.
+    let (ok, _, err) = localml(
+        &scheduler.addr,
+        &admin_key,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "lobby",
+            "--scope",
+            "infer",
+            "--models",
+            "image_classifier",
+            "--anonymous",
+        ],
+    );
+    assert!(ok, "{err}");
+    let mut scheduler = scheduler;
+    scheduler.process.kill9();
+    let data_dir = scheduler.data_dir();
+    let mut restarted = Command::new(bin("localml-scheduler"))
+        .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+        .args(["--auth", "required", "--config"])
+        .arg(data_dir.parent().expect("dir").join("scheduler.yaml"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the scheduler again");
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    let outputs: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(restarted.stdout.take().expect("stdout")),
+        Box::new(restarted.stderr.take().expect("stderr")),
+    ];
+    for reader in outputs {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(reader)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines.send(line);
+            }
+        });
+    }
+    // Reads the scheduler's lines into `log` until one says `what` (false after SOON).
+    fn wait_for(
+        seen: &std::sync::mpsc::Receiver<String>,
+        log: &mut Vec<String>,
+        what: impl Fn(&str) -> bool,
+    ) -> bool {
+        let end = std::time::Instant::now() + SOON;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            let Ok(line) = seen.recv_timeout(left) else {
+                return false;
+            };
+            let found = what(&line);
+            log.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    let mut log = Vec::new();
+    let started = wait_for(&seen, &mut log, |l| {
+        l.contains("anonymous key") && l.contains("lobby")
+    });
+    let address = log
+        .iter()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string);
+    let created = address.is_some_and(|address| {
+        let (ok, _, err) = localml(
+            &address,
+            &admin_key,
+            &[
+                "keys",
+                "create",
+                "--name",
+                "hall",
+                "--scope",
+                "infer",
+                "--models",
+                "tensor_stats",
+                "--anonymous",
+            ],
+        );
+        assert!(ok, "{err}");
+        wait_for(&seen, &mut log, |l| {
+            l.contains("anonymous key") && l.contains("tensor_stats")
+        })
+    });
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    assert!(
+        started,
+        "no start-up warning for the anonymous key: {log:#?}"
+    );
+    assert!(created, "no warning when one was created: {log:#?}");
 }
