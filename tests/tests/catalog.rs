@@ -54,6 +54,20 @@ fn cli(scheduler: &Scheduler, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `localml models push FILE --name NAME`; what it prints.
+fn push_named(scheduler: &Scheduler, file: &Path, name: &str) -> String {
+    cli_ok(
+        scheduler,
+        &[
+            "models",
+            "push",
+            file.to_str().expect("utf-8"),
+            "--name",
+            name,
+        ],
+    )
+}
+
 fn cli_ok(scheduler: &Scheduler, args: &[&str]) -> String {
     let (ok, out, err) = cli(scheduler, args);
     assert!(ok, "localml {args:?} failed: {err}");
@@ -209,32 +223,14 @@ async fn push_list_show_and_delete_with_the_cli() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains(&pending.sha256), "{left:?}");
     // A deleted version's number is not given again (a worker may hold its files).
-    let out = cli_ok(
-        &scheduler,
-        &[
-            "models",
-            "push",
-            image.join("1/model.onnx").to_str().expect("utf-8"),
-            "--name",
-            "copy",
-        ],
-    );
+    let out = push_named(&scheduler, &image.join("1/model.onnx"), "copy");
     assert!(out.contains("pushed copy version 8: "), "{out}");
     cli_ok(&scheduler, &["models", "delete", "copy"]);
     // Pushed twice (the second time only asked about, nothing sent), then deleted: the
     // file goes with it.
     let text_file = models_dir().join("text_classifier/1/model.onnx");
     for _ in 0..2 {
-        cli_ok(
-            &scheduler,
-            &[
-                "models",
-                "push",
-                text_file.to_str().expect("utf-8"),
-                "--name",
-                "twice",
-            ],
-        );
+        push_named(&scheduler, &text_file, "twice");
     }
     let out = cli_ok(&scheduler, &["models", "delete", "twice"]);
     assert!(
@@ -995,26 +991,8 @@ async fn the_worker_cache_evicts_unassigned_models_beyond_its_budget() {
     scheduler.wait_ready(&["cached"]).await;
     let text = models_dir().join("text_classifier/2/model.onnx");
     let image = models_dir().join("image_classifier/1/model.onnx");
-    cli_ok(
-        &scheduler,
-        &[
-            "models",
-            "push",
-            text.to_str().expect("utf-8"),
-            "--name",
-            "text",
-        ],
-    );
-    cli_ok(
-        &scheduler,
-        &[
-            "models",
-            "push",
-            image.to_str().expect("utf-8"),
-            "--name",
-            "image",
-        ],
-    );
+    push_named(&scheduler, &text, "text");
+    push_named(&scheduler, &image, "image");
     let blobs = data.path().join("catalog/blobs");
     let cached = || {
         let mut names: Vec<String> = std::fs::read_dir(&blobs)
@@ -1136,16 +1114,7 @@ async fn a_full_scheduler_disk_refuses_the_push_and_keeps_what_arrived() {
         .status()
         .expect("remount");
     assert!(grown.success());
-    let out = cli_ok(
-        &scheduler,
-        &[
-            "models",
-            "push",
-            file.to_str().expect("utf-8"),
-            "--name",
-            "t",
-        ],
-    );
+    let out = push_named(&scheduler, &file, "t");
     let rest = size - status.received;
     assert!(
         out.contains(&format!("{size} bytes; sent {rest} bytes")),
@@ -1204,16 +1173,7 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
         .expect("model")
         .len()
         + extra.len() as u64) as f64;
-    cli_ok(
-        &scheduler,
-        &[
-            "models",
-            "push",
-            version.to_str().expect("utf-8"),
-            "--name",
-            "spread",
-        ],
-    );
+    push_named(&scheduler, &version, "spread");
     let scheduler = &scheduler;
     let deploy = |replicas: u32| async move {
         scheduler
@@ -1465,16 +1425,7 @@ async fn a_rate_limited_worker_fetches_no_faster_than_its_limit() {
     );
     scheduler.wait_ready(&["slow-link"]).await;
     let file = models_dir().join("text_classifier/2/model.onnx");
-    cli_ok(
-        &scheduler,
-        &[
-            "models",
-            "push",
-            file.to_str().expect("utf-8"),
-            "--name",
-            "slow",
-        ],
-    );
+    push_named(&scheduler, &file, "slow");
     let started = std::time::Instant::now();
     scheduler
         .admin()
