@@ -176,6 +176,8 @@ pub struct Scheduler {
     pub rest_url: Option<String>,
     extra: Vec<String>,
     dir: TempDir,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
 }
 
 /// Scheduler settings for tests: fast reports, a grace period long enough for a busy
@@ -200,6 +202,42 @@ impl Scheduler {
     /// As [`Scheduler::start_full`], after `prepare` was given the (not yet created) data
     /// directory, e.g. to restore a backup into it.
     pub fn start_prepared(yaml: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Scheduler {
+        Scheduler::start_inner(yaml, extra, prepare, None)
+    }
+
+    /// As [`Scheduler::start_full`], in network namespace `net`: its client (TLS), cluster
+    /// and (with `--http-listen`, given as a port) metrics listeners on the first link's
+    /// address.
+    pub fn start_in_netns(yaml: &str, extra: &[&str], net: &Netns) -> Scheduler {
+        let ip = net.ns_ip();
+        let listen = format!("{ip}:{}", free_port());
+        let cluster = format!("{ip}:{}", free_port());
+        let mut all: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(i) = all.iter().position(|a| a == "--http-listen") {
+            if let Some(port) = all.get_mut(i + 1) {
+                *port = format!("{ip}:{port}");
+            }
+        }
+        all.extend([
+            "--listen".into(),
+            listen,
+            "--cluster-listen".into(),
+            cluster,
+        ]);
+        // A client port on a LAN address serves TLS (the scheduler's default for one).
+        if !all.iter().any(|a| a == "--client-tls") {
+            all.extend(["--client-tls".into(), "required".into()]);
+        }
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        Scheduler::start_inner(yaml, &all, |_| {}, Some(net.name.clone()))
+    }
+
+    fn start_inner(
+        yaml: &str,
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+        netns: Option<String>,
+    ) -> Scheduler {
         let dir = TempDir::new("scheduler");
         prepare(&dir.path().join("state"));
         std::fs::write(dir.path().join("scheduler.yaml"), yaml).expect("write config");
@@ -226,7 +264,7 @@ impl Scheduler {
             extra.extend(["--auth".to_string(), "required".to_string()]);
         }
         let (process, addr, cluster_addr, http_addr, rest_url) =
-            Scheduler::spawn(&dir, &extra, &listen, &cluster);
+            Scheduler::spawn(&dir, &extra, &listen, &cluster, netns.as_deref());
         admin_keys()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -239,6 +277,7 @@ impl Scheduler {
             rest_url,
             extra,
             dir,
+            netns,
         }
     }
 
@@ -247,8 +286,17 @@ impl Scheduler {
         extra: &[String],
         listen: &str,
         cluster: &str,
+        netns: Option<&str>,
     ) -> (Process, String, String, Option<String>, Option<String>) {
-        let mut command = Command::new(bin("localml-scheduler"));
+        let mut command = match netns {
+            Some(name) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name])
+                    .arg(bin("localml-scheduler"));
+                c
+            }
+            None => Command::new(bin("localml-scheduler")),
+        };
         command
             .args(["--listen", listen, "--cluster-listen", cluster, "--config"])
             .arg(dir.path().join("scheduler.yaml"))
@@ -281,7 +329,13 @@ impl Scheduler {
         loop {
             // The old process's sockets may take a moment to be released.
             let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Scheduler::spawn(&self.dir, &self.extra, &self.addr, &self.cluster_addr)
+                Scheduler::spawn(
+                    &self.dir,
+                    &self.extra,
+                    &self.addr,
+                    &self.cluster_addr,
+                    self.netns.as_deref(),
+                )
             }));
             match attempt {
                 Ok((process, _, _, _, _)) => {
@@ -1145,11 +1199,20 @@ pub fn free_port() -> u16 {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_also_on(None)
+    }
+
+    /// As [`Etcd::start`], serving clients on `ip` too (a namespace's link) at the same
+    /// port; [`Etcd::endpoint`] stays the loopback one.
+    pub fn start_also_on(ip: Option<&str>) -> Etcd {
         let etcd = std::env::var_os("LOCALML_ETCD").unwrap_or_else(|| "etcd".into());
         let dir = TempDir::new("etcd");
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
         let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
+        let mut client_url = format!("http://127.0.0.1:{client}");
+        if let Some(ip) = ip {
+            client_url.push_str(&format!(",http://{ip}:{client}"));
+        }
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new(&etcd)
             .args(["--name", "test", "--data-dir"])
@@ -1418,4 +1481,167 @@ pub fn with_param(
         },
     );
     request
+}
+
+/// One veth pair between this namespace and a [`Netns`]: the host side `host_ip/30` on
+/// `host_if`, the namespace side `ns_ip/30`.
+pub struct Link {
+    pub host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+/// A network namespace joined to this one by one or more veth pairs ([`Link`]s), so a
+/// process in it is a PC on its own link(s): link `k` uses `10.(231+k).N.M/30`. Removed on
+/// drop.
+pub struct Netns {
+    pub name: String,
+    pub links: Vec<Link>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// A namespace with one link; None (the test skips, saying why) where namespaces
+    /// cannot be made: not root, or no `ip`. Under CI=true that is a failure.
+    pub fn create() -> Option<Netns> {
+        Netns::with_links(1)
+    }
+
+    /// A namespace with `count` links (e.g. one to the cluster, one to the store).
+    pub fn with_links(count: usize) -> Option<Netns> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let has_ip = Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root || !has_ip {
+            let why =
+                format!("network namespaces need root and iproute2 (root: {root}, ip: {has_ip})");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        assert!(count <= 4, "at most four links");
+        let pid = std::process::id();
+        // Tests of one binary share the pid: each namespace takes the next /30 blocks.
+        let j = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
+        let n = pid % 250 + 1;
+        let name = format!("lml{pid}-{j}");
+        ip(&["netns", "add", &name]);
+        let mut net = Netns {
+            name,
+            links: Vec::new(),
+        };
+        for k in 0..count {
+            let link = Link {
+                host_if: format!("lh{pid}-{j}{k}"),
+                host_ip: format!("10.{}.{n}.{}", 231 + k, 4 * j + 1),
+                ns_ip: format!("10.{}.{n}.{}", 231 + k, 4 * j + 2),
+            };
+            let ns_if = format!("lw{pid}-{j}{k}");
+            ip(&[
+                "link",
+                "add",
+                &link.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns_if,
+            ]);
+            // Pushed at once, so a failure below still removes the pair on drop.
+            net.links.push(link);
+            let link = &net.links[k];
+            ip(&["link", "set", &ns_if, "netns", &net.name]);
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/30", link.host_ip),
+                "dev",
+                &link.host_if,
+            ]);
+            ip(&["link", "set", &link.host_if, "up"]);
+            net.inside(&["addr", "add", &format!("{}/30", link.ns_ip), "dev", &ns_if]);
+            net.inside(&["link", "set", &ns_if, "up"]);
+        }
+        net.inside(&["link", "set", "lo", "up"]);
+        Some(net)
+    }
+
+    fn inside(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.name, "ip"];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// The host side's address of the first link.
+    pub fn host_ip(&self) -> &str {
+        &self.links[0].host_ip
+    }
+
+    /// The namespace side's address of the first link.
+    pub fn ns_ip(&self) -> &str {
+        &self.links[0].ns_ip
+    }
+
+    /// Cuts (or restores) every link, as a pulled cable or a dead switch port.
+    pub fn set_link(&self, up: bool) {
+        for k in 0..self.links.len() {
+            self.set_link_n(k, up);
+        }
+    }
+
+    /// Cuts (or restores) link `k` only.
+    pub fn set_link_n(&self, k: usize, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.links[k].host_if,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// `command` run inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for link in &self.links {
+            let _ = Command::new("ip")
+                .args(["link", "del", &link.host_if])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// The value of `series` (a metric name with its labels, as written) in a Prometheus
+/// text exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

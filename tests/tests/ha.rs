@@ -251,3 +251,171 @@ async fn a_worker_reporting_to_one_replica_is_known_to_all_through_its_lease() {
         "and on A by its own grace period"
     );
 }
+
+/// Whether the replica whose metrics listener is `http` says it leads (None: no answer).
+fn says_it_leads(http: &str) -> Option<bool> {
+    let (status, body) = http_get(http, "/metrics")?;
+    (status == 200).then_some(())?;
+    sample(&body, "localml_scheduler_leader").map(|v| v == 1.0)
+}
+
+/// What a job's record says about its end: state, worker, finish time, attempts.
+async fn job_ends(
+    jobs: &mut JobsClient<client::Connection>,
+    ids: &[String],
+) -> Vec<(i32, String, u64, u32)> {
+    let mut ends = Vec::new();
+    for id in ids {
+        let job = jobs
+            .get(GetJobRequest { id: id.clone() })
+            .await
+            .expect("get job")
+            .into_inner();
+        ends.push((job.state, job.worker, job.finished_unix_ms, job.attempts));
+    }
+    ends
+}
+
+/// The leader on its own links (a network namespace), cut off from etcd while it runs
+/// jobs, its link to workers and clients still up: it stops acting as leader before the
+/// other replica takes over (so no two leaders run jobs), the other does, every job
+/// submitted before the cut succeeds, and once the link is back the old leader stands by
+/// and no job's record changes again (none ends twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_steps_down_before_the_other_takes_over() {
+    let Some(net) = Netns::with_links(2) else {
+        return;
+    };
+    let store_link = &net.links[1];
+    let etcd = Etcd::start_also_on(Some(&store_link.host_ip));
+    let port = etcd.endpoint.rsplit(':').next().expect("port");
+    let over_link = format!("etcd://{}:{port}/partition", store_link.host_ip);
+    let a = Scheduler::start_in_netns(CONFIG, &["--store", &over_link, "--http-listen", "0"], &net);
+    let a_http = a.http_addr.clone().expect("metrics address");
+    let store = StoreAddress::parse(&etcd.store_address("partition"), std::path::Path::new("/x"))
+        .expect("address")
+        .open()
+        .await
+        .expect("open etcd");
+    let a_pid = a.process.pid();
+    assert!(
+        wait_until(SOON, || async {
+            leader_pid(store.as_ref()).await == Some(a_pid)
+        })
+        .await,
+        "the first replica leads"
+    );
+    let b = Scheduler::start_full(CONFIG, &["--store", &etcd.store_address("partition")]);
+    let both = format!("{},{}", a.cluster_addr, b.cluster_addr);
+    // The workers listen on the host's side of the cluster link, which both replicas reach.
+    let listen = format!("{}:0", net.host_ip());
+    let _workers: Vec<Worker> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| {
+            let extra = ["--throttle", "300", "--listen", &listen];
+            Worker::start_reporting_to(n, &both, &models_dir(), &extra)
+        })
+        .collect();
+    for r in [&a, &b] {
+        r.wait_ready(&["w1", "w2", "w3"]).await;
+    }
+
+    let example = &expected_examples()[0];
+    let channel = client::connect_with_key(&b.addr, Duration::from_secs(10), Some(&b.admin_key()))
+        .await
+        .expect("connect");
+    let mut jobs = JobsClient::new(channel);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let job = jobs
+            .submit(SubmitJobRequest {
+                request: Some(client::request(
+                    &example.model,
+                    &example.version,
+                    &example.inputs,
+                )),
+                idempotency_key: format!("partition-{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner();
+        ids.push(job.id);
+    }
+    let started = wait_until(SOON, || async {
+        let ends = job_ends(&mut jobs.clone(), &ids).await;
+        ends.iter()
+            .filter(|e| e.0 == JobState::Succeeded as i32)
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(started, "the leader runs jobs");
+
+    // Cut the leader's store link; watch who acts as leader, every 50 ms.
+    let cut = Instant::now();
+    net.set_link_n(1, false);
+    let b_pid = b.process.pid();
+    let (mut a_stopped, mut b_leads) = (None, None);
+    while cut.elapsed() < SOON && (a_stopped.is_none() || b_leads.is_none()) {
+        if a_stopped.is_none() && says_it_leads(&a_http) == Some(false) {
+            a_stopped = Some(cut.elapsed());
+        }
+        if b_leads.is_none() && leader_pid(store.as_ref()).await == Some(b_pid) {
+            b_leads = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "after the cut: the old leader stopped at {a_stopped:?}, the other leads at {b_leads:?}"
+    );
+    let a_stopped = a_stopped.expect("the cut-off leader stops leading");
+    let b_leads = b_leads.expect("the other replica takes over");
+    assert!(
+        a_stopped < b_leads,
+        "the cut-off leader stopped at {a_stopped:?}, after the other took over at {b_leads:?}"
+    );
+
+    let finished = wait_until(Duration::from_secs(120), || async {
+        job_ends(&mut jobs.clone(), &ids)
+            .await
+            .iter()
+            .all(|e| e.0 == JobState::Succeeded as i32)
+    })
+    .await;
+    assert!(finished, "every job submitted before the cut succeeds");
+    let ends = job_ends(&mut jobs, &ids).await;
+    let rerun = ends.iter().filter(|e| e.3 > 1).count();
+    eprintln!(
+        "jobs sent to a worker more than once: {rerun} of {}",
+        ids.len()
+    );
+
+    // The link back: the old leader follows the store again (a cordon set through the
+    // other reaches it) and stands by; what it ran during the cut is not recorded again.
+    net.set_link_n(1, true);
+    let mut admin = b.admin().await;
+    admin
+        .set_cordon(SetCordonRequest {
+            worker: "w3".into(),
+            cordoned: true,
+        })
+        .await
+        .expect("cordon");
+    assert!(
+        wait_until(SOON, || cordoned_on(&a, "w3")).await,
+        "the old leader follows the store again once its link is back"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        says_it_leads(&a_http),
+        Some(false),
+        "the old leader stands by"
+    );
+    assert_eq!(leader_pid(store.as_ref()).await, Some(b_pid));
+    assert_eq!(
+        job_ends(&mut jobs, &ids).await,
+        ends,
+        "no job's record changed after every job had ended"
+    );
+}

@@ -37,13 +37,6 @@ fn promtool(text: &str) -> Result<(), String> {
 }
 
 /// The value of the sample whose line starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_and_pass_promtool() {
     let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--http-listen", "127.0.0.1:0"]);

@@ -420,104 +420,6 @@ async fn cancelled_requests_keep_their_session_until_the_run_ends() {
     }
 }
 
-/// A network namespace joined to this one by a veth pair: the host side `10.231.N.1/30`,
-/// the namespace side `10.231.N.2/30`, so a worker in it is a PC on its own link. Removed
-/// on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    /// None (the test skips, saying why) where namespaces cannot be made: not root, or no
-    /// `ip`. Under CI=true that is a failure.
-    fn create() -> Option<Netns> {
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let has_ip = std::process::Command::new("ip")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !root || !has_ip {
-            let why =
-                format!("network namespaces need root and iproute2 (root: {root}, ip: {has_ip})");
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("skipped: {why}");
-            return None;
-        }
-        let pid = std::process::id();
-        let n = pid % 250 + 1;
-        let net = Netns {
-            name: format!("lml{pid}"),
-            host_if: format!("lmh{pid}"),
-            host_ip: format!("10.231.{n}.1"),
-            ns_ip: format!("10.231.{n}.2"),
-        };
-        let ns_if = format!("lmw{pid}");
-        ip(&["netns", "add", &net.name]);
-        ip(&[
-            "link",
-            "add",
-            &net.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns_if,
-        ]);
-        ip(&["link", "set", &ns_if, "netns", &net.name]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", net.host_ip),
-            "dev",
-            &net.host_if,
-        ]);
-        ip(&["link", "set", &net.host_if, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &net.name, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
-        inside(&["addr", "add", &format!("{}/30", net.ns_ip), "dev", &ns_if]);
-        inside(&["link", "set", &ns_if, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        Some(net)
-    }
-
-    /// Cuts (or restores) the link, as a pulled cable or a dead switch port.
-    fn set_link(&self, up: bool) {
-        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// A worker on its own link (a network namespace) whose link is cut mid-load: every
 /// request is still served (the scheduler's keepalive drops the dead connection and the
 /// requests go to the other worker), the worker turns NotReady, and once the link is back
@@ -527,16 +429,16 @@ async fn a_worker_whose_link_is_cut_mid_load_loses_no_request_and_comes_back() {
     let Some(net) = Netns::create() else {
         return;
     };
-    let cluster = format!("{}:{}", net.host_ip, free_port());
+    let cluster = format!("{}:{}", net.host_ip(), free_port());
     let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--cluster-listen", &cluster]);
     let remote = Worker::start_in_netns(
         "remote",
         &scheduler,
         &net.name,
-        &net.ns_ip,
+        net.ns_ip(),
         &["--throttle", "20"],
     );
-    assert!(remote.addr.starts_with(&net.ns_ip), "{}", remote.addr);
+    assert!(remote.addr.starts_with(net.ns_ip()), "{}", remote.addr);
     let _local = Worker::start("local", &scheduler, &["--throttle", "20"]);
     scheduler.wait_ready(&["remote", "local"]).await;
     let (served_by, _) = load_through(&scheduler, 3, || net.set_link(false)).await;
