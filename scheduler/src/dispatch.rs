@@ -186,11 +186,23 @@ impl From<DispatchError> for Status {
     }
 }
 
+/// Routes requests: the dispatch stack ([`crate::stack`]) over the scheduler's queue and
+/// the framework's cycle.
 pub struct Dispatcher {
     pub workers: Arc<Workers>,
     pub stats: Arc<Stats>,
-    profiles: Profiles,
+    core: Arc<Core>,
+    /// Workers a request is sent to at most (`dispatch_attempts`).
     attempts: u32,
+    /// Retries on another worker, shared by all requests ([`crate::stack::retry_budget`]).
+    budget: Arc<tower::retry::budget::TpsBudget>,
+}
+
+/// What one attempt needs: the workers, the profiles, the queue and its limits. Shared by
+/// the stack's services.
+pub(crate) struct Core {
+    workers: Arc<Workers>,
+    profiles: Profiles,
     rotation: AtomicUsize,
     queue: Arc<AdmissionQueue>,
     /// Bytes of the requests held now (queued or in flight), and their ceiling.
@@ -203,8 +215,8 @@ pub struct Dispatcher {
     queue_safety_net: Option<Duration>,
 }
 
-/// Releases a request's bytes from [`Dispatcher::held_bytes`] however it ends.
-struct HeldBytes(Arc<AtomicUsize>, usize);
+/// Releases a request's bytes from [`Core::held_bytes`] however it ends.
+pub(crate) struct HeldBytes(Arc<AtomicUsize>, usize);
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
@@ -307,14 +319,69 @@ impl Drop for TenantInFlight<'_> {
     }
 }
 
-/// What became of one request on its way: the workers it was sent to, the version chosen,
-/// and when it left for the last worker tried.
-struct Trace {
-    tried: usize,
-    version: String,
-    sent: Option<Instant>,
+/// What became of one request on its way, kept across its attempts (shared by the stack's
+/// layers): the workers it was sent to, the version chosen, where it is now, and the last
+/// worker failure.
+#[derive(Default)]
+pub(crate) struct Trace {
+    /// Ids of the workers it was sent to; later attempts' cycles exclude them.
+    pub tried: Vec<String>,
+    pub version: String,
+    /// When it left for the last worker tried.
+    pub sent: Option<Instant>,
+    /// The worker that holds it now (None: in the scheduler, e.g. queued).
+    pub at_worker: Option<String>,
+    /// Whether the queue's expected wait was checked and found acceptable: at once for an
+    /// arrival that queues behind others, else when it first finds every worker busy.
+    pub admitted: bool,
+    /// The last worker failure (what the client is told when the attempts run out).
+    pub last_error: Option<Status>,
+}
+
+/// A request on its way through the dispatch stack ([`crate::stack`]).
+#[derive(Clone)]
+pub(crate) struct Routed {
+    pub request: Forwarded,
+    /// The client's deadline (a job's attempt's).
+    pub deadline: Option<Instant>,
     /// Whether the queue's expected wait may refuse it (online requests, not jobs).
-    bounded: bool,
+    pub bounded: bool,
+    /// Its place among equals in the queue (arrival order), kept across attempts.
+    pub sequence: u64,
+    pub trace: Arc<std::sync::Mutex<Trace>>,
+}
+
+impl Routed {
+    /// The trace, however a panic elsewhere left the lock.
+    pub fn trace(&self) -> std::sync::MutexGuard<'_, Trace> {
+        self.trace.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How one attempt ended, when not with the worker's answer.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    /// The request's own end (a bad parameter, an unknown model, a refusal, the worker's
+    /// answer about the request): the client gets it.
+    Final(DispatchError),
+    /// The worker failed ([`crate::failure::Failure::Unreachable`] or `Elsewhere`): another
+    /// worker may serve it (the retry layer decides).
+    Worker,
+    /// After a worker failure, no other worker could be tried (none left, none Ready, the
+    /// deadline too close): the request ends with that failure.
+    Exhausted,
+}
+
+impl From<DispatchError> for AttemptError {
+    fn from(e: DispatchError) -> AttemptError {
+        AttemptError::Final(e)
+    }
+}
+
+impl From<ParameterError> for AttemptError {
+    fn from(e: ParameterError) -> AttemptError {
+        AttemptError::Final(e.into())
+    }
 }
 
 /// An error this close to the client's deadline is taken as the deadline's (timers and
@@ -335,7 +402,7 @@ fn unreachable(status: &Status) -> bool {
 impl Dispatcher {
     /// Requests waiting in the admission queue.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.core.queue.len()
     }
 
     pub fn new(
@@ -356,32 +423,164 @@ impl Dispatcher {
             }
         }));
         Dispatcher {
-            workers,
+            workers: Arc::clone(&workers),
             stats,
-            profiles,
-            attempts,
-            rotation: AtomicUsize::new(0),
-            queue,
-            held_bytes: Arc::new(AtomicUsize::new(0)),
-            max_held_bytes: max_queued_bytes,
-            max_queue_wait: None,
-            queue_safety_net: Some(Duration::from_secs(1)),
+            core: Arc::new(Core {
+                workers,
+                profiles,
+                rotation: AtomicUsize::new(0),
+                queue,
+                held_bytes: Arc::new(AtomicUsize::new(0)),
+                max_held_bytes: max_queued_bytes,
+                max_queue_wait: None,
+                queue_safety_net: Some(Duration::from_secs(1)),
+            }),
+            attempts: attempts.max(1),
+            budget: crate::stack::retry_budget(),
         }
+    }
+
+    /// The settings below are made before the first request, while the core is not
+    /// shared yet.
+    fn core_mut(&mut self) -> &mut Core {
+        Arc::get_mut(&mut self.core).expect("configured before the first request")
     }
 
     /// Queued requests no event woke look again after `net` (zero: never).
     pub fn with_queue_safety_net(mut self, net: Duration) -> Dispatcher {
-        self.queue_safety_net = (!net.is_zero()).then_some(net);
+        self.core_mut().queue_safety_net = (!net.is_zero()).then_some(net);
         self
     }
 
     /// Refuses requests whose expected wait in the queue is over `max` (`max_queue_wait_ms`;
     /// zero: no bound). Jobs are not refused: they wait their turn.
     pub fn with_max_queue_wait(mut self, max: Duration) -> Dispatcher {
-        self.max_queue_wait = (!max.is_zero()).then_some(max);
+        self.core_mut().max_queue_wait = (!max.is_zero()).then_some(max);
         self
     }
 
+    /// Routes one request as it arrived (its bytes, never re-encoded) and returns the
+    /// worker's answer as it came; `deadline` is the client's.
+    pub async fn forward(
+        &self,
+        request: Forwarded,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, Status> {
+        self.infer_traced(request, deadline, &mut 0, true).await
+    }
+
+    /// Routes one request built in process (REST, streams): [`Dispatcher::forward`] with
+    /// the request encoded once and the answer decoded.
+    pub async fn infer(
+        &self,
+        request: ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ModelInferResponse, Status> {
+        decode_response(
+            self.forward(Forwarded::from_request(&request), deadline)
+                .await?,
+        )
+    }
+
+    /// [`Dispatcher::infer`] for a job, also counting in `tried` the workers the request
+    /// was sent to (0: it failed before reaching any). A job is not refused for the
+    /// queue's expected wait (`max_queue_wait_ms`): it waits its turn.
+    pub async fn infer_counting(
+        &self,
+        request: ModelInferRequest,
+        deadline: Option<Instant>,
+        tried: &mut usize,
+    ) -> Result<ModelInferResponse, Status> {
+        let request = Forwarded::from_request(&request);
+        decode_response(self.infer_traced(request, deadline, tried, false).await?)
+    }
+
+    /// Sends the request down the dispatch stack and records how it ended.
+    async fn infer_traced(
+        &self,
+        request: Forwarded,
+        deadline: Option<Instant>,
+        tried: &mut usize,
+        bounded: bool,
+    ) -> Result<Bytes, Status> {
+        use tower::ServiceExt;
+        let started = Instant::now();
+        let model = request.head.model_name.clone();
+        let trace = Arc::new(std::sync::Mutex::new(Trace {
+            version: request.head.model_version.clone(),
+            ..Trace::default()
+        }));
+        let routed = Routed {
+            request,
+            deadline,
+            bounded,
+            sequence: self.core.queue.arrive(),
+            trace: Arc::clone(&trace),
+        };
+        let stack = crate::stack::stack(
+            Arc::clone(&self.core),
+            self.attempts,
+            Arc::clone(&self.budget),
+        );
+        let result = stack.oneshot(routed).await;
+        let mut trace = trace.lock().unwrap_or_else(|e| e.into_inner());
+        let result = result.map_err(|e| match e {
+            AttemptError::Final(e) => e,
+            AttemptError::Worker | AttemptError::Exhausted => ended_after_failures(&model, &trace),
+        });
+        *tried = trace.tried.len();
+        // Counted under the version that served (or was chosen to), as Triton does; a
+        // request refused before routing counts under the version it would have had.
+        if trace.version.is_empty() {
+            if let Some((m, _)) = self.workers.model(&model, "") {
+                trace.version = m.version;
+            }
+        }
+        // Names a client invents are not kept one by one (memory and metric series would
+        // grow with every name sent): an unknown model counts under one label, and an
+        // unknown version is left out of the per-version statistics.
+        let seen = match &result {
+            Err(DispatchError::UnknownModel(_)) => crate::stats::Seen::UnknownModel,
+            Err(DispatchError::UnknownVersion { .. }) => crate::stats::Seen::UnknownVersion,
+            _ => crate::stats::Seen::Known,
+        };
+        let result = result.map_err(Status::from);
+        let now = Instant::now();
+        self.stats.record(
+            &model,
+            &trace.version,
+            seen,
+            localml_serving::metrics::result_code(&result),
+            crate::stats::Times {
+                total: now - started,
+                // Until the request left for the worker that answered (all of it when
+                // none did).
+                queued: trace.sent.unwrap_or(now) - started,
+            },
+        );
+        result
+    }
+}
+
+/// What a request that worker failures ended is told: every worker tried unreachable
+/// (the cluster cannot serve it now), or the workers' own error with its code.
+fn ended_after_failures(model: &str, trace: &Trace) -> DispatchError {
+    match &trace.last_error {
+        Some(status) if unreachable(status) => DispatchError::Unreachable {
+            model: model.to_string(),
+            tried: trace.tried.len(),
+            last: status.message().to_string(),
+        },
+        Some(status) => DispatchError::WorkersFailed {
+            code: status.code(),
+            message: status.message().to_string(),
+            tried: trace.tried.len(),
+        },
+        None => DispatchError::NothingTried(model.to_string()),
+    }
+}
+
+impl Core {
     /// How long a request that must queue now can expect to wait before it starts: the
     /// requests ahead of it (queued, and outstanding at the workers that could serve it)
     /// over the rate those workers finish them (each runs its sessions' worth, times the
@@ -452,8 +651,9 @@ impl Dispatcher {
         }
     }
 
-    /// Takes `bytes` of the byte budget for one request, or says why not.
-    fn hold(&self, bytes: usize) -> Result<HeldBytes, DispatchError> {
+    /// Takes `bytes` of the byte budget for one request, or says why not (load shedding:
+    /// the stack's [`crate::stack::HoldBytes`] layer).
+    pub(crate) fn hold(&self, bytes: usize) -> Result<HeldBytes, DispatchError> {
         let before = self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
         let held = HeldBytes(Arc::clone(&self.held_bytes), bytes);
         if before.saturating_add(bytes) > self.max_held_bytes {
@@ -465,104 +665,16 @@ impl Dispatcher {
         Ok(held)
     }
 
-    /// Routes one request as it arrived (its bytes, never re-encoded) and returns the
-    /// worker's answer as it came; `deadline` is the client's.
-    pub async fn forward(
-        &self,
-        request: Forwarded,
-        deadline: Option<Instant>,
-    ) -> Result<Bytes, Status> {
-        self.infer_traced(request, deadline, &mut 0, true).await
-    }
-
-    /// Routes one request built in process (REST, streams): [`Dispatcher::forward`] with
-    /// the request encoded once and the answer decoded.
-    pub async fn infer(
-        &self,
-        request: ModelInferRequest,
-        deadline: Option<Instant>,
-    ) -> Result<ModelInferResponse, Status> {
-        decode_response(
-            self.forward(Forwarded::from_request(&request), deadline)
-                .await?,
-        )
-    }
-
-    /// [`Dispatcher::infer`] for a job, also counting in `tried` the workers the request
-    /// was sent to (0: it failed before reaching any). A job is not refused for the
-    /// queue's expected wait (`max_queue_wait_ms`): it waits its turn.
-    pub async fn infer_counting(
-        &self,
-        request: ModelInferRequest,
-        deadline: Option<Instant>,
-        tried: &mut usize,
-    ) -> Result<ModelInferResponse, Status> {
-        let request = Forwarded::from_request(&request);
-        decode_response(self.infer_traced(request, deadline, tried, false).await?)
-    }
-
-    async fn infer_traced(
-        &self,
-        request: Forwarded,
-        deadline: Option<Instant>,
-        tried: &mut usize,
-        bounded: bool,
-    ) -> Result<Bytes, Status> {
-        let started = Instant::now();
-        let model = request.head.model_name.clone();
-        let mut trace = Trace {
-            tried: 0,
-            version: request.head.model_version.clone(),
-            sent: None,
-            bounded,
-        };
-        let result = match self.hold(request.len()) {
-            Ok(_held) => self.infer_with_retries(request, deadline, &mut trace).await,
-            Err(full) => Err(full),
-        };
-        *tried = trace.tried;
-        // Counted under the version that served (or was chosen to), as Triton does; a
-        // request refused before routing counts under the version it would have had.
-        if trace.version.is_empty() {
-            if let Some((m, _)) = self.workers.model(&model, "") {
-                trace.version = m.version;
-            }
-        }
-        // Names a client invents are not kept one by one (memory and metric series would
-        // grow with every name sent): an unknown model counts under one label, and an
-        // unknown version is left out of the per-version statistics.
-        let seen = match &result {
-            Err(DispatchError::UnknownModel(_)) => crate::stats::Seen::UnknownModel,
-            Err(DispatchError::UnknownVersion { .. }) => crate::stats::Seen::UnknownVersion,
-            _ => crate::stats::Seen::Known,
-        };
-        let result = result.map_err(Status::from);
-        let now = Instant::now();
-        self.stats.record(
-            &model,
-            &trace.version,
-            seen,
-            localml_serving::metrics::result_code(&result),
-            crate::stats::Times {
-                total: now - started,
-                // Until the request left for the worker that answered (all of it when
-                // none did).
-                queued: trace.sent.unwrap_or(now) - started,
-            },
-        );
-        result
-    }
-
-    /// Queue -> PreFilter/Filter/Score over a fresh snapshot -> Reserve -> Bind
-    /// (forward). A worker failure unreserves and re-enters the cycle without that worker.
-    async fn infer_with_retries(
-        &self,
-        request: Forwarded,
-        deadline: Option<Instant>,
-        trace: &mut Trace,
-    ) -> Result<Bytes, DispatchError> {
-        let head = &request.head;
-        let (profile_name, _) = request_info(head, "")?;
+    /// One attempt, the stack's innermost service: queue -> PreFilter/Filter/Score over a
+    /// fresh snapshot (without the workers tried before) -> Reserve -> Bind (forward to
+    /// the worker chosen). A worker failure unreserves and ends the attempt with
+    /// [`AttemptError::Worker`]: the retry layer decides whether another one follows.
+    /// The deadline is the deadline layer's: this waits in the queue for as long as it
+    /// takes, and gives the worker what is left of it.
+    pub(crate) async fn attempt(&self, routed: Routed) -> Result<Bytes, AttemptError> {
+        let head = &routed.request.head;
+        let deadline = routed.deadline;
+        let (profile_name, arrival) = request_info(head, "")?;
         let profile =
             self.profiles
                 .get(&profile_name)
@@ -570,40 +682,36 @@ impl Dispatcher {
                     known: self.profiles.names().join(", "),
                     name: profile_name.clone(),
                 })?;
-        let (_, arrival) = request_info(head, "")?;
         let queued = QueuedRequest {
             priority: arrival.priority,
-            sequence: self.queue.arrive(),
+            sequence: routed.sequence,
             tenant: arrival.tenant.clone(),
             tenant_in_flight: 0,
         };
         let class = crate::queue::class(&profile_name, &arrival, &head.model_version);
+        let (tried, failed_before) = {
+            let trace = routed.trace();
+            (trace.tried.clone(), trace.last_error.is_some())
+        };
         // Arrivals queue behind requests of their class already waiting, so waiting ones
-        // keep their turn.
-        let mut wait = self.queue.has_waiting(&class);
+        // keep their turn; a request tried on a worker before looks at once, as it did.
+        let mut wait = tried.is_empty() && self.queue.has_waiting(&class);
         let mut how = if wait {
             Queueing::Behind
         } else {
             Queueing::Busy
         };
-        // Whether the queue's expected wait was checked and found acceptable: at once for
-        // an arrival that queues behind others, else when it first finds every worker busy.
-        let mut admitted = false;
-        if wait && trace.bounded {
+        if wait && routed.bounded && !routed.trace().admitted {
             if let Ok((version, snapshot, _)) =
                 self.workers.snapshot(&head.model_name, &head.model_version)
             {
                 let (_, info) = request_info(head, &version)?;
                 if let Some(refusal) = self.refuse_to_queue(&snapshot, &info, deadline, true) {
-                    return Err(refusal);
+                    return Err(refusal.into());
                 }
-                admitted = true;
+                routed.trace().admitted = true;
             }
         }
-        let mut tried: Vec<String> = Vec::new();
-        // The last worker failure, to say why when the attempts run out.
-        let mut last_error: Option<Status> = None;
-        let mut attempts = 0;
         // The queue's events when the workers were last looked at.
         let mut seen = self.queue.events();
         let mut baton = Baton {
@@ -612,7 +720,7 @@ impl Dispatcher {
             waiting: None,
             held: false,
         };
-        while attempts < self.attempts {
+        loop {
             if std::mem::take(&mut wait) {
                 let turn = self
                     .queue
@@ -627,16 +735,7 @@ impl Dispatcher {
                             + self
                                 .queue_safety_net
                                 .unwrap_or(localml_serving::service::MAX_REQUEST_TIMEOUT);
-                        // Bounded by the deadline (a job's too: it has no other timer here).
-                        let until = deadline.map_or(net, |d| d.min(net));
-                        if !baton.wait(turn, until).await
-                            && deadline.is_some_and(|d| Instant::now() >= d)
-                        {
-                            return Err(DispatchError::Request(Status::deadline_exceeded(
-                                "the request's deadline passed while it waited in the \
-                                 scheduler's queue",
-                            )));
-                        }
+                        baton.wait(turn, net).await;
                         how = Queueing::Again;
                     }
                     // Something changed since it looked: look again, after letting others run.
@@ -652,14 +751,15 @@ impl Dispatcher {
             let (version, mut snapshot, handles) =
                 match self.workers.snapshot(&head.model_name, &head.model_version) {
                     Ok(found) => found,
-                    Err(lookup) if last_error.is_none() => {
+                    Err(_) if failed_before => return Err(AttemptError::Exhausted),
+                    Err(lookup) => {
                         return Err(DispatchError::from_lookup(
                             &head.model_name,
                             &head.model_version,
                             lookup,
-                        ))
+                        )
+                        .into())
                     }
-                    Err(_) => break,
                 };
             snapshot.queued = self.queue.len();
             // Whether a worker was lost since this snapshot is seen at dispatch.
@@ -667,7 +767,7 @@ impl Dispatcher {
                 .iter()
                 .map(|h| h.lost_epoch.load(Ordering::SeqCst))
                 .collect();
-            trace.version.clone_from(&version);
+            routed.trace().version.clone_from(&version);
             let (_, info) = request_info(head, &version)?;
             let excluded: Vec<usize> = handles
                 .iter()
@@ -683,13 +783,13 @@ impl Dispatcher {
                 // Every feasible worker is busy: wait in the queue for a turn, unless the
                 // wait cannot end in time. Once admitted, a request keeps its place.
                 Err(rejection) if capacity::all_busy(&rejection) => {
-                    if !admitted {
+                    if !routed.trace().admitted {
                         if let Some(refusal) =
-                            self.refuse_to_queue(&snapshot, &info, deadline, trace.bounded)
+                            self.refuse_to_queue(&snapshot, &info, deadline, routed.bounded)
                         {
-                            return Err(refusal);
+                            return Err(refusal.into());
                         }
-                        admitted = true;
+                        routed.trace().admitted = true;
                     }
                     if tried.is_empty() {
                         baton.went_back();
@@ -700,7 +800,8 @@ impl Dispatcher {
                     wait = true;
                     continue;
                 }
-                Err(rejection) if last_error.is_none() => {
+                Err(_) if failed_before => return Err(AttemptError::Exhausted),
+                Err(rejection) => {
                     let (model, reason) = (info.model.clone(), rejection.message);
                     return Err(match rejection.code {
                         FrameworkCode::UnschedulableAndUnresolvable => {
@@ -715,15 +816,12 @@ impl Dispatcher {
                             version,
                             reason,
                         },
-                    });
+                    }
+                    .into());
                 }
-                Err(_) => break,
             };
             let chosen = &handles[decision.worker];
             tracing::debug!(worker = %chosen.name, score = decision.score, profile = %profile.name, "scheduled");
-            tried.push(chosen.id.clone());
-            trace.tried = tried.len();
-            attempts += 1;
             // Dropped in reverse order: the worker's count falls before the queue is woken,
             // so the waiter woken sees the slot free.
             let _tenant = TenantInFlight::new(&self.queue, &info.tenant, &class);
@@ -731,18 +829,27 @@ impl Dispatcher {
             let _in_flight = InFlight(Arc::clone(&chosen.dispatched));
             // Counted as dispatched first, so the next waiter sees this one's share taken.
             baton.pass();
-            let mut forwarded = tonic::Request::new(request.clone());
+            let mut forwarded = tonic::Request::new(routed.request.clone());
             if let Some(deadline) = deadline {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     profile.unreserve(&mut state, &info, &snapshot.workers[decision.worker]);
-                    break;
+                    return Err(if failed_before {
+                        AttemptError::Exhausted
+                    } else {
+                        AttemptError::Final(DispatchError::NothingTried(head.model_name.clone()))
+                    });
                 }
                 forwarded.set_timeout(remaining.max(Duration::from_millis(1)));
             }
-            let mut client = chosen.client.clone();
             let sent = Instant::now();
-            trace.sent = Some(sent);
+            {
+                let mut trace = routed.trace();
+                trace.tried.push(chosen.id.clone());
+                trace.sent = Some(sent);
+                trace.at_worker = Some(chosen.name.clone());
+            }
+            let mut client = chosen.client.clone();
             // A worker that stops answering while it holds the request (it misses its
             // reports, its lease expires) gives it up: the call is dropped there (the
             // stream reset) and the request goes to another worker.
@@ -763,21 +870,19 @@ impl Dispatcher {
                     _ = lost => Err(gone()),
                 }
             };
-            match answer {
+            routed.trace().at_worker = None;
+            return match answer {
                 Ok(response) => {
                     let ms = sent.elapsed().as_secs_f64() * 1e3;
                     chosen.observe_latency(&info.model, &version, ms, self.workers.now_ms());
-                    return Ok(response.into_inner());
+                    Ok(response.into_inner())
                 }
                 // The client's deadline passed while the worker worked (the channel then
                 // answers CANCELLED "Timeout expired"): the client's doing, not the
                 // worker's; the worker is not marked, nor is the request tried elsewhere.
                 Err(status) if deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d) => {
                     tracing::debug!(worker = %chosen.name, code = ?status.code(), "the client's deadline passed on the worker");
-                    return Err(DispatchError::Request(Status::deadline_exceeded(format!(
-                        "the request did not finish within the client's deadline on worker {}",
-                        chosen.name
-                    ))));
+                    Err(DispatchError::Request(past_deadline(Some(&chosen.name))).into())
                 }
                 Err(status) if worker_failed(&status) => {
                     tracing::warn!(worker = %chosen.name, code = ?status.code(), message = status.message(), "dispatch failed; trying another worker");
@@ -785,26 +890,25 @@ impl Dispatcher {
                     if unreachable(&status) {
                         self.workers.mark_unreachable(&chosen.id, status.message());
                     }
-                    last_error = Some(status);
+                    routed.trace().last_error = Some(status);
+                    Err(AttemptError::Worker)
                 }
-                Err(status) => return Err(DispatchError::Request(status)),
-            }
+                Err(status) => Err(DispatchError::Request(status).into()),
+            };
         }
-        Err(match last_error {
-            // Every worker tried was unreachable: the cluster cannot serve this now.
-            Some(status) if unreachable(&status) => DispatchError::Unreachable {
-                model: head.model_name.clone(),
-                tried: tried.len(),
-                last: status.message().to_string(),
-            },
-            // The workers answered with an error of their own: keep its code.
-            Some(status) => DispatchError::WorkersFailed {
-                code: status.code(),
-                message: status.message().to_string(),
-                tried: tried.len(),
-            },
-            None => DispatchError::NothingTried(head.model_name.clone()),
-        })
+    }
+}
+
+/// DEADLINE_EXCEEDED for a request whose deadline passed: on the worker that held it, or
+/// in the scheduler (queued, or between workers).
+pub(crate) fn past_deadline(worker: Option<&str>) -> Status {
+    match worker {
+        Some(name) => Status::deadline_exceeded(format!(
+            "the request did not finish within the client's deadline on worker {name}"
+        )),
+        None => Status::deadline_exceeded(
+            "the request's deadline passed while it waited in the scheduler's queue",
+        ),
     }
 }
 
@@ -825,9 +929,9 @@ mod tests {
             )
             .with_max_queue_wait(Duration::from_millis(ms))
         };
-        assert_eq!(dispatcher(0).max_queue_wait, None);
+        assert_eq!(dispatcher(0).core.max_queue_wait, None);
         assert_eq!(
-            dispatcher(1500).max_queue_wait,
+            dispatcher(1500).core.max_queue_wait,
             Some(Duration::from_millis(1500))
         );
     }

@@ -47,6 +47,7 @@ pub mod rest;
 pub mod server;
 pub mod services;
 pub mod size_limit;
+pub mod stack;
 pub mod stats;
 pub mod trust;
 pub mod workers;
