@@ -534,3 +534,80 @@ async fn a_min_battery_outside_0_to_100_is_refused_by_the_server() {
         );
     }
 }
+
+/// A job waits its turn in the scheduler's queue (jobs are never refused for the queue's
+/// wait), but not past its deadline: a low-priority job behind a worker kept busy by
+/// higher-priority requests fails with DEADLINE_EXCEEDED once its deadline passes, while
+/// the worker is still busy, instead of waiting for the load to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_past_its_deadline_fails_while_the_worker_is_still_busy() {
+    let scheduler = Scheduler::start_with(JOBS_CONFIG);
+    let _worker = Worker::start("w1", &scheduler, &["--throttle", "300"]);
+    scheduler.wait_ready(&["w1"]).await;
+    // Twelve clients, more than the worker's 8 slots (2 sessions, 4 each), for 20 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..12)
+        .map(|_| {
+            let (stop, addr) = (std::sync::Arc::clone(&stop), scheduler.addr.clone());
+            tokio::spawn(async move {
+                let mut c = inference_client(&addr).await;
+                let started = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(20)
+                {
+                    let _ = c.model_infer(image_request(1)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let image = expected_examples()
+        .into_iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("image example");
+    let mut jobs = jobs_client(&scheduler).await;
+    let now_ms = localml_proto::time::unix_ms();
+    let job = jobs
+        .submit(SubmitJobRequest {
+            priority: -5,
+            deadline_unix_ms: now_ms + 2_000,
+            ..submit_request(&image, "behind".into())
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let ended = wait_until(Duration::from_secs(12), || {
+        let (mut jobs, id) = (jobs.clone(), job.id.clone());
+        async move {
+            jobs.get(GetJobRequest { id })
+                .await
+                .is_ok_and(|j| j.into_inner().state == JobState::Failed as i32)
+        }
+    })
+    .await;
+    let still_loaded = load.iter().any(|t| !t.is_finished());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = jobs
+        .get(GetJobRequest { id: job.id })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(ended, "the job did not fail at its deadline: {got:?}");
+    assert!(
+        still_loaded,
+        "the worker was still busy when the job failed"
+    );
+    assert_eq!(
+        got.error_code,
+        tonic::Code::DeadlineExceeded as i32,
+        "{got:?}"
+    );
+    // Ended in the queue, never sent to the busy worker.
+    assert!(
+        got.message.contains("waited in the scheduler's queue") && got.attempts == 0,
+        "{got:?}"
+    );
+    for t in load {
+        t.await.expect("load task");
+    }
+}
