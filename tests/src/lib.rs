@@ -668,10 +668,11 @@ impl Worker {
         )
     }
 
-    /// A worker in network namespace `netns` (`ip netns exec`), listening on `ip`.
-    pub fn start_in_netns(
+    /// A worker in network namespace `netns` (`ip netns exec`), listening on `ip`,
+    /// reporting to `schedulers` (comma-separated cluster addresses).
+    pub fn start_in_netns_reporting_to(
         name: &str,
-        scheduler: &Scheduler,
+        schedulers: &str,
         netns: &str,
         ip: &str,
         extra: &[&str],
@@ -683,14 +684,7 @@ impl Worker {
         let listen = format!("{ip}:0");
         let mut args = vec!["--listen", listen.as_str()];
         args.extend_from_slice(extra);
-        Worker::start_command(
-            command,
-            name,
-            &scheduler.cluster_addr,
-            &models_dir(),
-            &args,
-            &[],
-        )
+        Worker::start_command(command, name, schedulers, &models_dir(), &args, &[])
     }
 
     fn start_command(

@@ -420,42 +420,63 @@ async fn cancelled_requests_keep_their_session_until_the_run_ends() {
     }
 }
 
-/// A worker on its own link (a network namespace) whose link is cut mid-load: every
-/// request is still served (the scheduler's keepalive drops the dead connection and the
-/// requests go to the other worker), the worker turns NotReady, and once the link is back
-/// it is Ready again.
+/// A worker on its own link (a network namespace) whose link is cut mid-load, with two
+/// scheduler replicas on etcd it reports to: every request is still served (the
+/// scheduler's keepalive drops the dead connection and the requests go to the other
+/// worker), the worker turns NotReady on both replicas, and once the link is back it is
+/// Ready on both again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_link_is_cut_mid_load_loses_no_request_and_comes_back() {
     let Some(net) = Netns::create() else {
         return;
     };
-    let cluster = format!("{}:{}", net.host_ip(), free_port());
-    let scheduler = Scheduler::start_full(TEST_SCHEDULER_CONFIG, &["--cluster-listen", &cluster]);
-    let remote = Worker::start_in_netns(
+    let etcd = Etcd::start();
+    let store = etcd.store_address("link");
+    let replicas: Vec<Scheduler> = (0..2)
+        .map(|_| {
+            let cluster = format!("{}:{}", net.host_ip(), free_port());
+            Scheduler::start_full(
+                TEST_SCHEDULER_CONFIG,
+                &["--cluster-listen", &cluster, "--store", &store],
+            )
+        })
+        .collect();
+    let both = format!("{},{}", replicas[0].cluster_addr, replicas[1].cluster_addr);
+    let remote = Worker::start_in_netns_reporting_to(
         "remote",
-        &scheduler,
+        &both,
         &net.name,
         net.ns_ip(),
         &["--throttle", "20"],
     );
     assert!(remote.addr.starts_with(net.ns_ip()), "{}", remote.addr);
-    let _local = Worker::start("local", &scheduler, &["--throttle", "20"]);
-    scheduler.wait_ready(&["remote", "local"]).await;
-    let (served_by, _) = load_through(&scheduler, 3, || net.set_link(false)).await;
+    let _local = Worker::start_reporting_to("local", &both, &models_dir(), &["--throttle", "20"]);
+    for r in &replicas {
+        r.wait_ready(&["remote", "local"]).await;
+    }
+    let (served_by, _) = load_through(&replicas[0], 3, || net.set_link(false)).await;
     assert!(
         served_by.get("remote").copied().unwrap_or(0) > 0
             && served_by.get("local").copied().unwrap_or(0) > 0,
         "{served_by:?}"
     );
-    let not_ready = wait_until(SOON, || async {
-        scheduler.worker_state("remote").await == Some(WorkerState::NotReady)
-    })
-    .await;
-    assert!(not_ready, "{:?}", scheduler.worker_state("remote").await);
+    for (i, r) in replicas.iter().enumerate() {
+        let not_ready = wait_until(SOON, || async {
+            r.worker_state("remote").await == Some(WorkerState::NotReady)
+        })
+        .await;
+        assert!(
+            not_ready,
+            "replica {i}: {:?}",
+            r.worker_state("remote").await
+        );
+    }
     net.set_link(true);
-    let back = wait_until(SOON, || async {
-        scheduler.worker_state("remote").await == Some(WorkerState::Ready)
-    })
-    .await;
-    assert!(back, "{:?}", scheduler.worker_state("remote").await);
+    for (i, r) in replicas.iter().enumerate() {
+        let back = wait_until(SOON, || async {
+            r.worker_state("remote").await == Some(WorkerState::Ready)
+        })
+        .await;
+        assert!(back, "replica {i}: {:?}", r.worker_state("remote").await);
+    }
 }
