@@ -26,3 +26,5 @@ cargo fmt --all -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 echo "== tests"
 LOCALML_REQUIRE_PYTHON_CLIENT=1 cargo test -j2 --workspace
+echo "== fuzzing (smoke: each target for 10 s; docs/fuzzing.md)"
+scripts/fuzz.sh --seconds 10
