@@ -17,7 +17,7 @@ pub mod registrations;
 pub mod routing;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ struct WorkerEntry {
     reason: String,
     last_report: Instant,
     dispatched: Arc<AtomicU32>,
+    /// This scheduler's `dispatched` when the last report arrived: answers received since
+    /// (it fell) are requests the report still counts ([`routing`]).
+    dispatched_at_report: u32,
     /// What routing needs; `None` while the worker's address is unusable.
     handle: Option<Arc<Candidate>>,
     /// An operator cordoned it (kept across rejoins under the same name).
@@ -262,6 +265,7 @@ impl Workers {
                 previous_power: power_of(&status),
                 power_changed_at: now,
                 status,
+                dispatched_at_report: dispatched.load(Ordering::Relaxed),
                 dispatched,
                 handle,
                 cordoned,
@@ -361,6 +365,7 @@ impl Workers {
             w.power_changed_at = now;
         }
         w.status = status;
+        w.dispatched_at_report = w.dispatched.load(Ordering::Relaxed);
         true
     }
 

@@ -148,6 +148,8 @@ impl Workers {
                 (state, _) => (false, format!("{state:?}: {}", w.reason)),
             };
             let power = w.status.power.clone().unwrap_or_default();
+            let dispatched = w.dispatched.load(Ordering::Relaxed);
+            let done_since = w.dispatched_at_report.saturating_sub(dispatched);
             infos.push(WorkerInfo {
                 index: infos.len(),
                 name: w.status.name.clone(),
@@ -180,13 +182,14 @@ impl Workers {
                     .models
                     .iter()
                     .filter(|m| m.name == model && m.version == resolved)
-                    .map(|m| ModelOnWorker {
+                    .map(|m| (m, since_report(m.queue_depth, m.in_flight, done_since)))
+                    .map(|(m, (queue_depth, in_flight))| ModelOnWorker {
                         name: m.name.clone(),
                         version: m.version.clone(),
                         on_gpu: m.execution_provider != "CPUExecutionProvider",
                         memory_bytes: m.memory_bytes,
-                        queue_depth: m.queue_depth,
-                        in_flight: m.in_flight,
+                        queue_depth,
+                        in_flight,
                         instances: m.instances,
                         batch: if m.dynamic_batching.is_some() {
                             m.max_batch_size.max(1)
@@ -204,7 +207,7 @@ impl Workers {
                         },
                     })
                     .collect(),
-                dispatched: w.dispatched.load(Ordering::Relaxed),
+                dispatched,
                 peak_ewma_ms: handle.peak_ewma_ms(model, &resolved, now_ms),
             });
             handles.push(Arc::clone(handle));
@@ -250,4 +253,18 @@ impl Workers {
     pub fn any_ready(&self) -> bool {
         self.read().values().any(|w| w.state == WorkerState::Ready)
     }
+}
+
+/// A report's queue and in-flight counts less the answers this scheduler received since
+/// it (its count of outstanding requests fell by `done_since`): those requests are no
+/// longer at the worker. Without it a report a moment old keeps a worker that has just
+/// freed a slot full (Capacity takes the larger of the report and the scheduler's own
+/// count) until the next report, its sessions idle meanwhile. Taken from the queue first:
+/// a queued request starts when one ends.
+pub(super) fn since_report(queue_depth: u32, in_flight: u32, done_since: u32) -> (u32, u32) {
+    let from_queue = done_since.min(queue_depth);
+    (
+        queue_depth - from_queue,
+        in_flight.saturating_sub(done_since - from_queue),
+    )
 }

@@ -146,3 +146,41 @@ fn conditions_table() {
         assert_eq!(conditions(&status), expected);
     }
 }
+
+#[test]
+fn answers_since_a_report_are_taken_off_its_counts() {
+    use super::routing::since_report;
+    assert_eq!(since_report(6, 2, 0), (6, 2));
+    assert_eq!(since_report(6, 2, 1), (5, 2), "a queued one started");
+    assert_eq!(since_report(1, 2, 2), (0, 1));
+    assert_eq!(since_report(0, 2, 5), (0, 0));
+    assert_eq!(since_report(u32::MAX, u32::MAX, u32::MAX), (0, u32::MAX));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_counts_a_report_less_what_ended_since() {
+    let reg = Workers::new(1 << 20);
+    let t0 = Instant::now();
+    let mut busy = status("a", &[("m", "1")]);
+    busy.models[0].queue_depth = 6;
+    busy.models[0].in_flight = 2;
+    let id = reg.join(busy.clone(), t0);
+    let Ok((_, _, handles)) = reg.snapshot("m", "1") else {
+        panic!("m not found");
+    };
+    let dispatched = Arc::clone(&handles[0].dispatched);
+    // The scheduler sent these 8, then the worker reported them.
+    dispatched.store(8, Ordering::Relaxed);
+    assert!(reg.report(&id, busy, t0));
+    let counts = |reg: &Workers| {
+        let Ok((_, snapshot, _)) = reg.snapshot("m", "1") else {
+            panic!("m not found");
+        };
+        let m = &snapshot.workers[0].models[0];
+        (snapshot.workers[0].dispatched, m.queue_depth, m.in_flight)
+    };
+    assert_eq!(counts(&reg), (8, 6, 2));
+    // Three answers came back before the next report: the worker holds five.
+    dispatched.store(5, Ordering::Relaxed);
+    assert_eq!(counts(&reg), (5, 3, 2));
+}
