@@ -583,3 +583,23 @@ async fn a_request_onnx_runtime_rejects_fails_alone_in_a_batch_and_on_its_own() 
         .expect_err("ids outside the vocabulary");
     assert_eq!(alone.code(), tonic::Code::InvalidArgument, "{alone:?}");
 }
+
+/// `--min-run-ms` (the overload benchmark's steady service time, whatever else the PC
+/// runs): every run holds its session at least that long, so one request at a time
+/// takes at least that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_run_ms_holds_every_run_at_least_that_long() {
+    let scheduler = Scheduler::start();
+    let worker = Worker::start("w1", &scheduler, &["--min-run-ms", "400"]);
+    scheduler.wait_ready(&["w1"]).await;
+    let mut c = worker.inference().await;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        c.model_infer(image_request(1)).await.expect("served");
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(400),
+            "a run took {took:?}"
+        );
+    }
+}

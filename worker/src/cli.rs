@@ -81,6 +81,10 @@ pub struct WorkerArgs {
     /// Testing/demo aid: behave like a PC F times slower (F >= 1).
     #[arg(long, value_name = "F")]
     pub throttle: Option<f64>,
+    /// Testing aid: every run holds its session at least MS milliseconds, asleep (a
+    /// steady service time for benchmarks; at most 60000).
+    #[arg(long, value_name = "MS")]
+    pub min_run_ms: Option<u64>,
     /// Join token from `localml token create` (K10...), needed for the first join only;
     /// afterwards the worker uses its certificate from --data-dir.
     #[arg(long, env = "LOCALML_TOKEN", hide_env_values = true)]
@@ -165,6 +169,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.throttle {
             c.throttle = v;
+        }
+        if let Some(v) = self.min_run_ms {
+            c.min_run_ms = v;
         }
         if let Some(v) = self.token {
             c.token = Some(v);

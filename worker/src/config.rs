@@ -61,6 +61,9 @@ pub struct WorkerConfig {
     pub onnxruntime: Option<PathBuf>,
     /// Testing and demo aid: behave like a PC this many times slower (>= 1).
     pub throttle: f64,
+    /// Testing aid: every run holds its session at least this many milliseconds (a
+    /// steady service time for benchmarks; 0: off).
+    pub min_run_ms: u64,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
     /// `all`: load every model of the repository at start; `on_demand`: load only what
@@ -141,6 +144,7 @@ impl Default for WorkerConfig {
             thread_spinning: false,
             onnxruntime: None,
             throttle: 1.0,
+            min_run_ms: 0,
             max_message_bytes: 64 * 1024 * 1024,
             load: LoadMode::All,
             memory_limit: None,
@@ -176,6 +180,7 @@ impl WorkerConfig {
     pub fn load_options(&self) -> crate::model::LoadOptions {
         crate::model::LoadOptions {
             throttle: self.throttle,
+            min_run: std::time::Duration::from_millis(self.min_run_ms),
         }
     }
 
@@ -216,6 +221,12 @@ impl WorkerConfig {
             return Err(ConfigError::Invalid(format!(
                 "throttle must be a number >= 1, got {}",
                 self.throttle
+            )));
+        }
+        if self.min_run_ms > 60_000 {
+            return Err(ConfigError::Invalid(format!(
+                "min_run_ms must be at most 60000 (a minute), got {}",
+                self.min_run_ms
             )));
         }
         if self.name.is_empty() {
@@ -350,6 +361,7 @@ mod tests {
                 "intra_op_threads: 10000000",
                 "intra_op_threads is 10000000; at most 1024",
             ),
+            ("min_run_ms: 60001", "min_run_ms must be at most 60000"),
         ] {
             let config: WorkerConfig = serde_yaml::from_str(yaml).expect("parse");
             let err = config.validate().expect_err(yaml).to_string();

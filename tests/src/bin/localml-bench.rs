@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .rfind(|s| s.name == model_name)
         .ok_or_else(|| anyhow::anyhow!("model {model_name} not in {}", models.display()))?;
-    let options = LoadOptions { throttle: 1.0 };
+    let options = LoadOptions::default();
     let model = Arc::new(LoadedModel::load(
         &env,
         &source,
@@ -511,7 +511,7 @@ async fn batching(models: &std::path::Path) -> anyhow::Result<()> {
             &env,
             source,
             &["CPUExecutionProvider".into()],
-            &LoadOptions { throttle: 1.0 },
+            &LoadOptions::default(),
         )?);
         let spec = loaded.inputs[0].clone();
         let mut per_sample = Vec::new();

@@ -184,6 +184,8 @@ pub struct LoadedModel {
     pub batching: Option<BatchPolicy>,
     /// Makes this worker behave like a PC `throttle` times slower (testing aid).
     throttle: f64,
+    /// Every run holds its session at least this long (testing aid).
+    min_run: std::time::Duration,
     permits: Arc<Semaphore>,
     sessions: Mutex<Vec<Session>>,
     /// The queue of the task forming batches, started with the first batched request.
@@ -202,6 +204,18 @@ pub struct NamedTensor {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub throttle: f64,
+    /// Testing aid: every run holds its session at least this long, asleep (a steady
+    /// service time, whatever else the PC runs).
+    pub min_run: std::time::Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            throttle: 1.0,
+            min_run: std::time::Duration::ZERO,
+        }
+    }
 }
 
 impl LoadedModel {
@@ -306,6 +320,7 @@ impl LoadedModel {
             stats: ModelStats::default(),
             batching,
             throttle: options.throttle.max(1.0),
+            min_run: options.min_run,
             permits: Arc::new(Semaphore::new(instances as usize)),
             sessions: Mutex::new(sessions),
             batcher: std::sync::OnceLock::new(),
@@ -511,6 +526,9 @@ impl LoadedModel {
         if self.throttle > 1.0 {
             // Hold the session longer, as a slower PC would.
             std::thread::sleep(started.elapsed().mul_f64(self.throttle - 1.0));
+        }
+        if let Some(rest) = self.min_run.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
         }
         if let Ok(mut pool) = self.sessions.lock() {
             pool.push(session);
