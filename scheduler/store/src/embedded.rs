@@ -3,9 +3,10 @@
 //! Every commit is durable (fsync) before it returns, so an acknowledged change survives
 //! a crash. The revision counter and leases (with their expiry as wall-clock time) are
 //! in the file too; a lease whose time ran out while the scheduler was down expires on
-//! the next start. Watch history is kept in memory only (the newest
-//! [`HISTORY_EVENTS`] events): after a restart, a watch from before it gets `Compacted`
-//! and lists again, exactly as after an etcd compaction.
+//! the next start. Watch history is kept in memory only (the events of the last
+//! [`HISTORY_AGE`], at most [`HISTORY_EVENTS`] and [`HISTORY_BYTES`]): a watch from before
+//! it (or from before a restart) gets `Compacted` and lists again, exactly as after an
+//! etcd compaction.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,9 +26,14 @@ const LEASES: TableDefinition<i64, (i64, i64)> = TableDefinition::new("leases");
 const REVISION: &str = "revision";
 const NEXT_LEASE: &str = "next_lease";
 
-/// Events kept for watches that resume, at most this many and this many bytes.
+/// Events kept for watches that resume: those of the last five minutes, at most this
+/// many and this many bytes. The watches are in this process and resume after a lag of
+/// moments; a longer history only held memory (workers' registrations, rewritten every
+/// third of a grace period, grew it by about 0.2 MiB a minute with two workers, to tens
+/// of MiB over hours).
+pub const HISTORY_AGE: Duration = Duration::from_secs(300);
 pub const HISTORY_EVENTS: usize = 20_000;
-pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+pub const HISTORY_BYTES: usize = 16 * 1024 * 1024;
 /// How often expired leases are looked for.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
@@ -49,7 +55,10 @@ struct State {
     revision: Revision,
     /// Watches may resume after any revision >= this one.
     floor: Revision,
-    history: VecDeque<Event>,
+    /// Events with when they were published.
+    history: VecDeque<(std::time::Instant, Event)>,
+    /// Events older than this leave the history ([`HISTORY_AGE`]).
+    history_age: Duration,
     history_bytes: usize,
     /// Lease id -> (ttl, expiry in ms since the epoch).
     leases: HashMap<LeaseId, (i64, i64)>,
@@ -121,6 +130,12 @@ fn decode(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
 }
 
 impl EmbeddedStore {
+    /// Keeps watch history for `age` instead of [`HISTORY_AGE`] (tests; from the next
+    /// write on).
+    pub fn set_history_age(&self, age: Duration) {
+        self.inner.lock().history_age = age;
+    }
+
     /// Opens (creating) `dir/state.redb`. Fails when another process has it open.
     /// The directory is made private to the scheduler's user (0700) and the file 0600:
     /// the store holds the cluster CA's key and the API keys' hashes.
@@ -191,6 +206,7 @@ impl EmbeddedStore {
                 revision,
                 floor: revision,
                 history: VecDeque::new(),
+                history_age: HISTORY_AGE,
                 history_bytes: 0,
                 leases,
                 lease_keys,
@@ -338,9 +354,21 @@ impl Inner {
 
     fn publish(&self, state: &mut State, events: Vec<Event>) {
         state.history_bytes += events.iter().map(event_bytes).sum::<usize>();
-        state.history.extend(events.iter().cloned());
-        while state.history.len() > HISTORY_EVENTS || state.history_bytes > HISTORY_BYTES {
-            let Some(old) = state.history.pop_front() else {
+        let now = std::time::Instant::now();
+        state
+            .history
+            .extend(events.iter().map(|e| (now, e.clone())));
+        let too_old = |state: &State| {
+            state
+                .history
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > state.history_age)
+        };
+        while state.history.len() > HISTORY_EVENTS
+            || state.history_bytes > HISTORY_BYTES
+            || too_old(state)
+        {
+            let Some((_, old)) = state.history.pop_front() else {
                 break;
             };
             state.history_bytes -= event_bytes(&old);
@@ -417,6 +445,7 @@ impl Inner {
         Ok(state
             .history
             .iter()
+            .map(|(_, e)| e)
             .filter(|e| e.revision() > after && e.key().starts_with(prefix))
             .cloned()
             .collect())
@@ -534,8 +563,8 @@ impl Store for EmbeddedStore {
             )));
         }
         let floor = revision - 1;
-        state.history.retain(|e| e.revision() > floor);
-        state.history_bytes = state.history.iter().map(event_bytes).sum();
+        state.history.retain(|(_, e)| e.revision() > floor);
+        state.history_bytes = state.history.iter().map(|(_, e)| event_bytes(e)).sum();
         state.floor = state.floor.max(floor);
         Ok(())
     }
