@@ -11,22 +11,6 @@ use localml_worker::model::TensorSpec;
 use localml_worker::validate::{decode_request, Signature};
 use prost::Message;
 
-const DATATYPES: [DataType; 13] = [
-    DataType::Bool,
-    DataType::Uint8,
-    DataType::Uint16,
-    DataType::Uint32,
-    DataType::Uint64,
-    DataType::Int8,
-    DataType::Int16,
-    DataType::Int32,
-    DataType::Int64,
-    DataType::Fp16,
-    DataType::Fp32,
-    DataType::Fp64,
-    DataType::Bytes,
-];
-
 fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
     TensorSpec {
         name: name.into(),
@@ -67,7 +51,7 @@ fn raw_properties(datatype: DataType, shape: &[i64], raw: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     // Direct: [datatype, rank, rank dims as i8, raw...].
     if data.len() >= 2 {
-        let datatype = DATATYPES[usize::from(data[0]) % DATATYPES.len()];
+        let datatype = DataType::ALL[usize::from(data[0]) % DataType::ALL.len()];
         let rank = usize::from(data[1] % 5).min(data.len() - 2);
         let shape: Vec<i64> = data[2..2 + rank]
             .iter()

@@ -334,6 +334,9 @@ pub(crate) struct Trace {
     /// Whether the queue's expected wait was checked and found acceptable: at once for an
     /// arrival that queues behind others, else when it first finds every worker busy.
     pub admitted: bool,
+    /// Whether it has waited its turn in the queue (a request that did is never refused
+    /// for a full queue when it goes back, [`Queueing::Again`]).
+    pub waited: bool,
     /// The last worker failure (what the client is told when the attempts run out).
     pub last_error: Option<Status>,
 }
@@ -438,6 +441,11 @@ impl Dispatcher {
             attempts: attempts.max(1),
             budget: crate::stack::retry_budget(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// The settings below are made before the first request, while the core is not
@@ -651,6 +659,19 @@ impl Core {
         }
     }
 
+    /// Whether a worker not tried yet has the request's model (the retry layer asks before
+    /// spending its budget on an attempt that could only end `Exhausted`).
+    pub(crate) fn untried_worker(&self, routed: &Routed) -> bool {
+        let head = &routed.request.head;
+        let tried = routed.trace().tried.clone();
+        match self.workers.lookup(&head.model_name, &head.model_version) {
+            crate::workers::Lookup::Found(candidates) => {
+                candidates.iter().any(|c| !tried.contains(&c.id))
+            }
+            _ => false,
+        }
+    }
+
     /// Takes `bytes` of the byte budget for one request, or says why not (load shedding:
     /// the stack's [`crate::stack::HoldBytes`] layer).
     pub(crate) fn hold(&self, bytes: usize) -> Result<HeldBytes, DispatchError> {
@@ -698,6 +719,8 @@ impl Core {
         let mut wait = tried.is_empty() && self.queue.has_waiting(&class);
         let mut how = if wait {
             Queueing::Behind
+        } else if routed.trace().waited {
+            Queueing::Again
         } else {
             Queueing::Busy
         };
@@ -737,6 +760,7 @@ impl Core {
                                 .unwrap_or(localml_serving::service::MAX_REQUEST_TIMEOUT);
                         baton.wait(turn, net).await;
                         how = Queueing::Again;
+                        routed.trace().waited = true;
                     }
                     // Something changed since it looked: look again, after letting others run.
                     Turn::LookAgain => {
@@ -862,15 +886,30 @@ impl Core {
                     chosen.name
                 ))
             };
-            let answer = if chosen.lost_epoch.load(Ordering::SeqCst) != epochs[decision.worker] {
-                Err(gone())
-            } else {
-                tokio::select! {
-                    answer = client.model_infer(forwarded) => answer,
-                    _ = lost => Err(gone()),
+            // `given_up`: the scheduler stopped waiting (the worker may still hold it).
+            let (answer, given_up) =
+                if chosen.lost_epoch.load(Ordering::SeqCst) != epochs[decision.worker] {
+                    (Err(gone()), true)
+                } else {
+                    tokio::select! {
+                        answer = client.model_infer(forwarded) => (answer, false),
+                        _ = lost => (Err(gone()), true),
+                    }
+                };
+            routed.trace().at_worker = None;
+            let deadline_passed = deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
+            // The worker's own answer (not a call dropped, cut by the deadline or broken:
+            // such a request may still run there) takes the request off the worker's last
+            // report's counts; counted before the queue is woken (end of this scope).
+            let from_worker = match &answer {
+                Ok(_) => true,
+                Err(status) => {
+                    !deadline_passed && !given_up && std::error::Error::source(status).is_none()
                 }
             };
-            routed.trace().at_worker = None;
+            if from_worker {
+                chosen.note_answered(&info.model, &version);
+            }
             return match answer {
                 Ok(response) => {
                     let ms = sent.elapsed().as_secs_f64() * 1e3;
@@ -880,8 +919,8 @@ impl Core {
                 // The client's deadline passed while the worker worked (the channel then
                 // answers CANCELLED "Timeout expired"): the client's doing, not the
                 // worker's; the worker is not marked, nor is the request tried elsewhere.
-                Err(status) if deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d) => {
-                    tracing::debug!(worker = %chosen.name, code = ?status.code(), "the client's deadline passed on the worker");
+                Err(_) if deadline_passed => {
+                    tracing::debug!(worker = %chosen.name, "the client's deadline passed on the worker");
                     Err(DispatchError::Request(past_deadline(Some(&chosen.name))).into())
                 }
                 Err(status) if worker_failed(&status) => {

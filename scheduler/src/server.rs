@@ -293,10 +293,22 @@ pub async fn run(
                     _ = wait(stopped.clone()) => return,
                 };
                 is_leader.store(true, std::sync::atomic::Ordering::Relaxed);
-                tokio::join!(
-                    Arc::clone(&runner).run(&leadership, stopped.clone()),
-                    controller.run(&leadership, stopped.clone()),
-                );
+                // Leadership lost: both stop at once, whatever they wait for (a store
+                // call to an etcd it cannot reach would otherwise keep them acting as
+                // leader after the lease); jobs they were running are dropped and the
+                // next leader runs them again (at least once; their end is fenced).
+                let mut lost = leadership.lost.clone();
+                tokio::select! {
+                    _ = async {
+                        tokio::join!(
+                            Arc::clone(&runner).run(&leadership, stopped.clone()),
+                            controller.run(&leadership, stopped.clone()),
+                        )
+                    } => {}
+                    _ = lost.wait_for(|l| *l) => {
+                        tracing::warn!("leadership lost: the job dispatcher and the deployment controller stop");
+                    }
+                }
                 is_leader.store(false, std::sync::atomic::Ordering::Relaxed);
                 if *stopped.borrow() {
                     leadership.resign().await;

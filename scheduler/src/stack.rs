@@ -56,6 +56,7 @@ pub(crate) fn stack(
         .layer(RetryLayer::new(WorkerFailures {
             retries_left: attempts.saturating_sub(1),
             budget,
+            core: Arc::clone(&core),
         }))
         .service(Attempt(core))
 }
@@ -96,11 +97,12 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut routed: Routed) -> Self::Future {
-        // Capped as at the edge (a day), whatever the caller passed.
+    fn call(&mut self, routed: Routed) -> Self::Future {
+        // Capped as at the edge (a day), whatever the caller passed; a request without a
+        // deadline keeps none below (no timeout sent to the worker, none compared with
+        // the queue's expected wait).
         let cap = Instant::now() + localml_serving::service::MAX_REQUEST_TIMEOUT;
-        routed.deadline = Some(routed.deadline.map_or(cap, |d| d.min(cap)));
-        let deadline = routed.deadline.unwrap_or(cap);
+        let deadline = routed.deadline.map_or(cap, |d| d.min(cap));
         let trace = Arc::clone(&routed.trace);
         let inner = self.0.call(routed);
         Box::pin(async move {
@@ -169,6 +171,8 @@ where
 pub(crate) struct WorkerFailures {
     retries_left: u32,
     budget: Arc<TpsBudget>,
+    /// To see whether another worker could take it at all (else no token is spent).
+    core: Arc<Core>,
 }
 
 impl Policy<Routed, Bytes, AttemptError> for WorkerFailures {
@@ -176,7 +180,7 @@ impl Policy<Routed, Bytes, AttemptError> for WorkerFailures {
 
     fn retry(
         &mut self,
-        _routed: &mut Routed,
+        routed: &mut Routed,
         result: &mut Result<Bytes, AttemptError>,
     ) -> Option<Self::Future> {
         match result {
@@ -184,7 +188,9 @@ impl Policy<Routed, Bytes, AttemptError> for WorkerFailures {
                 self.budget.deposit();
                 None
             }
-            Err(AttemptError::Worker) if self.retries_left > 0 => {
+            Err(AttemptError::Worker)
+                if self.retries_left > 0 && self.core.untried_worker(routed) =>
+            {
                 if !self.budget.withdraw() {
                     tracing::warn!(
                         "retry budget spent: the request ends with its worker's failure"
@@ -245,32 +251,68 @@ mod tests {
         }
     }
 
-    fn policy(retries_left: u32, budget: TpsBudget) -> WorkerFailures {
-        WorkerFailures {
+    /// A policy over a scheduler that knows two workers with model `m`; their ids.
+    fn policy(retries_left: u32, budget: TpsBudget) -> (WorkerFailures, Vec<String>) {
+        use localml_proto::localml::v1 as pb;
+        let workers = Arc::new(crate::workers::Workers::new(1 << 20));
+        let ids = ["a", "b"]
+            .iter()
+            .map(|name| {
+                workers.join(
+                    pb::WorkerStatus {
+                        name: name.to_string(),
+                        inference_address: "127.0.0.1:1".into(),
+                        models: vec![pb::LoadedModel {
+                            name: "m".into(),
+                            version: "1".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                    Instant::now(),
+                )
+            })
+            .collect();
+        let dispatcher = crate::dispatch::Dispatcher::new(
+            workers,
+            Arc::new(crate::stats::Stats::default()),
+            localml_framework::profile::Profiles::build(&localml_framework::profile::builtin())
+                .expect("profiles"),
+            3,
+            16,
+            1 << 20,
+        );
+        let policy = WorkerFailures {
             retries_left,
             budget: Arc::new(budget),
-        }
+            core: Arc::clone(dispatcher.core()),
+        };
+        (policy, ids)
     }
 
-    #[test]
-    fn only_worker_failures_are_retried_within_the_attempts_and_the_budget() {
+    #[tokio::test]
+    async fn only_worker_failures_are_retried_within_the_attempts_and_the_budget() {
         let mut r = routed(None);
         let worker = || Err(AttemptError::Worker);
         // Two retries, then no more.
-        let mut p = policy(2, TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+        let (mut p, _) = policy(2, TpsBudget::new(Duration::from_secs(10), 10, 0.2));
         assert!(p.retry(&mut r, &mut worker()).is_some());
         assert!(p.retry(&mut r, &mut worker()).is_some());
         assert!(p.retry(&mut r, &mut worker()).is_none(), "attempts spent");
         // Never: the request's own end, or nothing left to try.
-        let mut p = policy(2, TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+        let (mut p, ids) = policy(2, TpsBudget::new(Duration::from_secs(10), 10, 0.2));
         let mut answer = Err(AttemptError::Final(DispatchError::Request(
             tonic::Status::internal("onnx runtime failed"),
         )));
         assert!(p.retry(&mut r, &mut answer).is_none());
         assert!(p.retry(&mut r, &mut Err(AttemptError::Exhausted)).is_none());
         assert!(p.retry(&mut r, &mut Ok(Bytes::new())).is_none());
+        // Every worker with the model tried: no retry, and no token spent on it.
+        r.trace().tried = ids;
+        assert!(p.retry(&mut r, &mut worker()).is_none(), "no other worker");
+        r.trace().tried.clear();
         // A spent budget stops retries however many attempts are left.
-        let mut p = policy(5, TpsBudget::new(Duration::from_secs(1), 2, 0.0));
+        let (mut p, _) = policy(5, TpsBudget::new(Duration::from_secs(1), 2, 0.0));
         let mut allowed = 0;
         while p.retry(&mut r, &mut worker()).is_some() {
             allowed += 1;

@@ -106,23 +106,7 @@ async fn the_other_replica_takes_over_when_the_leader_dies() {
     .await
     .expect("connect");
     let mut jobs = JobsClient::new(channel);
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        let job = jobs
-            .submit(SubmitJobRequest {
-                request: Some(client::request(
-                    &example.model,
-                    &example.version,
-                    &example.inputs,
-                )),
-                idempotency_key: format!("ha-{i}"),
-                ..Default::default()
-            })
-            .await
-            .expect("submit")
-            .into_inner();
-        ids.push(job.id);
-    }
+    let ids = submit_jobs(&mut jobs, example, "ha", 60).await;
 
     // Synchronous load on the survivor throughout the failover.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -252,6 +236,33 @@ async fn a_worker_reporting_to_one_replica_is_known_to_all_through_its_lease() {
     );
 }
 
+/// Submits `n` jobs of `example` (idempotency keys `prefix-i`); their ids.
+async fn submit_jobs(
+    jobs: &mut JobsClient<client::Connection>,
+    example: &Expected,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let job = jobs
+            .submit(SubmitJobRequest {
+                request: Some(client::request(
+                    &example.model,
+                    &example.version,
+                    &example.inputs,
+                )),
+                idempotency_key: format!("{prefix}-{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner();
+        ids.push(job.id);
+    }
+    ids
+}
+
 /// Whether the replica whose metrics listener is `http` says it leads (None: no answer).
 fn says_it_leads(http: &str) -> Option<bool> {
     let (status, body) = http_get(http, "/metrics")?;
@@ -325,23 +336,7 @@ async fn a_leader_cut_off_from_etcd_steps_down_before_the_other_takes_over() {
         .await
         .expect("connect");
     let mut jobs = JobsClient::new(channel);
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        let job = jobs
-            .submit(SubmitJobRequest {
-                request: Some(client::request(
-                    &example.model,
-                    &example.version,
-                    &example.inputs,
-                )),
-                idempotency_key: format!("partition-{i}"),
-                ..Default::default()
-            })
-            .await
-            .expect("submit")
-            .into_inner();
-        ids.push(job.id);
-    }
+    let ids = submit_jobs(&mut jobs, example, "partition", 60).await;
     let started = wait_until(SOON, || async {
         let ends = job_ends(&mut jobs.clone(), &ids).await;
         ends.iter()

@@ -29,6 +29,10 @@ pub struct Candidate {
     pub lost_epoch: std::sync::atomic::AtomicU64,
     /// Scheduler-observed latency per "model:version".
     latency: Mutex<HashMap<String, PeakEwma>>,
+    /// Requests of each "model:version" the worker answered (its answers received, not
+    /// calls dropped or cut: those may still run there). A report's counts less the
+    /// answers since it are what the worker holds now ([`super::routing`]).
+    answered: Mutex<HashMap<String, u64>>,
 }
 
 fn latency_key(model: &str, version: &str) -> String {
@@ -49,6 +53,40 @@ impl Candidate {
         map.entry(latency_key(model, version))
             .or_default()
             .observe(sample_ms, now_ms);
+    }
+
+    /// Counts an answer the worker gave to a request of `model` `version`.
+    pub fn note_answered(&self, model: &str, version: &str) {
+        let mut map = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(latency_key(model, version)).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// The answers counted so far, per "model:version" (kept with each report).
+    pub(super) fn answered(&self) -> HashMap<String, u64> {
+        self.answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Answers to requests of `model` `version` since `at_report` was taken.
+    pub(super) fn answered_since(
+        &self,
+        at_report: &HashMap<String, u64>,
+        model: &str,
+        version: &str,
+    ) -> u32 {
+        let key = latency_key(model, version);
+        let now = self
+            .answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        let then = at_report.get(&key).copied().unwrap_or(0);
+        u32::try_from(now.saturating_sub(then)).unwrap_or(u32::MAX)
     }
 
     pub(super) fn peak_ewma_ms(&self, model: &str, version: &str, now_ms: u64) -> f64 {
@@ -97,5 +135,6 @@ pub(super) fn connect(
         lost: tokio::sync::Notify::new(),
         lost_epoch: std::sync::atomic::AtomicU64::new(0),
         latency: Mutex::new(HashMap::new()),
+        answered: Mutex::new(HashMap::new()),
     }))
 }

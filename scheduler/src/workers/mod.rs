@@ -17,7 +17,7 @@ pub mod registrations;
 pub mod routing;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -55,9 +55,10 @@ struct WorkerEntry {
     reason: String,
     last_report: Instant,
     dispatched: Arc<AtomicU32>,
-    /// This scheduler's `dispatched` when the last report arrived: answers received since
-    /// (it fell) are requests the report still counts ([`routing`]).
-    dispatched_at_report: u32,
+    /// The handle's answers per model version when the last report arrived: answers
+    /// received since are requests the report still counts ([`routing`]). None for a
+    /// status from the store (another replica's report, on another timeline).
+    answered_at_report: Option<std::collections::HashMap<String, u64>>,
     /// What routing needs; `None` while the worker's address is unusable.
     handle: Option<Arc<Candidate>>,
     /// An operator cordoned it (kept across rejoins under the same name).
@@ -265,7 +266,7 @@ impl Workers {
                 previous_power: power_of(&status),
                 power_changed_at: now,
                 status,
-                dispatched_at_report: dispatched.load(Ordering::Relaxed),
+                answered_at_report: (!remote).then(Default::default),
                 dispatched,
                 handle,
                 cordoned,
@@ -365,7 +366,10 @@ impl Workers {
             w.power_changed_at = now;
         }
         w.status = status;
-        w.dispatched_at_report = w.dispatched.load(Ordering::Relaxed);
+        w.answered_at_report = match &w.handle {
+            Some(handle) if !w.remote => Some(handle.answered()),
+            _ => None,
+        };
         true
     }
 

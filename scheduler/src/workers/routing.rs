@@ -149,7 +149,11 @@ impl Workers {
             };
             let power = w.status.power.clone().unwrap_or_default();
             let dispatched = w.dispatched.load(Ordering::Relaxed);
-            let done_since = w.dispatched_at_report.saturating_sub(dispatched);
+            let done_since = |m: &pb::LoadedModel| {
+                w.answered_at_report
+                    .as_ref()
+                    .map_or(0, |at| handle.answered_since(at, &m.name, &m.version))
+            };
             infos.push(WorkerInfo {
                 index: infos.len(),
                 name: w.status.name.clone(),
@@ -182,7 +186,7 @@ impl Workers {
                     .models
                     .iter()
                     .filter(|m| m.name == model && m.version == resolved)
-                    .map(|m| (m, since_report(m.queue_depth, m.in_flight, done_since)))
+                    .map(|m| (m, since_report(m.queue_depth, m.in_flight, done_since(m))))
                     .map(|(m, (queue_depth, in_flight))| ModelOnWorker {
                         name: m.name.clone(),
                         version: m.version.clone(),
@@ -256,8 +260,8 @@ impl Workers {
 }
 
 /// A report's queue and in-flight counts less the answers this scheduler received since
-/// it (its count of outstanding requests fell by `done_since`): those requests are no
-/// longer at the worker. Without it a report a moment old keeps a worker that has just
+/// it for that model version (`done_since`: answers, not calls it dropped, which may
+/// still run there): those requests are no longer at the worker. Without it a report a moment old keeps a worker that has just
 /// freed a slot full (Capacity takes the larger of the report and the scheduler's own
 /// count) until the next report, its sessions idle meanwhile. Taken from the queue first:
 /// a queued request starts when one ends.

@@ -158,29 +158,53 @@ fn answers_since_a_report_are_taken_off_its_counts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_snapshot_counts_a_report_less_what_ended_since() {
+async fn a_snapshot_counts_a_report_less_what_was_answered_since() {
     let reg = Workers::new(1 << 20);
     let t0 = Instant::now();
-    let mut busy = status("a", &[("m", "1")]);
+    let mut busy = status("a", &[("m", "1"), ("other", "1")]);
     busy.models[0].queue_depth = 6;
     busy.models[0].in_flight = 2;
+    busy.models[1].queue_depth = 4;
     let id = reg.join(busy.clone(), t0);
-    let Ok((_, _, handles)) = reg.snapshot("m", "1") else {
-        panic!("m not found");
-    };
-    let dispatched = Arc::clone(&handles[0].dispatched);
-    // The scheduler sent these 8, then the worker reported them.
-    dispatched.store(8, Ordering::Relaxed);
-    assert!(reg.report(&id, busy, t0));
-    let counts = |reg: &Workers| {
-        let Ok((_, snapshot, _)) = reg.snapshot("m", "1") else {
+    let handle = || {
+        let Ok((_, _, handles)) = reg.snapshot("m", "1") else {
             panic!("m not found");
         };
-        let m = &snapshot.workers[0].models[0];
-        (snapshot.workers[0].dispatched, m.queue_depth, m.in_flight)
+        Arc::clone(&handles[0])
     };
-    assert_eq!(counts(&reg), (8, 6, 2));
-    // Three answers came back before the next report: the worker holds five.
-    dispatched.store(5, Ordering::Relaxed);
-    assert_eq!(counts(&reg), (5, 3, 2));
+    handle().note_answered("m", "1");
+    assert!(reg.report(&id, busy, t0));
+    let counts = |model: &str| {
+        let Ok((_, snapshot, _)) = reg.snapshot(model, "1") else {
+            panic!("{model} not found");
+        };
+        let m = &snapshot.workers[0].models[0];
+        (m.queue_depth, m.in_flight)
+    };
+    assert_eq!(counts("m"), (6, 2), "answers before the report are in it");
+    // Three answers for m came back before the next report: the worker holds five of
+    // m's; the other model's count is its own.
+    for _ in 0..3 {
+        handle().note_answered("m", "1");
+    }
+    assert_eq!(counts("m"), (3, 2));
+    assert_eq!(counts("other"), (4, 0));
+    // Calls dropped are not answers (the worker may still run them): nothing changes.
+    handle()
+        .dispatched
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counts("m"), (3, 2));
+    // A status from the store (another replica's report) is not corrected.
+    let remote = Workers::new(1 << 20);
+    let mut seen = status("b", &[("m", "1")]);
+    seen.models[0].queue_depth = 6;
+    remote.apply_remote(seen, t0);
+    let Ok((_, _, handles)) = remote.snapshot("m", "1") else {
+        panic!("m not found");
+    };
+    handles[0].note_answered("m", "1");
+    let Ok((_, snapshot, _)) = remote.snapshot("m", "1") else {
+        panic!("m not found");
+    };
+    assert_eq!(snapshot.workers[0].models[0].queue_depth, 6);
 }

@@ -141,12 +141,7 @@ fn row(name: &str, concurrency: usize, m: &Measurement) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = localml_tests::option;
     let seconds: f64 = arg("--seconds")
         .map(|s| s.parse())
         .transpose()?

@@ -22,6 +22,7 @@
 //! Options: `--seconds N` per load level (default 10), `--service-ms MS` per run
 //! (default 40: 2 workers x 2 sessions serve 100 requests/s),
 //! `--max-queue-wait-ms MS` (default 1000), `--deadline-ms MS` per request (default 5000),
+//! `--soak-load F` (the soak's share of capacity, default 0.8),
 //! `--outstanding-per-session N` (the default profile with Capacity's
 //! `max_outstanding_per_session` set to N; default: the shipped profile's 4), `--soak
 //! MINUTES`.
@@ -199,13 +200,7 @@ async fn cluster(service_ms: u64, max_queue_wait_ms: u64, per_session: Option<u3
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = localml_tests::option;
     let number = |name: &str, default: f64| -> anyhow::Result<f64> {
         Ok(arg(name).map(|v| v.parse()).transpose()?.unwrap_or(default))
     };
@@ -254,7 +249,8 @@ async fn main() -> anyhow::Result<()> {
     let bound = u99 + Duration::from_millis(max_queue_wait_ms);
 
     if let Some(minutes) = soak_minutes {
-        return soak(&c, 0.8 * capacity, minutes, deadline).await;
+        let load = number("--soak-load", 0.8)?;
+        return soak(&c, load * capacity, minutes, deadline).await;
     }
 
     println!();
@@ -299,9 +295,7 @@ async fn main() -> anyhow::Result<()> {
 async fn soak(c: &Cluster, rate: f64, minutes: f64, deadline: Duration) -> anyhow::Result<()> {
     let mut pids = vec![("scheduler".to_string(), c.scheduler.process.pid())];
     pids.extend(c.workers.iter().map(|w| (w.name.clone(), w.process.pid())));
-    println!(
-        "soak: {rate:.1} requests/s (80 % of capacity) for {minutes} min, RSS in MiB every 10 s"
-    );
+    println!("soak: {rate:.1} requests/s for {minutes} min, RSS in MiB every 10 s");
     println!(
         "| minute | ok | refused | other errors | p99 | {} |",
         pids.iter()
