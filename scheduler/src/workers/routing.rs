@@ -261,10 +261,10 @@ impl Workers {
 
 /// A report's queue and in-flight counts less the answers this scheduler received since
 /// it for that model version (`done_since`: answers, not calls it dropped, which may
-/// still run there): those requests are no longer at the worker. Without it a report a moment old keeps a worker that has just
-/// freed a slot full (Capacity takes the larger of the report and the scheduler's own
-/// count) until the next report, its sessions idle meanwhile. Taken from the queue first:
-/// a queued request starts when one ends.
+/// still run there): those requests are no longer at the worker. Without it a report a
+/// moment old keeps a worker that has just freed a slot full (Capacity takes the larger
+/// of the report and the scheduler's own count) until the next report, its sessions idle
+/// meanwhile. Taken from the queue first: a queued request starts when one ends.
 pub(super) fn since_report(queue_depth: u32, in_flight: u32, done_since: u32) -> (u32, u32) {
     let from_queue = done_since.min(queue_depth);
     (
