@@ -24,6 +24,20 @@ async fn leader_pid(store: &dyn Store) -> Option<u32> {
     parts.next()?.parse().ok()
 }
 
+async fn set_cordon(
+    admin: &mut localml_proto::localml::v1::admin_client::AdminClient<client::Connection>,
+    worker: &str,
+    cordoned: bool,
+) {
+    admin
+        .set_cordon(SetCordonRequest {
+            worker: worker.into(),
+            cordoned,
+        })
+        .await
+        .expect("set cordon");
+}
+
 async fn cordoned_on(scheduler: &Scheduler, name: &str) -> bool {
     scheduler
         .workers()
@@ -70,25 +84,13 @@ async fn the_other_replica_takes_over_when_the_leader_dies() {
 
     // A cordon set through one replica applies on the other.
     let mut admin = replicas[survivor].admin().await;
-    admin
-        .set_cordon(SetCordonRequest {
-            worker: "w3".into(),
-            cordoned: true,
-        })
-        .await
-        .expect("cordon");
+    set_cordon(&mut admin, "w3", true).await;
     let shared = wait_until(SOON, || cordoned_on(&replicas[leader], "w3")).await;
     assert!(
         shared,
         "the cordon reached the other replica through the store"
     );
-    admin
-        .set_cordon(SetCordonRequest {
-            worker: "w3".into(),
-            cordoned: false,
-        })
-        .await
-        .expect("uncordon");
+    set_cordon(&mut admin, "w3", false).await;
     let cleared = wait_until(SOON, || async {
         !cordoned_on(&replicas[leader], "w3").await
     })
@@ -390,13 +392,7 @@ async fn a_leader_cut_off_from_etcd_steps_down_before_the_other_takes_over() {
     // other reaches it) and stands by; what it ran during the cut is not recorded again.
     net.set_link_n(1, true);
     let mut admin = b.admin().await;
-    admin
-        .set_cordon(SetCordonRequest {
-            worker: "w3".into(),
-            cordoned: true,
-        })
-        .await
-        .expect("cordon");
+    set_cordon(&mut admin, "w3", true).await;
     assert!(
         wait_until(SOON, || cordoned_on(&a, "w3")).await,
         "the old leader follows the store again once its link is back"

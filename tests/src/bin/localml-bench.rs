@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use localml_cli::client::{self, Tensor};
 use localml_proto::inference::ModelInferRequest;
 use localml_proto::tensor::TensorData;
-use localml_tests::{Scheduler, Worker, TEST_SCHEDULER_CONFIG};
+use localml_tests::{cpu_time, Scheduler, Worker, TEST_SCHEDULER_CONFIG};
 use localml_worker::model::{Input, InputData, LoadOptions, LoadedModel, NamedTensor};
 
 struct Measurement {
@@ -33,21 +33,6 @@ struct Measurement {
     elapsed: Duration,
     /// CPU time (user + system) of each process watched, over the measurement.
     cpu: Vec<Duration>,
-}
-
-/// CPU time (user + system) a process has used, from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at state (field 3);
-    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
 impl Measurement {

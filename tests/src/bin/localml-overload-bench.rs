@@ -32,24 +32,10 @@ use std::time::{Duration, Instant};
 
 use localml_cli::client::Connection;
 use localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use localml_tests::{image_request, inference_client, Scheduler, Worker};
+use localml_tests::{cpu_time, image_request, inference_client, Scheduler, Worker};
 use tonic::Code;
 
 type Client = GrpcInferenceServiceClient<Connection>;
-
-/// CPU time (user + system) a process has used, from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name: state is field 3; utime and stime are 14 and 15 (ticks).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
 
 /// Resident memory of a process in KiB (VmRSS).
 fn rss_kib(pid: u32) -> u64 {
