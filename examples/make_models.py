@@ -20,6 +20,12 @@ Model repository (Triton layout, ``examples/models/<name>/<version>/model.onnx``
   -> Conv(16 filters 3x3, stride 2, pad 1) -> Relu -> GlobalAveragePool
   -> Flatten -> Gemm(16->10) -> Softmax -> ``probabilities`` FLOAT [batch,10].
   Also gets ``config.yaml`` (max_batch_size 8, 2 instances, [cuda, cpu]).
+* ``image_scorer`` (version 1) -- an image model with a ``task:`` in its
+  config.yaml (the web page turns a photo into its input): ``image`` FLOAT
+  [batch,12,16,3] (NHWC, BGR, ImageNet mean/std) -> Flatten -> Gemm(576->5)
+  -> ``scores`` FLOAT [batch,5], one per label of ``1/labels.txt``.  Linear in
+  every pixel, so its output changes with the layout, the channel order and
+  the scaling of its input.
 * ``text_classifier`` (versions 1 and 2, same graph, different weights) --
   ``token_ids`` INT64 [batch,16] -> Gather on a [1000,32] FLOAT embedding
   table -> ReduceMean(axes=[1], keepdims=0) -> Gemm(32->4)
@@ -87,6 +93,23 @@ max_batch_size: 8
 instances: 2
 execution_providers: [cuda, cpu]
 """
+
+SCORER_CONFIG = """\
+# An image model with a task: the web page resizes a photo to 16x12 and builds
+# the input tensor as said here (docs/models.md, "task").
+max_batch_size: 8
+task:
+  kind: image-classification
+  width: 16
+  height: 12
+  layout: NHWC
+  channels: BGR
+  scale: 0.00392156862745098
+  mean: [0.406, 0.456, 0.485]
+  std: [0.225, 0.224, 0.229]
+  labels: labels.txt
+"""
+SCORER_LABELS = ["sky", "grass", "sand", "water", "stone"]
 
 # numpy dtype -> (Open Inference Protocol datatype, ONNX TensorProto type)
 NP_TO_OIP = {
@@ -168,6 +191,29 @@ def build_image_classifier(w):
         initializer=[init(k, v) for k, v in w.items()],
     )
     return make_model(graph, "Tiny CNN: 3x32x32 image -> 10-class probabilities.")
+
+
+def image_scorer_weights(seed=4):
+    rs = np.random.RandomState(seed)
+    return {
+        "w": (rs.randn(12 * 16 * 3, 5) * 0.05).astype(np.float32),
+        "b": (rs.randn(5) * 0.1).astype(np.float32),
+    }
+
+
+def build_image_scorer(w):
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_scorer",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 12, 16, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 5])],
+        initializer=[init(k, v) for k, v in w.items()],
+    )
+    return make_model(graph, "Linear scores of a 12x16 BGR image (NHWC), one per label.")
 
 
 def text_classifier_weights(seed):
@@ -264,6 +310,11 @@ def image_inputs():
     return {"image": rs.rand(BATCH, 3, 32, 32).astype(np.float32)}
 
 
+def scorer_inputs():
+    rs = np.random.RandomState(105)
+    return {"image": (rs.rand(BATCH, 12, 16, 3) * 4 - 2).astype(np.float32)}
+
+
 def text_inputs():
     rs = np.random.RandomState(102)
     ids = rs.randint(0, 1000, size=(BATCH, 16)).astype(np.int64)
@@ -338,6 +389,11 @@ def ref_image_classifier(w, inputs):
     z = x @ f["fc_w"] + f["fc_b"]
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return {"probabilities": e / e.sum(axis=1, keepdims=True)}
+
+
+def ref_image_scorer(w, inputs):
+    x = inputs["image"].astype(np.float64).reshape(BATCH, -1)
+    return {"scores": x @ w["w"].astype(np.float64) + w["b"].astype(np.float64)}
 
 
 def ref_text_classifier(w, inputs):
@@ -466,11 +522,14 @@ def main():
     # ---- build models -------------------------------------------------------
     img_w = image_classifier_weights(seed=1)
     txt_w = {1: text_classifier_weights(seed=2), 2: text_classifier_weights(seed=3)}
+    scorer_w = image_scorer_weights(seed=4)
 
     # (model name, version, onnx model, inputs, expected filename, reference fn, weights)
     entries = [
         ("image_classifier", 1, build_image_classifier(img_w), image_inputs(),
          "image_classifier.json", ref_image_classifier, img_w),
+        ("image_scorer", 1, build_image_scorer(scorer_w), scorer_inputs(),
+         "image_scorer.json", ref_image_scorer, scorer_w),
         ("text_classifier", 1, build_text_classifier(txt_w[1], 1), text_inputs(),
          "text_classifier.v1.json", ref_text_classifier, txt_w[1]),
         ("text_classifier", 2, build_text_classifier(txt_w[2], 2), text_inputs(),
@@ -485,6 +544,13 @@ def main():
     os.makedirs(os.path.dirname(config_path), exist_ok=True)
     with open(config_path, "w", encoding="utf-8", newline="\n") as f:
         f.write(IMAGE_CONFIG)
+    scorer_dir = os.path.join(MODELS_DIR, "image_scorer")
+    os.makedirs(os.path.join(scorer_dir, "1"), exist_ok=True)
+    with open(os.path.join(scorer_dir, "config.yaml"), "w", encoding="utf-8", newline="\n") as f:
+        f.write(SCORER_CONFIG)
+    # Beside model.onnx, so `localml models push` sends it with the version.
+    with open(os.path.join(scorer_dir, "1", "labels.txt"), "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join(SCORER_LABELS) + "\n")
     text_config = os.path.join(MODELS_DIR, "text_classifier", "config.yaml")
     os.makedirs(os.path.dirname(text_config), exist_ok=True)
     with open(text_config, "w", encoding="utf-8", newline="\n") as f:

@@ -80,7 +80,14 @@ if [[ ${1:-} == --test ]]; then
   if ! python3 -c 'import tritonclient.grpc, tritonclient.http, numpy' >/dev/null 2>&1; then
     echo "deps: installing tritonclient[grpc,http] and numpy (pip)"
     pip_install 'tritonclient[grpc,http]' numpy
-  fi  # Triton's perf_analyzer, from the tritonclient 2.41.0 manylinux1 wheel (later builds
+  fi
+  # The web page's photo and .npy inputs are checked against Pillow and onnxruntime's
+  # Python API (tests/python/photo_reference.py).
+  if ! python3 -c 'import PIL, yaml, onnxruntime; assert onnxruntime.__version__ == "1.32.0"' >/dev/null 2>&1; then
+    echo "deps: installing Pillow, PyYAML and onnxruntime 1.32.0 (pip)"
+    pip_install pillow pyyaml onnxruntime==1.32.0
+  fi
+  # Triton's perf_analyzer, from the tritonclient 2.41.0 manylinux1 wheel (later builds
   # need a newer glibc than Debian 12's), with libcudart.so.12 from the
   # nvidia-cuda-runtime-cu12 wheel: it loads it even without a GPU. Extracted into
   # target/tools/perf_analyzer, not pip-installed (that would replace the tritonclient the

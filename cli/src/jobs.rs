@@ -226,6 +226,7 @@ pub async fn list(
                 tenant: tenant.clone(),
                 page_size: 500,
                 page_token,
+                newest_first: false,
             })
             .await
             .map_err(status_error)?

@@ -309,6 +309,40 @@ fn has_provider(status: &WorkerStatus, provider: &str) -> bool {
     }
 }
 
+/// The memory `d`'s model takes on the worker of `status`, and how much of it is free:
+/// GPU memory where the model will run on the GPU (the worker's ONNX Runtime has a GPU
+/// provider, it reports a GPU, and the deployment does not ask for the CPU): the worker's
+/// sessions run on device 0, so that GPU's; else RAM.
+fn free_memory(d: &Deployment, status: &WorkerStatus) -> (u64, &'static str) {
+    match session_gpu(d, status) {
+        Some(i) => (status.gpus[i].memory_free_bytes, "GPU memory"),
+        None => (status.ram_free_bytes, "RAM"),
+    }
+}
+
+/// Which of `status.gpus` `d`'s model would run on (device 0), if on a GPU.
+fn session_gpu(d: &Deployment, status: &WorkerStatus) -> Option<usize> {
+    if d.provider == "cpu" || !has_provider(status, "gpu") {
+        return None;
+    }
+    status
+        .gpus
+        .iter()
+        .position(|g| g.index == 0)
+        .or((!status.gpus.is_empty()).then_some(0))
+}
+
+/// Takes `need` off the memory [`free_memory`] counts.
+fn take_memory(d: &Deployment, status: &mut WorkerStatus, need: u64) {
+    match session_gpu(d, status) {
+        Some(i) => {
+            let g = &mut status.gpus[i];
+            g.memory_free_bytes = g.memory_free_bytes.saturating_sub(need);
+        }
+        None => status.ram_free_bytes = status.ram_free_bytes.saturating_sub(need),
+    }
+}
+
 /// Whether `worker` may take `d`: on-demand, Ready, not cordoned, labels and provider
 /// match, and its repository has the model (see [`with_catalog`] for the catalog's).
 pub fn eligible(d: &Deployment, worker: &WorkerInfo) -> bool {
@@ -441,7 +475,7 @@ fn variants(d: &Deployment, worker: &WorkerInfo) -> Vec<(String, u64, &'static s
 /// The variant [`choose_variant`] takes on `worker` and its need; without one that fits,
 /// the smallest.
 fn placement(d: &Deployment, worker: &WorkerInfo) -> Option<(String, u64, &'static str)> {
-    let free = worker.status.as_ref().map_or(0, |s| s.ram_free_bytes);
+    let free = worker.status.as_ref().map_or(0, |s| free_memory(d, s).0);
     let options = variants(d, worker);
     options
         .iter()
@@ -451,7 +485,8 @@ fn placement(d: &Deployment, worker: &WorkerInfo) -> Option<(String, u64, &'stat
 }
 
 /// The catalog variant of `d`'s model to place on `worker` ("" for the version's own
-/// files): the first of [`variants`]' order that fits its free RAM.
+/// files): the first of [`variants`]' order that fits its free memory (RAM, or GPU memory
+/// where it runs on the GPU: [`free_memory`]).
 pub fn choose_variant(d: &Deployment, worker: &WorkerInfo) -> String {
     placement(d, worker)
         .map(|(name, _, _)| name)
@@ -469,7 +504,7 @@ fn available<'a>(d: &Deployment, worker: &'a WorkerInfo) -> Option<&'a Available
         .max_by_key(|a| a.version.parse::<u64>().unwrap_or(0))
 }
 
-/// Takes `d`'s footprint off worker `name`'s free RAM when `when` holds.
+/// Takes `d`'s footprint off worker `name`'s free memory when `when` holds.
 /// (The need of `variant` when given and known, else of the variant placement picks.)
 fn reserve(
     workers: &mut [WorkerInfo],
@@ -492,13 +527,13 @@ fn reserve(
         .or_else(|| footprint(d, w))
         .unwrap_or(0);
     if let Some(s) = w.status.as_mut() {
-        s.ram_free_bytes = s.ram_free_bytes.saturating_sub(need);
+        take_memory(d, s, need);
     }
 }
 
-/// Whether `d`'s model fits in `worker`'s free RAM (unknown sizes fit).
+/// Whether `d`'s model fits in `worker`'s free memory (unknown sizes fit).
 pub fn fits(d: &Deployment, worker: &WorkerInfo) -> bool {
-    let free = worker.status.as_ref().map_or(0, |s| s.ram_free_bytes);
+    let free = worker.status.as_ref().map_or(0, |s| free_memory(d, s).0);
     footprint(d, worker).is_none_or(|need| need <= free)
 }
 
@@ -617,7 +652,7 @@ pub fn plan(
         // Most free memory first; the name breaks ties so plans are stable.
         candidates.sort_by_key(|w| {
             let s = w.status.clone().unwrap_or_default();
-            (std::cmp::Reverse(s.ram_free_bytes), s.name)
+            (std::cmp::Reverse(free_memory(d, &s).0), s.name)
         });
         add = candidates
             .iter()
@@ -809,11 +844,11 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
             // Nothing in progress and this replica cannot move: stuck, not waiting.
             let worker = by_name(w);
             let need = worker.and_then(|x| footprint(d, x)).unwrap_or(0);
-            let free = worker
+            let (free, kind) = worker
                 .and_then(|x| x.status.as_ref())
-                .map_or(0, |s| s.ram_free_bytes);
+                .map_or((0, "RAM"), |s| free_memory(d, s));
             step.blocked = Some(format!(
-                "{w} has no RAM for both versions (the new needs about {}, {} free) and max_unavailable is {}: raise it to let a replica swap in place",
+                "{w} has no {kind} for both versions (the new needs about {}, {} free) and max_unavailable is {}: raise it to let a replica swap in place",
                 human_bytes(need),
                 human_bytes(free),
                 max_unavailable(d),
@@ -863,14 +898,15 @@ pub fn with_status(
         let largest = unassigned
             .iter()
             .filter_map(|w| w.status.as_ref())
-            .max_by_key(|s| s.ram_free_bytes);
+            .max_by_key(|s| free_memory(d, s).0);
+        let (free, kind) = largest.map_or((0, "RAM"), |s| free_memory(d, s));
         out.message = format!(
-            "Pending: {} of {} replicas placed; '{}' needs about {} of RAM ({basis}), the largest free is {} on {}",
+            "Pending: {} of {} replicas placed; '{}' needs about {} of {kind} ({basis}), the largest free is {} on {}",
             assigned.len(),
             d.replicas,
             d.model,
             human_bytes(need),
-            human_bytes(largest.map_or(0, |s| s.ram_free_bytes)),
+            human_bytes(free),
             largest.map_or("", |s| s.name.as_str()),
         );
     } else if assignments
@@ -1112,6 +1148,62 @@ mod tests {
         let (add, remove) = plan(&big, &["a".to_string()], &workers);
         assert!(remove.is_empty(), "{remove:?}");
         assert_eq!(add, ["b"]);
+    }
+
+    #[test]
+    fn on_a_gpu_the_model_must_fit_the_gpu_memory() {
+        let gpu_worker = |name: &str, ram_gib: u64, vram_gib: &[u64]| {
+            let mut w = worker(name, ram_gib, true, true);
+            if let Some(s) = w.status.as_mut() {
+                s.available[0].file_bytes = 2 << 30; // about 3 GiB
+                s.execution_providers = vec![
+                    "CUDAExecutionProvider".into(),
+                    "CPUExecutionProvider".into(),
+                ];
+                s.gpus = vram_gib
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| localml_proto::localml::v1::Gpu {
+                        index: i as u32,
+                        memory_total_bytes: 8 << 30,
+                        memory_free_bytes: g << 30,
+                        ..Default::default()
+                    })
+                    .collect();
+            }
+            w
+        };
+        let d = deployment(1);
+        // 32 GiB of RAM free, but GPU 0 has 2 GiB: it runs there, so Pending (the room on
+        // its second GPU does not help: sessions run on device 0).
+        let small = gpu_worker("small-gpu", 32, &[2, 6]);
+        assert!(!fits(&d, &small));
+        let status = with_status(&d, &[], std::slice::from_ref(&small));
+        assert_eq!(
+            status.message,
+            "Pending: 0 of 1 replicas placed; 'm' needs about 3.0 GiB of GPU memory (1.5 times its files), the largest free is 2.0 GiB on small-gpu"
+        );
+        // A deployment for the CPU counts RAM there; a GPU with room takes it.
+        let mut on_cpu = d.clone();
+        on_cpu.provider = "cpu".into();
+        assert!(fits(&on_cpu, &small));
+        let roomy = gpu_worker("roomy-gpu", 4, &[6, 1]);
+        assert!(fits(&d, &roomy), "6 GiB free on GPU 0");
+        let (add, _) = plan(&d, &[], &[small.clone(), roomy.clone()]);
+        assert_eq!(add, ["roomy-gpu"]);
+        // What is promised comes off that GPU's free memory, not off RAM.
+        let mut workers = vec![roomy];
+        reserve(&mut workers, &d, "roomy-gpu", None, |_, _| true);
+        let s = workers[0].status.clone().unwrap_or_default();
+        assert_eq!(s.ram_free_bytes, 4 << 30);
+        assert_eq!(s.gpus[0].memory_free_bytes, 3 << 30);
+        // A worker that reports no GPU counts RAM, whatever its providers.
+        let mut no_gpu = gpu_worker("no-gpu", 4, &[]);
+        assert!(fits(&d, &no_gpu));
+        if let Some(s) = no_gpu.status.as_mut() {
+            s.ram_free_bytes = 1 << 30;
+        }
+        assert!(!fits(&d, &no_gpu));
     }
 
     #[test]

@@ -199,6 +199,20 @@ pub async fn run(
     }
     let workers = Arc::new(workers);
     let stats = Arc::new(stats::Stats::default());
+    // The recent windows of the page and ListModels roll every ten seconds; the task ends
+    // with the scheduler's statistics.
+    let rolling = Arc::downgrade(&stats);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(stats::WINDOW);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(stats) = rolling.upgrade() else {
+                break;
+            };
+            stats.roll(localml_proto::time::unix_ms());
+        }
+    });
     let profiles = localml_framework::profile::Profiles::build(&config.profiles)
         .map_err(config::ConfigError::Profiles)?;
     let dispatcher = Arc::new(
@@ -351,6 +365,7 @@ pub async fn run(
         chunk_bytes: crate::backup::CHUNK_BYTES.min(config.max_message_bytes / 2),
     })
     .max_encoding_message_size(config.max_message_bytes);
+    let rest_catalog = Arc::clone(&catalog);
     let catalog_api = CatalogServer::new(crate::services::catalog::CatalogService {
         catalog: Arc::clone(&catalog),
         chunk_bytes,
@@ -446,6 +461,16 @@ pub async fn run(
                     workers: Arc::clone(&workers),
                     store: Arc::clone(&state),
                 },
+                jobs: jobs_api::JobsService {
+                    store: Arc::clone(&state),
+                    dispatcher: Arc::clone(&dispatcher),
+                },
+                catalog: crate::services::catalog::CatalogService {
+                    catalog: Arc::clone(&rest_catalog),
+                    chunk_bytes,
+                },
+                tickets: Default::default(),
+                stopping: stopped.clone(),
             });
             let listener = crate::rest::RestListener::new(listener, tls)?;
             Some(tokio::spawn(crate::rest::serve(

@@ -1,10 +1,19 @@
 //! Per-model request counters as the scheduler sees them (ModelStatistics).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use localml_proto::inference::{InferStatistics, ModelStatistics, StatisticDuration};
+use localml_proto::localml::v1::StatsWindow;
+use localml_serving::metrics::Histogram;
+
+/// How often the recent windows roll ([`Stats::roll`]) and how many are kept: the last
+/// five minutes.
+pub const WINDOW: Duration = Duration::from_secs(10);
+pub const WINDOWS: usize = 30;
+/// The shortest last window shown on its own, in seconds.
+const MIN_WINDOW_S: f64 = 2.0;
 
 /// The model label of requests for models the cluster does not have.
 pub const UNKNOWN_MODEL: &str = "<unknown>";
@@ -17,7 +26,7 @@ pub enum Seen {
     UnknownVersion,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counters {
     success: u64,
     success_ns: u64,
@@ -27,6 +36,28 @@ struct Counters {
     fail: u64,
     fail_ns: u64,
     last_ms: u64,
+    /// The successful requests' latency, this version alone.
+    latency: Arc<Histogram>,
+}
+
+/// One version's succeeded and failed requests and latency histogram (cumulative).
+type Counts = (u64, u64, Vec<u64>);
+
+/// Every version's counts at one moment; two readings give a window.
+struct Reading {
+    at_ms: u64,
+    /// (model, version) -> its counts.
+    counts: HashMap<(String, String), Counts>,
+}
+
+/// One model version's figures for the page and `ListModels`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct VersionFigures {
+    pub ok: u64,
+    pub failed: u64,
+    pub latency_cumulative: Vec<u64>,
+    /// The last minutes, oldest first; the last window ends now.
+    pub recent: Vec<StatsWindow>,
 }
 
 /// How long one request took in the scheduler, and how much of that before it left for
@@ -43,6 +74,8 @@ pub struct Stats {
     by_model: Mutex<HashMap<String, HashMap<String, Counters>>>,
     /// Prometheus series per model: requests by status code, and latency.
     series: Mutex<HashMap<String, Series>>,
+    /// Readings every [`WINDOW`], the oldest first, at most [`WINDOWS`].
+    readings: Mutex<VecDeque<Reading>>,
 }
 
 #[derive(Default)]
@@ -120,6 +153,7 @@ impl Stats {
             return;
         };
         if ok {
+            c.latency.observe(elapsed.as_secs_f64());
             c.success += 1;
             c.success_ns = c.success_ns.saturating_add(ns);
             let queued = u64::try_from(times.queued.as_nanos()).unwrap_or(u64::MAX);
@@ -129,6 +163,95 @@ impl Stats {
             c.fail_ns = c.fail_ns.saturating_add(ns);
         }
         c.last_ms = now_ms;
+    }
+
+    /// Takes a reading of every version's counts (every [`WINDOW`], by the scheduler's
+    /// task); the last [`WINDOWS`] are kept.
+    pub fn roll(&self, now_ms: u64) {
+        let counts = {
+            let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .flat_map(|(m, versions)| {
+                    versions.iter().map(move |(v, c)| {
+                        (
+                            (m.clone(), v.clone()),
+                            (c.success, c.fail, c.latency.cumulative()),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        readings.push_back(Reading {
+            at_ms: now_ms,
+            counts,
+        });
+        while readings.len() > WINDOWS {
+            readings.pop_front();
+        }
+    }
+
+    /// `model`'s `version` since the start and over the last minutes: the windows between
+    /// readings, and from the last reading to now. None for a version that never served.
+    pub fn version(&self, model: &str, version: &str, now_ms: u64) -> Option<VersionFigures> {
+        let current = {
+            let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+            let c = map.get(model)?.get(version)?;
+            (c.success, c.fail, c.latency.cumulative())
+        };
+        let key = (model.to_string(), version.to_string());
+        let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut points: Vec<(u64, Counts)> = readings
+            .iter()
+            .map(|r| {
+                let counts = r.counts.get(&key).cloned().unwrap_or_default();
+                (r.at_ms, counts)
+            })
+            .collect();
+        points.push((now_ms, current.clone()));
+        let mut recent: Vec<StatsWindow> = points
+            .windows(2)
+            .map(|pair| {
+                let ((from, a), (to, b)) = (&pair[0], &pair[1]);
+                StatsWindow {
+                    end_unix_ms: *to,
+                    seconds: to.saturating_sub(*from) as f64 / 1e3,
+                    requests_ok: b.0.saturating_sub(a.0),
+                    requests_failed: b.1.saturating_sub(a.1),
+                    latency_cumulative: b
+                        .2
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| n.saturating_sub(a.2.get(i).copied().unwrap_or(0)))
+                        .collect(),
+                }
+            })
+            .collect();
+        // A window only just begun (a request a few milliseconds after a roll would read as
+        // hundreds a second) joins the one before.
+        if recent.len() >= 2 && recent.last().is_some_and(|w| w.seconds < MIN_WINDOW_S) {
+            if let Some(last) = recent.pop() {
+                if let Some(before) = recent.last_mut() {
+                    before.end_unix_ms = last.end_unix_ms;
+                    before.seconds += last.seconds;
+                    before.requests_ok += last.requests_ok;
+                    before.requests_failed += last.requests_failed;
+                    for (b, l) in before
+                        .latency_cumulative
+                        .iter_mut()
+                        .zip(&last.latency_cumulative)
+                    {
+                        *b += l;
+                    }
+                }
+            }
+        }
+        Some(VersionFigures {
+            ok: current.0,
+            failed: current.1,
+            latency_cumulative: current.2,
+            recent,
+        })
     }
 
     /// Statistics for `model` (all models when empty) and `version` (all versions when
@@ -152,7 +275,7 @@ impl Stats {
         }
         for (m, versions) in map.iter() {
             for (v, c) in versions {
-                all.insert((m.as_str(), v.as_str()), *c);
+                all.insert((m.as_str(), v.as_str()), c.clone());
             }
         }
         all.into_iter()
@@ -266,5 +389,67 @@ mod tests {
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].inference_count, 1);
         assert_eq!(s.snapshot("", "", &existing).len(), 3);
+    }
+
+    #[test]
+    fn recent_windows_hold_what_happened_in_them() {
+        let s = Stats::default();
+        assert_eq!(s.version("m", "1", 0), None);
+        s.roll(1_000);
+        s.record("m", "1", Seen::Known, tonic::Code::Ok, times(2));
+        s.record("m", "1", Seen::Known, tonic::Code::Ok, times(2));
+        s.record("m", "2", Seen::Known, tonic::Code::Ok, times(2));
+        s.roll(11_000);
+        s.record("m", "1", Seen::Known, tonic::Code::Ok, times(300));
+        s.record("m", "1", Seen::Known, tonic::Code::Internal, times(1));
+        let f = s.version("m", "1", 16_000).expect("served");
+        assert_eq!((f.ok, f.failed), (3, 1));
+        assert_eq!(f.latency_cumulative.last(), Some(&3));
+        let windows: Vec<(u64, f64, u64, u64, u64)> = f
+            .recent
+            .iter()
+            .map(|w| {
+                let n = *w.latency_cumulative.last().expect("buckets");
+                (
+                    w.end_unix_ms,
+                    w.seconds,
+                    w.requests_ok,
+                    w.requests_failed,
+                    n,
+                )
+            })
+            .collect();
+        assert_eq!(
+            windows,
+            [(11_000, 10.0, 2, 0, 2), (16_000, 5.0, 1, 1, 1)],
+            "two requests in the first window, the 300 ms one and a failure in the last"
+        );
+        // The last window's latency is the slow request alone.
+        let p50 = localml_serving::metrics::quantile(
+            &localml_serving::metrics::LATENCY_BUCKETS,
+            &f.recent[1].latency_cumulative,
+            0.5,
+        )
+        .expect("a request");
+        assert!((0.25..=0.5).contains(&p50), "{p50}");
+        // A last window of half a second joins the one before: 10.5 s, the slow request
+        // and the one just now.
+        s.roll(21_000);
+        s.record("m", "1", Seen::Known, tonic::Code::Ok, times(2));
+        let f = s.version("m", "1", 21_500).expect("served");
+        let last = f.recent.last().expect("windows");
+        assert_eq!(
+            (last.end_unix_ms, last.seconds, last.requests_ok),
+            (21_500, 10.5, 2)
+        );
+        assert_eq!(last.latency_cumulative.last(), Some(&2));
+        assert_eq!(f.recent.len(), 2);
+        // Only the last WINDOWS readings are kept.
+        for i in 0..(WINDOWS as u64 + 5) {
+            s.roll(20_000 + i * 10_000);
+        }
+        let f = s.version("m", "1", 400_000).expect("served");
+        assert_eq!(f.recent.len(), WINDOWS);
+        assert!(f.recent.iter().all(|w| w.requests_ok == 0));
     }
 }

@@ -43,11 +43,17 @@ await check(async (page, seen) => {
   await page.screenshot({ path: path.join(shots, "try-phone.png"), fullPage: true });
 
   // Cordon with the keyboard alone: focus the button, press Enter.
-  const cordon = page.locator(`#workers tr[data-worker="${cordonWorker}"] button`);
+  const cordon = page.locator(`#workers tr[data-worker="${cordonWorker}"] button`).first();
   await cordon.focus();
   await page.keyboard.press("Enter");
   await page.locator(`#workers tr[data-worker="${cordonWorker}"] td:nth-child(2)`, { hasText: "cordoned" }).waitFor({ timeout: 15000 });
   seen.cordoned = cordonWorker;
+
+  // Drain the laptop: cordoned, then "drained" once nothing runs there.
+  await page.locator(`#workers tr[data-worker="${batteryWorker}"] button`, { hasText: "Drain" }).click();
+  const drained = page.locator(`#workers tr[data-worker="${batteryWorker}"] td:nth-child(2)`, { hasText: "drained" });
+  await drained.waitFor({ timeout: 15000 });
+  seen.drained = await drained.textContent();
 
   await page.setViewportSize({ width: 1280, height: 800 });
   await page.evaluate(() => window.scrollTo(0, 0));

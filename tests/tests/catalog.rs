@@ -901,7 +901,7 @@ async fn tritonclient_loads_and_unloads_models_through_the_scheduler() {
     if !tritonclient_available() {
         return;
     }
-    let scheduler = Scheduler::start_with(QUICK);
+    let scheduler = Scheduler::start_full(QUICK, &["--rest-listen", "127.0.0.1:0"]);
     let empty = TempDir::new("catalog-empty-repository");
     let _worker =
         Worker::start_with_models("t1", &scheduler, empty.path(), &["--load", "on-demand"]);
@@ -913,7 +913,23 @@ async fn tritonclient_loads_and_unloads_models_through_the_scheduler() {
         None,
     )
     .await;
-    assert!(out.contains("load, infer, index, unload OK"), "{out}");
+    assert!(
+        out.contains("tritonclient.grpc repository: load, infer, index, unload OK"),
+        "{out}"
+    );
+    // The same over REST with tritonclient.http: the files base64 in the JSON body.
+    let rest = scheduler.rest_url.clone().expect("REST URL");
+    let out = run_python_check(
+        "tritonclient_repository_check.py",
+        &rest,
+        Some(&scheduler.admin_key()),
+        None,
+    )
+    .await;
+    assert!(
+        out.contains("tritonclient.http repository: load, infer, index, unload OK"),
+        "{out}"
+    );
     // The version is in the catalog, as `localml models push` would have put it.
     let list = cli_ok(&scheduler, &["models", "list"]);
     assert!(
@@ -1293,6 +1309,12 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
             && stderr.contains("no ONNX Runtime build for cpu in the catalog")
             && stderr.contains("localml runtime push"),
         "{stderr}"
+    );
+    // It joined for its certificate only: not listed as a worker with nothing to serve.
+    let listed = localml_workers(&scheduler);
+    assert!(
+        !listed.lines().any(|l| l.starts_with("bare")),
+        "a worker that never served is listed: {listed}"
     );
 
     // Bad wheels are refused naming the problem.

@@ -35,7 +35,7 @@ async fn tritonclient_http_runs_every_example_with_json_and_binary_data() {
     let key = scheduler.admin_key();
     let stdout = run_python_check("tritonclient_http_check.py", &addr, Some(&key), None).await;
     assert!(
-        stdout.contains("5 examples OK (JSON and binary)"),
+        stdout.contains("6 examples OK (JSON and binary)"),
         "{stdout}"
     );
 }
@@ -253,7 +253,7 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
             "no model 'nope' in the catalog or in any worker's repository",
         ),
         (
-            "repository load with files over REST",
+            "repository load with a file that is not an ONNX model",
             post(
                 &admin,
                 "/v2/repository/models/nope/load",
@@ -261,7 +261,29 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
                 br#"{"parameters": {"file:1/model.onnx": "AAAA"}}"#,
             ),
             400,
-            "model files are not taken over REST",
+            "not an ONNX model",
+        ),
+        (
+            "repository load with a file that is not base64",
+            post(
+                &admin,
+                "/v2/repository/models/nope/load",
+                &[],
+                br#"{"parameters": {"file:1/model.onnx": "not base64!"}}"#,
+            ),
+            400,
+            "parameter 'file:1/model.onnx' is not base64",
+        ),
+        (
+            "repository load with a parameter of no protocol type",
+            post(
+                &admin,
+                "/v2/repository/models/nope/load",
+                &[],
+                br#"{"parameters": {"config": [1]}}"#,
+            ),
+            400,
+            "give a string, a boolean or an integer",
         ),
     ];
     let mut failures = Vec::new();

@@ -115,6 +115,7 @@ async fn a_worker_without_a_token_or_certificate_cannot_join_or_report() {
         .join(JoinRequest {
             status: Some(status("intruder")),
             csr_pem: String::new(),
+            credentials_only: false,
         })
         .await
         .expect_err("no credential");
@@ -140,6 +141,7 @@ async fn a_worker_without_a_token_or_certificate_cannot_join_or_report() {
     let mut request = tonic::Request::new(JoinRequest {
         status: Some(status("intruder")),
         csr_pem: "garbage".into(),
+        credentials_only: false,
     });
     request.metadata_mut().insert(
         "authorization",
@@ -159,6 +161,7 @@ async fn a_worker_without_a_token_or_certificate_cannot_join_or_report() {
         csr_pem:
             "-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n"
                 .into(),
+        credentials_only: false,
     });
     let token = join_token(&scheduler.addr);
     request.metadata_mut().insert(
@@ -178,6 +181,7 @@ async fn a_worker_without_a_token_or_certificate_cannot_join_or_report() {
             .join(JoinRequest {
                 status: Some(status("intruder")),
                 csr_pem: String::new(),
+                credentials_only: false,
             })
             .await;
         assert!(answer.is_err(), "plaintext join answered: {answer:?}");
@@ -225,6 +229,7 @@ async fn a_second_process_cannot_take_a_live_workers_name_or_act_for_another() {
     let mut join = tonic::Request::new(JoinRequest {
         status: Some(status("pc-a")),
         csr_pem: request.cert_pem,
+        credentials_only: false,
     });
     let token = join_token(&scheduler.addr);
     join.metadata_mut().insert(
@@ -286,6 +291,7 @@ async fn a_second_process_cannot_take_a_live_workers_name_or_act_for_another() {
         .join(JoinRequest {
             status: Some(status("pc-b")),
             csr_pem: String::new(),
+            credentials_only: false,
         })
         .await
         .expect_err("not pc-a's name");
@@ -509,6 +515,7 @@ async fn a_token_cannot_take_the_name_of_a_worker_that_is_off_until_it_is_remove
         let mut join = tonic::Request::new(JoinRequest {
             status: Some(status("pc-f")),
             csr_pem: request.cert_pem,
+            credentials_only: false,
         });
         join.metadata_mut().insert(
             "authorization",

@@ -253,6 +253,7 @@ pub async fn run(
                 .join(JoinRequest {
                     status: Some(status),
                     csr_pem: String::new(),
+                    credentials_only: false,
                 })
                 .await
                 .map(|r| {

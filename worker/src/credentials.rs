@@ -239,9 +239,11 @@ async fn join_with_token(
         .connect()
         .await
         .map_err(|e| Attempt::Retry(format!("cannot connect over TLS: {e}")))?;
+    // The agents register the worker once it serves (they join with this certificate).
     let mut join = tonic::Request::new(JoinRequest {
         status: Some(status.clone()),
         csr_pem: request.cert_pem.clone(),
+        credentials_only: true,
     });
     let bearer = format!("Bearer {token_text}")
         .parse()

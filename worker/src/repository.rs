@@ -45,6 +45,9 @@ pub struct ModelConfig {
     pub outputs: Option<Vec<TensorOverride>>,
     /// Join concurrent requests into one run, as Triton's `dynamic_batching`.
     pub dynamic_batching: Option<DynamicBatching>,
+    /// What the model does (localml_serving::task): how the web page turns a photo into
+    /// its input, and its labels.
+    pub task: Option<localml_serving::task::Task>,
 }
 
 /// `dynamic_batching` in config.yaml, with Triton's names. Needs `max_batch_size > 0`.
@@ -169,10 +172,15 @@ pub fn read_config(path: &Path) -> Result<ModelConfig, RepositoryError> {
     {
         return Ok(ModelConfig::default());
     }
-    serde_yaml::from_str(&text).map_err(|e| RepositoryError::BadConfig {
+    let bad = |reason: String| RepositoryError::BadConfig {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let config: ModelConfig = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if let Some(task) = &config.task {
+        task.check().map_err(bad)?;
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

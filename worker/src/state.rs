@@ -469,6 +469,7 @@ fn model_report(m: &LoadedModel, energy: crate::energy::ModelEnergy) -> pb::Load
         dynamic_batching: dynamic_batching(m),
         execution_count: s.execution_count.load(Ordering::Relaxed),
         variant: m.variant.clone(),
+        task: m.task.clone(),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`process`]: logging setup, named listeners, graceful stop on Ctrl-C/SIGTERM.
 //! - [`metrics`]: latency histograms and the Prometheus text exposition (written by the
 //!   `prometheus` crate's encoder), and gRPC code labels.
+//! - [`task`]: config.yaml's `task:` (how a photo becomes an image model's input, and
+//!   its labels), checked by the worker and by the catalog.
 //! - [`blobs`]: a model file streamed in chunks (the catalog's FetchBlob, on the
 //!   scheduler and between workers).
 
@@ -17,3 +19,4 @@ pub mod http;
 pub mod metrics;
 pub mod process;
 pub mod service;
+pub mod task;

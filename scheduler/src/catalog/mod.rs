@@ -406,6 +406,7 @@ impl Catalog {
         }
         if let Some(config) = config {
             check_config(config)?;
+            check_task_files(config, files)?;
         }
         let onnx_file: &CatalogFile = files
             .iter()
@@ -452,6 +453,8 @@ impl Catalog {
                     model: display(&m.name, &version),
                 });
             }
+            // The version's config.yaml is the variant's: its task's labels file too.
+            check_task_files(&record.config_yaml, &m.files)?;
             // The same files again: nothing changes (its measurement stays).
             if record
                 .variants
@@ -781,6 +784,28 @@ fn display(name: &str, version: &str) -> String {
     }
 }
 
+/// An image task's labels file travels with the version's (or variant's) files, within
+/// the size a worker takes (its count is checked when a worker loads it).
+fn check_task_files(config: &str, files: &[CatalogFile]) -> Result<(), CatalogError> {
+    let task = localml_serving::task::from_config_yaml(config).map_err(CatalogError::Config)?;
+    let Some(labels) = task.and_then(|t| t.labels) else {
+        return Ok(());
+    };
+    match files.iter().find(|f| f.path == labels) {
+        None => Err(CatalogError::Config(format!(
+            "task: labels '{labels}' is not among the files (put it beside model.onnx)"
+        ))),
+        Some(f) if f.size > localml_serving::task::MAX_LABELS_BYTES => {
+            Err(CatalogError::Config(format!(
+                "task: labels '{labels}' has {} bytes, over the limit of {}",
+                f.size,
+                localml_serving::task::MAX_LABELS_BYTES
+            )))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// config.yaml must be YAML (a mapping, or empty) of a sane size; the worker checks its
 /// keys when it loads the model.
 fn check_config(text: &str) -> Result<(), CatalogError> {
@@ -858,5 +883,26 @@ mod tests {
         assert!(check_config("- a list").is_err());
         assert!(check_config("key: [unclosed").is_err());
         assert!(check_config(&format!("k: '{}'", "x".repeat(70_000))).is_err());
+    }
+
+    #[test]
+    fn a_tasks_labels_file_must_travel_with_the_files() {
+        let config = "task: {kind: image-classification, width: 4, height: 4, labels: labels.txt}";
+        let file = |path: &str, size: u64| CatalogFile {
+            path: path.into(),
+            sha256: String::new(),
+            size,
+        };
+        check_task_files(config, &[file("model.onnx", 10), file("labels.txt", 10)]).expect("there");
+        check_task_files("max_batch_size: 4", &[file("model.onnx", 10)]).expect("no task");
+        let missing = check_task_files(config, &[file("model.onnx", 10)]).expect_err("missing");
+        assert!(
+            missing
+                .to_string()
+                .contains("labels 'labels.txt' is not among"),
+            "{missing}"
+        );
+        let big = check_task_files(config, &[file("labels.txt", 300_000)]).expect_err("big");
+        assert!(big.to_string().contains("over the limit"), "{big}");
     }
 }

@@ -696,6 +696,14 @@ pub fn model_config(c: &ModelConfig) -> Value {
                 .collect(),
         ),
     );
+    if !c.parameters.is_empty() {
+        let parameters: Map<String, Value> = c
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({"string_value": v.string_value})))
+            .collect();
+        out.insert("parameters".into(), Value::Object(parameters));
+    }
     out.insert(
         "default_model_filename".into(),
         json!(c.default_model_filename),
@@ -754,3 +762,55 @@ pub fn statistics(s: &ModelStatisticsResponse) -> Value {
 
 #[cfg(test)]
 mod tests;
+
+/// The parameters of Triton's REST repository load (`{"parameters": {...}}`, or an empty
+/// body): `file:<version>/<path>` values are base64 (decoded to bytes), strings stay
+/// strings (`config`), booleans and integers keep their type.
+pub fn repository_parameters(
+    body: &[u8],
+) -> Result<
+    std::collections::HashMap<String, localml_proto::inference::ModelRepositoryParameter>,
+    axum::response::Response,
+> {
+    use base64::Engine;
+    use localml_proto::inference::model_repository_parameter::ParameterChoice;
+    let bad = |m: String| super::error(axum::http::StatusCode::BAD_REQUEST, m);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Default::default());
+    }
+    let json: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the load request is not JSON: {e}")))?;
+    let Some(parameters) = json.get("parameters") else {
+        return Ok(Default::default());
+    };
+    let parameters = parameters
+        .as_object()
+        .ok_or_else(|| bad("\"parameters\" must be an object".into()))?;
+    let mut out = std::collections::HashMap::new();
+    for (key, value) in parameters {
+        let choice = match value {
+            Value::String(text) if key.starts_with("file:") => ParameterChoice::BytesParam(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| bad(format!("parameter '{key}' is not base64: {e}")))?,
+            ),
+            Value::String(text) => ParameterChoice::StringParam(text.clone()),
+            Value::Bool(b) => ParameterChoice::BoolParam(*b),
+            Value::Number(n) if n.as_i64().is_some() => {
+                ParameterChoice::Int64Param(n.as_i64().unwrap_or_default())
+            }
+            other => {
+                return Err(bad(format!(
+                    "parameter '{key}' is {other}: give a string, a boolean or an integer"
+                )))
+            }
+        };
+        out.insert(
+            key.clone(),
+            localml_proto::inference::ModelRepositoryParameter {
+                parameter_choice: Some(choice),
+            },
+        );
+    }
+    Ok(out)
+}

@@ -11,6 +11,7 @@
 pub mod codec;
 mod listener;
 mod ui;
+pub use ui::Tickets;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -46,8 +47,15 @@ pub struct Rest {
     pub open_loopback: bool,
     /// Origins of browser apps allowed to call (CORS; `rest_cors_origins`).
     pub cors_origins: Vec<String>,
-    /// The admin service, for the web page's `/api/v1/` calls.
+    /// The admin, jobs and catalog services, for the web page's `/api/v1/` calls.
     pub admin: crate::services::admin::AdminService,
+    pub jobs: crate::services::jobs::JobsService,
+    pub catalog: crate::services::catalog::CatalogService,
+    /// Tickets for the page's live updates (server-sent events).
+    pub tickets: ui::Tickets,
+    /// Turns true when the scheduler stops: event streams end then, so they do not hold
+    /// up the listener's graceful stop.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The HTTP status the Open Inference Protocol (and Triton) give a gRPC code.
@@ -96,6 +104,7 @@ pub fn status_response(status: &Status) -> Response {
 }
 
 /// What every route is given: the caller's headers and address.
+#[derive(Clone)]
 pub(crate) struct Caller {
     headers: HeaderMap,
     ip: Option<IpAddr>,
@@ -144,7 +153,7 @@ impl Rest {
     }
 
     /// Calls a gRPC method with `message` as `principal` (already authorized).
-    async fn call_as<T, R, F, Fut>(
+    pub(crate) async fn call_as<T, R, F, Fut>(
         self: &Arc<Self>,
         principal: Option<Principal>,
         message: T,
@@ -398,7 +407,7 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The request body, at most `limit` bytes (413 beyond, before reading it when
 /// Content-Length says so).
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -463,23 +472,14 @@ async fn repository_load(
     caller: Caller,
     body: Body,
 ) -> Answer {
-    // Files travel over gRPC (tritonclient.grpc's load_model(files=...)) or with
-    // `localml models push`; over REST a load names a model the cluster has. The key is
-    // checked first.
+    // Triton's REST load: `{"parameters": {"config": "<JSON>", "file:1/model.onnx":
+    // "<base64>"}}` (tritonclient.http's load_model(config=..., files=...)), bounded by the
+    // body limit; larger models go with `localml models push`. The key is checked first.
     let principal = rest.authorize("RepositoryModelLoad", &caller).await?;
     let body = read_body(&caller.headers, body, rest.max_body_bytes).await?;
-    let sends_files = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("parameters").and_then(Value::as_object).cloned())
-        .is_some_and(|params| params.keys().any(|k| k.starts_with("file:")));
-    if sends_files {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "model files are not taken over REST: load them with gRPC (tritonclient.grpc load_model(files=...)) or `localml models push`",
-        ));
-    }
     let message = RepositoryModelLoadRequest {
         model_name: p.model,
+        parameters: codec::repository_parameters(&body)?,
         ..Default::default()
     };
     rest.call_as(principal, message, |r, q| async move {
@@ -672,7 +672,7 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     let length = header::HeaderName::from_static(codec::HEADER_LENGTH);
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, length.clone()])
         .expose_headers([length, header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(600))

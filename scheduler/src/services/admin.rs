@@ -191,6 +191,14 @@ impl Admin for AdminService {
                 m.latency_bounds_seconds = localml_serving::metrics::LATENCY_BUCKETS.to_vec();
                 m.latency_cumulative = latency.cumulative();
             }
+            let now = localml_proto::time::unix_ms();
+            if let Some(f) = self.stats.version(&m.name, &m.version, now) {
+                m.version_requests_ok = f.ok;
+                m.version_requests_failed = f.failed;
+                m.version_latency_cumulative = f.latency_cumulative;
+                m.recent = f.recent;
+                m.latency_bounds_seconds = localml_serving::metrics::LATENCY_BUCKETS.to_vec();
+            }
         }
         Ok(Response::new(ListModelsResponse { models }))
     }

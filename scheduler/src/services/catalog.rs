@@ -21,6 +21,9 @@ pub struct CatalogService {
 }
 
 type Answer<T> = Result<Response<T>, Status>;
+
+/// How long an upload may send nothing before it is given up (and kept for a resume).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 type Chunks = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
 
 impl CatalogService {
@@ -30,27 +33,51 @@ impl CatalogService {
             return Err(CatalogError::NoHeader.into());
         }
         let (sha256, size, offset) = (first.sha256.clone(), first.size, first.offset);
+        let rest = chunks.map(|c| c.map(|c| c.data));
+        let data = futures::stream::iter([Ok(first.data)]).chain(rest);
+        self.upload_data(sha256, size, offset, data).await
+    }
+
+    /// Writes `data` into blob `sha256` of `size` bytes from `offset` (what the scheduler
+    /// already holds), chunk by chunk on blocking threads; an interrupted upload is kept
+    /// for a resume. The gRPC upload and the web page's (REST) both come here.
+    pub async fn upload_data(
+        &self,
+        sha256: String,
+        size: u64,
+        offset: u64,
+        data: impl Stream<Item = Result<bytes::Bytes, Status>>,
+    ) -> Result<BlobStatusResponse, Status> {
+        let mut chunks = std::pin::pin!(data);
         let blobs = Arc::clone(&self.catalog.blobs);
         let mut upload = {
             let sha256 = sha256.clone();
             blocking(move || blobs.begin(&sha256, size, offset)).await?
         };
-        let mut data = first.data;
         loop {
+            // A sender that went quiet (a phone that changed networks, a half-open
+            // connection) gives the file back to the next upload rather than hold it.
+            let next = match tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
+                Ok(next) => next,
+                Err(_) => Some(Err(Status::deadline_exceeded(format!(
+                    "no bytes of blob {sha256} for {} s: the upload stopped; what arrived is kept, send the rest",
+                    UPLOAD_IDLE.as_secs()
+                )))),
+            };
+            let data = match next {
+                Some(Ok(data)) => data,
+                None => break,
+                Some(Err(status)) => {
+                    tracing::info!(sha256 = %sha256, received = upload.written(), "blob upload interrupted; kept for a resume");
+                    return Err(status);
+                }
+            };
             if !data.is_empty() {
                 upload = blocking(move || {
                     upload.write(&data)?;
                     Ok(upload)
                 })
                 .await?;
-            }
-            match chunks.message().await {
-                Ok(Some(chunk)) => data = chunk.data,
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::info!(sha256 = %sha256, received = upload.written(), "blob upload interrupted; kept for a resume");
-                    return Err(status);
-                }
             }
         }
         let held = self.catalog.finish_upload(upload).await?;

@@ -235,7 +235,11 @@ impl ClusterService {
     async fn join_inner(&self, r: Request<JoinRequest>) -> Result<JoinResponse, ClusterError> {
         let holder = worker_certificate(&r, &self.trust)?;
         let token = bearer(&r);
-        let JoinRequest { status, csr_pem } = r.into_inner();
+        let JoinRequest {
+            status,
+            csr_pem,
+            credentials_only,
+        } = r.into_inner();
         let status = require_status(status)?;
         let certificate_pem = match holder {
             // A rejoin or a renewal: the certificate says who it is.
@@ -288,8 +292,15 @@ impl ClusterService {
                 certificate
             }
         };
-        let worker_id = self.workers.join(status.clone(), Instant::now());
-        self.registrations.record(&status, true);
+        // A worker that only came for its certificate registers when it serves (its agent
+        // joins again with it): listed now, it would show Ready with nothing to serve.
+        let worker_id = if credentials_only {
+            String::new()
+        } else {
+            let id = self.workers.join(status.clone(), Instant::now());
+            self.registrations.record(&status, true);
+            id
+        };
         Ok(JoinResponse {
             worker_id,
             report_interval_ms: self.report_interval_ms,
@@ -310,6 +321,14 @@ impl ClusterService {
 /// Peers named in a GetCatalogModel answer.
 const MAX_PEERS: usize = 3;
 
+/// Whether worker `s` serves `model`'s version from the catalog in the variant `model` is,
+/// so holds those files (a model of its own repository, variant "", is not in its cache).
+fn holds_variant(s: &WorkerStatus, model: &CatalogModel) -> bool {
+    s.models
+        .iter()
+        .any(|m| m.name == model.name && m.version == model.version && m.variant == model.variant)
+}
+
 type BlobChunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -324,7 +343,8 @@ impl Cluster for ClusterService {
         let r = r.into_inner();
         let model = self.catalog.get(&r.name, &r.version).await?;
         let mut model = crate::catalog::Catalog::variant_of(model, &r.variant)?;
-        // Ready catalog workers that report this version hold its files.
+        // Ready catalog workers that serve this version's variant hold its files (another
+        // variant's files are others).
         let mut peers: Vec<CatalogPeer> = self
             .workers
             .list(Instant::now())
@@ -332,11 +352,7 @@ impl Cluster for ClusterService {
             .filter(|w| w.state == WorkerState::Ready as i32)
             .filter_map(|w| w.status)
             .filter(|s| s.catalog && s.name != holder.name)
-            .filter(|s| {
-                s.available
-                    .iter()
-                    .any(|a| a.name == model.name && a.version == model.version)
-            })
+            .filter(|s| holds_variant(s, &model))
             .map(|s| CatalogPeer {
                 name: s.name,
                 address: s.inference_address,
@@ -439,6 +455,36 @@ impl Cluster for ClusterService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_are_workers_serving_the_same_variant() {
+        let serving = |variant: &str| WorkerStatus {
+            models: vec![LoadedModel {
+                name: "m".into(),
+                version: "2".into(),
+                variant: variant.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let wanted = |variant: &str| CatalogModel {
+            name: "m".into(),
+            version: "2".into(),
+            variant: variant.into(),
+            ..Default::default()
+        };
+        assert!(holds_variant(&serving("int8"), &wanted("int8")));
+        assert!(holds_variant(&serving("fp32"), &wanted("fp32")));
+        assert!(!holds_variant(&serving("fp32"), &wanted("int8")));
+        assert!(!holds_variant(&serving("int8"), &wanted("fp32")));
+        assert!(
+            !holds_variant(&serving(""), &wanted("fp32")),
+            "its own repository's"
+        );
+        let mut other_version = wanted("int8");
+        other_version.version = "1".into();
+        assert!(!holds_variant(&serving("int8"), &other_version));
+    }
 
     fn status() -> WorkerStatus {
         WorkerStatus {

@@ -185,14 +185,25 @@ impl InferenceBackend for SchedulerInference {
         let (model, _) = self.model(&r.name, &r.version)?;
         let signature = model.signature.unwrap_or_default();
         let gpu = model.execution_provider != "CPUExecutionProvider";
-        Ok(Response::new(oip::model_config(
+        let mut answer = oip::model_config(
             &model.name,
             model.max_batch_size,
             model.instances,
             gpu,
             &signature,
             model.dynamic_batching.as_ref(),
-        )))
+        );
+        // config.yaml's `task:` (how a photo becomes the input, the labels) as a JSON
+        // parameter: the web page's Try form reads it, with the caller's key.
+        if let (Some(task), Some(config)) = (&model.task, answer.config.as_mut()) {
+            config.parameters.insert(
+                "localml.task".into(),
+                localml_proto::inference::ModelParameter {
+                    string_value: task_json(task).to_string(),
+                },
+            );
+        }
+        Ok(Response::new(answer))
     }
 
     async fn model_statistics(
@@ -281,6 +292,18 @@ impl ForwardInfer for SchedulerInference {
             .await
             .map(Response::new)
     }
+}
+
+/// A model's `task:` as JSON (the `localml.task` parameter of its config, and the page's).
+pub fn task_json(t: &localml_proto::localml::v1::ModelTask) -> serde_json::Value {
+    // The numbers as written in config.yaml (0.406, not f32's 0.4059999883).
+    let decimal = |x: &f32| x.to_string().parse::<f64>().unwrap_or(f64::from(*x));
+    let decimals = |v: &[f32]| v.iter().map(decimal).collect::<Vec<f64>>();
+    serde_json::json!({
+        "kind": t.kind, "width": t.width, "height": t.height, "layout": t.layout,
+        "channels": t.channels, "scale": decimal(&t.scale), "mean": decimals(&t.mean),
+        "std": decimals(&t.std), "labels": t.labels,
+    })
 }
 
 #[cfg(test)]

@@ -277,10 +277,18 @@ impl JobsService {
             n => n.min(1000) as usize,
         };
         let (kvs, _) = self.store.list(JOBS).await?;
-        let mut jobs = kvs
-            .iter()
+        let after = job_key(&r.page_token);
+        let ordered: Box<dyn Iterator<Item = _>> = match r.newest_first {
+            true => Box::new(kvs.iter().rev()),
+            false => Box::new(kvs.iter()),
+        };
+        let mut jobs = ordered
             .filter(|kv| {
-                kv.key.as_str() > job_key(&r.page_token).as_str() || r.page_token.is_empty()
+                r.page_token.is_empty()
+                    || match r.newest_first {
+                        true => kv.key.as_str() < after.as_str(),
+                        false => kv.key.as_str() > after.as_str(),
+                    }
             })
             .filter_map(decode_job)
             .filter(|j| r.state == 0 || j.state == r.state)

@@ -76,6 +76,9 @@ impl Workers {
                         max_batch_size: m.max_batch_size,
                         ..Default::default()
                     });
+                if info.task.is_none() {
+                    info.task = m.task.clone();
+                }
                 if w.state == WorkerState::Ready {
                     info.ready_workers.push(w.status.name.clone());
                     info.ready_variants.push(m.variant.clone());

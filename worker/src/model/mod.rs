@@ -106,6 +106,9 @@ pub enum LoadError {
         /// ONNX Runtime's description of the value type.
         kind: String,
     },
+    /// `config.yaml`'s `task:` does not fit the model's input.
+    #[error("{0}")]
+    Task(String),
     /// `config.yaml` overrides a tensor the model does not have.
     #[error("config names tensor '{0}', which the model does not have")]
     UnknownTensor(String),
@@ -182,6 +185,8 @@ pub struct LoadedModel {
     pub stats: ModelStats,
     /// Dynamic batching, when the model's config asks for it.
     pub batching: Option<BatchPolicy>,
+    /// config.yaml's `task:` with its labels, as reported.
+    pub task: Option<localml_proto::localml::v1::ModelTask>,
     /// Makes this worker behave like a PC `throttle` times slower (testing aid).
     throttle: f64,
     /// Every run holds its session at least this long (testing aid).
@@ -306,6 +311,26 @@ impl LoadedModel {
             max_batch_size > 0,
         )
         .map_err(&fail)?;
+        let task = match &config.task {
+            Some(task) => {
+                let [input] = inputs.as_slice() else {
+                    return Err(fail(LoadError::Task(format!(
+                        "task: an image task needs a model with one input; this one has {}",
+                        inputs.len()
+                    ))));
+                };
+                task.check_input(input.datatype.as_str(), &input.shape)
+                    .map_err(|e| fail(LoadError::Task(e)))?;
+                // Beside model.onnx (where pushed files go), else beside config.yaml.
+                let version_dir = source.path.parent().unwrap_or(std::path::Path::new("."));
+                let model_dir = version_dir.parent().unwrap_or(version_dir);
+                let labels = task
+                    .read_labels(&[version_dir, model_dir])
+                    .map_err(|e| fail(LoadError::Task(e)))?;
+                Some(task.report(labels))
+            }
+            None => None,
+        };
         Ok(LoadedModel {
             name: source.name.clone(),
             version: source.version,
@@ -319,6 +344,7 @@ impl LoadedModel {
             instances,
             stats: ModelStats::default(),
             batching,
+            task,
             throttle: options.throttle.max(1.0),
             min_run: options.min_run,
             permits: Arc::new(Semaphore::new(instances as usize)),
