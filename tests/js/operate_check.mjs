@@ -34,6 +34,9 @@ await check(async (page, seen) => {
   await page.locator("#upload-status[data-pushed]").waitFor({ timeout: 60000 });
   seen.upload = await page.locator("#upload-status").textContent();
   seen.uploadProgress = await page.locator("#upload-progress").evaluate((p) => [p.value, p.max]);
+  const listed = page.locator('#catalog tr[data-version="uploaded:1"]');
+  await listed.waitFor({ timeout: 15000 });
+  seen.catalog = await listed.textContent();
 
   await page.fill("#deploy-name", "uploaded");
   await page.fill("#deploy-model", "uploaded");

@@ -40,6 +40,13 @@ await check(async (page, seen) => {
     () => document.querySelector('#models tr[data-model="image_classifier:1"] td.latency')?.textContent.endsWith("ms"),
     null, { timeout: 15000 });
   seen.p50 = await p50.textContent();
+  // The same update shows the worker that served it answering requests (its rate).
+  const served = seen.servedBy.replace("served by ", "");
+  await page.waitForFunction((name) => {
+    const text = document.querySelector(`#workers tr[data-worker="${name}"] td.rate`)?.textContent || "";
+    return /^[0-9.]+\/s$/.test(text) && parseFloat(text) > 0;
+  }, served, { timeout: 15000 });
+  seen.rate = await page.locator(`#workers tr[data-worker="${served}"] td.rate`).textContent();
   await page.screenshot({ path: path.join(shots, "try-phone.png"), fullPage: true });
 
   // Cordon with the keyboard alone: focus the button, press Enter.

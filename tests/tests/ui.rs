@@ -106,6 +106,14 @@ async fn the_web_page_shows_the_cluster_runs_a_model_and_cordons() {
         output.contains("probabilities FP32 [1, 10]") && output.contains("top: #"),
         "{seen}"
     );
+    assert!(
+        seen["rate"]
+            .as_str()
+            .and_then(|r| r.strip_suffix("/s"))
+            .and_then(|r| r.parse::<f64>().ok())
+            .is_some_and(|r| r > 0.0),
+        "the serving worker's rate after the run: {seen}"
+    );
     let p50 = seen["p50"].as_str().unwrap_or_default();
     assert!(
         p50.ends_with(" ms")
@@ -693,6 +701,12 @@ async fn an_operator_uploads_and_deploys_a_model_and_follows_jobs_from_the_page(
             .as_str()
             .is_some_and(|u| u.contains("pushed uploaded version 1 (2 files")),
         "{seen}"
+    );
+    assert!(
+        seen["catalog"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("uploaded1fp322")),
+        "the page's catalog lists it (name, version, variants, files): {seen}"
     );
     let listed = localml(&["models", "list", "--server", &scheduler.addr]);
     assert!(listed.contains("uploaded"), "{listed}");

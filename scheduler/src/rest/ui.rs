@@ -84,7 +84,7 @@ pub(super) fn routes() -> axum::Router<Arc<Rest>> {
             post(rollback_deployment),
         )
         .route("/api/v1/blobs/{sha256}", get(blob_status).put(upload_blob))
-        .route("/api/v1/catalog", post(put_catalog_model))
+        .route("/api/v1/catalog", get(list_catalog).post(put_catalog_model))
         .route("/api/v1/events/ticket", post(events_ticket))
         .route("/api/v1/events", get(events))
 }
@@ -637,6 +637,31 @@ struct NewVersion {
     #[serde(default)]
     config_yaml: String,
     files: Vec<FileRef>,
+}
+
+/// `GET /api/v1/catalog`: the catalog's versions (as `localml models list`).
+async fn list_catalog(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer {
+    let r = rest
+        .call(
+            "/localml.v1.Catalog/ListCatalog",
+            &caller,
+            ListCatalogRequest {},
+            |r, q| async move { r.catalog.list_catalog(q).await },
+        )
+        .await?;
+    let versions: Vec<Value> = r
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name, "version": m.version,
+                "files": m.files.len(), "bytes": m.files.iter().map(|f| f.size).sum::<u64>(),
+                "variants": m.variants.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+                "created_unix_ms": m.created_unix_ms, "measured_bytes": m.measured_bytes,
+            })
+        })
+        .collect();
+    Ok(json_ok(json!({ "versions": versions })))
 }
 
 /// `POST /api/v1/catalog`: adds a version (or variant) made of uploaded files, as

@@ -16,6 +16,8 @@ let events = null;
 let trying = null;
 // Workers being drained from this page: cordoned, watched until nothing runs there.
 const draining = new Set();
+// Each worker's answered requests at the last update, for its rate.
+const answered = new Map();
 
 const CLUSTER_ROUTES = ["/api/v1/workers", "/api/v1/models", "/api/v1/events/ticket"];
 
@@ -50,7 +52,9 @@ function el(tag, props = {}, ...children) {
 }
 
 function bytes(n) {
-  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (n >= 2 ** 20) return `${Math.round(n / 2 ** 20)} MiB`;
+  return `${(n / 1024).toFixed(1)} KiB`;
 }
 
 function power(p) {
@@ -109,6 +113,18 @@ function showSignIn(message) {
   $("key").focus();
 }
 
+// Requests a worker answered per second since the previous update (its models' counts).
+function workerRate(w) {
+  const count = w.models.reduce((s, m) => s + m.inferences, 0);
+  const now = performance.now();
+  const before = answered.get(w.name);
+  answered.set(w.name, { count, at: now });
+  if (!before || now - before.at < 500 || count < before.count) return before?.shown ?? "-";
+  const shown = `${((count - before.count) / ((now - before.at) / 1000)).toFixed(1)}/s`;
+  answered.get(w.name).shown = shown;
+  return shown;
+}
+
 function renderWorkers(workers) {
   keepFocus($("workers"), "worker", () => $("workers").tBodies[0].replaceChildren(...workers.map((w) => {
     const action = el("button", {
@@ -137,6 +153,7 @@ function renderWorkers(workers) {
       el("td", { className: "wide gpu" }, gpuBars(w.gpus)),
       el("td", { className: "wide", textContent: w.queue }),
       el("td", { className: "wide", textContent: w.in_flight }),
+      el("td", { className: "wide rate", textContent: workerRate(w) }),
       el("td", { className: "wide", textContent: w.models.length }),
       el("td", {}, ...actions));
     row.dataset.worker = w.name;
@@ -378,12 +395,29 @@ async function rollback(name) {
   }
 }
 
+async function showCatalog() {
+  try {
+    const { versions } = await api("GET", "/api/v1/catalog");
+    $("catalog").tBodies[0].replaceChildren(...versions.map((v) => {
+      const row = el("tr", {},
+        el("td", { textContent: v.name }), el("td", { textContent: v.version }),
+        el("td", { textContent: ["fp32", ...v.variants].join(", ") }),
+        el("td", { textContent: v.files }), el("td", { textContent: bytes(v.bytes) }));
+      row.dataset.version = `${v.name}:${v.version}`;
+      return row;
+    }));
+  } catch (e) {
+    if (e.message !== "unauthorized") $("operate-status").textContent = `catalog: ${e.message}`;
+  }
+}
+
 function start() {
   for (const id of ["signin", "open-models"]) $(id).hidden = true;
   $("cluster").hidden = false; $("operate").hidden = false;
   $("signout").hidden = !sessionStorage.getItem(KEY);
   stopLive();
   live(generation);
+  showCatalog();
 }
 
 // ---- Upload a model into the catalog ------------------------------------------------
@@ -452,6 +486,7 @@ async function upload(event) {
     });
     status.textContent = `pushed ${added.name} version ${added.version} (${added.files} files, ${added.bytes} bytes)`;
     status.dataset.pushed = `${added.name}:${added.version}`;
+    await showCatalog();
   } catch (e) {
     if (e.message !== "unauthorized") status.textContent = `upload failed: ${e.message}`;
   } finally {
