@@ -18,6 +18,10 @@ pub struct SchedulerArgs {
     /// Address workers join on [default: 127.0.0.1:8002].
     #[arg(long)]
     pub cluster_listen: Option<String>,
+    /// host:port at which other scheduler replicas reach this one's cluster port
+    /// [default: the cluster listener's address, or this PC's first address for 0.0.0.0].
+    #[arg(long)]
+    pub cluster_advertise: Option<String>,
     /// Address for /metrics, /healthz and /readyz (HTTP), e.g. 0.0.0.0:9090 [default: off].
     #[arg(long)]
     pub http_listen: Option<String>,
@@ -80,6 +84,9 @@ impl SchedulerArgs {
         }
         if let Some(v) = self.cluster_listen {
             c.cluster_listen = v;
+        }
+        if let Some(v) = self.cluster_advertise {
+            c.cluster_advertise = Some(v);
         }
         if let Some(v) = self.http_listen {
             c.http_listen = Some(v);

@@ -17,6 +17,10 @@ pub struct SchedulerConfig {
     pub listen: String,
     /// Address workers join and report on.
     pub cluster_listen: String,
+    /// host:port at which the other scheduler replicas reach this one's cluster port (they
+    /// copy catalog files from each other); default: the cluster listener's address, or for
+    /// a wildcard such as 0.0.0.0 this PC's first address.
+    pub cluster_advertise: Option<String>,
     /// Address for `/metrics`, `/healthz` and `/readyz`; none: not served.
     pub http_listen: Option<String>,
     /// Address for the Open Inference Protocol over HTTP/REST (docs/rest.md); none: not
@@ -161,6 +165,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             listen: DEFAULT_LISTEN.into(),
             cluster_listen: DEFAULT_CLUSTER_LISTEN.into(),
+            cluster_advertise: None,
             http_listen: None,
             rest_listen: None,
             rest_cors_origins: Vec::new(),

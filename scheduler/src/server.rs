@@ -262,6 +262,28 @@ pub async fn run(
         Arc::clone(&state),
         Arc::new(blobs),
     ));
+    // With a shared store, several replicas: each file of a push is kept on two of them.
+    if state.backend() != "embedded" {
+        let cluster = listening[0];
+        let advertise = config.cluster_advertise.clone().unwrap_or_else(|| {
+            let host = match cluster.ip().is_unspecified() {
+                true => hosts.first().cloned().unwrap_or_else(|| "127.0.0.1".into()),
+                false => cluster.ip().to_string(),
+            };
+            match host.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("[{host}]:{}", cluster.port()),
+                Err(_) => format!("{host}:{}", cluster.port()),
+            }
+        });
+        let replicas = Arc::new(crate::catalog::replicas::Replicas::new(
+            Arc::clone(&state),
+            leader::identity(),
+            advertise,
+            trust.dial().for_replica(),
+        ));
+        catalog.set_replicas(Arc::clone(&replicas));
+        tokio::spawn(replicas.run(stopped.clone()));
+    }
     let chunk_bytes = CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2);
     let scheduler_inference = Arc::new(inference::SchedulerInference {
         dispatcher: Arc::clone(&dispatcher),

@@ -419,6 +419,13 @@ pub struct WorkerDial {
 }
 
 impl WorkerDial {
+    /// Client TLS for another scheduler replica (its certificate names its addresses).
+    pub fn for_replica(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+    }
+
     /// Client TLS for the worker `name`: its certificate must name it.
     pub fn for_worker(&self, name: &str) -> ClientTlsConfig {
         ClientTlsConfig::new()

@@ -410,3 +410,120 @@ async fn a_leader_cut_off_from_etcd_steps_down_before_the_other_takes_over() {
         "no job's record changed after every job had ended"
     );
 }
+
+/// Catalog files with etcd and two replicas: a push is acknowledged once its files are on
+/// both (the receiving replica has the other copy them); a file pushed while the other
+/// replica was down is fetched from the first when a worker asks the second for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_files_are_kept_on_two_replicas_and_fetched_from_each_other() {
+    let etcd = Etcd::start();
+    let address = etcd.store_address("blobs");
+    let store = StoreAddress::parse(&address, std::path::Path::new("/x"))
+        .expect("address")
+        .open()
+        .await
+        .expect("open etcd");
+    let registered = |n: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            wait_until(SOON, || async {
+                store
+                    .list("replicas/")
+                    .await
+                    .is_ok_and(|(kvs, _)| kvs.len() == n)
+            })
+            .await
+        }
+    };
+    let a = Scheduler::start_full(CONFIG, &["--store", &address]);
+    assert!(registered(1).await, "replica A registers for copies");
+    let blob = |s: &Scheduler, sha: &str| s.data_dir().join("blobs/sha256").join(sha);
+    let examples = repo_root().join("examples/models");
+    let text = examples.join("text_classifier");
+    let text_sha = localml_trust::sha256_file(&text.join("2/model.onnx")).expect("hash");
+    // Alone, a push is acknowledged with the file on this replica only.
+    localml(&[
+        "models",
+        "push",
+        &text.to_string_lossy(),
+        "--name",
+        "alone",
+        "--server",
+        &a.addr,
+    ]);
+    assert!(blob(&a, &text_sha).is_file());
+
+    let mut b = Scheduler::start_full(CONFIG, &["--store", &address]);
+    assert!(registered(2).await, "replica B registers for copies");
+    let scorer = examples.join("image_scorer");
+    localml(&[
+        "models",
+        "push",
+        &scorer.to_string_lossy(),
+        "--name",
+        "paired",
+        "--server",
+        &a.addr,
+    ]);
+    // Acknowledged: both files are on B too, byte for byte.
+    for file in ["1/model.onnx", "1/labels.txt"] {
+        let bytes = std::fs::read(scorer.join(file)).expect("example");
+        let sha = localml_trust::sha256_hex(&bytes);
+        let copy = std::fs::read(blob(&b, &sha)).unwrap_or_default();
+        assert!(
+            copy == bytes,
+            "{file} is on replica B when the push returns"
+        );
+    }
+    assert!(!blob(&b, &text_sha).exists(), "pushed before B ran");
+
+    // A worker that reaches B only is assigned "alone": B fetches its file from A.
+    let empty = TempDir::new("ha-empty-repository");
+    let _w =
+        Worker::start_reporting_to("w", &b.cluster_addr, empty.path(), &["--load", "on-demand"]);
+    b.wait_ready(&["w"]).await;
+    localml(&[
+        "deployments",
+        "apply",
+        "alone",
+        "--model",
+        "alone",
+        "--replicas",
+        "1",
+        "--server",
+        &b.addr,
+    ]);
+    let serving = wait_until(Duration::from_secs(60), || async {
+        b.workers().await.iter().any(|w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| s.models.iter().any(|m| m.name == "alone"))
+        })
+    })
+    .await;
+    assert!(serving, "the worker serves the model B fetched from A");
+    assert_eq!(
+        std::fs::read(blob(&b, &text_sha)).unwrap_or_default(),
+        std::fs::read(text.join("2/model.onnx")).expect("example"),
+        "B holds the file now"
+    );
+
+    // B dies without a word while its registration still stands: a push to A cannot be
+    // put on two replicas, so it is refused as not durable (its files kept for a retry).
+    b.process.kill9();
+    let out = std::process::Command::new(bin("localml"))
+        .args([
+            "models",
+            "push",
+            &examples.join("tensor_stats").to_string_lossy(),
+        ])
+        .args(["--name", "unpaired", "--server", &a.addr])
+        .env("LOCALML_KEY", a.admin_key())
+        .output()
+        .expect("run localml");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not durable yet"),
+        "{stderr}"
+    );
+}

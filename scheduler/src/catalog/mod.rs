@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod onnx;
+pub mod replicas;
 pub mod repository;
 pub mod runtime;
 
@@ -72,6 +73,8 @@ pub enum CatalogError {
     HashMismatch { expected: String, actual: String },
     #[error("the first chunk of an upload must name the blob (sha256 and size)")]
     NoHeader,
+    #[error("another scheduler replica: {0}")]
+    Replica(String),
     #[error("no blob {0} on the scheduler; upload it first")]
     NoBlob(String),
     #[error("blob {sha256} is incomplete on the scheduler ({held} of {size} bytes); push again to send the rest")]
@@ -140,7 +143,7 @@ impl CatalogError {
                 Code::ResourceExhausted
             }
             CatalogError::Io(_) => Code::Internal,
-            CatalogError::Store(_) => Code::Unavailable,
+            CatalogError::Store(_) | CatalogError::Replica(_) => Code::Unavailable,
             _ => Code::InvalidArgument,
         }
     }
@@ -238,6 +241,8 @@ pub struct Catalog {
     /// Adding a version (check its blobs, then commit) holds this shared; the garbage
     /// collector holds it alone, so it never removes a blob between the two.
     changing: tokio::sync::RwLock<()>,
+    /// The other scheduler replicas, with a shared store (replicas.rs).
+    replicas: std::sync::OnceLock<Arc<replicas::Replicas>>,
 }
 
 impl Catalog {
@@ -247,6 +252,85 @@ impl Catalog {
             blobs,
             unclaimed: Mutex::default(),
             changing: tokio::sync::RwLock::new(()),
+            replicas: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Keeps files on two replicas from now on (a shared store with several replicas).
+    pub fn set_replicas(&self, replicas: Arc<replicas::Replicas>) {
+        let _ = self.replicas.set(replicas);
+    }
+
+    pub fn replicas(&self) -> Option<&Arc<replicas::Replicas>> {
+        self.replicas.get()
+    }
+
+    /// Before a version (or runtime build) is recorded: each of its files is on another
+    /// replica too, when there is one, so the push is durable on two. With others
+    /// registered and none taking a copy the push fails (UNAVAILABLE), its files kept.
+    async fn ensure_replicated(&self, files: &[CatalogFile]) -> Result<(), CatalogError> {
+        let Some(replicas) = self.replicas.get() else {
+            return Ok(());
+        };
+        for f in files {
+            match replicas.replicate(&f.sha256, f.size).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!(sha256 = %f.sha256, "no other scheduler replica is registered: the file is on this one only");
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(CatalogError::Replica(format!(
+                        "{} is kept on this replica, but no other took a copy, so the push is not durable yet; push again: {e}",
+                        f.path
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The size the catalog records for blob `sha256` (a version's, a variant's or a
+    /// runtime build's file); None when nothing references it.
+    pub async fn size_of(&self, sha256: &str) -> Result<Option<u64>, CatalogError> {
+        let (kvs, _) = self.store.list(CATALOG).await?;
+        for kv in kvs {
+            let Ok(m) = CatalogModel::decode(kv.value.as_slice()) else {
+                continue;
+            };
+            let files = m
+                .files
+                .iter()
+                .chain(m.variants.iter().flat_map(|v| &v.files));
+            if let Some(f) = files.into_iter().find(|f| f.sha256 == sha256) {
+                return Ok(Some(f.size));
+            }
+        }
+        Ok(self
+            .runtimes()
+            .await?
+            .iter()
+            .flat_map(|r| &r.files)
+            .find(|f| f.sha256 == sha256)
+            .map(|f| f.size))
+    }
+
+    /// What [`Catalog::fetch`] reads, first fetched from another replica when this one
+    /// lacks it (a worker asking a replica that was down during the push).
+    pub async fn fetch_anywhere(
+        &self,
+        sha256: &str,
+        offset: u64,
+        chunk_bytes: usize,
+    ) -> Result<BlobChunks, CatalogError> {
+        match self.fetch(sha256, offset, chunk_bytes) {
+            Err(CatalogError::NoBlob(_)) if self.replicas.get().is_some() => {
+                if let Some(replicas) = self.replicas.get() {
+                    replicas.fetch_missing(self, sha256).await?;
+                }
+                self.fetch(sha256, offset, chunk_bytes)
+            }
+            other => other,
         }
     }
 
@@ -373,6 +457,7 @@ impl Catalog {
         // A variant's config.yaml is the version's.
         let config = variant.is_none().then_some(m.config_yaml.as_str());
         let signature = self.check_files(&m.files, config).await?;
+        self.ensure_replicated(&m.files).await?;
         if let Some(variant) = variant {
             return self.put_variant(m, variant, signature).await;
         }

@@ -87,6 +87,7 @@ impl Catalog {
         check(&r)?;
         let _adding = self.changing.read().await;
         self.check_blobs(&r.files)?;
+        self.ensure_replicated(&r.files).await?;
         r.created_unix_ms = localml_proto::time::unix_ms();
         self.store
             .put(&format!("{RUNTIMES}{}", r.flavor), r.encode_to_vec())

@@ -120,7 +120,10 @@ impl CatalogApi for CatalogService {
     async fn fetch_blob(&self, r: Request<FetchBlobRequest>) -> Answer<Chunks> {
         let r = r.into_inner();
         let chunk = localml_serving::blobs::chunk_size(r.max_chunk_bytes, self.chunk_bytes);
-        let chunks = self.catalog.fetch(&r.sha256, r.offset, chunk)?;
+        let chunks = self
+            .catalog
+            .fetch_anywhere(&r.sha256, r.offset, chunk)
+            .await?;
         Ok(Response::new(
             chunks.map(|c| c.map_err(Status::from)).boxed(),
         ))

@@ -192,6 +192,13 @@ pub fn worker_certificate<T>(
     Ok(Some(holder))
 }
 
+/// The calling scheduler replica's certificate (another replica copying a catalog file).
+fn replica_certificate<T>(r: &Request<T>, trust: &ClusterTrust) -> Option<Holder> {
+    let der = r.peer_certs().and_then(|certs| certs.first().cloned())?;
+    let holder = localml_trust::ca::holder(&der).ok()?;
+    (holder.role == Some(Role::Scheduler) && !trust.is_revoked(&holder)).then_some(holder)
+}
+
 fn require_certificate<T>(r: &Request<T>, trust: &ClusterTrust) -> Result<Holder, ClusterError> {
     worker_certificate(r, trust)?.ok_or_else(|| {
         ClusterError::Unauthenticated(
@@ -369,15 +376,54 @@ impl Cluster for ClusterService {
         &self,
         r: Request<FetchBlobRequest>,
     ) -> Result<Response<BlobChunks>, Status> {
+        // Another replica copying a file reads only what this one holds; a worker's fetch
+        // of a file this replica lacks brings it from another replica first.
+        if let Some(replica) = replica_certificate(&r, &self.trust) {
+            let r = r.into_inner();
+            tracing::debug!(replica = %replica.name, sha256 = %r.sha256, offset = r.offset, "catalog file copied by another replica");
+            let chunk = localml_serving::blobs::chunk_size(r.max_chunk_bytes, self.chunk_bytes);
+            let chunks = self.catalog.fetch(&r.sha256, r.offset, chunk)?;
+            return Ok(Response::new(Box::pin(futures::StreamExt::map(
+                chunks,
+                |c| c.map_err(Status::from),
+            ))));
+        }
         let holder = require_certificate(&r, &self.trust)?;
         let r = r.into_inner();
         tracing::debug!(worker = %holder.name, sha256 = %r.sha256, offset = r.offset, "model file fetched");
         let chunk = localml_serving::blobs::chunk_size(r.max_chunk_bytes, self.chunk_bytes);
-        let chunks = self.catalog.fetch(&r.sha256, r.offset, chunk)?;
+        let chunks = self
+            .catalog
+            .fetch_anywhere(&r.sha256, r.offset, chunk)
+            .await?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(
             chunks,
             |c| c.map_err(Status::from),
         ))))
+    }
+
+    async fn replicate_blob(
+        &self,
+        r: Request<ReplicateBlobRequest>,
+    ) -> Result<Response<ReplicateBlobResponse>, Status> {
+        let Some(caller) = replica_certificate(&r, &self.trust) else {
+            return Err(ClusterError::Unauthenticated(
+                "only another scheduler replica may ask for a copy".into(),
+            )
+            .into());
+        };
+        let r = r.into_inner();
+        crate::catalog::blobs::check_sha256(&r.sha256)?;
+        let Some(replicas) = self.catalog.replicas() else {
+            return Err(Status::failed_precondition(
+                "this scheduler keeps no copies for other replicas (its store is not shared)",
+            ));
+        };
+        tracing::debug!(replica = %caller.name, source = %r.source, sha256 = %r.sha256, "copying a catalog file from another replica");
+        let copied = replicas
+            .copy_from(&self.catalog, &r.source, &r.sha256, r.size)
+            .await?;
+        Ok(Response::new(ReplicateBlobResponse { copied }))
     }
 
     async fn get_runtime(

@@ -1,0 +1,222 @@
+//! Catalog files on more than one scheduler replica. With a shared store (etcd) and
+//! several replicas, each keeps the blobs it received on its own disk; a push is
+//! acknowledged once the file is on two replicas (this one copies it to another, which
+//! fetches it from this one over the cluster port), and a replica asked for a file it
+//! lacks (a worker's fetch, a replica that was down during the push) fetches it from one
+//! that has it first. Replicas find each other under `replicas/` in the store, each
+//! under a lease it keeps alive, with its cluster address.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use localml_proto::localml::v1::cluster_client::ClusterClient;
+use localml_proto::localml::v1::{FetchBlobRequest, ReplicateBlobRequest};
+use localml_store::{Store, Txn};
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+use super::{blocking, Catalog, CatalogError};
+
+pub const REPLICAS: &str = "replicas/";
+/// A replica's registration lasts this long without renewal.
+const TTL: Duration = Duration::from_secs(15);
+/// How long a copy may go without a byte before it is given up.
+const IDLE: Duration = Duration::from_secs(60);
+
+pub struct Replicas {
+    store: Arc<dyn Store>,
+    /// This replica's key under `replicas/`.
+    id: String,
+    /// host:port of this replica's cluster port, as the others dial it.
+    pub address: String,
+    tls: ClientTlsConfig,
+}
+
+impl Replicas {
+    pub fn new(
+        store: Arc<dyn Store>,
+        id: String,
+        address: String,
+        tls: ClientTlsConfig,
+    ) -> Replicas {
+        Replicas {
+            store,
+            id,
+            address,
+            tls,
+        }
+    }
+
+    /// Keeps this replica registered until `stopped`; a lost lease is granted again.
+    pub async fn run(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let key = format!("{REPLICAS}{}", localml_store::escape_segment(&self.id));
+        loop {
+            let registered = async {
+                let lease = self.store.grant(TTL).await?;
+                let txn = Txn::new().put(&key, self.address.clone().into_bytes(), lease);
+                self.store.commit(txn).await?;
+                tracing::info!(address = %self.address, "this replica holds catalog files for the others");
+                loop {
+                    tokio::time::sleep(TTL / 3).await;
+                    self.store.keep_alive(lease).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), localml_store::StoreError>(())
+            };
+            tokio::select! {
+                r = registered => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "cannot keep this replica registered for catalog copies; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    let _ = self.store.delete(&key).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The other replicas' cluster addresses.
+    pub async fn others(&self) -> Vec<String> {
+        let own = format!("{REPLICAS}{}", localml_store::escape_segment(&self.id));
+        match self.store.list(REPLICAS).await {
+            Ok((kvs, _)) => kvs
+                .into_iter()
+                .filter(|kv| kv.key != own)
+                .filter_map(|kv| String::from_utf8(kv.value).ok())
+                .filter(|a| *a != self.address)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the other replicas");
+                Vec::new()
+            }
+        }
+    }
+
+    fn client(&self, address: &str) -> Result<ClusterClient<tonic::transport::Channel>, String> {
+        let endpoint = Endpoint::from_shared(format!("https://{address}"))
+            .and_then(|e| e.tls_config(self.tls.clone()))
+            .map_err(|e| format!("replica address {address}: {e}"))?;
+        Ok(ClusterClient::new(
+            endpoint
+                .connect_timeout(Duration::from_secs(3))
+                .connect_lazy(),
+        ))
+    }
+
+    /// After a push: has another replica copy blob `sha256` from this one. Ok(None) when
+    /// there is no other replica (the file is on this one only); an error when there are
+    /// some and none took it.
+    pub async fn replicate(&self, sha256: &str, size: u64) -> Result<Option<String>, String> {
+        let others = self.others().await;
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let mut errors = Vec::new();
+        for address in others {
+            let request = ReplicateBlobRequest {
+                sha256: sha256.to_string(),
+                size,
+                source: self.address.clone(),
+            };
+            let answer = match self.client(&address) {
+                Ok(mut c) => c
+                    .replicate_blob(request)
+                    .await
+                    .map_err(|s| s.message().to_string()),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) => {
+                    tracing::info!(sha256, replica = %address, copied = r.into_inner().copied, "file copied to another replica");
+                    return Ok(Some(address));
+                }
+                Err(e) => errors.push(format!("{address}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// Copies blob `sha256` of `size` bytes from the replica at `source` into this one's
+    /// store (resuming what it holds); returns the bytes copied.
+    pub async fn copy_from(
+        &self,
+        catalog: &Catalog,
+        source: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Result<u64, CatalogError> {
+        let blobs = Arc::clone(&catalog.blobs);
+        let held = {
+            let (blobs, hex) = (Arc::clone(&blobs), sha256.to_string());
+            blocking(move || Ok(blobs.held(&hex)?)).await?
+        };
+        if held.complete {
+            return Ok(0);
+        }
+        let unreachable = |e: String| CatalogError::Replica(format!("{source}: {e}"));
+        let mut client = self.client(source).map_err(unreachable)?;
+        let mut chunks = client
+            .fetch_blob(FetchBlobRequest {
+                sha256: sha256.to_string(),
+                offset: held.bytes,
+                max_chunk_bytes: 0,
+            })
+            .await
+            .map_err(|s| unreachable(s.message().to_string()))?
+            .into_inner();
+        let mut upload = {
+            let hex = sha256.to_string();
+            let blobs = Arc::clone(&blobs);
+            let offset = held.bytes;
+            blocking(move || blobs.begin(&hex, size, offset)).await?
+        };
+        let mut copied = 0u64;
+        loop {
+            let next = tokio::time::timeout(IDLE, chunks.next())
+                .await
+                .map_err(|_| unreachable(format!("no bytes for {} s", IDLE.as_secs())))?;
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    copied += chunk.data.len() as u64;
+                    upload = blocking(move || {
+                        upload.write(&chunk.data)?;
+                        Ok(upload)
+                    })
+                    .await?;
+                }
+                Some(Err(s)) => return Err(unreachable(s.message().to_string())),
+            }
+        }
+        catalog.finish_upload(upload).await?;
+        Ok(copied)
+    }
+
+    /// A blob this replica lacks: fetched from another replica that has it. Ok(false)
+    /// when none has it.
+    pub async fn fetch_missing(
+        &self,
+        catalog: &Catalog,
+        sha256: &str,
+    ) -> Result<bool, CatalogError> {
+        let size = match catalog.size_of(sha256).await? {
+            Some(size) => size,
+            None => return Ok(false),
+        };
+        for address in self.others().await {
+            match self.copy_from(catalog, &address, sha256, size).await {
+                Ok(copied) => {
+                    tracing::info!(sha256, replica = %address, copied, "file this replica lacked fetched from another");
+                    return Ok(true);
+                }
+                Err(e) => {
+                    tracing::warn!(sha256, replica = %address, error = %e, "cannot fetch a file from another replica")
+                }
+            }
+        }
+        Ok(false)
+    }
+}
