@@ -263,6 +263,7 @@ pub async fn run(
         Arc::new(blobs),
     ));
     // With a shared store, several replicas: each file of a push is kept on two of them.
+    let mut replicas_task = None;
     if state.backend() != "embedded" {
         let cluster = listening[0];
         let advertise = config.cluster_advertise.clone().unwrap_or_else(|| {
@@ -282,7 +283,7 @@ pub async fn run(
             trust.dial().for_replica(),
         ));
         catalog.set_replicas(Arc::clone(&replicas));
-        tokio::spawn(replicas.run(stopped.clone()));
+        replicas_task = Some(tokio::spawn(replicas.run(stopped.clone())));
     }
     let chunk_bytes = CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2);
     let scheduler_inference = Arc::new(inference::SchedulerInference {
@@ -532,6 +533,11 @@ pub async fn run(
             Ok(Err(e)) => tracing::warn!("the REST listener stopped: {e}"),
             Err(_) => tracing::warn!("REST requests still in flight after 30 s; stopping anyway"),
         }
+    }
+    // Its registration for catalog copies goes (else the others would try to copy to
+    // it until its lease ran out).
+    if let Some(task) = replicas_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
     }
     for result in [a, b] {
         result.map_err(|e| std::io::Error::other(e.to_string()))??;

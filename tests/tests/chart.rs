@@ -245,6 +245,7 @@ fn value_sets_render_what_they_ask_for() {
     assert!(
         !default.contains("kind: StatefulSet") && !default.contains("kind: PodDisruptionBudget")
     );
+    assert!(default.contains("kind: Deployment\nmetadata:\n  name: localml-scheduler\n"));
     assert!(default.contains("path: /readyz") && default.contains("path: /healthz"));
     assert!(
         default.contains("path: /sys\n")
@@ -290,7 +291,14 @@ fn value_sets_render_what_they_ask_for() {
         ),
         "{external}"
     );
-    assert!(!external.contains("kind: StatefulSet"));
+    // With etcd each scheduler replica keeps its catalog files on a claim of its own.
+    assert!(
+        external.contains("kind: StatefulSet\nmetadata:\n  name: localml-scheduler\n")
+            && external.contains("serviceName: localml-scheduler-headless")
+            && external.contains("volumeClaimTemplates:")
+            && external.contains("storage: 20Gi"),
+        "{external}"
+    );
     assert!(external.contains("kind: PodDisruptionBudget"));
 
     let (_, ha, _) = template("ha", &[]);

@@ -265,9 +265,26 @@ impl Catalog {
         self.replicas.get()
     }
 
+    /// Paths and complete blobs checked, and kept from the collector, before the files
+    /// are copied to another replica.
+    fn ready_to_replicate(&self, files: &[CatalogFile]) -> Result<(), CatalogError> {
+        if self.replicas.get().is_none() {
+            return Ok(());
+        }
+        for f in files {
+            check_path(&f.path)?;
+        }
+        self.check_blobs(files)?;
+        for f in files {
+            self.uploaded(&f.sha256);
+        }
+        Ok(())
+    }
+
     /// Before a version (or runtime build) is recorded: each of its files is on another
     /// replica too, when there is one, so the push is durable on two. With others
     /// registered and none taking a copy the push fails (UNAVAILABLE), its files kept.
+    /// Called without `changing` held.
     async fn ensure_replicated(&self, files: &[CatalogFile]) -> Result<(), CatalogError> {
         let Some(replicas) = self.replicas.get() else {
             return Ok(());
@@ -453,11 +470,15 @@ impl Catalog {
         m.peers.clear();
         m.measured_bytes = 0;
         m.measured_on.clear();
+        // On another replica first, without the collector's lock (a copy may take long,
+        // and the other replica's own lock must not wait on this one); the files are kept
+        // from the collector meanwhile (`uploaded`), and checked again under the lock.
+        self.ready_to_replicate(&m.files)?;
+        self.ensure_replicated(&m.files).await?;
         let _adding = self.changing.read().await;
         // A variant's config.yaml is the version's.
         let config = variant.is_none().then_some(m.config_yaml.as_str());
         let signature = self.check_files(&m.files, config).await?;
-        self.ensure_replicated(&m.files).await?;
         if let Some(variant) = variant {
             return self.put_variant(m, variant, signature).await;
         }

@@ -22,6 +22,8 @@ pub const REPLICAS: &str = "replicas/";
 const TTL: Duration = Duration::from_secs(15);
 /// How long a copy may go without a byte before it is given up.
 const IDLE: Duration = Duration::from_secs(60);
+/// The longest a replica's copy of one file may take when asked at a push.
+const COPY_DEADLINE: Duration = Duration::from_secs(1800);
 
 pub struct Replicas {
     store: Arc<dyn Store>,
@@ -45,6 +47,11 @@ impl Replicas {
             address,
             tls,
         }
+    }
+
+    /// This replica's identity under `replicas/`.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Keeps this replica registered until `stopped`; a lost lease is granted again.
@@ -78,21 +85,16 @@ impl Replicas {
         }
     }
 
-    /// The other replicas' cluster addresses.
-    pub async fn others(&self) -> Vec<String> {
+    /// The other replicas' cluster addresses (a store error is an error, not "none").
+    pub async fn others(&self) -> Result<Vec<String>, CatalogError> {
         let own = format!("{REPLICAS}{}", localml_store::escape_segment(&self.id));
-        match self.store.list(REPLICAS).await {
-            Ok((kvs, _)) => kvs
-                .into_iter()
-                .filter(|kv| kv.key != own)
-                .filter_map(|kv| String::from_utf8(kv.value).ok())
-                .filter(|a| *a != self.address)
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the other replicas");
-                Vec::new()
-            }
-        }
+        let (kvs, _) = self.store.list(REPLICAS).await?;
+        Ok(kvs
+            .into_iter()
+            .filter(|kv| kv.key != own)
+            .filter_map(|kv| String::from_utf8(kv.value).ok())
+            .filter(|a| *a != self.address)
+            .collect())
     }
 
     fn client(&self, address: &str) -> Result<ClusterClient<tonic::transport::Channel>, String> {
@@ -110,33 +112,38 @@ impl Replicas {
     /// there is no other replica (the file is on this one only); an error when there are
     /// some and none took it.
     pub async fn replicate(&self, sha256: &str, size: u64) -> Result<Option<String>, String> {
-        let others = self.others().await;
-        if others.is_empty() {
-            return Ok(None);
-        }
+        let others = self.others().await.map_err(|e| e.to_string())?;
         let mut errors = Vec::new();
         for address in others {
-            let request = ReplicateBlobRequest {
+            let mut request = tonic::Request::new(ReplicateBlobRequest {
                 sha256: sha256.to_string(),
                 size,
                 source: self.address.clone(),
-            };
+                requester: self.id.clone(),
+            });
+            request.set_timeout(COPY_DEADLINE);
             let answer = match self.client(&address) {
                 Ok(mut c) => c
                     .replicate_blob(request)
                     .await
+                    .map(tonic::Response::into_inner)
                     .map_err(|s| s.message().to_string()),
                 Err(e) => Err(e),
             };
             match answer {
+                // An address that reaches this replica itself is not another copy.
+                Ok(r) if r.replica == self.id => {}
                 Ok(r) => {
-                    tracing::info!(sha256, replica = %address, copied = r.into_inner().copied, "file copied to another replica");
+                    tracing::info!(sha256, replica = %address, copied = r.copied, "file copied to another replica");
                     return Ok(Some(address));
                 }
                 Err(e) => errors.push(format!("{address}: {e}")),
             }
         }
-        Err(errors.join("; "))
+        match errors.is_empty() {
+            true => Ok(None),
+            false => Err(errors.join("; ")),
+        }
     }
 
     /// Copies blob `sha256` of `size` bytes from the replica at `source` into this one's
@@ -149,30 +156,45 @@ impl Replicas {
         size: u64,
     ) -> Result<u64, CatalogError> {
         let blobs = Arc::clone(&catalog.blobs);
-        let held = {
-            let (blobs, hex) = (Arc::clone(&blobs), sha256.to_string());
-            blocking(move || Ok(blobs.held(&hex)?)).await?
-        };
-        if held.complete {
-            return Ok(0);
-        }
+        // Kept from this replica's collector until a version uses it.
+        catalog.uploaded(sha256);
         let unreachable = |e: String| CatalogError::Replica(format!("{source}: {e}"));
-        let mut client = self.client(source).map_err(unreachable)?;
-        let mut chunks = client
-            .fetch_blob(FetchBlobRequest {
-                sha256: sha256.to_string(),
-                offset: held.bytes,
-                max_chunk_bytes: 0,
-            })
-            .await
-            .map_err(|s| unreachable(s.message().to_string()))?
-            .into_inner();
-        let mut upload = {
+        // One copy of a file at a time: another (a push sharing the file, a worker's fetch)
+        // may be under way; wait for it. A complete file is done.
+        let started = tokio::time::Instant::now();
+        let (mut upload, offset) = loop {
             let hex = sha256.to_string();
             let blobs = Arc::clone(&blobs);
-            let offset = held.bytes;
-            blocking(move || blobs.begin(&hex, size, offset)).await?
+            let begun = blocking(move || {
+                let held = blobs.held(&hex)?;
+                if held.complete {
+                    return Ok(None);
+                }
+                blobs
+                    .begin(&hex, size, held.bytes)
+                    .map(|u| Some((u, held.bytes)))
+            })
+            .await;
+            match begun {
+                Ok(Some(begun)) => break begun,
+                Ok(None) | Err(CatalogError::BlobExists(_)) => return Ok(0),
+                Err(CatalogError::Busy(_)) if started.elapsed() < IDLE => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
         };
+        let mut client = self.client(source).map_err(unreachable)?;
+        let request = client.fetch_blob(FetchBlobRequest {
+            sha256: sha256.to_string(),
+            offset,
+            max_chunk_bytes: 0,
+        });
+        let mut chunks = tokio::time::timeout(IDLE, request)
+            .await
+            .map_err(|_| unreachable(format!("no answer for {} s", IDLE.as_secs())))?
+            .map_err(|s| unreachable(s.message().to_string()))?
+            .into_inner();
         let mut copied = 0u64;
         loop {
             let next = tokio::time::timeout(IDLE, chunks.next())
@@ -206,7 +228,7 @@ impl Replicas {
             Some(size) => size,
             None => return Ok(false),
         };
-        for address in self.others().await {
+        for address in self.others().await? {
             match self.copy_from(catalog, &address, sha256, size).await {
                 Ok(copied) => {
                     tracing::info!(sha256, replica = %address, copied, "file this replica lacked fetched from another");

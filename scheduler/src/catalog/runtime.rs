@@ -85,9 +85,10 @@ impl Catalog {
     /// build before; its blobs are collected once nothing else uses them).
     pub async fn put_runtime(&self, mut r: RuntimeBuild) -> Result<RuntimeBuild, CatalogError> {
         check(&r)?;
+        self.ready_to_replicate(&r.files)?;
+        self.ensure_replicated(&r.files).await?;
         let _adding = self.changing.read().await;
         self.check_blobs(&r.files)?;
-        self.ensure_replicated(&r.files).await?;
         r.created_unix_ms = localml_proto::time::unix_ms();
         self.store
             .put(&format!("{RUNTIMES}{}", r.flavor), r.encode_to_vec())

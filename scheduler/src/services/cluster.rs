@@ -419,11 +419,22 @@ impl Cluster for ClusterService {
                 "this scheduler keeps no copies for other replicas (its store is not shared)",
             ));
         };
+        // Asked by itself (an address that leads back here): nothing to copy, and the
+        // caller sees whose answer it is.
+        if r.requester == replicas.id() {
+            return Ok(Response::new(ReplicateBlobResponse {
+                copied: 0,
+                replica: replicas.id().to_string(),
+            }));
+        }
         tracing::debug!(replica = %caller.name, source = %r.source, sha256 = %r.sha256, "copying a catalog file from another replica");
         let copied = replicas
             .copy_from(&self.catalog, &r.source, &r.sha256, r.size)
             .await?;
-        Ok(Response::new(ReplicateBlobResponse { copied }))
+        Ok(Response::new(ReplicateBlobResponse {
+            copied,
+            replica: replicas.id().to_string(),
+        }))
     }
 
     async fn get_runtime(
