@@ -65,10 +65,10 @@ impl Replicas {
                 tracing::info!(address = %self.address, "this replica holds catalog files for the others");
                 loop {
                     tokio::time::sleep(TTL / 3).await;
-                    self.store.keep_alive(lease).await?;
+                    if let Err(e) = self.store.keep_alive(lease).await {
+                        break Err::<(), localml_store::StoreError>(e);
+                    }
                 }
-                #[allow(unreachable_code)]
-                Ok::<(), localml_store::StoreError>(())
             };
             tokio::select! {
                 r = registered => {

@@ -321,9 +321,12 @@ function showProblem(e) {
     ? e.message : `cannot reach the cluster: ${e.message}`;
 }
 
-async function poll(g) {
+// Polls every 2 s; from `retryAt` on it tries live updates again (a scheduler that was
+// restarting when the page asked serves them again).
+async function poll(g, retryAt = Infinity) {
   await refresh();
-  if (g === generation) timer = setTimeout(() => poll(g), 2000);
+  if (g !== generation) return;
+  timer = setTimeout(() => (Date.now() >= retryAt ? live(g) : poll(g, retryAt)), 2000);
 }
 
 // Live updates: a ticket got with the key opens one event stream; when the stream drops
@@ -336,7 +339,8 @@ async function live(g) {
     if (g !== generation) return;
     showProblem(e);
     if (e.message === "unauthorized" || e.message.startsWith("this key")) return;
-    timer = setTimeout(() => poll(g), 2000); // no events here: poll
+    // No events now: poll, and try again in 30 s.
+    timer = setTimeout(() => poll(g, Date.now() + 30000), 2000);
     return;
   }
   if (g !== generation) return;
