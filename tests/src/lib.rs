@@ -1080,6 +1080,14 @@ impl HttpAnswer {
         })
     }
 
+    /// The protocol's error message, `{"error": "..."}` (panics when there is none).
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {self:?}"))
+            .to_string()
+    }
+
     /// The body as JSON (panics with the body when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {

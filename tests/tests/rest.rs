@@ -16,13 +16,6 @@ fn rest_addr(scheduler: &Scheduler) -> String {
     url.split_once("://").expect("a URL").1.to_string()
 }
 
-fn error_of(answer: &HttpAnswer) -> String {
-    answer.json()["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error message: {answer:?}"))
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_http_runs_every_example_with_json_and_binary_data() {
     if !tritonclient_available() {
@@ -296,7 +289,7 @@ async fn http_mistakes_get_the_protocols_json_errors_and_the_server_serves_on() 
             ));
             continue;
         }
-        let message = error_of(answer);
+        let message = answer.error();
         if !message.contains(fragment) {
             failures.push(format!("{name}: '{message}' lacks '{fragment}'"));
         }
@@ -433,10 +426,10 @@ async fn an_open_loopback_listener_refuses_web_pages_and_rebound_names() {
     assert_eq!(named.status, 200, "{named:?}");
     let rebound = get(&[("host", "evil.example:8000")]);
     assert_eq!(rebound.status, 403, "{rebound:?}");
-    assert!(error_of(&rebound).contains("DNS rebinding"));
+    assert!(rebound.error().contains("DNS rebinding"));
     let web_page = get(&[("origin", "http://evil.example")]);
     assert_eq!(web_page.status, 403, "{web_page:?}");
-    assert!(error_of(&web_page).contains("rest_cors_origins"));
+    assert!(web_page.error().contains("rest_cors_origins"));
     let listed = get(&[("origin", "http://kiosk.lan:3000")]);
     assert_eq!(listed.status, 200, "{listed:?}");
     let own = get(&[("origin", &format!("http://127.0.0.1:{port}"))]);

@@ -414,7 +414,7 @@ async fn the_page_api_uploads_deploys_and_reports_a_model_version() {
         &model[..half],
     );
     assert_eq!(first.status, 409, "{first:?}");
-    assert!(error_text(&first).contains("send the rest"), "{first:?}");
+    assert!(first.error().contains("send the rest"), "{first:?}");
     assert_eq!(call("GET", &blob, b"").json()["received"], half);
     let wrong = call("PUT", &format!("{blob}?size={size}&offset=7"), &model[7..]);
     assert!(wrong.status >= 400 && wrong.status < 500, "{wrong:?}");
@@ -432,7 +432,7 @@ async fn the_page_api_uploads_deploys_and_reports_a_model_version() {
         &model,
     );
     assert!(bad.status >= 400, "{bad:?}");
-    assert!(error_text(&bad).contains(&sha[..12]), "{bad:?}");
+    assert!(bad.error().contains(&sha[..12]), "{bad:?}");
     let no_size = call("PUT", &blob, &model);
     assert_eq!(no_size.status, 400, "{no_size:?}");
     let labels_sha = localml_trust::sha256_hex(&labels);
@@ -451,7 +451,7 @@ async fn the_page_api_uploads_deploys_and_reports_a_model_version() {
     let refused = call("POST", "/api/v1/catalog", missing.to_string().as_bytes());
     assert_eq!(refused.status, 400, "{refused:?}");
     assert!(
-        error_text(&refused).contains("labels 'labels.txt'"),
+        refused.error().contains("labels 'labels.txt'"),
         "{refused:?}"
     );
     let version = serde_json::json!({"name": "scorer", "config_yaml": config, "files": files});
@@ -474,7 +474,7 @@ async fn the_page_api_uploads_deploys_and_reports_a_model_version() {
     assert_eq!(applied.status, 200, "{applied:?}");
     let typo = call("POST", "/api/v1/deployments/scorer", br#"{"replica": 2}"#);
     assert_eq!(typo.status, 400, "{typo:?}");
-    assert!(error_text(&typo).contains("unknown field"), "{typo:?}");
+    assert!(typo.error().contains("unknown field"), "{typo:?}");
     let ready = wait_until(std::time::Duration::from_secs(60), || async {
         let d = call("GET", "/api/v1/deployments", b"").json();
         d["deployments"][0]["ready_replicas"] == 1
@@ -575,13 +575,6 @@ async fn the_page_api_uploads_deploys_and_reports_a_model_version() {
     })
     .await;
     assert!(listed, "{:?}", call("GET", "/api/v1/jobs", b"").json());
-}
-
-fn error_text(answer: &HttpAnswer) -> String {
-    answer.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Runs `python3 tests/python/photo_reference.py ARGS`; fails the test when it fails.

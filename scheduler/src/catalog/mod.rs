@@ -361,6 +361,41 @@ impl Catalog {
         Ok(held)
     }
 
+    /// Writes `chunks` into `upload` as they arrive, each on a blocking thread, then
+    /// completes it. A stream that fails, or sends nothing for `idle` (`quiet` says so),
+    /// leaves what arrived for a resume. A client's upload and a copy from another replica
+    /// both come here.
+    pub async fn receive<E: From<CatalogError>>(
+        &self,
+        mut upload: blobs::Upload,
+        chunks: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
+        idle: Duration,
+        quiet: impl Fn() -> E,
+    ) -> Result<blobs::Held, E> {
+        let mut chunks = std::pin::pin!(chunks);
+        loop {
+            let next = tokio::time::timeout(idle, futures::StreamExt::next(&mut chunks))
+                .await
+                .unwrap_or_else(|_| Some(Err(quiet())));
+            let data = match next {
+                Some(Ok(data)) => data,
+                None => break,
+                Some(Err(e)) => {
+                    tracing::info!(sha256 = %upload.sha256(), received = upload.written(), "blob upload interrupted; kept for a resume");
+                    return Err(e);
+                }
+            };
+            if !data.is_empty() {
+                upload = blocking(move || {
+                    upload.write(&data)?;
+                    Ok(upload)
+                })
+                .await?;
+            }
+        }
+        Ok(self.finish_upload(upload).await?)
+    }
+
     /// A version uses these blobs now: the collector goes by the catalog for them.
     fn claimed(&self, version: &CatalogModel) {
         self.claimed_files(&version.files);

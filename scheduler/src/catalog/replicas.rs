@@ -162,7 +162,7 @@ impl Replicas {
         // One copy of a file at a time: another (a push sharing the file, a worker's fetch)
         // may be under way; wait for it. A complete file is done.
         let started = tokio::time::Instant::now();
-        let (mut upload, offset) = loop {
+        let (upload, offset) = loop {
             let hex = sha256.to_string();
             let blobs = Arc::clone(&blobs);
             let begun = blocking(move || {
@@ -190,30 +190,18 @@ impl Replicas {
             offset,
             max_chunk_bytes: 0,
         });
-        let mut chunks = tokio::time::timeout(IDLE, request)
+        let chunks = tokio::time::timeout(IDLE, request)
             .await
             .map_err(|_| unreachable(format!("no answer for {} s", IDLE.as_secs())))?
             .map_err(|s| unreachable(s.message().to_string()))?
-            .into_inner();
-        let mut copied = 0u64;
-        loop {
-            let next = tokio::time::timeout(IDLE, chunks.next())
-                .await
-                .map_err(|_| unreachable(format!("no bytes for {} s", IDLE.as_secs())))?;
-            match next {
-                None => break,
-                Some(Ok(chunk)) => {
-                    copied += chunk.data.len() as u64;
-                    upload = blocking(move || {
-                        upload.write(&chunk.data)?;
-                        Ok(upload)
-                    })
-                    .await?;
-                }
-                Some(Err(s)) => return Err(unreachable(s.message().to_string())),
-            }
-        }
-        catalog.finish_upload(upload).await?;
+            .into_inner()
+            .map(|c| {
+                c.map(|c| c.data)
+                    .map_err(|s| unreachable(s.message().to_string()))
+            });
+        let quiet = || unreachable(format!("no bytes for {} s", IDLE.as_secs()));
+        let held = catalog.receive(upload, chunks, IDLE, quiet).await?;
+        let copied = held.bytes.saturating_sub(offset);
         Ok(copied)
     }
 

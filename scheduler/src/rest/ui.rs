@@ -147,12 +147,7 @@ async fn events_ticket(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer 
 /// models, deployments, jobs) at once and every two seconds; an `error` event ends it when
 /// the key no longer may see the cluster.
 async fn events(State(rest): State<Arc<Rest>>, uri: Uri) -> Answer {
-    let ticket = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("ticket="))
-        .unwrap_or("");
+    let ticket = query_value(&uri, "ticket").unwrap_or("");
     let Some(caller) = rest.tickets.redeem(ticket, Instant::now()) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
@@ -567,15 +562,18 @@ async fn blob_status(
     Ok(json_ok(blob_json(&b)))
 }
 
+/// A query parameter's value, as sent (the page's parameters need no decoding: hex and
+/// numbers).
+fn query_value<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then_some(value)
+    })
+}
+
 /// A query parameter's value as a number.
 fn query_number(uri: &Uri, name: &str) -> Result<Option<u64>, Response> {
-    let prefix = format!("{name}=");
-    match uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(prefix.as_str()))
-    {
+    match query_value(uri, name) {
         None => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {
             error(

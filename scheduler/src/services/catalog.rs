@@ -48,39 +48,23 @@ impl CatalogService {
         offset: u64,
         data: impl Stream<Item = Result<bytes::Bytes, Status>>,
     ) -> Result<BlobStatusResponse, Status> {
-        let mut chunks = std::pin::pin!(data);
         let blobs = Arc::clone(&self.catalog.blobs);
-        let mut upload = {
+        let upload = {
             let sha256 = sha256.clone();
             blocking(move || blobs.begin(&sha256, size, offset)).await?
         };
-        loop {
-            // A sender that went quiet (a phone that changed networks, a half-open
-            // connection) gives the file back to the next upload rather than hold it.
-            let next = match tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
-                Ok(next) => next,
-                Err(_) => Some(Err(Status::deadline_exceeded(format!(
-                    "no bytes of blob {sha256} for {} s: the upload stopped; what arrived is kept, send the rest",
-                    UPLOAD_IDLE.as_secs()
-                )))),
-            };
-            let data = match next {
-                Some(Ok(data)) => data,
-                None => break,
-                Some(Err(status)) => {
-                    tracing::info!(sha256 = %sha256, received = upload.written(), "blob upload interrupted; kept for a resume");
-                    return Err(status);
-                }
-            };
-            if !data.is_empty() {
-                upload = blocking(move || {
-                    upload.write(&data)?;
-                    Ok(upload)
-                })
-                .await?;
-            }
-        }
-        let held = self.catalog.finish_upload(upload).await?;
+        // A sender that went quiet (a phone that changed networks, a half-open
+        // connection) gives the file back to the next upload rather than hold it.
+        let quiet = || {
+            Status::deadline_exceeded(format!(
+                "no bytes of blob {sha256} for {} s: the upload stopped; what arrived is kept, send the rest",
+                UPLOAD_IDLE.as_secs()
+            ))
+        };
+        let held = self
+            .catalog
+            .receive(upload, data, UPLOAD_IDLE, quiet)
+            .await?;
         tracing::info!(sha256 = %sha256, bytes = held.bytes, "blob uploaded");
         Ok(BlobStatusResponse {
             sha256,
