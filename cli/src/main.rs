@@ -306,8 +306,8 @@ enum DeploymentsCommand {
         #[arg(long, default_value = "")]
         provider: String,
         /// On a change of model or version: how many replicas at once may load the new
-        /// version beside the old one, which serves until the new one does (needs RAM
-        /// for both) [default: 1].
+        /// version (on a spare worker, else beside the old version, which needs RAM for
+        /// both) while the old one serves [default: 1].
         #[arg(long)]
         max_surge: Option<u32>,
         /// On a change of model or version: how many replicas at once may unload the

@@ -611,10 +611,11 @@ fn is_wanted(d: &Deployment, a: &Assignment) -> bool {
     a.name == d.model && a.version == d.version
 }
 
-/// The changes that bring `assigned` to `d.replicas` workers: (add, remove).
+/// The changes that bring `assigned` (worker, assignment) to `d.replicas` workers:
+/// (add, remove).
 pub fn plan(
     d: &Deployment,
-    assigned: &[String],
+    assigned: &[(String, Assignment)],
     workers: &[WorkerInfo],
 ) -> (Vec<String>, Vec<String>) {
     let by_name: HashMap<&str, &WorkerInfo> = workers
@@ -623,44 +624,75 @@ pub fn plan(
         .collect();
     // Assignments to workers that went away, stopped being Ready, were cordoned or no
     // longer match the spec (selector, provider, version) are given up.
-    let (keep, mut remove): (Vec<String>, Vec<String>) = assigned
+    let (keep, gone): (Vec<_>, Vec<_>) = assigned
         .iter()
-        .cloned()
-        .partition(|n| by_name.get(n.as_str()).is_some_and(|w| eligible(d, w)));
+        .partition(|(n, _)| by_name.get(n.as_str()).is_some_and(|w| eligible(d, w)));
+    let mut remove: Vec<String> = gone.into_iter().map(|(n, _)| n.clone()).collect();
     let want = d.replicas as usize;
     let mut add = Vec::new();
     if keep.len() > want {
+        let mut extra = keep.len() - want;
+        // While the model or version changes, the replicas beyond the count are surges
+        // onto other workers (see [`roll`]): an old replica goes first, and only while
+        // the replicas serving something stay at least `replicas - max_unavailable`.
+        if keep.iter().any(|(_, a)| !is_wanted(d, a)) {
+            let up = |(n, a): &(String, Assignment)| {
+                by_name
+                    .get(n.as_str())
+                    .is_some_and(|w| refs(a).any(|m| serves(w, &m.name, &m.version)))
+            };
+            let mut serving_now = keep.iter().filter(|r| up(r)).count();
+            let floor = want.saturating_sub(max_unavailable(d));
+            let mut old: Vec<&&(String, Assignment)> =
+                keep.iter().filter(|(_, a)| !is_wanted(d, a)).collect();
+            old.sort_by_key(|r| (up(r), r.0.clone()));
+            for r in old {
+                if extra == 0 || (up(r) && serving_now <= floor) {
+                    break;
+                }
+                serving_now -= usize::from(up(r));
+                remove.push(r.0.clone());
+                extra -= 1;
+            }
+            // What a surge allows stays; more than that (the count went down
+            // meanwhile) goes as below.
+            extra = extra.saturating_sub(max_surge(d));
+        }
         // Replicas that serve now stay first (not one still loading a new version), then
         // by name.
-        let mut extra = keep.clone();
-        extra.sort_by_key(|n| {
+        let mut rest: Vec<String> = keep
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !remove.contains(n))
+            .collect();
+        rest.sort_by_key(|n| {
             let serves_now = by_name.get(n.as_str()).is_some_and(|w| serving(d, w));
             (!serves_now, n.clone())
         });
-        remove.extend(extra.into_iter().skip(want));
+        let stay = rest.len().saturating_sub(extra);
+        remove.extend(rest.into_iter().skip(stay));
     } else if keep.len() < want {
-        let taken: HashSet<&str> = assigned.iter().map(String::as_str).collect();
-        let mut candidates: Vec<&WorkerInfo> = workers
-            .iter()
-            .filter(|w| eligible(d, w) && fits(d, w))
-            .filter(|w| {
-                w.status
-                    .as_ref()
-                    .is_some_and(|s| !taken.contains(s.name.as_str()))
-            })
-            .collect();
-        // Most free memory first; the name breaks ties so plans are stable.
-        candidates.sort_by_key(|w| {
-            let s = w.status.clone().unwrap_or_default();
-            (std::cmp::Reverse(free_memory(d, &s).0), s.name)
-        });
-        add = candidates
-            .iter()
+        let taken: HashSet<&str> = assigned.iter().map(|(n, _)| n.as_str()).collect();
+        add = spare(d, &taken, workers)
+            .into_iter()
             .take(want - keep.len())
-            .filter_map(|w| w.status.as_ref().map(|s| s.name.clone()))
             .collect();
     }
     (add, remove)
+}
+
+/// Workers not in `taken` that could take `d` and have room for it: most free memory
+/// first, the name breaking ties so that plans are stable.
+fn spare(d: &Deployment, taken: &HashSet<&str>, workers: &[WorkerInfo]) -> Vec<String> {
+    let mut candidates: Vec<(u64, String)> = workers
+        .iter()
+        .filter(|w| eligible(d, w) && fits(d, w))
+        .filter_map(|w| w.status.as_ref())
+        .filter(|s| !taken.contains(s.name.as_str()))
+        .map(|s| (free_memory(d, s).0, s.name.clone()))
+        .collect();
+    candidates.sort_by_key(|(free, name)| (std::cmp::Reverse(*free), name.clone()));
+    candidates.into_iter().map(|(_, name)| name).collect()
 }
 
 /// The leader's controller: every second, plans each deployment and writes the changes.
@@ -730,7 +762,7 @@ impl Controller {
         }
         for d in &deployments {
             let current = assigned.get(&d.name).cloned().unwrap_or_default();
-            let (add, remove) = plan(d, &names(&current), &workers);
+            let (add, remove) = plan(d, &current, &workers);
             // What this pass assigns is promised too, for the deployments planned after.
             // Each new replica's variant is chosen before its RAM is promised.
             let added: Vec<(String, Assignment)> = add
@@ -766,6 +798,13 @@ impl Controller {
                 txn = txn.put(&assignment_key(&w, &d.name), a.encode_to_vec(), 0);
                 changes += 1;
             }
+            for (w, a) in step.surges {
+                let a = with_variant(d, &workers, &w, None, a);
+                reserve(&mut workers, d, &w, Some(&a.variant), |_, _| true);
+                tracing::info!(deployment = %d.name, worker = %w, model = %d.model, version = %d.version, variant = %a.variant, "rolling: loading the new version on a spare worker");
+                txn = txn.put(&assignment_key(&w, &d.name), a.encode_to_vec(), 0);
+                changes += 1;
+            }
             for (w, a) in added {
                 tracing::info!(deployment = %d.name, worker = %w, model = %d.model, variant = %a.variant, "assigning");
                 txn = txn.put(&assignment_key(&w, &d.name), a.encode_to_vec(), 0);
@@ -784,14 +823,18 @@ impl Controller {
 pub struct Roll {
     /// New assignments, by worker.
     pub writes: Vec<(String, Assignment)>,
+    /// Surges onto workers the deployment did not use: each loads the new version while
+    /// the old replicas serve, and one old replica goes once it serves (see [`plan`]).
+    pub surges: Vec<(String, Assignment)>,
     /// Why a replica cannot move now, when it is stuck rather than waiting its turn.
     pub blocked: Option<String>,
 }
 
 /// The next step of a rolling change over `kept` (workers assigned to `d`, by name):
 /// - a replica that serves the new version stops keeping the old one (it unloads);
-/// - up to `max_surge` replicas at once load the new version beside the old, which keeps
-///   serving meanwhile, where the worker has RAM for both;
+/// - up to `max_surge` replicas at once load the new version on a spare worker (one the
+///   deployment does not use, with room for it), else beside the old version on the
+///   replica's own worker where it has room for both; the old version serves meanwhile;
 /// - up to `max_unavailable` replicas at once drop the old version before the new serves;
 /// - a replica that serves nothing anyway moves at once.
 pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo]) -> Roll {
@@ -807,14 +850,18 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
         refs(a).find(|m| serves(w, &m.name, &m.version))
     };
     let mut step = Roll::default();
-    let (mut surging, mut unavailable) = (0, 0);
+    let want = d.replicas as usize;
+    // Replicas beyond the count are surges onto spare workers, each standing for an old
+    // replica that goes once they serve.
+    let extras = kept.len().saturating_sub(want);
+    let (mut surging, mut loading) = (extras, 0usize);
     let mut old = Vec::new();
     for (w, a) in kept {
         let new_serves = by_name(w).is_some_and(|x| serving(d, x));
         match (is_wanted(d, a), &a.keep) {
             (true, Some(_)) if new_serves => step.writes.push((w.clone(), wanted(d))),
             (true, Some(_)) => surging += 1,
-            (true, None) if !new_serves => unavailable += 1,
+            (true, None) if !new_serves => loading += 1,
             (true, None) => {}
             // It serves the new version already (loaded beside another one, or a rollback
             // to the version it keeps): the others go.
@@ -826,8 +873,25 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
             },
         }
     }
-    for (w, keep) in old {
+    // Loading without a surge's keep and not a surge onto a spare: swapped in place.
+    let mut unavailable = loading.saturating_sub(extras);
+    let taken: HashSet<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+    // While short of replicas the plan adds workers first.
+    let mut spares = if kept.len() >= want {
+        spare(d, &taken, workers)
+    } else {
+        Vec::new()
+    }
+    .into_iter();
+    for (w, keep) in old.into_iter().skip(extras) {
         let fits_both = by_name(w).is_some_and(|x| fits(d, x));
+        if surging < max_surge(d) {
+            if let Some(other) = spares.next() {
+                step.surges.push((other, wanted(d)));
+                surging += 1;
+                continue;
+            }
+        }
         if surging < max_surge(d) && fits_both {
             step.writes.push((
                 w.clone(),
@@ -848,7 +912,7 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
                 .and_then(|x| x.status.as_ref())
                 .map_or((0, "RAM"), |s| free_memory(d, s));
             step.blocked = Some(format!(
-                "{w} has no {kind} for both versions (the new needs about {}, {} free) and max_unavailable is {}: raise it to let a replica swap in place",
+                "{w} has no {kind} for both versions (the new needs about {}, {} free), no spare worker has room for the new one, and max_unavailable is {}: raise it to let a replica swap in place, or add a worker",
                 human_bytes(need),
                 human_bytes(free),
                 max_unavailable(d),
@@ -920,9 +984,7 @@ pub fn with_status(
         };
         out.message = format!(
             "Rolling to '{}' {version}: {} of {} replicas serve it",
-            d.model,
-            out.ready_replicas,
-            assigned.len()
+            d.model, out.ready_replicas, d.replicas
         );
         if let Some(why) = roll(d, assignments, workers).blocked {
             out.message = format!("{}; waiting: {why}", out.message);
@@ -976,6 +1038,11 @@ mod tests {
         }
     }
 
+    /// `workers` assigned deployment(n)'s model (no version: the newest).
+    fn to(workers: &[&str]) -> Assigned {
+        workers.iter().map(|w| (w.to_string(), on(""))).collect()
+    }
+
     #[test]
     fn plans_pick_eligible_workers_with_most_free_memory() {
         let workers = vec![
@@ -988,7 +1055,7 @@ mod tests {
         let (add, remove) = plan(&deployment(2), &[], &workers);
         assert_eq!((add, remove), (vec!["b".into(), "e".into()], vec![]));
         // Scaling down drops the extras; scaling up keeps what is assigned.
-        let (add, remove) = plan(&deployment(1), &["b".into(), "e".into()], &workers);
+        let (add, remove) = plan(&deployment(1), &to(&["b", "e"]), &workers);
         assert_eq!((add, remove), (vec![], vec!["e".into()]));
         // The one that serves stays, whatever its name.
         let mut serving_e = workers.clone();
@@ -999,9 +1066,9 @@ mod tests {
                 ..Default::default()
             }];
         }
-        let (_, remove) = plan(&deployment(1), &["b".into(), "e".into()], &serving_e);
+        let (_, remove) = plan(&deployment(1), &to(&["b", "e"]), &serving_e);
         assert_eq!(remove, vec!["b".to_string()]);
-        let (add, remove) = plan(&deployment(3), &["a".into()], &workers);
+        let (add, remove) = plan(&deployment(3), &to(&["a"]), &workers);
         assert_eq!((add, remove), (vec!["b".into(), "e".into()], vec![]));
         // More replicas than eligible workers: as many as there are.
         let (add, _) = plan(&deployment(9), &[], &workers);
@@ -1017,11 +1084,7 @@ mod tests {
         ];
         workers[1].state = WorkerState::NotReady as i32;
         workers[2].cordoned = true;
-        let (add, remove) = plan(
-            &deployment(2),
-            &["b".into(), "e".into(), "gone".into()],
-            &workers,
-        );
+        let (add, remove) = plan(&deployment(2), &to(&["b", "e", "gone"]), &workers);
         assert_eq!(add, vec!["a".to_string()]);
         assert_eq!(remove, vec!["b".to_string(), "e".into(), "gone".into()]);
         // Selectors restrict the choice.
@@ -1145,7 +1208,7 @@ mod tests {
             "Pending: 1 of 2 replicas placed; 'm' needs about 6.0 GiB of RAM (1.5 times its files), the largest free is 2.0 GiB on a"
         );
         // A worker already holding it is kept, whatever its free RAM says now.
-        let (add, remove) = plan(&big, &["a".to_string()], &workers);
+        let (add, remove) = plan(&big, &to(&["a"]), &workers);
         assert!(remove.is_empty(), "{remove:?}");
         assert_eq!(add, ["b"]);
     }
@@ -1470,6 +1533,76 @@ mod tests {
     }
 
     #[test]
+    fn a_rolling_change_surges_onto_a_spare_worker_and_drops_an_old_replica_once_it_serves() {
+        let d = to_v2(None, None);
+        let serving = |a: &[&str], b: &[&str], c: &[&str]| {
+            vec![
+                serving_versions("a", a),
+                serving_versions("b", b),
+                serving_versions("c", c),
+            ]
+        };
+        let with = |c: Assignment| {
+            let mut k = kept(on("1"), on("1"));
+            k.push(("c".to_string(), c));
+            k
+        };
+        // a and b serve v1, c is spare with room: c loads v2 and neither a nor b loads
+        // a second version.
+        let workers = serving(&["1"], &["1"], &[]);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        assert_eq!(
+            step,
+            Roll {
+                surges: vec![("c".to_string(), on("2"))],
+                ..Roll::default()
+            }
+        );
+        // While c loads, the old replicas are what serves: none goes, nothing more moves.
+        assert_eq!(plan(&d, &with(on("2")), &workers), (vec![], vec![]));
+        assert_eq!(roll(&d, &with(on("2")), &workers), Roll::default());
+        // c serves v2: an old replica goes (a, by name), and the next surge goes onto the
+        // worker it frees.
+        let workers = serving(&["1"], &["1"], &["2"]);
+        assert_eq!(
+            plan(&d, &with(on("2")), &workers),
+            (vec![], vec!["a".to_string()])
+        );
+        let left = vec![("b".to_string(), on("1")), ("c".to_string(), on("2"))];
+        let step = roll(&d, &left, &workers);
+        assert_eq!(step.surges, vec![("a".to_string(), on("2"))]);
+        assert!(step.writes.is_empty(), "{step:?}");
+        // An old replica that serves nothing goes first, whatever its name.
+        let workers = serving(&[], &["1"], &["2"]);
+        assert_eq!(
+            plan(&d, &with(on("2")), &workers),
+            (vec![], vec!["a".to_string()])
+        );
+        // max_unavailable 1: one old replica may go before the surge serves.
+        let loose = to_v2(None, Some(1));
+        let workers = serving(&["1"], &["1"], &[]);
+        assert_eq!(
+            plan(&loose, &with(on("2")), &workers),
+            (vec![], vec!["a".to_string()])
+        );
+        // Scaled down to 1 while rolling: beyond the surge, the rest goes too.
+        let one = Deployment {
+            replicas: 1,
+            ..d.clone()
+        };
+        let (_, remove) = plan(&one, &with(on("2")), &workers);
+        assert_eq!(remove.len(), 1, "{remove:?}");
+        // A spare without room for the new version is no surge: beside the old one.
+        let mut workers = serving(&["1"], &["1"], &[]);
+        if let Some(s) = workers[2].status.as_mut() {
+            s.ram_free_bytes = 5;
+        }
+        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        assert_eq!(step.writes, vec![("a".to_string(), surging("1"))]);
+        assert!(step.surges.is_empty(), "{step:?}");
+    }
+
+    #[test]
     fn without_ram_for_both_versions_a_replica_swaps_only_when_allowed_and_says_so() {
         let mut workers = vec![serving_versions("a", &["1"]), serving_versions("b", &["1"])];
         for w in &mut workers {
@@ -1484,7 +1617,7 @@ mod tests {
         let why = step.blocked.expect("blocked");
         assert_eq!(
             why,
-            "a has no RAM for both versions (the new needs about 15 B, 5 B free) and max_unavailable is 0: raise it to let a replica swap in place"
+            "a has no RAM for both versions (the new needs about 15 B, 5 B free), no spare worker has room for the new one, and max_unavailable is 0: raise it to let a replica swap in place, or add a worker"
         );
         let status = with_status(&d, &kept(on("1"), on("1")), &workers);
         assert_eq!(

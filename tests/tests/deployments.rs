@@ -227,33 +227,131 @@ async fn loaded_versions(scheduler: &Scheduler, name: &str, model: &str) -> Vec<
     versions
 }
 
-/// Waits until both workers serve exactly `version` of text_classifier and the
-/// deployment says nothing is rolling; returns whether a worker was seen meanwhile
-/// holding two versions at once (the new one loaded beside the old).
-async fn wait_rolled(scheduler: &Scheduler, version: &str) -> bool {
+/// What was seen while a deployment rolled.
+#[derive(Debug, Default)]
+struct Seen {
+    /// A worker held two versions at once (the new one loaded beside the old).
+    both_on_one: bool,
+    /// The most workers that held text_classifier at once.
+    most_holders: usize,
+}
+
+/// Waits until two of `workers` serve exactly `version` of text_classifier, the others
+/// none, and the deployment says nothing is rolling; returns what was seen meanwhile.
+async fn wait_rolled(scheduler: &Scheduler, workers: &[&str], version: &str) -> Seen {
     let deadline = std::time::Instant::now() + SOON;
-    let mut both_seen = false;
+    let mut seen = Seen::default();
     loop {
-        let mut on = true;
-        for w in ["a", "b"] {
-            let held = loaded_versions(scheduler, w, "text_classifier").await;
-            both_seen |= held.len() == 2;
-            on &= held == [version];
+        let mut held = Vec::new();
+        for w in workers {
+            held.push(loaded_versions(scheduler, w, "text_classifier").await);
         }
+        seen.both_on_one |= held.iter().any(|h| h.len() == 2);
+        seen.most_holders = seen
+            .most_holders
+            .max(held.iter().filter(|h| !h.is_empty()).count());
+        let on = held.iter().filter(|h| *h == &[version]).count() == 2
+            && held.iter().filter(|h| !h.is_empty()).count() == 2;
         let list = deployments(scheduler).await;
         let settled = list
             .iter()
             .any(|d| d.name == "texts" && d.ready_replicas == 2 && d.message.is_empty());
         if on && settled {
-            return both_seen;
+            return seen;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not rolled to v{version}: a {:?}, b {:?}, {list:?}",
-            loaded_versions(scheduler, "a", "text_classifier").await,
-            loaded_versions(scheduler, "b", "text_classifier").await,
+            "not rolled to v{version}: {workers:?} hold {held:?}, {list:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clients asking for text_classifier without a version, without pause, checking each
+/// answer against onnxruntime's for the version that served it.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(Vec<String>, Vec<String>)>>,
+}
+
+impl Load {
+    async fn start(scheduler: &Scheduler, clients: usize) -> Load {
+        let examples = expected_examples();
+        let expected = |version: &str| {
+            examples
+                .iter()
+                .find(|e| e.model == "text_classifier" && e.version == version)
+                .expect("expected outputs")
+                .clone()
+        };
+        let (v1, v2) = (expected("1"), expected("2"));
+        assert_eq!(v1.inputs, v2.inputs, "one request for both versions");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for _ in 0..clients {
+            let mut client = scheduler.inference().await;
+            let (stop, v1, v2) = (stop.clone(), v1.clone(), v2.clone());
+            handles.push(tokio::spawn(async move {
+                // Versions that answered, in order, and the failures.
+                let (mut served, mut failed) = (Vec::<String>::new(), Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = client::request("text_classifier", "", &v1.inputs);
+                    match client.model_infer(request).await {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            let want = if r.model_version == "1" { &v1 } else { &v2 };
+                            let outputs = client::outputs(&r).expect("decode");
+                            assert_tensors_match(
+                                &format!("v{}", r.model_version),
+                                &want.outputs,
+                                &outputs,
+                            );
+                            served.push(r.model_version);
+                        }
+                        Err(s) => failed.push(format!("{:?}: {}", s.code(), s.message())),
+                    }
+                }
+                (served, failed)
+            }));
+        }
+        Load {
+            stop,
+            clients: handles,
+        }
+    }
+
+    /// Stops the clients; asserts none failed and each ended on `last`; returns the
+    /// versions that answered.
+    async fn stop(self, last: &str) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut served, mut failed) = (Vec::new(), Vec::new());
+        for c in self.clients {
+            let (s, f) = c.await.expect("client task");
+            assert_eq!(
+                s.last().map(String::as_str),
+                Some(last),
+                "on v{last} at the end"
+            );
+            served.extend(s);
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        served
+    }
+}
+
+fn texts(version: &str) -> Deployment {
+    Deployment {
+        name: "texts".into(),
+        model: "text_classifier".into(),
+        version: version.into(),
+        replicas: 2,
+        ..Default::default()
     }
 }
 
@@ -263,55 +361,9 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
     let _a = Worker::start("a", &scheduler, &["--load", "on-demand"]);
     let _b = Worker::start("b", &scheduler, &["--load", "on-demand"]);
     scheduler.wait_ready(&["a", "b"]).await;
-    let texts = |version: &str| Deployment {
-        name: "texts".into(),
-        model: "text_classifier".into(),
-        version: version.into(),
-        replicas: 2,
-        ..Default::default()
-    };
     apply(&scheduler, texts("1")).await.expect("apply v1");
-    wait_rolled(&scheduler, "1").await;
-
-    // Four clients ask for the model without a version, without pause, throughout.
-    let examples = expected_examples();
-    let expected = |version: &str| {
-        examples
-            .iter()
-            .find(|e| e.model == "text_classifier" && e.version == version)
-            .expect("expected outputs")
-            .clone()
-    };
-    let (v1, v2) = (expected("1"), expected("2"));
-    assert_eq!(v1.inputs, v2.inputs, "one request for both versions");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let mut client = scheduler.inference().await;
-        let (stop, v1, v2) = (stop.clone(), v1.clone(), v2.clone());
-        clients.push(tokio::spawn(async move {
-            // Versions that answered, in order, and the failures.
-            let (mut served, mut failed) = (Vec::<String>::new(), Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let request = client::request("text_classifier", "", &v1.inputs);
-                match client.model_infer(request).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        let want = if r.model_version == "1" { &v1 } else { &v2 };
-                        let outputs = client::outputs(&r).expect("decode");
-                        assert_tensors_match(
-                            &format!("v{}", r.model_version),
-                            &want.outputs,
-                            &outputs,
-                        );
-                        served.push(r.model_version);
-                    }
-                    Err(s) => failed.push(format!("{:?}: {}", s.code(), s.message())),
-                }
-            }
-            (served, failed)
-        }));
-    }
+    wait_rolled(&scheduler, &["a", "b"], "1").await;
+    let load = Load::start(&scheduler, 4).await;
 
     // Upgrade with the defaults (max surge 1, max unavailable 0): each replica loads v2
     // beside v1, then drops v1.
@@ -324,7 +376,7 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
         ("text_classifier", "1")
     );
     assert!(
-        wait_rolled(&scheduler, "2").await,
+        wait_rolled(&scheduler, &["a", "b"], "2").await.both_on_one,
         "no worker held v1 and v2 at once"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -352,7 +404,7 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        wait_rolled(&scheduler, "1").await,
+        wait_rolled(&scheduler, &["a", "b"], "1").await.both_on_one,
         "no worker held v2 and v1 at once"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -370,25 +422,7 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
     .expect("scale down");
     wait_holders(&scheduler, "text_classifier", |h| h.len() == 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-
-    let (mut served, mut failed) = (Vec::new(), Vec::new());
-    for c in clients {
-        let (s, f) = c.await.expect("client task");
-        assert_eq!(
-            s.last().map(String::as_str),
-            Some("1"),
-            "back on v1 at the end"
-        );
-        served.extend(s);
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let served = load.stop("1").await;
     let on_v2 = served.iter().filter(|v| *v == "2").count();
     assert!(
         on_v2 > 0 && on_v2 < served.len(),
@@ -451,4 +485,34 @@ async fn a_rolling_upgrade_its_rollback_and_a_scale_down_fail_no_request_under_l
     .expect_err("both 0");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("max_surge"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_surges_onto_a_spare_worker_and_fails_no_request_under_load() {
+    let scheduler = Scheduler::start_with(CONFIG);
+    let _a = Worker::start("a", &scheduler, &["--load", "on-demand"]);
+    let _b = Worker::start("b", &scheduler, &["--load", "on-demand"]);
+    let _c = Worker::start("c", &scheduler, &["--load", "on-demand"]);
+    scheduler.wait_ready(&["a", "b", "c"]).await;
+    apply(&scheduler, texts("1")).await.expect("apply v1");
+    let all = ["a", "b", "c"];
+    wait_rolled(&scheduler, &all, "1").await;
+    let load = Load::start(&scheduler, 4).await;
+    // Two replicas on three workers: the spare loads v2 while the two serve v1, then
+    // one of them unloads v1, and the next surge goes onto the worker it freed. No
+    // worker needs memory for two versions, and two replicas serve throughout.
+    apply(&scheduler, texts("2")).await.expect("apply v2");
+    let seen = wait_rolled(&scheduler, &all, "2").await;
+    assert!(
+        !seen.both_on_one && seen.most_holders == 3,
+        "surging onto the spare worker: {seen:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = load.stop("2").await;
+    let on_v1 = served.iter().filter(|v| *v == "1").count();
+    assert!(
+        on_v1 > 0 && on_v1 < served.len(),
+        "v1 served {on_v1} of {}",
+        served.len()
+    );
 }
