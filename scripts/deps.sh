@@ -122,4 +122,16 @@ if wanted:
 PY
     rm -rf "$wheels"
   fi
+  # The CUDA build of ONNX Runtime and NVIDIA's CUDA runtime wheel, as a PC with internet
+  # would bring them on a USB stick: catalog::a_gpu_build_carries_its_cuda_libraries_to_a_worker
+  # pushes them and a worker fetches them (no GPU needed; it falls back to the CPU).
+  gpu_wheels="$tools/wheels"
+  if [[ ! -e $gpu_wheels/onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl \
+     || ! -e $gpu_wheels/nvidia_cuda_runtime-13.5.37-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl ]]; then
+    echo "deps: downloading the onnxruntime-gpu 1.31.1 and nvidia-cuda-runtime 13.5.37 wheels into target/tools/wheels"
+    mkdir -p "$gpu_wheels"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+      --only-binary=:all: --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+      --python-version 3.11 onnxruntime-gpu==1.31.1 nvidia-cuda-runtime==13.5.37 -d "$gpu_wheels"
+  fi
 fi

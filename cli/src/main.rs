@@ -384,23 +384,30 @@ enum RuntimeCommand {
     /// Fetch ONNX Runtime from PyPI (through pip) into localml's cache, or take it from a
     /// wheel file (brought on a USB stick).
     Install {
-        /// The CUDA build (onnxruntime-gpu) instead of the CPU build.
+        /// The CUDA build (onnxruntime-gpu, with NVIDIA's CUDA runtime, cuBLAS and cuDNN
+        /// wheels) instead of the CPU build.
         #[arg(long)]
         gpu: bool,
-        /// An onnxruntime or onnxruntime_gpu wheel (.whl) to install from, offline.
-        #[arg(long, value_name = "WHEEL", conflicts_with = "gpu")]
-        from: Option<PathBuf>,
+        /// Install offline from wheels: an onnxruntime or onnxruntime_gpu wheel (.whl),
+        /// with NVIDIA's nvidia_*.whl beside the GPU one; or a directory of them. Repeat
+        /// for several.
+        #[arg(long, value_name = "WHEEL|DIR", conflicts_with = "gpu")]
+        from: Vec<PathBuf>,
     },
     /// Put an ONNX Runtime build into the scheduler's catalog: workers without a library
     /// fetch it from there (no internet needed on their PCs).
     Push {
-        /// The CUDA build (onnxruntime-gpu) instead of the CPU build.
+        /// The CUDA build (onnxruntime-gpu, with NVIDIA's CUDA runtime, cuBLAS and cuDNN
+        /// libraries, so a PC with only the driver runs on its GPU) instead of the CPU
+        /// build.
         #[arg(long)]
         gpu: bool,
-        /// Push the libraries of this wheel (.whl) instead of this PC's installed build
-        /// (which is fetched from PyPI first when missing).
-        #[arg(long, value_name = "WHEEL", conflicts_with = "gpu")]
-        from: Option<PathBuf>,
+        /// Push the libraries of these wheels instead of this PC's installed build (which
+        /// is fetched from PyPI first when missing): an onnxruntime or onnxruntime_gpu
+        /// wheel, with NVIDIA's nvidia_*.whl beside the GPU one; or a directory of them
+        /// (`pip download 'onnxruntime-gpu[cuda,cudnn]'`'s). Repeat for several.
+        #[arg(long, value_name = "WHEEL|DIR", conflicts_with = "gpu")]
+        from: Vec<PathBuf>,
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
@@ -737,12 +744,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             RuntimeCommand::Install { gpu, from } => {
                 use localml_worker::runtime;
                 let log = &mut |line: &str| eprintln!("{line}");
-                let path = match from {
-                    Some(wheel) => {
-                        runtime::install_wheel(&wheel, &runtime::cache_dir(), log)?.library
-                    }
-                    None if gpu => runtime::install(runtime::Flavor::Gpu, log)?,
-                    None => runtime::install(runtime::Flavor::Cpu, log)?,
+                let path = if !from.is_empty() {
+                    runtime::install_wheels(&from, &runtime::cache_dir(), log)?.library
+                } else if gpu {
+                    runtime::install(runtime::Flavor::Gpu, log)?
+                } else {
+                    runtime::install(runtime::Flavor::Cpu, log)?
                 };
                 println!("{}", path.display());
                 Ok(())
@@ -752,9 +759,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 let log = &mut |line: &str| eprintln!("{line}");
                 let staging = std::env::temp_dir()
                     .join(format!("localml-runtime-push-{}", std::process::id()));
-                let installed = match from {
-                    Some(wheel) => runtime::install_wheel(&wheel, &staging, log),
-                    None => {
+                let installed = match from.as_slice() {
+                    [_, ..] => runtime::install_wheels(&from, &staging, log),
+                    [] => {
                         let flavor = if gpu {
                             runtime::Flavor::Gpu
                         } else {

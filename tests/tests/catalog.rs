@@ -1430,6 +1430,224 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
     );
 }
 
+/// The GPU build and NVIDIA's CUDA runtime wheel, as `scripts/deps.sh --test` downloads
+/// them (a PC with internet would bring them on a USB stick).
+fn gpu_wheels() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = repo_root().join("target/tools/wheels");
+    let runtime = dir.join("onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl");
+    let cuda = dir.join(
+        "nvidia_cuda_runtime-13.5.37-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    );
+    for wheel in [&runtime, &cuda] {
+        assert!(
+            wheel.is_file(),
+            "{} missing: run scripts/deps.sh --test",
+            wheel.display()
+        );
+    }
+    (runtime, cuda)
+}
+
+/// The sha256 of file `member` inside zip file `zip`.
+fn sha256_in_zip(zip: &Path, member: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib, sys, zipfile; print(hashlib.sha256(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2])).hexdigest())",
+        ])
+        .arg(zip)
+        .arg(member)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The GPU build travels with NVIDIA's CUDA libraries (here the CUDA runtime, from its
+/// wheel): pushed from the wheels, fetched by a worker that has none, checked, and loaded
+/// into the worker before ONNX Runtime. No GPU here: the CUDA provider cannot start (no
+/// cuBLAS, no driver) and the models run on the CPU, with onnxruntime's outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_build_carries_its_cuda_libraries_to_a_worker() {
+    let scheduler = Scheduler::start();
+    let (runtime_wheel, cuda_wheel) = gpu_wheels();
+    let scratch = TempDir::new("gpu-runtime-push");
+    let empty_cache = TempDir::new("gpu-runtime-empty-cache");
+    let offline: Vec<(&str, &Path)> = vec![
+        ("LOCALML_CACHE_DIR", empty_cache.path()),
+        ("LD_LIBRARY_PATH", empty_cache.path()),
+        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
+    ];
+    let arg = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let (runtime_arg, cuda_arg) = (arg(&runtime_wheel), arg(&cuda_wheel));
+
+    // CUDA wheels beside the CPU build, or two ONNX Runtime wheels: refused, naming why.
+    let cpu_wheel = onnxruntime_wheel(scratch.path());
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "runtime",
+            "push",
+            "--from",
+            &arg(&cpu_wheel),
+            "--from",
+            &cuda_arg,
+        ],
+    );
+    assert!(!ok && err.contains("go with the GPU build"), "{err}");
+    let (ok, _, err) = cli(
+        &scheduler,
+        &[
+            "runtime",
+            "push",
+            "--from",
+            &arg(&cpu_wheel),
+            "--from",
+            &runtime_arg,
+        ],
+    );
+    assert!(
+        !ok && err.contains("more than one ONNX Runtime wheel"),
+        "{err}"
+    );
+
+    // A GPU build without its CUDA libraries, for a PC without CUDA: the worker says so.
+    let out = cli_ok(&scheduler, &["runtime", "push", "--from", &runtime_arg]);
+    assert!(
+        out.contains("ONNX Runtime 1.31.1 (gpu) in the catalog: 4 file(s)"),
+        "{out}"
+    );
+    let refused_data = TempDir::new("gpu-runtime-refused");
+    let out = Command::new(bin("localml-worker"))
+        .args([
+            "--name",
+            "no-cuda",
+            "--listen",
+            "127.0.0.1:0",
+            "--scheduler",
+        ])
+        .arg(&scheduler.cluster_addr)
+        .arg("--models")
+        .arg(models_dir())
+        .arg("--data-dir")
+        .arg(refused_data.path())
+        .args(["--runtime-flavor", "gpu"])
+        .envs(offline.iter().map(|(k, v)| (*k, *v)))
+        .env("LOCALML_TOKEN", join_token(&scheduler.addr))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("carries no CUDA libraries")
+            && stderr.contains("localml runtime push --gpu"),
+        "{stderr}"
+    );
+
+    // With the CUDA runtime's wheel, from a directory as pip downloads them (other
+    // wheels passed over): only the CUDA library is sent.
+    let wheels = scratch.path().join("usb-stick");
+    std::fs::create_dir_all(&wheels).expect("dir");
+    for wheel in [&runtime_wheel, &cuda_wheel] {
+        std::os::unix::fs::symlink(wheel, wheels.join(wheel.file_name().expect("name")))
+            .expect("link");
+    }
+    std::fs::write(
+        wheels.join("numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl"),
+        b"",
+    )
+    .expect("write");
+    let out = cli_ok(&scheduler, &["runtime", "push", "--from", &arg(&wheels)]);
+    let cudart_bytes = 806_720;
+    assert!(
+        out.contains("ONNX Runtime 1.31.1 (gpu) in the catalog: 5 file(s)")
+            && out.contains(&format!(
+                "{} sent",
+                localml_proto::units::human_bytes(cudart_bytes)
+            )),
+        "{out}"
+    );
+    let listed = cli_ok(&scheduler, &["runtime", "list"]);
+    assert!(listed.contains("gpu 1.31.1 5 file(s)"), "{listed}");
+
+    let data = TempDir::new("gpu-runtime-worker");
+    let worker = Worker::start_with_env(
+        "gpu-build",
+        &scheduler.cluster_addr,
+        &models_dir(),
+        &[
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+            "--onnxruntime",
+            "auto",
+            "--runtime-flavor",
+            "gpu",
+        ],
+        &offline,
+    );
+    let serving = wait_until(Duration::from_secs(120), || async {
+        scheduler.serving("image_classifier").await == ["gpu-build"]
+    })
+    .await;
+    assert!(serving, "{:?}", scheduler.serving("image_classifier").await);
+    let dir = data.path().join("runtime/onnxruntime-gpu/1.31.1");
+    let cudart = dir.join("libcudart.so.13");
+    assert_eq!(
+        sha256(&cudart),
+        sha256_in_zip(&cuda_wheel, "nvidia/cu13/lib/libcudart.so.13"),
+        "the CUDA runtime as in NVIDIA's wheel"
+    );
+    assert_eq!(
+        sha256(&dir.join("libonnxruntime.so.1.31.1")),
+        sha256_in_zip(&runtime_wheel, "onnxruntime/capi/libonnxruntime.so.1.31.1")
+    );
+    // Loaded into the worker from there, before ONNX Runtime.
+    let maps =
+        std::fs::read_to_string(format!("/proc/{}/maps", worker.process.pid())).expect("maps");
+    for library in ["libcudart.so.13", "libonnxruntime.so.1.31.1"] {
+        let path = dir.join(library);
+        assert!(
+            maps.contains(path.to_str().expect("utf-8")),
+            "{} not loaded by the worker",
+            path.display()
+        );
+    }
+    let status = scheduler
+        .workers()
+        .await
+        .into_iter()
+        .filter_map(|w| w.status)
+        .find(|s| s.name == "gpu-build")
+        .expect("listed");
+    assert!(
+        status
+            .execution_providers
+            .iter()
+            .any(|p| p == "CUDAExecutionProvider"),
+        "the CUDA build: {:?}",
+        status.execution_providers
+    );
+    let examples = expected_examples();
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
+    let response = scheduler
+        .inference()
+        .await
+        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
+        .await
+        .expect("served by the GPU build, on the CPU")
+        .into_inner();
+    let outputs = localml_cli::client::outputs(&response).expect("outputs");
+    assert_tensors_match("GPU build on the CPU", &ex.outputs, &outputs);
+}
+
 /// `--fetch-rate`: a worker on a slow link fetches a model no faster than it allows (a
 /// 128,940-byte model at 20,000 bytes per second takes at least 6.4 s; unlimited, the
 /// deployment served in about 3.5 s here).

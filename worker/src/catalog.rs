@@ -567,6 +567,11 @@ impl ModelCache {
             Err(s) => return Err(s.into()),
         };
         check_runtime(&build)?;
+        if flavor == crate::runtime::Flavor::Gpu {
+            let names: Vec<&str> = build.files.iter().map(|f| f.path.as_str()).collect();
+            crate::runtime::gpu_build_usable(&names, crate::runtime::cuda_runtime_present())
+                .map_err(FetchError::NoBuild)?;
+        }
         let total: u64 = build.files.iter().map(|f| f.size).sum();
         tracing::info!(flavor = flavor.name(), version = %build.version, files = build.files.len(), bytes = total, "fetching ONNX Runtime from the scheduler");
         let blobs = self.root.join("blobs");

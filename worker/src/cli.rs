@@ -78,6 +78,10 @@ pub struct WorkerArgs {
     /// copy fetched earlier, system paths, else fetched from the scheduler's catalog].
     #[arg(long)]
     pub onnxruntime: Option<PathBuf>,
+    /// Which build to fetch from the scheduler's catalog when this PC has no library
+    /// [default: auto: the GPU build where NVIDIA's driver is loaded, else the CPU one].
+    #[arg(long, value_enum)]
+    pub runtime_flavor: Option<crate::config::RuntimeFlavor>,
     /// Testing/demo aid: behave like a PC F times slower (F >= 1).
     #[arg(long, value_name = "F")]
     pub throttle: Option<f64>,
@@ -166,6 +170,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.onnxruntime {
             c.onnxruntime = Some(v);
+        }
+        if let Some(v) = self.runtime_flavor {
+            c.runtime_flavor = v;
         }
         if let Some(v) = self.throttle {
             c.throttle = v;

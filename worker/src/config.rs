@@ -59,6 +59,10 @@ pub struct WorkerConfig {
     pub thread_spinning: bool,
     /// Path of the ONNX Runtime shared library (see the lookup order in the README).
     pub onnxruntime: Option<PathBuf>,
+    /// Which build to fetch from the scheduler's catalog when this PC has no library:
+    /// `auto` (the GPU build where NVIDIA's driver is loaded, else the CPU build), `gpu`
+    /// or `cpu`.
+    pub runtime_flavor: RuntimeFlavor,
     /// Testing and demo aid: behave like a PC this many times slower (>= 1).
     pub throttle: f64,
     /// Testing aid: every run holds its session at least this many milliseconds (a
@@ -97,6 +101,16 @@ pub enum LowBatteryAction {
     #[default]
     Drain,
     Stop,
+}
+
+/// `runtime_flavor`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeFlavor {
+    #[default]
+    Auto,
+    Gpu,
+    Cpu,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -143,6 +157,7 @@ impl Default for WorkerConfig {
             inter_op_threads: None,
             thread_spinning: false,
             onnxruntime: None,
+            runtime_flavor: RuntimeFlavor::Auto,
             throttle: 1.0,
             min_run_ms: 0,
             max_message_bytes: 64 * 1024 * 1024,

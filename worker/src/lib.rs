@@ -43,7 +43,7 @@ use localml_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use localml_serving::service::OipService;
 use tokio::net::TcpListener;
 
-use crate::config::WorkerConfig;
+use crate::config::{RuntimeFlavor, WorkerConfig};
 use crate::model::LoadedModel;
 use crate::state::{ModelTable, Worker};
 
@@ -277,14 +277,15 @@ async fn fetch_runtime(
         credentials::obtain(&config.data_dir, token.as_ref(), &addresses, &status).await?;
     let tls = credentials.cluster_tls();
     let cache = catalog::ModelCache::new(root.to_path_buf()).with_rate(config.fetch_rate);
-    // The GPU build needs NVIDIA's driver and the CUDA runtime on the PC (its CUDA
-    // libraries do not travel with it).
-    let flavors: &[Flavor] =
-        if Path::new("/proc/driver/nvidia/version").exists() && runtime::cuda_runtime_present() {
+    // The GPU build needs NVIDIA's driver on the PC; its CUDA libraries come with it
+    // (or are on the PC: see catalog::ModelCache::fetch_runtime).
+    let flavors: &[Flavor] = match config.runtime_flavor {
+        RuntimeFlavor::Auto if Path::new("/proc/driver/nvidia/version").exists() => {
             &[Flavor::Gpu, Flavor::Cpu]
-        } else {
-            &[Flavor::Cpu]
-        };
+        }
+        RuntimeFlavor::Auto | RuntimeFlavor::Cpu => &[Flavor::Cpu],
+        RuntimeFlavor::Gpu => &[Flavor::Gpu],
+    };
     let mut last = String::from("no scheduler address");
     for round in 0..3 {
         if round > 0 {

@@ -192,9 +192,79 @@ fn system_library() -> Option<PathBuf> {
 }
 
 /// Whether the CUDA runtime library (`libcudart.so*`) is on the library path, as the GPU
-/// build needs.
+/// build needs where its CUDA libraries did not come with it.
 pub fn cuda_runtime_present() -> bool {
     find_library("libcudart.so").is_some()
+}
+
+/// Whether a build's file is one of NVIDIA's CUDA libraries that travel with the GPU
+/// build (from the `nvidia-*` wheels), not ONNX Runtime's own.
+pub fn is_cuda_library(file_name: &str) -> bool {
+    file_name.starts_with("lib")
+        && file_name.contains(".so")
+        && !file_name.starts_with("libonnxruntime")
+}
+
+/// Whether a GPU build made of `files` (names) can run here: it carries the CUDA runtime
+/// (`libcudart.so*`), or the PC has it. Err says why not.
+pub fn gpu_build_usable(files: &[&str], cuda_on_this_pc: bool) -> Result<(), String> {
+    if cuda_on_this_pc || files.iter().any(|f| f.starts_with("libcudart.so")) {
+        return Ok(());
+    }
+    Err("the GPU build carries no CUDA libraries and this PC has no CUDA runtime (libcudart); push the GPU build with them: `localml runtime push --gpu`, or --from onnxruntime-gpu's wheel with NVIDIA's nvidia-* wheels".into())
+}
+
+/// What [`preload_cuda`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Preloaded {
+    /// Libraries loaded, by file name.
+    pub loaded: Vec<String>,
+    /// Libraries that would not load, with the loader's reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Loads the CUDA libraries that came with a GPU build (`dir`, the build's directory),
+/// before ONNX Runtime: its CUDA provider library names them (libcudart.so.13,
+/// libcublasLt.so.13, ...) without a search path of its own, and cuDNN's parts are
+/// opened later by name; a library loaded once, globally, is found by name by both. (As
+/// onnxruntime's Python `preload_dlls` does for the same wheels, through `ort`'s
+/// `preload_dylib`, which keeps each loaded for the process's life.) Libraries that need
+/// another are retried once that one is loaded; those that never load are reported, not
+/// fatal: the CUDA provider then fails to start and models run on the CPU.
+pub fn preload_cuda(dir: &Path) -> Preloaded {
+    let mut pending: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+                .filter(|(name, path)| is_cuda_library(name) && path.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    pending.sort();
+    let mut done = Preloaded::default();
+    loop {
+        let before = pending.len();
+        let mut failed = Vec::new();
+        pending.retain(|(name, path)| match ort::util::preload_dylib(path) {
+            Ok(()) => {
+                done.loaded.push(name.clone());
+                false
+            }
+            Err(e) => {
+                // The loader's own words are in the error's source ("libcuda.so.1:
+                // cannot open shared object file").
+                let reason = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                failed.push((name.clone(), reason));
+                true
+            }
+        });
+        if pending.is_empty() || pending.len() == before {
+            done.failed = failed;
+            return done;
+        }
+    }
 }
 
 /// `<name>` or the highest `<name>.<version>` in `LD_LIBRARY_PATH`, the usual system
@@ -276,6 +346,15 @@ pub fn init(
         path: path.to_path_buf(),
         reason,
     };
+    if let Some(dir) = path.parent() {
+        let cuda = preload_cuda(dir);
+        if !cuda.loaded.is_empty() {
+            tracing::info!(dir = %dir.display(), libraries = cuda.loaded.len(), "loaded the CUDA libraries that came with the GPU build");
+        }
+        for (library, reason) in &cuda.failed {
+            tracing::warn!(%library, %reason, "a CUDA library of the GPU build does not load; models that ask for CUDA run on the CPU");
+        }
+    }
     let builder = ort::init_from(path).map_err(|e| load_error(e.to_string()))?;
     let pool = ort::environment::GlobalThreadPoolOptions::default()
         .with_intra_threads(threading.intra_op)
@@ -310,13 +389,22 @@ pub fn available_providers() -> Vec<String> {
     out
 }
 
-/// Downloads the `onnxruntime` (or `onnxruntime-gpu`) wheel with pip and extracts its
-/// shared libraries into the cache. Idempotent: an installed library is kept.
-/// `log` receives one line per step.
+/// Downloads the `onnxruntime` wheel with pip (or `onnxruntime-gpu` with NVIDIA's CUDA
+/// wheels it names: `onnxruntime-gpu[cuda,cudnn]`) and extracts the shared libraries
+/// into the cache. Idempotent: an installed library is kept (a GPU build, once it has
+/// its CUDA runtime beside it). `log` receives one line per step.
 pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, RuntimeError> {
     let target = install_dir(flavor).join(flavor.library_file());
     let version = flavor.version();
-    if target.is_file() {
+    let whole = match flavor {
+        Flavor::Cpu => true,
+        Flavor::Gpu => std::fs::read_dir(install_dir(flavor)).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
+        }),
+    };
+    if target.is_file() && whole {
         log(&format!(
             "ONNX Runtime {version} already installed at {}",
             target.display()
@@ -328,19 +416,17 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)
         .map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?;
-    let spec = format!("{}=={version}", flavor.package());
+    // The GPU build's CUDA libraries come from the wheels its `cuda` and `cudnn` extras
+    // name (pip also brings numpy and the like, passed over).
+    let (spec, deps): (String, &[&str]) = match flavor {
+        Flavor::Cpu => (format!("{}=={version}", flavor.package()), &["--no-deps"]),
+        Flavor::Gpu => (format!("{}[cuda,cudnn]=={version}", flavor.package()), &[]),
+    };
     log(&format!("downloading {spec} from PyPI with pip ..."));
     let status = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--progress-bar",
-            "on",
-            "-d",
-        ])
+        .args(["-m", "pip", "download"])
+        .args(deps)
+        .args(["--only-binary=:all:", "--progress-bar", "on", "-d"])
         .arg(&download)
         .arg(&spec)
         .status()
@@ -350,19 +436,7 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
             "`{python} -m pip download {spec}` failed ({status})"
         )));
     }
-    let wheels: Vec<PathBuf> = std::fs::read_dir(&download)
-        .map_err(|e| RuntimeError::Install(format!("{}: {e}", download.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
-        .collect();
-    let [wheel] = wheels.as_slice() else {
-        return Err(RuntimeError::Install(format!(
-            "expected one wheel in {}, found {}",
-            download.display(),
-            wheels.len()
-        )));
-    };
-    let installed = install_wheel(wheel, &cache_dir(), log);
+    let installed = install_wheels(std::slice::from_ref(&download), &cache_dir(), log);
     let _ = std::fs::remove_dir_all(&download);
     Ok(installed?.library)
 }
@@ -380,12 +454,17 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// The build's files: every `libonnxruntime*` library in its directory, by name.
+    /// The build's files: every `libonnxruntime*` library in its directory, and the CUDA
+    /// libraries beside the GPU build's, by name.
     pub fn files(&self) -> std::io::Result<Vec<(String, PathBuf)>> {
         let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
-            .filter(|(name, path)| name.starts_with("libonnxruntime") && path.is_file())
+            .filter(|(name, path)| {
+                (name.starts_with("libonnxruntime")
+                    || (self.flavor == Flavor::Gpu && is_cuda_library(name)))
+                    && path.is_file()
+            })
             .collect();
         files.sort();
         Ok(files)
@@ -408,64 +487,166 @@ fn python() -> Result<&'static str, RuntimeError> {
         })
 }
 
-/// Extracts the ONNX Runtime libraries of an `onnxruntime` or `onnxruntime-gpu` wheel
-/// (`onnxruntime/capi/libonnxruntime*`) into `<root>/<package>/<version>/`, the version
-/// read from the main library's name and the flavor from the wheel's (a USB stick's
-/// wheel, or pip's download). Idempotent: files already there are kept.
-pub fn install_wheel(
-    wheel: &Path,
+/// What a wheel holds for a build, by its file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WheelKind {
+    /// ONNX Runtime itself, of a flavor.
+    Runtime(Flavor),
+    /// One of NVIDIA's CUDA library wheels (`nvidia_cuda_runtime`, `nvidia_cublas`,
+    /// `nvidia_cudnn_cu13`, ...), which the GPU build needs.
+    Cuda,
+}
+
+fn wheel_kind(file_name: &str) -> Option<WheelKind> {
+    let name = file_name.to_ascii_lowercase();
+    if !name.ends_with(".whl") {
+        None
+    } else if name.starts_with("onnxruntime_gpu-") {
+        Some(WheelKind::Runtime(Flavor::Gpu))
+    } else if name.starts_with("onnxruntime-") {
+        Some(WheelKind::Runtime(Flavor::Cpu))
+    } else if name.starts_with("nvidia_") {
+        Some(WheelKind::Cuda)
+    } else {
+        None
+    }
+}
+
+/// The wheels of `sources` (wheel files, or directories whose wheels are taken, such as
+/// `pip download 'onnxruntime-gpu[cuda,cudnn]'`'s), checked: one ONNX Runtime wheel, and
+/// NVIDIA's CUDA wheels only beside the GPU one. Other wheels in a directory (numpy, ...)
+/// are passed over.
+fn sort_wheels(
+    sources: &[PathBuf],
+    log: &mut dyn FnMut(&str),
+) -> Result<(Flavor, Vec<(WheelKind, PathBuf)>), RuntimeError> {
+    let fail = |what: String| RuntimeError::Install(what);
+    let mut wheels = Vec::new();
+    for source in sources {
+        if source.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(source)
+                .map_err(|e| fail(format!("{}: {e}", source.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+                .collect();
+            found.sort();
+            for wheel in found {
+                let name = wheel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                match wheel_kind(name) {
+                    Some(kind) => wheels.push((kind, wheel.clone())),
+                    None => log(&format!(
+                        "passing over {name}: neither ONNX Runtime nor NVIDIA's CUDA libraries"
+                    )),
+                }
+            }
+        } else if !source.is_file() {
+            return Err(fail(format!("{}: no such file", source.display())));
+        } else {
+            let name = source.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let kind = wheel_kind(name).ok_or_else(|| {
+                fail(format!("{}: expected an onnxruntime or onnxruntime_gpu wheel (onnxruntime-1.32.0-...whl), or NVIDIA's CUDA wheels (nvidia_*.whl) beside onnxruntime_gpu's", source.display()))
+            })?;
+            wheels.push((kind, source.clone()));
+        }
+    }
+    let runtimes: Vec<(Flavor, &PathBuf)> = wheels
+        .iter()
+        .filter_map(|(kind, path)| match kind {
+            WheelKind::Runtime(flavor) => Some((*flavor, path)),
+            WheelKind::Cuda => None,
+        })
+        .collect();
+    let flavor = match runtimes.as_slice() {
+        [(flavor, _)] => *flavor,
+        [] => {
+            return Err(fail(
+                "expected an onnxruntime or onnxruntime_gpu wheel among the files given".into(),
+            ))
+        }
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect();
+            return Err(fail(format!(
+                "more than one ONNX Runtime wheel ({}): give one",
+                names.join(", ")
+            )));
+        }
+    };
+    if flavor == Flavor::Cpu && wheels.iter().any(|(k, _)| *k == WheelKind::Cuda) {
+        return Err(fail(
+            "NVIDIA's CUDA wheels (nvidia_*.whl) go with the GPU build (onnxruntime_gpu's wheel), not the CPU build".into(),
+        ));
+    }
+    Ok((flavor, wheels))
+}
+
+/// Extracts a build from wheels into `<root>/<package>/<version>/`: the ONNX Runtime
+/// libraries of an `onnxruntime` or `onnxruntime-gpu` wheel
+/// (`onnxruntime/capi/libonnxruntime*`), and for the GPU build the libraries of
+/// NVIDIA's CUDA wheels given beside it (`nvidia/.../lib/lib*.so*`: the CUDA runtime,
+/// cuBLAS, cuDNN, ..., so that a PC with only NVIDIA's driver runs on its GPU). The
+/// version is read from the main library's name and the flavor from the wheel's (a USB
+/// stick's wheels, or pip's download). Idempotent: files already there are kept.
+pub fn install_wheels(
+    sources: &[PathBuf],
     root: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Installed, RuntimeError> {
-    let fail = |what: String| RuntimeError::Install(format!("{}: {what}", wheel.display()));
-    if !wheel.is_file() {
-        return Err(fail("no such file".into()));
-    }
-    let file_name = wheel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let flavor = if file_name.starts_with("onnxruntime_gpu-") {
-        Flavor::Gpu
-    } else if file_name.starts_with("onnxruntime-") {
-        Flavor::Cpu
-    } else {
-        return Err(fail(
-            "expected an onnxruntime or onnxruntime_gpu wheel (onnxruntime-1.32.0-...whl)".into(),
-        ));
-    };
+    let (flavor, wheels) = sort_wheels(sources, log)?;
+    let fail = |what: String| RuntimeError::Install(what);
     let python = python()?;
     let staging = root.join(format!(".extract-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     log(&format!(
-        "extracting the ONNX Runtime libraries of {} ...",
-        wheel.display()
+        "extracting the libraries of {} wheel(s) ...",
+        wheels.len()
     ));
     // Python's zipfile is always there when pip is; it spares a zip dependency here.
+    // Arguments: the directory to fill, then `runtime:PATH` or `cuda:PATH` per wheel.
     let script = r#"
 import os, sys, zipfile
-src, dst = sys.argv[1], sys.argv[2]
-try:
-    z = zipfile.ZipFile(src)
-except Exception as e:
-    sys.exit("not a wheel (zip) file: %s" % e)
+dst = sys.argv[1]
 os.makedirs(dst, exist_ok=True)
-with z:
-    for name in z.namelist():
-        base = os.path.basename(name)
-        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
-            with z.open(name) as f, open(os.path.join(dst, base), "wb") as out:
-                while True:
-                    piece = f.read(1 << 20)
-                    if not piece:
-                        break
-                    out.write(piece)
+for arg in sys.argv[2:]:
+    kind, src = arg.split(":", 1)
+    try:
+        z = zipfile.ZipFile(src)
+    except Exception as e:
+        sys.exit("%s: not a wheel (zip) file: %s" % (src, e))
+    taken = 0
+    with z:
+        for name in z.namelist():
+            base = os.path.basename(name)
+            if kind == "runtime":
+                wanted = name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime")
+            else:
+                wanted = (name.startswith("nvidia/") and "/lib/" in name
+                          and base.startswith("lib") and ".so" in base)
+            if wanted:
+                taken += 1
+                with z.open(name) as f, open(os.path.join(dst, base), "wb") as out:
+                    while True:
+                        piece = f.read(1 << 20)
+                        if not piece:
+                            break
+                        out.write(piece)
+    if taken == 0 and kind == "cuda":
+        sys.exit("%s: no nvidia/.../lib/lib*.so* library inside" % src)
 "#;
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(wheel)
-        .arg(&staging)
+    let mut command = Command::new(python);
+    command.args(["-c", script]).arg(&staging);
+    for (kind, wheel) in &wheels {
+        let kind = match kind {
+            WheelKind::Runtime(_) => "runtime",
+            WheelKind::Cuda => "cuda",
+        };
+        let mut arg = std::ffi::OsString::from(format!("{kind}:"));
+        arg.push(wheel);
+        command.arg(arg);
+    }
+    let out = command
         .output()
         .map_err(|e| RuntimeError::Install(format!("cannot run {python}: {e}")))?;
     let result = (|| {
@@ -482,11 +663,22 @@ with z:
                     .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
                     .then(|| v.to_string())
             })
-            .ok_or_else(|| fail("no onnxruntime/capi/libonnxruntime.so.<version> inside".into()))?;
+            .ok_or_else(|| {
+                let wheel = wheels
+                    .iter()
+                    .find(|(k, _)| matches!(k, WheelKind::Runtime(_)))
+                    .map(|(_, p)| p.display().to_string())
+                    .unwrap_or_default();
+                fail(format!(
+                    "{wheel}: no onnxruntime/capi/libonnxruntime.so.<version> inside"
+                ))
+            })?;
         let dir = root.join(flavor.package()).join(&version);
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let mut cuda = 0;
         for entry in std::fs::read_dir(&staging).map_err(|e| fail(e.to_string()))? {
             let entry = entry.map_err(|e| fail(e.to_string()))?;
+            cuda += usize::from(entry.file_name().to_str().is_some_and(is_cuda_library));
             let target = dir.join(entry.file_name());
             if !target.is_file() {
                 std::fs::rename(entry.path(), &target)
@@ -495,6 +687,12 @@ with z:
         }
         let library = dir.join(format!("libonnxruntime.so.{version}"));
         log(&format!("installed {}", library.display()));
+        if cuda > 0 {
+            log(&format!(
+                "with {cuda} CUDA librar{} beside it",
+                if cuda == 1 { "y" } else { "ies" }
+            ));
+        }
         Ok(Installed {
             flavor,
             version,
@@ -509,6 +707,75 @@ with z:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_build_runs_where_it_carries_the_cuda_runtime_or_the_pc_has_it() {
+        let with = [
+            "libonnxruntime.so.1.31.1",
+            "libcudart.so.13",
+            "libcublas.so.13",
+        ];
+        let without = [
+            "libonnxruntime.so.1.31.1",
+            "libonnxruntime_providers_cuda.so",
+        ];
+        assert_eq!(gpu_build_usable(&with, false), Ok(()));
+        assert_eq!(gpu_build_usable(&without, true), Ok(()));
+        let why = gpu_build_usable(&without, false).expect_err("no CUDA anywhere");
+        assert!(why.contains("localml runtime push --gpu"), "{why}");
+        assert!(
+            is_cuda_library("libcudnn_graph.so.9") && is_cuda_library("libnvrtc-builtins.so.13.0")
+        );
+        assert!(
+            !is_cuda_library("libonnxruntime_providers_cuda.so") && !is_cuda_library("LICENSE")
+        );
+    }
+
+    #[test]
+    fn wheels_are_sorted_one_runtime_and_cuda_only_beside_the_gpu_build() {
+        let dir = std::env::temp_dir().join(format!("localml-wheels-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let put = |name: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, b"").expect("write");
+            path
+        };
+        let gpu = put("onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl");
+        let cuda = put("nvidia_cuda_runtime-13.5.37-py3-none-manylinux2014_x86_64.whl");
+        put("numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl");
+        let mut said = Vec::new();
+        let (flavor, wheels) = sort_wheels(std::slice::from_ref(&dir), &mut |l| {
+            said.push(l.to_string())
+        })
+        .expect("a directory of wheels");
+        assert_eq!(flavor, Flavor::Gpu);
+        assert_eq!(
+            wheels,
+            vec![
+                (WheelKind::Cuda, cuda.clone()),
+                (WheelKind::Runtime(Flavor::Gpu), gpu.clone())
+            ]
+        );
+        assert!(
+            said.iter().any(|l| l.contains("passing over numpy")),
+            "{said:?}"
+        );
+        let cpu = put("onnxruntime-1.32.0-cp311-cp311-manylinux_2_27_x86_64.whl");
+        let quiet = &mut |_: &str| {};
+        let e =
+            sort_wheels(&[cpu.clone(), cuda.clone()], quiet).expect_err("CUDA with the CPU build");
+        assert!(e.to_string().contains("go with the GPU build"), "{e}");
+        let e = sort_wheels(&[cpu.clone(), gpu], quiet).expect_err("two runtimes");
+        assert!(
+            e.to_string().contains("more than one ONNX Runtime wheel"),
+            "{e}"
+        );
+        let e = sort_wheels(&[cuda], quiet).expect_err("no runtime");
+        assert!(e.to_string().contains("expected an onnxruntime"), "{e}");
+        assert_eq!(sort_wheels(&[cpu], quiet).expect("cpu").0, Flavor::Cpu);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn an_installed_build_is_found_the_expected_release_first_else_the_highest() {
