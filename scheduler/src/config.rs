@@ -66,6 +66,10 @@ pub struct SchedulerConfig {
     /// The leader's lease: a replica that stops renewing it loses leadership this long
     /// after its last renewal, in milliseconds (etcd rounds up to whole seconds).
     pub leader_lease_ms: u64,
+    /// With a shared store and several replicas: how often each replica looks for catalog
+    /// files it lacks and copies them from another, in milliseconds (default 60000), so
+    /// that in time every replica holds every file.
+    pub replica_sync_interval_ms: u64,
     /// Durable async jobs.
     pub jobs: JobsConfig,
     /// `auto`: API keys required on a client listener reachable from the LAN, open on
@@ -182,6 +186,7 @@ impl Default for SchedulerConfig {
             store: "embedded".into(),
             data_dir: default_data_dir(),
             leader_lease_ms: 3_000,
+            replica_sync_interval_ms: 60_000,
             jobs: JobsConfig::default(),
             auth: crate::auth::AuthMode::Auto,
             insecure: false,
@@ -316,6 +321,12 @@ impl SchedulerConfig {
         if !(1_000..=600_000).contains(&self.leader_lease_ms) {
             return invalid("leader_lease_ms", "must be between 1000 and 600000");
         }
+        if !(1_000..=86_400_000).contains(&self.replica_sync_interval_ms) {
+            return invalid(
+                "replica_sync_interval_ms",
+                "must be between 1000 and 86400000 (a day)",
+            );
+        }
         if self.jobs.concurrency == 0 {
             return invalid("jobs.concurrency", "must be at least 1");
         }
@@ -418,6 +429,13 @@ mod tests {
                     ..Default::default()
                 },
                 "leader_lease_ms",
+            ),
+            (
+                SchedulerConfig {
+                    replica_sync_interval_ms: 0,
+                    ..Default::default()
+                },
+                "replica_sync_interval_ms",
             ),
             (
                 SchedulerConfig {

@@ -283,6 +283,11 @@ pub async fn run(
             trust.dial().for_replica(),
         ));
         catalog.set_replicas(Arc::clone(&replicas));
+        tokio::spawn(Arc::clone(&replicas).sync(
+            Arc::clone(&catalog),
+            std::time::Duration::from_millis(config.replica_sync_interval_ms),
+            stopped.clone(),
+        ));
         replicas_task = Some(tokio::spawn(replicas.run(stopped.clone())));
     }
     let chunk_bytes = CATALOG_CHUNK_BYTES.min(config.max_message_bytes / 2);

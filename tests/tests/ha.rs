@@ -526,4 +526,31 @@ async fn catalog_files_are_kept_on_two_replicas_and_fetched_from_each_other() {
         !out.status.success() && stderr.contains("not durable yet"),
         "{stderr}"
     );
+
+    // A third replica that joins later copies every file the catalog references from the
+    // others in the background, with no worker or push asking it (B's registration, dead,
+    // still stands: that copy fails and A gives it); not the files of the refused push.
+    let c_config = format!("{CONFIG}replica_sync_interval_ms: 1000\n");
+    let c = Scheduler::start_full(&c_config, &["--store", &address]);
+    let mut referenced = vec![(text_sha.clone(), text.join("2/model.onnx"))];
+    for file in ["1/model.onnx", "1/labels.txt"] {
+        let path = scorer.join(file);
+        referenced.push((localml_trust::sha256_file(&path).expect("hash"), path));
+    }
+    let synced = wait_until(Duration::from_secs(90), || async {
+        referenced
+            .iter()
+            .all(|(sha, path)| std::fs::read(blob(&c, sha)).ok() == std::fs::read(path).ok())
+    })
+    .await;
+    assert!(
+        synced,
+        "replica C holds every referenced file, byte for byte"
+    );
+    let stats_sha =
+        localml_trust::sha256_file(&examples.join("tensor_stats/1/model.onnx")).expect("hash");
+    assert!(
+        blob(&a, &stats_sha).is_file() && !blob(&c, &stats_sha).exists(),
+        "the refused push's file stays on A only"
+    );
 }

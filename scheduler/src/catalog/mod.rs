@@ -310,26 +310,23 @@ impl Catalog {
     /// The size the catalog records for blob `sha256` (a version's, a variant's or a
     /// runtime build's file); None when nothing references it.
     pub async fn size_of(&self, sha256: &str) -> Result<Option<u64>, CatalogError> {
+        Ok(self.referenced().await?.get(sha256).copied())
+    }
+
+    /// Every blob the catalog references (versions, variants, runtime builds), with its
+    /// size.
+    pub async fn referenced(&self) -> Result<HashMap<String, u64>, CatalogError> {
         let (kvs, _) = self.store.list(CATALOG).await?;
-        for kv in kvs {
-            let Ok(m) = CatalogModel::decode(kv.value.as_slice()) else {
-                continue;
-            };
-            let files = m
-                .files
-                .iter()
-                .chain(m.variants.iter().flat_map(|v| &v.files));
-            if let Some(f) = files.into_iter().find(|f| f.sha256 == sha256) {
-                return Ok(Some(f.size));
-            }
-        }
-        Ok(self
-            .runtimes()
-            .await?
+        let models = kvs
             .iter()
-            .flat_map(|r| &r.files)
-            .find(|f| f.sha256 == sha256)
-            .map(|f| f.size))
+            .filter_map(|kv| CatalogModel::decode(kv.value.as_slice()).ok())
+            .flat_map(|m| {
+                m.files
+                    .into_iter()
+                    .chain(m.variants.into_iter().flat_map(|v| v.files))
+            });
+        let runtimes = self.runtimes().await?.into_iter().flat_map(|r| r.files);
+        Ok(models.chain(runtimes).map(|f| (f.sha256, f.size)).collect())
     }
 
     /// What [`Catalog::fetch`] reads, first fetched from another replica when this one
@@ -799,23 +796,7 @@ impl Catalog {
     /// the last hour for a version not added yet). Returns (blobs, bytes) removed.
     pub async fn collect_garbage(&self) -> Result<(u64, u64), CatalogError> {
         let _alone = self.changing.write().await;
-        let used: HashSet<String> = self
-            .list()
-            .await?
-            .into_iter()
-            .flat_map(|m| {
-                m.files
-                    .into_iter()
-                    .chain(m.variants.into_iter().flat_map(|v| v.files))
-                    .map(|f| f.sha256)
-            })
-            .chain(
-                self.runtimes()
-                    .await?
-                    .into_iter()
-                    .flat_map(|r| r.files.into_iter().map(|f| f.sha256)),
-            )
-            .collect();
+        let used = self.referenced().await?;
         let protected: HashSet<String> = {
             let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
             unclaimed.retain(|_, at| at.elapsed() < UNCLAIMED_GRACE);
@@ -825,7 +806,7 @@ impl Catalog {
         let removed = blocking(move || {
             let (mut count, mut bytes) = (0, 0);
             for name in blobs.list()? {
-                if !used.contains(&name) && !protected.contains(&name) {
+                if !used.contains_key(&name) && !protected.contains(&name) {
                     bytes += blobs.remove(&name)?;
                     count += 1;
                 }

@@ -3,8 +3,10 @@
 //! acknowledged once the file is on two replicas (this one copies it to another, which
 //! fetches it from this one over the cluster port), and a replica asked for a file it
 //! lacks (a worker's fetch, a replica that was down during the push) fetches it from one
-//! that has it first. Replicas find each other under `replicas/` in the store, each
-//! under a lease it keeps alive, with its cluster address.
+//! that has it first; in the background each replica also copies, every
+//! `replica_sync_interval_ms`, the files it lacks, so that in time every replica holds
+//! every file. Replicas find each other under `replicas/` in the store, each under a lease
+//! it keeps alive, with its cluster address.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,17 @@ const TTL: Duration = Duration::from_secs(15);
 const IDLE: Duration = Duration::from_secs(60);
 /// The longest a replica's copy of one file may take when asked at a push.
 const COPY_DEADLINE: Duration = Duration::from_secs(1800);
+
+/// What one pass of [`Replicas::sync`] did.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Files copied from other replicas, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Files no other replica could give, and the last reason.
+    pub left: u64,
+    pub last_error: String,
+}
 
 pub struct Replicas {
     store: Arc<dyn Store>,
@@ -203,6 +216,80 @@ impl Replicas {
         let held = catalog.receive(upload, chunks, IDLE, quiet).await?;
         let copied = held.bytes.saturating_sub(offset);
         Ok(copied)
+    }
+
+    /// Until `stopped`: every `interval`, copies the catalog files this replica lacks
+    /// from the others (a replica that was down during pushes, or that lost its disk,
+    /// fills up again without waiting for a worker to ask).
+    pub async fn sync(
+        self: Arc<Self>,
+        catalog: Arc<Catalog>,
+        interval: Duration,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            match self.sync_once(&catalog).await {
+                Ok(Synced {
+                    files: 0, left: 0, ..
+                }) => {}
+                Ok(s) if s.left == 0 => {
+                    tracing::info!(
+                        files = s.files,
+                        bytes = s.bytes,
+                        "copied the catalog files this replica lacked from the others"
+                    )
+                }
+                Ok(s) => {
+                    tracing::warn!(files = s.files, bytes = s.bytes, left = s.left, error = %s.last_error, "some catalog files this replica lacks could not be copied from any other replica; trying again later")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for catalog files this replica lacks")
+                }
+            }
+        }
+    }
+
+    /// One pass of [`Replicas::sync`].
+    pub async fn sync_once(&self, catalog: &Catalog) -> Result<Synced, CatalogError> {
+        let wanted = catalog.referenced().await?;
+        let blobs = Arc::clone(&catalog.blobs);
+        let mut missing: Vec<(String, u64)> = blocking(move || {
+            Ok(wanted
+                .into_iter()
+                .filter(|(sha256, _)| !blobs.held(sha256).is_ok_and(|h| h.complete))
+                .collect())
+        })
+        .await?;
+        missing.sort();
+        let mut done = Synced::default();
+        if missing.is_empty() {
+            return Ok(done);
+        }
+        let others = self.others().await?;
+        for (sha256, size) in missing {
+            let mut copied = None;
+            for address in &others {
+                match self.copy_from(catalog, address, &sha256, size).await {
+                    Ok(bytes) => {
+                        copied = Some(bytes);
+                        break;
+                    }
+                    Err(e) => done.last_error = e.to_string(),
+                }
+            }
+            match copied {
+                Some(bytes) => {
+                    done.files += 1;
+                    done.bytes += bytes;
+                }
+                None => done.left += 1,
+            }
+        }
+        Ok(done)
     }
 
     /// A blob this replica lacks: fetched from another replica that has it. Ok(false)
