@@ -1159,37 +1159,79 @@ fn catalog_bytes(worker: &Worker) -> (f64, f64, f64) {
     )
 }
 
-/// A model spreads over the LAN: the first worker fetches it from the scheduler, the two
+/// A model spreads over the LAN: three workers with empty model directories, one of them
+/// also without ONNX Runtime and without a package registry (it gets the library from the
+/// scheduler's catalog); image_classifier (with a 16 MiB extra file) is pushed and
+/// deployed with 3 replicas. The first worker fetches it from the scheduler, the two
 /// assigned after it from that worker, so the scheduler sends one copy, not three
 /// (counted by each worker, by source, on /metrics, and by the kernel for the scheduler
-/// process: /proc/PID/io).
+/// process: /proc/PID/io); each worker answers with onnxruntime's outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
     let scheduler = Scheduler::start_with(QUICK);
     let empty = TempDir::new("catalog-empty-repository");
+    let scratch = TempDir::new("spread-runtime");
+    let wheel = onnxruntime_wheel(scratch.path());
+    cli_ok(
+        &scheduler,
+        &["runtime", "push", "--from", wheel.to_str().expect("utf-8")],
+    );
     let flags = ["--load", "on-demand", "--http-listen", "127.0.0.1:0"];
-    let workers: Vec<Worker> = ["p1", "p2", "p3"]
+    let mut workers: Vec<Worker> = ["p1", "p2"]
         .iter()
         .map(|name| Worker::start_with_models(name, &scheduler, empty.path(), &flags))
         .collect();
+    let no_runtime = TempDir::new("spread-no-runtime-cache");
+    let p3_data = TempDir::new("spread-p3-data");
+    let offline: Vec<(&str, &Path)> = vec![
+        ("LOCALML_CACHE_DIR", no_runtime.path()),
+        ("LD_LIBRARY_PATH", no_runtime.path()),
+        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
+    ];
+    let mut p3_flags = flags.to_vec();
+    p3_flags.extend([
+        "--data-dir",
+        p3_data.path().to_str().expect("utf-8"),
+        "--onnxruntime",
+        "auto",
+    ]);
+    workers.push(Worker::start_with_env(
+        "p3",
+        &scheduler.cluster_addr,
+        empty.path(),
+        &p3_flags,
+        &offline,
+    ));
     scheduler.wait_ready(&["p1", "p2", "p3"]).await;
-    // A model with a 16 MiB extra file, so that one copy stands out of what else the
-    // scheduler writes meanwhile (its store, its log, report answers).
+    let version = localml_worker::runtime::ORT_VERSION;
+    assert!(
+        p3_data
+            .path()
+            .join(format!(
+                "runtime/onnxruntime/{version}/libonnxruntime.so.{version}"
+            ))
+            .is_file(),
+        "p3 got ONNX Runtime from the scheduler"
+    );
+    // image_classifier with a 16 MiB extra file, so that one copy stands out of what else
+    // the scheduler writes meanwhile (its store, its log, report answers).
     let dir = TempDir::new("spread-model");
-    let version = dir.path().join("spread/1");
+    let model = dir.path().join("image_classifier");
+    let version = model.join("1");
     std::fs::create_dir_all(&version).expect("dir");
-    std::fs::copy(
-        models_dir().join("text_classifier/2/model.onnx"),
-        version.join("model.onnx"),
-    )
-    .expect("copy");
+    let source = models_dir().join("image_classifier");
+    std::fs::copy(source.join("config.yaml"), model.join("config.yaml")).expect("copy");
+    std::fs::copy(source.join("1/model.onnx"), version.join("model.onnx")).expect("copy");
     let extra: Vec<u8> = (0..16u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(version.join("vocabulary.bin"), &extra).expect("write");
     let size = (std::fs::metadata(version.join("model.onnx"))
         .expect("model")
         .len()
         + extra.len() as u64) as f64;
-    push_named(&scheduler, &version, "spread");
+    cli_ok(
+        &scheduler,
+        &["models", "push", model.to_str().expect("utf-8")],
+    );
     let scheduler = &scheduler;
     let deploy = |replicas: u32| async move {
         scheduler
@@ -1197,17 +1239,21 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
             .await
             .apply_deployment(Deployment {
                 name: "spread".into(),
-                model: "spread".into(),
+                model: "image_classifier".into(),
                 replicas,
                 ..Default::default()
             })
             .await
             .expect("deployment");
         let served = wait_until(Duration::from_secs(60), || async {
-            scheduler.serving("spread").await.len() == replicas as usize
+            scheduler.serving("image_classifier").await.len() == replicas as usize
         })
         .await;
-        assert!(served, "served by {:?}", scheduler.serving("spread").await);
+        assert!(
+            served,
+            "served by {:?}",
+            scheduler.serving("image_classifier").await
+        );
     };
     // What the scheduler process wrote (sockets and files), by the kernel's count: at
     // least one copy, and well under two.
@@ -1243,6 +1289,23 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
         "two copies between workers: {counts:?}"
     );
     assert_eq!(sent, from_peers, "{counts:?}");
+    // Each replica answers with onnxruntime's outputs (examples/expected).
+    let examples = expected_examples();
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
+    for worker in &workers {
+        let response = worker
+            .inference()
+            .await
+            .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
+            .await
+            .expect("inference")
+            .into_inner();
+        let outputs = localml_cli::client::outputs(&response).expect("outputs");
+        assert_tensors_match(&worker.name, &ex.outputs, &outputs);
+    }
 }
 
 /// A wheel laid out as PyPI's `onnxruntime` one (`onnxruntime/capi/libonnxruntime*`),
