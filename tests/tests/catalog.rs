@@ -54,6 +54,26 @@ fn cli(scheduler: &Scheduler, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Asks `client` for image_classifier (no version) with examples/expected's inputs and
+/// checks the answer equals onnxruntime's outputs; `what` names the case in a failure.
+async fn assert_answers_image_classifier(
+    client: &mut localml_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<Connection>,
+    what: &str,
+) {
+    let examples = expected_examples();
+    let ex = examples
+        .iter()
+        .find(|e| e.model == "image_classifier")
+        .expect("example");
+    let response = client
+        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
+        .await
+        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
+        .into_inner();
+    let outputs = localml_cli::client::outputs(&response).expect("outputs");
+    assert_tensors_match(what, &ex.outputs, &outputs);
+}
+
 /// `localml models push FILE --name NAME`; what it prints.
 fn push_named(scheduler: &Scheduler, file: &Path, name: &str) -> String {
     cli_ok(
@@ -780,20 +800,9 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         scheduler.serving("image_classifier").await
     );
 
-    let examples = expected_examples();
-    let ex = examples
-        .iter()
-        .find(|e| e.model == "image_classifier")
-        .expect("example");
     let mut inference = scheduler.inference().await;
     for _ in 0..4 {
-        let response = inference
-            .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
-            .await
-            .expect("inference")
-            .into_inner();
-        let outputs = localml_cli::client::outputs(&response).expect("outputs");
-        assert_tensors_match("catalog model", &ex.outputs, &outputs);
+        assert_answers_image_classifier(&mut inference, "catalog model").await;
     }
     // The memory a worker measured when it loaded the version is kept in the catalog,
     // for placement.
@@ -881,16 +890,7 @@ async fn workers_fetch_pushed_models_from_the_catalog_and_serve_them() {
         original,
         "the corrupt copy was replaced"
     );
-    let response = inference
-        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
-        .await
-        .expect("inference")
-        .into_inner();
-    assert_tensors_match(
-        "catalog model",
-        &ex.outputs,
-        &localml_cli::client::outputs(&response).expect("outputs"),
-    );
+    assert_answers_image_classifier(&mut inference, "catalog model, fetched again").await;
 }
 
 /// Triton's Python client loads a model with its files through the scheduler (into the
@@ -1183,11 +1183,7 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
         .collect();
     let no_runtime = TempDir::new("spread-no-runtime-cache");
     let p3_data = TempDir::new("spread-p3-data");
-    let offline: Vec<(&str, &Path)> = vec![
-        ("LOCALML_CACHE_DIR", no_runtime.path()),
-        ("LD_LIBRARY_PATH", no_runtime.path()),
-        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
-    ];
+    let offline = offline_env(no_runtime.path());
     let mut p3_flags = flags.to_vec();
     p3_flags.extend([
         "--data-dir",
@@ -1290,22 +1286,46 @@ async fn workers_fetch_from_peers_so_the_scheduler_sends_one_copy() {
     );
     assert_eq!(sent, from_peers, "{counts:?}");
     // Each replica answers with onnxruntime's outputs (examples/expected).
-    let examples = expected_examples();
-    let ex = examples
-        .iter()
-        .find(|e| e.model == "image_classifier")
-        .expect("example");
     for worker in &workers {
-        let response = worker
-            .inference()
-            .await
-            .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
-            .await
-            .expect("inference")
-            .into_inner();
-        let outputs = localml_cli::client::outputs(&response).expect("outputs");
-        assert_tensors_match(&worker.name, &ex.outputs, &outputs);
+        assert_answers_image_classifier(&mut worker.inference().await, &worker.name).await;
     }
+}
+
+/// What a worker PC without internet has: no ONNX Runtime in localml's cache (`cache`,
+/// empty) or on the library path, and a package index that cannot be reached.
+fn offline_env(cache: &Path) -> Vec<(&'static str, &Path)> {
+    vec![
+        ("LOCALML_CACHE_DIR", cache),
+        ("LD_LIBRARY_PATH", cache),
+        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
+    ]
+}
+
+/// Runs a worker (example models, data in `data`, `extra` flags, `env`) that is expected
+/// to stop with exit status 1; returns what it wrote on stderr.
+fn worker_that_stops(
+    scheduler: &Scheduler,
+    name: &str,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> String {
+    let out = Command::new(bin("localml-worker"))
+        .args(["--name", name, "--listen", "127.0.0.1:0", "--scheduler"])
+        .arg(&scheduler.cluster_addr)
+        .arg("--models")
+        .arg(models_dir())
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .env("LOCALML_TOKEN", join_token(&scheduler.addr))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run worker");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
 }
 
 /// A wheel laid out as PyPI's `onnxruntime` one (`onnxruntime/capi/libonnxruntime*`),
@@ -1345,28 +1365,11 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
     let scratch = TempDir::new("runtime-push");
     let empty_cache = TempDir::new("runtime-empty-cache");
     // No library in localml's cache, none on the system path, and no registry.
-    let offline: Vec<(&str, &Path)> = vec![
-        ("LOCALML_CACHE_DIR", empty_cache.path()),
-        ("LD_LIBRARY_PATH", empty_cache.path()),
-        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
-    ];
+    let offline = offline_env(empty_cache.path());
 
     // Nothing in the catalog yet: a one-line error saying what to do.
     let data = TempDir::new("runtime-worker-data");
-    let out = Command::new(bin("localml-worker"))
-        .args(["--name", "bare", "--listen", "127.0.0.1:0", "--scheduler"])
-        .arg(&scheduler.cluster_addr)
-        .arg("--models")
-        .arg(models_dir())
-        .arg("--data-dir")
-        .arg(data.path())
-        .envs(offline.iter().map(|(k, v)| (*k, *v)))
-        .env("LOCALML_TOKEN", join_token(&scheduler.addr))
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run worker");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = worker_that_stops(&scheduler, "bare", data.path(), &[], &offline);
     assert!(
         stderr.contains("none came from the scheduler")
             && stderr.contains("no ONNX Runtime build for cpu in the catalog")
@@ -1451,20 +1454,11 @@ async fn a_worker_without_onnx_runtime_fetches_it_from_the_scheduler() {
     ));
     let original = localml_worker::runtime::cached_library().expect("installed");
     assert_eq!(sha256(&fetched), sha256(&original), "{}", fetched.display());
-    let examples = expected_examples();
-    let ex = examples
-        .iter()
-        .find(|e| e.model == "image_classifier")
-        .expect("example");
-    let response = scheduler
-        .inference()
-        .await
-        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
-        .await
-        .expect("served by the worker that fetched its runtime")
-        .into_inner();
-    let outputs = localml_cli::client::outputs(&response).expect("outputs");
-    assert_tensors_match("fetched runtime", &ex.outputs, &outputs);
+    assert_answers_image_classifier(
+        &mut scheduler.inference().await,
+        "served by the worker that fetched its runtime",
+    )
+    .await;
     drop(worker);
 
     // `localml runtime install --from WHEEL` on a PC of its own, offline.
@@ -1540,11 +1534,7 @@ async fn a_gpu_build_carries_its_cuda_libraries_to_a_worker() {
     let (runtime_wheel, cuda_wheel) = gpu_wheels();
     let scratch = TempDir::new("gpu-runtime-push");
     let empty_cache = TempDir::new("gpu-runtime-empty-cache");
-    let offline: Vec<(&str, &Path)> = vec![
-        ("LOCALML_CACHE_DIR", empty_cache.path()),
-        ("LD_LIBRARY_PATH", empty_cache.path()),
-        ("PIP_INDEX_URL", Path::new("http://127.0.0.1:9/simple")),
-    ];
+    let offline = offline_env(empty_cache.path());
     let arg = |p: &Path| p.to_str().expect("utf-8").to_string();
     let (runtime_arg, cuda_arg) = (arg(&runtime_wheel), arg(&cuda_wheel));
 
@@ -1585,27 +1575,13 @@ async fn a_gpu_build_carries_its_cuda_libraries_to_a_worker() {
         "{out}"
     );
     let refused_data = TempDir::new("gpu-runtime-refused");
-    let out = Command::new(bin("localml-worker"))
-        .args([
-            "--name",
-            "no-cuda",
-            "--listen",
-            "127.0.0.1:0",
-            "--scheduler",
-        ])
-        .arg(&scheduler.cluster_addr)
-        .arg("--models")
-        .arg(models_dir())
-        .arg("--data-dir")
-        .arg(refused_data.path())
-        .args(["--runtime-flavor", "gpu"])
-        .envs(offline.iter().map(|(k, v)| (*k, *v)))
-        .env("LOCALML_TOKEN", join_token(&scheduler.addr))
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run worker");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = worker_that_stops(
+        &scheduler,
+        "no-cuda",
+        refused_data.path(),
+        &["--runtime-flavor", "gpu"],
+        &offline,
+    );
     assert!(
         stderr.contains("carries no CUDA libraries")
             && stderr.contains("localml runtime push --gpu"),
@@ -1695,20 +1671,11 @@ async fn a_gpu_build_carries_its_cuda_libraries_to_a_worker() {
         "the CUDA build: {:?}",
         status.execution_providers
     );
-    let examples = expected_examples();
-    let ex = examples
-        .iter()
-        .find(|e| e.model == "image_classifier")
-        .expect("example");
-    let response = scheduler
-        .inference()
-        .await
-        .model_infer(localml_cli::client::request(&ex.model, "", &ex.inputs))
-        .await
-        .expect("served by the GPU build, on the CPU")
-        .into_inner();
-    let outputs = localml_cli::client::outputs(&response).expect("outputs");
-    assert_tensors_match("GPU build on the CPU", &ex.outputs, &outputs);
+    assert_answers_image_classifier(
+        &mut scheduler.inference().await,
+        "served by the GPU build, on the CPU",
+    )
+    .await;
 }
 
 /// `--fetch-rate`: a worker on a slow link fetches a model no faster than it allows (a
