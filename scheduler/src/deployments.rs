@@ -635,12 +635,14 @@ pub fn plan(
         // While the model or version changes, the replicas beyond the count are surges
         // onto other workers (see [`roll`]): an old replica goes first, and only while
         // the replicas serving something stay at least `replicas - max_unavailable`.
+        // Whether a replica serves what its assignment names (the new version, or the
+        // old one it keeps or still has).
+        let up = |(n, a): &(String, Assignment)| {
+            by_name
+                .get(n.as_str())
+                .is_some_and(|w| refs(a).any(|m| serves(w, &m.name, &m.version)))
+        };
         if keep.iter().any(|(_, a)| !is_wanted(d, a)) {
-            let up = |(n, a): &(String, Assignment)| {
-                by_name
-                    .get(n.as_str())
-                    .is_some_and(|w| refs(a).any(|m| serves(w, &m.name, &m.version)))
-            };
             let mut serving_now = keep.iter().filter(|r| up(r)).count();
             let floor = want.saturating_sub(max_unavailable(d));
             let mut old: Vec<&&(String, Assignment)> =
@@ -658,19 +660,20 @@ pub fn plan(
             // meanwhile) goes as below.
             extra = extra.saturating_sub(max_surge(d));
         }
-        // Replicas that serve now stay first (not one still loading a new version), then
-        // by name.
-        let mut rest: Vec<String> = keep
+        // Replicas that serve the deployment's version stay first, then those that serve
+        // another (an old version while a change rolls), then those still loading; by
+        // name within each.
+        let mut rest: Vec<&(String, Assignment)> = keep
             .iter()
-            .map(|(n, _)| n.clone())
-            .filter(|n| !remove.contains(n))
+            .copied()
+            .filter(|(n, _)| !remove.contains(n))
             .collect();
-        rest.sort_by_key(|n| {
-            let serves_now = by_name.get(n.as_str()).is_some_and(|w| serving(d, w));
-            (!serves_now, n.clone())
+        rest.sort_by_key(|r| {
+            let serves_now = by_name.get(r.0.as_str()).is_some_and(|w| serving(d, w));
+            (!serves_now, !up(r), r.0.clone())
         });
         let stay = rest.len().saturating_sub(extra);
-        remove.extend(rest.into_iter().skip(stay));
+        remove.extend(rest.into_iter().skip(stay).map(|(n, _)| n.clone()));
     } else if keep.len() < want {
         let taken: HashSet<&str> = assigned.iter().map(|(n, _)| n.as_str()).collect();
         add = spare(d, &taken, workers)
@@ -782,7 +785,7 @@ impl Controller {
                 .into_iter()
                 .filter(|(w, _)| !remove.contains(w))
                 .collect();
-            let step = roll(d, &kept, &workers);
+            let step = roll(d, &kept, &workers, &remove);
             for (w, a) in step.writes {
                 let stored = kept.iter().find(|(n, _)| *n == w).map(|(_, a)| a);
                 let a = with_variant(d, &workers, &w, stored, a);
@@ -837,7 +840,16 @@ pub struct Roll {
 ///   replica's own worker where it has room for both; the old version serves meanwhile;
 /// - up to `max_unavailable` replicas at once drop the old version before the new serves;
 /// - a replica that serves nothing anyway moves at once.
-pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo]) -> Roll {
+///
+/// `freed`: workers whose assignment this pass deletes; one of them that would be the
+/// spare becomes it at the next pass (one store transaction cannot delete and write the
+/// same key), and the replica it would take waits for it.
+pub fn roll(
+    d: &Deployment,
+    kept: &[(String, Assignment)],
+    workers: &[WorkerInfo],
+    freed: &[String],
+) -> Roll {
     let by_name = |name: &str| {
         workers
             .iter()
@@ -887,7 +899,9 @@ pub fn roll(d: &Deployment, kept: &[(String, Assignment)], workers: &[WorkerInfo
         let fits_both = by_name(w).is_some_and(|x| fits(d, x));
         if surging < max_surge(d) {
             if let Some(other) = spares.next() {
-                step.surges.push((other, wanted(d)));
+                if !freed.contains(&other) {
+                    step.surges.push((other, wanted(d)));
+                }
                 surging += 1;
                 continue;
             }
@@ -986,7 +1000,7 @@ pub fn with_status(
             "Rolling to '{}' {version}: {} of {} replicas serve it",
             d.model, out.ready_replicas, d.replicas
         );
-        if let Some(why) = roll(d, assignments, workers).blocked {
+        if let Some(why) = roll(d, assignments, workers, &[]).blocked {
             out.message = format!("{}; waiting: {why}", out.message);
         }
     } else if out.ready_replicas < d.replicas {
@@ -1460,27 +1474,35 @@ mod tests {
         let d = to_v2(None, None);
         let both_on_v1 = vec![serving_versions("a", &["1"]), serving_versions("b", &["1"])];
         // Both on v1: a loads v2 beside v1 (surge 1); b waits, serving v1.
-        let step = roll(&d, &kept(on("1"), on("1")), &both_on_v1);
+        let step = roll(&d, &kept(on("1"), on("1")), &both_on_v1, &[]);
         assert_eq!(step.writes, vec![("a".to_string(), surging("1"))]);
         assert_eq!(step.blocked, None);
         // a loads v2 (and keeps v1): nothing more.
-        let step = roll(&d, &kept(surging("1"), on("1")), &both_on_v1);
+        let step = roll(&d, &kept(surging("1"), on("1")), &both_on_v1, &[]);
         assert_eq!(step, Roll::default());
         // a serves v2: it drops v1, and b starts.
         let workers = vec![
             serving_versions("a", &["1", "2"]),
             serving_versions("b", &["1"]),
         ];
-        let step = roll(&d, &kept(surging("1"), on("1")), &workers);
+        let step = roll(&d, &kept(surging("1"), on("1")), &workers, &[]);
         assert_eq!(
             step.writes,
             vec![("a".to_string(), on("2")), ("b".to_string(), surging("1"))]
         );
         // Both on v2: done.
         let workers = vec![serving_versions("a", &["2"]), serving_versions("b", &["2"])];
-        assert_eq!(roll(&d, &kept(on("2"), on("2")), &workers), Roll::default());
+        assert_eq!(
+            roll(&d, &kept(on("2"), on("2")), &workers, &[]),
+            Roll::default()
+        );
         // A surge of 2 moves both at once.
-        let step = roll(&to_v2(Some(2), None), &kept(on("1"), on("1")), &both_on_v1);
+        let step = roll(
+            &to_v2(Some(2), None),
+            &kept(on("1"), on("1")),
+            &both_on_v1,
+            &[],
+        );
         assert_eq!(
             step.writes,
             vec![
@@ -1506,7 +1528,7 @@ mod tests {
                 });
             }
         }
-        let step = roll(&v3, &kept(surging("1"), on("1")), &workers);
+        let step = roll(&v3, &kept(surging("1"), on("1")), &workers, &[]);
         let v3_keeping_v1 = Assignment {
             version: "3".into(),
             ..surging("1")
@@ -1521,11 +1543,11 @@ mod tests {
             serving_versions("a", &["1", "2"]),
             serving_versions("b", &["1"]),
         ];
-        let step = roll(&d1, &kept(surging("1"), on("1")), &workers);
+        let step = roll(&d1, &kept(surging("1"), on("1")), &workers, &[]);
         assert_eq!(step.writes, vec![("a".to_string(), on("1"))]);
         // A replica that serves nothing anyway (still loading v1) moves at once.
         let workers = vec![serving_versions("a", &[]), serving_versions("b", &["1"])];
-        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers, &[]);
         assert_eq!(
             step.writes,
             vec![("a".to_string(), on("2")), ("b".to_string(), surging("1"))]
@@ -1550,7 +1572,7 @@ mod tests {
         // a and b serve v1, c is spare with room: c loads v2 and neither a nor b loads
         // a second version.
         let workers = serving(&["1"], &["1"], &[]);
-        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers, &[]);
         assert_eq!(
             step,
             Roll {
@@ -1560,7 +1582,7 @@ mod tests {
         );
         // While c loads, the old replicas are what serves: none goes, nothing more moves.
         assert_eq!(plan(&d, &with(on("2")), &workers), (vec![], vec![]));
-        assert_eq!(roll(&d, &with(on("2")), &workers), Roll::default());
+        assert_eq!(roll(&d, &with(on("2")), &workers, &[]), Roll::default());
         // c serves v2: an old replica goes (a, by name), and the next surge goes onto the
         // worker it frees.
         let workers = serving(&["1"], &["1"], &["2"]);
@@ -1569,7 +1591,11 @@ mod tests {
             (vec![], vec!["a".to_string()])
         );
         let left = vec![("b".to_string(), on("1")), ("c".to_string(), on("2"))];
-        let step = roll(&d, &left, &workers);
+        let freed = ["a".to_string()];
+        // In the pass that frees it, a is not written again (one store transaction cannot
+        // delete and write a key) and b waits for it rather than loading beside v1.
+        assert_eq!(roll(&d, &left, &workers, &freed), Roll::default());
+        let step = roll(&d, &left, &workers, &[]);
         assert_eq!(step.surges, vec![("a".to_string(), on("2"))]);
         assert!(step.writes.is_empty(), "{step:?}");
         // An old replica that serves nothing goes first, whatever its name.
@@ -1592,12 +1618,28 @@ mod tests {
         };
         let (_, remove) = plan(&one, &with(on("2")), &workers);
         assert_eq!(remove.len(), 1, "{remove:?}");
+        // Cut to one replica and max_surge 1 while two surges load: the old replica that
+        // serves stays (whatever its name), a loading surge goes.
+        let workers = vec![
+            serving_versions("c", &[]),
+            serving_versions("d", &[]),
+            serving_versions("z", &["1"]),
+        ];
+        let three = vec![
+            ("c".to_string(), on("2")),
+            ("d".to_string(), on("2")),
+            ("z".to_string(), on("1")),
+        ];
+        assert_eq!(
+            plan(&one, &three, &workers),
+            (vec![], vec!["d".to_string()])
+        );
         // A spare without room for the new version is no surge: beside the old one.
         let mut workers = serving(&["1"], &["1"], &[]);
         if let Some(s) = workers[2].status.as_mut() {
             s.ram_free_bytes = 5;
         }
-        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers, &[]);
         assert_eq!(step.writes, vec![("a".to_string(), surging("1"))]);
         assert!(step.surges.is_empty(), "{step:?}");
     }
@@ -1612,7 +1654,7 @@ mod tests {
         }
         // Surge only (the default): stuck, and the status says why and what to do.
         let d = to_v2(None, None);
-        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers, &[]);
         assert!(step.writes.is_empty(), "{step:?}");
         let why = step.blocked.expect("blocked");
         assert_eq!(
@@ -1626,9 +1668,9 @@ mod tests {
         );
         // max_unavailable 1: one replica at a time drops v1 and loads v2.
         let d = to_v2(None, Some(1));
-        let step = roll(&d, &kept(on("1"), on("1")), &workers);
+        let step = roll(&d, &kept(on("1"), on("1")), &workers, &[]);
         assert_eq!(step.writes, vec![("a".to_string(), on("2"))]);
-        let step = roll(&d, &kept(on("2"), on("1")), &workers);
+        let step = roll(&d, &kept(on("2"), on("1")), &workers, &[]);
         assert_eq!(step, Roll::default(), "b waits until a serves v2");
         // Both 0 is refused.
         let e = validate(&to_v2(Some(0), Some(0))).expect_err("both 0");

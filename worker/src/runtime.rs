@@ -197,12 +197,31 @@ pub fn cuda_runtime_present() -> bool {
     find_library("libcudart.so").is_some()
 }
 
-/// Whether a build's file is one of NVIDIA's CUDA libraries that travel with the GPU
-/// build (from the `nvidia-*` wheels), not ONNX Runtime's own.
+/// Names of NVIDIA's CUDA libraries that travel with the GPU build (from the `nvidia-*`
+/// wheels): the CUDA runtime, cuBLAS(Lt), cuFFT, cuRAND, cuSPARSE, cuSOLVER, cuDNN,
+/// NVRTC, nvJitLink, NVBLAS, and TensorRT's where given.
+const CUDA_LIBRARY_PREFIXES: [&str; 12] = [
+    "libcudart.so",
+    "libcublas",
+    "libcufft",
+    "libcurand",
+    "libcusparse",
+    "libcusolver",
+    "libcudnn",
+    "libnvrtc",
+    "libnvJitLink",
+    "libnvblas",
+    "libnvinfer",
+    "libnvonnxparser",
+];
+
+/// Whether a build's file is one of NVIDIA's CUDA libraries (see
+/// [`CUDA_LIBRARY_PREFIXES`]), not ONNX Runtime's own.
 pub fn is_cuda_library(file_name: &str) -> bool {
-    file_name.starts_with("lib")
-        && file_name.contains(".so")
-        && !file_name.starts_with("libonnxruntime")
+    file_name.contains(".so")
+        && CUDA_LIBRARY_PREFIXES
+            .iter()
+            .any(|p| file_name.starts_with(p))
 }
 
 /// Whether a GPU build made of `files` (names) can run here: it carries the CUDA runtime
@@ -223,8 +242,8 @@ pub struct Preloaded {
     pub failed: Vec<(String, String)>,
 }
 
-/// Loads the CUDA libraries that came with a GPU build (`dir`, the build's directory),
-/// before ONNX Runtime: its CUDA provider library names them (libcudart.so.13,
+/// Loads the CUDA libraries that came with a GPU build (`dir`, the build's directory:
+/// one that holds ONNX Runtime's CUDA provider and the CUDA runtime), before ONNX Runtime: its CUDA provider library names them (libcudart.so.13,
 /// libcublasLt.so.13, ...) without a search path of its own, and cuDNN's parts are
 /// opened later by name; a library loaded once, globally, is found by name by both. (As
 /// onnxruntime's Python `preload_dlls` does for the same wheels, through `ort`'s
@@ -232,6 +251,18 @@ pub struct Preloaded {
 /// another are retried once that one is loaded; those that never load are reported, not
 /// fatal: the CUDA provider then fails to start and models run on the CPU.
 pub fn preload_cuda(dir: &Path) -> Preloaded {
+    // Only a GPU build that carries its CUDA libraries: ONNX Runtime's CUDA provider and
+    // the CUDA runtime beside the library (not, say, a system directory that happens to
+    // hold ONNX Runtime among other libraries).
+    let carries_cuda = dir.join("libonnxruntime_providers_cuda.so").is_file()
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
+        });
+    if !carries_cuda {
+        return Preloaded::default();
+    }
     let mut pending: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -398,11 +429,16 @@ pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, Run
     let version = flavor.version();
     let whole = match flavor {
         Flavor::Cpu => true,
-        Flavor::Gpu => std::fs::read_dir(install_dir(flavor)).is_ok_and(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
-        }),
+        // A build without its CUDA libraries (installed before they travelled with it)
+        // is whole where the PC has the CUDA runtime itself.
+        Flavor::Gpu => {
+            cuda_runtime_present()
+                || std::fs::read_dir(install_dir(flavor)).is_ok_and(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
+                })
+        }
     };
     if target.is_file() && whole {
         log(&format!(
@@ -609,6 +645,7 @@ pub fn install_wheels(
 import os, sys, zipfile
 dst = sys.argv[1]
 os.makedirs(dst, exist_ok=True)
+origin = {}
 for arg in sys.argv[2:]:
     kind, src = arg.split(":", 1)
     try:
@@ -625,6 +662,9 @@ for arg in sys.argv[2:]:
                 wanted = (name.startswith("nvidia/") and "/lib/" in name
                           and base.startswith("lib") and ".so" in base)
             if wanted:
+                if base in origin and origin[base] != src:
+                    sys.exit("both %s and %s hold %s: give one" % (origin[base], src, base))
+                origin[base] = src
                 taken += 1
                 with z.open(name) as f, open(os.path.join(dst, base), "wb") as out:
                     while True:
@@ -633,7 +673,7 @@ for arg in sys.argv[2:]:
                             break
                         out.write(piece)
     if taken == 0 and kind == "cuda":
-        sys.exit("%s: no nvidia/.../lib/lib*.so* library inside" % src)
+        print("passing over %s: no nvidia/.../lib/lib*.so* library inside" % src)
 "#;
     let mut command = Command::new(python);
     command.args(["-c", script]).arg(&staging);
@@ -649,6 +689,9 @@ for arg in sys.argv[2:]:
     let out = command
         .output()
         .map_err(|e| RuntimeError::Install(format!("cannot run {python}: {e}")))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        log(line);
+    }
     let result = (|| {
         if !out.status.success() {
             let reason = String::from_utf8_lossy(&out.stderr);
@@ -675,10 +718,8 @@ for arg in sys.argv[2:]:
             })?;
         let dir = root.join(flavor.package()).join(&version);
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-        let mut cuda = 0;
         for entry in std::fs::read_dir(&staging).map_err(|e| fail(e.to_string()))? {
             let entry = entry.map_err(|e| fail(e.to_string()))?;
-            cuda += usize::from(entry.file_name().to_str().is_some_and(is_cuda_library));
             let target = dir.join(entry.file_name());
             if !target.is_file() {
                 std::fs::rename(entry.path(), &target)
@@ -687,6 +728,11 @@ for arg in sys.argv[2:]:
         }
         let library = dir.join(format!("libonnxruntime.so.{version}"));
         log(&format!("installed {}", library.display()));
+        let cuda = std::fs::read_dir(&dir)
+            .map_err(|e| fail(e.to_string()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(is_cuda_library))
+            .count();
         if cuda > 0 {
             log(&format!(
                 "with {cuda} CUDA librar{} beside it",
@@ -723,12 +769,22 @@ mod tests {
         assert_eq!(gpu_build_usable(&without, true), Ok(()));
         let why = gpu_build_usable(&without, false).expect_err("no CUDA anywhere");
         assert!(why.contains("localml runtime push --gpu"), "{why}");
-        assert!(
-            is_cuda_library("libcudnn_graph.so.9") && is_cuda_library("libnvrtc-builtins.so.13.0")
-        );
-        assert!(
-            !is_cuda_library("libonnxruntime_providers_cuda.so") && !is_cuda_library("LICENSE")
-        );
+        for ours in [
+            "libcudnn_graph.so.9",
+            "libnvrtc-builtins.so.13.5",
+            "libcublasLt.so.13",
+        ] {
+            assert!(is_cuda_library(ours), "{ours}");
+        }
+        for other in [
+            "libonnxruntime_providers_cuda.so",
+            "LICENSE",
+            "libcuda.so.1",
+            "libnvidia-ml.so.1",
+            "libz.so.1",
+        ] {
+            assert!(!is_cuda_library(other), "{other}");
+        }
     }
 
     #[test]

@@ -232,7 +232,12 @@ impl Replicas {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            match self.sync_once(&catalog).await {
+            // A stop interrupts a copy: what arrived stays for a resume.
+            let synced = tokio::select! {
+                s = self.sync_once(&catalog) => s,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            match synced {
                 Ok(Synced {
                     files: 0, left: 0, ..
                 }) => {}
@@ -269,16 +274,21 @@ impl Replicas {
         if missing.is_empty() {
             return Ok(done);
         }
-        let others = self.others().await?;
+        // A replica that failed a copy is asked last for the rest of the pass (a dead one,
+        // its registration not expired yet, costs a connection timeout once, not per file).
+        let mut others = self.others().await?;
         for (sha256, size) in missing {
             let mut copied = None;
-            for address in &others {
-                match self.copy_from(catalog, address, &sha256, size).await {
+            for _ in 0..others.len() {
+                match self.copy_from(catalog, &others[0], &sha256, size).await {
                     Ok(bytes) => {
                         copied = Some(bytes);
                         break;
                     }
-                    Err(e) => done.last_error = e.to_string(),
+                    Err(e) => {
+                        done.last_error = e.to_string();
+                        others.rotate_left(1);
+                    }
                 }
             }
             match copied {

@@ -146,6 +146,18 @@ async fn transactions(store: &dyn Store, p: &str) {
         .expect("txn");
     assert_eq!(refused, None, "one failing compare refuses the whole txn");
     assert_eq!(text(&store.get(&a).await.expect("get").expect("a")), "A");
+    // One key written twice in a transaction: refused, nothing written (etcd's rule).
+    let twice = store
+        .commit(
+            Txn::new()
+                .put(&b, b"gone".to_vec(), 0)
+                .delete(&a)
+                .put(&a, b"again".to_vec(), 0),
+        )
+        .await;
+    assert_eq!(twice, Err(StoreError::DuplicateKey(a.clone())));
+    assert_eq!(text(&store.get(&a).await.expect("get").expect("a")), "A");
+    assert_eq!(text(&store.get(&b).await.expect("get").expect("b")), "B");
 }
 
 async fn wait_until_gone(store: &dyn Store, key: &str, limit: Duration) -> bool {

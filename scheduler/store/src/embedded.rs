@@ -268,6 +268,7 @@ impl Inner {
     /// Commits under the state lock, so revisions, history and notifications stay in
     /// one order.
     fn commit(&self, txn: &Txn) -> Result<Option<Revision>, StoreError> {
+        txn.check()?;
         let mut state = self.lock();
         let write = self.db.begin_write().map_err(failed)?;
         let revision = state.revision + 1;

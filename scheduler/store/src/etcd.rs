@@ -165,6 +165,7 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<Option<Revision>, StoreError> {
+        txn.check()?;
         let compares: Vec<EtcdCompare> = txn
             .compares
             .iter()

@@ -122,6 +122,21 @@ impl Txn {
         });
         self
     }
+
+    /// etcd refuses a transaction that writes (puts or deletes) one key twice; both
+    /// backends check it here, so a caller that does it fails alike on each.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for op in &self.ops {
+            let key = match op {
+                Op::Put { key, .. } | Op::Delete { key } => key,
+            };
+            if !seen.insert(key.as_str()) {
+                return Err(StoreError::DuplicateKey(key.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -140,6 +155,9 @@ pub enum StoreError {
     /// this data directory.
     #[error("{0} is in use by another scheduler; give each scheduler its own --data-dir")]
     InUse(String),
+    /// A transaction wrote one key twice (a caller's bug; etcd refuses it).
+    #[error("a store transaction writes key '{0}' twice")]
+    DuplicateKey(String),
 }
 
 /// Batches of events in revision order; ends with `Err(Compacted)` when the history the
