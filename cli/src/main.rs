@@ -747,9 +747,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 let path = if !from.is_empty() {
                     runtime::install_wheels(&from, &runtime::cache_dir(), log)?.library
                 } else if gpu {
-                    runtime::install(runtime::Flavor::Gpu, log)?
+                    runtime::install(runtime::Flavor::Gpu, runtime::Use::ThisPc, log)?
                 } else {
-                    runtime::install(runtime::Flavor::Cpu, log)?
+                    runtime::install(runtime::Flavor::Cpu, runtime::Use::ThisPc, log)?
                 };
                 println!("{}", path.display());
                 Ok(())
@@ -767,14 +767,16 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                         } else {
                             runtime::Flavor::Cpu
                         };
-                        runtime::install(flavor, log).map(|library| runtime::Installed {
-                            flavor,
-                            version: flavor.version().to_string(),
-                            dir: library
-                                .parent()
-                                .map(std::path::Path::to_path_buf)
-                                .unwrap_or_default(),
-                            library,
+                        runtime::install(flavor, runtime::Use::OtherPcs, log).map(|library| {
+                            runtime::Installed {
+                                flavor,
+                                version: flavor.version().to_string(),
+                                dir: library
+                                    .parent()
+                                    .map(std::path::Path::to_path_buf)
+                                    .unwrap_or_default(),
+                                library,
+                            }
                         })
                     }
                 };

@@ -43,9 +43,11 @@ pub fn ensure_runtime(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf>
                 "ONNX Runtime {} not found; installing it (once) ...",
                 runtime::ORT_VERSION
             );
-            Ok(runtime::install(runtime::Flavor::Cpu, &mut |line| {
-                eprintln!("  {line}")
-            })?)
+            Ok(runtime::install(
+                runtime::Flavor::Cpu,
+                runtime::Use::ThisPc,
+                &mut |line| eprintln!("  {line}"),
+            )?)
         }
         Err(e) => Err(e.into()),
     }

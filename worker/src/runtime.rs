@@ -224,6 +224,15 @@ pub fn is_cuda_library(file_name: &str) -> bool {
             .any(|p| file_name.starts_with(p))
 }
 
+/// Whether directory `dir` holds the CUDA runtime (`libcudart.so*`).
+fn cuda_in(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
+    })
+}
+
 /// Whether a GPU build made of `files` (names) can run here: it carries the CUDA runtime
 /// (`libcudart.so*`), or the PC has it. Err says why not.
 pub fn gpu_build_usable(files: &[&str], cuda_on_this_pc: bool) -> Result<(), String> {
@@ -254,12 +263,7 @@ pub fn preload_cuda(dir: &Path) -> Preloaded {
     // Only a GPU build that carries its CUDA libraries: ONNX Runtime's CUDA provider and
     // the CUDA runtime beside the library (not, say, a system directory that happens to
     // hold ONNX Runtime among other libraries).
-    let carries_cuda = dir.join("libonnxruntime_providers_cuda.so").is_file()
-        && std::fs::read_dir(dir).is_ok_and(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
-        });
+    let carries_cuda = dir.join("libonnxruntime_providers_cuda.so").is_file() && cuda_in(dir);
     if !carries_cuda {
         return Preloaded::default();
     }
@@ -420,25 +424,35 @@ pub fn available_providers() -> Vec<String> {
     out
 }
 
+/// Whom a build is installed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// This PC (`localml runtime install`, `localml up`).
+    ThisPc,
+    /// Workers elsewhere (`localml runtime push`): a GPU build must carry its CUDA
+    /// libraries.
+    OtherPcs,
+}
+
 /// Downloads the `onnxruntime` wheel with pip (or `onnxruntime-gpu` with NVIDIA's CUDA
 /// wheels it names: `onnxruntime-gpu[cuda,cudnn]`) and extracts the shared libraries
 /// into the cache. Idempotent: an installed library is kept (a GPU build, once it has
-/// its CUDA runtime beside it). `log` receives one line per step.
-pub fn install(flavor: Flavor, log: &mut dyn FnMut(&str)) -> Result<PathBuf, RuntimeError> {
+/// its CUDA runtime beside it, or for `Use::ThisPc` where this PC has CUDA itself).
+/// `log` receives one line per step.
+pub fn install(
+    flavor: Flavor,
+    purpose: Use,
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf, RuntimeError> {
     let target = install_dir(flavor).join(flavor.library_file());
     let version = flavor.version();
-    let whole = match flavor {
-        Flavor::Cpu => true,
-        // A build without its CUDA libraries (installed before they travelled with it)
-        // is whole where the PC has the CUDA runtime itself.
-        Flavor::Gpu => {
-            cuda_runtime_present()
-                || std::fs::read_dir(install_dir(flavor)).is_ok_and(|entries| {
-                    entries
-                        .filter_map(|e| e.ok())
-                        .any(|e| e.file_name().to_string_lossy().starts_with("libcudart.so"))
-                })
-        }
+    let carries_cuda = || cuda_in(&install_dir(flavor));
+    // A GPU build without its CUDA libraries (installed before they travelled with it)
+    // does for this PC where it has the CUDA runtime itself, never for other PCs.
+    let whole = match (flavor, purpose) {
+        (Flavor::Cpu, _) => true,
+        (Flavor::Gpu, Use::ThisPc) => cuda_runtime_present() || carries_cuda(),
+        (Flavor::Gpu, Use::OtherPcs) => carries_cuda(),
     };
     if target.is_file() && whole {
         log(&format!(
@@ -640,13 +654,15 @@ pub fn install_wheels(
         wheels.len()
     ));
     // Python's zipfile is always there when pip is; it spares a zip dependency here.
-    // Arguments: the directory to fill, then `runtime:PATH` or `cuda:PATH` per wheel.
+    // Arguments: the directory to fill, the CUDA library names' prefixes, then
+    // `runtime:PATH` or `cuda:PATH` per wheel.
     let script = r#"
 import os, sys, zipfile
 dst = sys.argv[1]
+cuda_prefixes = tuple(sys.argv[2].split(","))
 os.makedirs(dst, exist_ok=True)
 origin = {}
-for arg in sys.argv[2:]:
+for arg in sys.argv[3:]:
     kind, src = arg.split(":", 1)
     try:
         z = zipfile.ZipFile(src)
@@ -660,7 +676,7 @@ for arg in sys.argv[2:]:
                 wanted = name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime")
             else:
                 wanted = (name.startswith("nvidia/") and "/lib/" in name
-                          and base.startswith("lib") and ".so" in base)
+                          and base.startswith(cuda_prefixes) and ".so" in base)
             if wanted:
                 if base in origin and origin[base] != src:
                     sys.exit("both %s and %s hold %s: give one" % (origin[base], src, base))
@@ -676,7 +692,10 @@ for arg in sys.argv[2:]:
         print("passing over %s: no nvidia/.../lib/lib*.so* library inside" % src)
 "#;
     let mut command = Command::new(python);
-    command.args(["-c", script]).arg(&staging);
+    command
+        .args(["-c", script])
+        .arg(&staging)
+        .arg(CUDA_LIBRARY_PREFIXES.join(","));
     for (kind, wheel) in &wheels {
         let kind = match kind {
             WheelKind::Runtime(_) => "runtime",
@@ -733,6 +752,9 @@ for arg in sys.argv[2:]:
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_str().is_some_and(is_cuda_library))
             .count();
+        if flavor == Flavor::Gpu && !cuda_in(&dir) {
+            log("this GPU build has no CUDA runtime (libcudart) beside it: workers need CUDA on their own PCs; give NVIDIA's nvidia_* wheels too (pip download 'onnxruntime-gpu[cuda,cudnn]')");
+        }
         if cuda > 0 {
             log(&format!(
                 "with {cuda} CUDA librar{} beside it",

@@ -126,11 +126,17 @@ pub async fn restore(
     let file = std::fs::File::open(path).map_err(|e| failed(e.into()))?;
     let mut reader = BackupReader::open(std::io::BufReader::new(file)).map_err(failed)?;
     let (mut txn, mut ops, mut bytes, mut records) = (Txn::new(), 0, 0, 0);
+    // Keys in the batch: a key the file repeats starts a new batch (one transaction may
+    // not write a key twice), so the later record wins, as it would one by one.
+    let mut batch_keys = std::collections::HashSet::new();
     while let Some(record) = reader.next_record().map_err(failed)? {
-        if ops > 0 && (ops == BATCH_OPS || bytes + record.value.len() > BATCH_BYTES) {
+        let full = ops == BATCH_OPS || bytes + record.value.len() > BATCH_BYTES;
+        if ops > 0 && (full || batch_keys.contains(&record.key)) {
             commit(store, std::mem::take(&mut txn)).await?;
             (ops, bytes) = (0, 0);
+            batch_keys.clear();
         }
+        batch_keys.insert(record.key.clone());
         bytes += record.value.len();
         ops += 1;
         records += 1;
@@ -246,6 +252,26 @@ mod tests {
         let (kvs, _) = store.list("").await.expect("list");
         let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
         assert_eq!(keys, ["trust/ca", "workers/w"]);
+        drop(store);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_the_file_repeats_is_restored_with_its_last_value() {
+        let dir = temp_dir("repeat");
+        let file = dir.join("backup");
+        write_backup(
+            &file,
+            &[("keys/a", b"first"), ("keys/b", b"b"), ("keys/a", b"last")],
+        );
+        let (_, contents) = verify(&file).expect("a whole backup");
+        let store = EmbeddedStore::open(&dir.join("state")).expect("open");
+        let restored = restore(&store, &file, &contents, false)
+            .await
+            .expect("one transaction may not write a key twice: a new batch");
+        assert_eq!(restored.records, 3);
+        let a = store.get("keys/a").await.expect("get").expect("a");
+        assert_eq!(a.value, b"last");
         drop(store);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -274,20 +274,24 @@ impl Replicas {
         if missing.is_empty() {
             return Ok(done);
         }
-        // A replica that failed a copy is asked last for the rest of the pass (a dead one,
-        // its registration not expired yet, costs a connection timeout once, not per file).
-        let mut others = self.others().await?;
+        // A replica that failed a copy is asked after the others for the rest of the pass
+        // (a dead one, its registration not expired yet, costs a connection timeout once
+        // while another can give the files).
+        let others = self.others().await?;
+        let mut failed: std::collections::HashSet<String> = Default::default();
         for (sha256, size) in missing {
+            let mut order: Vec<&String> = others.iter().collect();
+            order.sort_by_key(|a| failed.contains(*a));
             let mut copied = None;
-            for _ in 0..others.len() {
-                match self.copy_from(catalog, &others[0], &sha256, size).await {
+            for address in order {
+                match self.copy_from(catalog, address, &sha256, size).await {
                     Ok(bytes) => {
                         copied = Some(bytes);
                         break;
                     }
                     Err(e) => {
                         done.last_error = e.to_string();
-                        others.rotate_left(1);
+                        failed.insert(address.clone());
                     }
                 }
             }

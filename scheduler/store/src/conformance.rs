@@ -156,8 +156,24 @@ async fn transactions(store: &dyn Store, p: &str) {
         )
         .await;
     assert_eq!(twice, Err(StoreError::DuplicateKey(a.clone())));
+    let put_twice = store
+        .commit(
+            Txn::new()
+                .put(&a, b"one".to_vec(), 0)
+                .put(&a, b"two".to_vec(), 0),
+        )
+        .await;
+    assert_eq!(put_twice, Err(StoreError::DuplicateKey(a.clone())));
     assert_eq!(text(&store.get(&a).await.expect("get").expect("a")), "A");
     assert_eq!(text(&store.get(&b).await.expect("get").expect("b")), "B");
+    // Deleting a key twice is allowed (etcd allows it).
+    store
+        .commit(Txn::new().delete(&b).delete(&b))
+        .await
+        .expect("txn")
+        .expect("no compares");
+    assert!(store.get(&b).await.expect("get").is_none());
+    store.put(&b, b"B".to_vec()).await.expect("put back");
 }
 
 async fn wait_until_gone(store: &dyn Store, key: &str, limit: Duration) -> bool {

@@ -123,15 +123,24 @@ impl Txn {
         self
     }
 
-    /// etcd refuses a transaction that writes (puts or deletes) one key twice; both
-    /// backends check it here, so a caller that does it fails alike on each.
+    /// etcd refuses a transaction that puts one key twice, or puts and deletes it
+    /// ("duplicate key given in txn request"; deleting it twice is allowed); both backends
+    /// check it here, so a caller that does it fails alike on each.
     pub fn check(&self) -> Result<(), StoreError> {
-        let mut seen = std::collections::HashSet::new();
+        let (mut put, mut deleted) = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
         for op in &self.ops {
-            let key = match op {
-                Op::Put { key, .. } | Op::Delete { key } => key,
+            let twice = match op {
+                Op::Put { key, .. } => !put.insert(key.as_str()) || deleted.contains(key.as_str()),
+                Op::Delete { key } => {
+                    deleted.insert(key.as_str());
+                    put.contains(key.as_str())
+                }
             };
-            if !seen.insert(key.as_str()) {
+            if twice {
+                let (Op::Put { key, .. } | Op::Delete { key }) = op;
                 return Err(StoreError::DuplicateKey(key.clone()));
             }
         }
@@ -155,7 +164,8 @@ pub enum StoreError {
     /// this data directory.
     #[error("{0} is in use by another scheduler; give each scheduler its own --data-dir")]
     InUse(String),
-    /// A transaction wrote one key twice (a caller's bug; etcd refuses it).
+    /// A transaction put one key twice, or put and deleted it (a caller's bug; etcd
+    /// refuses it).
     #[error("a store transaction writes key '{0}' twice")]
     DuplicateKey(String),
 }
