@@ -117,6 +117,47 @@ async fn jobs_survive_two_crashes(extra: &[&str]) {
         "the same jobs, in submit order"
     );
     let mut client = jobs_client(&scheduler).await;
+    // Newest first, a page at a time (the store reads backwards, a batch at a time): the
+    // same jobs in reverse; a tenant with none gets an empty page and no token.
+    let mut newest = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list(ListJobsRequest {
+                page_size: 70,
+                page_token,
+                newest_first: true,
+                state: JobState::Succeeded as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("list newest first")
+            .into_inner();
+        pages += 1;
+        newest.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(newest, reversed, "newest first, every job once");
+    assert_eq!(pages, JOBS.div_ceil(70));
+    let none = client
+        .list(ListJobsRequest {
+            newest_first: true,
+            tenant: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        none.jobs.is_empty() && none.next_page_token.is_empty(),
+        "{none:?}"
+    );
     let mut reruns = 0;
     for (i, id) in ids.iter().enumerate() {
         let job = client

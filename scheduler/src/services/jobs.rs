@@ -272,37 +272,59 @@ impl JobsService {
     }
 
     async fn list(&self, r: ListJobsRequest) -> Result<ListJobsResponse, JobsError> {
-        let size = match r.page_size {
-            0 => 100,
-            n => n.min(1000) as usize,
-        };
-        let (kvs, _) = self.store.list(JOBS).await?;
-        let after = job_key(&r.page_token);
-        let ordered: Box<dyn Iterator<Item = _>> = match r.newest_first {
-            true => Box::new(kvs.iter().rev()),
-            false => Box::new(kvs.iter()),
-        };
-        let mut jobs = ordered
-            .filter(|kv| {
-                r.page_token.is_empty()
-                    || match r.newest_first {
-                        true => kv.key.as_str() < after.as_str(),
-                        false => kv.key.as_str() > after.as_str(),
-                    }
-            })
-            .filter_map(decode_job)
-            .filter(|j| r.state == 0 || j.state == r.state)
-            .filter(|j| r.tenant.is_empty() || j.tenant == r.tenant);
-        let page: Vec<Job> = jobs.by_ref().take(size).collect();
-        let next_page_token = match (jobs.next(), page.last()) {
-            (Some(_), Some(last)) => last.id.clone(),
-            _ => String::new(),
-        };
-        Ok(ListJobsResponse {
-            jobs: page,
-            next_page_token,
-        })
+        Ok(list_jobs(self.store.as_ref(), &r).await?)
     }
+}
+
+/// A page of jobs as `r` asks (oldest or newest first, by state and tenant).
+pub async fn list_jobs(
+    store: &dyn Store,
+    r: &ListJobsRequest,
+) -> Result<ListJobsResponse, localml_store::StoreError> {
+    let size = match r.page_size {
+        0 => 100,
+        n => n.min(1000) as usize,
+    };
+    let after = job_key(&r.page_token);
+    let wanted = |j: &Job| {
+        (r.state == 0 || j.state == r.state) && (r.tenant.is_empty() || j.tenant == r.tenant)
+    };
+    // One more than the page, to know whether another page follows.
+    let mut found: Vec<Job> = Vec::new();
+    if r.newest_first {
+        // Newest first (job ids sort by time): read backwards a batch at a time, not
+        // the whole history (the web page asks for the latest 50 every 2 s).
+        let mut before = (!r.page_token.is_empty()).then(|| after.clone());
+        let batch = (size + 1).max(64);
+        while found.len() <= size {
+            let kvs = store.list_last(JOBS, before.as_deref(), batch).await?;
+            let Some(last) = kvs.last() else { break };
+            before = Some(last.key.clone());
+            let more = kvs.len() == batch;
+            found.extend(kvs.iter().filter_map(decode_job).filter(|j| wanted(j)));
+            if !more {
+                break;
+            }
+        }
+    } else {
+        let (kvs, _) = store.list(JOBS).await?;
+        found = kvs
+            .iter()
+            .filter(|kv| r.page_token.is_empty() || kv.key.as_str() > after.as_str())
+            .filter_map(decode_job)
+            .filter(|j| wanted(j))
+            .take(size + 1)
+            .collect();
+    }
+    let next_page_token = match found.len() > size {
+        true => found[size - 1].id.clone(),
+        false => String::new(),
+    };
+    found.truncate(size);
+    Ok(ListJobsResponse {
+        jobs: found,
+        next_page_token,
+    })
 }
 
 /// The only tenant a caller may see: its key's, unless the key has the admin scope or
@@ -428,5 +450,72 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use localml_store::embedded::EmbeddedStore;
+
+    /// Every page of `r` (page_size as given), the jobs' ids in order.
+    async fn every_page(store: &dyn Store, mut r: ListJobsRequest) -> (Vec<String>, usize) {
+        let (mut ids, mut pages) = (Vec::new(), 0);
+        loop {
+            let page = list_jobs(store, &r).await.expect("list");
+            pages += 1;
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            if page.next_page_token.is_empty() {
+                return (ids, pages);
+            }
+            r.page_token = page.next_page_token;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_newest_first_read_backwards_through_filters() {
+        let dir = std::env::temp_dir().join(format!("localml-list-jobs-{}", fastrand::u64(..)));
+        let store = EmbeddedStore::open(&dir).expect("open");
+        // 300 jobs; tenant "a" owns every third, so a page of "a"'s jobs needs several
+        // of the store's backward batches (64 keys).
+        let mut txn = Txn::new();
+        for i in 0..300 {
+            let job = Job {
+                id: format!("{i:04}"),
+                tenant: if i % 3 == 0 { "a" } else { "b" }.into(),
+                state: JobState::Succeeded as i32,
+                ..Default::default()
+            };
+            txn = txn.put(&job_key(&job.id), job.encode_to_vec(), 0);
+        }
+        store.commit(txn).await.expect("commit").expect("written");
+        let a: Vec<String> = (0..300)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("{i:04}"))
+            .collect();
+        let newest = |tenant: &str, page_size: u32| ListJobsRequest {
+            tenant: tenant.into(),
+            page_size,
+            newest_first: true,
+            ..Default::default()
+        };
+        let (ids, pages) = every_page(&store, newest("a", 30)).await;
+        let mut want = a.clone();
+        want.reverse();
+        assert_eq!(ids, want);
+        assert_eq!(pages, 4, "100 jobs in pages of 30");
+        let oldest = ListJobsRequest {
+            tenant: "a".into(),
+            page_size: 30,
+            ..Default::default()
+        };
+        assert_eq!(every_page(&store, oldest).await.0, a);
+        let (ids, _) = every_page(&store, newest("", 1000)).await;
+        assert_eq!(ids.len(), 300);
+        assert_eq!(ids.first().map(String::as_str), Some("0299"));
+        let (ids, pages) = every_page(&store, newest("nobody", 10)).await;
+        assert!(ids.is_empty() && pages == 1);
+        drop(store);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

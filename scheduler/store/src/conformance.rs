@@ -14,10 +14,50 @@ use crate::*;
 pub async fn run(store: &dyn Store) {
     let base = format!("conformance/{:016x}/", fastrand::u64(..));
     revisions_and_lists(store, &format!("{base}kv/")).await;
+    last_keys(store, &format!("{base}last/")).await;
     transactions(store, &format!("{base}txn/")).await;
     leases(store, &format!("{base}lease/")).await;
     watches(store, &format!("{base}watch/")).await;
     compaction(store, &format!("{base}compact/")).await;
+}
+
+/// `list_last`: the highest keys of a prefix, below a key, at most a limit.
+async fn last_keys(store: &dyn Store, p: &str) {
+    for k in ["j/1", "j/2", "j/3", "j/4", "j/5", "i", "k", "j0"] {
+        store
+            .put(&format!("{p}{k}"), k.as_bytes().to_vec())
+            .await
+            .expect("put");
+    }
+    let keys = |kvs: Vec<KeyValue>| -> Vec<String> {
+        kvs.into_iter()
+            .map(|kv| kv.key.trim_start_matches(p).to_string())
+            .collect()
+    };
+    let jobs = format!("{p}j/");
+    let last = |before: Option<String>, limit: usize| {
+        let jobs = jobs.clone();
+        async move {
+            store
+                .list_last(&jobs, before.as_deref(), limit)
+                .await
+                .expect("list_last")
+        }
+    };
+    assert_eq!(keys(last(None, 2).await), ["j/5", "j/4"]);
+    assert_eq!(
+        keys(last(Some(format!("{p}j/4")), 10).await),
+        ["j/3", "j/2", "j/1"]
+    );
+    assert_eq!(keys(last(None, 100).await).len(), 5, "only the prefix");
+    assert!(last(None, 0).await.is_empty());
+    assert!(
+        last(Some(format!("{p}a")), 10).await.is_empty(),
+        "below the prefix"
+    );
+    assert_eq!(keys(last(Some(format!("{p}z")), 1).await), ["j/5"]);
+    // The values come along.
+    assert_eq!(text(&last(None, 1).await[0]), "j/5");
 }
 
 fn text(kv: &KeyValue) -> &str {

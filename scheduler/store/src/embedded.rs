@@ -501,6 +501,53 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn list_last(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = prefix.to_string();
+        // The first string after every key starting with `prefix` (its last character
+        // plus one; ASCII prefixes), else no upper bound (a filter instead).
+        let end = match prefix.as_bytes().last() {
+            Some(&last) if last < 0x7f => Some(format!(
+                "{}{}",
+                &prefix[..prefix.len() - 1],
+                char::from(last + 1)
+            )),
+            _ => None,
+        };
+        let upper = match (before.map(str::to_string), end) {
+            (Some(b), Some(e)) => Some(b.min(e)),
+            (b, e) => b.or(e),
+        };
+        if limit == 0 || upper.as_deref().is_some_and(|u| u <= prefix.as_str()) {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |inner| {
+            let read = inner.db.begin_read().map_err(failed)?;
+            let kv = read.open_table(KV).map_err(failed)?;
+            let rows = match &upper {
+                Some(u) => kv.range(prefix.as_str()..u.as_str()),
+                None => kv.range(prefix.as_str()..),
+            }
+            .map_err(failed)?;
+            let mut out = Vec::new();
+            for row in rows.rev() {
+                let (k, v) = row.map_err(failed)?;
+                if k.value().starts_with(&prefix) {
+                    out.push(decode(k.value(), v.value())?);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn commit(&self, txn: Txn) -> Result<Option<Revision>, StoreError> {
         self.blocking(move |inner| inner.commit(&txn)).await
     }

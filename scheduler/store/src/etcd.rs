@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
-    Txn as EtcdTxn, TxnOp, WatchOptions,
+    SortOrder, SortTarget, Txn as EtcdTxn, TxnOp, WatchOptions,
 };
 
 use crate::*;
@@ -131,6 +131,38 @@ impl Store for EtcdStore {
     /// Pages of [`LIST_PAGE`] keys, all read at the first page's revision, so a large
     /// prefix (thousands of jobs) stays under the client's 4 MiB message limit and the
     /// listing is still one consistent snapshot.
+    async fn list_last(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let full = self.full(prefix);
+        let mut end = prefix_end(full.as_bytes());
+        if let Some(before) = before {
+            end = end.min(self.full(before).into_bytes());
+        }
+        if limit == 0 || end.as_slice() <= full.as_bytes() {
+            return Ok(Vec::new());
+        }
+        // etcd sorts the range server-side; only `limit` keys come over the network.
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let response = self
+            .client
+            .clone()
+            .get(full, Some(options))
+            .await
+            .map_err(failed)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.to_kv(kv))
+            .collect())
+    }
+
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let full = self.full(prefix);
         let end = prefix_end(full.as_bytes());

@@ -190,6 +190,25 @@ pub trait Store: Send + Sync {
     /// Every key starting with `prefix`, in key order, and the revision they were read at.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError>;
 
+    /// The keys starting with `prefix` and below `before` (when given), highest first, at
+    /// most `limit`: the newest of keys that sort by time (jobs), a page at a time,
+    /// without handing over the rest. (This default reads the whole prefix; the backends
+    /// read less.)
+    async fn list_last(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let (kvs, _) = self.list(prefix).await?;
+        Ok(kvs
+            .into_iter()
+            .rev()
+            .filter(|kv| before.is_none_or(|b| kv.key.as_str() < b))
+            .take(limit)
+            .collect())
+    }
+
     /// Commits `txn`: `Some(revision)` when its compares held, `None` otherwise.
     async fn commit(&self, txn: Txn) -> Result<Option<Revision>, StoreError>;
 
