@@ -293,10 +293,28 @@ pub async fn list_jobs(
     let mut found: Vec<Job> = Vec::new();
     if r.newest_first {
         // Newest first (job ids sort by time): read backwards a batch at a time, not
-        // the whole history (the web page asks for the latest 50 every 2 s).
+        // the whole history (the web page asks for the latest 50 every 2 s). Where the
+        // filters leave few jobs (a tenant with none lately), two batches that do not
+        // fill the page give way to one listing of the rest: etcd sorts the whole
+        // remaining range for every backward batch.
         let mut before = (!r.page_token.is_empty()).then(|| after.clone());
-        let batch = (size + 1).max(64);
-        while found.len() <= size {
+        let mut batch = (size + 1).max(64);
+        for round in 0.. {
+            if found.len() > size {
+                break;
+            }
+            if round == 2 {
+                let (kvs, _) = store.list(JOBS).await?;
+                let rest = kvs
+                    .iter()
+                    .rev()
+                    .filter(|kv| before.as_deref().is_none_or(|b| kv.key.as_str() < b))
+                    .filter_map(decode_job)
+                    .filter(|j| wanted(j))
+                    .take(size + 1 - found.len());
+                found.extend(rest.collect::<Vec<_>>());
+                break;
+            }
             let kvs = store.list_last(JOBS, before.as_deref(), batch).await?;
             let Some(last) = kvs.last() else { break };
             before = Some(last.key.clone());
@@ -305,6 +323,7 @@ pub async fn list_jobs(
             if !more {
                 break;
             }
+            batch *= 4;
         }
     } else {
         let (kvs, _) = store.list(JOBS).await?;
@@ -457,6 +476,57 @@ async fn follow(
 mod tests {
     use super::*;
     use localml_store::embedded::EmbeddedStore;
+    use localml_store::{KeyValue, LeaseId, WatchStream};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// The embedded store, counting the listings `list_jobs` makes (a test double for
+    /// how much it reads, not for what it finds).
+    struct Counting {
+        inner: EmbeddedStore,
+        backward: AtomicUsize,
+        whole: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Counting {
+        fn backend(&self) -> &'static str {
+            self.inner.backend()
+        }
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+            self.whole.fetch_add(1, Relaxed);
+            self.inner.list(prefix).await
+        }
+        async fn list_last(
+            &self,
+            prefix: &str,
+            before: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<KeyValue>, StoreError> {
+            self.backward.fetch_add(1, Relaxed);
+            self.inner.list_last(prefix, before, limit).await
+        }
+        async fn commit(&self, txn: Txn) -> Result<Option<Revision>, StoreError> {
+            self.inner.commit(txn).await
+        }
+        async fn grant(&self, ttl: std::time::Duration) -> Result<LeaseId, StoreError> {
+            self.inner.grant(ttl).await
+        }
+        async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+            self.inner.revoke(lease).await
+        }
+        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+            self.inner.watch(prefix, after).await
+        }
+        async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+            self.inner.compact(revision).await
+        }
+    }
 
     /// Every page of `r` (page_size as given), the jobs' ids in order.
     async fn every_page(store: &dyn Store, mut r: ListJobsRequest) -> (Vec<String>, usize) {
@@ -475,22 +545,38 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pages_newest_first_read_backwards_through_filters() {
         let dir = std::env::temp_dir().join(format!("localml-list-jobs-{}", fastrand::u64(..)));
-        let store = EmbeddedStore::open(&dir).expect("open");
-        // 300 jobs; tenant "a" owns every third, so a page of "a"'s jobs needs several
-        // of the store's backward batches (64 keys).
+        let store = Counting {
+            inner: EmbeddedStore::open(&dir).expect("open"),
+            backward: AtomicUsize::new(0),
+            whole: AtomicUsize::new(0),
+        };
+        let reads = |store: &Counting| {
+            (
+                store.backward.swap(0, Relaxed),
+                store.whole.swap(0, Relaxed),
+            )
+        };
+        // 600 jobs; tenant "a" owns about every third, so a page of "a"'s jobs needs
+        // more than one of the store's backward batches (64 keys, then 256); "rare" owns
+        // three, so its page also needs the listing of the rest after two batches.
+        let tenant = |i: usize| match i {
+            _ if i % 250 == 7 => "rare",
+            _ if i.is_multiple_of(3) => "a",
+            _ => "b",
+        };
         let mut txn = Txn::new();
-        for i in 0..300 {
+        for i in 0..600 {
             let job = Job {
                 id: format!("{i:04}"),
-                tenant: if i % 3 == 0 { "a" } else { "b" }.into(),
+                tenant: tenant(i).into(),
                 state: JobState::Succeeded as i32,
                 ..Default::default()
             };
             txn = txn.put(&job_key(&job.id), job.encode_to_vec(), 0);
         }
         store.commit(txn).await.expect("commit").expect("written");
-        let a: Vec<String> = (0..300)
-            .filter(|i| i % 3 == 0)
+        let a: Vec<String> = (0..600)
+            .filter(|i| tenant(*i) == "a")
             .map(|i| format!("{i:04}"))
             .collect();
         let newest = |tenant: &str, page_size: u32| ListJobsRequest {
@@ -499,11 +585,32 @@ mod tests {
             newest_first: true,
             ..Default::default()
         };
+        reads(&store);
+        let page = list_jobs(&store, &newest("a", 30)).await.expect("list");
+        assert_eq!(page.jobs.len(), 30);
+        assert_eq!(
+            reads(&store),
+            (2, 0),
+            "two backward batches, no whole listing"
+        );
         let (ids, pages) = every_page(&store, newest("a", 30)).await;
         let mut want = a.clone();
         want.reverse();
         assert_eq!(ids, want);
-        assert_eq!(pages, 4, "100 jobs in pages of 30");
+        assert_eq!(pages, a.len().div_ceil(30));
+        reads(&store);
+        let page = list_jobs(&store, &newest("rare", 2)).await.expect("list");
+        assert_eq!(
+            reads(&store),
+            (2, 1),
+            "after two batches that did not fill the page, one listing of the rest"
+        );
+        assert_eq!(page.next_page_token, "0257");
+        let (ids, pages) = every_page(&store, newest("rare", 2)).await;
+        assert_eq!(
+            (ids, pages),
+            (vec!["0507".into(), "0257".into(), "0007".into()], 2)
+        );
         let oldest = ListJobsRequest {
             tenant: "a".into(),
             page_size: 30,
@@ -511,8 +618,8 @@ mod tests {
         };
         assert_eq!(every_page(&store, oldest).await.0, a);
         let (ids, _) = every_page(&store, newest("", 1000)).await;
-        assert_eq!(ids.len(), 300);
-        assert_eq!(ids.first().map(String::as_str), Some("0299"));
+        assert_eq!(ids.len(), 600);
+        assert_eq!(ids.first().map(String::as_str), Some("0599"));
         let (ids, pages) = every_page(&store, newest("nobody", 10)).await;
         assert!(ids.is_empty() && pages == 1);
         drop(store);

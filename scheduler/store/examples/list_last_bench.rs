@@ -18,6 +18,9 @@ const ROUNDS: u32 = 20;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let records: usize = args.next().map_or(Ok(20_000), |n| n.parse())?;
+    if records < LATEST {
+        return Err(format!("at least {LATEST} records").into());
+    }
     let scratch = std::env::temp_dir().join(format!("localml-list-last-{}", std::process::id()));
     let address = args
         .next()

@@ -128,9 +128,6 @@ impl Store for EtcdStore {
         Ok(response.kvs().first().and_then(|kv| self.to_kv(kv)))
     }
 
-    /// Pages of [`LIST_PAGE`] keys, all read at the first page's revision, so a large
-    /// prefix (thousands of jobs) stays under the client's 4 MiB message limit and the
-    /// listing is still one consistent snapshot.
     async fn list_last(
         &self,
         prefix: &str,
@@ -163,6 +160,9 @@ impl Store for EtcdStore {
             .collect())
     }
 
+    /// Pages of [`LIST_PAGE`] keys, all read at the first page's revision, so a large
+    /// prefix (thousands of jobs) stays under the client's 4 MiB message limit and the
+    /// listing is still one consistent snapshot.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let full = self.full(prefix);
         let end = prefix_end(full.as_bytes());
