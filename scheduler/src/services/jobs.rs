@@ -487,7 +487,7 @@ mod tests {
         whole: AtomicUsize,
     }
 
-    #[async_trait::async_trait]
+    #[tonic::async_trait]
     impl Store for Counting {
         fn backend(&self) -> &'static str {
             self.inner.backend()
